@@ -1,0 +1,534 @@
+//! Apply: a ready-queue scheduler over the plan's instances. Independent instances run
+//! concurrently (bounded); a failure stops only what depends on it; every finished step is
+//! journaled before the next decision, so a kill at any moment loses nothing.
+
+use crate::config::Config;
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::plan::{eval_attrs, instance_scope, state_outputs, Action, Plan, ResourceChange};
+use crate::provider::{ApplyRequest, JsonMap, ProviderCtx, ProviderError, Registry};
+use crate::value::{Value, ValueMap};
+use crate::world::{Expansion, World};
+use pipeline_state::{JournalEntry, ResourceState, StateStore, Status};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Started {
+        addr: String,
+        action: Action,
+    },
+    Finished {
+        addr: String,
+        action: Action,
+        elapsed: Duration,
+    },
+    Failed {
+        addr: String,
+        action: Action,
+        error: String,
+    },
+    Skipped {
+        addr: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    pub succeeded: Vec<(String, Action)>,
+    pub failed: Vec<(String, Action, String)>,
+    pub skipped: Vec<(String, String)>,
+    pub interrupted: bool,
+}
+
+impl ApplyReport {
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty() && self.skipped.is_empty() && !self.interrupted
+    }
+}
+
+pub struct ApplyOptions {
+    pub parallelism: usize,
+    /// Set (by Ctrl-C) to start nothing new; running steps finish and are recorded.
+    pub cancel: Arc<AtomicBool>,
+}
+
+enum Outcome {
+    Applied(JsonMap),
+    Deleted,
+}
+
+/// Errors here are about the engine itself (state not writable); resource failures are in the report.
+pub async fn apply(
+    config: &Config,
+    registry: &Registry,
+    ctx: &ProviderCtx,
+    store: &mut StateStore,
+    plan: &Plan,
+    opts: &ApplyOptions,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<ApplyReport, Diagnostics> {
+    let world = World::new(config, plan.variables.clone());
+    // References see recorded values, overridden by planned ones until each is applied.
+    let mut exp_of: HashMap<(usize, String), Expansion> = HashMap::new();
+    for (m, key, exp) in &plan.expansions {
+        exp_of.insert((*m, key.clone()), exp.clone());
+        for inst in exp.keys() {
+            let addr = crate::world::instance_addr(&config.modules[*m].prefix, key, &inst);
+            let v = match store.state().resources.get(&addr) {
+                Some(rs) => state_value(rs),
+                None => Value::Unknown,
+            };
+            world.set_instance(*m, key, exp, inst, v);
+        }
+    }
+    for c in &plan.changes {
+        if let (Some(m), Some(after)) = (c.module, &c.after) {
+            if c.action != Action::NoOp {
+                world.set_instance(
+                    m,
+                    &c.resource,
+                    &exp_of[&(m, c.resource.clone())],
+                    c.key.clone(),
+                    Value::Map(after.clone()),
+                );
+            }
+        }
+    }
+
+    let n = plan.changes.len();
+    let index: HashMap<&str, usize> = plan
+        .changes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.addr.as_str(), i))
+        .collect();
+    let mut waits: Vec<HashSet<usize>> = vec![HashSet::new(); n];
+    for (i, c) in plan.changes.iter().enumerate() {
+        if c.action == Action::Delete {
+            // Whatever depended on it changes or goes first.
+            for (j, e) in plan.changes.iter().enumerate() {
+                let recorded = store
+                    .state()
+                    .resources
+                    .get(&e.addr)
+                    .map(|r| r.deps.clone())
+                    .unwrap_or_default();
+                if j != i
+                    && (e.deps.contains(&c.addr) || recorded.contains(&c.addr))
+                    && e.action != Action::NoOp
+                {
+                    waits[i].insert(j);
+                }
+            }
+        } else {
+            for d in &c.deps {
+                if let Some(&j) = index.get(d.as_str()) {
+                    if plan.changes[j].action != Action::Delete {
+                        waits[i].insert(j);
+                    }
+                }
+            }
+        }
+    }
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut pending: Vec<usize> = vec![0; n];
+    for (i, w) in waits.iter().enumerate() {
+        pending[i] = w.len();
+        for &j in w {
+            dependents[j].push(i);
+        }
+    }
+    let mut ready: VecDeque<usize> = (0..n).filter(|&i| pending[i] == 0).collect();
+    let mut blocked_by: Vec<Option<String>> = vec![None; n];
+    let mut done = vec![false; n];
+    let mut report = ApplyReport::default();
+    let mut running = tokio::task::JoinSet::new();
+    let mut started: HashMap<usize, Instant> = HashMap::new();
+    let parallelism = opts.parallelism.max(1);
+
+    loop {
+        while running.len() < parallelism {
+            let Some(i) = ready.pop_front() else { break };
+            let c = &plan.changes[i];
+            if let Some(b) = &blocked_by[i] {
+                let reason = format!("depends on {b}, which failed or was skipped");
+                on_event(&Event::Skipped {
+                    addr: c.addr.clone(),
+                    reason: reason.clone(),
+                });
+                report.skipped.push((c.addr.clone(), reason));
+                finish(
+                    i,
+                    &mut done,
+                    &dependents,
+                    &mut pending,
+                    &mut ready,
+                    &mut blocked_by,
+                    Some(&c.addr),
+                );
+                continue;
+            }
+            if c.action == Action::NoOp {
+                finish(
+                    i,
+                    &mut done,
+                    &dependents,
+                    &mut pending,
+                    &mut ready,
+                    &mut blocked_by,
+                    None,
+                );
+                continue;
+            }
+            if opts.cancel.load(Ordering::SeqCst) {
+                report.interrupted = true;
+                let reason = "not started: interrupted".to_string();
+                on_event(&Event::Skipped {
+                    addr: c.addr.clone(),
+                    reason: reason.clone(),
+                });
+                report.skipped.push((c.addr.clone(), reason));
+                finish(
+                    i,
+                    &mut done,
+                    &dependents,
+                    &mut pending,
+                    &mut ready,
+                    &mut blocked_by,
+                    Some("the interrupted run"),
+                );
+                continue;
+            }
+            let provider = registry.provider(&c.provider).cloned().ok_or_else(|| {
+                Diagnostics::from(Diagnostic::new(format!(
+                    "{}: unknown provider {}",
+                    c.addr, c.provider
+                )))
+            })?;
+            let prior = store.state().resources.get(&c.addr).cloned();
+            let config_now = if c.action == Action::Delete {
+                None
+            } else {
+                match evaluate_now(&world, config, registry, c, &exp_of) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        on_event(&Event::Failed {
+                            addr: c.addr.clone(),
+                            action: c.action,
+                            error: e.clone(),
+                        });
+                        report.failed.push((c.addr.clone(), c.action, e));
+                        finish(
+                            i,
+                            &mut done,
+                            &dependents,
+                            &mut pending,
+                            &mut ready,
+                            &mut blocked_by,
+                            Some(&c.addr),
+                        );
+                        continue;
+                    }
+                }
+            };
+            // Journal the intent first: a crash from here on leaves a Pending record that the next
+            // plan cleans up and redoes, never a forgotten object.
+            if matches!(c.action, Action::Create | Action::Replace) {
+                let mut attrs = prior.as_ref().map(|p| p.attrs.clone()).unwrap_or_default();
+                if let Some(cfg) = &config_now {
+                    for (k, v) in cfg {
+                        if v.is_known() {
+                            attrs.insert(k.clone(), v.to_json());
+                        }
+                    }
+                }
+                record(
+                    store,
+                    JournalEntry::Set {
+                        addr: c.addr.clone(),
+                        resource: resource_state(c, attrs, Status::Pending),
+                    },
+                )?;
+            }
+            on_event(&Event::Started {
+                addr: c.addr.clone(),
+                action: c.action,
+            });
+            started.insert(i, Instant::now());
+            let (ctx, kind, addr, action) = (ctx.clone(), c.kind.clone(), c.addr.clone(), c.action);
+            let prior_attrs = prior.map(|p| p.attrs);
+            running.spawn(async move {
+                let r = run_step(provider, ctx, kind, addr, action, prior_attrs, config_now).await;
+                (i, r)
+            });
+        }
+        let Some(joined) = running.join_next().await else {
+            break;
+        };
+        let (i, result) = joined.map_err(|e| {
+            Diagnostics::from(Diagnostic::new(format!("an apply task panicked: {e}")))
+        })?;
+        let c = &plan.changes[i];
+        let elapsed = started.remove(&i).map(|s| s.elapsed()).unwrap_or_default();
+        match result {
+            Ok(Outcome::Applied(attrs)) => {
+                record(
+                    store,
+                    JournalEntry::Set {
+                        addr: c.addr.clone(),
+                        resource: resource_state(c, attrs.clone(), Status::Ready),
+                    },
+                )?;
+                if let Some(m) = c.module {
+                    let rs = resource_state(c, attrs, Status::Ready);
+                    world.set_instance(
+                        m,
+                        &c.resource,
+                        &exp_of[&(m, c.resource.clone())],
+                        c.key.clone(),
+                        state_value(&rs),
+                    );
+                }
+                on_event(&Event::Finished {
+                    addr: c.addr.clone(),
+                    action: c.action,
+                    elapsed,
+                });
+                report.succeeded.push((c.addr.clone(), c.action));
+                finish(
+                    i,
+                    &mut done,
+                    &dependents,
+                    &mut pending,
+                    &mut ready,
+                    &mut blocked_by,
+                    None,
+                );
+            }
+            Ok(Outcome::Deleted) => {
+                record(
+                    store,
+                    JournalEntry::Remove {
+                        addr: c.addr.clone(),
+                    },
+                )?;
+                on_event(&Event::Finished {
+                    addr: c.addr.clone(),
+                    action: c.action,
+                    elapsed,
+                });
+                report.succeeded.push((c.addr.clone(), c.action));
+                finish(
+                    i,
+                    &mut done,
+                    &dependents,
+                    &mut pending,
+                    &mut ready,
+                    &mut blocked_by,
+                    None,
+                );
+            }
+            Err(e) => {
+                if matches!(c.action, Action::Create | Action::Replace) {
+                    // Possibly half-made: the next plan replaces it, cleaning up first.
+                    let attrs = store
+                        .state()
+                        .resources
+                        .get(&c.addr)
+                        .map(|r| r.attrs.clone())
+                        .unwrap_or_default();
+                    record(
+                        store,
+                        JournalEntry::Set {
+                            addr: c.addr.clone(),
+                            resource: resource_state(c, attrs, Status::Tainted),
+                        },
+                    )?;
+                }
+                let msg = e.to_string();
+                on_event(&Event::Failed {
+                    addr: c.addr.clone(),
+                    action: c.action,
+                    error: msg.clone(),
+                });
+                report.failed.push((c.addr.clone(), c.action, msg));
+                finish(
+                    i,
+                    &mut done,
+                    &dependents,
+                    &mut pending,
+                    &mut ready,
+                    &mut blocked_by,
+                    Some(&c.addr),
+                );
+            }
+        }
+    }
+    for (i, d) in done.iter().enumerate() {
+        if !d {
+            let c = &plan.changes[i];
+            report.skipped.push((c.addr.clone(), "not started".into()));
+        }
+    }
+    // Outputs from what is true now.
+    if plan.destroy {
+        record(
+            store,
+            JournalEntry::Outputs {
+                outputs: Default::default(),
+            },
+        )?;
+    } else {
+        let mut p = plan.clone();
+        for o in &mut p.outputs {
+            if config.modules[0].outputs.contains_key(&o.name) {
+                o.after = world.node_value(&crate::graph::Node::Output(0, o.name.clone()));
+            }
+        }
+        let outs = state_outputs(&p);
+        if outs != store.state().outputs {
+            record(store, JournalEntry::Outputs { outputs: outs })?;
+        }
+    }
+    store.compact().map_err(state_err)?;
+    Ok(report)
+}
+
+fn finish(
+    i: usize,
+    done: &mut [bool],
+    dependents: &[Vec<usize>],
+    pending: &mut [usize],
+    ready: &mut VecDeque<usize>,
+    blocked_by: &mut [Option<String>],
+    failed: Option<&str>,
+) {
+    done[i] = true;
+    for &d in &dependents[i] {
+        if let Some(f) = failed {
+            blocked_by[d].get_or_insert_with(|| f.to_string());
+        }
+        pending[d] -= 1;
+        if pending[d] == 0 {
+            ready.push_back(d);
+        }
+    }
+}
+
+fn evaluate_now(
+    world: &World<'_>,
+    config: &Config,
+    registry: &Registry,
+    c: &ResourceChange,
+    exp_of: &HashMap<(usize, String), Expansion>,
+) -> Result<ValueMap, String> {
+    let m = c.module.ok_or("no block for this instance")?;
+    let decl = &config.modules[m].resources[&c.resource];
+    let (_, schema) = registry
+        .schema(&decl.kind, Some(&decl.provider))
+        .ok_or("no schema")?;
+    let exp = &exp_of[&(m, c.resource.clone())];
+    let scope = instance_scope(world, m, exp, &c.key);
+    let cfg = eval_attrs(world, &scope, decl, schema).map_err(|d| d.to_string())?;
+    if let Some((k, _)) = cfg.iter().find(|(_, v)| !v.is_known()) {
+        return Err(format!(
+            "`{k}` is still unknown although everything it depends on was applied"
+        ));
+    }
+    Ok(cfg)
+}
+
+async fn run_step(
+    provider: Arc<dyn crate::provider::Provider>,
+    ctx: ProviderCtx,
+    kind: String,
+    addr: String,
+    action: Action,
+    prior: Option<JsonMap>,
+    config: Option<ValueMap>,
+) -> Result<Outcome, ProviderError> {
+    match action {
+        Action::Delete => {
+            if let Some(p) = &prior {
+                provider.delete(&ctx, &kind, &addr, p).await?;
+            }
+            Ok(Outcome::Deleted)
+        }
+        Action::Replace => {
+            if let Some(p) = &prior {
+                provider.delete(&ctx, &kind, &addr, p).await?;
+            }
+            let cfg = config.unwrap_or_default();
+            let attrs = provider
+                .apply(
+                    &ctx,
+                    &ApplyRequest {
+                        kind: &kind,
+                        addr: &addr,
+                        config: &cfg,
+                        prior: None,
+                    },
+                )
+                .await?;
+            Ok(Outcome::Applied(attrs))
+        }
+        Action::Create | Action::Update => {
+            let cfg = config.unwrap_or_default();
+            let prior = if action == Action::Update {
+                prior.as_ref()
+            } else {
+                None
+            };
+            let attrs = provider
+                .apply(
+                    &ctx,
+                    &ApplyRequest {
+                        kind: &kind,
+                        addr: &addr,
+                        config: &cfg,
+                        prior,
+                    },
+                )
+                .await?;
+            Ok(Outcome::Applied(attrs))
+        }
+        Action::NoOp => unreachable!("no-ops are not run"),
+    }
+}
+
+fn resource_state(c: &ResourceChange, attrs: JsonMap, status: Status) -> ResourceState {
+    ResourceState {
+        kind: c.kind.clone(),
+        provider: c.provider.clone(),
+        status,
+        attrs,
+        sensitive: c.sensitive.clone(),
+        deps: c.deps.clone(),
+    }
+}
+
+pub fn state_value(rs: &ResourceState) -> Value {
+    Value::Map(
+        rs.attrs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    Value::from_json(v).mark(rs.sensitive.iter().any(|s| s == k)),
+                )
+            })
+            .collect(),
+    )
+}
+
+fn record(store: &mut StateStore, e: JournalEntry) -> Result<(), Diagnostics> {
+    store.record(e).map_err(state_err)
+}
+
+pub fn state_err(e: pipeline_state::StateError) -> Diagnostics {
+    Diagnostic::new(format!("{e}")).into()
+}

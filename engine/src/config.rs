@@ -1,0 +1,760 @@
+//! The static config model: stack and module files loaded into typed, validated blocks. No I/O
+//! beyond reading the files themselves.
+
+use crate::diag::{Diagnostic, Diagnostics, Location, SourceFile};
+use crate::lang::{self, Expr};
+use crate::provider::{Registry, Type};
+use hcl_edit::expr::{Expression, TraversalOperator};
+use hcl_edit::structure::{Block, BlockLabel, Body, Structure};
+use hcl_edit::Span;
+use indexmap::IndexMap;
+use sha2::Digest;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub struct Config {
+    /// Index 0 is the root module; children follow in load order.
+    pub modules: Vec<Module>,
+    pub files: Vec<Arc<SourceFile>>,
+    /// sha256 over every file's path and text: a saved plan is refused when it changed.
+    pub hash: String,
+    pub root_path: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct Module {
+    /// Address prefix: "" for the root, "module.web." for a child.
+    pub prefix: String,
+    pub parent: Option<usize>,
+    pub dir: PathBuf,
+    pub variables: IndexMap<String, VariableDecl>,
+    pub locals: IndexMap<String, LocalDecl>,
+    /// Keyed "kind.name".
+    pub resources: IndexMap<String, ResourceDecl>,
+    pub outputs: IndexMap<String, OutputDecl>,
+    pub calls: IndexMap<String, ModuleCall>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VariableDecl {
+    pub name: String,
+    pub default: Option<Expr>,
+    pub ty: Option<Type>,
+    pub sensitive: bool,
+    pub description: Option<String>,
+    pub loc: Location,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalDecl {
+    pub name: String,
+    pub expr: Expr,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResourceDecl {
+    pub kind: String,
+    pub name: String,
+    pub provider: String,
+    pub count: Option<Expr>,
+    pub for_each: Option<Expr>,
+    pub depends_on: Vec<(String, Location)>,
+    pub attrs: IndexMap<String, Expr>,
+    pub loc: Location,
+    pub file: Arc<SourceFile>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutputDecl {
+    pub name: String,
+    pub expr: Expr,
+    pub sensitive: bool,
+    pub loc: Location,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModuleCall {
+    pub name: String,
+    pub child: usize,
+    pub inputs: IndexMap<String, Expr>,
+    pub loc: Location,
+}
+
+const META: &[&str] = &["count", "for_each", "depends_on", "provider"];
+
+/// Load a stack: a file, or a directory of `*.hcl` files, plus every module it calls.
+pub fn load(path: &Path, registry: &Registry) -> Result<Config, Diagnostics> {
+    let mut loader = Loader {
+        registry,
+        modules: Vec::new(),
+        files: Vec::new(),
+        diags: Diagnostics::default(),
+    };
+    let root_path = path.to_path_buf();
+    let meta = std::fs::metadata(path).map_err(|e| {
+        Diagnostics::from(
+            Diagnostic::new(format!("cannot read the stack {}: {e}", path.display()))
+                .help("give the path of a stack file, e.g. `pipeline plan stacks/local.hcl`"),
+        )
+    })?;
+    let (dir, files) = if meta.is_dir() {
+        (
+            path.to_path_buf(),
+            hcl_files(path).map_err(Diagnostics::from)?,
+        )
+    } else {
+        (
+            path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            vec![path.to_path_buf()],
+        )
+    };
+    loader.load_module(&dir, &files, String::new(), None, &mut Vec::new());
+    if !loader.diags.is_empty() {
+        return Err(loader.diags);
+    }
+    let mut h = sha2::Sha256::new();
+    for f in &loader.files {
+        h.update(f.path.to_string_lossy().as_bytes());
+        h.update([0]);
+        h.update(f.text.as_bytes());
+        h.update([0]);
+    }
+    Ok(Config {
+        modules: loader.modules,
+        files: loader.files,
+        hash: lang::funcs::hex(&h.finalize()),
+        root_path,
+    })
+}
+
+fn hcl_files(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
+    let rd = std::fs::read_dir(dir).map_err(|e| {
+        Diagnostic::new(format!("cannot read the directory {}: {e}", dir.display()))
+    })?;
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "hcl"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(
+            Diagnostic::new(format!("{} has no .hcl files", dir.display()))
+                .help("a module is a directory of .hcl files"),
+        );
+    }
+    Ok(files)
+}
+
+struct Loader<'r> {
+    registry: &'r Registry,
+    modules: Vec<Module>,
+    files: Vec<Arc<SourceFile>>,
+    diags: Diagnostics,
+}
+
+impl Loader<'_> {
+    fn load_module(
+        &mut self,
+        dir: &Path,
+        files: &[PathBuf],
+        prefix: String,
+        parent: Option<usize>,
+        stack: &mut Vec<PathBuf>,
+    ) -> usize {
+        let idx = self.modules.len();
+        self.modules.push(Module {
+            prefix: prefix.clone(),
+            parent,
+            dir: dir.to_path_buf(),
+            variables: IndexMap::new(),
+            locals: IndexMap::new(),
+            resources: IndexMap::new(),
+            outputs: IndexMap::new(),
+            calls: IndexMap::new(),
+        });
+        let mut pending_calls = Vec::new();
+        for path in files {
+            let text = match std::fs::read_to_string(path) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.diags.push(
+                        Diagnostic::new(format!("cannot read {}: {e}", path.display()))
+                            .help("check that the file exists and is readable"),
+                    );
+                    continue;
+                }
+            };
+            let file = SourceFile::new(path, text);
+            self.files.push(file.clone());
+            let body = match lang::parse(&file) {
+                Ok(b) => b,
+                Err(d) => {
+                    self.diags.push(d);
+                    continue;
+                }
+            };
+            for s in body.iter() {
+                match s {
+                    Structure::Attribute(a) => self.diags.push(
+                        Diagnostic::new(format!("`{}` cannot stand at the top level of a stack", a.key.as_str()))
+                            .at(loc(&file, a.key.span()))
+                            .help("put values in a `locals { ... }` block, or inside the block they belong to"),
+                    ),
+                    Structure::Block(b) => {
+                        if let Some(call) = self.block(idx, &file, b) {
+                            pending_calls.push(call);
+                        }
+                    }
+                }
+            }
+        }
+        for (name, source, inputs, l, file) in pending_calls {
+            let child_dir = dir.join(&source);
+            let canon = child_dir.canonicalize().unwrap_or(child_dir.clone());
+            if stack.contains(&canon) {
+                self.diags.push(
+                    Diagnostic::new(format!(
+                        "module \"{name}\" includes itself through {}",
+                        source
+                    ))
+                    .at(Some(l))
+                    .help("modules cannot call themselves, directly or through other modules"),
+                );
+                continue;
+            }
+            let files = match hcl_files(&child_dir) {
+                Ok(f) => f,
+                Err(_) => {
+                    self.diags.push(
+                        Diagnostic::new(format!("module \"{name}\": no module at {} ({})", source, child_dir.display()))
+                            .at(Some(l))
+                            .help("`source` is a directory of .hcl files, relative to this file's directory"),
+                    );
+                    continue;
+                }
+            };
+            stack.push(canon);
+            let child = self.load_module(
+                &child_dir,
+                &files,
+                format!("{prefix}module.{name}."),
+                Some(idx),
+                stack,
+            );
+            stack.pop();
+            let _ = file;
+            self.modules[idx].calls.insert(
+                name.clone(),
+                ModuleCall {
+                    name,
+                    child,
+                    inputs,
+                    loc: l,
+                },
+            );
+        }
+        // Inputs must name declared variables; required ones must be given.
+        #[allow(clippy::type_complexity)]
+        let calls: Vec<(String, usize, Vec<(String, Option<Location>)>, Location)> = self.modules
+            [idx]
+            .calls
+            .values()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    c.child,
+                    c.inputs
+                        .iter()
+                        .map(|(k, e)| (k.clone(), e.location()))
+                        .collect(),
+                    c.loc.clone(),
+                )
+            })
+            .collect();
+        for (name, child, inputs, l) in calls {
+            let vars = &self.modules[child].variables;
+            for (k, kl) in &inputs {
+                if !vars.contains_key(k) {
+                    self.diags.push(
+                        Diagnostic::new(format!("module \"{name}\" has no variable \"{k}\""))
+                            .at(kl.clone())
+                            .help(format!("its variables: {}", names(vars.keys()))),
+                    );
+                }
+            }
+            for (vn, v) in vars {
+                if v.default.is_none() && !inputs.iter().any(|(k, _)| k == vn) {
+                    self.diags.push(
+                        Diagnostic::new(format!(
+                            "module \"{name}\" needs a value for variable \"{vn}\""
+                        ))
+                        .at(Some(l.clone()))
+                        .help(format!(
+                            "add `{vn} = ...` to the module block (declared at {})",
+                            v.loc
+                        )),
+                    );
+                }
+            }
+        }
+        idx
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn block(
+        &mut self,
+        m: usize,
+        file: &Arc<SourceFile>,
+        b: &Block,
+    ) -> Option<(
+        String,
+        String,
+        IndexMap<String, Expr>,
+        Location,
+        Arc<SourceFile>,
+    )> {
+        let kind = b.ident.as_str();
+        let bloc = loc(file, b.ident.span()).unwrap_or_else(|| file.location(0..0));
+        let labels: Vec<String> = b
+            .labels
+            .iter()
+            .map(|l| match l {
+                BlockLabel::Ident(i) => i.as_str().to_string(),
+                BlockLabel::String(s) => s.value().to_string(),
+            })
+            .collect();
+        let want_labels = if kind == "locals" { 0 } else { 1 };
+        if !matches!(kind, "variable" | "locals" | "output" | "module")
+            && !self.registry.is_kind(kind)
+        {
+            self.diags.push(
+                Diagnostic::new(format!("unknown block type `{kind}`"))
+                    .at(Some(bloc))
+                    .help(format!(
+                        "blocks available: variable, locals, output, module, {}",
+                        self.registry.kind_names().join(", ")
+                    )),
+            );
+            return None;
+        }
+        if labels.len() != want_labels {
+            let example = if want_labels == 0 {
+                format!("{kind} {{ ... }}")
+            } else {
+                format!("{kind} \"NAME\" {{ ... }}")
+            };
+            self.diags.push(
+                Diagnostic::new(format!(
+                    "`{kind}` blocks take {want_labels} label(s), found {}",
+                    labels.len()
+                ))
+                .at(Some(bloc))
+                .help(format!("write `{example}`")),
+            );
+            return None;
+        }
+        let name = labels.first().cloned().unwrap_or_default();
+        if !name.is_empty() && !valid_name(&name) {
+            self.diags.push(
+                Diagnostic::new(format!("invalid name \"{name}\""))
+                    .at(Some(bloc))
+                    .help("names start with a letter and contain letters, digits, `_` and `-`"),
+            );
+            return None;
+        }
+        let attrs = self.attributes(file, &b.body, kind);
+        let module = &mut self.modules[m];
+        match kind {
+            "variable" => {
+                if let Some(prev) = module.variables.get(&name) {
+                    self.diags.push(dup("variable", &name, &bloc, &prev.loc));
+                    return None;
+                }
+                let mut v = VariableDecl {
+                    name: name.clone(),
+                    default: None,
+                    ty: None,
+                    sensitive: false,
+                    description: None,
+                    loc: bloc,
+                };
+                for (k, e) in attrs {
+                    match k.as_str() {
+                        "default" => v.default = Some(e),
+                        "type" => match parse_type(&e.expr) {
+                            Some(t) => v.ty = Some(t),
+                            None => self.diags.push(
+                                Diagnostic::new("unknown type").at(e.location()).help(
+                                    "types: string, number, bool, any, list(TYPE), map(TYPE)",
+                                ),
+                            ),
+                        },
+                        "sensitive" => {
+                            v.sensitive = matches!(e.expr, Expression::Bool(ref b) if *b.value())
+                        }
+                        "description" => v.description = e.expr.as_str().map(str::to_string),
+                        other => self.diags.push(unknown_attr(
+                            other,
+                            "variable",
+                            &["default", "type", "sensitive", "description"],
+                            e.location(),
+                        )),
+                    }
+                }
+                self.modules[m].variables.insert(name, v);
+            }
+            "locals" => {
+                for (k, e) in attrs {
+                    if module.locals.contains_key(&k) {
+                        self.diags.push(
+                            Diagnostic::new(format!("local \"{k}\" is defined twice"))
+                                .at(e.location())
+                                .help("give each local value one definition"),
+                        );
+                        continue;
+                    }
+                    module
+                        .locals
+                        .insert(k.clone(), LocalDecl { name: k, expr: e });
+                }
+            }
+            "output" => {
+                if let Some(prev) = module.outputs.get(&name) {
+                    self.diags.push(dup("output", &name, &bloc, &prev.loc));
+                    return None;
+                }
+                let mut value = None;
+                let mut sensitive = false;
+                for (k, e) in attrs {
+                    match k.as_str() {
+                        "value" => value = Some(e),
+                        "sensitive" => {
+                            sensitive = matches!(e.expr, Expression::Bool(ref b) if *b.value())
+                        }
+                        "description" => {}
+                        other => self.diags.push(unknown_attr(
+                            other,
+                            "output",
+                            &["value", "sensitive", "description"],
+                            e.location(),
+                        )),
+                    }
+                }
+                match value {
+                    Some(expr) => {
+                        self.modules[m].outputs.insert(
+                            name.clone(),
+                            OutputDecl {
+                                name,
+                                expr,
+                                sensitive,
+                                loc: bloc,
+                            },
+                        );
+                    }
+                    None => self.diags.push(
+                        Diagnostic::new(format!("output \"{name}\" has no value"))
+                            .at(Some(bloc))
+                            .help("add `value = EXPRESSION`"),
+                    ),
+                }
+            }
+            "module" => {
+                if let Some(prev) = module.calls.get(&name) {
+                    self.diags.push(dup("module", &name, &bloc, &prev.loc));
+                    return None;
+                }
+                let mut source = None;
+                let mut inputs = IndexMap::new();
+                for (k, e) in attrs {
+                    match k.as_str() {
+                        "source" => match e.expr.as_str() {
+                            Some(s) => source = Some(s.to_string()),
+                            None => self.diags.push(
+                                Diagnostic::new("a module source must be a literal string")
+                                    .at(e.location())
+                                    .help("write source = \"../modules/NAME\""),
+                            ),
+                        },
+                        "count" | "for_each" => self.diags.push(
+                            Diagnostic::new(format!("`{k}` on modules is not supported yet"))
+                                .at(e.location())
+                                .help("declare one module block per instance"),
+                        ),
+                        _ => {
+                            inputs.insert(k, e);
+                        }
+                    }
+                }
+                let Some(source) = source else {
+                    self.diags.push(
+                        Diagnostic::new(format!("module \"{name}\" has no source"))
+                            .at(Some(bloc))
+                            .help("add source = \"../modules/NAME\""),
+                    );
+                    return None;
+                };
+                return Some((name, source, inputs, bloc, file.clone()));
+            }
+            _ => {
+                let key = format!("{kind}.{name}");
+                if let Some(prev) = module.resources.get(&key) {
+                    self.diags.push(dup(kind, &name, &bloc, &prev.loc));
+                    return None;
+                }
+                let provider = attrs
+                    .get("provider")
+                    .map(|e| (e.expr.as_str().map(str::to_string), e.location()));
+                let provider = match provider {
+                    None => None,
+                    Some((Some(p), l)) => {
+                        if self.registry.schema(kind, Some(&p)).is_none() {
+                            self.diags.push(
+                                Diagnostic::new(format!(
+                                    "provider \"{p}\" does not serve `{kind}` blocks"
+                                ))
+                                .at(l)
+                                .help(format!(
+                                    "providers for {kind}: {}",
+                                    self.registry.providers_of(kind).join(", ")
+                                )),
+                            );
+                            return None;
+                        }
+                        Some(p)
+                    }
+                    Some((None, l)) => {
+                        self.diags.push(
+                            Diagnostic::new("`provider` must be a literal string")
+                                .at(l)
+                                .help("write provider = \"local\""),
+                        );
+                        return None;
+                    }
+                };
+                let (pname, schema) = self.registry.schema(kind, provider.as_deref())?;
+                let pname = pname.to_string();
+                let mut r = ResourceDecl {
+                    kind: kind.to_string(),
+                    name: name.clone(),
+                    provider: pname.clone(),
+                    count: None,
+                    for_each: None,
+                    depends_on: Vec::new(),
+                    attrs: IndexMap::new(),
+                    loc: bloc.clone(),
+                    file: file.clone(),
+                };
+                for (k, e) in attrs {
+                    match k.as_str() {
+                        "provider" => {}
+                        "count" => r.count = Some(e),
+                        "for_each" => r.for_each = Some(e),
+                        "depends_on" => match &e.expr {
+                            Expression::Array(a) => {
+                                for x in a.iter() {
+                                    match static_address(x) {
+                                        Some(addr) => r.depends_on.push((addr, loc(file, x.span()).unwrap_or(bloc.clone()))),
+                                        None => self.diags.push(
+                                            Diagnostic::new("depends_on entries must be references like service.web")
+                                                .at(loc(file, x.span()))
+                                                .help("write depends_on = [KIND.NAME, ...]"),
+                                        ),
+                                    }
+                                }
+                            }
+                            _ => self.diags.push(
+                                Diagnostic::new("depends_on must be a list")
+                                    .at(e.location())
+                                    .help("write depends_on = [KIND.NAME, ...]"),
+                            ),
+                        },
+                        other => match schema.attr(other) {
+                            Some(a) if a.settable() => {
+                                if Some(other) == schema.instances_attr {
+                                    r.count = Some(e.clone());
+                                }
+                                r.attrs.insert(k, e);
+                            }
+                            Some(_) => self.diags.push(
+                                Diagnostic::new(format!("`{other}` of a {kind} is set by the provider and cannot be written"))
+                                    .at(e.location())
+                                    .help("remove it; read it elsewhere as {kind}.{name}.{other}"),
+                            ),
+                            None => {
+                                let mut known: Vec<&str> = schema.attrs.iter().filter(|a| a.settable()).map(|a| a.name).collect();
+                                known.extend(META);
+                                self.diags.push(unknown_attr(other, kind, &known, e.location()));
+                            }
+                        },
+                    }
+                }
+                if r.count.is_some() && r.for_each.is_some() {
+                    self.diags.push(
+                        Diagnostic::new(format!("{kind}.{name} sets both count and for_each"))
+                            .at(Some(bloc.clone()))
+                            .help("use one of them"),
+                    );
+                }
+                for a in schema.attrs.iter().filter(|a| a.required) {
+                    if !r.attrs.contains_key(a.name) {
+                        self.diags.push(
+                            Diagnostic::new(format!(
+                                "{kind}.{name} is missing the required attribute `{}`",
+                                a.name
+                            ))
+                            .at(Some(bloc.clone()))
+                            .help(format!(
+                                "add `{} = ...` ({})",
+                                a.name,
+                                a.ty.name()
+                            )),
+                        );
+                    }
+                }
+                self.modules[m].resources.insert(key, r);
+            }
+        }
+        None
+    }
+
+    fn attributes(
+        &mut self,
+        file: &Arc<SourceFile>,
+        body: &Body,
+        kind: &str,
+    ) -> IndexMap<String, Expr> {
+        let mut out: IndexMap<String, Expr> = IndexMap::new();
+        for s in body.iter() {
+            match s {
+                Structure::Attribute(a) => {
+                    let k = a.key.as_str().to_string();
+                    if out.contains_key(&k) {
+                        self.diags.push(
+                            Diagnostic::new(format!("`{k}` is set twice in this {kind} block"))
+                                .at(loc(file, a.key.span()))
+                                .help("keep one of them"),
+                        );
+                        continue;
+                    }
+                    out.insert(
+                        k,
+                        Expr {
+                            file: file.clone(),
+                            expr: a.value.clone(),
+                        },
+                    );
+                }
+                Structure::Block(b) => self.diags.push(
+                    Diagnostic::new(format!("nested blocks are not used in `{kind}` blocks"))
+                        .at(loc(file, b.ident.span()))
+                        .help(format!(
+                            "write it as an attribute: {} = {{ ... }}",
+                            b.ident.as_str()
+                        )),
+                ),
+            }
+        }
+        out
+    }
+}
+
+fn loc(file: &SourceFile, span: Option<std::ops::Range<usize>>) -> Option<Location> {
+    span.map(|s| file.location(s))
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = it.map(String::as_str).collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn dup(kind: &str, name: &str, here: &Location, prev: &Location) -> Diagnostic {
+    Diagnostic::new(format!("{kind} \"{name}\" is declared twice"))
+        .at(Some(here.clone()))
+        .detail(format!("first declared at {prev}"))
+        .help("names must be unique per block type within a module; rename one of them")
+}
+
+fn unknown_attr(name: &str, kind: &str, known: &[&str], at: Option<Location>) -> Diagnostic {
+    let close = known.iter().find(|k| edit_distance(k, name) <= 2);
+    let help = match close {
+        Some(c) => format!(
+            "did you mean `{c}`? attributes of {kind}: {}",
+            known.join(", ")
+        ),
+        None => format!("attributes of {kind}: {}", known.join(", ")),
+    };
+    Diagnostic::new(format!("unknown attribute `{name}` in a {kind} block"))
+        .at(at)
+        .help(help)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push(
+                (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn valid_name(s: &str) -> bool {
+    let mut c = s.chars();
+    c.next()
+        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+        && c.all(|x| x.is_ascii_alphanumeric() || x == '_' || x == '-')
+}
+
+fn parse_type(e: &Expression) -> Option<Type> {
+    match e {
+        Expression::Variable(v) => match v.as_str() {
+            "string" => Some(Type::String),
+            "number" => Some(Type::Number),
+            "bool" => Some(Type::Bool),
+            "any" => Some(Type::Any),
+            "list" => Some(Type::List(Box::new(Type::Any))),
+            "map" | "object" => Some(Type::Map(Box::new(Type::Any))),
+            _ => None,
+        },
+        Expression::FuncCall(f) => {
+            let inner = f.args.iter().next().and_then(parse_type)?;
+            match f.name.name.as_str() {
+                "list" | "set" => Some(Type::List(Box::new(inner))),
+                "map" => Some(Type::Map(Box::new(inner))),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// `service.web` in depends_on → "service.web".
+fn static_address(e: &Expression) -> Option<String> {
+    let Expression::Traversal(t) = e else {
+        return None;
+    };
+    let Expression::Variable(root) = &t.expr else {
+        return None;
+    };
+    let mut parts = vec![root.as_str().to_string()];
+    for op in &t.operators {
+        match op.value() {
+            TraversalOperator::GetAttr(i) => parts.push(i.as_str().to_string()),
+            _ => return None,
+        }
+    }
+    (parts.len() == 2).then(|| parts.join("."))
+}

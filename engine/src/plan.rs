@@ -1,0 +1,730 @@
+//! Plans: desired config + recorded state (+ what providers observe now) → actions with reasons.
+//! A plan is pure data; computing one never changes anything outside the process.
+
+use crate::config::Config;
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::graph::{ConfigGraph, Node};
+use crate::provider::{PlanRequest, ProviderCtx, Registry};
+use crate::value::{Value, ValueMap};
+use crate::world::{instance_addr, Expansion, InstanceKey, Scope, World};
+use indexmap::IndexMap;
+use pipeline_state::{ResourceState, State, Status};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub const PLAN_FORMAT: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    NoOp,
+    Create,
+    Update,
+    Replace,
+    Delete,
+}
+
+impl Action {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Action::NoOp => " ",
+            Action::Create => "+",
+            Action::Update => "~",
+            Action::Replace => "-/+",
+            Action::Delete => "-",
+        }
+    }
+    pub fn verb(self) -> &'static str {
+        match self {
+            Action::NoOp => "unchanged",
+            Action::Create => "created",
+            Action::Update => "updated in place",
+            Action::Replace => "replaced",
+            Action::Delete => "destroyed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttrChange {
+    pub name: String,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+    pub forces_replacement: bool,
+    pub sensitive: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ResourceChange {
+    pub addr: String,
+    pub kind: String,
+    pub provider: String,
+    pub action: Action,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Where the block lives: module index and "kind.name" (None for deletes of removed blocks).
+    pub module: Option<usize>,
+    pub resource: String,
+    pub key: Option<InstanceKey>,
+    pub before: Option<ValueMap>,
+    pub after: Option<ValueMap>,
+    pub changes: Vec<AttrChange>,
+    pub deps: Vec<String>,
+    pub sensitive: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Drift {
+    pub addr: String,
+    /// Gone entirely (deleted outside pipeline).
+    pub gone: bool,
+    pub changes: Vec<AttrChange>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OutputPlan {
+    pub name: String,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+    pub sensitive: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Plan {
+    pub format: u32,
+    pub lineage: String,
+    pub serial: u64,
+    pub config_hash: String,
+    pub stack: PathBuf,
+    pub destroy: bool,
+    pub variables: IndexMap<String, Value>,
+    pub changes: Vec<ResourceChange>,
+    pub drift: Vec<Drift>,
+    pub outputs: Vec<OutputPlan>,
+    /// Instance expansion of every resource block, for re-evaluation during apply.
+    pub expansions: Vec<(usize, String, Expansion)>,
+}
+
+impl Plan {
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let mut c = (0, 0, 0);
+        for ch in &self.changes {
+            match ch.action {
+                Action::Create => c.0 += 1,
+                Action::Update => c.1 += 1,
+                Action::Replace => {
+                    c.0 += 1;
+                    c.2 += 1
+                }
+                Action::Delete => c.2 += 1,
+                Action::NoOp => {}
+            }
+        }
+        c
+    }
+    pub fn has_changes(&self) -> bool {
+        self.changes.iter().any(|c| c.action != Action::NoOp)
+            || self.outputs.iter().any(|o| o.before != o.after)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PlanOptions {
+    pub refresh: bool,
+    pub destroy: bool,
+    pub targets: Vec<String>,
+    pub replace: Vec<String>,
+    pub variables: IndexMap<String, Value>,
+    pub parallelism: usize,
+}
+
+/// Read every recorded instance from its provider. Returns the refreshed attributes per address
+/// (None = gone). Pure with respect to the world: providers only look.
+pub async fn refresh(
+    registry: &Registry,
+    ctx: &ProviderCtx,
+    state: &State,
+    parallelism: usize,
+) -> Result<HashMap<String, Option<pipeline_state::ResourceState>>, Diagnostics> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(parallelism.max(1)));
+    let mut set = tokio::task::JoinSet::new();
+    for (addr, rs) in &state.resources {
+        let Some(p) = registry.provider(&rs.provider).cloned() else {
+            return Err(Diagnostic::new(format!("{addr}: the state names provider \"{}\", which this binary does not have", rs.provider))
+                .help("use the pipeline version that created this state, or `pipeline state rm` the instance")
+                .into());
+        };
+        let (ctx, addr, rs, sem) = (ctx.clone(), addr.clone(), rs.clone(), sem.clone());
+        set.spawn(async move {
+            let _permit = sem.acquire().await;
+            let r = p.read(&ctx, &rs.kind, &addr, &rs.attrs).await;
+            (addr, rs, r)
+        });
+    }
+    let mut out = HashMap::new();
+    let mut diags = Diagnostics::default();
+    while let Some(j) = set.join_next().await {
+        let (addr, mut rs, r) =
+            j.map_err(|e| Diagnostics::from(Diagnostic::new(format!("refresh task failed: {e}"))))?;
+        match r {
+            Ok(Some(attrs)) => {
+                rs.attrs = attrs;
+                out.insert(addr, Some(rs));
+            }
+            Ok(None) => {
+                out.insert(addr, None);
+            }
+            Err(e) => diags.push(
+                Diagnostic::new(format!(
+                    "{addr}: cannot read its current state: {}",
+                    e.message
+                ))
+                .help(e.help.unwrap_or_else(|| {
+                    "run with -refresh=false to plan from the recorded state alone".into()
+                })),
+            ),
+        }
+    }
+    diags.into_result()?;
+    Ok(out)
+}
+
+pub fn make_plan(
+    config: &Config,
+    graph: &ConfigGraph,
+    registry: &Registry,
+    ctx: &ProviderCtx,
+    state: &State,
+    refreshed: Option<&HashMap<String, Option<ResourceState>>>,
+    opts: &PlanOptions,
+) -> Result<Plan, Diagnostics> {
+    let world = World::new(config, opts.variables.clone());
+    let mut diags = Diagnostics::default();
+    let mut changes: Vec<ResourceChange> = Vec::new();
+    let mut expansions = Vec::new();
+    let mut drift = Vec::new();
+    // Current view of each recorded instance: refreshed when asked, else as recorded.
+    let current = |addr: &str| -> Option<ResourceState> {
+        match refreshed {
+            Some(r) => r.get(addr).cloned().flatten(),
+            None => state.resources.get(addr).cloned(),
+        }
+    };
+    if let Some(r) = refreshed {
+        for (addr, rec) in &state.resources {
+            match r.get(addr) {
+                Some(None) => drift.push(Drift {
+                    addr: addr.clone(),
+                    gone: true,
+                    changes: vec![],
+                }),
+                Some(Some(now)) if now.attrs != rec.attrs && rec.status == Status::Ready => {
+                    let sens: HashSet<&String> = rec.sensitive.iter().collect();
+                    let mut ch = Vec::new();
+                    let keys: Vec<&String> = rec
+                        .attrs
+                        .keys()
+                        .chain(now.attrs.keys().filter(|k| !rec.attrs.contains_key(*k)))
+                        .collect();
+                    for k in keys {
+                        let (b, a) = (rec.attrs.get(k), now.attrs.get(k));
+                        if b != a {
+                            ch.push(AttrChange {
+                                name: k.clone(),
+                                before: b.map(Value::from_json),
+                                after: a.map(Value::from_json),
+                                forces_replacement: false,
+                                sensitive: sens.contains(k),
+                            });
+                        }
+                    }
+                    drift.push(Drift {
+                        addr: addr.clone(),
+                        gone: false,
+                        changes: ch,
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut desired: HashSet<String> = HashSet::new();
+    let mut instances_of: HashMap<petgraph::graph::NodeIndex, Vec<String>> = HashMap::new();
+    for &ix in &graph.order {
+        let node = &graph.graph[ix];
+        let Node::Resource(m, key) = node else {
+            world.node_value(node);
+            continue;
+        };
+        let module = &config.modules[*m];
+        let decl = &module.resources[key];
+        let (_, schema) = registry
+            .schema(&decl.kind, Some(&decl.provider))
+            .expect("schema checked at load");
+        let provider = registry
+            .provider(&decl.provider)
+            .expect("provider registered");
+        let scope = world.scope(*m);
+        let expansion = match expand(&world, &scope, decl) {
+            Ok(e) => e,
+            Err(d) => {
+                diags.push(d);
+                continue;
+            }
+        };
+        expansions.push((*m, key.clone(), expansion.clone()));
+        let deps: Vec<String> = graph
+            .resource_deps(ix)
+            .iter()
+            .flat_map(|d| instances_of.get(d).cloned().unwrap_or_default())
+            .collect();
+        let mut addrs = Vec::new();
+        for inst in expansion.keys() {
+            let addr = instance_addr(&module.prefix, key, &inst);
+            addrs.push(addr.clone());
+            desired.insert(addr.clone());
+            if opts.destroy {
+                // Destroying needs no desired values: references just see unknowns.
+                world.set_instance(*m, key, &expansion, inst.clone(), Value::Unknown);
+                continue;
+            }
+            let iscope = instance_scope(&world, *m, &expansion, &inst);
+            let cfg = match eval_attrs(&world, &iscope, decl, schema) {
+                Ok(c) => c,
+                Err(mut d) => {
+                    diags.0.append(&mut d.0);
+                    world.set_instance(*m, key, &expansion, inst.clone(), Value::Unknown);
+                    continue;
+                }
+            };
+            for (attr, msg) in provider.validate(&decl.kind, &cfg) {
+                let at = attr
+                    .as_ref()
+                    .and_then(|a| decl.attrs.get(a))
+                    .and_then(|e| e.location())
+                    .or(Some(decl.loc.clone()));
+                diags.push(Diagnostic::new(format!("{addr}: {msg}")).at(at));
+            }
+            let prior = current(&addr);
+            let planned = match provider.plan(
+                ctx,
+                &PlanRequest {
+                    kind: &decl.kind,
+                    addr: &addr,
+                    config: &cfg,
+                    prior: prior.as_ref().map(|p| &p.attrs),
+                },
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    let mut d = Diagnostic::new(format!("{addr}: {}", e.message))
+                        .at(Some(decl.loc.clone()));
+                    d.help = e.help;
+                    diags.push(d);
+                    continue;
+                }
+            };
+            let sensitive: Vec<String> = schema
+                .attrs
+                .iter()
+                .filter(|a| {
+                    a.sensitive || planned.object.get(a.name).is_some_and(Value::is_sensitive)
+                })
+                .map(|a| a.name.to_string())
+                .collect();
+            let mut ch = ResourceChange {
+                addr: addr.clone(),
+                kind: decl.kind.clone(),
+                provider: decl.provider.clone(),
+                action: Action::NoOp,
+                reason: None,
+                module: Some(*m),
+                resource: key.clone(),
+                key: inst.clone(),
+                before: prior.as_ref().map(|p| {
+                    p.attrs
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Value::from_json(v)))
+                        .collect()
+                }),
+                after: Some(planned.object.clone()),
+                changes: vec![],
+                deps: deps.clone(),
+                sensitive: sensitive.clone(),
+            };
+            match &prior {
+                None => {
+                    ch.action = Action::Create;
+                    ch.changes = schema
+                        .attrs
+                        .iter()
+                        .filter_map(|a| {
+                            let v = planned.object.get(a.name)?;
+                            (!matches!(v, Value::Null)).then(|| AttrChange {
+                                name: a.name.into(),
+                                before: None,
+                                after: Some(v.clone()),
+                                forces_replacement: false,
+                                sensitive: sensitive.iter().any(|s| s == a.name),
+                            })
+                        })
+                        .collect();
+                }
+                Some(p) => {
+                    for a in &schema.attrs {
+                        let after = planned.object.get(a.name).cloned().unwrap_or(Value::Null);
+                        let before = p
+                            .attrs
+                            .get(a.name)
+                            .map(Value::from_json)
+                            .unwrap_or(Value::Null);
+                        if after.unmarked().0 != before {
+                            let forces =
+                                a.force_new || planned.requires_replace.iter().any(|r| r == a.name);
+                            ch.changes.push(AttrChange {
+                                name: a.name.into(),
+                                before: Some(before),
+                                after: Some(after),
+                                forces_replacement: forces,
+                                sensitive: sensitive.iter().any(|s| s == a.name),
+                            });
+                        }
+                    }
+                    if p.status != Status::Ready {
+                        ch.action = Action::Replace;
+                        ch.reason = Some(if p.status == Status::Pending {
+                            "a previous apply was interrupted while changing it; it is cleaned up and made again".into()
+                        } else {
+                            "tainted: its last change failed".into()
+                        });
+                    } else if opts.replace.iter().any(|r| r == &addr) {
+                        ch.action = Action::Replace;
+                        ch.reason = Some("replacement requested with -replace".into());
+                    } else if let Some(f) = ch.changes.iter().find(|c| c.forces_replacement) {
+                        ch.action = Action::Replace;
+                        ch.reason = Some(format!("`{}` forces replacement", f.name));
+                    } else if !ch.changes.is_empty() {
+                        ch.action = Action::Update;
+                    }
+                }
+            }
+            world.set_instance(
+                *m,
+                key,
+                &expansion,
+                inst.clone(),
+                Value::Map(planned.object),
+            );
+            changes.push(ch);
+        }
+        instances_of.insert(ix, addrs);
+    }
+    if !diags.is_empty() || !world.diags.borrow().is_empty() {
+        let mut all = world.diags.borrow().clone();
+        all.extend(diags.0);
+        dedup(&mut all);
+        return Err(Diagnostics(all));
+    }
+    if opts.destroy {
+        changes.clear();
+        desired.clear();
+    }
+    // Recorded instances that the stack no longer declares.
+    for (addr, rs) in &state.resources {
+        if desired.contains(addr) {
+            continue;
+        }
+        let cur = current(addr);
+        changes.push(ResourceChange {
+            addr: addr.clone(),
+            kind: rs.kind.clone(),
+            provider: rs.provider.clone(),
+            action: Action::Delete,
+            reason: Some(if opts.destroy {
+                "destroy".into()
+            } else {
+                "no longer in the stack".into()
+            }),
+            module: None,
+            resource: String::new(),
+            key: None,
+            before: Some(
+                cur.as_ref()
+                    .unwrap_or(rs)
+                    .attrs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::from_json(v)))
+                    .collect(),
+            ),
+            after: None,
+            changes: vec![],
+            deps: rs.deps.clone(),
+            sensitive: rs.sensitive.clone(),
+        });
+    }
+    if !opts.targets.is_empty() {
+        apply_targets(&mut changes, &opts.targets)?;
+    }
+    for r in &opts.replace {
+        if !changes.iter().any(|c| &c.addr == r) {
+            return Err(Diagnostic::new(format!(
+                "-replace {r}: no such resource instance in the stack"
+            ))
+            .help("use an instance address as `pipeline state list` shows it, e.g. service.web[0]")
+            .into());
+        }
+    }
+    let mut outputs = Vec::new();
+    let mut out_names: Vec<&String> = config.modules[0].outputs.keys().collect();
+    out_names.extend(
+        state
+            .outputs
+            .keys()
+            .filter(|k| !config.modules[0].outputs.contains_key(*k)),
+    );
+    for name in out_names {
+        let decl = config.modules[0].outputs.get(name);
+        let after = if opts.destroy {
+            None
+        } else {
+            decl.and_then(|_| world.node_value(&Node::Output(0, name.clone())))
+        };
+        let before = state.outputs.get(name).map(|o| {
+            let v = Value::from_json(&o.value);
+            v.mark(o.sensitive)
+        });
+        let sensitive = decl.is_some_and(|d| d.sensitive)
+            || after.as_ref().is_some_and(Value::is_sensitive)
+            || state.outputs.get(name).is_some_and(|o| o.sensitive);
+        outputs.push(OutputPlan {
+            name: name.clone(),
+            before,
+            after,
+            sensitive,
+        });
+    }
+    if !world.diags.borrow().is_empty() {
+        return Err(Diagnostics(world.diags.borrow().clone()));
+    }
+    Ok(Plan {
+        format: PLAN_FORMAT,
+        lineage: state.lineage.clone(),
+        serial: state.serial,
+        config_hash: config.hash.clone(),
+        stack: config.root_path.clone(),
+        destroy: opts.destroy,
+        variables: opts.variables.clone(),
+        changes,
+        drift,
+        outputs,
+        expansions,
+    })
+}
+
+fn dedup(d: &mut Vec<Diagnostic>) {
+    let mut seen = Vec::new();
+    d.retain(|x| {
+        let key = (x.summary.clone(), x.at.clone());
+        if seen.contains(&key) {
+            false
+        } else {
+            seen.push(key);
+            true
+        }
+    });
+}
+
+fn apply_targets(changes: &mut Vec<ResourceChange>, targets: &[String]) -> Result<(), Diagnostics> {
+    let matches = |addr: &str, t: &str| {
+        addr == t || (addr.starts_with(t) && addr[t.len()..].starts_with('['))
+    };
+    let mut keep: HashSet<String> = HashSet::new();
+    for t in targets {
+        let hit: Vec<String> = changes
+            .iter()
+            .filter(|c| matches(&c.addr, t))
+            .map(|c| c.addr.clone())
+            .collect();
+        if hit.is_empty() {
+            return Err(Diagnostic::new(format!("-target {t}: no such resource in the stack or state"))
+                .help("use an address as `pipeline state list` shows it, e.g. service.web or service.web[0]")
+                .into());
+        }
+        keep.extend(hit);
+    }
+    // Targets bring their dependencies along.
+    let by_addr: HashMap<String, Vec<String>> = changes
+        .iter()
+        .map(|c| (c.addr.clone(), c.deps.clone()))
+        .collect();
+    let mut stack: Vec<String> = keep.iter().cloned().collect();
+    while let Some(a) = stack.pop() {
+        for d in by_addr.get(&a).cloned().unwrap_or_default() {
+            if keep.insert(d.clone()) {
+                stack.push(d);
+            }
+        }
+    }
+    changes.retain(|c| keep.contains(&c.addr));
+    Ok(())
+}
+
+fn expand(
+    world: &World<'_>,
+    scope: &Scope<'_, '_>,
+    decl: &crate::config::ResourceDecl,
+) -> Result<Expansion, Diagnostic> {
+    if let Some(c) = &decl.count {
+        let v = world.eval(scope, c)?;
+        let what = if decl.attrs.contains_key("replicas") {
+            "replicas"
+        } else {
+            "count"
+        };
+        return match v.unmarked().0 {
+            Value::Number(n) if n >= 0.0 && n.fract() == 0.0 && n <= 100_000.0 => Ok(Expansion::Count(n as usize)),
+            Value::Unknown => Err(Diagnostic::new(format!("{what} depends on a value that is known only after apply"))
+                .at(c.location())
+                .help(format!("{what} must be known when planning: use variables and locals, not attributes of other resources"))),
+            other => Err(Diagnostic::new(format!("{what} must be a whole number from 0 to 100000, found {}", other.render()))
+                .at(c.location())
+                .help(format!("write {what} = 3"))),
+        };
+    }
+    if let Some(f) = &decl.for_each {
+        let v = world.eval(scope, f)?;
+        return match v.unmarked().0 {
+            Value::Map(m) => Ok(Expansion::ForEach(m.into_iter().collect())),
+            Value::List(l) => {
+                let mut out = Vec::new();
+                for x in l {
+                    match x {
+                        Value::String(s) => {
+                            if out.iter().any(|(k, _): &(String, Value)| k == &s) {
+                                return Err(Diagnostic::new(format!(
+                                    "for_each has the key \"{s}\" twice"
+                                ))
+                                .at(f.location()));
+                            }
+                            out.push((s.clone(), Value::String(s)));
+                        }
+                        other => {
+                            return Err(Diagnostic::new(format!(
+                                "for_each over a list needs strings, found {}",
+                                other.type_name()
+                            ))
+                            .at(f.location())
+                            .help("use a map, or a list of unique strings"))
+                        }
+                    }
+                }
+                Ok(Expansion::ForEach(out))
+            }
+            Value::Unknown => Err(Diagnostic::new(
+                "for_each depends on a value that is known only after apply",
+            )
+            .at(f.location())
+            .help("for_each must be known when planning")),
+            other => Err(Diagnostic::new(format!(
+                "for_each needs a map or a list of strings, found {}",
+                other.type_name()
+            ))
+            .at(f.location())),
+        };
+    }
+    Ok(Expansion::Single)
+}
+
+pub fn instance_scope<'w, 'a>(
+    world: &'w World<'a>,
+    m: usize,
+    expansion: &Expansion,
+    inst: &Option<InstanceKey>,
+) -> Scope<'w, 'a> {
+    let mut s = world.scope(m);
+    match (inst, expansion) {
+        (Some(InstanceKey::Int(i)), _) => s.count = Some(*i),
+        (Some(InstanceKey::Str(k)), Expansion::ForEach(kv)) => {
+            s.each = kv.iter().find(|(x, _)| x == k).cloned();
+        }
+        _ => {}
+    }
+    s
+}
+
+/// Evaluate a resource instance's attributes, apply defaults and convert types.
+pub fn eval_attrs(
+    world: &World<'_>,
+    scope: &Scope<'_, '_>,
+    decl: &crate::config::ResourceDecl,
+    schema: &crate::provider::KindSchema,
+) -> Result<ValueMap, Diagnostics> {
+    let mut out = ValueMap::new();
+    let mut diags = Diagnostics::default();
+    for a in &schema.attrs {
+        let v = match decl.attrs.get(a.name) {
+            Some(e) => match world.eval(scope, e) {
+                Ok(v) => match a.ty.convert(v) {
+                    Ok(v) => v,
+                    Err(msg) => {
+                        diags.push(
+                            Diagnostic::new(format!("wrong type for `{}`: {msg}", a.name))
+                                .at(e.location())
+                                .help(format!(
+                                    "`{}` of a {} is {}",
+                                    a.name,
+                                    decl.kind,
+                                    a.ty.name()
+                                )),
+                        );
+                        continue;
+                    }
+                },
+                Err(d) => {
+                    diags.push(d);
+                    continue;
+                }
+            },
+            None if a.computed => continue,
+            None => a.default.clone().unwrap_or(Value::Null),
+        };
+        if a.required && matches!(v, Value::Null) {
+            diags.push(
+                Diagnostic::new(format!(
+                    "`{}` of {}.{} must not be null",
+                    a.name, decl.kind, decl.name
+                ))
+                .at(decl.attrs.get(a.name).and_then(|e| e.location()))
+                .help(format!("give it a {} value", a.ty.name())),
+            );
+        }
+        out.insert(a.name.to_string(), v.mark(a.sensitive));
+    }
+    diags.into_result().map(|_| out)
+}
+
+/// Addresses grouped for display: every change sorted by address.
+pub fn sorted(plan: &Plan) -> Vec<&ResourceChange> {
+    let mut v: Vec<&ResourceChange> = plan.changes.iter().collect();
+    v.sort_by(|a, b| a.addr.cmp(&b.addr));
+    v
+}
+
+pub fn state_outputs(plan: &Plan) -> BTreeMap<String, pipeline_state::OutputState> {
+    plan.outputs
+        .iter()
+        .filter_map(|o| {
+            o.after.as_ref().map(|v| {
+                (
+                    o.name.clone(),
+                    pipeline_state::OutputState {
+                        value: v.to_json(),
+                        sensitive: o.sensitive,
+                    },
+                )
+            })
+        })
+        .collect()
+}

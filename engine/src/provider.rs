@@ -1,0 +1,306 @@
+//! The one trait through which the engine touches the world.
+
+use crate::value::{Value, ValueMap};
+use async_trait::async_trait;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub type JsonMap = serde_json::Map<String, serde_json::Value>;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Type {
+    String,
+    Number,
+    Bool,
+    List(Box<Type>),
+    Map(Box<Type>),
+    /// Any value, including objects of any shape (a reference to another resource, say).
+    Any,
+}
+
+impl Type {
+    pub fn name(&self) -> String {
+        match self {
+            Type::String => "string".into(),
+            Type::Number => "number".into(),
+            Type::Bool => "bool".into(),
+            Type::List(t) => format!("list({})", t.name()),
+            Type::Map(t) => format!("map({})", t.name()),
+            Type::Any => "any".into(),
+        }
+    }
+
+    /// Convert `v` to this type the way HCL does (numbers and bools become strings and back);
+    /// Err names what was found.
+    pub fn convert(&self, v: Value) -> Result<Value, String> {
+        match (self, v) {
+            (_, Value::Unknown) => Ok(Value::Unknown),
+            (_, Value::Null) => Ok(Value::Null),
+            (t, Value::Sensitive(v)) => t.convert(*v).map(|v| v.mark(true)),
+            (Type::Any, v) => Ok(v),
+            (Type::String, Value::String(s)) => Ok(Value::String(s)),
+            (Type::String, Value::Number(n)) => Ok(Value::String(crate::value::format_number(n))),
+            (Type::String, Value::Bool(b)) => Ok(Value::String(b.to_string())),
+            (Type::Number, Value::Number(n)) => Ok(Value::Number(n)),
+            (Type::Number, Value::String(s)) => s
+                .trim()
+                .parse()
+                .map(Value::Number)
+                .map_err(|_| format!("a number is required, found the string {s:?}")),
+            (Type::Bool, Value::Bool(b)) => Ok(Value::Bool(b)),
+            (Type::Bool, Value::String(s)) if s == "true" || s == "false" => {
+                Ok(Value::Bool(s == "true"))
+            }
+            (Type::List(t), Value::List(l)) => l
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| t.convert(v).map_err(|e| format!("element {i}: {e}")))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::List),
+            (Type::Map(t), Value::Map(m)) => m
+                .into_iter()
+                .map(|(k, v)| {
+                    t.convert(v)
+                        .map(|v| (k.clone(), v))
+                        .map_err(|e| format!("key \"{k}\": {e}"))
+                })
+                .collect::<Result<ValueMap, _>>()
+                .map(Value::Map),
+            (t, v) => Err(format!(
+                "{} {} is required, found {}",
+                article(&t.name()),
+                t.name(),
+                v.type_name()
+            )),
+        }
+    }
+}
+
+fn article(s: &str) -> &'static str {
+    if s.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AttrSchema {
+    pub name: &'static str,
+    pub ty: Type,
+    pub required: bool,
+    /// Set by the provider (a port, a URL); may not be written in the stack unless also `optional`.
+    pub computed: bool,
+    pub optional: bool,
+    /// A change replaces the resource instead of updating it in place.
+    pub force_new: bool,
+    pub sensitive: bool,
+    pub default: Option<Value>,
+}
+
+impl AttrSchema {
+    fn base(name: &'static str, ty: Type) -> Self {
+        AttrSchema {
+            name,
+            ty,
+            required: false,
+            computed: false,
+            optional: false,
+            force_new: false,
+            sensitive: false,
+            default: None,
+        }
+    }
+    pub fn required(name: &'static str, ty: Type) -> Self {
+        AttrSchema {
+            required: true,
+            ..Self::base(name, ty)
+        }
+    }
+    pub fn optional(name: &'static str, ty: Type) -> Self {
+        AttrSchema {
+            optional: true,
+            ..Self::base(name, ty)
+        }
+    }
+    pub fn computed(name: &'static str, ty: Type) -> Self {
+        AttrSchema {
+            computed: true,
+            ..Self::base(name, ty)
+        }
+    }
+    pub fn force_new(mut self) -> Self {
+        self.force_new = true;
+        self
+    }
+    pub fn sensitive(mut self) -> Self {
+        self.sensitive = true;
+        self
+    }
+    pub fn default(mut self, v: Value) -> Self {
+        self.default = Some(v);
+        self
+    }
+    pub fn settable(&self) -> bool {
+        !self.computed || self.optional
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct KindSchema {
+    pub kind: &'static str,
+    pub attrs: Vec<AttrSchema>,
+    /// An attribute that works like `count` (a service's `replicas`): one instance per replica.
+    pub instances_attr: Option<&'static str>,
+}
+
+impl KindSchema {
+    pub fn attr(&self, name: &str) -> Option<&AttrSchema> {
+        self.attrs.iter().find(|a| a.name == name)
+    }
+}
+
+/// Where providers keep what they run and build, and how to re-invoke this binary.
+#[derive(Clone, Debug)]
+pub struct ProviderCtx {
+    /// `.pipeline/` of the working directory.
+    pub work_dir: PathBuf,
+    /// Directory of the root stack file; relative paths in the stack are relative to it.
+    pub stack_dir: PathBuf,
+    /// The `pipeline` binary, for detached helpers (the replica supervisor).
+    pub exe: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderError {
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl ProviderError {
+    pub fn new(message: impl Into<String>) -> Self {
+        ProviderError {
+            message: message.into(),
+            help: None,
+        }
+    }
+    pub fn help(mut self, h: impl Into<String>) -> Self {
+        self.help = Some(h.into());
+        self
+    }
+}
+
+impl std::fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.message)?;
+        if let Some(h) = &self.help {
+            write!(f, "\n  = help: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+pub struct PlanRequest<'a> {
+    pub kind: &'a str,
+    pub addr: &'a str,
+    /// Evaluated configuration; may contain unknown values.
+    pub config: &'a ValueMap,
+    /// What state (refreshed) says exists now.
+    pub prior: Option<&'a JsonMap>,
+}
+
+pub struct Planned {
+    /// Config plus computed attributes: known where derivable without side effects, else Unknown.
+    pub object: ValueMap,
+    /// Attributes whose change the provider says needs a replacement, beyond `force_new` ones.
+    pub requires_replace: Vec<String>,
+}
+
+pub struct ApplyRequest<'a> {
+    pub kind: &'a str,
+    pub addr: &'a str,
+    /// Fully known configuration plus the planned computed values that were known.
+    pub config: &'a ValueMap,
+    /// None: create. Some: update in place.
+    pub prior: Option<&'a JsonMap>,
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn kinds(&self) -> Vec<KindSchema>;
+    /// Check values the schema cannot (a port range, an exclusive pair). (attribute, message).
+    fn validate(&self, _kind: &str, _config: &ValueMap) -> Vec<(Option<String>, String)> {
+        Vec::new()
+    }
+    /// Pure: never changes anything outside the process.
+    fn plan(&self, ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError>;
+    /// What exists now for a recorded instance; None when it is gone.
+    async fn read(
+        &self,
+        ctx: &ProviderCtx,
+        kind: &str,
+        addr: &str,
+        prior: &JsonMap,
+    ) -> Result<Option<JsonMap>, ProviderError>;
+    async fn apply(
+        &self,
+        ctx: &ProviderCtx,
+        req: &ApplyRequest<'_>,
+    ) -> Result<JsonMap, ProviderError>;
+    /// Must also clean up a half-created instance (a crash between start and record).
+    async fn delete(
+        &self,
+        ctx: &ProviderCtx,
+        kind: &str,
+        addr: &str,
+        prior: &JsonMap,
+    ) -> Result<(), ProviderError>;
+}
+
+/// The providers known to this binary, and which kinds each serves.
+#[derive(Clone, Default)]
+pub struct Registry {
+    providers: Vec<Arc<dyn Provider>>,
+    kinds: Vec<(String, Vec<(String, KindSchema)>)>,
+}
+
+impl Registry {
+    pub fn add(&mut self, p: Arc<dyn Provider>) {
+        for k in p.kinds() {
+            let name = k.kind.to_string();
+            match self.kinds.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, v)) => v.push((p.name().to_string(), k)),
+                None => self.kinds.push((name, vec![(p.name().to_string(), k)])),
+            }
+        }
+        self.providers.push(p);
+    }
+    pub fn provider(&self, name: &str) -> Option<&Arc<dyn Provider>> {
+        self.providers.iter().find(|p| p.name() == name)
+    }
+    pub fn kind_names(&self) -> Vec<&str> {
+        self.kinds.iter().map(|(k, _)| k.as_str()).collect()
+    }
+    pub fn is_kind(&self, kind: &str) -> bool {
+        self.kinds.iter().any(|(k, _)| k == kind)
+    }
+    /// (provider, schema) for a kind; the first registered provider is the default.
+    pub fn schema(&self, kind: &str, provider: Option<&str>) -> Option<(&str, &KindSchema)> {
+        let (_, v) = self.kinds.iter().find(|(k, _)| k == kind)?;
+        match provider {
+            None => v.first().map(|(p, s)| (p.as_str(), s)),
+            Some(want) => v
+                .iter()
+                .find(|(p, _)| p == want)
+                .map(|(p, s)| (p.as_str(), s)),
+        }
+    }
+    pub fn providers_of(&self, kind: &str) -> Vec<&str> {
+        self.kinds
+            .iter()
+            .find(|(k, _)| k == kind)
+            .map(|(_, v)| v.iter().map(|(p, _)| p.as_str()).collect())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,14 @@
+//! Providers: the only code that touches hosts, processes and files. Each serves some block
+//! kinds through `pipeline_engine::provider::Provider`.
+
+pub mod local;
+
+use pipeline_engine::provider::Registry;
+use std::sync::Arc;
+
+/// Every provider this binary carries.
+pub fn registry() -> Registry {
+    let mut r = Registry::default();
+    r.add(Arc::new(local::Local));
+    r
+}

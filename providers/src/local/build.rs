@@ -1,0 +1,314 @@
+//! Builds of a service's source: a directory or a git revision, copied into a content-addressed
+//! build directory and built once there. Replicas run from the build directory.
+
+use pipeline_engine::lang::funcs::hex;
+use pipeline_engine::provider::{ProviderCtx, ProviderError};
+use sha2::Digest;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SKIP: &[&str] = &["target", ".git", "node_modules", ".pipeline"];
+
+#[derive(Clone, Debug)]
+pub struct BuildSpec {
+    pub source: PathBuf,
+    pub revision: Option<String>,
+    pub build: Option<String>,
+}
+
+pub fn builds_root(ctx: &ProviderCtx) -> PathBuf {
+    ctx.work_dir.join("builds")
+}
+
+/// Content hash of what would be built. Pure: reads files (or asks git), writes nothing.
+pub fn build_id(spec: &BuildSpec) -> Result<String, ProviderError> {
+    let mut h = sha2::Sha256::new();
+    h.update(spec.build.as_deref().unwrap_or("").as_bytes());
+    h.update([0]);
+    match &spec.revision {
+        Some(rev) => {
+            let commit = git_commit(&spec.source, rev)?;
+            h.update(commit.as_bytes());
+            h.update(git_prefix(&spec.source)?.as_bytes());
+        }
+        None => {
+            if !spec.source.is_dir() {
+                return Err(ProviderError::new(format!(
+                    "the source directory {} does not exist",
+                    spec.source.display()
+                ))
+                .help("`source` is a directory relative to the stack file"));
+            }
+            let mut files = Vec::new();
+            walk(&spec.source, &spec.source, &mut files).map_err(|e| {
+                ProviderError::new(format!("cannot read {}: {e}", spec.source.display()))
+            })?;
+            files.sort();
+            for rel in files {
+                h.update(rel.to_string_lossy().as_bytes());
+                h.update([0]);
+                let mut f = std::fs::File::open(spec.source.join(&rel)).map_err(|e| {
+                    ProviderError::new(format!("cannot read {}: {e}", rel.display()))
+                })?;
+                let mut buf = Vec::new();
+                f.read_to_end(&mut buf).map_err(|e| {
+                    ProviderError::new(format!("cannot read {}: {e}", rel.display()))
+                })?;
+                h.update((buf.len() as u64).to_le_bytes());
+                h.update(&buf);
+            }
+        }
+    }
+    Ok(hex(&h.finalize())[..16].to_string())
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name();
+        if SKIP.iter().any(|s| name == *s) {
+            continue;
+        }
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            walk(root, &e.path(), out)?;
+        } else if ft.is_file() {
+            out.push(
+                e.path()
+                    .strip_prefix(root)
+                    .unwrap_or(&e.path())
+                    .to_path_buf(),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+pub fn git_commit(source: &Path, rev: &str) -> Result<String, ProviderError> {
+    git(
+        source,
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{rev}^{{commit}}"),
+        ],
+    )
+    .map_err(|e| {
+        ProviderError::new(format!(
+            "revision \"{rev}\" does not exist in the git repository at {} {e}",
+            source.display()
+        ))
+        .help(format!(
+            "list revisions with `git -C {} branch -a` or `git log --oneline`",
+            source.display()
+        ))
+    })
+}
+
+fn git_prefix(source: &Path) -> Result<String, ProviderError> {
+    git(source, &["rev-parse", "--show-prefix"]).map_err(|e| {
+        ProviderError::new(format!(
+            "{} is not in a git repository: {e}",
+            source.display()
+        ))
+    })
+}
+
+/// Make sure build `id` exists; builds it under a lock so concurrent replicas build once.
+pub fn ensure(
+    ctx: &ProviderCtx,
+    spec: &BuildSpec,
+    id: &str,
+    name: &str,
+) -> Result<PathBuf, ProviderError> {
+    let root = builds_root(ctx);
+    std::fs::create_dir_all(&root)
+        .map_err(|e| ProviderError::new(format!("cannot create {}: {e}", root.display())))?;
+    let dir = root.join(id);
+    let lock_path = root.join(format!("{id}.lock"));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| ProviderError::new(format!("cannot open {}: {e}", lock_path.display())))?;
+    flock(&lock)?;
+    let src = dir.join("src");
+    if dir.join(".done").exists() {
+        return Ok(src);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&src)
+        .map_err(|e| ProviderError::new(format!("cannot create {}: {e}", src.display())))?;
+    let fail = |e: ProviderError| {
+        let _ = std::fs::remove_dir_all(&dir);
+        e
+    };
+    match &spec.revision {
+        Some(rev) => export_revision(&spec.source, rev, &src).map_err(fail)?,
+        None => copy_dir(&spec.source, &src).map_err(|e| {
+            fail(ProviderError::new(format!(
+                "cannot copy {}: {e}",
+                spec.source.display()
+            )))
+        })?,
+    }
+    if let Some(cmd) = &spec.build {
+        let log_path = dir.join("build.log");
+        let log = std::fs::File::create(&log_path).map_err(|e| {
+            ProviderError::new(format!("cannot create {}: {e}", log_path.display()))
+        })?;
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(&src)
+            .stdin(std::process::Stdio::null())
+            .stdout(
+                log.try_clone()
+                    .map_err(|e| ProviderError::new(e.to_string()))?,
+            )
+            .stderr(log)
+            .status()
+            .map_err(|e| ProviderError::new(format!("cannot run the build of {name}: {e}")))?;
+        if !status.success() {
+            let tail = tail(&log_path, 20);
+            let _ = std::fs::remove_dir_all(&src);
+            return Err(ProviderError::new(format!("the build of {name} failed ({status}): `{cmd}`\n--- last lines of {} ---\n{tail}", log_path.display()))
+                .help("fix the build (run the command in the source directory to try it), then apply again"));
+        }
+    }
+    std::fs::write(dir.join(".done"), id)
+        .map_err(|e| ProviderError::new(format!("cannot mark the build done: {e}")))?;
+    Ok(src)
+}
+
+fn flock(f: &std::fs::File) -> Result<(), ProviderError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on an open descriptor we own; released when the file is closed.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+    if r != 0 {
+        return Err(ProviderError::new(format!(
+            "cannot lock the build: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+fn export_revision(source: &Path, rev: &str, dst: &Path) -> Result<(), ProviderError> {
+    let commit = git_commit(source, rev)?;
+    let prefix = git_prefix(source)?;
+    let tree = if prefix.is_empty() {
+        commit
+    } else {
+        format!("{commit}:{}", prefix.trim_end_matches('/'))
+    };
+    let archive = Command::new("git")
+        .arg("-C")
+        .arg(source)
+        .args(["archive", "--format=tar", &tree])
+        .output()
+        .map_err(|e| ProviderError::new(format!("cannot run git archive: {e}")))?;
+    if !archive.status.success() {
+        return Err(ProviderError::new(format!(
+            "git archive {tree} failed: {}",
+            String::from_utf8_lossy(&archive.stderr).trim()
+        )));
+    }
+    let mut tar = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(dst)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| ProviderError::new(format!("cannot run tar: {e}")))?;
+    use std::io::Write;
+    tar.stdin.take().map(|mut s| s.write_all(&archive.stdout));
+    let st = tar
+        .wait()
+        .map_err(|e| ProviderError::new(format!("tar failed: {e}")))?;
+    if !st.success() {
+        return Err(ProviderError::new(format!(
+            "unpacking revision {rev} failed"
+        )));
+    }
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let name = e.file_name();
+        if SKIP.iter().any(|s| name == *s) {
+            continue;
+        }
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            copy_dir(&e.path(), &to.join(&name))?;
+        } else if ft.is_file() {
+            std::fs::copy(e.path(), to.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Remove builds that no replica directory refers to any more.
+pub fn gc(ctx: &ProviderCtx) {
+    let root = builds_root(ctx);
+    let run = ctx.work_dir.join("run");
+    let mut used = std::collections::HashSet::new();
+    if let Ok(rd) = std::fs::read_dir(&run) {
+        for e in rd.flatten() {
+            if let Ok(id) = std::fs::read_to_string(e.path().join("build_id")) {
+                used.insert(id.trim().to_string());
+            }
+        }
+    }
+    let Ok(rd) = std::fs::read_dir(&root) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let id = name.trim_end_matches(".lock").to_string();
+        if used.contains(&id) {
+            continue;
+        }
+        // A build in progress holds its lock: leave it alone.
+        let lock_path = root.join(format!("{id}.lock"));
+        if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&lock_path) {
+            use std::os::fd::AsRawFd;
+            // SAFETY: non-blocking flock on a descriptor we own.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                continue;
+            }
+            let _ = std::fs::remove_dir_all(root.join(&id));
+            let _ = std::fs::remove_file(&lock_path);
+        } else {
+            let _ = std::fs::remove_dir_all(root.join(&id));
+        }
+    }
+    let _ = std::fs::remove_dir(&root);
+    let _ = std::fs::remove_dir(&run);
+}

@@ -1,0 +1,120 @@
+//! The `local` provider, the embedded default: this machine as a host, files, and services run
+//! as supervised processes on loopback. No cloud, no root, no container engine.
+
+mod build;
+mod file;
+mod service;
+
+use async_trait::async_trait;
+use pipeline_engine::provider::{
+    ApplyRequest, AttrSchema, JsonMap, KindSchema, PlanRequest, Planned, Provider, ProviderCtx,
+    ProviderError, Type,
+};
+use pipeline_engine::value::{Value, ValueMap};
+
+pub use service::{replica_dir, sanitize};
+
+pub struct Local;
+
+fn host_schema() -> KindSchema {
+    KindSchema {
+        kind: "host",
+        attrs: vec![
+            AttrSchema::optional("labels", Type::Map(Box::new(Type::String))),
+            AttrSchema::computed("address", Type::String),
+            AttrSchema::computed("hostname", Type::String),
+        ],
+        instances_attr: None,
+    }
+}
+
+fn host_object(config: &ValueMap) -> ValueMap {
+    let mut o = config.clone();
+    o.insert("address".into(), Value::str("127.0.0.1"));
+    o.insert("hostname".into(), Value::str(hostname()));
+    o
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+pub(crate) fn to_json_map(v: &ValueMap) -> JsonMap {
+    v.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()
+}
+
+#[async_trait]
+impl Provider for Local {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn kinds(&self) -> Vec<KindSchema> {
+        vec![host_schema(), file::schema(), service::schema()]
+    }
+
+    fn validate(&self, kind: &str, config: &ValueMap) -> Vec<(Option<String>, String)> {
+        match kind {
+            "file" => file::validate(config),
+            "service" => service::validate(config),
+            _ => vec![],
+        }
+    }
+
+    fn plan(&self, ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
+        match req.kind {
+            "host" => Ok(Planned {
+                object: host_object(req.config),
+                requires_replace: vec![],
+            }),
+            "file" => file::plan(ctx, req),
+            "service" => service::plan(ctx, req),
+            k => Err(ProviderError::new(format!("local does not serve {k}"))),
+        }
+    }
+
+    async fn read(
+        &self,
+        ctx: &ProviderCtx,
+        kind: &str,
+        addr: &str,
+        prior: &JsonMap,
+    ) -> Result<Option<JsonMap>, ProviderError> {
+        match kind {
+            "host" => Ok(Some(prior.clone())),
+            "file" => file::read(ctx, prior),
+            "service" => service::read(ctx, addr, prior),
+            k => Err(ProviderError::new(format!("local does not serve {k}"))),
+        }
+    }
+
+    async fn apply(
+        &self,
+        ctx: &ProviderCtx,
+        req: &ApplyRequest<'_>,
+    ) -> Result<JsonMap, ProviderError> {
+        match req.kind {
+            "host" => Ok(to_json_map(&host_object(req.config))),
+            "file" => file::apply(ctx, req),
+            "service" => service::apply(ctx, req).await,
+            k => Err(ProviderError::new(format!("local does not serve {k}"))),
+        }
+    }
+
+    async fn delete(
+        &self,
+        ctx: &ProviderCtx,
+        kind: &str,
+        addr: &str,
+        prior: &JsonMap,
+    ) -> Result<(), ProviderError> {
+        match kind {
+            "host" => Ok(()),
+            "file" => file::delete(ctx, prior),
+            "service" => service::delete(ctx, addr).await,
+            k => Err(ProviderError::new(format!("local does not serve {k}"))),
+        }
+    }
+}

@@ -1,0 +1,759 @@
+//! Command-line definitions and dispatch.
+
+use crate::ops::{self, PlanInputs, Reported, Workspace};
+use crate::render::{self, Style};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use pipeline_engine::plan::{Plan, PlanOptions};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "pipeline",
+    version,
+    about = "Declarative deployments: HCL stacks, plan, apply, strategies and canaries"
+)]
+struct Cli {
+    /// Working directory for state, running replicas and builds (default ./.pipeline, or $PIPELINE_DIR).
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    /// Never colour output.
+    #[arg(long, global = true)]
+    no_color: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone, Default)]
+struct VarArgs {
+    /// Set a variable: -var NAME=VALUE (repeatable).
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    vars: Vec<String>,
+    /// Read variables from a file of `name = value` lines.
+    #[arg(long = "var-file", value_name = "FILE")]
+    var_files: Vec<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct PlanArgs {
+    /// The stack file (or directory). Default: the stack this directory used last, else stacks/local.hcl.
+    stack: Option<PathBuf>,
+    #[command(flatten)]
+    vars: VarArgs,
+    /// Ask providers what exists now (default true).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    refresh: bool,
+    /// Plan only these resources (and what they depend on).
+    #[arg(long = "target", value_name = "ADDR")]
+    targets: Vec<String>,
+    /// Force replacement of this instance.
+    #[arg(long = "replace", value_name = "ADDR")]
+    replace: Vec<String>,
+    /// Concurrent provider operations.
+    #[arg(long, default_value_t = 10)]
+    parallelism: usize,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Show what apply would change, as a reviewable diff.
+    Plan {
+        #[command(flatten)]
+        args: PlanArgs,
+        /// Save the plan for `pipeline apply FILE`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// One JSON object a line.
+        #[arg(long)]
+        json: bool,
+        /// Exit 0 when there are no changes, 2 when there are, 1 on error.
+        #[arg(long)]
+        detailed_exitcode: bool,
+        /// Plan the destruction of everything in the state.
+        #[arg(long)]
+        destroy: bool,
+    },
+    /// Make it so: apply a stack (after showing its plan) or a saved plan file.
+    Apply {
+        #[command(flatten)]
+        args: PlanArgs,
+        /// Do not ask before applying.
+        #[arg(long)]
+        auto_approve: bool,
+        /// JSON lines of progress.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take everything in the state away, in reverse dependency order.
+    Destroy {
+        #[command(flatten)]
+        args: PlanArgs,
+        #[arg(long)]
+        auto_approve: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a stack without looking at state or providers.
+    Validate { stack: Option<PathBuf> },
+    /// Print the resource instance graph as DOT.
+    Graph {
+        stack: Option<PathBuf>,
+        #[command(flatten)]
+        vars: VarArgs,
+    },
+    /// Read or edit the recorded state.
+    #[command(subcommand)]
+    State(StateCmd),
+    /// Show outputs of the last apply.
+    Output {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a lock whose owner is gone.
+    ForceUnlock { id: String },
+    /// Every running replica with pid, port, health and uptime.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a replica's log.
+    Logs {
+        addr: String,
+        /// Lines from the end.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+        /// Keep printing as the log grows.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateCmd {
+    /// Every recorded instance address.
+    List,
+    /// One instance's recorded attributes (sensitive ones masked).
+    Show { addr: String },
+    /// Forget instances without touching what they are.
+    Rm { addrs: Vec<String> },
+}
+
+/// Accept Terraform-style single-dash long flags (`-var`, `-auto-approve`, `-refresh=false`).
+pub fn normalize_flags(args: Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut after_dashdash = false;
+    for (i, a) in args.into_iter().enumerate() {
+        if i == 0 || after_dashdash {
+            out.push(a);
+            continue;
+        }
+        if a == "--" {
+            after_dashdash = true;
+        }
+        let b = a.as_bytes();
+        if b.len() > 2
+            && b[0] == b'-'
+            && b[1] != b'-'
+            && b[1].is_ascii_alphabetic()
+            && b[2].is_ascii_alphabetic()
+        {
+            out.push(format!("-{a}"));
+        } else {
+            out.push(a);
+        }
+    }
+    out
+}
+
+pub fn run(args: Vec<String>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
+    let style = Style {
+        color: !cli.no_color
+            && std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(dispatch(cli, style)) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(r) = e.downcast_ref::<Reported>() {
+                eprint!("{}", r.0);
+            } else {
+                let msg = format!("{e:#}");
+                if msg.starts_with("error") {
+                    eprintln!("{msg}");
+                } else {
+                    eprintln!("error: {msg}");
+                }
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn plan_inputs(ws: &Workspace, a: &PlanArgs, destroy: bool) -> Result<PlanInputs> {
+    let stack = ws.stack(a.stack.as_deref())?;
+    Ok(PlanInputs {
+        stack,
+        opts: PlanOptions {
+            refresh: a.refresh,
+            destroy,
+            targets: a.targets.clone(),
+            replace: a.replace.clone(),
+            variables: ops::variables(&a.vars.vars, &a.vars.var_files)?,
+            parallelism: a.parallelism,
+        },
+    })
+}
+
+async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
+    let ws = Workspace::new(cli.state_dir.clone())?;
+    match cli.cmd {
+        Cmd::Plan {
+            args,
+            out,
+            json,
+            detailed_exitcode,
+            destroy,
+        } => {
+            let inputs = plan_inputs(&ws, &args, destroy)?;
+            let (plan, _) = ops::make_plan(&ws, &inputs).await?;
+            ws.remember_stack(&inputs.stack);
+            if json {
+                let mut so = std::io::stdout().lock();
+                for l in render::plan_json_lines(&plan) {
+                    writeln!(so, "{l}")?;
+                }
+            } else {
+                print!("{}", render::plan_text(&plan, style));
+            }
+            if let Some(path) = out {
+                save_plan(&plan, &path)?;
+                if !json {
+                    println!(
+                        "\nSaved the plan to {}. Apply exactly this plan with `pipeline apply {}`.",
+                        path.display(),
+                        path.display()
+                    );
+                }
+            }
+            Ok(if detailed_exitcode && plan.has_changes() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Cmd::Apply {
+            args,
+            auto_approve,
+            json,
+        } => {
+            // `apply FILE` with a saved plan applies exactly that plan.
+            if let Some(p) = &args.stack {
+                if let Some(plan) = read_saved_plan(p)? {
+                    return run_apply(&ws, plan, true, json, args.parallelism, style, false).await;
+                }
+            }
+            let inputs = plan_inputs(&ws, &args, false)?;
+            let (plan, _) = ops::make_plan(&ws, &inputs).await?;
+            ws.remember_stack(&inputs.stack);
+            run_apply(&ws, plan, auto_approve, json, args.parallelism, style, true).await
+        }
+        Cmd::Destroy {
+            args,
+            auto_approve,
+            json,
+        } => {
+            let inputs = plan_inputs(&ws, &args, true)?;
+            let (plan, _) = ops::make_plan(&ws, &inputs).await?;
+            run_apply(&ws, plan, auto_approve, json, args.parallelism, style, true).await
+        }
+        Cmd::Validate { stack } => {
+            let stack = ws.stack(stack.as_deref())?;
+            let (config, graph) = ws.load(&stack)?;
+            let n: usize = config.modules.iter().map(|m| m.resources.len()).sum();
+            println!(
+                "{} {} ({} files, {} modules, {} resource blocks, {} graph nodes)",
+                style.green("The stack is valid:"),
+                stack.display(),
+                config.files.len(),
+                config.modules.len(),
+                n,
+                graph.graph.node_count()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Graph { stack, vars } => {
+            let inputs = plan_inputs(
+                &ws,
+                &PlanArgs {
+                    stack,
+                    vars,
+                    refresh: false,
+                    targets: vec![],
+                    replace: vec![],
+                    parallelism: 10,
+                },
+                false,
+            )?;
+            let (plan, _) = ops::make_plan(&ws, &inputs).await?;
+            println!("digraph pipeline {{\n  rankdir = \"LR\";\n  node [shape = box];");
+            for c in &plan.changes {
+                println!(
+                    "  {:?} [label = {:?}];",
+                    c.addr,
+                    format!("{}\n{:?}", c.addr, c.action)
+                );
+                for d in &c.deps {
+                    println!("  {:?} -> {:?};", c.addr, d);
+                }
+            }
+            println!("}}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::State(sc) => state_cmd(&ws, sc),
+        Cmd::Output { name, json } => {
+            let state = ws.state()?;
+            match name {
+                Some(n) => {
+                    let o = state.outputs.get(&n).ok_or_else(|| {
+                        anyhow!(
+                            "no output named {n:?}\n  = help: outputs: {}",
+                            state.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
+                        )
+                    })?;
+                    if json {
+                        println!("{}", o.value);
+                    } else if let Some(s) = o.value.as_str() {
+                        println!("{s}");
+                    } else {
+                        println!("{}", serde_json::to_string_pretty(&o.value)?);
+                    }
+                }
+                None if json => {
+                    let m: serde_json::Map<String, serde_json::Value> = state
+                        .outputs
+                        .iter()
+                        .map(|(k, o)| {
+                            (
+                                k.clone(),
+                                serde_json::json!({"value": o.value, "sensitive": o.sensitive}),
+                            )
+                        })
+                        .collect();
+                    println!("{}", serde_json::Value::Object(m));
+                }
+                None => {
+                    for (k, o) in &state.outputs {
+                        let v = if o.sensitive {
+                            "(sensitive value)".to_string()
+                        } else {
+                            pipeline_engine::value::Value::from_json(&o.value).render()
+                        };
+                        println!("{k} = {v}");
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::ForceUnlock { id } => {
+            let info =
+                pipeline_engine::state::force_unlock(&ws.dir, &id).map_err(|e| anyhow!("{e}"))?;
+            println!(
+                "Removed the lock held by {}@{} (pid {}, `{}`, since {}).",
+                info.who, info.host, info.pid, info.operation, info.created
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { json } => status_cmd(&ws, json, style),
+        Cmd::Logs {
+            addr,
+            lines,
+            follow,
+        } => logs_cmd(&ws, &addr, lines, follow).await,
+    }
+}
+
+fn save_plan(plan: &Plan, path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let data = serde_json::to_vec(&serde_json::json!({"pipeline_plan": plan}))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write the plan to {}", path.display()))?;
+    f.write_all(&data)?;
+    Ok(())
+}
+
+fn read_saved_plan(path: &std::path::Path) -> Result<Option<Plan>> {
+    if path.is_dir() || path.extension().is_some_and(|e| e == "hcl") {
+        return Ok(None);
+    }
+    let Ok(bytes) = std::fs::read(path) else {
+        return Ok(None);
+    };
+    if !bytes.starts_with(b"{\"pipeline_plan\"") {
+        return Ok(None);
+    }
+    #[derive(serde::Deserialize)]
+    struct Saved {
+        pipeline_plan: Plan,
+    }
+    let s: Saved = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a readable saved plan", path.display()))?;
+    if s.pipeline_plan.format != pipeline_engine::plan::PLAN_FORMAT {
+        bail!(
+            "{} was saved by another pipeline version (format {})",
+            path.display(),
+            s.pipeline_plan.format
+        );
+    }
+    Ok(Some(s.pipeline_plan))
+}
+
+async fn run_apply(
+    ws: &Workspace,
+    plan: Plan,
+    auto_approve: bool,
+    json: bool,
+    parallelism: usize,
+    style: Style,
+    show: bool,
+) -> Result<ExitCode> {
+    if show && !json {
+        print!("{}", render::plan_text(&plan, style));
+    }
+    if !plan.has_changes() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !auto_approve
+        && plan
+            .changes
+            .iter()
+            .any(|c| c.action != pipeline_engine::plan::Action::NoOp)
+    {
+        if !std::io::stdin().is_terminal() {
+            bail!("cannot ask for approval: standard input is not a terminal\n  = help: review the plan, then run again with -auto-approve");
+        }
+        print!("\nDo you want to perform these actions? Only 'yes' will be accepted: ");
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if answer.trim() != "yes" {
+            println!("Cancelled; nothing was changed.");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.store(true, Ordering::SeqCst);
+                eprintln!("\nInterrupt received: running steps finish and are recorded; nothing new starts.");
+            }
+        });
+    }
+    let total = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != pipeline_engine::plan::Action::NoOp)
+        .count();
+    let tty = std::io::stderr().is_terminal() && !json;
+    let multi = indicatif::MultiProgress::new();
+    let overall = if tty {
+        let pb = multi.add(indicatif::ProgressBar::new(total as u64));
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "[{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        pb.enable_steady_tick(std::time::Duration::from_millis(200));
+        Some(pb)
+    } else {
+        None
+    };
+    let mut lines: std::collections::HashMap<String, indicatif::ProgressBar> =
+        std::collections::HashMap::new();
+    let mut on_event = |e: &pipeline_engine::apply::Event| {
+        use pipeline_engine::apply::Event;
+        if json {
+            println!("{}", render::event_json(e));
+            return;
+        }
+        match (&overall, e) {
+            (Some(o), Event::Started { addr, .. }) => {
+                let pb = multi.insert_before(o, indicatif::ProgressBar::new_spinner());
+                pb.set_style(
+                    indicatif::ProgressStyle::with_template("  {spinner} {msg} ({elapsed})")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                );
+                pb.set_message(render::event_line(e));
+                pb.enable_steady_tick(std::time::Duration::from_millis(120));
+                lines.insert(addr.clone(), pb);
+            }
+            (
+                Some(o),
+                Event::Finished { addr, .. }
+                | Event::Failed { addr, .. }
+                | Event::Skipped { addr, .. },
+            ) => {
+                if let Some(pb) = lines.remove(addr) {
+                    pb.finish_and_clear();
+                    multi.remove(&pb);
+                }
+                let _ = multi.println(render::event_line(e));
+                o.inc(1);
+            }
+            (None, _) => eprintln!("{}", render::event_line(e)),
+        }
+    };
+    let mut on_locked = |info: &pipeline_engine::state::LockInfo| {
+        eprintln!(
+            "note: broke a stale lock held by pid {} on {} (`{}` since {}); that process is gone",
+            info.pid, info.host, info.operation, info.created
+        );
+    };
+    let report = ops::apply_plan(
+        ws,
+        &plan,
+        if plan.destroy { "destroy" } else { "apply" },
+        parallelism,
+        cancel,
+        &mut on_event,
+        &mut on_locked,
+    )
+    .await?;
+    if let Some(o) = overall {
+        o.finish_and_clear();
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"type": "apply_summary", "ok": report.ok(), "succeeded": report.succeeded.len(), "failed": report.failed.len(), "skipped": report.skipped.len(), "interrupted": report.interrupted})
+        );
+    } else {
+        print!("\n{}", render::report_text(&report, style, plan.destroy));
+        if report.ok() && !plan.destroy {
+            let state = ws.state()?;
+            if !state.outputs.is_empty() {
+                println!("\nOutputs:\n");
+                for (k, o) in &state.outputs {
+                    let v = if o.sensitive {
+                        "(sensitive value)".to_string()
+                    } else {
+                        pipeline_engine::value::Value::from_json(&o.value).render()
+                    };
+                    println!("{k} = {v}");
+                }
+            }
+        }
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn state_cmd(ws: &Workspace, sc: StateCmd) -> Result<ExitCode> {
+    match sc {
+        StateCmd::List => {
+            for (addr, rs) in &ws.state()?.resources {
+                match rs.status {
+                    pipeline_engine::state::Status::Ready => println!("{addr}"),
+                    s => println!("{addr} ({s:?})"),
+                }
+            }
+        }
+        StateCmd::Show { addr } => {
+            let st = ws.state()?;
+            let rs = st.resources.get(&addr).ok_or_else(|| {
+                anyhow!("{addr} is not in the state\n  = help: `pipeline state list` shows what is")
+            })?;
+            println!("# {addr} ({} by {}, {:?})", rs.kind, rs.provider, rs.status);
+            let w = rs.attrs.keys().map(String::len).max().unwrap_or(0);
+            for (k, v) in &rs.attrs {
+                let shown = if rs.sensitive.contains(k) {
+                    "(sensitive value)".into()
+                } else {
+                    pipeline_engine::value::Value::from_json(v).render()
+                };
+                println!("  {k:w$} = {}", shown.replace('\n', "\n  "));
+            }
+            if !rs.deps.is_empty() {
+                println!("  # depends on: {}", rs.deps.join(", "));
+            }
+        }
+        StateCmd::Rm { addrs } => {
+            if addrs.is_empty() {
+                bail!("name at least one address\n  = help: `pipeline state list` shows them");
+            }
+            let (_guard, _) = pipeline_engine::state::acquire_lock(&ws.dir, "state rm")
+                .map_err(|e| anyhow!("{e}"))?;
+            let mut store =
+                pipeline_engine::state::StateStore::open(&ws.dir).map_err(|e| anyhow!("{e}"))?;
+            for a in &addrs {
+                if !store.state().resources.contains_key(a) {
+                    bail!("{a} is not in the state (nothing was removed)\n  = help: `pipeline state list` shows what is");
+                }
+            }
+            for a in &addrs {
+                store
+                    .record(pipeline_engine::state::JournalEntry::Remove { addr: a.clone() })
+                    .map_err(|e| anyhow!("{e}"))?;
+                println!("Removed {a} from the state; what it described was left as it is.");
+            }
+            store.compact().map_err(|e| anyhow!("{e}"))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
+    let st = ws.state()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut rows = Vec::new();
+    for (addr, rs) in st.resources.iter().filter(|(_, r)| r.kind == "service") {
+        let dir = pipeline_providers::local::replica_dir(&ws.dir, addr);
+        let s = pipeline_supervise::status(&dir);
+        let (pid, alive, health, uptime, restarts) = match &s {
+            Some(s) => (
+                s.child_pid,
+                s.supervisor_alive && s.child_alive,
+                s.healthy,
+                now.saturating_sub(s.started_at),
+                s.restarts,
+            ),
+            None => (None, false, None, 0, 0),
+        };
+        rows.push(serde_json::json!({"address": addr, "pid": pid, "port": rs.attrs.get("port"), "url": rs.attrs.get("url"),
+            "running": alive, "healthy": health, "uptime_s": uptime, "restarts": restarts}));
+    }
+    if json {
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        println!("No service replicas are recorded here.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<32} {:>8} {:>6} {:<10} {:>9} {:>8}",
+        "REPLICA", "PID", "PORT", "HEALTH", "UPTIME", "RESTARTS"
+    );
+    for r in rows {
+        let health = match (r["running"].as_bool(), r["healthy"].as_bool()) {
+            (Some(false), _) => style.red("down"),
+            (_, Some(true)) => style.green("healthy"),
+            (_, Some(false)) => style.red("unhealthy"),
+            _ => "starting".into(),
+        };
+        // Pad before colouring so escape codes do not skew the columns.
+        let pad = 10usize.saturating_sub(r["running"].as_bool().map_or(0, |_| strip_len(&health)));
+        println!(
+            "{:<32} {:>8} {:>6} {}{} {:>8} {:>8}",
+            r["address"].as_str().unwrap_or(""),
+            r["pid"].as_u64().map_or("-".into(), |p| p.to_string()),
+            r["port"].as_u64().map_or("-".into(), |p| p.to_string()),
+            health,
+            " ".repeat(pad),
+            format!("{}s", r["uptime_s"].as_u64().unwrap_or(0)),
+            r["restarts"].as_u64().unwrap_or(0)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn strip_len(s: &str) -> usize {
+    let mut n = 0;
+    let mut esc = false;
+    for c in s.chars() {
+        match (esc, c) {
+            (false, '\x1b') => esc = true,
+            (true, 'm') => esc = false,
+            (false, _) => n += 1,
+            _ => {}
+        }
+    }
+    n
+}
+
+async fn logs_cmd(ws: &Workspace, addr: &str, lines: usize, follow: bool) -> Result<ExitCode> {
+    let dir = pipeline_providers::local::replica_dir(&ws.dir, addr);
+    let path = dir.join(pipeline_supervise::REPLICA_LOG);
+    if !path.exists() {
+        let st = ws.state()?;
+        let replicas: Vec<&String> = st
+            .resources
+            .iter()
+            .filter(|(_, r)| r.kind == "service")
+            .map(|(a, _)| a)
+            .collect();
+        bail!(
+            "no log for {addr} at {}\n  = help: replicas here: {}",
+            path.display(),
+            if replicas.is_empty() {
+                "none".into()
+            } else {
+                replicas
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+    }
+    let text = std::fs::read_to_string(&path)?;
+    let all: Vec<&str> = text.lines().collect();
+    for l in &all[all.len().saturating_sub(lines)..] {
+        println!("{l}");
+    }
+    if follow {
+        let mut pos = text.len() as u64;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            let Ok(meta) = std::fs::metadata(&path) else {
+                break;
+            };
+            if meta.len() > pos {
+                use std::io::{Read, Seek, SeekFrom};
+                let mut f = std::fs::File::open(&path)?;
+                f.seek(SeekFrom::Start(pos))?;
+                let mut buf = String::new();
+                f.read_to_string(&mut buf)?;
+                print!("{buf}");
+                std::io::stdout().flush()?;
+                pos = meta.len();
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

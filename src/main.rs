@@ -1,0 +1,25 @@
+//! `pipeline`: flags in, rendering out. Every command is a thin wrapper over `ops`.
+//! Exit codes: 0 success (no changes with -detailed-exitcode), 1 error, 2 changes present
+//! (-detailed-exitcode only).
+
+mod commands;
+mod ops;
+mod render;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    // The replica supervisor must run on the main thread before any runtime exists.
+    if args.get(1).map(String::as_str) == Some("__supervise") {
+        let Some(dir) = args.get(2) else {
+            eprintln!("usage: pipeline __supervise DIR");
+            return ExitCode::from(2);
+        };
+        return ExitCode::from(
+            pipeline_supervise::run_supervisor(std::path::Path::new(dir)).clamp(0, 255) as u8,
+        );
+    }
+    let args = commands::normalize_flags(args);
+    commands::run(args)
+}

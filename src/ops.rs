@@ -1,0 +1,281 @@
+//! Engine operations the commands are thin wrappers over: load a stack, plan, apply, destroy.
+
+use anyhow::{anyhow, bail, Context, Result};
+use indexmap::IndexMap;
+use pipeline_engine::apply::{ApplyOptions, ApplyReport, Event};
+use pipeline_engine::config::{self, Config};
+use pipeline_engine::diag::Diagnostics;
+use pipeline_engine::graph::ConfigGraph;
+use pipeline_engine::plan::{self, Plan, PlanOptions};
+use pipeline_engine::provider::{ProviderCtx, Registry};
+use pipeline_engine::state::{self, State, StateStore};
+use pipeline_engine::value::Value;
+use std::path::{Path, PathBuf};
+
+/// A user error that has already been rendered as diagnostics.
+#[derive(Debug)]
+pub struct Reported(pub Diagnostics);
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+impl std::error::Error for Reported {}
+
+pub fn diags(d: Diagnostics) -> anyhow::Error {
+    anyhow::Error::new(Reported(d))
+}
+
+pub struct Workspace {
+    /// `.pipeline/`: state, journal, lock, running replicas, builds.
+    pub dir: PathBuf,
+    pub registry: Registry,
+}
+
+impl Workspace {
+    pub fn new(dir: Option<PathBuf>) -> Result<Workspace> {
+        let dir = match dir.or_else(|| std::env::var_os("PIPELINE_DIR").map(PathBuf::from)) {
+            Some(d) => d,
+            None => std::env::current_dir()?.join(".pipeline"),
+        };
+        let dir = if dir.is_absolute() {
+            dir
+        } else {
+            std::env::current_dir()?.join(dir)
+        };
+        Ok(Workspace {
+            dir,
+            registry: pipeline_providers::registry(),
+        })
+    }
+
+    pub fn state(&self) -> Result<State> {
+        StateStore::load(&self.dir).map_err(|e| anyhow!("{e}"))
+    }
+
+    /// The stack to use: the one given, else the one this directory last planned, else stacks/local.hcl.
+    pub fn stack(&self, given: Option<&Path>) -> Result<PathBuf> {
+        if let Some(g) = given {
+            return Ok(g.to_path_buf());
+        }
+        if let Ok(s) = std::fs::read_to_string(self.dir.join("stack")) {
+            let p = PathBuf::from(s.trim());
+            if p.exists() {
+                return Ok(p);
+            }
+        }
+        let default = PathBuf::from("stacks/local.hcl");
+        if default.exists() {
+            return Ok(default);
+        }
+        bail!("no stack given and none used here before\n  = help: name one, e.g. `pipeline plan stacks/local.hcl`")
+    }
+
+    /// Remember which stack this directory uses (workspace metadata, not state).
+    pub fn remember_stack(&self, stack: &Path) {
+        let abs = stack.canonicalize().unwrap_or_else(|_| stack.to_path_buf());
+        if std::fs::create_dir_all(&self.dir).is_ok() {
+            let _ = std::fs::write(self.dir.join("stack"), abs.display().to_string());
+        }
+    }
+
+    pub fn ctx(&self, config: &Config) -> Result<ProviderCtx> {
+        let stack_dir = config.modules[0].dir.clone();
+        let stack_dir = if stack_dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            stack_dir
+        };
+        Ok(ProviderCtx {
+            work_dir: self.dir.clone(),
+            stack_dir: stack_dir.canonicalize().unwrap_or(stack_dir),
+            exe: std::env::current_exe().context("cannot find the pipeline binary")?,
+        })
+    }
+
+    pub fn load(&self, stack: &Path) -> Result<(Config, ConfigGraph)> {
+        let config = config::load(stack, &self.registry).map_err(diags)?;
+        let graph = ConfigGraph::build(&config).map_err(diags)?;
+        Ok((config, graph))
+    }
+}
+
+/// Variables from -var-file, PIPELINE_VAR_*, and -var (later wins), typed later by their declarations.
+pub fn variables(vars: &[String], var_files: &[PathBuf]) -> Result<IndexMap<String, Value>> {
+    let mut out = IndexMap::new();
+    for (k, v) in std::env::vars() {
+        if let Some(name) = k.strip_prefix("PIPELINE_VAR_") {
+            out.insert(name.to_string(), parse_var_value(&v));
+        }
+    }
+    for f in var_files {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read the var file {}", f.display()))?;
+        let file = pipeline_engine::diag::SourceFile::new(f, text);
+        let body = pipeline_engine::lang::parse(&file).map_err(|d| diags(d.into()))?;
+        struct NoRefs(PathBuf);
+        impl pipeline_engine::lang::Resolve for NoRefs {
+            fn lookup(
+                &self,
+                root: &str,
+                name: &str,
+            ) -> Result<Value, pipeline_engine::lang::LookupError> {
+                Err(pipeline_engine::lang::LookupError::new(
+                    format!("{root}.{name}: a var file holds values only, no references"),
+                    None,
+                ))
+            }
+            fn base_dir(&self) -> &Path {
+                &self.0
+            }
+        }
+        let r = NoRefs(f.parent().unwrap_or(Path::new(".")).to_path_buf());
+        for s in body.iter() {
+            match s {
+                hcl_edit::structure::Structure::Attribute(a) => {
+                    let v = pipeline_engine::lang::Evaluator::new(&file, &r)
+                        .eval(&a.value)
+                        .map_err(|d| diags(d.into()))?;
+                    out.insert(a.key.as_str().to_string(), v);
+                }
+                hcl_edit::structure::Structure::Block(b) => bail!(
+                    "{}: a var file holds `name = value` lines only, found a `{}` block",
+                    f.display(),
+                    b.ident.as_str()
+                ),
+            }
+        }
+    }
+    for v in vars {
+        let Some((k, val)) = v.split_once('=') else {
+            bail!("-var {v:?}: expected NAME=VALUE\n  = help: e.g. -var replicas=5");
+        };
+        out.insert(k.trim().to_string(), parse_var_value(val));
+    }
+    Ok(out)
+}
+
+/// Command-line values are strings unless they read as HCL literals (numbers, bools, lists, objects).
+fn parse_var_value(s: &str) -> Value {
+    let t = s.trim();
+    if t.starts_with('[')
+        || t.starts_with('{')
+        || t == "true"
+        || t == "false"
+        || t.parse::<f64>().is_ok()
+    {
+        if let Ok(e) = hcl_edit::parser::parse_expr(t) {
+            let file = pipeline_engine::diag::SourceFile::new(Path::new("-var"), t.to_string());
+            struct NoRefs;
+            impl pipeline_engine::lang::Resolve for NoRefs {
+                fn lookup(
+                    &self,
+                    _: &str,
+                    _: &str,
+                ) -> Result<Value, pipeline_engine::lang::LookupError> {
+                    Err(pipeline_engine::lang::LookupError::new(
+                        "no references in -var",
+                        None,
+                    ))
+                }
+                fn base_dir(&self) -> &Path {
+                    Path::new(".")
+                }
+            }
+            if let Ok(v) = pipeline_engine::lang::Evaluator::new(&file, &NoRefs).eval(&e) {
+                return v;
+            }
+        }
+    }
+    Value::String(s.to_string())
+}
+
+pub struct PlanInputs {
+    pub stack: PathBuf,
+    pub opts: PlanOptions,
+}
+
+pub async fn make_plan(ws: &Workspace, inputs: &PlanInputs) -> Result<(Plan, Config)> {
+    let (config, graph) = ws.load(&inputs.stack)?;
+    // Unknown -var names are a mistake worth stopping for.
+    for k in inputs.opts.variables.keys() {
+        if !config.modules[0].variables.contains_key(k)
+            && std::env::var(format!("PIPELINE_VAR_{k}")).is_err()
+        {
+            bail!(
+                "-var {k}: the stack declares no variable \"{k}\"\n  = help: declared variables: {}",
+                config.modules[0].variables.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    let ctx = ws.ctx(&config)?;
+    let state = ws.state()?;
+    let refreshed = if inputs.opts.refresh {
+        Some(
+            plan::refresh(&ws.registry, &ctx, &state, inputs.opts.parallelism.max(1))
+                .await
+                .map_err(diags)?,
+        )
+    } else {
+        None
+    };
+    let p = plan::make_plan(
+        &config,
+        &graph,
+        &ws.registry,
+        &ctx,
+        &state,
+        refreshed.as_ref(),
+        &inputs.opts,
+    )
+    .map_err(diags)?;
+    Ok((p, config))
+}
+
+/// Apply a plan under the state lock; refuses a plan made against another state.
+pub async fn apply_plan(
+    ws: &Workspace,
+    plan: &Plan,
+    operation: &str,
+    parallelism: usize,
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    on_event: &mut dyn FnMut(&Event),
+    on_locked: &mut dyn FnMut(&state::LockInfo),
+) -> Result<ApplyReport> {
+    let (guard, stale) = state::acquire_lock(&ws.dir, operation).map_err(|e| anyhow!("{e}"))?;
+    if let Some(s) = stale {
+        on_locked(&s);
+    }
+    let mut store = StateStore::open(&ws.dir).map_err(|e| anyhow!("{e}"))?;
+    let st = store.state();
+    let fresh = plan.lineage.is_empty() && st.serial == 0;
+    if !fresh && plan.lineage != st.lineage {
+        bail!("the plan does not match the given state: it was made for state lineage {:?}, this is {:?}\n  = help: make a new plan here", plan.lineage, st.lineage);
+    }
+    if plan.serial != st.serial {
+        bail!("saved plan is stale: the state changed since it was made (serial {} then, {} now)\n  = help: run `pipeline plan` again and apply the new plan", plan.serial, st.serial);
+    }
+    let (config, _graph) = ws.load(&plan.stack)?;
+    if config.hash != plan.config_hash {
+        bail!(
+            "the stack files changed since this plan was made\n  = help: run `pipeline plan` again"
+        );
+    }
+    let ctx = ws.ctx(&config)?;
+    let report = pipeline_engine::apply::apply(
+        &config,
+        &ws.registry,
+        &ctx,
+        &mut store,
+        plan,
+        &ApplyOptions {
+            parallelism,
+            cancel,
+        },
+        on_event,
+    )
+    .await
+    .map_err(diags)?;
+    drop(guard);
+    Ok(report)
+}
