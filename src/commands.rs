@@ -271,13 +271,27 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
             // `apply FILE` with a saved plan applies exactly that plan.
             if let Some(p) = &args.stack {
                 if let Some(plan) = read_saved_plan(p)? {
-                    return run_apply(&ws, plan, true, json, args.parallelism, style, false).await;
+                    let lock = ops::lock(&ws, "apply", &mut stale_note)?;
+                    return run_apply(&ws, plan, &lock, true, json, args.parallelism, style, false)
+                        .await;
                 }
             }
+            // Held from planning to the last step: nobody changes the state in between.
             let inputs = plan_inputs(&ws, &args, false)?;
+            let lock = ops::lock(&ws, "apply", &mut stale_note)?;
             let (plan, _) = ops::make_plan(&ws, &inputs).await?;
             ws.remember_stack(&inputs.stack);
-            run_apply(&ws, plan, auto_approve, json, args.parallelism, style, true).await
+            run_apply(
+                &ws,
+                plan,
+                &lock,
+                auto_approve,
+                json,
+                args.parallelism,
+                style,
+                true,
+            )
+            .await
         }
         Cmd::Destroy {
             args,
@@ -285,8 +299,19 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
             json,
         } => {
             let inputs = plan_inputs(&ws, &args, true)?;
+            let lock = ops::lock(&ws, "destroy", &mut stale_note)?;
             let (plan, _) = ops::make_plan(&ws, &inputs).await?;
-            run_apply(&ws, plan, auto_approve, json, args.parallelism, style, true).await
+            run_apply(
+                &ws,
+                plan,
+                &lock,
+                auto_approve,
+                json,
+                args.parallelism,
+                style,
+                true,
+            )
+            .await
         }
         Cmd::Validate { stack } => {
             let stack = ws.stack(stack.as_deref())?;
@@ -434,9 +459,18 @@ fn read_saved_plan(path: &std::path::Path) -> Result<Option<Plan>> {
     Ok(Some(s.pipeline_plan))
 }
 
+fn stale_note(info: &pipeline_engine::state::LockInfo) {
+    eprintln!(
+        "note: broke a stale lock held by pid {} on {} (`{}` since {}); that process is gone",
+        info.pid, info.host, info.operation, info.created
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run_apply(
     ws: &Workspace,
     plan: Plan,
+    lock: &pipeline_engine::state::LockGuard,
     auto_approve: bool,
     json: bool,
     parallelism: usize,
@@ -532,22 +566,7 @@ async fn run_apply(
             (None, _) => eprintln!("{}", render::event_line(e)),
         }
     };
-    let mut on_locked = |info: &pipeline_engine::state::LockInfo| {
-        eprintln!(
-            "note: broke a stale lock held by pid {} on {} (`{}` since {}); that process is gone",
-            info.pid, info.host, info.operation, info.created
-        );
-    };
-    let report = ops::apply_plan(
-        ws,
-        &plan,
-        if plan.destroy { "destroy" } else { "apply" },
-        parallelism,
-        cancel,
-        &mut on_event,
-        &mut on_locked,
-    )
-    .await?;
+    let report = ops::apply_plan(ws, &plan, lock, parallelism, cancel, &mut on_event).await?;
     if let Some(o) = overall {
         o.finish_and_clear();
     }

@@ -232,25 +232,35 @@ pub async fn make_plan(ws: &Workspace, inputs: &PlanInputs) -> Result<(Plan, Con
     Ok((p, config))
 }
 
-/// Apply a plan under the state lock; refuses a plan made against another state.
+/// Take the state lock for `operation`, reporting a broken stale lock through `on_stale`.
+pub fn lock(
+    ws: &Workspace,
+    operation: &str,
+    on_stale: &mut dyn FnMut(&state::LockInfo),
+) -> Result<state::LockGuard> {
+    let (guard, stale) = state::acquire_lock(&ws.dir, operation).map_err(|e| anyhow!("{e}"))?;
+    if let Some(s) = stale {
+        on_stale(&s);
+    }
+    Ok(guard)
+}
+
+/// Apply a plan while holding the state lock; refuses a plan made against another state.
 pub async fn apply_plan(
     ws: &Workspace,
     plan: &Plan,
-    operation: &str,
+    _lock: &state::LockGuard,
     parallelism: usize,
     cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
     on_event: &mut dyn FnMut(&Event),
-    on_locked: &mut dyn FnMut(&state::LockInfo),
 ) -> Result<ApplyReport> {
-    let (guard, stale) = state::acquire_lock(&ws.dir, operation).map_err(|e| anyhow!("{e}"))?;
-    if let Some(s) = stale {
-        on_locked(&s);
-    }
     let mut store = StateStore::open(&ws.dir).map_err(|e| anyhow!("{e}"))?;
     let st = store.state();
-    let fresh = plan.lineage.is_empty() && st.serial == 0;
-    if !fresh && plan.lineage != st.lineage {
-        bail!("the plan does not match the given state: it was made for state lineage {:?}, this is {:?}\n  = help: make a new plan here", plan.lineage, st.lineage);
+    if plan.lineage.is_empty() && st.serial != 0 {
+        bail!("saved plan is stale: it was made before this state existed (serial {} now)\n  = help: run `pipeline plan` again and apply the new plan", st.serial);
+    }
+    if !plan.lineage.is_empty() && plan.lineage != st.lineage {
+        bail!("the plan does not match the given state: it was made for state lineage {:?}, this is {:?}\n  = help: make a new plan against this state", plan.lineage, st.lineage);
     }
     if plan.serial != st.serial {
         bail!("saved plan is stale: the state changed since it was made (serial {} then, {} now)\n  = help: run `pipeline plan` again and apply the new plan", plan.serial, st.serial);
@@ -276,6 +286,6 @@ pub async fn apply_plan(
     )
     .await
     .map_err(diags)?;
-    drop(guard);
+
     Ok(report)
 }

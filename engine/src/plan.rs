@@ -206,16 +206,20 @@ pub fn make_plan(
     let mut expansions = Vec::new();
     let mut drift = Vec::new();
     // Current view of each recorded instance: refreshed when asked, else as recorded.
+    // A record that is not Ready (interrupted or failed) is kept even when nothing answers for
+    // it, so the plan replaces it and the provider cleans up whatever half exists.
     let current = |addr: &str| -> Option<ResourceState> {
-        match refreshed {
-            Some(r) => r.get(addr).cloned().flatten(),
-            None => state.resources.get(addr).cloned(),
+        let recorded = state.resources.get(addr);
+        match (refreshed, recorded) {
+            (_, Some(rec)) if rec.status != Status::Ready => Some(rec.clone()),
+            (Some(r), _) => r.get(addr).cloned().flatten(),
+            (None, rec) => rec.cloned(),
         }
     };
     if let Some(r) = refreshed {
         for (addr, rec) in &state.resources {
             match r.get(addr) {
-                Some(None) => drift.push(Drift {
+                Some(None) if rec.status == Status::Ready => drift.push(Drift {
                     addr: addr.clone(),
                     gone: true,
                     changes: vec![],

@@ -1,0 +1,142 @@
+//! Shared helpers for tests that drive the real `pipeline` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pipeline");
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A scratch directory; on drop everything the engine started under it is stopped.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch {
+            dir: tempfile::Builder::new()
+                .prefix("pipeline-test-")
+                .tempdir()
+                .expect("tempdir"),
+        }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .arg("--no-color")
+            .current_dir(self.path())
+            .env_remove("PIPELINE_DIR");
+        c
+    }
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run pipeline")
+    }
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "pipeline {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            s(&out.stdout),
+            s(&out.stderr)
+        );
+        s(&out.stdout)
+    }
+    pub fn write(&self, rel: &str, text: &str) {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    /// Processes carrying the engine's replica marker for a directory under this scratch dir.
+    pub fn processes(&self) -> Vec<u32> {
+        pipeline_supervise::processes_under(self.path())
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let run = self.path().join(".pipeline/run");
+        if let Ok(rd) = std::fs::read_dir(&run) {
+            for e in rd.flatten() {
+                let _ = pipeline_supervise::stop(&e.path(), Duration::from_secs(5));
+            }
+        }
+        for pid in self.processes() {
+            // SAFETY: plain kill of a pid we started (marker env under our temp dir).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+pub fn s(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The preview sample service, built once per test run into the cargo target tmp dir.
+pub fn preview_binary() -> PathBuf {
+    static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("preview-target");
+        let st = Command::new("cargo")
+            .args(["build", "--release", "--quiet", "--manifest-path"])
+            .arg(repo().join("examples/preview/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .status()
+            .expect("cargo build of examples/preview");
+        assert!(st.success(), "building examples/preview failed");
+        target.join("release/preview")
+    })
+    .clone()
+}
+
+/// A source directory holding a prebuilt preview binary: services start in milliseconds.
+pub fn prebuilt_source(scratch: &Scratch) -> PathBuf {
+    let dir = scratch.path().join("app");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(preview_binary(), dir.join("preview")).unwrap();
+    dir
+}
+
+pub fn http(method: &str, url: &str, body: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (hostport, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut s = std::net::TcpStream::connect(hostport).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+pub fn state(scratch: &Scratch) -> pipeline_state::State {
+    pipeline_state::StateStore::load(&scratch.path().join(".pipeline")).expect("state parses")
+}

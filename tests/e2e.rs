@@ -1,0 +1,133 @@
+//! The local default as a new user meets it: plan and apply stacks/local.hcl through the real
+//! binary, call the service, scale it, destroy it, and check nothing is left behind.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        if e.file_name() == "target" {
+            continue;
+        }
+        let p = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &p);
+        } else {
+            std::fs::copy(e.path(), p).unwrap();
+        }
+    }
+}
+
+#[test]
+fn local_stack_plan_apply_scale_destroy() {
+    let t = Scratch::new();
+    copy_dir(&repo().join("stacks"), &t.path().join("stacks"));
+    copy_dir(
+        &repo().join("examples/preview"),
+        &t.path().join("examples/preview"),
+    );
+
+    let plan = t.ok(&["plan", "stacks/local.hcl"]);
+    assert!(
+        plan.contains("Plan: 5 to add, 0 to change, 0 to destroy."),
+        "{plan}"
+    );
+    assert!(plan.contains("+ service \"preview\""), "{plan}");
+
+    // `apply` without a stack uses the one planned here.
+    let applied = t.ok(&["apply", "-auto-approve"]);
+    assert!(applied.contains("Apply complete! 5 added"), "{applied}");
+
+    let url = t.ok(&["output", "url"]).trim().to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let (status, body) = http(
+        "POST",
+        &format!("{url}/preview"),
+        r##"{"markdown":"# Hi\n\n**bold**"}"##,
+    )
+    .expect("service answers");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("<h1>Hi</h1>") && body.contains("<strong>bold</strong>"),
+        "{body}"
+    );
+    // The rendered file got the real URLs of all replicas.
+    let upstreams = std::fs::read_to_string(t.path().join(".pipeline/out/upstreams.txt")).unwrap();
+    assert_eq!(upstreams.lines().count(), 3, "{upstreams}");
+    assert!(upstreams.contains(&url));
+
+    // Right after apply nothing is to be done: exit code 0 with -detailed-exitcode.
+    let out = t.run(&["plan", "-detailed-exitcode"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        s(&out.stdout),
+        s(&out.stderr)
+    );
+
+    // 3 -> 5 replicas: exactly two creates, the two new replicas.
+    let out = t.run(&["plan", "-var", "replicas=5", "-json", "-detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(2));
+    let lines: Vec<serde_json::Value> = s(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let creates: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["type"] == "planned_change" && l["action"] == "create")
+        .map(|l| l["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(creates, vec!["service.preview[3]", "service.preview[4]"]);
+    assert!(!lines
+        .iter()
+        .any(|l| l["type"] == "planned_change"
+            && (l["action"] == "replace" || l["action"] == "delete")));
+
+    t.ok(&["apply", "-auto-approve", "-var", "replicas=5"]);
+    let status = t.ok(&["status", "--json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&status).unwrap();
+    assert_eq!(rows.len(), 5);
+    assert!(wait_until(Duration::from_secs(10), || {
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_str(&t.ok(&["status", "--json"])).unwrap();
+        rows.iter().all(|r| r["healthy"] == true)
+    }));
+    let logs = t.ok(&["logs", "service.preview[4]"]);
+    assert!(logs.contains("preview listening on"), "{logs}");
+
+    // The supervisor brings a killed replica back.
+    let pid = rows[0]["pid"].as_u64().unwrap() as i32;
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(wait_until(Duration::from_secs(10), || {
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_str(&t.ok(&["status", "--json"])).unwrap();
+        rows[0]["restarts"].as_u64() == Some(1) && rows[0]["healthy"] == true
+    }));
+
+    let ports: Vec<u64> = rows.iter().map(|r| r["port"].as_u64().unwrap()).collect();
+    let out = t.ok(&["destroy", "-auto-approve"]);
+    assert!(out.contains("Destroy complete! 7 destroyed."), "{out}");
+    assert!(
+        t.processes().is_empty(),
+        "processes left: {:?}",
+        t.processes()
+    );
+    for p in ports {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", p as u16)).is_err(),
+            "port {p} still open"
+        );
+    }
+    let left: Vec<String> = std::fs::read_dir(t.path().join(".pipeline"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for d in ["run", "builds", "out"] {
+        assert!(!left.contains(&d.to_string()), "{d} left behind: {left:?}");
+    }
+    assert!(state(&t).resources.is_empty());
+}
