@@ -109,8 +109,12 @@ pub fn variables(vars: &[String], var_files: &[PathBuf]) -> Result<IndexMap<Stri
         }
     }
     for f in var_files {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("cannot read the var file {}", f.display()))?;
+        let text = std::fs::read_to_string(f).with_context(|| {
+            format!(
+                "cannot read the var file {}\n  = help: check the path given to -var-file",
+                f.display()
+            )
+        })?;
         let file = pipeline_engine::diag::SourceFile::new(f, text);
         let body = pipeline_engine::lang::parse(&file).map_err(|d| diags(d.into()))?;
         struct NoRefs(PathBuf);
@@ -122,7 +126,7 @@ pub fn variables(vars: &[String], var_files: &[PathBuf]) -> Result<IndexMap<Stri
             ) -> Result<Value, pipeline_engine::lang::LookupError> {
                 Err(pipeline_engine::lang::LookupError::new(
                     format!("{root}.{name}: a var file holds values only, no references"),
-                    None,
+                    Some("write literal values (strings, numbers, bools, lists, objects); compute derived values in the stack's locals".into()),
                 ))
             }
             fn base_dir(&self) -> &Path {
@@ -138,11 +142,16 @@ pub fn variables(vars: &[String], var_files: &[PathBuf]) -> Result<IndexMap<Stri
                         .map_err(|d| diags(d.into()))?;
                     out.insert(a.key.as_str().to_string(), v);
                 }
-                hcl_edit::structure::Structure::Block(b) => bail!(
-                    "{}: a var file holds `name = value` lines only, found a `{}` block",
-                    f.display(),
-                    b.ident.as_str()
-                ),
+                hcl_edit::structure::Structure::Block(b) => {
+                    use hcl_edit::Span;
+                    let d = pipeline_engine::diag::Diagnostic::new(format!(
+                        "a var file holds `name = value` lines only, found a `{}` block",
+                        b.ident.as_str()
+                    ))
+                    .at(b.ident.span().map(|r| file.location(r)))
+                    .help("write each variable as NAME = VALUE");
+                    return Err(diags(d.into()));
+                }
             }
         }
     }
@@ -202,10 +211,19 @@ pub async fn make_plan(ws: &Workspace, inputs: &PlanInputs) -> Result<(Plan, Con
         if !config.modules[0].variables.contains_key(k)
             && std::env::var(format!("PIPELINE_VAR_{k}")).is_err()
         {
-            bail!(
-                "-var {k}: the stack declares no variable \"{k}\"\n  = help: declared variables: {}",
-                config.modules[0].variables.keys().cloned().collect::<Vec<_>>().join(", ")
-            );
+            let declared: Vec<&str> = config.modules[0]
+                .variables
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let hint = match pipeline_engine::diag::did_you_mean(k, declared.iter().copied()) {
+                Some(c) => format!(
+                    "did you mean `{c}`? declared variables: {}",
+                    declared.join(", ")
+                ),
+                None => format!("declared variables: {}", declared.join(", ")),
+            };
+            bail!("-var {k}: the stack declares no variable \"{k}\"\n  = help: {hint}");
         }
     }
     let ctx = ws.ctx(&config)?;

@@ -1,7 +1,7 @@
 //! The static config model: stack and module files loaded into typed, validated blocks. No I/O
 //! beyond reading the files themselves.
 
-use crate::diag::{Diagnostic, Diagnostics, Location, SourceFile};
+use crate::diag::{did_you_mean, display_path, Diagnostic, Diagnostics, Location, SourceFile};
 use crate::lang::{self, Expr};
 use crate::provider::{Registry, Type};
 use hcl_edit::expr::{Expression, TraversalOperator};
@@ -63,6 +63,9 @@ pub struct ResourceDecl {
     pub attrs: IndexMap<String, Expr>,
     pub loc: Location,
     pub file: Arc<SourceFile>,
+    /// Every attribute of the kind's schema (settable and computed), so references to
+    /// `kind.name.ATTR` can be checked before anything is evaluated.
+    pub schema_attrs: Vec<&'static str>,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +81,8 @@ pub struct ModuleCall {
     pub name: String,
     pub child: usize,
     pub inputs: IndexMap<String, Expr>,
+    /// Where each input's name is written, for errors about the name itself.
+    pub input_keys: IndexMap<String, Location>,
     pub loc: Location,
 }
 
@@ -101,7 +106,11 @@ pub fn load(path: &Path, registry: &Registry) -> Result<Config, Diagnostics> {
     let (dir, files) = if meta.is_dir() {
         (
             path.to_path_buf(),
-            hcl_files(path).map_err(Diagnostics::from)?,
+            hcl_files(path).map_err(|d| {
+                Diagnostics::from(
+                    d.help("give a stack file, or a directory that holds the stack's .hcl files"),
+                )
+            })?,
         )
     } else {
         (
@@ -175,11 +184,29 @@ impl Loader<'_> {
         });
         let mut pending_calls = Vec::new();
         for path in files {
-            let text = match std::fs::read_to_string(path) {
-                Ok(t) => t,
+            let text = match std::fs::read(path) {
+                Ok(bytes) => match String::from_utf8(bytes) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        // Point at the first byte that is not UTF-8.
+                        let at = e.utf8_error().valid_up_to();
+                        let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                        let shown = SourceFile::new(path, lossy);
+                        let prefix = String::from_utf8_lossy(&e.as_bytes()[..at]).len();
+                        self.diags.push(
+                            Diagnostic::new(format!(
+                                "cannot read {}: the file is not UTF-8 text",
+                                shown.display
+                            ))
+                            .at(Some(shown.location(prefix..prefix + char::REPLACEMENT_CHARACTER.len_utf8())))
+                            .help("save the file as UTF-8 (the marked character is in another encoding, e.g. Latin-1)"),
+                        );
+                        continue;
+                    }
+                },
                 Err(e) => {
                     self.diags.push(
-                        Diagnostic::new(format!("cannot read {}: {e}", path.display()))
+                        Diagnostic::new(format!("cannot read {}: {e}", display_path(path)))
                             .help("check that the file exists and is readable"),
                     );
                     continue;
@@ -209,8 +236,8 @@ impl Loader<'_> {
                 }
             }
         }
-        for (name, source, inputs, l, file) in pending_calls {
-            let child_dir = dir.join(&source);
+        for (name, (source, source_loc), (inputs, input_keys), l, file) in pending_calls {
+            let child_dir = normalize(&dir.join(&source));
             let canon = child_dir.canonicalize().unwrap_or(child_dir.clone());
             if stack.contains(&canon) {
                 self.diags.push(
@@ -226,10 +253,20 @@ impl Loader<'_> {
             let files = match hcl_files(&child_dir) {
                 Ok(f) => f,
                 Err(_) => {
+                    let why = if child_dir.is_dir() {
+                        "has no .hcl files"
+                    } else if child_dir.exists() {
+                        "is not a directory"
+                    } else {
+                        "does not exist"
+                    };
                     self.diags.push(
-                        Diagnostic::new(format!("module \"{name}\": no module at {} ({})", source, child_dir.display()))
-                            .at(Some(l))
-                            .help("`source` is a directory of .hcl files, relative to this file's directory"),
+                        Diagnostic::new(format!(
+                            "module \"{name}\": the source directory {} {why}",
+                            display_path(&child_dir)
+                        ))
+                        .at(source_loc.or(Some(l)))
+                        .help("`source` is a directory of .hcl files, relative to the directory of the file that calls it"),
                     );
                     continue;
                 }
@@ -249,6 +286,10 @@ impl Loader<'_> {
                 ModuleCall {
                     name,
                     child,
+                    input_keys: inputs
+                        .keys()
+                        .filter_map(|k| Some((k.clone(), input_keys.get(k)?.clone())))
+                        .collect(),
                     inputs,
                     loc: l,
                 },
@@ -266,7 +307,12 @@ impl Loader<'_> {
                     c.child,
                     c.inputs
                         .iter()
-                        .map(|(k, e)| (k.clone(), e.location()))
+                        .map(|(k, e)| {
+                            (
+                                k.clone(),
+                                c.input_keys.get(k).cloned().or_else(|| e.location()),
+                            )
+                        })
                         .collect(),
                     c.loc.clone(),
                 )
@@ -276,10 +322,14 @@ impl Loader<'_> {
             let vars = &self.modules[child].variables;
             for (k, kl) in &inputs {
                 if !vars.contains_key(k) {
+                    let all = names(vars.keys());
                     self.diags.push(
                         Diagnostic::new(format!("module \"{name}\" has no variable \"{k}\""))
                             .at(kl.clone())
-                            .help(format!("its variables: {}", names(vars.keys()))),
+                            .help(match did_you_mean(k, vars.keys().map(String::as_str)) {
+                                Some(c) => format!("did you mean `{c}`? its variables: {all}"),
+                                None => format!("its variables: {all}; declare `variable \"{k}\"` in the module to add one"),
+                            }),
                     );
                 }
             }
@@ -309,8 +359,8 @@ impl Loader<'_> {
         b: &Block,
     ) -> Option<(
         String,
-        String,
-        IndexMap<String, Expr>,
+        (String, Option<Location>),
+        (IndexMap<String, Expr>, IndexMap<String, Location>),
         Location,
         Arc<SourceFile>,
     )> {
@@ -331,10 +381,16 @@ impl Loader<'_> {
             self.diags.push(
                 Diagnostic::new(format!("unknown block type `{kind}`"))
                     .at(Some(bloc))
-                    .help(format!(
-                        "blocks available: variable, locals, output, module, {}",
-                        self.registry.kind_names().join(", ")
-                    )),
+                    .help({
+                        let mut all = vec!["variable", "locals", "output", "module"];
+                        all.extend(self.registry.kind_names());
+                        match did_you_mean(kind, all.iter().copied()) {
+                            Some(c) => {
+                                format!("did you mean `{c}`? blocks available: {}", all.join(", "))
+                            }
+                            None => format!("blocks available: {}", all.join(", ")),
+                        }
+                    }),
             );
             return None;
         }
@@ -363,7 +419,8 @@ impl Loader<'_> {
             );
             return None;
         }
-        let attrs = self.attributes(file, &b.body, kind);
+        let (attrs, keys) = self.attributes(file, &b.body, kind);
+        let key_loc = |k: &str, e: &Expr| keys.get(k).cloned().or_else(|| e.location());
         let module = &mut self.modules[m];
         match kind {
             "variable" => {
@@ -398,20 +455,36 @@ impl Loader<'_> {
                             other,
                             "variable",
                             &["default", "type", "sensitive", "description"],
-                            e.location(),
+                            key_loc(other, &e),
                         )),
+                    }
+                }
+                if let (Some(t), Some(d)) = (&v.ty, &v.default) {
+                    if let Some(Err(msg)) = constant(d).map(|c| t.convert(c)) {
+                        self.diags.push(
+                            Diagnostic::new(format!(
+                                "the default of variable \"{name}\" does not match its type: {msg}"
+                            ))
+                            .at(d.location())
+                            .help(format!(
+                                "give a default of type {}, or change `type`",
+                                t.name()
+                            )),
+                        );
                     }
                 }
                 self.modules[m].variables.insert(name, v);
             }
             "locals" => {
                 for (k, e) in attrs {
-                    if module.locals.contains_key(&k) {
-                        self.diags.push(
-                            Diagnostic::new(format!("local \"{k}\" is defined twice"))
-                                .at(e.location())
-                                .help("give each local value one definition"),
-                        );
+                    if let Some(prev) = module.locals.get(&k) {
+                        let mut d = Diagnostic::new(format!("local \"{k}\" is defined twice"))
+                            .at(key_loc(&k, &e))
+                            .help("give each local value one definition, or rename one of them");
+                        if let Some(p) = prev.expr.location() {
+                            d = d.detail(format!("first defined at {p}"));
+                        }
+                        self.diags.push(d);
                         continue;
                     }
                     module
@@ -437,7 +510,7 @@ impl Loader<'_> {
                             other,
                             "output",
                             &["value", "sensitive", "description"],
-                            e.location(),
+                            key_loc(other, &e),
                         )),
                     }
                 }
@@ -470,7 +543,7 @@ impl Loader<'_> {
                 for (k, e) in attrs {
                     match k.as_str() {
                         "source" => match e.expr.as_str() {
-                            Some(s) => source = Some(s.to_string()),
+                            Some(s) => source = Some((s.to_string(), e.location())),
                             None => self.diags.push(
                                 Diagnostic::new("a module source must be a literal string")
                                     .at(e.location())
@@ -495,7 +568,7 @@ impl Loader<'_> {
                     );
                     return None;
                 };
-                return Some((name, source, inputs, bloc, file.clone()));
+                return Some((name, source, (inputs, keys.clone()), bloc, file.clone()));
             }
             _ => {
                 let key = format!("{kind}.{name}");
@@ -545,6 +618,7 @@ impl Loader<'_> {
                     attrs: IndexMap::new(),
                     loc: bloc.clone(),
                     file: file.clone(),
+                    schema_attrs: schema.attrs.iter().map(|a| a.name).collect(),
                 };
                 for (k, e) in attrs {
                     match k.as_str() {
@@ -579,13 +653,13 @@ impl Loader<'_> {
                             }
                             Some(_) => self.diags.push(
                                 Diagnostic::new(format!("`{other}` of a {kind} is set by the provider and cannot be written"))
-                                    .at(e.location())
-                                    .help("remove it; read it elsewhere as {kind}.{name}.{other}"),
+                                    .at(key_loc(other, &e))
+                                    .help(format!("remove it; read it elsewhere as {kind}.{name}.{other}")),
                             ),
                             None => {
                                 let mut known: Vec<&str> = schema.attrs.iter().filter(|a| a.settable()).map(|a| a.name).collect();
                                 known.extend(META);
-                                self.diags.push(unknown_attr(other, kind, &known, e.location()));
+                                self.diags.push(unknown_attr(other, kind, &known, key_loc(other, &e)));
                             }
                         },
                     }
@@ -624,8 +698,9 @@ impl Loader<'_> {
         file: &Arc<SourceFile>,
         body: &Body,
         kind: &str,
-    ) -> IndexMap<String, Expr> {
+    ) -> (IndexMap<String, Expr>, IndexMap<String, Location>) {
         let mut out: IndexMap<String, Expr> = IndexMap::new();
+        let mut keys: IndexMap<String, Location> = IndexMap::new();
         for s in body.iter() {
             match s {
                 Structure::Attribute(a) => {
@@ -637,6 +712,9 @@ impl Loader<'_> {
                                 .help("keep one of them"),
                         );
                         continue;
+                    }
+                    if let Some(l) = loc(file, a.key.span()) {
+                        keys.insert(k.clone(), l);
                     }
                     out.insert(
                         k,
@@ -656,7 +734,7 @@ impl Loader<'_> {
                 ),
             }
         }
-        out
+        (out, keys)
     }
 }
 
@@ -681,8 +759,7 @@ fn dup(kind: &str, name: &str, here: &Location, prev: &Location) -> Diagnostic {
 }
 
 fn unknown_attr(name: &str, kind: &str, known: &[&str], at: Option<Location>) -> Diagnostic {
-    let close = known.iter().find(|k| edit_distance(k, name) <= 2);
-    let help = match close {
+    let help = match did_you_mean(name, known.iter().copied()) {
         Some(c) => format!(
             "did you mean `{c}`? attributes of {kind}: {}",
             known.join(", ")
@@ -694,21 +771,59 @@ fn unknown_attr(name: &str, kind: &str, known: &[&str], at: Option<Location>) ->
         .help(help)
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur.push(
-                (prev[j] + usize::from(ca != *cb))
-                    .min(prev[j + 1] + 1)
-                    .min(cur[j] + 1),
-            );
+/// `a/b/../c` → `a/c`, without touching the file system (so paths stay as the user wrote them).
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            c => out.push(c.as_os_str()),
         }
-        prev = cur;
     }
-    prev[b.len()]
+    out
+}
+
+/// The value of an expression that refers to nothing (a literal default), or None.
+fn constant(e: &Expr) -> Option<crate::value::Value> {
+    struct NoRefs;
+    impl lang::Resolve for NoRefs {
+        fn lookup(&self, _: &str, _: &str) -> Result<crate::value::Value, lang::LookupError> {
+            Err(lang::LookupError::new("not a constant", None))
+        }
+        fn base_dir(&self) -> &Path {
+            Path::new(".")
+        }
+    }
+    if !lang::references(&e.expr).is_empty() || has_call(&e.expr) {
+        return None;
+    }
+    lang::Evaluator::new(&e.file, &NoRefs).eval(&e.expr).ok()
+}
+
+/// Whether an expression calls a function (calls may read files; constants do not).
+fn has_call(e: &Expression) -> bool {
+    match e {
+        Expression::FuncCall(_) => true,
+        Expression::Array(a) => a.iter().any(has_call),
+        Expression::Object(o) => o.iter().any(|(_, v)| has_call(v.expr())),
+        Expression::Parenthesis(p) => has_call(p.inner()),
+        Expression::UnaryOp(u) => has_call(&u.expr),
+        Expression::BinaryOp(b) => has_call(&b.lhs_expr) || has_call(&b.rhs_expr),
+        Expression::Conditional(c) => {
+            has_call(&c.cond_expr) || has_call(&c.true_expr) || has_call(&c.false_expr)
+        }
+        Expression::Null(_)
+        | Expression::Bool(_)
+        | Expression::Number(_)
+        | Expression::String(_) => false,
+        _ => true,
+    }
 }
 
 fn valid_name(s: &str) -> bool {

@@ -23,8 +23,14 @@ impl SourceFile {
     }
 
     pub fn location(&self, range: std::ops::Range<usize>) -> Location {
-        let start = range.start.min(self.text.len());
-        let end = range.end.clamp(start, self.text.len());
+        let mut start = range.start.min(self.text.len());
+        while !self.text.is_char_boundary(start) {
+            start -= 1;
+        }
+        let mut end = range.end.clamp(start, self.text.len());
+        while !self.text.is_char_boundary(end) {
+            end += 1;
+        }
         let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
         let line_end = self.text[start..]
             .find('\n')
@@ -81,6 +87,10 @@ pub struct Diagnostic {
     pub help: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub at: Option<Location>,
+    /// Only repeats a failure reported by another diagnostic ("var.x could not be evaluated"):
+    /// hidden when that other diagnostic is shown.
+    #[serde(skip)]
+    pub secondary: bool,
 }
 
 impl Diagnostic {
@@ -90,7 +100,12 @@ impl Diagnostic {
             detail: None,
             help: None,
             at: None,
+            secondary: false,
         }
+    }
+    pub fn secondary(mut self) -> Self {
+        self.secondary = true;
+        self
     }
     pub fn at(mut self, loc: Option<Location>) -> Self {
         if self.at.is_none() {
@@ -165,7 +180,9 @@ impl From<Diagnostic> for Diagnostics {
 
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, d) in self.0.iter().enumerate() {
+        let any_primary = self.0.iter().any(|d| !d.secondary);
+        let shown = self.0.iter().filter(|d| !(any_primary && d.secondary));
+        for (i, d) in shown.enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
@@ -176,3 +193,96 @@ impl fmt::Display for Diagnostics {
 }
 
 impl std::error::Error for Diagnostics {}
+
+/// The candidate closest to `name` when it is close enough to be a likely typo.
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let limit = match name.chars().count() {
+        0..=2 => 1,
+        3..=5 => 2,
+        _ => 3,
+    };
+    candidates
+        .into_iter()
+        .filter(|c| *c != name)
+        .map(|c| {
+            let d = edit_distance(&name.to_lowercase(), &c.to_lowercase());
+            // "uppercase" for "upper", "len" for "length": one contains the other.
+            let contained =
+                c.len() >= 3 && name.len() >= 3 && (name.contains(c) || c.contains(name));
+            (if contained { d.min(limit) } else { d }, c)
+        })
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push(
+                (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(
+            did_you_mean("contnet", ["path", "content"]),
+            Some("content")
+        );
+        assert_eq!(
+            did_you_mean("servce", ["host", "file", "service"]),
+            Some("service")
+        );
+        assert_eq!(did_you_mean("uppercase", ["upper", "lower"]), Some("upper"));
+        assert_eq!(did_you_mean("zzz", ["upper", "lower"]), None);
+        assert_eq!(did_you_mean("a", ["b"]), Some("b"));
+        assert_eq!(did_you_mean("ab", ["xy"]), None);
+    }
+
+    #[test]
+    fn secondary_diagnostics_hide_behind_the_cause() {
+        let d = Diagnostics(vec![
+            Diagnostic::new("the cause").help("fix it"),
+            Diagnostic::new("a consequence").secondary(),
+        ]);
+        let s = d.to_string();
+        assert!(
+            s.contains("the cause") && !s.contains("a consequence"),
+            "{s}"
+        );
+        let only = Diagnostics(vec![Diagnostic::new("a consequence").secondary()]);
+        assert!(only.to_string().contains("a consequence"));
+    }
+
+    #[test]
+    fn location_and_caret() {
+        let f = SourceFile::new(Path::new("x.hcl"), "a = 1\nbb = \"zz\"\n".into());
+        let l = f.location(11..15);
+        assert_eq!((l.line, l.col, l.width), (2, 6, 4));
+        // Ranges inside a multi-byte character widen to the whole character.
+        let u = SourceFile::new(Path::new("u.hcl"), "é = 1".into());
+        assert_eq!(u.location(1..2).width, 1);
+        let d = Diagnostic::new("bad").at(Some(l)).help("h");
+        assert_eq!(
+            d.to_string(),
+            "error: bad\n --> x.hcl:2:6\n  |\n2 | bb = \"zz\"\n  |      ^^^^\n  = help: h\n"
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! references and `depends_on` as edges. Cycles are reported with every block on them.
 
 use crate::config::Config;
-use crate::diag::{Diagnostic, Diagnostics, Location};
+use crate::diag::{did_you_mean, Diagnostic, Diagnostics, Location};
 use crate::lang::{references, Expr, Reference};
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::Direction;
@@ -75,6 +75,17 @@ impl ConfigGraph {
             for expr in exprs {
                 for r in references(&expr.expr) {
                     match resolve(config, scope, &r, &node) {
+                        Ok(deps) if deps.contains(&node) && !matches!(node, Node::Var(..)) => {
+                            let me = node_name(config, &node);
+                            diags.push(
+                                Diagnostic::new(format!("{me} refers to itself"))
+                                    .at(r.span.clone().map(|s| expr.file.location(s)))
+                                    .help(match &node {
+                                        Node::Resource(..) => "a resource cannot use its own attributes; compute the value in a local, or take it from another block",
+                                        _ => "a value cannot be defined in terms of itself",
+                                    }),
+                            );
+                        }
                         Ok(deps) => {
                             for d in deps {
                                 let from = g.index[&d];
@@ -192,10 +203,18 @@ fn resolve(config: &Config, m: usize, r: &Reference, from: &Node) -> Result<Vec<
             } else {
                 Err(
                     Diagnostic::new(format!("reference to an undeclared variable var.{n}")).help(
-                        format!(
-                            "declare it with `variable \"{n}\" {{}}`{}",
-                            known(module.variables.keys())
-                        ),
+                        match did_you_mean(&n, module.variables.keys().map(String::as_str)) {
+                            Some(c) => {
+                                format!(
+                                    "did you mean var.{c}? declared: {}",
+                                    join(module.variables.keys())
+                                )
+                            }
+                            None => format!(
+                                "declare it with `variable \"{n}\" {{}}`{}",
+                                known(module.variables.keys())
+                            ),
+                        },
                     ),
                 )
             }
@@ -207,10 +226,18 @@ fn resolve(config: &Config, m: usize, r: &Reference, from: &Node) -> Result<Vec<
             } else {
                 Err(
                     Diagnostic::new(format!("reference to an undeclared local value local.{n}"))
-                        .help(format!(
-                            "define it in a `locals {{ {n} = ... }}` block{}",
-                            known(module.locals.keys())
-                        )),
+                        .help(
+                            match did_you_mean(&n, module.locals.keys().map(String::as_str)) {
+                                Some(c) => format!(
+                                    "did you mean local.{c}? declared: {}",
+                                    join(module.locals.keys())
+                                ),
+                                None => format!(
+                                    "define it in a `locals {{ {n} = ... }}` block{}",
+                                    known(module.locals.keys())
+                                ),
+                            },
+                        ),
                 )
             }
         }
@@ -231,8 +258,18 @@ fn resolve(config: &Config, m: usize, r: &Reference, from: &Node) -> Result<Vec<
                     Ok(vec![Node::Output(call.child, o.clone())])
                 }
                 Some(o) => Err(
-                    Diagnostic::new(format!("module \"{n}\" has no output \"{o}\""))
-                        .help(format!("its outputs: {}", join(child.outputs.keys()))),
+                    Diagnostic::new(format!("module \"{n}\" has no output \"{o}\"")).help(
+                        match did_you_mean(o, child.outputs.keys().map(String::as_str)) {
+                            Some(c) => format!(
+                                "did you mean module.{n}.{c}? its outputs: {}",
+                                join(child.outputs.keys())
+                            ),
+                            None => format!(
+                                "its outputs: {}; declare `output \"{o}\"` in the module to add one",
+                                join(child.outputs.keys())
+                            ),
+                        },
+                    ),
                 ),
                 None => Ok(child
                     .outputs
@@ -243,15 +280,21 @@ fn resolve(config: &Config, m: usize, r: &Reference, from: &Node) -> Result<Vec<
         }
         "count" | "each" => match from {
             Node::Resource(..) => Ok(vec![]),
-            _ => Err(Diagnostic::new(format!(
-                "`{}` is only available inside a resource with {}",
-                r.root,
-                if r.root == "count" {
+            _ => {
+                let meta = if r.root == "count" {
                     "count"
                 } else {
                     "for_each"
-                }
-            ))),
+                };
+                Err(Diagnostic::new(format!(
+                    "`{}` is only available inside a resource with {meta}",
+                    r.root,
+                ))
+                .help(format!(
+                    "{} belong to resource blocks; here refer to a resource's instances instead, e.g. KIND.NAME[0] or KIND.NAME[*].ATTRIBUTE",
+                    if r.root == "count" { "count.index" } else { "each.key and each.value" }
+                )))
+            }
         },
         "path" | "self" => Ok(vec![]),
         kind => {
@@ -267,7 +310,22 @@ fn resolve(config: &Config, m: usize, r: &Reference, from: &Node) -> Result<Vec<
             }
             let n = name()?;
             let key = format!("{kind}.{n}");
-            if module.resources.contains_key(&key) {
+            if let Some(decl) = module.resources.get(&key) {
+                if let Some(a) = &r.attr {
+                    if !decl.schema_attrs.is_empty() && !decl.schema_attrs.contains(&a.as_str()) {
+                        let all = decl.schema_attrs.join(", ");
+                        return Err(
+                            Diagnostic::new(format!("{key} has no attribute `{a}`")).help(
+                                match did_you_mean(a, decl.schema_attrs.iter().copied()) {
+                                    Some(c) => {
+                                        format!("did you mean `{c}`? attributes of a {kind}: {all}")
+                                    }
+                                    None => format!("attributes of a {kind}: {all}"),
+                                },
+                            ),
+                        );
+                    }
+                }
                 Ok(vec![Node::Resource(m, key)])
             } else {
                 let same: Vec<&str> = module
@@ -276,12 +334,17 @@ fn resolve(config: &Config, m: usize, r: &Reference, from: &Node) -> Result<Vec<
                     .filter(|k| k.starts_with(&format!("{kind}.")))
                     .map(String::as_str)
                     .collect();
+                let names: Vec<&str> = same.iter().map(|k| &k[kind.len() + 1..]).collect();
                 Err(
                     Diagnostic::new(format!("reference to an undeclared {kind} \"{n}\"")).help(
-                        if same.is_empty() {
-                            format!("declare it with `{kind} \"{n}\" {{ ... }}` in this module")
-                        } else {
-                            format!("declared here: {}", same.join(", "))
+                        match (same.is_empty(), did_you_mean(&n, names.iter().copied())) {
+                            (true, _) => {
+                                format!("declare it with `{kind} \"{n}\" {{ ... }}` in this module")
+                            }
+                            (false, Some(c)) => {
+                                format!("did you mean {kind}.{c}? declared: {}", same.join(", "))
+                            }
+                            (false, None) => format!("declared: {}", same.join(", ")),
                         },
                     ),
                 )

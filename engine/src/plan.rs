@@ -303,13 +303,18 @@ pub fn make_plan(
                     continue;
                 }
             };
-            for (attr, msg) in provider.validate(&decl.kind, &cfg) {
-                let at = attr
+            for inv in provider.validate(&decl.kind, &cfg) {
+                let at = inv
+                    .attr
                     .as_ref()
                     .and_then(|a| decl.attrs.get(a))
                     .and_then(|e| e.location())
                     .or(Some(decl.loc.clone()));
-                diags.push(Diagnostic::new(format!("{addr}: {msg}")).at(at));
+                diags.push(
+                    Diagnostic::new(format!("{addr}: {}", inv.message))
+                        .at(at)
+                        .help(inv.help),
+                );
             }
             let prior = current(&addr);
             let planned = match provider.plan(
@@ -587,6 +592,10 @@ fn expand(
         } else {
             "count"
         };
+        // "2" counts as 2, as in Terraform.
+        let v = crate::provider::Type::Number
+            .convert(v.unmarked().0)
+            .unwrap_or(v);
         return match v.unmarked().0 {
             Value::Number(n) if n >= 0.0 && n.fract() == 0.0 && n <= 100_000.0 => Ok(Expansion::Count(n as usize)),
             Value::Unknown => Err(Diagnostic::new(format!("{what} depends on a value that is known only after apply"))
@@ -610,7 +619,10 @@ fn expand(
                                 return Err(Diagnostic::new(format!(
                                     "for_each has the key \"{s}\" twice"
                                 ))
-                                .at(f.location()));
+                                .at(f.location())
+                                .help(
+                                    "for_each keys must be unique: use distinct(LIST) or a map",
+                                ));
                             }
                             out.push((s.clone(), Value::String(s)));
                         }
@@ -635,7 +647,8 @@ fn expand(
                 "for_each needs a map or a list of strings, found {}",
                 other.type_name()
             ))
-            .at(f.location())),
+            .at(f.location())
+            .help("write for_each = { key = value, ... } or for_each = [\"a\", \"b\"]")),
         };
     }
     Ok(Expansion::Single)
@@ -677,7 +690,7 @@ pub fn eval_attrs(
                             Diagnostic::new(format!("wrong type for `{}`: {msg}", a.name))
                                 .at(e.location())
                                 .help(format!(
-                                    "`{}` of a {} is {}",
+                                    "`{}` of a {} takes a value of type {}",
                                     a.name,
                                     decl.kind,
                                     a.ty.name()

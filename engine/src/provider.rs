@@ -67,9 +67,10 @@ impl Type {
                 .collect::<Result<ValueMap, _>>()
                 .map(Value::Map),
             (t, v) => Err(format!(
-                "{} {} is required, found {}",
+                "{} {} is required, found {} {}",
                 article(&t.name()),
                 t.name(),
+                article(v.type_name()),
                 v.type_name()
             )),
         }
@@ -171,6 +172,24 @@ pub struct ProviderCtx {
     pub exe: PathBuf,
 }
 
+/// A configuration value a provider rejects, with the attribute it is about and what to write instead.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invalid {
+    pub attr: Option<String>,
+    pub message: String,
+    pub help: String,
+}
+
+impl Invalid {
+    pub fn new(attr: Option<&str>, message: impl Into<String>, help: impl Into<String>) -> Self {
+        Invalid {
+            attr: attr.map(str::to_string),
+            message: message.into(),
+            help: help.into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderError {
     pub message: String,
@@ -229,8 +248,8 @@ pub struct ApplyRequest<'a> {
 pub trait Provider: Send + Sync {
     fn name(&self) -> &'static str;
     fn kinds(&self) -> Vec<KindSchema>;
-    /// Check values the schema cannot (a port range, an exclusive pair). (attribute, message).
-    fn validate(&self, _kind: &str, _config: &ValueMap) -> Vec<(Option<String>, String)> {
+    /// Check values the schema cannot (a port range, an exclusive pair).
+    fn validate(&self, _kind: &str, _config: &ValueMap) -> Vec<Invalid> {
         Vec::new()
     }
     /// Pure: never changes anything outside the process.

@@ -210,10 +210,9 @@ impl Resolve for Scope<'_, '_> {
         let cfg = self.world.config;
         let m = self.module;
         let failed = |what: String| {
-            LookupError::new(
-                format!("{what} could not be evaluated (see the error reported for it)"),
-                None,
-            )
+            LookupError::secondary(format!(
+                "{what} could not be evaluated (see the error reported for it)"
+            ))
         };
         match root {
             "var" => self

@@ -14,6 +14,9 @@ use std::path::Path;
 pub struct LookupError {
     pub summary: String,
     pub help: Option<String>,
+    /// The value could not be computed because of an error reported on its own
+    /// (`var.x could not be evaluated`): the diagnostic is hidden behind that error.
+    pub secondary: bool,
 }
 
 impl LookupError {
@@ -21,6 +24,14 @@ impl LookupError {
         LookupError {
             summary: summary.into(),
             help,
+            secondary: false,
+        }
+    }
+    /// A lookup that failed only because another, separately reported, error.
+    pub fn secondary(summary: impl Into<String>) -> Self {
+        LookupError {
+            secondary: true,
+            ..LookupError::new(summary, None)
         }
     }
 }
@@ -131,14 +142,18 @@ impl<'a> Evaluator<'a> {
                     Value::Unknown => Ok(Value::Unknown),
                     Value::Bool(true) => Ok(self.eval(&c.true_expr)?.mark(sens)),
                     Value::Bool(false) => Ok(self.eval(&c.false_expr)?.mark(sens)),
-                    other => Err(self.err(
-                        c.cond_expr.span(),
-                        format!("the condition must be a bool, found {}", other.type_name()),
-                    )),
+                    other => Err(self
+                        .err(
+                            c.cond_expr.span(),
+                            format!("the condition must be a bool, found {}", other.type_name()),
+                        )
+                        .help("compare to get a bool, e.g. var.x == \"a\" ? ... : ...")),
                 }
             }
             Expression::FuncCall(f) => self.call(f),
             Expression::Traversal(t) => {
+                // What has been read so far, for messages: `host.app`, `file.a[0]`.
+                let mut path = String::new();
                 let (mut cur, rest) = match &t.expr {
                     Expression::Variable(v) if self.bound(v.as_str()).is_none() => {
                         let Some(first) = t.operators.first() else {
@@ -151,9 +166,15 @@ impl<'a> Evaluator<'a> {
                         let val = self.resolver.lookup(v.as_str(), &name).map_err(|le| {
                             let mut d = self.err(t.span(), le.summary);
                             d.help = le.help;
+                            d.secondary = le.secondary;
                             d
                         })?;
+                        path = format!("{}.{name}", v.as_str());
                         (val, &t.operators[1..])
+                    }
+                    Expression::Variable(v) => {
+                        path = v.as_str().to_string();
+                        (self.eval(&t.expr)?, &t.operators[..])
                     }
                     other => (self.eval(other)?, &t.operators[..]),
                 };
@@ -169,16 +190,21 @@ impl<'a> Evaluator<'a> {
                                 v => vec![v],
                             };
                             let mut out = Vec::new();
-                            for item in items {
+                            for (n, item) in items.into_iter().enumerate() {
                                 let mut v = item;
+                                let mut p = if path.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!("{path}[{n}]")
+                                };
                                 for op in &rest[i + 1..] {
-                                    v = self.step(v, op.value(), t.span())?;
+                                    v = self.step(v, op.value(), t.span(), &mut p)?;
                                 }
                                 out.push(v);
                             }
                             return Ok(Value::List(out));
                         }
-                        other => cur = self.step(cur, other, t.span())?,
+                        other => cur = self.step(cur, other, t.span(), &mut path)?,
                     }
                     i += 1;
                 }
@@ -192,14 +218,16 @@ impl<'a> Evaluator<'a> {
                     (UnaryOperator::Neg, Value::Number(n)) => Value::Number(-n),
                     (UnaryOperator::Not, Value::Bool(b)) => Value::Bool(!b),
                     (op, v) => {
-                        return Err(self.err(
-                            u.expr.span(),
-                            format!(
-                                "operator `{}` cannot be applied to a {}",
-                                op.as_str(),
-                                v.type_name()
-                            ),
-                        ))
+                        return Err(self
+                            .err(
+                                u.expr.span(),
+                                format!(
+                                    "operator `{}` cannot be applied to a {}",
+                                    op.as_str(),
+                                    v.type_name()
+                                ),
+                            )
+                            .help("`-` negates a number and `!` a bool"))
                     }
                 };
                 Ok(out.mark(sens))
@@ -223,38 +251,49 @@ impl<'a> Evaluator<'a> {
         self.err(span, format!("unknown name `{name}`")).help(help)
     }
 
+    /// One traversal step; `path` names what `cur` is (empty when it has no name) and is
+    /// extended by the step.
     fn step(
         &mut self,
         cur: Value,
         op: &TraversalOperator,
         span: Option<std::ops::Range<usize>>,
+        path: &mut String,
     ) -> R {
+        let what = if path.is_empty() {
+            "this object".to_string()
+        } else {
+            format!("`{path}`")
+        };
         let (cur, sens) = match cur {
             Value::Sensitive(v) => (*v, true),
             v => (v, false),
         };
+        if let TraversalOperator::GetAttr(name) = op {
+            if !path.is_empty() {
+                path.push('.');
+                path.push_str(name.as_str());
+            }
+        }
         let out = match op {
             TraversalOperator::GetAttr(name) => match cur {
                 Value::Unknown => Value::Unknown,
                 Value::Map(mut m) => match m.shift_remove(name.as_str()) {
                     Some(v) => v,
                     None => {
-                        let keys: Vec<&String> = m.keys().collect();
+                        let keys: Vec<&str> = m.keys().map(String::as_str).collect();
+                        let close = crate::diag::did_you_mean(name.as_str(), keys.iter().copied());
                         return Err(self
-                            .err(
-                                span,
-                                format!("this object has no attribute `{}`", name.as_str()),
-                            )
-                            .help(if keys.is_empty() {
-                                "it has no attributes".to_string()
-                            } else {
-                                format!(
-                                    "attributes available: {}",
-                                    keys.iter()
-                                        .map(|k| k.as_str())
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
-                                )
+                            .err(span, format!("{what} has no attribute `{}`", name.as_str()))
+                            .help(match (keys.is_empty(), close) {
+                                (true, _) => "it has no attributes".to_string(),
+                                (false, Some(c)) => format!(
+                                    "did you mean `{c}`? attributes available: {}",
+                                    keys.join(", ")
+                                ),
+                                (false, None) => {
+                                    format!("attributes available: {}", keys.join(", "))
+                                }
                             }));
                     }
                 },
@@ -274,21 +313,35 @@ impl<'a> Evaluator<'a> {
                     )))
                 }
                 other => {
-                    return Err(self.err(
-                        span,
-                        format!(
-                            "cannot read attribute `{}` of a {}",
-                            name.as_str(),
-                            other.type_name()
-                        ),
-                    ))
+                    return Err(self
+                        .err(
+                            span,
+                            format!(
+                                "cannot read attribute `{}` of {what}, a {}",
+                                name.as_str(),
+                                other.type_name()
+                            ),
+                        )
+                        .help("only objects have attributes"))
                 }
             },
             TraversalOperator::Index(ix) => {
                 let ix = self.eval(ix)?;
+                if !path.is_empty() {
+                    match ix.unmarked().0 {
+                        Value::Number(n) => {
+                            path.push_str(&format!("[{}]", crate::value::format_number(n)))
+                        }
+                        Value::String(k) => path.push_str(&format!("[{k:?}]")),
+                        _ => path.push_str("[?]"),
+                    }
+                }
                 self.index(cur, ix, span)?
             }
             TraversalOperator::LegacyIndex(n) => {
+                if !path.is_empty() {
+                    path.push_str(&format!("[{}]", n.value()));
+                }
                 self.index(cur, Value::Number(*n.value() as f64), span)?
             }
             TraversalOperator::AttrSplat(_) | TraversalOperator::FullSplat(_) => {
@@ -340,10 +393,12 @@ impl<'a> Evaluator<'a> {
                 }
             }
             (c, i) => {
-                return Err(self.err(
-                    span,
-                    format!("cannot index a {} with a {}", c.type_name(), i.type_name()),
-                ))
+                return Err(self
+                    .err(
+                        span,
+                        format!("cannot index a {} with a {}", c.type_name(), i.type_name()),
+                    )
+                    .help("index a list with a number (LIST[0]) and an object with a string (OBJECT[\"key\"])"))
             }
         };
         Ok(out.mark(sens))
@@ -372,7 +427,7 @@ impl<'a> Evaluator<'a> {
                             op.as_str(),
                             s
                         ),
-                    )
+                    ).help("convert with tonumber(), or check the value: `+ - * / %` and comparisons work on numbers")
                 }),
                 other => Err(self.err(
                     side.span(),
@@ -381,20 +436,22 @@ impl<'a> Evaluator<'a> {
                         op.as_str(),
                         other.type_name()
                     ),
-                )),
+                ).help("`+ - * / %` and `< <= > >=` work on numbers; to join strings use a template: \"${a}${b}\"")),
             }
         };
         let boolean = |v: &Value, side: &Expression| -> Result<bool, Diagnostic> {
             match v {
                 Value::Bool(b) => Ok(*b),
-                other => Err(self.err(
-                    side.span(),
-                    format!(
-                        "operator `{}` needs bools, found {}",
-                        op.as_str(),
-                        other.type_name()
-                    ),
-                )),
+                other => Err(self
+                    .err(
+                        side.span(),
+                        format!(
+                            "operator `{}` needs bools, found {}",
+                            op.as_str(),
+                            other.type_name()
+                        ),
+                    )
+                    .help("`&&` and `||` combine bools; compare values with == or != to get one")),
             }
         };
         let out = match op {
@@ -412,18 +469,31 @@ impl<'a> Evaluator<'a> {
                     Plus => Value::Number(x + y),
                     Minus => Value::Number(x - y),
                     Mul => Value::Number(x * y),
-                    Div => {
-                        if y == 0.0 {
-                            return Err(self.err(span, "division by zero"));
-                        }
-                        Value::Number(x / y)
+                    Div | Mod if y == 0.0 => {
+                        let rhs = b
+                            .rhs_expr
+                            .span()
+                            .and_then(|r| self.file.text.get(r))
+                            .unwrap_or("the right-hand side")
+                            .trim()
+                            .to_string();
+                        return Err(self
+                            .err(
+                                b.rhs_expr.span().or(span),
+                                if op == Div {
+                                    "division by zero"
+                                } else {
+                                    "modulo by zero"
+                                },
+                            )
+                            .detail(format!("`{rhs}` is 0"))
+                            .help(format!(
+                                "make sure the divisor cannot be 0, or guard it: {rhs} == 0 ? 0 : ... {} {rhs}",
+                                op.as_str()
+                            )));
                     }
-                    Mod => {
-                        if y == 0.0 {
-                            return Err(self.err(span, "modulo by zero"));
-                        }
-                        Value::Number(x % y)
-                    }
+                    Div => Value::Number(x / y),
+                    Mod => Value::Number(x % y),
                     _ => unreachable!("handled above"),
                 }
             }
@@ -444,13 +514,15 @@ impl<'a> Evaluator<'a> {
             Value::Map(m) => m.into_iter().map(|(k, v)| (Value::String(k), v)).collect(),
             Value::Null => vec![],
             other => {
-                return Err(self.err(
-                    f.intro.collection_expr.span(),
-                    format!(
-                        "a for expression needs a list or an object, found {}",
-                        other.type_name()
-                    ),
-                ))
+                return Err(self
+                    .err(
+                        f.intro.collection_expr.span(),
+                        format!(
+                            "a for expression needs a list or an object, found {}",
+                            other.type_name()
+                        ),
+                    )
+                    .help("write [for x in LIST : ...] or {for k, v in OBJECT : k => v}"))
             }
         };
         let kv = f.intro.key_var.as_ref().map(|k| k.as_str().to_string());
@@ -463,25 +535,28 @@ impl<'a> Evaluator<'a> {
                 self.scope.push((kv.clone(), k));
             }
             self.scope.push((vv.clone(), v));
-            let keep = match &f.cond {
-                Some(c) => match self.eval(&c.expr)?.unmarked().0 {
-                    Value::Bool(b) => b,
-                    Value::Unknown => {
-                        self.scope.truncate(n);
-                        return Ok(Value::Unknown);
-                    }
-                    other => {
-                        return Err(self.err(
-                            c.expr.span(),
-                            format!(
-                                "a for condition must be a bool, found {}",
-                                other.type_name()
-                            ),
-                        ))
-                    }
-                },
-                None => true,
-            };
+            let keep =
+                match &f.cond {
+                    Some(c) => match self.eval(&c.expr)?.unmarked().0 {
+                        Value::Bool(b) => b,
+                        Value::Unknown => {
+                            self.scope.truncate(n);
+                            return Ok(Value::Unknown);
+                        }
+                        other => return Err(self
+                            .err(
+                                c.expr.span(),
+                                format!(
+                                    "a for condition must be a bool, found {}",
+                                    other.type_name()
+                                ),
+                            )
+                            .help(
+                                "the `if` of a for expression must be a comparison or another bool",
+                            )),
+                    },
+                    None => true,
+                };
             if keep {
                 let val = self.eval(&f.value_expr)?;
                 if let Some(ke) = &f.key_expr {
@@ -588,13 +663,15 @@ impl<'a> Evaluator<'a> {
                                 }
                             }
                             other => {
-                                return Err(self.err(
-                                    ifd.if_expr.cond_expr.span(),
-                                    format!(
-                                        "an if condition must be a bool, found {}",
-                                        other.type_name()
-                                    ),
-                                ))
+                                return Err(self
+                                    .err(
+                                        ifd.if_expr.cond_expr.span(),
+                                        format!(
+                                            "an if condition must be a bool, found {}",
+                                            other.type_name()
+                                        ),
+                                    )
+                                    .help("%{ if } needs a comparison or another bool"))
                             }
                         }
                     }
@@ -614,13 +691,15 @@ impl<'a> Evaluator<'a> {
                                 m.into_iter().map(|(k, v)| (Value::String(k), v)).collect()
                             }
                             other => {
-                                return Err(self.err(
-                                    fe.collection_expr.span(),
-                                    format!(
-                                        "a template for needs a list or an object, found {}",
-                                        other.type_name()
-                                    ),
-                                ))
+                                return Err(self
+                                    .err(
+                                        fe.collection_expr.span(),
+                                        format!(
+                                            "a template for needs a list or an object, found {}",
+                                            other.type_name()
+                                        ),
+                                    )
+                                    .help("%{ for x in LIST } iterates a list or an object"))
                             }
                         };
                         let n = self.scope.len();
@@ -657,10 +736,12 @@ impl<'a> Evaluator<'a> {
             if name == "can" {
                 return Ok(Value::Bool(false));
             }
-            return Err(self.err(
-                span,
-                "no argument of try() could be evaluated without an error",
-            ));
+            return Err(self
+                .err(
+                    span,
+                    "no argument of try() could be evaluated without an error",
+                )
+                .help("add a last argument that cannot fail, e.g. try(local.x.y, null)"));
         }
         let mut args = Vec::with_capacity(f.args.len());
         for a in f.args.iter() {
@@ -671,10 +752,12 @@ impl<'a> Evaluator<'a> {
                 Some(Value::List(l)) => args.extend(l),
                 Some(Value::Unknown) => return Ok(Value::Unknown),
                 Some(other) => {
-                    return Err(self.err(
-                        span,
-                        format!("`...` expands a list, found {}", other.type_name()),
-                    ))
+                    return Err(self
+                        .err(
+                            span,
+                            format!("`...` expands a list, found {}", other.type_name()),
+                        )
+                        .help("put `...` after a list argument only, e.g. min(local.numbers...)"))
                 }
                 None => {}
             }
@@ -684,21 +767,39 @@ impl<'a> Evaluator<'a> {
         }
         funcs::call(name, args, self.resolver.base_dir()).map_err(|e| {
             let mut d = self.err(span.clone(), format!("{name}(): {}", e.message));
-            d.help = e.help;
+            d.help = e
+                .help
+                .or_else(|| funcs::signature(name).map(|s| format!("usage: {s}")));
             d
         })
     }
 
     fn templatefile(&mut self, args: Vec<Value>, span: Option<std::ops::Range<usize>>) -> R {
+        let usage = || {
+            format!(
+                "usage: {}",
+                funcs::signature("templatefile").unwrap_or_default()
+            )
+        };
         if args.len() != 2 {
-            return Err(self.err(
-                span,
-                "templatefile() takes a path and an object of variables",
-            ));
+            return Err(self
+                .err(
+                    span,
+                    format!(
+                        "templatefile(): takes 2 arguments (a path and an object of variables), got {}",
+                        args.len()
+                    ),
+                )
+                .help(usage()));
+        }
+        if args.iter().any(|a| !a.is_known()) {
+            return Ok(Value::Unknown);
         }
         let (path, vars) = (args[0].unmarked().0, args[1].clone());
         let Value::String(path) = path else {
-            return Err(self.err(span, "templatefile(): the path must be a string"));
+            return Err(self
+                .err(span, "templatefile(): the path must be a string")
+                .help(usage()));
         };
         let full = self.resolver.base_dir().join(&path);
         let text = std::fs::read_to_string(&full).map_err(|e| {
@@ -719,10 +820,13 @@ impl<'a> Evaluator<'a> {
                     e.message().lines().next().unwrap_or("")
                 ),
             )
+            .help("templates use ${NAME} for the variables given as the second argument and %{ if } / %{ for } directives")
         })?;
         let (vars, vsens) = vars.unmarked();
         let Value::Map(vars) = vars else {
-            return Err(self.err(span, "templatefile(): the variables must be an object"));
+            return Err(self
+                .err(span, "templatefile(): the variables must be an object")
+                .help(usage()));
         };
         let tfile = SourceFile::new(&full, text);
         let mut inner = Evaluator::new(&tfile, self.resolver);
@@ -731,7 +835,11 @@ impl<'a> Evaluator<'a> {
         }
         let v = inner.template(&tpl).map_err(|d| {
             let mut outer = self.err(span.clone(), format!("templatefile(): {}", d.summary));
-            outer.detail = d.at.map(|a| format!("in the template at {a}"));
+            outer.detail =
+                d.at.map(|a| format!("in the template at {a}\n{}", a.line_text.trim()));
+            outer.help = d.help.or_else(|| {
+                Some("the template sees only the variables given as the second argument".into())
+            });
             outer
         })?;
         Ok(v.mark(vsens))

@@ -65,6 +65,59 @@ pub const NAMES: &[&str] = &[
     "zipmap",
 ];
 
+/// How a function is called, for help lines.
+pub fn signature(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "abs" => "abs(NUMBER)",
+        "base64decode" => "base64decode(STRING)",
+        "base64encode" => "base64encode(STRING)",
+        "can" => "can(EXPRESSION)",
+        "ceil" => "ceil(NUMBER)",
+        "coalesce" => "coalesce(VALUE, ...)",
+        "concat" => "concat(LIST, LIST, ...)",
+        "contains" => "contains(LIST, VALUE)",
+        "distinct" => "distinct(LIST)",
+        "element" => "element(LIST, INDEX)",
+        "endswith" => "endswith(STRING, SUFFIX)",
+        "file" => "file(PATH)",
+        "fileexists" => "fileexists(PATH)",
+        "flatten" => "flatten(LIST)",
+        "floor" => "floor(NUMBER)",
+        "format" => "format(FORMAT, VALUE, ...)",
+        "join" => "join(SEPARATOR, LIST)",
+        "jsondecode" => "jsondecode(STRING)",
+        "jsonencode" => "jsonencode(VALUE)",
+        "keys" => "keys(OBJECT)",
+        "length" => "length(LIST | OBJECT | STRING)",
+        "lookup" => "lookup(OBJECT, KEY, DEFAULT)",
+        "lower" => "lower(STRING)",
+        "max" => "max(NUMBER, ...)",
+        "merge" => "merge(OBJECT, OBJECT, ...)",
+        "min" => "min(NUMBER, ...)",
+        "nonsensitive" => "nonsensitive(VALUE)",
+        "range" => "range(END) | range(START, END) | range(START, END, STEP)",
+        "replace" => "replace(STRING, SEARCH, REPLACEMENT)",
+        "reverse" => "reverse(LIST)",
+        "sensitive" => "sensitive(VALUE)",
+        "sha256" => "sha256(STRING)",
+        "split" => "split(SEPARATOR, STRING)",
+        "startswith" => "startswith(STRING, PREFIX)",
+        "substr" => "substr(STRING, OFFSET, LENGTH)",
+        "templatefile" => "templatefile(PATH, { NAME = VALUE, ... })",
+        "tobool" => "tobool(VALUE)",
+        "tolist" => "tolist(VALUE)",
+        "tomap" => "tomap(OBJECT)",
+        "tonumber" => "tonumber(VALUE)",
+        "tostring" => "tostring(VALUE)",
+        "trimspace" => "trimspace(STRING)",
+        "try" => "try(EXPRESSION, ..., FALLBACK)",
+        "upper" => "upper(STRING)",
+        "values" => "values(OBJECT)",
+        "zipmap" => "zipmap(KEYS, VALUES)",
+        _ => return None,
+    })
+}
+
 /// Call `name`. Unknown arguments give an unknown result; sensitive arguments a sensitive one.
 pub fn call(name: &str, args: Vec<Value>, base: &Path) -> Result<Value, FuncError> {
     let mut sens = false;
@@ -82,7 +135,16 @@ pub fn call(name: &str, args: Vec<Value>, base: &Path) -> Result<Value, FuncErro
     if !NAMES.contains(&name) {
         return Err(FuncError {
             message: "there is no function by this name".into(),
-            help: Some(format!("functions available: {}", NAMES.join(", "))),
+            help: Some(
+                match crate::diag::did_you_mean(name, NAMES.iter().copied()) {
+                    Some(c) => format!(
+                        "did you mean {}? functions available: {}",
+                        signature(c).unwrap_or(c),
+                        NAMES.join(", ")
+                    ),
+                    None => format!("functions available: {}", NAMES.join(", ")),
+                },
+            ),
         });
     }
     let lenient = matches!(
@@ -492,7 +554,14 @@ fn format(fmt: &str, args: &[Value]) -> Result<Value, FuncError> {
             .next()
             .and_then(|w| w.trim_start_matches('-').parse().ok())
             .unwrap_or(0);
-        if spec.starts_with('-') {
+        if spec.starts_with('0') && matches!(verb, 'd' | 'f') {
+            // %05d: zeros after the sign.
+            let (sign, digits) = text
+                .strip_prefix('-')
+                .map_or(("", text.as_str()), |d| ("-", d));
+            let w = width.saturating_sub(sign.len());
+            out.push_str(&format!("{sign}{digits:0>w$}"));
+        } else if spec.starts_with('-') {
             out.push_str(&format!("{text:<width$}"));
         } else {
             out.push_str(&format!("{text:>width$}"));

@@ -2,7 +2,7 @@
 
 use super::to_json_map;
 use pipeline_engine::provider::{
-    ApplyRequest, AttrSchema, JsonMap, KindSchema, PlanRequest, Planned, ProviderCtx,
+    ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned, ProviderCtx,
     ProviderError, Type,
 };
 use pipeline_engine::value::{Value, ValueMap};
@@ -26,20 +26,22 @@ pub fn schema() -> KindSchema {
     }
 }
 
-pub fn validate(c: &ValueMap) -> Vec<(Option<String>, String)> {
+pub fn validate(c: &ValueMap) -> Vec<Invalid> {
     let mut out = vec![];
     let set = |k: &str| !matches!(c.get(k), None | Some(Value::Null));
     if set("content") == set("template") {
-        out.push((
+        out.push(Invalid::new(
             None,
-            "a file needs exactly one of `content` or `template`".into(),
+            "a file needs exactly one of `content` or `template`",
+            "write content = \"...\" for literal text, or template = \"...\" with vars = { ... } for a handlebars template",
         ));
     }
     if let Some(m) = c.get("mode").and_then(Value::as_str) {
         if u32::from_str_radix(m, 8).map_or(true, |m| m > 0o7777) {
-            out.push((
-                Some("mode".into()),
-                format!("mode {m:?} is not an octal file mode like \"0644\""),
+            out.push(Invalid::new(
+                Some("mode"),
+                format!("mode {m:?} is not an octal file mode"),
+                "write the mode as an octal string, e.g. mode = \"0644\" or \"0600\"",
             ));
         }
     }

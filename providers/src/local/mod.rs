@@ -7,8 +7,8 @@ mod service;
 
 use async_trait::async_trait;
 use pipeline_engine::provider::{
-    ApplyRequest, AttrSchema, JsonMap, KindSchema, PlanRequest, Planned, Provider, ProviderCtx,
-    ProviderError, Type,
+    ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned, Provider,
+    ProviderCtx, ProviderError, Type,
 };
 use pipeline_engine::value::{Value, ValueMap};
 
@@ -55,7 +55,7 @@ impl Provider for Local {
         vec![host_schema(), file::schema(), service::schema()]
     }
 
-    fn validate(&self, kind: &str, config: &ValueMap) -> Vec<(Option<String>, String)> {
+    fn validate(&self, kind: &str, config: &ValueMap) -> Vec<Invalid> {
         match kind {
             "file" => file::validate(config),
             "service" => service::validate(config),

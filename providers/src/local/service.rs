@@ -3,7 +3,7 @@
 
 use super::build::{self, BuildSpec};
 use pipeline_engine::provider::{
-    ApplyRequest, AttrSchema, JsonMap, KindSchema, PlanRequest, Planned, ProviderCtx,
+    ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned, ProviderCtx,
     ProviderError, Type,
 };
 use pipeline_engine::value::{Value, ValueMap};
@@ -129,18 +129,23 @@ fn health_of(c: &ValueMap) -> Result<HealthCheck, String> {
     })
 }
 
-pub fn validate(c: &ValueMap) -> Vec<(Option<String>, String)> {
+pub fn validate(c: &ValueMap) -> Vec<Invalid> {
     let mut out = vec![];
     if c.get("health").is_some_and(|h| h.is_known()) {
         if let Err(e) = health_of(c) {
-            out.push((Some("health".into()), e));
+            out.push(Invalid::new(
+                Some("health"),
+                e,
+                "e.g. health = { path = \"/health\", interval = \"500ms\" }; settings: type (http|tcp), path, method, body, expect_status, interval, timeout",
+            ));
         }
     }
     if let Some(t) = c.get("start_timeout").and_then(Value::as_str) {
         if parse_duration(t).is_none() {
-            out.push((
-                Some("start_timeout".into()),
-                format!("{t:?} is not a duration like \"30s\""),
+            out.push(Invalid::new(
+                Some("start_timeout"),
+                format!("{t:?} is not a duration"),
+                "durations look like \"500ms\", \"30s\" or \"2m\"",
             ));
         }
     }

@@ -1,0 +1,412 @@
+//! Plan and apply behaviour through the real binary: failure isolation and the final report,
+//! approval, sensitive values, drift, modules, -target, -replace, and Ctrl-C.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+#[test]
+fn a_failure_stops_only_its_dependents_and_the_report_says_what_happened() {
+    let t = Scratch::new();
+    let src = prebuilt_source(&t);
+    t.write(
+        "s.hcl",
+        &format!(
+            r#"service "broken" {{
+  source        = "{src}"
+  run           = "echo 'cannot start: missing config' >&2; exit 3"
+  restart       = false
+  start_timeout = "5s"
+}}
+
+file "needs_broken" {{
+  path    = "out/needs.txt"
+  content = service.broken.url
+}}
+
+file "after_that" {{
+  path    = "out/after.txt"
+  content = file.needs_broken.sha256
+}}
+
+file "independent" {{
+  path    = "out/independent.txt"
+  content = "fine"
+}}
+"#,
+            src = src.display()
+        ),
+    );
+    let out = t.run(&["apply", "-auto-approve", "s.hcl"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = s(&out.stdout);
+    assert!(text.contains("Apply failed."), "{text}");
+    let succeeded = text
+        .split("Succeeded:")
+        .nth(1)
+        .unwrap()
+        .split("Failed:")
+        .next()
+        .unwrap();
+    assert!(succeeded.contains("file.independent (created)"), "{text}");
+    let failed = text
+        .split("Failed:")
+        .nth(1)
+        .unwrap()
+        .split("Skipped:")
+        .next()
+        .unwrap();
+    assert!(
+        failed.contains("service.broken") && failed.contains("cannot start: missing config"),
+        "the error with the log tail: {text}"
+    );
+    let skipped = text.split("Skipped:").nth(1).unwrap();
+    assert!(
+        skipped.contains("file.needs_broken: depends on service.broken"),
+        "{text}"
+    );
+    assert!(
+        skipped.contains("file.after_that: depends on file.needs_broken"),
+        "{text}"
+    );
+    assert!(t.path().join("out/independent.txt").exists());
+    assert!(!t.path().join("out/needs.txt").exists());
+    // Recorded: the independent file ready, the failed service tainted (replaced next time).
+    let st = state(&t);
+    assert_eq!(
+        st.resources["file.independent"].status,
+        pipeline_state::Status::Ready
+    );
+    assert_eq!(
+        st.resources["service.broken"].status,
+        pipeline_state::Status::Tainted
+    );
+    assert!(!st.resources.contains_key("file.needs_broken"));
+    let plan = t.ok(&["plan"]);
+    assert!(
+        plan.contains("# service.broken must be replaced") && plan.contains("tainted"),
+        "{plan}"
+    );
+    t.ok(&["destroy", "-auto-approve"]);
+    assert!(t.processes().is_empty());
+}
+
+#[test]
+fn apply_without_a_terminal_asks_for_auto_approve_and_changes_nothing() {
+    let t = Scratch::new();
+    t.write(
+        "s.hcl",
+        "file \"f\" {\n  path    = \"out/f.txt\"\n  content = \"x\"\n}\n",
+    );
+    let out = t
+        .cmd(&["apply", "s.hcl"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        s(&out.stderr).contains("-auto-approve"),
+        "{}",
+        s(&out.stderr)
+    );
+    assert!(!t.path().join("out/f.txt").exists());
+    assert!(state(&t).resources.is_empty());
+}
+
+#[test]
+fn sensitive_values_never_show_and_state_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = Scratch::new();
+    t.write(
+        "s.hcl",
+        r#"variable "password" {
+  type      = string
+  sensitive = true
+}
+locals {
+  dsn = "postgres://app:${var.password}@db/app"
+}
+file "config" {
+  path    = "out/app.env"
+  content = "DSN=${local.dsn}\n"
+  mode    = "0600"
+}
+output "dsn" {
+  value     = local.dsn
+  sensitive = true
+}
+"#,
+    );
+    let secret = "hunter2-very-secret";
+    let plan = t
+        .cmd(&["plan", "s.hcl", "-var", &format!("password={secret}")])
+        .output()
+        .unwrap();
+    let json = t
+        .cmd(&[
+            "plan",
+            "s.hcl",
+            "-json",
+            "-var",
+            &format!("password={secret}"),
+        ])
+        .output()
+        .unwrap();
+    let apply = t
+        .cmd(&[
+            "apply",
+            "-auto-approve",
+            "s.hcl",
+            "-var",
+            &format!("password={secret}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(apply.status.success(), "{}", s(&apply.stderr));
+    let show = t.run(&["state", "show", "file.config"]);
+    let outputs = t.run(&["output"]);
+    for (what, o) in [
+        ("plan", &plan),
+        ("plan -json", &json),
+        ("apply", &apply),
+        ("state show", &show),
+        ("output", &outputs),
+    ] {
+        let all = format!("{}{}", s(&o.stdout), s(&o.stderr));
+        assert!(!all.contains(secret), "{what} shows the secret:\n{all}");
+        assert!(all.contains("(sensitive value)"), "{what} marks it:\n{all}");
+    }
+    // The file itself has it, with the mode asked for; the state is 0600.
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("out/app.env")).unwrap(),
+        format!("DSN=postgres://app:{secret}@db/app\n")
+    );
+    let mode = |p: &str| {
+        std::fs::metadata(t.path().join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("out/app.env"), 0o600);
+    assert_eq!(mode(".pipeline/state.json"), 0o600);
+    assert_eq!(mode(".pipeline/state.journal"), 0o600);
+}
+
+#[test]
+fn drift_is_shown_separately_and_converged() {
+    let t = Scratch::new();
+    let src = prebuilt_source(&t);
+    t.write(
+        "s.hcl",
+        &format!(
+            r#"file "conf" {{
+  path     = "out/nginx.conf"
+  template = "upstream app {{{{#each servers}}}}\n  server {{{{this}}}};{{{{/each}}}}\n}}\n"
+  vars     = {{ servers = ["a:1", "b:2", "c:3"] }}
+}}
+service "web" {{
+  source = "{}"
+  run    = "./preview --port {{{{port}}}}"
+  health = {{ path = "/health", interval = "100ms" }}
+}}
+"#,
+            src.display()
+        ),
+    );
+    t.ok(&["apply", "-auto-approve", "s.hcl"]);
+    // Someone edits the file by hand and kills the service's supervisor outside pipeline.
+    std::fs::write(
+        t.path().join("out/nginx.conf"),
+        "upstream app {\n  server a:1;\n  server evil:666;\n  server c:3;\n}\n",
+    )
+    .unwrap();
+    let dir = t.path().join(".pipeline/run/service.web");
+    let pid: i32 = std::fs::read_to_string(dir.join("supervisor.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(wait_until(Duration::from_secs(5), || {
+        pipeline_supervise::status(&dir).is_none_or(|s| !s.supervisor_alive)
+    }));
+
+    let out = t.run(&["plan", "-detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(2));
+    let plan = s(&out.stdout);
+    let drift = plan.split("pipeline will perform").next().unwrap();
+    assert!(drift.contains("Changed outside of pipeline"), "{plan}");
+    assert!(drift.contains("# file.conf has changed"), "{plan}");
+    assert!(drift.contains("# service.web is gone"), "{plan}");
+    // The update shows the rendered file as a line diff.
+    assert!(
+        plan.contains("# file.conf will be updated in place"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("-   server evil:666;") && plan.contains("+   server b:2;"),
+        "{plan}"
+    );
+    assert!(plan.contains("# service.web will be created"), "{plan}");
+    // -refresh=false trusts the record and sees nothing to do.
+    let out = t.run(&["plan", "-refresh=false", "-detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", s(&out.stdout));
+    t.ok(&["apply", "-auto-approve"]);
+    assert!(std::fs::read_to_string(t.path().join("out/nginx.conf"))
+        .unwrap()
+        .contains("server b:2;"));
+    let out = t.run(&["plan", "-detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", s(&out.stdout));
+    t.ok(&["destroy", "-auto-approve"]);
+}
+
+#[test]
+fn modules_count_for_each_target_and_replace() {
+    let t = Scratch::new();
+    t.write(
+        "modules/site/main.hcl",
+        r#"variable "name" { type = string }
+variable "pages" {
+  type    = list(string)
+  default = ["index"]
+}
+file "page" {
+  for_each = var.pages
+  path     = "out/${var.name}/${each.key}.html"
+  content  = "<h1>${upper(var.name)}: ${each.value}</h1>"
+}
+output "paths" { value = [for p in file.page : p.path] }
+"#,
+    );
+    t.write(
+        "stacks/site.hcl",
+        r#"module "blog" {
+  source = "../modules/site"
+  name   = "blog"
+  pages  = ["index", "about"]
+}
+file "sitemap" {
+  path    = "../out/sitemap.txt"
+  content = join("\n", module.blog.paths)
+}
+file "n" {
+  count   = 2
+  path    = "../out/n${count.index}.txt"
+  content = format("%03d", count.index)
+}
+output "paths" { value = module.blog.paths }
+"#,
+    );
+    let plan = t.ok(&["plan", "stacks/site.hcl"]);
+    for a in [
+        "module.blog.file.page[\"index\"]",
+        "module.blog.file.page[\"about\"]",
+        "file.sitemap",
+        "file.n[0]",
+        "file.n[1]",
+    ] {
+        assert!(
+            plan.contains(&format!("# {a} will be created")),
+            "{a}:\n{plan}"
+        );
+    }
+    // -target brings dependencies along and nothing else.
+    let out = t.ok(&["apply", "-auto-approve", "-target", "file.sitemap"]);
+    assert!(out.contains("3 added"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("out/sitemap.txt")).unwrap(),
+        "out/blog/index.html\nout/blog/about.html"
+    );
+    assert!(!t.path().join("out/n0.txt").exists());
+    t.ok(&["apply", "-auto-approve"]);
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("out/n1.txt")).unwrap(),
+        "001"
+    );
+    // Relative paths, in modules too, resolve against the root stack's directory.
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("stacks/out/blog/about.html")).unwrap(),
+        "<h1>BLOG: about</h1>"
+    );
+
+    // -replace forces a replacement of exactly that instance.
+    let plan = t.ok(&["plan", "-replace", "file.n[1]"]);
+    assert!(
+        plan.contains("# file.n[1] must be replaced") && plan.contains("-replace"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("Plan: 1 to add, 0 to change, 1 to destroy."),
+        "{plan}"
+    );
+    let outputs = t.ok(&["output", "-json"]);
+    assert!(outputs.contains("out/blog/about.html"), "{outputs}");
+    // Graph output names instances and their edges.
+    let dot = t.ok(&["graph"]);
+    assert!(
+        dot.starts_with("digraph")
+            && dot.contains("\"file.sitemap\" -> \"module.blog.file.page[\\\"index\\\"]\""),
+        "{dot}"
+    );
+}
+
+#[test]
+fn ctrl_c_lets_running_steps_finish_and_records_them() {
+    let t = Scratch::new();
+    let src = prebuilt_source(&t);
+    // Two slow replicas run at once; the dependent file waits for them.
+    t.write(
+        "s.hcl",
+        &format!(
+            r#"service "slow" {{
+  replicas = 2
+  source   = "{}"
+  run      = "sleep 2 && exec ./preview --port {{{{port}}}}"
+  health   = {{ path = "/health", interval = "100ms" }}
+}}
+file "after" {{
+  path    = "out/after.txt"
+  content = join(",", service.slow[*].url)
+}}
+"#,
+            src.display()
+        ),
+    );
+    let child = t
+        .cmd(&["apply", "-auto-approve", "s.hcl"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = t.path().join(".pipeline/run");
+    assert!(wait_until(Duration::from_secs(10), || std::fs::read_dir(
+        &run
+    )
+    .map(|d| d.count() == 2)
+    .unwrap_or(false)));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    assert!(text.contains("Interrupt received"), "{text}");
+    assert!(text.contains("Apply interrupted."), "{text}");
+    assert!(text.contains("file.after"), "{text}");
+    let st = state(&t);
+    assert_eq!(
+        st.resources["service.slow[0]"].status,
+        pipeline_state::Status::Ready
+    );
+    assert_eq!(
+        st.resources["service.slow[1]"].status,
+        pipeline_state::Status::Ready
+    );
+    assert!(!st.resources.contains_key("file.after"));
+    let plan = t.ok(&["plan"]);
+    assert!(
+        plan.contains("Plan: 1 to add, 0 to change, 0 to destroy."),
+        "{plan}"
+    );
+    t.ok(&["destroy", "-auto-approve"]);
+    assert!(t.processes().is_empty());
+}
