@@ -343,6 +343,14 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
             )?;
             let (plan, _) = ops::make_plan(&ws, &inputs).await?;
             println!("digraph pipeline {{\n  rankdir = \"LR\";\n  node [shape = box];");
+            // One node per instance; a dependency on a block is an edge to each of its instances.
+            let mut instances: std::collections::HashMap<&str, Vec<&str>> = Default::default();
+            for c in &plan.changes {
+                instances
+                    .entry(pipeline_engine::plan::resource_addr(&c.addr))
+                    .or_default()
+                    .push(&c.addr);
+            }
             for c in &plan.changes {
                 println!(
                     "  {:?} [label = {:?}];",
@@ -350,7 +358,9 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
                     format!("{}\n{:?}", c.addr, c.action)
                 );
                 for d in &c.deps {
-                    println!("  {:?} -> {:?};", c.addr, d);
+                    for inst in instances.get(d.as_str()).into_iter().flatten() {
+                        println!("  {:?} -> {:?};", c.addr, inst);
+                    }
                 }
             }
             println!("}}");

@@ -4,7 +4,9 @@
 
 use crate::config::Config;
 use crate::diag::{Diagnostic, Diagnostics};
-use crate::plan::{eval_attrs, instance_scope, state_outputs, Action, Plan, ResourceChange};
+use crate::plan::{
+    eval_attrs, instance_scope, resource_addr, state_outputs, Action, Plan, ResourceChange,
+};
 use crate::provider::{ApplyRequest, JsonMap, ProviderCtx, ProviderError, Registry};
 use crate::value::{Value, ValueMap};
 use crate::world::{Expansion, World};
@@ -100,33 +102,44 @@ pub async fn apply(
     }
 
     let n = plan.changes.len();
-    let index: HashMap<&str, usize> = plan
-        .changes
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.addr.as_str(), i))
-        .collect();
+
     let mut waits: Vec<HashSet<usize>> = vec![HashSet::new(); n];
+    // Dependencies name blocks (older states name instances): index both ways by block.
+    let mut by_resource: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut dependents_of: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (j, e) in plan.changes.iter().enumerate() {
+        by_resource
+            .entry(resource_addr(&e.addr))
+            .or_default()
+            .push(j);
+        if e.action == Action::NoOp {
+            continue;
+        }
+        let recorded = store
+            .state()
+            .resources
+            .get(&e.addr)
+            .map(|r| r.deps.as_slice())
+            .unwrap_or_default();
+        for d in e.deps.iter().chain(recorded) {
+            dependents_of.entry(resource_addr(d)).or_default().push(j);
+        }
+    }
     for (i, c) in plan.changes.iter().enumerate() {
         if c.action == Action::Delete {
             // Whatever depended on it changes or goes first.
-            for (j, e) in plan.changes.iter().enumerate() {
-                let recorded = store
-                    .state()
-                    .resources
-                    .get(&e.addr)
-                    .map(|r| r.deps.clone())
-                    .unwrap_or_default();
-                if j != i
-                    && (e.deps.contains(&c.addr) || recorded.contains(&c.addr))
-                    && e.action != Action::NoOp
-                {
+            for &j in dependents_of
+                .get(resource_addr(&c.addr))
+                .into_iter()
+                .flatten()
+            {
+                if j != i {
                     waits[i].insert(j);
                 }
             }
         } else {
             for d in &c.deps {
-                if let Some(&j) = index.get(d.as_str()) {
+                for &j in by_resource.get(resource_addr(d)).into_iter().flatten() {
                     if plan.changes[j].action != Action::Delete {
                         waits[i].insert(j);
                     }

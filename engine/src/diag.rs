@@ -10,15 +10,21 @@ pub struct SourceFile {
     pub path: PathBuf,
     pub display: String,
     pub text: String,
+    line_starts: Vec<usize>,
 }
 
 impl SourceFile {
     pub fn new(path: &Path, text: String) -> Arc<SourceFile> {
         let display = display_path(path);
+        // Byte offset of every line start: a location is a binary search, not a scan.
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
         Arc::new(SourceFile {
             path: path.to_path_buf(),
             display,
             text,
+            line_starts,
         })
     }
 
@@ -31,11 +37,13 @@ impl SourceFile {
         while !self.text.is_char_boundary(end) {
             end += 1;
         }
-        let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
-        let line_end = self.text[start..]
-            .find('\n')
-            .map_or(self.text.len(), |i| start + i);
-        let line_no = self.text[..start].matches('\n').count() + 1;
+        let line_idx = self.line_starts.partition_point(|&s| s <= start) - 1;
+        let line_start = self.line_starts[line_idx];
+        let line_end = self
+            .line_starts
+            .get(line_idx + 1)
+            .map_or(self.text.len(), |&next| next - 1);
+        let line_no = line_idx + 1;
         let col = self.text[line_start..start].chars().count() + 1;
         let width = self.text[start..end.min(line_end).max(start)]
             .chars()

@@ -208,12 +208,12 @@ pub fn make_plan(
     // Current view of each recorded instance: refreshed when asked, else as recorded.
     // A record that is not Ready (interrupted or failed) is kept even when nothing answers for
     // it, so the plan replaces it and the provider cleans up whatever half exists.
-    let current = |addr: &str| -> Option<ResourceState> {
+    let current = |addr: &str| -> Option<&ResourceState> {
         let recorded = state.resources.get(addr);
         match (refreshed, recorded) {
-            (_, Some(rec)) if rec.status != Status::Ready => Some(rec.clone()),
-            (Some(r), _) => r.get(addr).cloned().flatten(),
-            (None, rec) => rec.cloned(),
+            (_, Some(rec)) if rec.status != Status::Ready => Some(rec),
+            (Some(r), _) => r.get(addr).and_then(Option::as_ref),
+            (None, rec) => rec,
         }
     };
     if let Some(r) = refreshed {
@@ -255,7 +255,6 @@ pub fn make_plan(
         }
     }
     let mut desired: HashSet<String> = HashSet::new();
-    let mut instances_of: HashMap<petgraph::graph::NodeIndex, Vec<String>> = HashMap::new();
     for &ix in &graph.order {
         let node = &graph.graph[ix];
         let Node::Resource(m, key) = node else {
@@ -279,15 +278,15 @@ pub fn make_plan(
             }
         };
         expansions.push((*m, key.clone(), expansion.clone()));
+        // Dependencies are recorded per block (`file.a`), as Terraform does: per instance they
+        // would grow with the product of the counts.
         let deps: Vec<String> = graph
             .resource_deps(ix)
             .iter()
-            .flat_map(|d| instances_of.get(d).cloned().unwrap_or_default())
+            .map(|d| crate::graph::node_name(config, &graph.graph[*d]))
             .collect();
-        let mut addrs = Vec::new();
         for inst in expansion.keys() {
             let addr = instance_addr(&module.prefix, key, &inst);
-            addrs.push(addr.clone());
             desired.insert(addr.clone());
             if opts.destroy {
                 // Destroying needs no desired values: references just see unknowns.
@@ -428,7 +427,6 @@ pub fn make_plan(
             );
             changes.push(ch);
         }
-        instances_of.insert(ix, addrs);
     }
     if !diags.is_empty() || !world.diags.borrow().is_empty() {
         let mut all = world.diags.borrow().clone();
@@ -460,8 +458,7 @@ pub fn make_plan(
             resource: String::new(),
             key: None,
             before: Some(
-                cur.as_ref()
-                    .unwrap_or(rs)
+                cur.unwrap_or(rs)
                     .attrs
                     .iter()
                     .map(|(k, v)| (k.clone(), Value::from_json(v)))
@@ -532,6 +529,11 @@ pub fn make_plan(
     })
 }
 
+/// The block an instance address belongs to: `file.a[3]` → `file.a`.
+pub fn resource_addr(addr: &str) -> &str {
+    addr.find('[').map_or(addr, |i| &addr[..i])
+}
+
 fn dedup(d: &mut Vec<Diagnostic>) {
     let mut seen = Vec::new();
     d.retain(|x| {
@@ -563,16 +565,23 @@ fn apply_targets(changes: &mut Vec<ResourceChange>, targets: &[String]) -> Resul
         }
         keep.extend(hit);
     }
-    // Targets bring their dependencies along.
-    let by_addr: HashMap<String, Vec<String>> = changes
-        .iter()
-        .map(|c| (c.addr.clone(), c.deps.clone()))
-        .collect();
+    // Targets bring their dependencies along (deps name blocks; take all their instances).
+    let by_addr: HashMap<&str, &Vec<String>> =
+        changes.iter().map(|c| (c.addr.as_str(), &c.deps)).collect();
+    let mut by_resource: HashMap<&str, Vec<&str>> = HashMap::new();
+    for c in changes.iter() {
+        by_resource
+            .entry(resource_addr(&c.addr))
+            .or_default()
+            .push(&c.addr);
+    }
     let mut stack: Vec<String> = keep.iter().cloned().collect();
     while let Some(a) = stack.pop() {
-        for d in by_addr.get(&a).cloned().unwrap_or_default() {
-            if keep.insert(d.clone()) {
-                stack.push(d);
+        for d in by_addr.get(a.as_str()).copied().into_iter().flatten() {
+            for inst in by_resource.get(resource_addr(d)).into_iter().flatten() {
+                if keep.insert(inst.to_string()) {
+                    stack.push(inst.to_string());
+                }
             }
         }
     }

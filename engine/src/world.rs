@@ -275,6 +275,25 @@ impl Resolve for Scope<'_, '_> {
         }
     }
 
+    fn lookup_instance(&self, root: &str, name: &str, key: &Value) -> Option<Value> {
+        if matches!(root, "var" | "local" | "module" | "count" | "each" | "path") {
+            return None;
+        }
+        let res = self.world.resources.borrow();
+        let rv = res.get(&(self.module, format!("{root}.{name}")))?;
+        let k = match (&rv.expansion, key) {
+            (Some(Expansion::Count(n)), Value::Number(i))
+                if i.fract() == 0.0 && *i >= 0.0 && (*i as usize) < *n =>
+            {
+                InstanceKey::Int(*i as usize)
+            }
+            (Some(Expansion::ForEach(_)), Value::String(s)) => InstanceKey::Str(s.clone()),
+            _ => return None,
+        };
+        // Out of range or not there: the general path reports it properly.
+        rv.instances.get(&Some(k)).cloned()
+    }
+
     fn base_dir(&self) -> &Path {
         &self.world.config.modules[self.module].dir
     }

@@ -39,6 +39,11 @@ impl LookupError {
 /// Resolves `root.name` at the head of a traversal (`var.x`, `service.web`, `count.index`).
 pub trait Resolve {
     fn lookup(&self, root: &str, name: &str) -> Result<Value, LookupError>;
+    /// `root.name[key]` without building the whole collection (a counted resource of 10,000
+    /// instances); None means "not available this way", and the general path is taken.
+    fn lookup_instance(&self, _root: &str, _name: &str, _key: &Value) -> Option<Value> {
+        None
+    }
     /// Directory that `file()` and `templatefile()` paths are relative to.
     fn base_dir(&self) -> &Path;
 }
@@ -163,14 +168,30 @@ impl<'a> Evaluator<'a> {
                             TraversalOperator::GetAttr(n) => n.as_str().to_string(),
                             _ => return Err(self.bare_variable(v.as_str(), t.span())),
                         };
-                        let val = self.resolver.lookup(v.as_str(), &name).map_err(|le| {
-                            let mut d = self.err(t.span(), le.summary);
-                            d.help = le.help;
-                            d.secondary = le.secondary;
-                            d
-                        })?;
-                        path = format!("{}.{name}", v.as_str());
-                        (val, &t.operators[1..])
+                        // `kind.name[i]`: fetch the one instance, not the whole list.
+                        let direct = match t.operators.get(1).map(|o| o.value()) {
+                            Some(TraversalOperator::Index(ix)) => {
+                                let key = self.eval(ix)?;
+                                self.resolver
+                                    .lookup_instance(v.as_str(), &name, &key.unmarked().0)
+                                    .map(|val| (val.mark(key.is_sensitive()), key))
+                            }
+                            _ => None,
+                        };
+                        if let Some((val, key)) = direct {
+                            let shown = to_template_string(&key).unwrap_or_default();
+                            path = format!("{}.{name}[{shown}]", v.as_str());
+                            (val, &t.operators[2..])
+                        } else {
+                            let val = self.resolver.lookup(v.as_str(), &name).map_err(|le| {
+                                let mut d = self.err(t.span(), le.summary);
+                                d.help = le.help;
+                                d.secondary = le.secondary;
+                                d
+                            })?;
+                            path = format!("{}.{name}", v.as_str());
+                            (val, &t.operators[1..])
+                        }
                     }
                     Expression::Variable(v) => {
                         path = v.as_str().to_string();

@@ -185,11 +185,16 @@ fn parse_snapshot(path: &Path, bytes: &[u8]) -> Result<State, StateError> {
         line: None,
         message,
     };
-    let value: serde_json::Value =
+    // Read the version alone first, so a future format is reported as such, then parse the
+    // whole state straight into its types (no intermediate JSON tree).
+    #[derive(Deserialize)]
+    struct Version {
+        version: Option<u64>,
+    }
+    let v: Version =
         serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not valid JSON: {e}")))?;
-    let version = value
-        .get("version")
-        .and_then(|v| v.as_u64())
+    let version = v
+        .version
         .ok_or_else(|| corrupt("missing numeric \"version\" field".into()))?;
     if version != u64::from(STATE_VERSION) {
         return Err(StateError::UnsupportedVersion {
@@ -197,7 +202,7 @@ fn parse_snapshot(path: &Path, bytes: &[u8]) -> Result<State, StateError> {
             found: u32::try_from(version).unwrap_or(u32::MAX),
         });
     }
-    serde_json::from_value(value).map_err(|e| corrupt(format!("unexpected content: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| corrupt(format!("unexpected content: {e}")))
 }
 
 fn read_state(dir: &Path) -> Result<Loaded, StateError> {
