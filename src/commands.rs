@@ -677,7 +677,9 @@ fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
             Some(s) => (
                 s.child_pid,
                 s.supervisor_alive && s.child_alive,
-                s.healthy,
+                // No check recorded yet (just started): look now.
+                s.healthy
+                    .or_else(|| live_check(&dir, s.supervisor_alive && s.child_alive)),
                 now.saturating_sub(s.started_at),
                 s.restarts,
             ),
@@ -719,6 +721,15 @@ fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn live_check(dir: &std::path::Path, running: bool) -> Option<bool> {
+    if !running {
+        return None;
+    }
+    let text = std::fs::read_to_string(dir.join(pipeline_supervise::SPEC_FILE)).ok()?;
+    let spec: pipeline_supervise::ReplicaSpec = serde_json::from_str(&text).ok()?;
+    Some(pipeline_supervise::check_once(&spec.address, spec.port, &spec.health).is_ok())
 }
 
 fn strip_len(s: &str) -> usize {

@@ -565,16 +565,24 @@ fn spawn_health_thread(
         .name("health".into())
         .spawn(move || {
             let mut seen = 0u64;
+            // Until a new child first passes, check every 100 ms at most, so its status turns
+            // healthy as soon as it is, not a whole interval later.
+            let mut passed = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 // Sleep one interval (in small steps), restarting the wait when a new child starts.
                 let mut slept = Duration::ZERO;
-                while slept < interval && !stop.load(Ordering::SeqCst) {
+                let wait = if passed == seen && seen != 0 {
+                    interval
+                } else {
+                    interval.min(Duration::from_millis(100))
+                };
+                while slept < wait && !stop.load(Ordering::SeqCst) {
                     let g = generation.load(Ordering::SeqCst);
                     if g != seen {
                         seen = g;
                         slept = Duration::ZERO;
                     }
-                    let step = Duration::from_millis(20).min(interval - slept);
+                    let step = Duration::from_millis(20).min(wait - slept);
                     std::thread::sleep(step);
                     slept += step;
                 }
@@ -583,6 +591,9 @@ fn spawn_health_thread(
                     continue;
                 }
                 let result = check_once(&spec.address, spec.port, &spec.health);
+                if result.is_ok() {
+                    passed = g;
+                }
                 if tx.send((g, result)).is_err() {
                     break;
                 }
