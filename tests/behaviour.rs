@@ -410,3 +410,75 @@ file "after" {{
     t.ok(&["destroy", "-auto-approve"]);
     assert!(t.processes().is_empty());
 }
+
+#[test]
+fn a_service_builds_from_a_git_revision_and_a_missing_revision_is_a_clear_error() {
+    let t = Scratch::new();
+    let repo = prebuilt_source(&t);
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
+            .arg(&repo)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", s(&out.stderr));
+    };
+    git(&["init", "-q", "-b", "master"]);
+    std::fs::write(repo.join("version.txt"), "v1").unwrap();
+    git(&["add", "."]);
+    git(&["commit", "-qm", "v1"]);
+    git(&["tag", "v1"]);
+    std::fs::write(repo.join("version.txt"), "v2").unwrap();
+    git(&["commit", "-qam", "v2"]);
+    // The working tree moves on; only committed revisions are deployed.
+    std::fs::write(repo.join("version.txt"), "uncommitted").unwrap();
+    let stack = |rev: &str| {
+        format!(
+            r#"variable "rev" {{ default = "{rev}" }}
+service "app" {{
+  source   = "{}"
+  revision = var.rev
+  build    = "test -f version.txt"
+  run      = "VERSION=$(cat version.txt) exec ./preview --port {{{{port}}}}"
+  health   = {{ path = "/health", interval = "100ms" }}
+}}
+output "url" {{ value = service.app.url }}
+"#,
+            repo.display()
+        )
+    };
+    t.write("s.hcl", &stack("v1"));
+    t.ok(&["apply", "-auto-approve", "s.hcl"]);
+    let url = t.ok(&["output", "url"]).trim().to_string();
+    let (_, body) = http("GET", &format!("{url}/health"), "").unwrap();
+    assert!(body.contains("\"version\":\"v1\""), "{body}");
+
+    let plan = t.ok(&["plan", "-var", "rev=master"]);
+    assert!(
+        plan.contains("# service.app must be replaced") && plan.contains("forces replacement"),
+        "{plan}"
+    );
+    t.ok(&["apply", "-auto-approve", "-var", "rev=master"]);
+    let url = t.ok(&["output", "url"]).trim().to_string();
+    let (_, body) = http("GET", &format!("{url}/health"), "").unwrap();
+    assert!(body.contains("\"version\":\"v2\""), "{body}");
+
+    let out = t.run(&["plan", "-var", "rev=no-such-branch"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = s(&out.stderr);
+    assert!(
+        err.contains("revision \"no-such-branch\" does not exist"),
+        "{err}"
+    );
+    assert!(
+        err.contains("service.app") && err.contains("= help:"),
+        "{err}"
+    );
+    t.ok(&["destroy", "-auto-approve"]);
+    assert!(t.processes().is_empty());
+    assert!(
+        !t.path().join(".pipeline/builds").exists(),
+        "builds are removed with the last replica"
+    );
+}
