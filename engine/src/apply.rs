@@ -147,17 +147,7 @@ pub async fn apply(
             }
         }
     }
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let mut pending: Vec<usize> = vec![0; n];
-    for (i, w) in waits.iter().enumerate() {
-        pending[i] = w.len();
-        for &j in w {
-            dependents[j].push(i);
-        }
-    }
-    let mut ready: VecDeque<usize> = (0..n).filter(|&i| pending[i] == 0).collect();
-    let mut blocked_by: Vec<Option<String>> = vec![None; n];
-    let mut done = vec![false; n];
+    let mut queue = Queue::new(&waits);
     let mut report = ApplyReport::default();
     let mut running = tokio::task::JoinSet::new();
     let mut started: HashMap<usize, Instant> = HashMap::new();
@@ -165,55 +155,25 @@ pub async fn apply(
 
     loop {
         while running.len() < parallelism {
-            let Some(i) = ready.pop_front() else { break };
+            let Some(i) = queue.ready.pop_front() else {
+                break;
+            };
             let c = &plan.changes[i];
-            if let Some(b) = &blocked_by[i] {
+            if let Some(b) = queue.blocked_by[i].clone() {
                 let reason = format!("depends on {b}, which failed or was skipped");
-                on_event(&Event::Skipped {
-                    addr: c.addr.clone(),
-                    reason: reason.clone(),
-                });
-                report.skipped.push((c.addr.clone(), reason));
-                finish(
-                    i,
-                    &mut done,
-                    &dependents,
-                    &mut pending,
-                    &mut ready,
-                    &mut blocked_by,
-                    Some(&c.addr),
-                );
+                note_skipped(&mut report, on_event, &c.addr, reason);
+                queue.finish(i, Some(&c.addr));
                 continue;
             }
             if c.action == Action::NoOp {
-                finish(
-                    i,
-                    &mut done,
-                    &dependents,
-                    &mut pending,
-                    &mut ready,
-                    &mut blocked_by,
-                    None,
-                );
+                queue.finish(i, None);
                 continue;
             }
             if opts.cancel.load(Ordering::SeqCst) {
                 report.interrupted = true;
                 let reason = "not started: interrupted".to_string();
-                on_event(&Event::Skipped {
-                    addr: c.addr.clone(),
-                    reason: reason.clone(),
-                });
-                report.skipped.push((c.addr.clone(), reason));
-                finish(
-                    i,
-                    &mut done,
-                    &dependents,
-                    &mut pending,
-                    &mut ready,
-                    &mut blocked_by,
-                    Some("the interrupted run"),
-                );
+                note_skipped(&mut report, on_event, &c.addr, reason);
+                queue.finish(i, Some("the interrupted run"));
                 continue;
             }
             let provider = registry.provider(&c.provider).cloned().ok_or_else(|| {
@@ -229,21 +189,8 @@ pub async fn apply(
                 match evaluate_now(&world, config, registry, c, &exp_of) {
                     Ok(v) => Some(v),
                     Err(e) => {
-                        on_event(&Event::Failed {
-                            addr: c.addr.clone(),
-                            action: c.action,
-                            error: e.clone(),
-                        });
-                        report.failed.push((c.addr.clone(), c.action, e));
-                        finish(
-                            i,
-                            &mut done,
-                            &dependents,
-                            &mut pending,
-                            &mut ready,
-                            &mut blocked_by,
-                            Some(&c.addr),
-                        );
+                        note_failed(&mut report, on_event, c, e);
+                        queue.finish(i, Some(&c.addr));
                         continue;
                     }
                 }
@@ -312,15 +259,7 @@ pub async fn apply(
                     elapsed,
                 });
                 report.succeeded.push((c.addr.clone(), c.action));
-                finish(
-                    i,
-                    &mut done,
-                    &dependents,
-                    &mut pending,
-                    &mut ready,
-                    &mut blocked_by,
-                    None,
-                );
+                queue.finish(i, None);
             }
             Ok(Outcome::Deleted) => {
                 record(
@@ -335,15 +274,7 @@ pub async fn apply(
                     elapsed,
                 });
                 report.succeeded.push((c.addr.clone(), c.action));
-                finish(
-                    i,
-                    &mut done,
-                    &dependents,
-                    &mut pending,
-                    &mut ready,
-                    &mut blocked_by,
-                    None,
-                );
+                queue.finish(i, None);
             }
             Err(e) => {
                 if matches!(c.action, Action::Create | Action::Replace) {
@@ -363,25 +294,12 @@ pub async fn apply(
                     )?;
                 }
                 let msg = e.to_string();
-                on_event(&Event::Failed {
-                    addr: c.addr.clone(),
-                    action: c.action,
-                    error: msg.clone(),
-                });
-                report.failed.push((c.addr.clone(), c.action, msg));
-                finish(
-                    i,
-                    &mut done,
-                    &dependents,
-                    &mut pending,
-                    &mut ready,
-                    &mut blocked_by,
-                    Some(&c.addr),
-                );
+                note_failed(&mut report, on_event, c, msg);
+                queue.finish(i, Some(&c.addr));
             }
         }
     }
-    for (i, d) in done.iter().enumerate() {
+    for (i, d) in queue.done.iter().enumerate() {
         if !d {
             let c = &plan.changes[i];
             report.skipped.push((c.addr.clone(), "not started".into()));
@@ -411,23 +329,72 @@ pub async fn apply(
     Ok(report)
 }
 
-fn finish(
-    i: usize,
-    done: &mut [bool],
-    dependents: &[Vec<usize>],
-    pending: &mut [usize],
-    ready: &mut VecDeque<usize>,
-    blocked_by: &mut [Option<String>],
-    failed: Option<&str>,
+fn note_skipped(
+    report: &mut ApplyReport,
+    on_event: &mut dyn FnMut(&Event),
+    addr: &str,
+    reason: String,
 ) {
-    done[i] = true;
-    for &d in &dependents[i] {
-        if let Some(f) = failed {
-            blocked_by[d].get_or_insert_with(|| f.to_string());
+    on_event(&Event::Skipped {
+        addr: addr.to_string(),
+        reason: reason.clone(),
+    });
+    report.skipped.push((addr.to_string(), reason));
+}
+
+fn note_failed(
+    report: &mut ApplyReport,
+    on_event: &mut dyn FnMut(&Event),
+    c: &ResourceChange,
+    error: String,
+) {
+    on_event(&Event::Failed {
+        addr: c.addr.clone(),
+        action: c.action,
+        error: error.clone(),
+    });
+    report.failed.push((c.addr.clone(), c.action, error));
+}
+
+/// Which nodes are ready, which wait for how many others, and which are blocked by a failure.
+struct Queue {
+    ready: VecDeque<usize>,
+    pending: Vec<usize>,
+    dependents: Vec<Vec<usize>>,
+    blocked_by: Vec<Option<String>>,
+    done: Vec<bool>,
+}
+
+impl Queue {
+    fn new(waits: &[HashSet<usize>]) -> Queue {
+        let n = waits.len();
+        let mut dependents = vec![Vec::new(); n];
+        let pending: Vec<usize> = waits.iter().map(HashSet::len).collect();
+        for (i, w) in waits.iter().enumerate() {
+            for &j in w {
+                dependents[j].push(i);
+            }
         }
-        pending[d] -= 1;
-        if pending[d] == 0 {
-            ready.push_back(d);
+        Queue {
+            ready: (0..n).filter(|&i| pending[i] == 0).collect(),
+            pending,
+            dependents,
+            blocked_by: vec![None; n],
+            done: vec![false; n],
+        }
+    }
+
+    /// Node `i` is over; its dependents move on, blocked when `failed` names what failed.
+    fn finish(&mut self, i: usize, failed: Option<&str>) {
+        self.done[i] = true;
+        for &d in &self.dependents[i] {
+            if let Some(f) = failed {
+                self.blocked_by[d].get_or_insert_with(|| f.to_string());
+            }
+            self.pending[d] -= 1;
+            if self.pending[d] == 0 {
+                self.ready.push_back(d);
+            }
         }
     }
 }
