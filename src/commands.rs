@@ -121,6 +121,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Feature flags in a `flags` store: list, get NAME, set NAME on|off [--percent N].
+    #[command(subcommand)]
+    Flags(crate::flags_cmd::FlagsCmd),
     /// Show a replica's log.
     Logs {
         addr: String,
@@ -421,6 +424,7 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { json } => status_cmd(&ws, json, style),
+        Cmd::Flags(fc) => crate::flags_cmd::run(&ws, fc, style).await,
         Cmd::Logs {
             addr,
             lines,

@@ -3,6 +3,7 @@
 //! (-detailed-exitcode only).
 
 mod commands;
+mod flags_cmd;
 mod ops;
 mod render;
 
@@ -18,6 +19,15 @@ fn main() -> ExitCode {
         };
         return ExitCode::from(
             pipeline_supervise::run_supervisor(std::path::Path::new(dir)).clamp(0, 255) as u8,
+        );
+    }
+    if args.get(1).map(String::as_str) == Some("__monitor") {
+        let Some(dir) = args.get(2) else {
+            eprintln!("usage: pipeline __monitor DIR");
+            return ExitCode::from(2);
+        };
+        return ExitCode::from(
+            pipeline_providers::monitor::run_daemon(std::path::Path::new(dir)).clamp(0, 255) as u8,
         );
     }
     let args = commands::normalize_flags(args);

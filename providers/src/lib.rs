@@ -2,6 +2,8 @@
 //! kinds through `pipeline_engine::provider::Provider`.
 
 pub mod local;
+pub mod monitor;
+pub mod redis;
 
 use pipeline_engine::provider::Registry;
 use std::sync::Arc;
@@ -10,5 +12,7 @@ use std::sync::Arc;
 pub fn registry() -> Registry {
     let mut r = Registry::default();
     r.add(Arc::new(local::Local));
+    r.add(Arc::new(redis::Redis));
+    r.add(Arc::new(monitor::Monitor));
     r
 }
