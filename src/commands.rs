@@ -554,6 +554,9 @@ async fn run_apply(
             return;
         }
         match (&overall, e) {
+            (Some(_), Event::RolledBack { .. }) => {
+                let _ = multi.println(render::event_line(e));
+            }
             (Some(o), Event::Started { addr, .. }) => {
                 let pb = multi.insert_before(o, indicatif::ProgressBar::new_spinner());
                 pb.set_style(
@@ -675,7 +678,8 @@ fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
         .unwrap_or(0);
     let mut rows = Vec::new();
     for (addr, rs) in st.resources.iter().filter(|(_, r)| r.kind == "service") {
-        let dir = pipeline_providers::local::replica_dir(&ws.dir, addr);
+        let generation = rs.attrs.get("generation").and_then(|g| g.as_u64());
+        let dir = pipeline_providers::local::generation_dir(&ws.dir, addr, generation);
         let s = pipeline_supervise::status(&dir);
         let (pid, alive, health, uptime, restarts) = match &s {
             Some(s) => (
@@ -690,6 +694,7 @@ fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
             None => (None, false, None, 0, 0),
         };
         rows.push(serde_json::json!({"address": addr, "pid": pid, "port": rs.attrs.get("port"), "url": rs.attrs.get("url"),
+            "generation": generation, "standby_generation": rs.attrs.get("standby_generation"), "build_id": rs.attrs.get("build_id"),
             "running": alive, "healthy": health, "uptime_s": uptime, "restarts": restarts}));
     }
     if json {
@@ -751,7 +756,13 @@ fn strip_len(s: &str) -> usize {
 }
 
 async fn logs_cmd(ws: &Workspace, addr: &str, lines: usize, follow: bool) -> Result<ExitCode> {
-    let dir = pipeline_providers::local::replica_dir(&ws.dir, addr);
+    let st = ws.state()?;
+    let generation = st
+        .resources
+        .get(addr)
+        .and_then(|r| r.attrs.get("generation"))
+        .and_then(|g| g.as_u64());
+    let dir = pipeline_providers::local::generation_dir(&ws.dir, addr, generation);
     let path = dir.join(pipeline_supervise::REPLICA_LOG);
     if !path.exists() {
         let st = ws.state()?;

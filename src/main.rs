@@ -21,6 +21,15 @@ fn main() -> ExitCode {
             pipeline_supervise::run_supervisor(std::path::Path::new(dir)).clamp(0, 255) as u8,
         );
     }
+    if args.get(1).map(String::as_str) == Some("__slot") {
+        let Some(dir) = args.get(2) else {
+            eprintln!("usage: pipeline __slot DIR");
+            return ExitCode::from(2);
+        };
+        return ExitCode::from(
+            pipeline_providers::local::slot::run(std::path::Path::new(dir)).clamp(0, 255) as u8,
+        );
+    }
     if args.get(1).map(String::as_str) == Some("__monitor") {
         let Some(dir) = args.get(2) else {
             eprintln!("usage: pipeline __monitor DIR");

@@ -75,7 +75,11 @@ impl Workspace {
     pub fn remember_stack(&self, stack: &Path) {
         let abs = stack.canonicalize().unwrap_or_else(|_| stack.to_path_buf());
         if std::fs::create_dir_all(&self.dir).is_ok() {
-            let _ = std::fs::write(self.dir.join("stack"), abs.display().to_string());
+            // Atomic: a kill mid-write must not leave an empty name behind.
+            let tmp = self.dir.join("stack.tmp");
+            if std::fs::write(&tmp, abs.display().to_string()).is_ok() {
+                let _ = std::fs::rename(&tmp, self.dir.join("stack"));
+            }
         }
     }
 

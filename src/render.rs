@@ -356,6 +356,7 @@ pub fn event_json(e: &Event) -> serde_json::Value {
         Event::Skipped { addr, reason } => {
             json!({"type": "apply_skipped", "address": addr, "reason": reason})
         }
+        Event::RolledBack { addr } => json!({"type": "apply_rolled_back", "address": addr}),
     }
 }
 
@@ -386,6 +387,9 @@ pub fn event_line(e: &Event) -> String {
         ),
         Event::Failed { addr, error, .. } => format!("{addr}: FAILED: {error}"),
         Event::Skipped { addr, reason } => format!("{addr}: skipped ({reason})"),
+        Event::RolledBack { addr } => {
+            format!("{addr}: rolled back to its previous version (the rollout stopped)")
+        }
     }
 }
 
@@ -434,6 +438,12 @@ pub fn report_text(r: &ApplyReport, st: Style, destroy: bool) -> String {
         let _ = writeln!(out, "\nFailed:");
         for (a, _, e) in &r.failed {
             let _ = writeln!(out, "  {}: {}", st.red(a), e.replace('\n', "\n    "));
+        }
+    }
+    if !r.rolled_back.is_empty() {
+        let _ = writeln!(out, "\nRolled back (the rollout stopped at the failure):");
+        for a in &r.rolled_back {
+            let _ = writeln!(out, "  {a}");
         }
     }
     if !r.skipped.is_empty() {

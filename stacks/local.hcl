@@ -19,7 +19,7 @@ service "preview" {
   on       = host.app
   replicas = var.replicas
   source   = "../examples/preview"
-  build    = "cargo build --release --quiet"
+  build    = "cargo build --release --quiet --target-dir target"
   run      = "./target/release/preview --port {{port}}"
   env      = { VERSION = "local" }
   health   = { path = "/health", interval = "500ms" }

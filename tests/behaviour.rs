@@ -221,7 +221,7 @@ service "web" {{
         "upstream app {\n  server a:1;\n  server evil:666;\n  server c:3;\n}\n",
     )
     .unwrap();
-    let dir = t.path().join(".pipeline/run/service.web");
+    let dir = t.path().join(".pipeline/run/service.web/gen-1");
     let pid: i32 = std::fs::read_to_string(dir.join("supervisor.pid"))
         .unwrap()
         .trim()
@@ -454,15 +454,30 @@ output "url" {{ value = service.app.url }}
     let (_, body) = http("GET", &format!("{url}/health"), "").unwrap();
     assert!(body.contains("\"version\":\"v1\""), "{body}");
 
+    // A new revision is an update in place: the instance keeps its address (its slot) and
+    // a new generation of the app takes over behind it.
     let plan = t.ok(&["plan", "-var", "rev=master"]);
     assert!(
-        plan.contains("# service.app must be replaced") && plan.contains("forces replacement"),
+        plan.contains("# service.app will be updated in place"),
         "{plan}"
     );
+    assert!(plan.contains("~ revision = \"v1\" -> \"master\""), "{plan}");
     t.ok(&["apply", "-auto-approve", "-var", "rev=master"]);
-    let url = t.ok(&["output", "url"]).trim().to_string();
+    let url2 = t.ok(&["output", "url"]).trim().to_string();
+    assert_eq!(url, url2, "the slot keeps its address");
     let (_, body) = http("GET", &format!("{url}/health"), "").unwrap();
     assert!(body.contains("\"version\":\"v2\""), "{body}");
+    let gens: Vec<String> = std::fs::read_dir(t.path().join(".pipeline/run/service.app"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("gen-"))
+        .collect();
+    assert_eq!(
+        gens,
+        vec!["gen-2"],
+        "a rolling update stops the old generation"
+    );
 
     let out = t.run(&["plan", "-var", "rev=no-such-branch"]);
     assert_eq!(out.status.code(), Some(1));

@@ -68,11 +68,17 @@ fn untracked(t: &Scratch) -> Vec<String> {
                     .map(str::to_string)
             });
         if let Some(dir) = dir {
-            let name = std::path::Path::new(&dir)
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
+            // .pipeline/run/<instance>/<slot|gen-N>: the instance is the first component.
+            let run = t.path().join(".pipeline/run");
+            let rel = std::path::Path::new(&dir)
+                .strip_prefix(&run)
+                .map(|r| r.to_path_buf())
+                .unwrap_or_default();
+            let name = rel
+                .components()
+                .next()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .unwrap_or_default();
             if !known.contains(&name) {
                 out.push(format!("pid {pid} in {dir}"));
             }

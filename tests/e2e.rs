@@ -20,6 +20,17 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        out.push(e.path().display().to_string());
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        }
+    }
+    out
+}
+
 #[test]
 fn local_stack_plan_apply_scale_destroy() {
     let t = Scratch::new();
@@ -126,6 +137,11 @@ fn local_stack_plan_apply_scale_destroy() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
+    let mut under_run = Vec::new();
+    for e in walk(&t.path().join(".pipeline/run")) {
+        under_run.push(e);
+    }
+    assert!(under_run.is_empty(), "left under run/: {under_run:?}");
     for d in ["run", "builds", "out"] {
         assert!(!left.contains(&d.to_string()), "{d} left behind: {left:?}");
     }

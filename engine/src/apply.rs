@@ -36,6 +36,10 @@ pub enum Event {
         addr: String,
         reason: String,
     },
+    /// A rollout stopped and this instance went back to what it ran before.
+    RolledBack {
+        addr: String,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +47,8 @@ pub struct ApplyReport {
     pub succeeded: Vec<(String, Action)>,
     pub failed: Vec<(String, Action, String)>,
     pub skipped: Vec<(String, String)>,
+    /// Instances a stopped rollout returned to their previous version.
+    pub rolled_back: Vec<String>,
     pub interrupted: bool,
 }
 
@@ -61,6 +67,28 @@ pub struct ApplyOptions {
 enum Outcome {
     Applied(JsonMap),
     Deleted,
+    /// Phase one of a two-phase update: prepared, not switched.
+    Staged(JsonMap),
+    Aborted,
+}
+
+/// What a spawned step does.
+#[derive(Clone)]
+enum Phase {
+    Normal,
+    Stage,
+    Commit(JsonMap),
+    Abort(JsonMap),
+}
+
+/// Instances of one block updated under a rollout policy.
+struct Group {
+    members: Vec<usize>,
+    two_phase: bool,
+    /// Two-phase: members that have staged or failed so far, what they staged, the first failure.
+    reported: usize,
+    staged: Vec<(usize, JsonMap)>,
+    failed: Option<String>,
 }
 
 /// Errors here are about the engine itself (state not writable); resource failures are in the report.
@@ -147,7 +175,52 @@ pub async fn apply(
             }
         }
     }
+    // Rollouts: updates of one block's instances go `parallel` at a time in order (rolling), or
+    // are all staged and then switched together (two-phase).
+    let mut groups: Vec<Group> = Vec::new();
+    let mut group_of: Vec<Option<usize>> = vec![None; n];
+    {
+        let mut by_block: HashMap<(usize, &str), Vec<usize>> = HashMap::new();
+        let mut policy: HashMap<(usize, &str), crate::provider::Rollout> = HashMap::new();
+        for (i, c) in plan.changes.iter().enumerate() {
+            let (Some(m), Some(after), Action::Update) = (c.module, &c.after, c.action) else {
+                continue;
+            };
+            let Some(r) = registry
+                .provider(&c.provider)
+                .and_then(|p| p.rollout(&c.kind, after))
+            else {
+                continue;
+            };
+            by_block
+                .entry((m, c.resource.as_str()))
+                .or_default()
+                .push(i);
+            policy.insert((m, c.resource.as_str()), r);
+        }
+        let mut blocks: Vec<_> = by_block.into_iter().collect();
+        blocks.sort();
+        for (block, members) in blocks {
+            let r = &policy[&block];
+            if !r.two_phase {
+                for k in r.parallel..members.len() {
+                    waits[members[k]].insert(members[k - r.parallel]);
+                }
+            }
+            for &i in &members {
+                group_of[i] = Some(groups.len());
+            }
+            groups.push(Group {
+                members,
+                two_phase: r.two_phase,
+                reported: 0,
+                staged: vec![],
+                failed: None,
+            });
+        }
+    }
     let mut queue = Queue::new(&waits);
+    let mut spawn_later: Vec<(usize, Phase)> = Vec::new();
     let mut report = ApplyReport::default();
     let mut running = tokio::task::JoinSet::new();
     let mut started: HashMap<usize, Instant> = HashMap::new();
@@ -159,6 +232,14 @@ pub async fn apply(
                 break;
             };
             let c = &plan.changes[i];
+            if let Some(g) = group_of[i].filter(|&g| groups[g].two_phase) {
+                if queue.blocked_by[i].is_some() || opts.cancel.load(Ordering::SeqCst) {
+                    let grp = &mut groups[g];
+                    grp.reported += 1;
+                    grp.failed.get_or_insert_with(|| c.addr.clone());
+                    spawn_later.extend(resolve(grp));
+                }
+            }
             if let Some(b) = queue.blocked_by[i].clone() {
                 let reason = format!("depends on {b}, which failed or was skipped");
                 note_skipped(&mut report, on_event, &c.addr, reason);
@@ -221,10 +302,43 @@ pub async fn apply(
             started.insert(i, Instant::now());
             let (ctx, kind, addr, action) = (ctx.clone(), c.kind.clone(), c.addr.clone(), c.action);
             let prior_attrs = prior.map(|p| p.attrs);
+            let phase = if group_of[i].is_some_and(|g| groups[g].two_phase) {
+                Phase::Stage
+            } else {
+                Phase::Normal
+            };
             running.spawn(async move {
-                let r = run_step(provider, ctx, kind, addr, action, prior_attrs, config_now).await;
+                let r = run_step(
+                    provider,
+                    ctx,
+                    kind,
+                    addr,
+                    action,
+                    prior_attrs,
+                    config_now,
+                    phase,
+                )
+                .await;
                 (i, r)
             });
+        }
+        // Commits or aborts of two-phase groups that just resolved.
+        for (i, phase) in std::mem::take(&mut spawn_later) {
+            let c = &plan.changes[i];
+            let provider = registry.provider(&c.provider).cloned().ok_or_else(|| {
+                Diagnostics::from(Diagnostic::new(format!(
+                    "{}: unknown provider {}",
+                    c.addr, c.provider
+                )))
+            })?;
+            let (ctx, kind, addr, action) = (ctx.clone(), c.kind.clone(), c.addr.clone(), c.action);
+            running.spawn(async move {
+                let r = run_step(provider, ctx, kind, addr, action, None, None, phase).await;
+                (i, r)
+            });
+        }
+        if running.is_empty() && !spawn_later.is_empty() {
+            continue;
         }
         let Some(joined) = running.join_next().await else {
             break;
@@ -261,6 +375,18 @@ pub async fn apply(
                 report.succeeded.push((c.addr.clone(), c.action));
                 queue.finish(i, None);
             }
+            Ok(Outcome::Staged(attrs)) => {
+                let g = group_of[i].expect("staged steps belong to a group");
+                groups[g].reported += 1;
+                groups[g].staged.push((i, attrs));
+                spawn_later.extend(resolve(&mut groups[g]));
+            }
+            Ok(Outcome::Aborted) => {
+                let g = group_of[i].expect("aborted steps belong to a group");
+                let failed = groups[g].failed.clone().unwrap_or_default();
+                note_skipped(&mut report, on_event, &c.addr, format!("not switched: {failed} failed, so the blue-green switch was called off and the old version keeps serving"));
+                queue.finish(i, Some(&c.addr));
+            }
             Ok(Outcome::Deleted) => {
                 record(
                     store,
@@ -296,6 +422,88 @@ pub async fn apply(
                 let msg = e.to_string();
                 note_failed(&mut report, on_event, c, msg);
                 queue.finish(i, Some(&c.addr));
+                if let Some(g) = group_of[i].filter(|&g| {
+                    groups[g].two_phase && !groups[g].staged.iter().any(|(j, _)| *j == i)
+                }) {
+                    groups[g].reported += 1;
+                    groups[g].failed.get_or_insert_with(|| c.addr.clone());
+                    spawn_later.extend(resolve(&mut groups[g]));
+                }
+            }
+        }
+    }
+    // A rolling update that stopped on a failure returns the instances it already changed.
+    for g in groups.iter().filter(|g| !g.two_phase) {
+        let failed = g.members.iter().any(|&i| {
+            report
+                .failed
+                .iter()
+                .any(|(a, _, _)| *a == plan.changes[i].addr)
+                || !queue.done[i]
+        });
+        let stopped = failed
+            || g.members.iter().any(|&i| {
+                report
+                    .skipped
+                    .iter()
+                    .any(|(a, _)| *a == plan.changes[i].addr)
+            });
+        if !stopped {
+            continue;
+        }
+        for &i in &g.members {
+            let c = &plan.changes[i];
+            if !report.succeeded.iter().any(|(a, _)| *a == c.addr) {
+                continue;
+            }
+            let (Some(before), Some(current)) =
+                (&c.before, store.state().resources.get(&c.addr).cloned())
+            else {
+                continue;
+            };
+            let Some((_, schema)) = registry.schema(&c.kind, Some(&c.provider)) else {
+                continue;
+            };
+            let old: ValueMap = schema
+                .attrs
+                .iter()
+                .filter(|a| a.settable())
+                .map(|a| {
+                    (
+                        a.name.to_string(),
+                        before.get(a.name).cloned().unwrap_or(Value::Null),
+                    )
+                })
+                .collect();
+            let provider = registry.provider(&c.provider).cloned().ok_or_else(|| {
+                Diagnostics::from(Diagnostic::new(format!("unknown provider {}", c.provider)))
+            })?;
+            let req = ApplyRequest {
+                kind: &c.kind,
+                addr: &c.addr,
+                config: &old,
+                prior: Some(&current.attrs),
+            };
+            match provider.apply(ctx, &req).await {
+                Ok(attrs) => {
+                    record(
+                        store,
+                        JournalEntry::Set {
+                            addr: c.addr.clone(),
+                            resource: resource_state(c, attrs, Status::Ready),
+                        },
+                    )?;
+                    on_event(&Event::RolledBack {
+                        addr: c.addr.clone(),
+                    });
+                    report.rolled_back.push(c.addr.clone());
+                }
+                Err(e) => note_failed(
+                    &mut report,
+                    on_event,
+                    c,
+                    format!("rolling back failed too: {e}"),
+                ),
             }
         }
     }
@@ -327,6 +535,28 @@ pub async fn apply(
     }
     store.compact().map_err(state_err)?;
     Ok(report)
+}
+
+/// When every member of a two-phase group has staged or failed: commit all, or abort all.
+fn resolve(g: &mut Group) -> Vec<(usize, Phase)> {
+    if g.reported < g.members.len() {
+        return vec![];
+    }
+    let staged = std::mem::take(&mut g.staged);
+    let commit = g.failed.is_none();
+    staged
+        .into_iter()
+        .map(|(i, a)| {
+            (
+                i,
+                if commit {
+                    Phase::Commit(a)
+                } else {
+                    Phase::Abort(a)
+                },
+            )
+        })
+        .collect()
 }
 
 fn note_skipped(
@@ -422,6 +652,7 @@ fn evaluate_now(
     Ok(cfg)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_step(
     provider: Arc<dyn crate::provider::Provider>,
     ctx: ProviderCtx,
@@ -430,7 +661,30 @@ async fn run_step(
     action: Action,
     prior: Option<JsonMap>,
     config: Option<ValueMap>,
+    phase: Phase,
 ) -> Result<Outcome, ProviderError> {
+    match phase {
+        Phase::Normal => {}
+        Phase::Stage => {
+            let cfg = config.unwrap_or_default();
+            let req = ApplyRequest {
+                kind: &kind,
+                addr: &addr,
+                config: &cfg,
+                prior: prior.as_ref(),
+            };
+            return Ok(Outcome::Staged(provider.stage(&ctx, &req).await?));
+        }
+        Phase::Commit(staged) => {
+            return Ok(Outcome::Applied(
+                provider.commit(&ctx, &kind, &addr, &staged).await?,
+            ))
+        }
+        Phase::Abort(staged) => {
+            provider.abort(&ctx, &kind, &addr, &staged).await?;
+            return Ok(Outcome::Aborted);
+        }
+    }
     match action {
         Action::Delete => {
             if let Some(p) = &prior {

@@ -161,6 +161,16 @@ impl KindSchema {
     }
 }
 
+/// A rollout policy for in-place updates of a block's instances.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rollout {
+    /// Instances updated at once; the rest wait their turn. A failure stops the rollout, and
+    /// the instances it already updated are rolled back.
+    pub parallel: usize,
+    /// Stage every instance first and switch them together only if all staged (blue-green).
+    pub two_phase: bool,
+}
+
 /// Where providers keep what they run and build, and how to re-invoke this binary.
 #[derive(Clone, Debug)]
 pub struct ProviderCtx {
@@ -267,6 +277,38 @@ pub trait Provider: Send + Sync {
         ctx: &ProviderCtx,
         req: &ApplyRequest<'_>,
     ) -> Result<JsonMap, ProviderError>;
+    /// How updates of a block's instances roll out (rolling, blue-green); None: all at once.
+    fn rollout(&self, _kind: &str, _config: &ValueMap) -> Option<Rollout> {
+        None
+    }
+    /// Two-phase updates (blue-green), phase one: prepare the new version without switching.
+    async fn stage(
+        &self,
+        ctx: &ProviderCtx,
+        req: &ApplyRequest<'_>,
+    ) -> Result<JsonMap, ProviderError> {
+        self.apply(ctx, req).await
+    }
+    /// Phase two: switch to what `stage` prepared.
+    async fn commit(
+        &self,
+        _ctx: &ProviderCtx,
+        _kind: &str,
+        _addr: &str,
+        staged: &JsonMap,
+    ) -> Result<JsonMap, ProviderError> {
+        Ok(staged.clone())
+    }
+    /// Another instance failed to stage: undo what `stage` prepared; the old version stays.
+    async fn abort(
+        &self,
+        _ctx: &ProviderCtx,
+        _kind: &str,
+        _addr: &str,
+        _staged: &JsonMap,
+    ) -> Result<(), ProviderError> {
+        Ok(())
+    }
     /// Must also clean up a half-created instance (a crash between start and record).
     async fn delete(
         &self,

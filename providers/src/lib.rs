@@ -3,6 +3,7 @@
 
 pub mod local;
 pub mod monitor;
+pub mod nginx;
 pub mod redis;
 
 use pipeline_engine::provider::Registry;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 pub fn registry() -> Registry {
     let mut r = Registry::default();
     r.add(Arc::new(local::Local));
+    r.add(Arc::new(nginx::Nginx));
     r.add(Arc::new(redis::Redis));
     r.add(Arc::new(monitor::Monitor));
     r

@@ -279,17 +279,17 @@ pub fn gc(ctx: &ProviderCtx) {
     let root = builds_root(ctx);
     let run = ctx.work_dir.join("run");
     let mut used = std::collections::HashSet::new();
+    // Markers sit in each app generation's directory: run/<instance>/gen-N/build_id.
     if let Ok(rd) = std::fs::read_dir(&run) {
         for e in rd.flatten() {
-            if let Ok(id) = std::fs::read_to_string(e.path().join("build_id")) {
-                used.insert(id.trim().to_string());
+            for d in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                if let Ok(id) = std::fs::read_to_string(d.path().join("build_id")) {
+                    used.insert(id.trim().to_string());
+                }
             }
         }
     }
-    let Ok(rd) = std::fs::read_dir(&root) else {
-        return;
-    };
-    for e in rd.flatten() {
+    for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         let id = name.trim_end_matches(".lock").to_string();
         if used.contains(&id) {

@@ -4,15 +4,16 @@
 mod build;
 mod file;
 mod service;
+pub mod slot;
 
 use async_trait::async_trait;
 use pipeline_engine::provider::{
     ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned, Provider,
-    ProviderCtx, ProviderError, Type,
+    ProviderCtx, ProviderError, Rollout, Type,
 };
 use pipeline_engine::value::{Value, ValueMap};
 
-pub use service::{replica_dir, sanitize};
+pub use service::{generation_dir, replica_dir, rollback, sanitize, update_policy, UpdatePolicy};
 
 pub struct Local;
 
@@ -100,6 +101,53 @@ impl Provider for Local {
             "file" => file::apply(ctx, req),
             "service" => service::apply(ctx, req).await,
             k => Err(ProviderError::new(format!("local does not serve {k}"))),
+        }
+    }
+
+    fn rollout(&self, kind: &str, config: &ValueMap) -> Option<Rollout> {
+        let p = (kind == "service")
+            .then(|| service::update_policy(config).ok())
+            .flatten()?;
+        Some(Rollout {
+            parallel: p.parallel,
+            two_phase: p.blue_green,
+        })
+    }
+
+    async fn stage(
+        &self,
+        ctx: &ProviderCtx,
+        req: &ApplyRequest<'_>,
+    ) -> Result<JsonMap, ProviderError> {
+        match req.kind {
+            "service" => service::stage(ctx, req).await,
+            _ => self.apply(ctx, req).await,
+        }
+    }
+
+    async fn commit(
+        &self,
+        ctx: &ProviderCtx,
+        kind: &str,
+        addr: &str,
+        staged: &JsonMap,
+    ) -> Result<JsonMap, ProviderError> {
+        match kind {
+            "service" => service::commit(ctx, addr, staged).await,
+            _ => Ok(staged.clone()),
+        }
+    }
+
+    async fn abort(
+        &self,
+        ctx: &ProviderCtx,
+        kind: &str,
+        addr: &str,
+        staged: &JsonMap,
+    ) -> Result<(), ProviderError> {
+        match kind {
+            "service" => service::abort(ctx, addr, staged).await,
+            _ => Ok(()),
         }
     }
 

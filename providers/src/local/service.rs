@@ -2,6 +2,7 @@
 //! process on a free loopback port. Replicas keep running after the CLI exits.
 
 use super::build::{self, BuildSpec};
+use super::slot;
 use pipeline_engine::provider::{
     ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned, ProviderCtx,
     ProviderError, Type,
@@ -11,31 +12,29 @@ use pipeline_supervise::{HealthCheck, HealthKind, ReplicaSpec};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Attributes whose change restarts a replica.
-const RESTARTING: &[&str] = &[
-    "source", "revision", "build", "run", "env", "health", "restart", "on",
-];
-
 pub fn schema() -> KindSchema {
     KindSchema {
         kind: "service",
         attrs: vec![
-            AttrSchema::optional("on", Type::Any),
-            AttrSchema::required("source", Type::String).force_new(),
-            AttrSchema::optional("revision", Type::String).force_new(),
-            AttrSchema::optional("build", Type::String).force_new(),
-            AttrSchema::required("run", Type::String).force_new(),
+            // Where it runs; moving a slot to another host replaces it.
+            AttrSchema::optional("on", Type::Any).force_new(),
+            // A change to any of these starts a new generation behind the same slot (an update
+            // in place, following `update`), never a new slot.
+            AttrSchema::required("source", Type::String),
+            AttrSchema::optional("revision", Type::String),
+            AttrSchema::optional("build", Type::String),
+            AttrSchema::required("run", Type::String),
             AttrSchema::optional("replicas", Type::Number).default(Value::Number(1.0)),
             AttrSchema::optional("env", Type::Map(Box::new(Type::String)))
-                .default(Value::Map(Default::default()))
-                .force_new(),
-            AttrSchema::optional("health", Type::Any).force_new(),
-            AttrSchema::optional("restart", Type::Bool)
-                .default(Value::Bool(true))
-                .force_new(),
+                .default(Value::Map(Default::default())),
+            AttrSchema::optional("health", Type::Any),
+            AttrSchema::optional("restart", Type::Bool).default(Value::Bool(true)),
             AttrSchema::optional("start_timeout", Type::String).default(Value::str("60s")),
-            AttrSchema::computed("build_id", Type::String).force_new(),
+            // { strategy = "rolling" | "blue-green", max_unavailable = 1, max_surge = 0, drain_timeout = "10s" }
+            AttrSchema::optional("update", Type::Any),
+            AttrSchema::computed("build_id", Type::String),
             AttrSchema::computed("address", Type::String),
+            // The slot's port: stable for the life of the instance.
             AttrSchema::computed("port", Type::Number),
             AttrSchema::computed("url", Type::String),
         ],
@@ -129,29 +128,6 @@ fn health_of(c: &ValueMap) -> Result<HealthCheck, String> {
     })
 }
 
-pub fn validate(c: &ValueMap) -> Vec<Invalid> {
-    let mut out = vec![];
-    if c.get("health").is_some_and(|h| h.is_known()) {
-        if let Err(e) = health_of(c) {
-            out.push(Invalid::new(
-                Some("health"),
-                e,
-                "e.g. health = { path = \"/health\", interval = \"500ms\" }; settings: type (http|tcp), path, method, body, expect_status, interval, timeout",
-            ));
-        }
-    }
-    if let Some(t) = c.get("start_timeout").and_then(Value::as_str) {
-        if parse_duration(t).is_none() {
-            out.push(Invalid::new(
-                Some("start_timeout"),
-                format!("{t:?} is not a duration"),
-                "durations look like \"500ms\", \"30s\" or \"2m\"",
-            ));
-        }
-    }
-    out
-}
-
 fn build_spec(ctx: &ProviderCtx, c: &ValueMap) -> BuildSpec {
     let src = PathBuf::from(c.get("source").and_then(Value::as_str).unwrap_or("."));
     BuildSpec {
@@ -179,6 +155,83 @@ fn address_of(c: &ValueMap) -> String {
         .unwrap_or_else(|| "127.0.0.1".into())
 }
 
+/// How updates of a service's instances roll out.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpdatePolicy {
+    pub blue_green: bool,
+    /// Slots updated at once (max_unavailable + max_surge, at least 1).
+    pub parallel: usize,
+    pub drain_timeout: Duration,
+}
+
+pub fn update_policy(c: &ValueMap) -> Result<UpdatePolicy, String> {
+    let mut p = UpdatePolicy {
+        blue_green: false,
+        parallel: 1,
+        drain_timeout: Duration::from_secs(10),
+    };
+    let Some(Value::Map(u)) = c.get("update").map(|v| v.unmarked().0) else {
+        return Ok(p);
+    };
+    for k in u.keys() {
+        if !["strategy", "max_unavailable", "max_surge", "drain_timeout"].contains(&k.as_str()) {
+            return Err(format!("unknown update setting `{k}`"));
+        }
+    }
+    match u.get("strategy").and_then(Value::as_str) {
+        None | Some("rolling") => {}
+        Some("blue-green") => p.blue_green = true,
+        Some(o) => return Err(format!("update strategy {o:?} is unknown")),
+    }
+    let num = |k: &str, d: f64| -> Result<f64, String> {
+        match u.get(k) {
+            None => Ok(d),
+            Some(v) => v
+                .as_f64()
+                .filter(|n| *n >= 0.0 && n.fract() == 0.0)
+                .ok_or(format!("{k} must be a whole number >= 0")),
+        }
+    };
+    p.parallel = ((num("max_unavailable", 1.0)? + num("max_surge", 0.0)?) as usize).max(1);
+    if let Some(d) = u.get("drain_timeout").and_then(Value::as_str) {
+        p.drain_timeout =
+            parse_duration(d).ok_or(format!("drain_timeout {d:?} is not a duration"))?;
+    }
+    Ok(p)
+}
+
+pub fn validate(c: &ValueMap) -> Vec<Invalid> {
+    let mut out = vec![];
+    if c.get("health").is_some_and(|h| h.is_known()) {
+        if let Err(e) = health_of(c) {
+            out.push(Invalid::new(
+                Some("health"),
+                e,
+                "e.g. health = { path = \"/health\", interval = \"500ms\" }; settings: type (http|tcp), path, method, body, expect_status, interval, timeout",
+            ));
+        }
+    }
+    if let Some(t) = c.get("start_timeout").and_then(Value::as_str) {
+        if parse_duration(t).is_none() {
+            out.push(Invalid::new(
+                Some("start_timeout"),
+                format!("{t:?} is not a duration"),
+                "durations look like \"500ms\", \"30s\" or \"2m\"",
+            ));
+        }
+    }
+    if c.get("update").is_some_and(|u| u.is_known()) {
+        if let Err(e) = update_policy(c) {
+            out.push(Invalid::new(
+                Some("update"),
+                e,
+                "e.g. update = { strategy = \"rolling\", max_unavailable = 1 } or { strategy = \"blue-green\" }; settings: strategy, max_unavailable, max_surge, drain_timeout",
+            ));
+        }
+    }
+    out
+}
+
 pub fn plan(ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
     let mut o = req.config.clone();
     o.shift_remove("replicas");
@@ -190,29 +243,28 @@ pub fn plan(ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, Provide
     } else {
         Value::Unknown
     };
-    o.insert("build_id".into(), id.clone());
+    o.insert("build_id".into(), id);
+    let on_known = req.config.get("on").is_none_or(Value::is_known);
     o.insert(
         "address".into(),
-        if req.config.get("on").is_none_or(Value::is_known) {
+        if on_known {
             Value::String(address_of(req.config))
         } else {
             Value::Unknown
         },
     );
-    // The running replica keeps its port unless something restarts it.
-    let unchanged = req.prior.is_some_and(|p| {
-        RESTARTING.iter().all(|k| {
-            let before = p.get(*k).map(Value::from_json).unwrap_or(Value::Null);
-            req.config
-                .get(*k)
+    // The slot keeps its address through updates; only a new slot gets a new one.
+    let moved = req.prior.is_some_and(|p| {
+        p.get("on").map(Value::from_json).unwrap_or(Value::Null)
+            != req
+                .config
+                .get("on")
                 .map(|v| v.unmarked().0)
                 .unwrap_or(Value::Null)
-                == before
-        }) && p.get("build_id").and_then(|v| v.as_str()) == id.as_str()
     });
     for k in ["port", "url"] {
-        let v = match (unchanged, req.prior.and_then(|p| p.get(k))) {
-            (true, Some(v)) => Value::from_json(v),
+        let v = match req.prior.and_then(|p| p.get(k)) {
+            Some(v) if !moved => Value::from_json(v),
             _ => Value::Unknown,
         };
         o.insert(k.into(), v);
@@ -223,43 +275,254 @@ pub fn plan(ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, Provide
     })
 }
 
-pub fn read(
-    ctx: &ProviderCtx,
-    addr: &str,
-    prior: &JsonMap,
-) -> Result<Option<JsonMap>, ProviderError> {
-    let dir = replica_dir(&ctx.work_dir, addr);
-    match pipeline_supervise::status(&dir) {
-        Some(s) if s.supervisor_alive => Ok(Some(prior.clone())),
-        _ => Ok(None),
-    }
-}
-
 fn replica_index(addr: &str) -> usize {
     addr.rsplit_once('[')
         .and_then(|(_, r)| r.trim_end_matches(']').parse().ok())
         .unwrap_or(0)
 }
 
-pub async fn apply(ctx: &ProviderCtx, req: &ApplyRequest<'_>) -> Result<JsonMap, ProviderError> {
-    if req.prior.is_some() {
-        delete(ctx, req.addr).await?;
+/// Where an instance's app generation runs (its log, pid, status); the instance dir without one.
+pub fn generation_dir(work_dir: &Path, addr: &str, generation: Option<u64>) -> PathBuf {
+    let d = replica_dir(work_dir, addr);
+    match generation {
+        Some(g) => d.join(format!("gen-{g}")),
+        None => d,
     }
-    let (ctx, addr, config) = (ctx.clone(), req.addr.to_string(), req.config.clone());
-    tokio::task::spawn_blocking(move || start_replica(&ctx, &addr, &config))
-        .await
-        .map_err(|e| ProviderError::new(format!("the start task failed: {e}")))?
 }
 
-fn start_replica(ctx: &ProviderCtx, addr: &str, c: &ValueMap) -> Result<JsonMap, ProviderError> {
+fn slot_dir(ctx: &ProviderCtx, addr: &str) -> PathBuf {
+    replica_dir(&ctx.work_dir, addr).join("slot")
+}
+
+fn gen_dir(ctx: &ProviderCtx, addr: &str, generation: u64) -> PathBuf {
+    replica_dir(&ctx.work_dir, addr).join(format!("gen-{generation}"))
+}
+
+fn num(m: &JsonMap, k: &str) -> Option<u64> {
+    m.get(k).and_then(|v| v.as_u64())
+}
+
+/// Is the instance's slot (and the generation it serves) alive?
+pub fn read(
+    ctx: &ProviderCtx,
+    addr: &str,
+    prior: &JsonMap,
+) -> Result<Option<JsonMap>, ProviderError> {
+    let alive = |d: &Path| pipeline_supervise::status(d).is_some_and(|s| s.supervisor_alive);
+    let slot_ok = alive(&slot_dir(ctx, addr));
+    let gen_ok = num(prior, "generation").is_some_and(|g| alive(&gen_dir(ctx, addr, g)));
+    Ok((slot_ok && gen_ok).then(|| prior.clone()))
+}
+
+fn err(e: impl std::fmt::Display) -> ProviderError {
+    ProviderError::new(e.to_string())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ProviderError> + Send + 'static,
+) -> Result<T, ProviderError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ProviderError::new(format!("a provider task failed: {e}")))?
+}
+
+pub async fn apply(ctx: &ProviderCtx, req: &ApplyRequest<'_>) -> Result<JsonMap, ProviderError> {
+    let (ctx, addr, config, prior) = (
+        ctx.clone(),
+        req.addr.to_string(),
+        req.config.clone(),
+        req.prior.cloned(),
+    );
+    blocking(move || match prior {
+        None => create(&ctx, &addr, &config),
+        Some(prior) => {
+            let staged = stage_update(&ctx, &addr, &config, &prior)?;
+            commit_update(&ctx, &addr, &staged, false)
+        }
+    })
+    .await
+}
+
+/// Blue-green, phase one: start and health-check the new generation; switch nothing.
+pub async fn stage(ctx: &ProviderCtx, req: &ApplyRequest<'_>) -> Result<JsonMap, ProviderError> {
+    let (ctx, addr, config, prior) = (
+        ctx.clone(),
+        req.addr.to_string(),
+        req.config.clone(),
+        req.prior.cloned(),
+    );
+    blocking(move || match prior {
+        None => create(&ctx, &addr, &config),
+        Some(prior) => stage_update(&ctx, &addr, &config, &prior),
+    })
+    .await
+}
+
+/// Blue-green, phase two: switch the slot to the staged generation, keeping the old one as standby.
+pub async fn commit(
+    ctx: &ProviderCtx,
+    addr: &str,
+    staged: &JsonMap,
+) -> Result<JsonMap, ProviderError> {
+    let (ctx, addr, staged) = (ctx.clone(), addr.to_string(), staged.clone());
+    blocking(move || {
+        if staged.contains_key("staged_generation") {
+            commit_update(&ctx, &addr, &staged, true)
+        } else {
+            Ok(staged)
+        }
+    })
+    .await
+}
+
+/// Blue-green failed elsewhere: stop what this instance staged; the old generation keeps serving.
+pub async fn abort(ctx: &ProviderCtx, addr: &str, staged: &JsonMap) -> Result<(), ProviderError> {
+    let (ctx, addr, staged) = (ctx.clone(), addr.to_string(), staged.clone());
+    blocking(move || {
+        if let Some(g) = num(&staged, "staged_generation") {
+            stop_gen(&ctx, &addr, g)?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Swap the active and standby generations (after a blue-green switch): instant, no start.
+pub fn rollback(
+    ctx: &ProviderCtx,
+    addr: &str,
+    current: &JsonMap,
+) -> Result<JsonMap, ProviderError> {
+    let Some(standby) = num(current, "standby_generation") else {
+        return Err(ProviderError::new(format!(
+            "{addr} has no previous generation to roll back to"
+        ))
+        .help(
+            "rollback follows a blue-green deployment, which keeps the previous generation running",
+        ));
+    };
+    let gdir = gen_dir(ctx, addr, standby);
+    if !pipeline_supervise::status(&gdir).is_some_and(|s| s.supervisor_alive) {
+        return Err(ProviderError::new(format!(
+            "{addr}: the previous generation {standby} is not running any more"
+        ))
+        .help("deploy the previous version instead"));
+    }
+    let saved: JsonMap =
+        serde_json::from_slice(&std::fs::read(gdir.join("instance.json")).map_err(err)?)
+            .map_err(err)?;
+    let backend_port =
+        num(&saved, "backend_port").ok_or_else(|| err("the standby generation has no port"))?;
+    let address = current
+        .get("address")
+        .and_then(|v| v.as_str())
+        .unwrap_or("127.0.0.1")
+        .to_string();
+    slot::switch(
+        &slot_dir(ctx, addr),
+        Some(format!("{address}:{backend_port}")),
+        Duration::from_secs(5),
+    )
+    .map_err(err)?;
+    let mut out = saved;
+    for k in ["port", "url", "address"] {
+        if let Some(v) = current.get(k) {
+            out.insert(k.into(), v.clone());
+        }
+    }
+    out.insert("generation".into(), standby.into());
+    out.insert(
+        "standby_generation".into(),
+        current.get("generation").cloned().unwrap_or_default(),
+    );
+    Ok(out)
+}
+
+fn create(ctx: &ProviderCtx, addr: &str, c: &ValueMap) -> Result<JsonMap, ProviderError> {
     let dir = replica_dir(&ctx.work_dir, addr);
+    // Leftovers of an interrupted create are cleaned first.
+    stop_all(ctx, addr)?;
+    let address = address_of(c);
+    let port = pipeline_supervise::free_port(&address)
+        .map_err(|e| ProviderError::new(format!("no free port on {address}: {e}")))?;
+    let sdir = slot_dir(ctx, addr);
+    std::fs::create_dir_all(&sdir).map_err(err)?;
+    let result = (|| {
+        slot::write_json(
+            &sdir.join(slot::CONFIG),
+            &slot::SlotConfig {
+                listen: format!("{address}:{port}"),
+                active: None,
+                version: 1,
+                connect_retry_ms: 3000,
+            },
+        )
+        .map_err(err)?;
+        let spec = ReplicaSpec {
+            name: format!("{addr} (slot)"),
+            command: format!("exec '{}' __slot '{}'", ctx.exe.display(), sdir.display()),
+            cwd: sdir.clone(),
+            env: Default::default(),
+            port,
+            address: address.clone(),
+            health: HealthCheck::tcp(),
+            restart: true,
+        };
+        pipeline_supervise::start(&ctx.exe, &sdir, &spec, Duration::from_secs(10)).map_err(err)?;
+        pipeline_supervise::wait_healthy(&sdir, &spec, Duration::from_secs(10)).map_err(err)?;
+        let (generation, backend_port, build_id) = start_gen(ctx, addr, c, 1)?;
+        slot::switch(
+            &sdir,
+            Some(format!("{address}:{backend_port}")),
+            Duration::from_secs(5),
+        )
+        .map_err(err)?;
+        let mut out = instance_attrs(c, &build_id, &address, backend_port, generation);
+        out.insert("port".into(), port.into());
+        out.insert("url".into(), format!("http://{address}:{port}").into());
+        Ok(out)
+    })();
+    if result.is_err() {
+        let _ = stop_all(ctx, addr);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn instance_attrs(
+    c: &ValueMap,
+    build_id: &str,
+    address: &str,
+    backend_port: u16,
+    generation: u64,
+) -> JsonMap {
+    let mut out: JsonMap = c
+        .iter()
+        .filter(|(k, _)| k.as_str() != "replicas")
+        .map(|(k, v)| (k.clone(), v.to_json()))
+        .collect();
+    out.insert("build_id".into(), build_id.into());
+    out.insert("address".into(), address.into());
+    out.insert("generation".into(), generation.into());
+    out.insert("backend_port".into(), backend_port.into());
+    out
+}
+
+/// Start generation `n` of the app on a private port and wait until it is healthy.
+fn start_gen(
+    ctx: &ProviderCtx,
+    addr: &str,
+    c: &ValueMap,
+    n: u64,
+) -> Result<(u64, u16, String), ProviderError> {
+    let dir = gen_dir(ctx, addr, n);
+    stop_gen(ctx, addr, n)?;
     let spec_b = build_spec(ctx, c);
     let id = build::build_id(&spec_b)?;
     std::fs::create_dir_all(&dir)
         .map_err(|e| ProviderError::new(format!("cannot create {}: {e}", dir.display())))?;
     // Mark the build as used before building, so a concurrent clean-up never removes it.
-    std::fs::write(dir.join("build_id"), &id)
-        .map_err(|e| ProviderError::new(format!("cannot write in {}: {e}", dir.display())))?;
+    std::fs::write(dir.join("build_id"), &id).map_err(err)?;
     let cwd = build::ensure(ctx, &spec_b, &id, addr)?;
     let address = address_of(c);
     let port = pipeline_supervise::free_port(&address)
@@ -283,15 +546,15 @@ fn start_replica(ctx: &ProviderCtx, addr: &str, c: &ValueMap) -> Result<JsonMap,
             _ => Default::default(),
         };
     env.insert("PIPELINE_REPLICA".into(), index.to_string());
-    let health = health_of(c).map_err(ProviderError::new)?;
+    env.insert("PIPELINE_GENERATION".into(), n.to_string());
     let spec = ReplicaSpec {
-        name: addr.to_string(),
+        name: format!("{addr} (generation {n})"),
         command,
         cwd,
         env,
         port,
         address: address.clone(),
-        health,
+        health: health_of(c).map_err(ProviderError::new)?,
         restart: c.get("restart").and_then(Value::as_bool).unwrap_or(true),
     };
     let timeout = c
@@ -299,36 +562,175 @@ fn start_replica(ctx: &ProviderCtx, addr: &str, c: &ValueMap) -> Result<JsonMap,
         .and_then(Value::as_str)
         .and_then(parse_duration)
         .unwrap_or(Duration::from_secs(60));
-    let cleanup = |e: String| {
-        let _ = pipeline_supervise::stop(&dir, Duration::from_secs(5));
-        e
-    };
-    pipeline_supervise::start(&ctx.exe, &dir, &spec, Duration::from_secs(10))
-        .map_err(|e| ProviderError::new(cleanup(e.to_string())))?;
-    pipeline_supervise::wait_healthy(&dir, &spec, timeout).map_err(|e| {
-        ProviderError::new(cleanup(e.to_string())).help(format!(
-            "see the log with `pipeline logs {addr}`; check `run` and `health` of the service"
-        ))
-    })?;
-    let mut out: JsonMap = c
-        .iter()
-        .filter(|(k, _)| k.as_str() != "replicas")
-        .map(|(k, v)| (k.clone(), v.to_json()))
-        .collect();
-    out.insert("build_id".into(), id.into());
-    out.insert("address".into(), address.clone().into());
-    out.insert("port".into(), port.into());
-    out.insert("url".into(), format!("http://{address}:{port}").into());
+    let started = pipeline_supervise::start(&ctx.exe, &dir, &spec, Duration::from_secs(10))
+        .map_err(|e| e.to_string())
+        .and_then(|_| {
+            pipeline_supervise::wait_healthy(&dir, &spec, timeout).map_err(|e| e.to_string())
+        });
+    if let Err(e) = started {
+        let _ = stop_gen(ctx, addr, n);
+        return Err(ProviderError::new(e).help(format!(
+            "check `run` and `health` of the service; the log is in {}",
+            dir.join(pipeline_supervise::REPLICA_LOG).display()
+        )));
+    }
+    // What this generation runs, for an instant rollback to it later.
+    let attrs = instance_attrs(c, &id, &address, port, n);
+    std::fs::write(
+        dir.join("instance.json"),
+        serde_json::to_vec(&attrs).map_err(err)?,
+    )
+    .map_err(err)?;
+    Ok((n, port, id))
+}
+
+fn stop_gen(ctx: &ProviderCtx, addr: &str, n: u64) -> Result<(), ProviderError> {
+    let dir = gen_dir(ctx, addr, n);
+    if dir.exists() {
+        pipeline_supervise::stop(&dir, Duration::from_secs(10))
+            .map_err(|e| ProviderError::new(format!("cannot stop {addr} generation {n}: {e}")))?;
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| ProviderError::new(format!("cannot remove {}: {e}", dir.display())))?;
+    }
+    Ok(())
+}
+
+fn generations(ctx: &ProviderCtx, addr: &str) -> Vec<u64> {
+    let mut out: Vec<u64> = std::fs::read_dir(replica_dir(&ctx.work_dir, addr))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.strip_prefix("gen-")?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+fn stage_update(
+    ctx: &ProviderCtx,
+    addr: &str,
+    c: &ValueMap,
+    prior: &JsonMap,
+) -> Result<JsonMap, ProviderError> {
+    let active = num(prior, "generation").unwrap_or(0);
+    let standby = num(prior, "standby_generation");
+    let address = prior
+        .get("address")
+        .and_then(|v| v.as_str())
+        .unwrap_or("127.0.0.1")
+        .to_string();
+    let sdir = slot_dir(ctx, addr);
+    // An interrupted update may have left the slot pointing elsewhere: point it back first.
+    if let Some(bp) = num(prior, "backend_port") {
+        let want = format!("{address}:{bp}");
+        if slot::read_config(&sdir).is_some_and(|c| c.active.as_deref() != Some(&want)) {
+            slot::switch(&sdir, Some(want), Duration::from_secs(5)).map_err(err)?;
+        }
+    }
+    // Generations that are neither serving nor kept as standby are leftovers.
+    for g in generations(ctx, addr) {
+        if g != active && Some(g) != standby {
+            stop_gen(ctx, addr, g)?;
+        }
+    }
+    let next = generations(ctx, addr)
+        .into_iter()
+        .max()
+        .unwrap_or(active)
+        .max(active)
+        + 1;
+    let (generation, backend_port, build_id) = start_gen(ctx, addr, c, next)?;
+    let mut out = instance_attrs(c, &build_id, &address, backend_port, active);
+    for k in ["port", "url", "backend_port"] {
+        if let Some(v) = prior.get(k) {
+            out.insert(k.into(), v.clone());
+        }
+    }
+    if let Some(s) = standby {
+        out.insert("standby_generation".into(), s.into());
+    }
+    out.insert("staged_generation".into(), generation.into());
+    out.insert("staged_backend_port".into(), backend_port.into());
     Ok(out)
+}
+
+fn commit_update(
+    ctx: &ProviderCtx,
+    addr: &str,
+    staged: &JsonMap,
+    keep_standby: bool,
+) -> Result<JsonMap, ProviderError> {
+    let mut out = staged.clone();
+    let (Some(new_gen), Some(new_port)) = (
+        num(staged, "staged_generation"),
+        num(staged, "staged_backend_port"),
+    ) else {
+        return Ok(out);
+    };
+    let old_gen = num(staged, "generation");
+    let old_port = num(staged, "backend_port");
+    let old_standby = num(staged, "standby_generation");
+    let address = staged
+        .get("address")
+        .and_then(|v| v.as_str())
+        .unwrap_or("127.0.0.1")
+        .to_string();
+    let sdir = slot_dir(ctx, addr);
+    slot::switch(
+        &sdir,
+        Some(format!("{address}:{new_port}")),
+        Duration::from_secs(5),
+    )
+    .map_err(err)?;
+    out.remove("staged_generation");
+    out.remove("staged_backend_port");
+    out.insert("generation".into(), new_gen.into());
+    out.insert("backend_port".into(), new_port.into());
+    out.remove("standby_generation");
+    if let Some(s) = old_standby {
+        stop_gen(ctx, addr, s)?;
+    }
+    if let (Some(g), Some(p)) = (old_gen, old_port) {
+        if keep_standby {
+            out.insert("standby_generation".into(), g.into());
+        } else {
+            // Rolling: let requests in flight on the old generation finish, then stop it.
+            let policy = serde_json::from_value::<serde_json::Value>(
+                staged.get("update").cloned().unwrap_or_default(),
+            )
+            .ok();
+            let drain = policy
+                .as_ref()
+                .and_then(|u| u.get("drain_timeout"))
+                .and_then(|d| d.as_str())
+                .and_then(parse_duration)
+                .unwrap_or(Duration::from_secs(10));
+            slot::drain(&sdir, &format!("{address}:{p}"), drain);
+            stop_gen(ctx, addr, g)?;
+        }
+    }
+    Ok(out)
+}
+
+fn stop_all(ctx: &ProviderCtx, addr: &str) -> Result<(), ProviderError> {
+    for g in generations(ctx, addr) {
+        stop_gen(ctx, addr, g)?;
+    }
+    let sdir = slot_dir(ctx, addr);
+    if sdir.exists() {
+        pipeline_supervise::stop(&sdir, Duration::from_secs(10))
+            .map_err(|e| ProviderError::new(format!("cannot stop the slot of {addr}: {e}")))?;
+    }
+    Ok(())
 }
 
 pub async fn delete(ctx: &ProviderCtx, addr: &str) -> Result<(), ProviderError> {
     let (ctx, addr) = (ctx.clone(), addr.to_string());
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
+        stop_all(&ctx, &addr)?;
         let dir = replica_dir(&ctx.work_dir, &addr);
         if dir.exists() {
-            pipeline_supervise::stop(&dir, Duration::from_secs(10))
-                .map_err(|e| ProviderError::new(format!("cannot stop {addr}: {e}")))?;
             std::fs::remove_dir_all(&dir)
                 .map_err(|e| ProviderError::new(format!("cannot remove {}: {e}", dir.display())))?;
         }
@@ -336,5 +738,4 @@ pub async fn delete(ctx: &ProviderCtx, addr: &str) -> Result<(), ProviderError> 
         Ok(())
     })
     .await
-    .map_err(|e| ProviderError::new(format!("the stop task failed: {e}")))?
 }

@@ -1,0 +1,491 @@
+//! The `nginx` provider: `balancer`, an nginx run by pipeline under `.pipeline/run/`, its config
+//! rendered from the stack (handlebars), checked with `nginx -t` before use, and reloaded only
+//! when the rendered config really changes. Upstreams point at service slots, whose addresses
+//! never change through updates, so rollouts need no reload at all.
+
+use async_trait::async_trait;
+use pipeline_engine::provider::{
+    ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned, Provider,
+    ProviderCtx, ProviderError, Type,
+};
+use pipeline_engine::value::{Value, ValueMap};
+use pipeline_supervise::{HealthCheck, ReplicaSpec};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub struct Nginx;
+
+const TEMPLATE: &str = include_str!("nginx.conf.hbs");
+
+fn schema() -> KindSchema {
+    KindSchema {
+        kind: "balancer",
+        attrs: vec![
+            AttrSchema::required("listen", Type::Number),
+            AttrSchema::optional("address", Type::String).default(Value::str("127.0.0.1")),
+            // path = service.x | [service.x, ...] | { upstreams = [{ service = service.x, weight = 9 }, ...] } | { static = "dir" }
+            AttrSchema::required("routes", Type::Any),
+            AttrSchema::optional("client_max_body_size", Type::String).default(Value::str("1m")),
+            AttrSchema::optional("max_fails", Type::Number).default(Value::Number(1.0)),
+            AttrSchema::optional("fail_timeout", Type::String).default(Value::str("2s")),
+            AttrSchema::optional("keepalive_timeout", Type::String).default(Value::str("65s")),
+            // Retry a POST on another replica when the first one failed mid-request. Safe only when
+            // requests are idempotent in effect (a preview renderer is; a payment is not).
+            AttrSchema::optional("retry_non_idempotent", Type::Bool).default(Value::Bool(false)),
+            AttrSchema::computed("url", Type::String),
+            AttrSchema::computed("config", Type::String),
+            AttrSchema::computed("access_log", Type::String),
+        ],
+        instances_attr: None,
+    }
+}
+
+/// Which stack attribute a rendered line comes from, so an `nginx -t` error points at the stack.
+fn attr_of_line(line: &str) -> Option<&'static str> {
+    let l = line.trim_start();
+    [
+        ("client_max_body_size", "client_max_body_size"),
+        ("keepalive_timeout", "keepalive_timeout"),
+        ("listen", "listen"),
+        ("server ", "routes"),
+        ("location", "routes"),
+        ("alias", "routes"),
+        ("proxy_pass", "routes"),
+    ]
+    .iter()
+    .find(|(p, _)| l.starts_with(p))
+    .map(|(_, a)| *a)
+}
+
+fn nginx_bin() -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .map(|d| Path::new(d).join("nginx"))
+        .find(|p| p.is_file())
+}
+
+fn prefix(ctx: &ProviderCtx, addr: &str) -> PathBuf {
+    crate::local::replica_dir(&ctx.work_dir, addr)
+}
+
+/// `host:port` of every backend a route names, with its weight.
+fn backends(v: &Value) -> Result<Option<Vec<(String, u32)>>, String> {
+    fn one(inst: &Value, weight: u32, out: &mut Vec<(String, u32)>) -> Result<bool, String> {
+        match inst {
+            Value::Unknown => Ok(false),
+            Value::List(l) => {
+                for i in l {
+                    if !one(i, weight, out)? {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+            Value::Map(m) => match m.get("url") {
+                Some(Value::String(u)) => {
+                    let hp = u
+                        .trim_start_matches("http://")
+                        .trim_end_matches('/')
+                        .to_string();
+                    out.push((hp, weight));
+                    Ok(true)
+                }
+                Some(Value::Unknown) => Ok(false),
+                _ => Err("a route target must be a service (its instances have a `url`)".into()),
+            },
+            Value::Sensitive(v) => one(v, weight, out),
+            other => Err(format!(
+                "a route target must be a service, found {}",
+                other.type_name()
+            )),
+        }
+    }
+    let mut out = Vec::new();
+    let known = match v {
+        Value::Map(m) if m.contains_key("upstreams") => {
+            let Some(Value::List(ups)) = m.get("upstreams") else {
+                return Err("`upstreams` must be a list of { service = ..., weight = N }".into());
+            };
+            let mut known = true;
+            for u in ups {
+                let w = u.get("weight").and_then(Value::as_f64).unwrap_or(1.0);
+                if w < 0.0 || w.fract() != 0.0 {
+                    return Err(format!("weight {w} must be a whole number >= 0"));
+                }
+                let Some(svc) = u.get("service") else {
+                    return Err("each upstream needs `service = service.NAME`".into());
+                };
+                known &= one(svc, w as u32, &mut out)?;
+            }
+            known
+        }
+        other => one(other, 1, &mut out)?,
+    };
+    Ok(known.then_some(out))
+}
+
+/// Render nginx.conf for `config`; None while something is known only after apply.
+fn render(c: &ValueMap, prefix: &Path) -> Result<Option<String>, (Option<String>, String)> {
+    let Some(Value::Map(routes)) = c.get("routes").map(|v| v.unmarked().0) else {
+        return Err((
+            Some("routes".into()),
+            "routes must be an object: { \"/\" = service.web, ... }".into(),
+        ));
+    };
+    let mut locations = Vec::new();
+    let mut upstreams = Vec::new();
+    for (i, (path, target)) in routes.iter().enumerate() {
+        if !path.starts_with('/') {
+            return Err((
+                Some("routes".into()),
+                format!("route {path:?} must start with /"),
+            ));
+        }
+        if let Some(dir) = target.get("static").and_then(Value::as_str) {
+            locations
+                .push(serde_json::json!({ "path": path, "static": dir.trim_end_matches('/') }));
+            continue;
+        }
+        let Some(servers) = backends(target)
+            .map_err(|e| (Some("routes".into()), format!("route {path:?}: {e}")))?
+        else {
+            return Ok(None);
+        };
+        let name = format!("route_{i}");
+        let servers: Vec<_> = servers
+            .iter()
+            .map(|(hp, w)| serde_json::json!({ "addr": hp, "weight": w, "down": *w == 0 }))
+            .collect();
+        let empty = servers.is_empty() || servers.iter().all(|s| s["down"] == true);
+        locations.push(serde_json::json!({ "path": path, "upstream": name, "empty": empty }));
+        if !empty {
+            upstreams.push(serde_json::json!({ "name": name, "servers": servers }));
+        }
+    }
+    let get = |k: &str| c.get(k).map(|v| v.unmarked().0);
+    let vars = serde_json::json!({
+        "prefix": prefix.display().to_string(),
+        "address": get("address").and_then(|v| v.as_str().map(str::to_string)).unwrap_or("127.0.0.1".into()),
+        "listen": get("listen").and_then(|v| v.as_f64()).unwrap_or(0.0) as u64,
+        "client_max_body_size": get("client_max_body_size").and_then(|v| v.as_str().map(str::to_string)),
+        "keepalive_timeout": get("keepalive_timeout").and_then(|v| v.as_str().map(str::to_string)),
+        "max_fails": get("max_fails").and_then(|v| v.as_f64()).unwrap_or(1.0) as u64,
+        "fail_timeout": get("fail_timeout").and_then(|v| v.as_str().map(str::to_string)),
+        "non_idempotent": get("retry_non_idempotent").and_then(|v| v.as_bool()).unwrap_or(false),
+        "upstreams": upstreams,
+        "locations": locations,
+    });
+    let mut hb = handlebars::Handlebars::new();
+    hb.register_escape_fn(handlebars::no_escape);
+    hb.render_template(TEMPLATE, &vars)
+        .map(Some)
+        .map_err(|e| (None, format!("cannot render the nginx config: {e}")))
+}
+
+/// `nginx -t` on `text` in a throwaway prefix; Err(attribute, message) on rejection.
+fn check(text: &str, real_prefix: &Path) -> Result<(), (Option<String>, String)> {
+    let Some(bin) = nginx_bin() else {
+        return Err((None, "nginx is not installed (no nginx on PATH)".into()));
+    };
+    let tmp = std::env::temp_dir().join(format!(
+        "pipeline-nginx-check-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let result = (|| {
+        for d in ["conf", "logs", "tmp"] {
+            std::fs::create_dir_all(tmp.join(d)).map_err(|e| (None, e.to_string()))?;
+        }
+        let text = text.replace(
+            &real_prefix.display().to_string(),
+            &tmp.display().to_string(),
+        );
+        std::fs::write(tmp.join("conf/nginx.conf"), &text).map_err(|e| (None, e.to_string()))?;
+        let out = std::process::Command::new(&bin)
+            .arg("-t")
+            .arg("-q")
+            .arg("-p")
+            .arg(&tmp)
+            .args(["-c", "conf/nginx.conf", "-e", "logs/error.log"])
+            .output()
+            .map_err(|e| (None, format!("cannot run {}: {e}", bin.display())))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        let line = err
+            .lines()
+            .find(|l| l.contains("[emerg]"))
+            .unwrap_or(err.trim())
+            .to_string();
+        let msg = line.split("[emerg] ").nth(1).unwrap_or(&line);
+        // "... in /tmp/x/conf/nginx.conf:12" → the stack attribute that produced line 12.
+        let (msg, attr) = match msg.rsplit_once(" in ") {
+            Some((m, place)) => {
+                let n: Option<usize> = place.rsplit(':').next().and_then(|n| n.trim().parse().ok());
+                let attr = n
+                    .and_then(|n| text.lines().nth(n - 1))
+                    .and_then(attr_of_line);
+                (m.to_string(), attr.map(str::to_string))
+            }
+            None => (msg.to_string(), None),
+        };
+        Err((attr, format!("nginx rejects the config: {msg}")))
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn port_free(address: &str, port: u16) -> bool {
+    std::net::TcpListener::bind((address, port)).is_ok()
+}
+
+fn planned_object(
+    ctx: &ProviderCtx,
+    addr: &str,
+    c: &ValueMap,
+) -> Result<ValueMap, (Option<String>, String)> {
+    let pre = prefix(ctx, addr);
+    let mut o = c.clone();
+    let address = c
+        .get("address")
+        .and_then(Value::as_str)
+        .unwrap_or("127.0.0.1")
+        .to_string();
+    let listen = c.get("listen").and_then(Value::as_f64).unwrap_or(0.0) as u64;
+    o.insert(
+        "url".into(),
+        Value::String(format!("http://{address}:{listen}")),
+    );
+    o.insert(
+        "access_log".into(),
+        Value::String(pre.join("logs/access.log").display().to_string()),
+    );
+    o.insert(
+        "config".into(),
+        render(c, &pre)?.map_or(Value::Unknown, Value::String),
+    );
+    Ok(o)
+}
+
+fn invalid((attr, message): (Option<String>, String)) -> Invalid {
+    let help = match attr.as_deref() {
+        None if message.contains("not installed") => "install nginx (apt-get install nginx-light), or put it on PATH".to_string(),
+        Some("client_max_body_size") => "a size like \"1m\", \"512k\" or \"10m\"".to_string(),
+        Some("keepalive_timeout") | Some("fail_timeout") => "a duration like \"65s\" or \"500ms\"".to_string(),
+        Some("routes") => "routes = { \"/\" = service.web, \"/static/\" = { static = \"site\" } }; weights: { upstreams = [{ service = service.a, weight = 9 }] }".to_string(),
+        _ => "fix the value; the rendered config is shown by `pipeline plan` as the `config` attribute".to_string(),
+    };
+    Invalid {
+        attr,
+        message,
+        help,
+    }
+}
+
+#[async_trait]
+impl Provider for Nginx {
+    fn name(&self) -> &'static str {
+        "nginx"
+    }
+
+    fn kinds(&self) -> Vec<KindSchema> {
+        vec![schema()]
+    }
+
+    fn validate(&self, _kind: &str, c: &ValueMap) -> Vec<Invalid> {
+        if let Some(l) = c.get("listen").and_then(Value::as_f64) {
+            if !(1.0..=65535.0).contains(&l) || l.fract() != 0.0 {
+                return vec![Invalid::new(
+                    Some("listen"),
+                    format!("listen {l} is not a TCP port"),
+                    "a port from 1 to 65535, e.g. listen = 8080",
+                )];
+            }
+        }
+        // Rendered with a placeholder prefix: only the values are checked here.
+        let pre = Path::new("/nonexistent-pipeline-prefix");
+        match render(c, pre) {
+            Err(e) => vec![invalid(e)],
+            Ok(None) => vec![],
+            Ok(Some(text)) => check(&text, pre).err().map(invalid).into_iter().collect(),
+        }
+    }
+
+    fn plan(&self, ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
+        let o = planned_object(ctx, req.addr, req.config).map_err(|e| {
+            let i = invalid(e);
+            ProviderError::new(i.message).help(i.help)
+        })?;
+        let address = req
+            .config
+            .get("address")
+            .and_then(Value::as_str)
+            .unwrap_or("127.0.0.1");
+        let listen = req
+            .config
+            .get("listen")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0) as u16;
+        let ours = req
+            .prior
+            .is_some_and(|p| p.get("listen").and_then(|v| v.as_u64()) == Some(listen as u64));
+        if !ours && !port_free(address, listen) {
+            return Err(ProviderError::new(format!("port {listen} on {address} is already in use by another program"))
+                .help(format!("choose another `listen` port, or stop what listens there (see `ss -ltnp 'sport = :{listen}'`)")));
+        }
+        // A new listen port needs a new nginx; the rest is a reload.
+        Ok(Planned {
+            object: o,
+            requires_replace: if req.prior.is_some() && !ours {
+                vec!["listen".into()]
+            } else {
+                vec![]
+            },
+        })
+    }
+
+    async fn read(
+        &self,
+        ctx: &ProviderCtx,
+        _kind: &str,
+        addr: &str,
+        prior: &JsonMap,
+    ) -> Result<Option<JsonMap>, ProviderError> {
+        let pre = prefix(ctx, addr);
+        if !pipeline_supervise::status(&pre).is_some_and(|s| s.supervisor_alive && s.child_alive) {
+            return Ok(None);
+        }
+        let mut now = prior.clone();
+        if let Ok(text) = std::fs::read_to_string(pre.join("conf/nginx.conf")) {
+            now.insert("config".into(), text.into());
+        }
+        Ok(Some(now))
+    }
+
+    async fn apply(
+        &self,
+        ctx: &ProviderCtx,
+        req: &ApplyRequest<'_>,
+    ) -> Result<JsonMap, ProviderError> {
+        let (ctx, addr, config, prior) = (
+            ctx.clone(),
+            req.addr.to_string(),
+            req.config.clone(),
+            req.prior.cloned(),
+        );
+        tokio::task::spawn_blocking(move || apply_blocking(&ctx, &addr, &config, prior.as_ref()))
+            .await
+            .map_err(|e| ProviderError::new(format!("the nginx task failed: {e}")))?
+    }
+
+    async fn delete(
+        &self,
+        ctx: &ProviderCtx,
+        _kind: &str,
+        addr: &str,
+        _prior: &JsonMap,
+    ) -> Result<(), ProviderError> {
+        let pre = prefix(ctx, addr);
+        tokio::task::spawn_blocking(move || {
+            if pre.exists() {
+                pipeline_supervise::stop(&pre, Duration::from_secs(10))
+                    .map_err(|e| ProviderError::new(format!("cannot stop nginx: {e}")))?;
+                std::fs::remove_dir_all(&pre).map_err(|e| {
+                    ProviderError::new(format!("cannot remove {}: {e}", pre.display()))
+                })?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ProviderError::new(format!("the nginx task failed: {e}")))?
+    }
+}
+
+fn apply_blocking(
+    ctx: &ProviderCtx,
+    addr: &str,
+    c: &ValueMap,
+    prior: Option<&JsonMap>,
+) -> Result<JsonMap, ProviderError> {
+    let pre = prefix(ctx, addr);
+    let o = planned_object(ctx, addr, c).map_err(|e| {
+        let i = invalid(e);
+        ProviderError::new(i.message).help(i.help)
+    })?;
+    let text = o["config"].as_str().unwrap_or_default().to_string();
+    let fail = |e: (Option<String>, String)| {
+        let i = invalid(e);
+        ProviderError::new(i.message).help(i.help)
+    };
+    for d in ["conf", "logs", "tmp"] {
+        std::fs::create_dir_all(pre.join(d)).map_err(|e| {
+            ProviderError::new(format!("cannot create {}: {e}", pre.join(d).display()))
+        })?;
+    }
+    check(&text, &pre).map_err(fail)?;
+    let conf = pre.join("conf/nginx.conf");
+    let running = pipeline_supervise::status(&pre).filter(|s| s.supervisor_alive && s.child_alive);
+    let old = std::fs::read_to_string(&conf).ok();
+    let tmp = conf.with_extension("tmp");
+    std::fs::write(&tmp, &text)
+        .and_then(|_| std::fs::rename(&tmp, &conf))
+        .map_err(|e| ProviderError::new(format!("cannot write {}: {e}", conf.display())))?;
+    match (running, prior) {
+        (Some(st), Some(_)) => {
+            if old.as_deref() != Some(text.as_str()) {
+                // Graceful: new workers take the new config, old ones finish their requests.
+                let pid = st
+                    .child_pid
+                    .ok_or_else(|| ProviderError::new("nginx is running but its pid is unknown"))?;
+                // SAFETY: a signal to the nginx master this provider started.
+                unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+            }
+        }
+        _ => {
+            let bin = nginx_bin().ok_or_else(|| {
+                ProviderError::new("nginx is not installed (no nginx on PATH)")
+                    .help("install nginx (apt-get install nginx-light)")
+            })?;
+            let address = c
+                .get("address")
+                .and_then(Value::as_str)
+                .unwrap_or("127.0.0.1")
+                .to_string();
+            let listen = c.get("listen").and_then(Value::as_f64).unwrap_or(0.0) as u16;
+            let spec = ReplicaSpec {
+                name: format!("{addr} (nginx)"),
+                command: format!(
+                    "exec '{}' -p '{}' -c conf/nginx.conf -e logs/error.log -g 'daemon off;'",
+                    bin.display(),
+                    pre.display()
+                ),
+                cwd: pre.clone(),
+                env: Default::default(),
+                port: listen,
+                address,
+                health: HealthCheck::tcp(),
+                restart: true,
+            };
+            pipeline_supervise::start(&ctx.exe, &pre, &spec, Duration::from_secs(10))
+                .map_err(|e| ProviderError::new(e.to_string()))?;
+            pipeline_supervise::wait_healthy(&pre, &spec, Duration::from_secs(10)).map_err(
+                |e| {
+                    let _ = pipeline_supervise::stop(&pre, Duration::from_secs(5));
+                    ProviderError::new(e.to_string())
+                        .help(format!("see {}", pre.join("logs/error.log").display()))
+                },
+            )?;
+        }
+    }
+    Ok(o.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
+}
