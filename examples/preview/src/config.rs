@@ -18,6 +18,8 @@ environment:
   PORT                      port when --port is not given
   VERSION                   version reported by GET /health (default: dev)
   PREVIEW_TABLES            on|off: render GFM tables (default: on; read per request)
+  FLAGS_URL                 redis://:PASSWORD@HOST:PORT: read flag `tables` from this
+                            redis flag store per request (PREVIEW_TABLES is the default)
   PREVIEW_FAIL_RATE         0.0-1.0: share of /preview requests answered 500 (default: 0)
   PREVIEW_EXTRA_LATENCY_MS  milliseconds of sleep added to /preview (default: 0)
   PREVIEW_WORKERS           worker threads (default: 16)

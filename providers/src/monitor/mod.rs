@@ -1,16 +1,293 @@
 //! The `monitor` provider: a heartbeat and metrics collector with a live dashboard.
-//! (Being built: see CHECKPOINT.md.)
+//!
+//! `monitor "dash" { listen = 9900 }` runs one supervised daemon (`pipeline __monitor DIR`,
+//! DIR = `.pipeline/run/monitor.dash/`) that re-reads the recorded state every second and probes
+//! every `service` replica, `balancer` and `flags` instance it finds. It serves:
+//!
+//! | path          | what                                                              |
+//! |---------------|-------------------------------------------------------------------|
+//! | `/`           | the dashboard (self-contained HTML; polls `/api/status`)          |
+//! | `/api/status` | JSON: every target with its state, latency, rates, CPU, memory    |
+//! | `/metrics`    | Prometheus text format                                            |
+//! | `/healthz`    | `ok` (the supervisor's health check)                              |
+
+mod collect;
+mod server;
 
 use async_trait::async_trait;
 use pipeline_engine::provider::{
-    ApplyRequest, JsonMap, KindSchema, PlanRequest, Planned, Provider, ProviderCtx, ProviderError,
+    ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned, Provider,
+    ProviderCtx, ProviderError, Type,
 };
+use pipeline_engine::value::{Value, ValueMap};
+use pipeline_supervise::{HealthCheck, ReplicaSpec};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::local::replica_dir;
 
 pub struct Monitor;
 
+/// The daemon's configuration, written by apply to `DIR/config.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DaemonConfig {
+    /// The monitor's own address, e.g. `monitor.dash`.
+    pub name: String,
+    /// The `.pipeline/` directory: the state to read and the `run/` directories of replicas.
+    pub state_dir: PathBuf,
+    /// `watch` as written in the stack (null: every service).
+    #[serde(default)]
+    pub watch: serde_json::Value,
+    pub interval_ms: u64,
+    pub address: String,
+    pub listen: u16,
+}
+
+pub const CONFIG_FILE: &str = "config.json";
+
 /// Entry point of `pipeline __monitor DIR` (a supervised daemon); returns the exit code.
-pub fn run_daemon(_dir: &std::path::Path) -> i32 {
-    2
+pub fn run_daemon(dir: &Path) -> i32 {
+    let path = dir.join(CONFIG_FILE);
+    let config: DaemonConfig = match std::fs::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pipeline __monitor: cannot read {}: {e}", path.display());
+            return 2;
+        }
+    };
+    match server::run(config) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("pipeline __monitor: {e}");
+            1
+        }
+    }
+}
+
+fn schema() -> KindSchema {
+    KindSchema {
+        kind: "monitor",
+        attrs: vec![
+            AttrSchema::required("listen", Type::Number),
+            AttrSchema::optional("address", Type::String).default(Value::str("127.0.0.1")),
+            AttrSchema::optional("watch", Type::Any),
+            AttrSchema::optional("interval", Type::String).default(Value::str("100ms")),
+            AttrSchema::computed("url", Type::String),
+            AttrSchema::computed("metrics_url", Type::String),
+        ],
+        instances_attr: None,
+    }
+}
+
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        _ => return None,
+    };
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+fn listen_of(c: &ValueMap) -> Option<f64> {
+    c.get("listen").and_then(Value::as_f64)
+}
+
+fn address_of(c: &ValueMap) -> String {
+    c.get("address")
+        .and_then(Value::as_str)
+        .unwrap_or("127.0.0.1")
+        .to_string()
+}
+
+fn interval_of(c: &ValueMap) -> Duration {
+    c.get("interval")
+        .and_then(Value::as_str)
+        .and_then(parse_duration)
+        .unwrap_or(Duration::from_millis(100))
+}
+
+/// The host part of the URLs: a wildcard bind is reached on loopback.
+fn url_host(address: &str) -> String {
+    match address {
+        "0.0.0.0" | "" => "127.0.0.1".into(),
+        "::" => "[::1]".into(),
+        a if a.contains(':') => format!("[{a}]"),
+        a => a.into(),
+    }
+}
+
+fn validate(c: &ValueMap) -> Vec<Invalid> {
+    let mut out = vec![];
+    if let Some(n) = listen_of(c) {
+        if n.fract() != 0.0 || !(1.0..=65535.0).contains(&n) {
+            out.push(Invalid::new(
+                Some("listen"),
+                format!("{n} is not a TCP port"),
+                "listen is the dashboard's port, a whole number from 1 to 65535, e.g. listen = 9900",
+            ));
+        }
+    }
+    if let Some(i) = c.get("interval").and_then(Value::as_str) {
+        match parse_duration(i) {
+            None => out.push(Invalid::new(
+                Some("interval"),
+                format!("{i:?} is not a duration"),
+                "durations look like \"100ms\", \"1s\" or \"2m\"",
+            )),
+            Some(d) if d < Duration::from_millis(10) => out.push(Invalid::new(
+                Some("interval"),
+                format!("an interval of {i:?} is too short"),
+                "use at least \"10ms\"; \"100ms\" is the default",
+            )),
+            Some(_) => {}
+        }
+    }
+    out
+}
+
+/// Err when nothing else may listen on `address:port`.
+fn check_port_free(address: &str, port: u16) -> Result<(), ProviderError> {
+    match std::net::TcpListener::bind((address, port)) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(ProviderError::new(format!(
+            "the dashboard port {port} on {address} is not available: {e}"
+        ))
+        .help(format!(
+            "another process listens on {address}:{port} (see `ss -ltnp 'sport = :{port}'`); pick a free port for `listen`"
+        ))),
+    }
+}
+
+/// Our own daemon runs for `addr` (so its port being taken is fine).
+fn running(ctx: &ProviderCtx, addr: &str) -> bool {
+    pipeline_supervise::status(&replica_dir(&ctx.work_dir, addr))
+        .is_some_and(|s| s.supervisor_alive)
+}
+
+fn plan(ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
+    let mut o = req.config.clone();
+    let listen = listen_of(req.config);
+    let address_known = req.config.get("address").is_none_or(Value::is_known);
+    let (url, metrics) = match (listen, address_known) {
+        (Some(port), true) => {
+            let port = port as u16;
+            let address = address_of(req.config);
+            let ours = req.prior.is_some_and(|p| {
+                p.get("listen").and_then(|v| v.as_f64()) == listen
+                    && p.get("address").and_then(|v| v.as_str()) == Some(address.as_str())
+            }) && running(ctx, req.addr);
+            if !ours {
+                check_port_free(&address, port)?;
+            }
+            let base = format!("http://{}:{port}/", url_host(&address));
+            (
+                Value::String(base.clone()),
+                Value::String(format!("{base}metrics")),
+            )
+        }
+        _ => (Value::Unknown, Value::Unknown),
+    };
+    o.insert("url".into(), url);
+    o.insert("metrics_url".into(), metrics);
+    Ok(Planned {
+        object: o,
+        requires_replace: vec![],
+    })
+}
+
+fn abs(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    })
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn start(ctx: &ProviderCtx, addr: &str, c: &ValueMap) -> Result<JsonMap, ProviderError> {
+    let dir = replica_dir(&ctx.work_dir, addr);
+    if dir.exists() {
+        pipeline_supervise::stop(&dir, Duration::from_secs(10))
+            .map_err(|e| ProviderError::new(format!("cannot stop the old monitor: {e}")))?;
+    }
+    let listen = listen_of(c).ok_or_else(|| ProviderError::new("`listen` is required"))? as u16;
+    let address = address_of(c);
+    check_port_free(&address, listen)?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ProviderError::new(format!("cannot create {}: {e}", dir.display())))?;
+    let dir = abs(&dir);
+    let config = DaemonConfig {
+        name: addr.to_string(),
+        state_dir: abs(&ctx.work_dir),
+        watch: c
+            .get("watch")
+            .map(|v| v.unmarked().0.to_json())
+            .unwrap_or(serde_json::Value::Null),
+        interval_ms: interval_of(c).as_millis().max(10) as u64,
+        address: address.clone(),
+        listen,
+    };
+    let json = serde_json::to_vec_pretty(&config).expect("config serializes");
+    std::fs::write(dir.join(CONFIG_FILE), json).map_err(|e| {
+        ProviderError::new(format!("cannot write {}/{CONFIG_FILE}: {e}", dir.display()))
+    })?;
+    let exe = abs(&ctx.exe);
+    let mut health = HealthCheck::http("/healthz");
+    health.interval_ms = 1000;
+    let spec = ReplicaSpec {
+        name: addr.to_string(),
+        command: format!(
+            "exec {} __monitor {}",
+            shell_quote(&exe.to_string_lossy()),
+            shell_quote(&dir.to_string_lossy())
+        ),
+        cwd: dir.clone(),
+        env: Default::default(),
+        port: listen,
+        address: address.clone(),
+        health,
+        restart: true,
+    };
+    let cleanup = |e: String| {
+        let _ = pipeline_supervise::stop(&dir, Duration::from_secs(5));
+        e
+    };
+    pipeline_supervise::start(&exe, &dir, &spec, Duration::from_secs(10))
+        .map_err(|e| ProviderError::new(cleanup(e.to_string())))?;
+    pipeline_supervise::wait_healthy(&dir, &spec, Duration::from_secs(15)).map_err(|e| {
+        ProviderError::new(cleanup(e.to_string()))
+            .help(format!("see the log with `pipeline logs {addr}`"))
+    })?;
+    let mut out: JsonMap = c.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+    let base = format!("http://{}:{listen}/", url_host(&address));
+    out.insert("url".into(), base.clone().into());
+    out.insert("metrics_url".into(), format!("{base}metrics").into());
+    Ok(out)
+}
+
+fn stop(ctx: &ProviderCtx, addr: &str) -> Result<(), ProviderError> {
+    let dir = replica_dir(&ctx.work_dir, addr);
+    if dir.exists() {
+        pipeline_supervise::stop(&dir, Duration::from_secs(10))
+            .map_err(|e| ProviderError::new(format!("cannot stop {addr}: {e}")))?;
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| ProviderError::new(format!("cannot remove {}: {e}", dir.display())))?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -19,40 +296,61 @@ impl Provider for Monitor {
         "monitor"
     }
     fn kinds(&self) -> Vec<KindSchema> {
-        vec![]
+        vec![schema()]
     }
-    fn plan(&self, _ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
-        Err(ProviderError::new(format!(
-            "monitor does not serve {}",
-            req.kind
-        )))
+    fn validate(&self, kind: &str, config: &ValueMap) -> Vec<Invalid> {
+        match kind {
+            "monitor" => validate(config),
+            _ => vec![],
+        }
+    }
+    fn plan(&self, ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
+        match req.kind {
+            "monitor" => plan(ctx, req),
+            k => Err(ProviderError::new(format!("monitor does not serve {k}"))),
+        }
     }
     async fn read(
         &self,
-        _ctx: &ProviderCtx,
+        ctx: &ProviderCtx,
         kind: &str,
-        _addr: &str,
-        _prior: &JsonMap,
+        addr: &str,
+        prior: &JsonMap,
     ) -> Result<Option<JsonMap>, ProviderError> {
-        Err(ProviderError::new(format!("monitor does not serve {kind}")))
+        match kind {
+            "monitor" => Ok(running(ctx, addr).then(|| prior.clone())),
+            k => Err(ProviderError::new(format!("monitor does not serve {k}"))),
+        }
     }
     async fn apply(
         &self,
-        _ctx: &ProviderCtx,
+        ctx: &ProviderCtx,
         req: &ApplyRequest<'_>,
     ) -> Result<JsonMap, ProviderError> {
-        Err(ProviderError::new(format!(
-            "monitor does not serve {}",
-            req.kind
-        )))
+        if req.kind != "monitor" {
+            return Err(ProviderError::new(format!(
+                "monitor does not serve {}",
+                req.kind
+            )));
+        }
+        let (ctx, addr, config) = (ctx.clone(), req.addr.to_string(), req.config.clone());
+        tokio::task::spawn_blocking(move || start(&ctx, &addr, &config))
+            .await
+            .map_err(|e| ProviderError::new(format!("the start task failed: {e}")))?
     }
     async fn delete(
         &self,
-        _ctx: &ProviderCtx,
+        ctx: &ProviderCtx,
         kind: &str,
-        _addr: &str,
+        addr: &str,
         _prior: &JsonMap,
     ) -> Result<(), ProviderError> {
-        Err(ProviderError::new(format!("monitor does not serve {kind}")))
+        if kind != "monitor" {
+            return Err(ProviderError::new(format!("monitor does not serve {kind}")));
+        }
+        let (ctx, addr) = (ctx.clone(), addr.to_string());
+        tokio::task::spawn_blocking(move || stop(&ctx, &addr))
+            .await
+            .map_err(|e| ProviderError::new(format!("the stop task failed: {e}")))?
     }
 }

@@ -1,12 +1,23 @@
-//! The `redis` provider: `flags`, a redis-server feature-flag store with a mirror per host.
-//! (Being built: see CHECKPOINT.md.)
+//! The `redis` provider: `flags`, a redis-server feature-flag store with a primary and a mirror
+//! (read-only replica) per host that runs instances. See [`flags`] for the kind, [`store`] for
+//! how a flag is kept in redis, and [`resp`] for the small client everything uses.
+
+pub mod flags;
+pub mod resp;
+pub mod store;
 
 use async_trait::async_trait;
 use pipeline_engine::provider::{
-    ApplyRequest, JsonMap, KindSchema, PlanRequest, Planned, Provider, ProviderCtx, ProviderError,
+    ApplyRequest, Invalid, JsonMap, KindSchema, PlanRequest, Planned, Provider, ProviderCtx,
+    ProviderError,
 };
+use pipeline_engine::value::ValueMap;
 
 pub struct Redis;
+
+fn unknown_kind(kind: &str) -> ProviderError {
+    ProviderError::new(format!("redis does not serve {kind}"))
+}
 
 #[async_trait]
 impl Provider for Redis {
@@ -14,40 +25,52 @@ impl Provider for Redis {
         "redis"
     }
     fn kinds(&self) -> Vec<KindSchema> {
-        vec![]
+        vec![flags::schema()]
     }
-    fn plan(&self, _ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
-        Err(ProviderError::new(format!(
-            "redis does not serve {}",
-            req.kind
-        )))
+    fn validate(&self, kind: &str, config: &ValueMap) -> Vec<Invalid> {
+        match kind {
+            "flags" => flags::validate(config),
+            _ => vec![],
+        }
+    }
+    fn plan(&self, ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
+        match req.kind {
+            "flags" => flags::plan(ctx, req),
+            k => Err(unknown_kind(k)),
+        }
     }
     async fn read(
         &self,
-        _ctx: &ProviderCtx,
+        ctx: &ProviderCtx,
         kind: &str,
-        _addr: &str,
-        _prior: &JsonMap,
+        addr: &str,
+        prior: &JsonMap,
     ) -> Result<Option<JsonMap>, ProviderError> {
-        Err(ProviderError::new(format!("redis does not serve {kind}")))
+        match kind {
+            "flags" => flags::read(ctx, addr, prior),
+            k => Err(unknown_kind(k)),
+        }
     }
     async fn apply(
         &self,
-        _ctx: &ProviderCtx,
+        ctx: &ProviderCtx,
         req: &ApplyRequest<'_>,
     ) -> Result<JsonMap, ProviderError> {
-        Err(ProviderError::new(format!(
-            "redis does not serve {}",
-            req.kind
-        )))
+        match req.kind {
+            "flags" => flags::apply(ctx, req).await,
+            k => Err(unknown_kind(k)),
+        }
     }
     async fn delete(
         &self,
-        _ctx: &ProviderCtx,
+        ctx: &ProviderCtx,
         kind: &str,
-        _addr: &str,
+        addr: &str,
         _prior: &JsonMap,
     ) -> Result<(), ProviderError> {
-        Err(ProviderError::new(format!("redis does not serve {kind}")))
+        match kind {
+            "flags" => flags::delete(ctx, addr).await,
+            k => Err(unknown_kind(k)),
+        }
     }
 }

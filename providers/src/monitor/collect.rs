@@ -1,0 +1,1476 @@
+//! The collector: discovers targets from the recorded state, probes them every interval, samples
+//! CPU and memory of replica processes, and tails balancer access logs for request and error
+//! rates. Its output is a [`Status`], published after every tick.
+
+use super::DaemonConfig;
+use crate::local::replica_dir;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Request and error rates are over this sliding window.
+pub const WINDOW: Duration = Duration::from_secs(10);
+/// Probe timeout.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the state is re-read and processes are sampled.
+const SLOW_PERIOD: Duration = Duration::from_secs(1);
+/// Latency history: one bucket per this many ms, for this long.
+pub const BUCKET_MS: u64 = 500;
+const HISTORY: Duration = Duration::from_secs(60);
+/// At most this much of an existing access log is read when the monitor starts.
+const LOG_BACKLOG: u64 = 1 << 20;
+
+/// Milliseconds with microsecond precision (keeps the JSON short).
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+// ------------------------------------------------------------------------------------------------
+// What the dashboard, /api/status and /metrics show.
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    pub monitor: String,
+    pub generated_ms: u64,
+    pub interval_ms: u64,
+    pub window_s: u64,
+    pub bucket_ms: u64,
+    pub state_serial: u64,
+    /// Why the state could not be read (the last good targets are kept meanwhile).
+    pub state_error: Option<String>,
+    pub watch: Option<Vec<String>>,
+    pub services: Vec<ServiceView>,
+    pub balancers: Vec<EndpointView>,
+    pub flags: Vec<EndpointView>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ServiceView {
+    /// `web` (module-qualified when in a module: `module.m.web`).
+    pub name: String,
+    /// `service.web`.
+    pub block: String,
+    pub up: usize,
+    pub total: usize,
+    pub replicas: Vec<ReplicaView>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReplicaView {
+    /// Instance address, `service.web[0]`.
+    pub address: String,
+    pub service: String,
+    pub url: Option<String>,
+    /// `address:port`, as a balancer's `$upstream_addr` names it.
+    pub endpoint: Option<String>,
+    /// `UP`, `DOWN` or `PENDING` (not probed yet).
+    pub state: String,
+    pub up: bool,
+    /// Of the last probe (also when it failed).
+    pub latency_ms: Option<f64>,
+    pub last_error: Option<String>,
+    pub requests_per_second: f64,
+    pub error_ratio: f64,
+    pub requests_in_window: usize,
+    /// CPU seconds per second (1.0 = one core), summed over the replica's processes.
+    pub cpu_ratio: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    pub pids: Vec<u32>,
+    pub restarts: u32,
+    pub uptime_s: Option<u64>,
+    /// The supervisor's state (`running`, `backoff`, ...); None when there is no supervisor.
+    pub supervisor: Option<String>,
+    /// The recorded status of the instance: `ready`, `pending` or `tainted`.
+    pub record: String,
+    /// Latency (ms) per bucket of `bucket_ms`, oldest first; null where the replica was down.
+    pub history: Vec<Option<f64>>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EndpointView {
+    pub address: String,
+    pub name: String,
+    /// What was probed: a URL or `host:port`.
+    pub target: String,
+    pub state: String,
+    pub up: bool,
+    pub latency_ms: Option<f64>,
+    pub last_error: Option<String>,
+    /// Balancers with an `access_log`: over the whole balancer.
+    pub requests_per_second: Option<f64>,
+    pub error_ratio: Option<f64>,
+}
+
+// ------------------------------------------------------------------------------------------------
+// Targets, from the state.
+
+#[derive(Clone, Debug, PartialEq)]
+enum Probe {
+    /// GET path; `expect` None: any HTTP answer below 500 is up.
+    Http {
+        host: String,
+        port: u16,
+        path: String,
+        expect: Option<u16>,
+    },
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    /// A RESP `PING` (after `AUTH` when a password is known).
+    Redis {
+        host: String,
+        port: u16,
+        password: Option<String>,
+    },
+    /// Not probeable (no url, no port).
+    None(String),
+}
+
+impl Probe {
+    fn describe(&self) -> String {
+        match self {
+            Probe::Http {
+                host, port, path, ..
+            } => format!("http://{}{path}", hostport(host, *port)),
+            Probe::Tcp { host, port } | Probe::Redis { host, port, .. } => hostport(host, *port),
+            Probe::None(why) => why.clone(),
+        }
+    }
+}
+
+fn hostport(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Replica {
+    addr: String,
+    block: String,
+    name: String,
+    url: Option<String>,
+    endpoint: Option<String>,
+    probe: Probe,
+    record: String,
+}
+
+#[derive(Clone, Debug)]
+struct Endpoint {
+    addr: String,
+    name: String,
+    probe: Probe,
+    /// What the dashboard names as the target (a balancer's URL).
+    shown: String,
+    access_log: Option<PathBuf>,
+}
+
+#[derive(Default)]
+struct Targets {
+    replicas: Vec<Replica>,
+    balancers: Vec<Endpoint>,
+    flags: Vec<Endpoint>,
+}
+
+/// `service.web[2]` → `service.web`; `service.web["a"]` → `service.web`.
+fn block_of(addr: &str) -> &str {
+    if addr.ends_with(']') {
+        if let Some(i) = addr.rfind('[') {
+            return &addr[..i];
+        }
+    }
+    addr
+}
+
+/// `service.web` → `web`; `module.m.service.web` → `module.m.web`.
+fn name_of(block: &str, kind: &str) -> String {
+    if let Some(rest) = block.strip_prefix(&format!("{kind}.")) {
+        return rest.to_string();
+    }
+    block.replacen(&format!(".{kind}."), ".", 1)
+}
+
+/// `http://host:port/...` → (host, port).
+fn parse_url(url: &str) -> Option<(String, u16)> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
+    let hp = rest.split('/').next()?;
+    let (host, port) = if let Some(r) = hp.strip_prefix('[') {
+        let (h, p) = r.split_once("]:")?;
+        (h, p)
+    } else {
+        hp.rsplit_once(':')?
+    };
+    Some((host.to_string(), port.parse().ok()?))
+}
+
+type Attrs = serde_json::Map<String, serde_json::Value>;
+
+fn attr_str<'a>(a: &'a Attrs, k: &str) -> Option<&'a str> {
+    a.get(k).and_then(|v| v.as_str())
+}
+
+fn attr_port(a: &Attrs) -> Option<u16> {
+    a.get("port")
+        .and_then(|v| v.as_f64())
+        .filter(|p| (1.0..=65535.0).contains(p))
+        .map(|p| p as u16)
+}
+
+fn replica_probe(a: &Attrs) -> Probe {
+    let from_url = attr_str(a, "url").and_then(parse_url);
+    let (host, port) = match (from_url, attr_port(a)) {
+        (Some(hp), _) => hp,
+        (None, Some(p)) => (attr_str(a, "address").unwrap_or("127.0.0.1").to_string(), p),
+        (None, None) => return Probe::None("no url or port recorded yet".into()),
+    };
+    let health = a.get("health").and_then(|h| h.as_object());
+    let get = |k: &str| health.and_then(|h| h.get(k));
+    if get("type").and_then(|t| t.as_str()) == Some("tcp") {
+        return Probe::Tcp { host, port };
+    }
+    let path = get("path")
+        .and_then(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+    // Without a health setting any answer below 500 counts as up.
+    let expect = health.map(|h| {
+        h.get("expect_status")
+            .and_then(|s| s.as_f64())
+            .map_or(200, |s| s as u16)
+    });
+    Probe::Http {
+        host,
+        port,
+        path,
+        expect,
+    }
+}
+
+fn record_name(s: pipeline_state::Status) -> &'static str {
+    match s {
+        pipeline_state::Status::Ready => "ready",
+        pipeline_state::Status::Pending => "pending",
+        pipeline_state::Status::Tainted => "tainted",
+    }
+}
+
+/// What `watch` says: names (`web`, `service.web`, `service.web[0]`) and objects (instances,
+/// matched to the state by `url` or `address:port`).
+#[derive(Default)]
+struct Watch {
+    all: bool,
+    names: BTreeSet<String>,
+    objects: Vec<Attrs>,
+    /// Blocks resolved from objects, kept across re-reads (a replaced replica has a new url).
+    blocks: BTreeSet<String>,
+}
+
+impl Watch {
+    fn new(v: &serde_json::Value) -> Watch {
+        let mut w = Watch {
+            all: v.is_null(),
+            ..Default::default()
+        };
+        w.add(v);
+        w
+    }
+    fn add(&mut self, v: &serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => {
+                self.names.insert(s.clone());
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| self.add(v)),
+            serde_json::Value::Object(o) => {
+                if o.contains_key("url") || o.contains_key("port") {
+                    self.objects.push(o.clone());
+                } else {
+                    // A map of instances (for_each): its values.
+                    o.values().for_each(|v| self.add(v));
+                }
+            }
+            _ => {}
+        }
+    }
+    fn describe(&self) -> Option<Vec<String>> {
+        if self.all {
+            return None;
+        }
+        let mut v: BTreeSet<String> = self.names.clone();
+        v.extend(self.blocks.iter().cloned());
+        Some(v.into_iter().collect())
+    }
+    fn matches(&self, r: &Replica) -> bool {
+        self.all
+            || self.blocks.contains(&r.block)
+            || [&r.name, &r.block, &r.addr]
+                .iter()
+                .any(|n| self.names.contains(n.as_str()))
+    }
+    fn resolve(&mut self, state: &pipeline_state::State) {
+        for o in &self.objects {
+            let url = attr_str(o, "url");
+            let ep = endpoint_of(o);
+            for (addr, r) in &state.resources {
+                if r.kind != "service" {
+                    continue;
+                }
+                let same_url = url.is_some() && attr_str(&r.attrs, "url") == url;
+                let same_ep = ep.is_some() && endpoint_of(&r.attrs) == ep;
+                if same_url || same_ep {
+                    self.blocks.insert(block_of(addr).to_string());
+                }
+            }
+        }
+    }
+}
+
+fn endpoint_of(a: &Attrs) -> Option<String> {
+    let port = attr_port(a)?;
+    Some(format!(
+        "{}:{port}",
+        attr_str(a, "address").unwrap_or("127.0.0.1")
+    ))
+}
+
+fn discover(state: &pipeline_state::State, watch: &mut Watch, base: &Path) -> Targets {
+    watch.resolve(state);
+    let mut t = Targets::default();
+    for (addr, r) in &state.resources {
+        let a = &r.attrs;
+        let block = block_of(addr).to_string();
+        match r.kind.as_str() {
+            "service" => {
+                let rep = Replica {
+                    addr: addr.clone(),
+                    name: name_of(&block, "service"),
+                    block,
+                    url: attr_str(a, "url").map(str::to_string),
+                    endpoint: endpoint_of(a),
+                    probe: replica_probe(a),
+                    record: record_name(r.status).into(),
+                };
+                if watch.matches(&rep) {
+                    t.replicas.push(rep);
+                }
+            }
+            "balancer" => {
+                // A TCP connect, not a request: a request would be proxied to a replica and
+                // counted in the access log as traffic.
+                let probe = match attr_str(a, "url").and_then(parse_url) {
+                    Some((host, port)) => Probe::Tcp { host, port },
+                    None => match attr_port(a).or_else(|| {
+                        a.get("listen")
+                            .and_then(|v| v.as_f64())
+                            .filter(|p| (1.0..=65535.0).contains(p))
+                            .map(|p| p as u16)
+                    }) {
+                        Some(port) => Probe::Tcp {
+                            host: attr_str(a, "address").unwrap_or("127.0.0.1").into(),
+                            port,
+                        },
+                        None => Probe::None("no url recorded yet".into()),
+                    },
+                };
+                let access_log = attr_str(a, "access_log").map(|p| {
+                    let p = PathBuf::from(p);
+                    if p.is_absolute() {
+                        p
+                    } else {
+                        base.join(p)
+                    }
+                });
+                t.balancers.push(Endpoint {
+                    addr: addr.clone(),
+                    name: name_of(&block, "balancer"),
+                    shown: attr_str(a, "url")
+                        .map(str::to_string)
+                        .unwrap_or_else(|| probe.describe()),
+                    probe,
+                    access_log,
+                });
+            }
+            "flags" => {
+                let probe = match attr_port(a) {
+                    Some(port) => Probe::Redis {
+                        host: attr_str(a, "address").unwrap_or("127.0.0.1").into(),
+                        port,
+                        password: attr_str(a, "password")
+                            .filter(|p| !p.is_empty())
+                            .map(str::to_string),
+                    },
+                    None => Probe::None("no port recorded yet".into()),
+                };
+                t.flags.push(Endpoint {
+                    addr: addr.clone(),
+                    name: name_of(&block, "flags"),
+                    shown: probe.describe(),
+                    probe,
+                    access_log: None,
+                });
+            }
+            _ => {}
+        }
+    }
+    t
+}
+
+// ------------------------------------------------------------------------------------------------
+// Probes.
+
+#[derive(Clone, Debug, Default)]
+struct ProbeResult {
+    up: bool,
+    latency: Option<Duration>,
+    error: Option<String>,
+}
+
+fn connect(host: &str, port: u16, deadline: Instant) -> Result<TcpStream, String> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    let mut last = format!("cannot resolve {host}");
+    for a in addrs {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("timed out".into());
+        }
+        match TcpStream::connect_timeout(&a, left) {
+            Ok(s) => {
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1));
+                let _ = s.set_read_timeout(Some(left));
+                let _ = s.set_write_timeout(Some(left));
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) => last = format!("connect {a}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+fn read_some(s: &mut TcpStream, want: impl Fn(&[u8]) -> bool) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => return Ok(buf),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if want(&buf) || buf.len() > 64 * 1024 {
+                    return Ok(buf);
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err("timed out".into())
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+fn probe_http(host: &str, port: u16, path: &str, expect: Option<u16>) -> Result<(), String> {
+    let deadline = Instant::now() + PROBE_TIMEOUT;
+    let mut s = connect(host, port, deadline)?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: pipeline-monitor\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+        hostport(host, port)
+    );
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    // The status line is all we need.
+    let head = read_some(&mut s, |b| b.windows(2).any(|w| w == b"\r\n"))?;
+    let line = String::from_utf8_lossy(&head);
+    let line = line.lines().next().unwrap_or("");
+    let status: u16 = line
+        .strip_prefix("HTTP/")
+        .and_then(|r| r.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            if line.is_empty() {
+                "closed without an answer".to_string()
+            } else {
+                format!("not an HTTP answer: {line:?}")
+            }
+        })?;
+    match expect {
+        Some(want) if status != want => Err(format!("GET {path}: status {status}, want {want}")),
+        None if status >= 500 => Err(format!("GET {path}: status {status}")),
+        _ => Ok(()),
+    }
+}
+
+/// Ok(None): PONG. Ok(Some(reply)): the store answered with an error (NOAUTH, ...), so it is up.
+fn probe_redis(host: &str, port: u16, password: Option<&str>) -> Result<Option<String>, String> {
+    let deadline = Instant::now() + PROBE_TIMEOUT;
+    let mut s = connect(host, port, deadline)?;
+    let mut req = String::new();
+    if let Some(p) = password {
+        req.push_str(&format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{p}\r\n", p.len()));
+    }
+    req.push_str("*1\r\n$4\r\nPING\r\n");
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let want = if password.is_some() { 2 } else { 1 };
+    let got = read_some(&mut s, |b| {
+        b.iter().filter(|&&c| c == b'\n').count() >= want
+    })?;
+    let text = String::from_utf8_lossy(&got);
+    if text.contains("+PONG") {
+        Ok(None)
+    } else if let Some(e) = text.lines().find(|l| l.starts_with('-')) {
+        Ok(Some(e.trim_start_matches('-').to_string()))
+    } else {
+        Err(format!("not a redis answer: {:?}", text.trim()))
+    }
+}
+
+fn run_probe(p: &Probe) -> ProbeResult {
+    let start = Instant::now();
+    let res = match p {
+        Probe::Http {
+            host,
+            port,
+            path,
+            expect,
+        } => probe_http(host, *port, path, *expect),
+        Probe::Tcp { host, port } => {
+            connect(host, *port, Instant::now() + PROBE_TIMEOUT).map(|_| ())
+        }
+        Probe::Redis {
+            host,
+            port,
+            password,
+        } => match probe_redis(host, *port, password.as_deref()) {
+            Ok(None) => Ok(()),
+            Ok(Some(reply)) => {
+                return ProbeResult {
+                    up: true,
+                    latency: Some(start.elapsed()),
+                    error: Some(reply),
+                }
+            }
+            Err(e) => Err(e),
+        },
+        Probe::None(why) => {
+            return ProbeResult {
+                up: false,
+                latency: None,
+                error: Some(why.clone()),
+            }
+        }
+    };
+    ProbeResult {
+        up: res.is_ok(),
+        latency: Some(start.elapsed()),
+        error: res.err(),
+    }
+}
+
+/// Probe everything at once (one short-lived thread each), so a hanging target delays no other.
+fn probe_all(probes: &[Probe]) -> Vec<ProbeResult> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = probes
+            .iter()
+            .map(|p| s.spawn(move || run_probe(p)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| ProbeResult {
+                    error: Some("probe panicked".into()),
+                    ..Default::default()
+                })
+            })
+            .collect()
+    })
+}
+
+// ------------------------------------------------------------------------------------------------
+// Processes.
+
+#[derive(Clone, Copy, Debug)]
+struct ProcStat {
+    ppid: u32,
+    pgrp: u32,
+    /// utime + stime, in clock ticks.
+    ticks: u64,
+}
+
+fn parse_stat(text: &str) -> Option<ProcStat> {
+    // `pid (comm) state ppid pgrp ...`; comm may contain spaces and parentheses.
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] = state (field 3), so field n is f[n - 3].
+    Some(ProcStat {
+        ppid: f.get(1)?.parse().ok()?,
+        pgrp: f.get(2)?.parse().ok()?,
+        ticks: f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
+    })
+}
+
+fn all_procs() -> HashMap<u32, ProcStat> {
+    let mut out = HashMap::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Some(st) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|t| parse_stat(&t))
+        {
+            out.insert(pid, st);
+        }
+    }
+    out
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The children's processes: their process groups and all their descendants.
+fn family(children: &[u32], procs: &HashMap<u32, ProcStat>) -> Vec<u32> {
+    let mut set: BTreeSet<u32> = children
+        .iter()
+        .copied()
+        .filter(|p| procs.contains_key(p))
+        .collect();
+    if set.is_empty() {
+        return vec![];
+    }
+    for (&pid, st) in procs {
+        if children.contains(&st.pgrp) {
+            set.insert(pid);
+        }
+    }
+    loop {
+        let before = set.len();
+        for (&pid, st) in procs {
+            if set.contains(&st.ppid) {
+                set.insert(pid);
+            }
+        }
+        if set.len() == before {
+            break;
+        }
+    }
+    set.into_iter().collect()
+}
+
+#[derive(Clone, Debug, Default)]
+struct ProcInfo {
+    pids: Vec<u32>,
+    restarts: u32,
+    started_at: Option<u64>,
+    supervisor: Option<String>,
+    cpu_ratio: Option<f64>,
+    memory_bytes: Option<u64>,
+}
+
+/// Supervised directories of a replica: DIR itself and its immediate subdirectories holding a
+/// supervisor's `status.json` (a slot with the app behind it in a subdirectory).
+fn supervised_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let has = |d: &Path| {
+        d.join(pipeline_supervise::STATUS_FILE).exists()
+            || d.join(pipeline_supervise::SUPERVISOR_PID_FILE).exists()
+    };
+    if has(dir) {
+        out.push(dir.to_path_buf());
+    }
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        let mut subs: Vec<PathBuf> = rd
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .filter(|p| has(p))
+            .collect();
+        subs.sort();
+        out.extend(subs);
+    }
+    out
+}
+
+// ------------------------------------------------------------------------------------------------
+// Access logs.
+
+/// One parsed line of `$msec $status $request_time $upstream_addr $upstream_status`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogLine {
+    pub at: f64,
+    pub status: u16,
+    /// (upstream address, its status) per attempt.
+    pub upstreams: Vec<(String, Option<u16>)>,
+}
+
+pub fn parse_log_line(line: &str) -> Option<LogLine> {
+    let mut it = line.split_whitespace();
+    let at: f64 = it.next()?.parse().ok()?;
+    let status: u16 = it.next()?.parse().ok()?;
+    let _request_time = it.next()?;
+    // `$upstream_addr` and `$upstream_status` list attempts separated by ", " (and " : " across
+    // internal redirects): as many addresses as statuses.
+    let rest: Vec<&str> = it
+        .map(|t| t.trim_end_matches(','))
+        .filter(|t| !t.is_empty() && *t != ":")
+        .collect();
+    let n = rest.len() / 2;
+    let upstreams = rest[..n]
+        .iter()
+        .zip(&rest[n..2 * n])
+        .filter(|(a, _)| **a != "-")
+        .map(|(a, s)| (a.to_string(), s.parse().ok()))
+        .collect();
+    Some(LogLine {
+        at,
+        status,
+        upstreams,
+    })
+}
+
+#[derive(Default)]
+struct LogTail {
+    offset: u64,
+    inode: u64,
+    partial: Vec<u8>,
+    started: bool,
+}
+
+impl LogTail {
+    /// New complete lines since the last call (handles truncation and rotation).
+    fn read_new(&mut self, path: &Path) -> Vec<String> {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(mut f) = std::fs::File::open(path) else {
+            return vec![];
+        };
+        let Ok(meta) = f.metadata() else {
+            return vec![];
+        };
+        if !self.started {
+            self.started = true;
+            self.offset = meta.len().saturating_sub(LOG_BACKLOG);
+            self.inode = meta.ino();
+        }
+        if meta.ino() != self.inode || meta.len() < self.offset {
+            self.inode = meta.ino();
+            self.offset = 0;
+            self.partial.clear();
+        }
+        if meta.len() == self.offset || f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return vec![];
+        }
+        let mut buf = Vec::new();
+        let Ok(n) = (&mut f).take(8 << 20).read_to_end(&mut buf) else {
+            return vec![];
+        };
+        self.offset += n as u64;
+        self.partial.extend_from_slice(&buf);
+        let Some(last_nl) = self.partial.iter().rposition(|&b| b == b'\n') else {
+            return vec![];
+        };
+        let complete: Vec<u8> = self.partial.drain(..=last_nl).collect();
+        String::from_utf8_lossy(&complete)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// Events (time in unix seconds, error?) in a sliding window.
+#[derive(Default, Clone, Debug)]
+pub struct Window {
+    events: VecDeque<(f64, bool)>,
+}
+
+impl Window {
+    pub fn push(&mut self, at: f64, err: bool) {
+        self.events.push_back((at, err));
+    }
+    pub fn prune(&mut self, now: f64) {
+        let cut = now - WINDOW.as_secs_f64();
+        // Log lines are nearly ordered; drop from the front while old.
+        while self.events.front().is_some_and(|(t, _)| *t < cut) {
+            self.events.pop_front();
+        }
+        if self.events.len() > 1_000_000 {
+            self.events.drain(..self.events.len() - 1_000_000);
+        }
+    }
+    /// (requests per second, error ratio, count).
+    pub fn rates(&self, now: f64) -> (f64, f64, usize) {
+        let cut = now - WINDOW.as_secs_f64();
+        let (n, errs) = self
+            .events
+            .iter()
+            .filter(|(t, _)| *t >= cut && *t <= now + 1.0)
+            .fold((0usize, 0usize), |(n, e), (_, err)| {
+                (n + 1, e + *err as usize)
+            });
+        let ratio = if n == 0 { 0.0 } else { errs as f64 / n as f64 };
+        (n as f64 / WINDOW.as_secs_f64(), ratio, n)
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The collector.
+
+#[derive(Default)]
+struct ReplicaState {
+    result: Option<ProbeResult>,
+    history: VecDeque<(u64, Option<f64>)>,
+    proc: ProcInfo,
+}
+
+#[derive(Default)]
+struct EndpointState {
+    result: Option<ProbeResult>,
+}
+
+pub struct Collector {
+    cfg: DaemonConfig,
+    watch: Watch,
+    targets: Targets,
+    state_serial: u64,
+    state_error: Option<String>,
+    replicas: HashMap<String, ReplicaState>,
+    endpoints: HashMap<String, EndpointState>,
+    tails: HashMap<PathBuf, LogTail>,
+    /// Per upstream `address:port`.
+    upstreams: HashMap<String, Window>,
+    /// Per balancer address, over all its requests.
+    balancer_windows: HashMap<String, Window>,
+    cpu_prev: HashMap<u32, u64>,
+    cpu_prev_at: Option<Instant>,
+    last_discovery: Option<Instant>,
+    last_procs: Option<Instant>,
+}
+
+impl Collector {
+    pub fn new(cfg: DaemonConfig) -> Collector {
+        Collector {
+            watch: Watch::new(&cfg.watch),
+            cfg,
+            targets: Targets::default(),
+            state_serial: 0,
+            state_error: None,
+            replicas: HashMap::new(),
+            endpoints: HashMap::new(),
+            tails: HashMap::new(),
+            upstreams: HashMap::new(),
+            balancer_windows: HashMap::new(),
+            cpu_prev: HashMap::new(),
+            cpu_prev_at: None,
+            last_discovery: None,
+            last_procs: None,
+        }
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.cfg.interval_ms.max(10))
+    }
+
+    fn due(last: Option<Instant>) -> bool {
+        last.is_none_or(|t| t.elapsed() >= SLOW_PERIOD)
+    }
+
+    /// One heartbeat: re-read the state when due, probe everything, sample processes when due,
+    /// read new access-log lines.
+    pub fn tick(&mut self) {
+        if Self::due(self.last_discovery) {
+            self.last_discovery = Some(Instant::now());
+            self.discover();
+        }
+        self.probe();
+        if Self::due(self.last_procs) {
+            self.last_procs = Some(Instant::now());
+            self.sample_procs();
+        }
+        self.read_logs();
+    }
+
+    fn discover(&mut self) {
+        match pipeline_state::StateStore::load(&self.cfg.state_dir) {
+            Ok(state) => {
+                let base = self
+                    .cfg
+                    .state_dir
+                    .parent()
+                    .unwrap_or(Path::new("/"))
+                    .to_path_buf();
+                self.targets = discover(&state, &mut self.watch, &base);
+                self.state_serial = state.serial;
+                self.state_error = None;
+                let keep: BTreeSet<&String> =
+                    self.targets.replicas.iter().map(|r| &r.addr).collect();
+                self.replicas.retain(|k, _| keep.contains(k));
+                let keep: BTreeSet<&String> = self
+                    .targets
+                    .balancers
+                    .iter()
+                    .chain(&self.targets.flags)
+                    .map(|e| &e.addr)
+                    .collect();
+                self.endpoints.retain(|k, _| keep.contains(k));
+                let logs: BTreeSet<&PathBuf> = self
+                    .targets
+                    .balancers
+                    .iter()
+                    .filter_map(|b| b.access_log.as_ref())
+                    .collect();
+                self.tails.retain(|k, _| logs.contains(k));
+            }
+            Err(e) => self.state_error = Some(e.to_string()),
+        }
+    }
+
+    fn probe(&mut self) {
+        let mut probes: Vec<Probe> = self
+            .targets
+            .replicas
+            .iter()
+            .map(|r| r.probe.clone())
+            .collect();
+        let endpoints: Vec<&Endpoint> = self
+            .targets
+            .balancers
+            .iter()
+            .chain(&self.targets.flags)
+            .collect();
+        probes.extend(endpoints.iter().map(|e| e.probe.clone()));
+        let results = probe_all(&probes);
+        let bucket = now_ms() / BUCKET_MS;
+        let keep = (HISTORY.as_millis() as u64 / BUCKET_MS) as usize;
+        let (rep_results, ep_results) = results.split_at(self.targets.replicas.len());
+        for (r, res) in self.targets.replicas.iter().zip(rep_results) {
+            let st = self.replicas.entry(r.addr.clone()).or_default();
+            let lat = res.latency.filter(|_| res.up).map(millis);
+            match st.history.back_mut() {
+                Some((b, l)) if *b == bucket => {
+                    // Worst of the bucket: down wins, else the highest latency.
+                    *l = match (*l, lat) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        _ => None,
+                    };
+                }
+                _ => st.history.push_back((bucket, lat)),
+            }
+            while st.history.len() > keep {
+                st.history.pop_front();
+            }
+            st.result = Some(res.clone());
+        }
+        for (e, res) in endpoints.iter().zip(ep_results) {
+            self.endpoints.entry(e.addr.clone()).or_default().result = Some(res.clone());
+        }
+    }
+
+    fn sample_procs(&mut self) {
+        let procs = all_procs();
+        let now = Instant::now();
+        let elapsed = self
+            .cpu_prev_at
+            .map(|t| now.duration_since(t).as_secs_f64());
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let mut seen = HashMap::new();
+        for r in &self.targets.replicas {
+            let dir = replica_dir(&self.cfg.state_dir, &r.addr);
+            let mut info = ProcInfo::default();
+            let mut children = vec![];
+            for d in supervised_dirs(&dir) {
+                let Some(s) = pipeline_supervise::status(&d) else {
+                    continue;
+                };
+                info.restarts += s.restarts;
+                if info.supervisor.is_none() || d == dir {
+                    info.supervisor = Some(if s.supervisor_alive {
+                        s.state.clone()
+                    } else {
+                        "gone".into()
+                    });
+                }
+                if s.child_alive {
+                    if let Some(c) = s.child_pid {
+                        children.push(c);
+                        if s.started_at > 0 {
+                            info.started_at = Some(
+                                info.started_at
+                                    .map_or(s.started_at, |t| t.max(s.started_at)),
+                            );
+                        }
+                    }
+                }
+            }
+            info.pids = family(&children, &procs);
+            if !info.pids.is_empty() {
+                let mut cpu = 0.0;
+                let mut mem = 0u64;
+                for &p in &info.pids {
+                    let ticks = procs[&p].ticks;
+                    if let Some(prev) = self.cpu_prev.get(&p) {
+                        cpu += ticks.saturating_sub(*prev) as f64 / hz;
+                    }
+                    seen.insert(p, ticks);
+                    mem += rss_bytes(p).unwrap_or(0);
+                }
+                info.cpu_ratio = elapsed.filter(|e| *e > 0.0).map(|e| cpu / e);
+                info.memory_bytes = Some(mem);
+            }
+            self.replicas.entry(r.addr.clone()).or_default().proc = info;
+        }
+        self.cpu_prev = seen;
+        self.cpu_prev_at = Some(now);
+    }
+
+    fn read_logs(&mut self) {
+        for b in &self.targets.balancers {
+            let Some(path) = &b.access_log else { continue };
+            let tail = self.tails.entry(path.clone()).or_default();
+            let bw = self.balancer_windows.entry(b.addr.clone()).or_default();
+            for line in tail.read_new(path) {
+                let Some(l) = parse_log_line(&line) else {
+                    continue;
+                };
+                bw.push(l.at, l.status >= 500);
+                for (up, st) in l.upstreams {
+                    let err = st.unwrap_or(l.status) >= 500;
+                    self.upstreams.entry(up).or_default().push(l.at, err);
+                }
+            }
+        }
+        let now = now_ms() as f64 / 1000.0;
+        self.upstreams.values_mut().for_each(|w| w.prune(now));
+        self.upstreams.retain(|_, w| !w.events.is_empty());
+        self.balancer_windows
+            .values_mut()
+            .for_each(|w| w.prune(now));
+    }
+
+    pub fn status(&self) -> Status {
+        let now = now_ms();
+        let now_s = now as f64 / 1000.0;
+        let now_secs = now / 1000;
+        let mut services: BTreeMap<String, ServiceView> = BTreeMap::new();
+        for r in &self.targets.replicas {
+            let st = self.replicas.get(&r.addr);
+            let res = st.and_then(|s| s.result.as_ref());
+            let (rps, err, n) = r
+                .endpoint
+                .as_ref()
+                .and_then(|e| self.upstreams.get(e))
+                .map_or((0.0, 0.0, 0), |w| w.rates(now_s));
+            let proc = st.map(|s| s.proc.clone()).unwrap_or_default();
+            let up = res.is_some_and(|r| r.up);
+            let view = ReplicaView {
+                address: r.addr.clone(),
+                service: r.name.clone(),
+                url: r.url.clone(),
+                endpoint: r.endpoint.clone(),
+                state: match res {
+                    None => "PENDING",
+                    Some(x) if x.up => "UP",
+                    Some(_) => "DOWN",
+                }
+                .into(),
+                up,
+                latency_ms: res.and_then(|r| r.latency).map(millis),
+                last_error: res.and_then(|r| r.error.clone()),
+                requests_per_second: rps,
+                error_ratio: err,
+                requests_in_window: n,
+                cpu_ratio: proc.cpu_ratio,
+                memory_bytes: proc.memory_bytes,
+                pids: proc.pids,
+                restarts: proc.restarts,
+                uptime_s: proc.started_at.map(|t| now_secs.saturating_sub(t)),
+                supervisor: proc.supervisor,
+                record: r.record.clone(),
+                history: st
+                    .map(|s| s.history.iter().map(|(_, l)| *l).collect())
+                    .unwrap_or_default(),
+            };
+            let s = services
+                .entry(r.block.clone())
+                .or_insert_with(|| ServiceView {
+                    name: r.name.clone(),
+                    block: r.block.clone(),
+                    ..Default::default()
+                });
+            s.total += 1;
+            s.up += up as usize;
+            s.replicas.push(view);
+        }
+        let endpoint_view = |e: &Endpoint, with_rates: bool| {
+            let res = self.endpoints.get(&e.addr).and_then(|s| s.result.as_ref());
+            let rates = (with_rates && e.access_log.is_some()).then(|| {
+                self.balancer_windows
+                    .get(&e.addr)
+                    .map_or((0.0, 0.0, 0), |w| w.rates(now_s))
+            });
+            EndpointView {
+                address: e.addr.clone(),
+                name: e.name.clone(),
+                target: e.shown.clone(),
+                state: match res {
+                    None => "PENDING",
+                    Some(x) if x.up => "UP",
+                    Some(_) => "DOWN",
+                }
+                .into(),
+                up: res.is_some_and(|r| r.up),
+                latency_ms: res.and_then(|r| r.latency).map(millis),
+                last_error: res.and_then(|r| r.error.clone()),
+                requests_per_second: rates.map(|r| r.0),
+                error_ratio: rates.map(|r| r.1),
+            }
+        };
+        Status {
+            monitor: self.cfg.name.clone(),
+            generated_ms: now,
+            interval_ms: self.cfg.interval_ms,
+            window_s: WINDOW.as_secs(),
+            bucket_ms: BUCKET_MS,
+            state_serial: self.state_serial,
+            state_error: self.state_error.clone(),
+            watch: self.watch.describe(),
+            services: services.into_values().collect(),
+            balancers: self
+                .targets
+                .balancers
+                .iter()
+                .map(|e| endpoint_view(e, true))
+                .collect(),
+            flags: self
+                .targets
+                .flags
+                .iter()
+                .map(|e| endpoint_view(e, false))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_parse_with_retries_and_no_upstream() {
+        let l = parse_log_line("1700000000.123 200 0.002 127.0.0.1:8001 200").unwrap();
+        assert_eq!(l.status, 200);
+        assert_eq!(l.upstreams, vec![("127.0.0.1:8001".into(), Some(200))]);
+        let l = parse_log_line("1700000000.5 200 0.010 127.0.0.1:8001, 127.0.0.1:8002 502, 200")
+            .unwrap();
+        assert_eq!(
+            l.upstreams,
+            vec![
+                ("127.0.0.1:8001".into(), Some(502)),
+                ("127.0.0.1:8002".into(), Some(200))
+            ]
+        );
+        let l = parse_log_line("1700000000.5 404 0.000 - -").unwrap();
+        assert!(l.upstreams.is_empty());
+        assert!(parse_log_line("garbage").is_none());
+    }
+
+    #[test]
+    fn window_rates_and_pruning() {
+        let mut w = Window::default();
+        for i in 0..100 {
+            w.push(1000.0 + i as f64 * 0.1, i % 4 == 0);
+        }
+        let (rps, err, n) = w.rates(1010.0);
+        assert_eq!(n, 100);
+        assert!((rps - 10.0).abs() < 1e-9, "{rps}");
+        assert!((err - 0.25).abs() < 1e-9, "{err}");
+        w.prune(1015.0);
+        assert_eq!(w.rates(1015.0).2, 50);
+    }
+
+    #[test]
+    fn log_tail_reads_appended_lines_and_survives_truncation() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("access.log");
+        std::fs::write(&p, "1 200 0 a:1 200\n").unwrap();
+        let mut t = LogTail::default();
+        assert_eq!(t.read_new(&p), vec!["1 200 0 a:1 200"]);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"2 500 0 a:1 500\n3 200 0 a").unwrap();
+        assert_eq!(t.read_new(&p), vec!["2 500 0 a:1 500"]);
+        f.write_all(b":1 200\n").unwrap();
+        assert_eq!(t.read_new(&p), vec!["3 200 0 a:1 200"]);
+        std::fs::write(&p, "4 200 0 b:2 200\n").unwrap();
+        assert_eq!(t.read_new(&p), vec!["4 200 0 b:2 200"]);
+    }
+
+    #[test]
+    fn stat_lines_parse_with_odd_command_names() {
+        let s = "42 (my (odd) prog) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 100 1000 50";
+        let st = parse_stat(s).unwrap();
+        assert_eq!((st.ppid, st.pgrp, st.ticks), (1, 42, 10));
+    }
+
+    #[test]
+    fn addresses_and_urls() {
+        assert_eq!(block_of("service.web[2]"), "service.web");
+        assert_eq!(block_of("service.web[\"a\"]"), "service.web");
+        assert_eq!(name_of("service.web", "service"), "web");
+        assert_eq!(name_of("module.m.service.web", "service"), "module.m.web");
+        assert_eq!(
+            parse_url("http://127.0.0.1:8080/x"),
+            Some(("127.0.0.1".into(), 8080))
+        );
+        assert_eq!(parse_url("http://[::1]:81"), Some(("::1".into(), 81)));
+    }
+
+    #[test]
+    fn watch_by_name_and_by_instance_object() {
+        let mut state = pipeline_state::State::empty("x".into());
+        for (addr, port) in [("service.web[0]", 5001), ("service.api[0]", 5002)] {
+            let attrs: Attrs = serde_json::from_value(serde_json::json!({
+                "url": format!("http://127.0.0.1:{port}"), "address": "127.0.0.1", "port": port
+            }))
+            .unwrap();
+            state.resources.insert(
+                addr.into(),
+                pipeline_state::ResourceState {
+                    kind: "service".into(),
+                    provider: "local".into(),
+                    status: pipeline_state::Status::Ready,
+                    attrs,
+                    sensitive: vec![],
+                    deps: vec![],
+                },
+            );
+        }
+        let base = Path::new("/");
+        let names = |w: &mut Watch| -> Vec<String> {
+            discover(&state, w, base)
+                .replicas
+                .into_iter()
+                .map(|r| r.addr)
+                .collect()
+        };
+        assert_eq!(names(&mut Watch::new(&serde_json::Value::Null)).len(), 2);
+        assert_eq!(
+            names(&mut Watch::new(&serde_json::json!(["api"]))),
+            vec!["service.api[0]"]
+        );
+        let obj = serde_json::json!([[{"url": "http://127.0.0.1:5001", "port": 5001}]]);
+        assert_eq!(names(&mut Watch::new(&obj)), vec!["service.web[0]"]);
+    }
+
+    /// Serve `reply` to every connection (after reading what the client sent) until dropped.
+    fn fake_server(reply: &'static str) -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { continue };
+                let _ = c.set_read_timeout(Some(Duration::from_millis(200)));
+                let mut buf = [0u8; 1024];
+                let _ = c.read(&mut buf);
+                let _ = c.write_all(reply.as_bytes());
+            }
+        });
+        port
+    }
+
+    fn unused_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    fn record(
+        store: &mut pipeline_state::StateStore,
+        addr: &str,
+        kind: &str,
+        attrs: serde_json::Value,
+    ) {
+        store
+            .record(pipeline_state::JournalEntry::Set {
+                addr: addr.into(),
+                resource: pipeline_state::ResourceState {
+                    kind: kind.into(),
+                    provider: "test".into(),
+                    status: pipeline_state::Status::Ready,
+                    attrs: serde_json::from_value(attrs).unwrap(),
+                    sensitive: vec![],
+                    deps: vec![],
+                },
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn collector_probes_services_balancers_and_flags_and_reads_rates_from_the_log() {
+        let d = tempfile::tempdir().unwrap();
+        let state_dir = d.path().join(".pipeline");
+        let up = fake_server("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        let down = unused_port();
+        let redis = fake_server("+OK\r\n+PONG\r\n");
+        let balancer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let bport = balancer.local_addr().unwrap().port();
+        let log = d.path().join("access.log");
+        let now = now_ms() as f64 / 1000.0;
+        let mut lines = String::new();
+        for i in 0..5 {
+            let st = if i == 0 { 502 } else { 200 };
+            lines += &format!("{:.3} {st} 0.001 127.0.0.1:{up} {st}\n", now - 1.0);
+        }
+        // A retry: the first attempt failed on the down replica, the second succeeded.
+        lines += &format!(
+            "{:.3} 200 0.003 127.0.0.1:{down}, 127.0.0.1:{up} 502, 200\n",
+            now - 0.5
+        );
+        // Too old to count.
+        lines += &format!("{:.3} 200 0.001 127.0.0.1:{up} 200\n", now - 30.0);
+        std::fs::write(&log, lines).unwrap();
+
+        let mut store = pipeline_state::StateStore::open(&state_dir).unwrap();
+        let health = serde_json::json!({"path": "/health", "interval": "100ms"});
+        record(
+            &mut store,
+            "service.web[0]",
+            "service",
+            serde_json::json!({
+                "address": "127.0.0.1", "port": up, "url": format!("http://127.0.0.1:{up}"), "health": health
+            }),
+        );
+        record(
+            &mut store,
+            "service.web[1]",
+            "service",
+            serde_json::json!({
+                "address": "127.0.0.1", "port": down, "url": format!("http://127.0.0.1:{down}"), "health": health
+            }),
+        );
+        record(
+            &mut store,
+            "balancer.front",
+            "balancer",
+            serde_json::json!({
+                "url": format!("http://127.0.0.1:{bport}"), "access_log": log.display().to_string()
+            }),
+        );
+        record(
+            &mut store,
+            "flags.ff",
+            "flags",
+            serde_json::json!({
+                "address": "127.0.0.1", "port": redis, "password": "sesame"
+            }),
+        );
+        record(
+            &mut store,
+            "monitor.dash",
+            "monitor",
+            serde_json::json!({"listen": 1}),
+        );
+
+        let mut c = Collector::new(DaemonConfig {
+            name: "monitor.dash".into(),
+            state_dir: state_dir.clone(),
+            watch: serde_json::Value::Null,
+            interval_ms: 100,
+            address: "127.0.0.1".into(),
+            listen: 1,
+        });
+        c.tick();
+        let st = c.status();
+        assert_eq!(st.services.len(), 1);
+        let web = &st.services[0];
+        assert_eq!((web.name.as_str(), web.up, web.total), ("web", 1, 2));
+        let (r0, r1) = (&web.replicas[0], &web.replicas[1]);
+        assert_eq!(
+            (r0.state.as_str(), r1.state.as_str()),
+            ("UP", "DOWN"),
+            "{st:?}"
+        );
+        assert!(
+            r1.last_error.as_deref().unwrap().contains("connect"),
+            "{r1:?}"
+        );
+        // 6 requests reached web[0] in the window (one of them 502), 1 reached web[1] (502).
+        assert_eq!(r0.requests_in_window, 6, "{r0:?}");
+        assert!((r0.requests_per_second - 0.6).abs() < 1e-9);
+        assert!((r0.error_ratio - 1.0 / 6.0).abs() < 1e-9, "{r0:?}");
+        assert_eq!((r1.requests_in_window, r1.error_ratio), (1, 1.0));
+        assert_eq!(r0.history.len(), 1);
+        assert!(r0.history[0].is_some() && r1.history[0].is_none());
+
+        let b = &st.balancers[0];
+        assert_eq!(
+            (b.name.as_str(), b.state.as_str()),
+            ("front", "UP"),
+            "{b:?}"
+        );
+        assert_eq!(b.target, format!("http://127.0.0.1:{bport}"));
+        assert!((b.requests_per_second.unwrap() - 0.6).abs() < 1e-9, "{b:?}");
+        let f = &st.flags[0];
+        assert_eq!((f.name.as_str(), f.state.as_str()), ("ff", "UP"), "{f:?}");
+
+        let m = super::super::server::metrics(&st);
+        for want in [
+            "pipeline_replica_up{service=\"web\",replica=\"service.web[0]\"} 1",
+            "pipeline_replica_up{service=\"web\",replica=\"service.web[1]\"} 0",
+            "pipeline_replica_error_ratio{service=\"web\",replica=\"service.web[1]\"} 1",
+            "pipeline_balancer_up{balancer=\"front\",address=\"balancer.front\"} 1",
+            "pipeline_flags_up{flags=\"ff\",address=\"flags.ff\"} 1",
+        ] {
+            assert!(m.contains(want), "{want}\n{m}");
+        }
+        if let Ok(mut p) = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+        {
+            p.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
+            let out = p.wait_with_output().unwrap();
+            assert!(out.status.success(), "promtool: {out:?}\n{m}");
+        }
+
+        // New log lines are picked up on the next tick; the balancer going away shows DOWN.
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        writeln!(
+            f,
+            "{:.3} 500 0.001 127.0.0.1:{up} 500",
+            now_ms() as f64 / 1000.0
+        )
+        .unwrap();
+        drop(balancer);
+        c.tick();
+        let st = c.status();
+        assert_eq!(st.services[0].replicas[0].requests_in_window, 7);
+        assert_eq!(st.balancers[0].state, "DOWN");
+    }
+}

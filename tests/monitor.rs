@@ -1,0 +1,364 @@
+//! The `monitor` kind: a heartbeat daemon with a live dashboard, `/api/status` and `/metrics`,
+//! checked through the real binary and, for the dashboard, in headless Chromium.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn stack(src: &Path, listen: u16) -> String {
+    format!(
+        r#"service "web" {{
+  replicas = 3
+  source   = "{}"
+  run      = "./preview --port {{{{port}}}}"
+  health   = {{ path = "/health", interval = "100ms" }}
+}}
+
+monitor "dash" {{
+  listen   = {listen}
+  interval = "100ms"
+}}
+
+output "dashboard" {{
+  value = monitor.dash.url
+}}
+"#,
+        src.display()
+    )
+}
+
+fn status_json(base: &str) -> Option<serde_json::Value> {
+    let (code, body) = http("GET", &format!("{base}api/status"), "")?;
+    (code == 200).then(|| serde_json::from_str(&body).ok())?
+}
+
+/// (replica address, state) of every replica of service `web` in /api/status.
+fn replica_states(base: &str) -> Vec<(String, String)> {
+    let Some(st) = status_json(base) else {
+        return vec![];
+    };
+    st["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["name"] == "web")
+        .flat_map(|s| s["replicas"].as_array().cloned().unwrap_or_default())
+        .map(|r| {
+            (
+                r["address"].as_str().unwrap_or("").to_string(),
+                r["state"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn all_up(states: &[(String, String)], n: usize) -> bool {
+    states.len() == n && states.iter().all(|(_, s)| s == "UP")
+}
+
+/// Runs headless Chromium with `args` + `url` in its own process group, bounded in time; the
+/// whole group is killed afterwards. Returns stdout.
+fn chromium(args: &[String], url: &str) -> String {
+    use std::os::unix::process::CommandExt;
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: the dashboard test needs Debian's chromium (apt-get install -y chromium)"
+    );
+    let profile = tempfile::Builder::new()
+        .prefix("monitor-chromium-")
+        .tempdir()
+        .unwrap();
+    let out_file = profile.path().join("stdout");
+    let mut child = Command::new(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("start chromium");
+    let pgid = child.id() as i32;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if start.elapsed() > Duration::from_secs(90) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // SAFETY: kill of the process group we just created (chromium's helpers live there too).
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let _ = child.wait();
+    let status = status.expect("chromium did not finish within 90 s");
+    assert!(status.success(), "chromium failed: {status}");
+    std::fs::read_to_string(&out_file).unwrap()
+}
+
+fn dump_dom(url: &str) -> String {
+    chromium(
+        &[
+            "--virtual-time-budget=3000".into(),
+            "--run-all-compositor-stages-before-draw".into(),
+            "--dump-dom".into(),
+        ],
+        url,
+    )
+}
+
+/// The `data-state` of each replica row in the dashboard's DOM.
+fn dom_states(dom: &str) -> Vec<(String, String)> {
+    let mut out = vec![];
+    let body = dom.split("<script").next().unwrap_or("");
+    for part in body.split("data-replica=\"").skip(1) {
+        let addr = part.split('"').next().unwrap_or("").replace("&quot;", "\"");
+        let state = part
+            .split("data-state=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or("")
+            .to_string();
+        out.push((addr, state));
+    }
+    out
+}
+
+/// Stop every supervisor of a replica: its directory and any subdirectory with one.
+fn stop_replica(dir: &Path) {
+    let mut dirs = vec![dir.to_path_buf()];
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        dirs.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for d in dirs {
+        if d.join("supervisor.pid").exists() {
+            pipeline_supervise::stop(&d, Duration::from_secs(10)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn dashboard_shows_replicas_and_follows_a_stopped_one() {
+    let t = Scratch::new();
+    let src = prebuilt_source(&t);
+    let port = pipeline_supervise::free_port("127.0.0.1").unwrap();
+    t.write("s.hcl", &stack(&src, port));
+
+    let plan = t.ok(&["plan", "s.hcl"]);
+    assert!(plan.contains("+ monitor \"dash\""), "{plan}");
+    let applied = t.ok(&["apply", "-auto-approve", "s.hcl"]);
+    assert!(applied.contains("Apply complete!"), "{applied}");
+    let base = t.ok(&["output", "dashboard"]).trim().to_string();
+    let base = if base.starts_with('"') {
+        serde_json::from_str::<String>(&base).unwrap()
+    } else {
+        base
+    };
+    assert_eq!(base, format!("http://127.0.0.1:{port}/"));
+
+    // The daemon runs under a supervisor in .pipeline/run/monitor.dash/ with its config.
+    let dir = t.path().join(".pipeline/run/monitor.dash");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["listen"], port);
+    assert_eq!(config["interval_ms"], 100);
+    assert!(pipeline_supervise::status(&dir).unwrap().supervisor_alive);
+    assert_eq!(http("GET", &format!("{base}healthz"), "").unwrap().0, 200);
+
+    // /api/status: three replicas, all up, with process figures.
+    assert!(
+        wait_until(Duration::from_secs(10), || all_up(
+            &replica_states(&base),
+            3
+        )),
+        "replicas not all UP: {:?}",
+        replica_states(&base)
+    );
+    let st = status_json(&base).unwrap();
+    let reps = st["services"][0]["replicas"].as_array().unwrap().clone();
+    let names: Vec<&str> = reps
+        .iter()
+        .map(|r| r["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["service.web[0]", "service.web[1]", "service.web[2]"]
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            status_json(&base).is_some_and(|st| {
+                st["services"][0]["replicas"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|r| {
+                        r["memory_bytes"].as_u64().unwrap_or(0) > 0 && r["cpu_ratio"].is_number()
+                    })
+            })
+        }),
+        "no CPU/memory figures: {}",
+        status_json(&base).unwrap()
+    );
+    for r in &reps {
+        assert!(r["latency_ms"].as_f64().unwrap() < 1000.0, "{r}");
+        assert_eq!(r["restarts"], 0, "{r}");
+    }
+
+    // /metrics: the series, in a format promtool accepts.
+    let (code, metrics) = http("GET", &format!("{base}metrics"), "").unwrap();
+    assert_eq!(code, 200);
+    for i in 0..3 {
+        assert!(
+            metrics.contains(&format!(
+                "pipeline_replica_up{{service=\"web\",replica=\"service.web[{i}]\"}} 1"
+            )),
+            "{metrics}"
+        );
+    }
+    for family in [
+        "pipeline_replica_latency_seconds",
+        "pipeline_replica_requests_per_second",
+        "pipeline_replica_error_ratio",
+        "pipeline_replica_cpu_ratio",
+        "pipeline_replica_memory_bytes",
+        "pipeline_balancer_up",
+        "pipeline_flags_up",
+    ] {
+        assert!(
+            metrics.contains(&format!("# TYPE {family} gauge")),
+            "{family}:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains(
+            "pipeline_replica_latency_seconds{service=\"web\",replica=\"service.web[2]\"} "
+        ),
+        "{metrics}"
+    );
+    if let Ok(mut p) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        p.stdin
+            .take()
+            .unwrap()
+            .write_all(metrics.as_bytes())
+            .unwrap();
+        let out = p.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics:\n{}{}\n{metrics}",
+            s(&out.stdout),
+            s(&out.stderr)
+        );
+    }
+
+    // The dashboard in a browser: three replicas, all UP.
+    let dom = dump_dom(&base);
+    assert!(dom.contains("service web"), "{dom}");
+    let states = dom_states(&dom);
+    assert!(all_up(&states, 3), "{states:?}\n{dom}");
+
+    // Stop replica 1: the monitor notices, the dashboard shows it DOWN and the others UP.
+    stop_replica(&t.path().join(".pipeline/run/service.web_1_"));
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            replica_states(&base)
+                .iter()
+                .any(|(a, s)| a == "service.web[1]" && s == "DOWN")
+        }),
+        "{:?}",
+        replica_states(&base)
+    );
+    let dom = dump_dom(&base);
+    let states = dom_states(&dom);
+    let want: Vec<(String, String)> = [
+        ("service.web[0]", "UP"),
+        ("service.web[1]", "DOWN"),
+        ("service.web[2]", "UP"),
+    ]
+    .iter()
+    .map(|(a, s)| (a.to_string(), s.to_string()))
+    .collect();
+    assert_eq!(states, want, "{dom}");
+    let (_, metrics) = http("GET", &format!("{base}metrics"), "").unwrap();
+    assert!(
+        metrics.contains("pipeline_replica_up{service=\"web\",replica=\"service.web[1]\"} 0"),
+        "{metrics}"
+    );
+
+    // A screenshot as a test artefact.
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("monitor-dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    chromium(
+        &[
+            "--virtual-time-budget=3000".into(),
+            "--run-all-compositor-stages-before-draw".into(),
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1280,800".into(),
+        ],
+        &base,
+    );
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    assert!(png.len() > 10_000, "screenshot is only {} bytes", png.len());
+    eprintln!("dashboard screenshot: {}", shot.display());
+
+    // Destroy stops the daemon and removes its directory; nothing is left running.
+    t.ok(&["destroy", "-auto-approve", "s.hcl"]);
+    assert!(!dir.exists());
+    assert!(t.processes().is_empty(), "{:?}", t.processes());
+    assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+}
+
+#[test]
+fn a_busy_dashboard_port_is_a_plan_error() {
+    let t = Scratch::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    t.write(
+        "s.hcl",
+        &format!("monitor \"dash\" {{\n  listen = {port}\n}}\n"),
+    );
+    let out = t.run(&["plan", "s.hcl"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = s(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "the dashboard port {port} on 127.0.0.1 is not available"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("pick a free port for `listen`"), "{err}");
+
+    t.write(
+        "s.hcl",
+        "monitor \"dash\" {\n  listen   = 70000\n  interval = \"soon\"\n}\n",
+    );
+    let out = t.run(&["plan", "s.hcl"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = s(&out.stderr);
+    assert!(err.contains("70000 is not a TCP port"), "{err}");
+    assert!(err.contains("\"soon\" is not a duration"), "{err}");
+}
