@@ -121,6 +121,25 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Deploy another revision of a service through its update strategy (rolling or blue-green).
+    Deploy {
+        /// The service: `service.NAME` or `NAME`.
+        service: String,
+        /// The git revision to deploy (branch, tag or commit) from the service's source repository.
+        #[arg(long)]
+        version: String,
+        #[command(flatten)]
+        args: PlanArgs,
+        #[arg(long)]
+        auto_approve: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch a service back to the generation it ran before its last blue-green deployment.
+    Rollback {
+        /// The service: `service.NAME` or `NAME`.
+        service: String,
+    },
     /// Feature flags in a `flags` store: list, get NAME, set NAME on|off [--percent N].
     #[command(subcommand)]
     Flags(crate::flags_cmd::FlagsCmd),
@@ -225,6 +244,7 @@ fn plan_inputs(ws: &Workspace, a: &PlanArgs, destroy: bool) -> Result<PlanInputs
             replace: a.replace.clone(),
             variables: ops::variables(&a.vars.vars, &a.vars.var_files)?,
             parallelism: a.parallelism,
+            overrides: vec![],
         },
     })
 }
@@ -424,6 +444,73 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { json } => status_cmd(&ws, json, style),
+        Cmd::Deploy {
+            service,
+            version,
+            mut args,
+            auto_approve,
+            json,
+        } => {
+            let block = if service.starts_with("service.") {
+                service.clone()
+            } else {
+                format!("service.{service}")
+            };
+            args.targets.push(block.clone());
+            let mut inputs = plan_inputs(&ws, &args, false)?;
+            inputs.opts.overrides.push((
+                block.clone(),
+                "revision".into(),
+                pipeline_engine::value::Value::String(version.clone()),
+            ));
+            let lock = ops::lock(&ws, "deploy", &mut stale_note)?;
+            let (plan, config) = ops::make_plan(&ws, &inputs).await?;
+            if !config.modules[0].resources.contains_key(&block) {
+                bail!(
+                    "the stack has no {block}\n  = help: services here: {}",
+                    config.modules[0]
+                        .resources
+                        .keys()
+                        .filter(|k| k.starts_with("service."))
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            let code = run_apply(
+                &ws,
+                plan,
+                &lock,
+                auto_approve,
+                json,
+                args.parallelism,
+                style,
+                true,
+            )
+            .await?;
+            if !json {
+                eprintln!("note: {block} now runs {version}; the stack still names its own revision, so pin {version:?} there or the next apply goes back");
+            }
+            Ok(code)
+        }
+        Cmd::Rollback { service } => {
+            let block = if service.starts_with("service.") {
+                service.clone()
+            } else {
+                format!("service.{service}")
+            };
+            let _lock = ops::lock(&ws, "rollback", &mut stale_note)?;
+            let start = std::time::Instant::now();
+            let n = ops::rollback(&ws, &block)?;
+            println!(
+                "{block}: {n} instance(s) switched back to their previous generation in {:.0} ms.",
+                start.elapsed().as_secs_f64() * 1000.0
+            );
+            println!(
+                "The stack still names the newer version: `pipeline plan` shows the difference."
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Flags(fc) => crate::flags_cmd::run(&ws, fc, style).await,
         Cmd::Logs {
             addr,

@@ -39,6 +39,9 @@ fn main() -> ExitCode {
             pipeline_providers::monitor::run_daemon(std::path::Path::new(dir)).clamp(0, 255) as u8,
         );
     }
+    // Like any Unix filter: `pipeline state show X | head` ends quietly when the pipe closes.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let args = commands::normalize_flags(args);
     commands::run(args)
 }

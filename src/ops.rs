@@ -308,6 +308,44 @@ pub async fn apply_plan(
     )
     .await
     .map_err(diags)?;
-
+    // Nothing left to run: the working directories go too (only if empty).
+    if store.state().resources.is_empty() {
+        for d in ["run", "builds"] {
+            let _ = std::fs::remove_dir(ws.dir.join(d));
+        }
+    }
     Ok(report)
+}
+
+/// Switch every instance of `block` to its standby generation and record it. Holds no lock itself.
+pub fn rollback(ws: &Workspace, block: &str) -> Result<usize> {
+    let mut store = StateStore::open(&ws.dir).map_err(|e| anyhow!("{e}"))?;
+    let addrs: Vec<String> = store
+        .state()
+        .resources
+        .keys()
+        .filter(|a| pipeline_engine::plan::resource_addr(a) == block)
+        .cloned()
+        .collect();
+    if addrs.is_empty() {
+        bail!("{block} is not in the state\n  = help: `pipeline state list` shows what is");
+    }
+    let ctx = ProviderCtx {
+        work_dir: ws.dir.clone(),
+        stack_dir: std::env::current_dir()?,
+        exe: std::env::current_exe()?,
+    };
+    for a in &addrs {
+        let mut rs = store.state().resources[a].clone();
+        rs.attrs = pipeline_providers::local::rollback(&ctx, a, &rs.attrs)
+            .map_err(|e| anyhow!("{a}: {e}"))?;
+        store
+            .record(state::JournalEntry::Set {
+                addr: a.clone(),
+                resource: rs,
+            })
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    store.compact().map_err(|e| anyhow!("{e}"))?;
+    Ok(addrs.len())
 }

@@ -1,5 +1,5 @@
 # The embedded default: everything on this machine, no cloud, no root.
-# pipeline plan stacks/local.hcl && pipeline apply -auto-approve
+#   pipeline plan stacks/local.hcl && pipeline apply -auto-approve
 
 variable "replicas" {
   type        = number
@@ -7,12 +7,25 @@ variable "replicas" {
   description = "How many replicas of the preview service to run"
 }
 
-locals {
-  app = "preview"
+variable "port" {
+  type        = number
+  default     = 8080
+  description = "Where the balancer listens"
+}
+
+variable "dashboard_port" {
+  type    = number
+  default = 9090
 }
 
 host "app" {
   provider = "local"
+}
+
+# Feature flags: a redis primary with a mirror next to the instances; they read the mirror.
+flags "ui" {
+  on     = host.app
+  values = { tables = true }
 }
 
 service "preview" {
@@ -21,8 +34,21 @@ service "preview" {
   source   = "../examples/preview"
   build    = "cargo build --release --quiet --target-dir target"
   run      = "./target/release/preview --port {{port}}"
-  env      = { VERSION = "local" }
+  env      = { VERSION = "local", FLAGS_URL = flags.ui.local_url }
   health   = { path = "/health", interval = "500ms" }
+  update   = { strategy = "rolling", max_unavailable = 1 }
+}
+
+balancer "front" {
+  listen               = var.port
+  routes               = { "/" = service.preview }
+  client_max_body_size = "1m"
+  retry_non_idempotent = true # POST /preview is a pure function: safe to send again
+}
+
+monitor "dashboard" {
+  listen = var.dashboard_port
+  watch  = ["preview"]
 }
 
 file "upstreams" {
@@ -31,10 +57,14 @@ file "upstreams" {
   vars     = { urls = service.preview[*].url }
 }
 
-output "urls" {
-  value = service.preview[*].url
+output "url" {
+  value = balancer.front.url
 }
 
-output "url" {
-  value = service.preview[0].url
+output "dashboard" {
+  value = monitor.dashboard.url
+}
+
+output "replicas" {
+  value = service.preview[*].url
 }

@@ -40,16 +40,23 @@ fn local_stack_plan_apply_scale_destroy() {
         &t.path().join("examples/preview"),
     );
 
+    // Free ports for the balancer and the dashboard, as a user would pass them.
+    for var in ["port", "dashboard_port"] {
+        let port = common::load::free_port().to_string();
+        t.env
+            .borrow_mut()
+            .push((format!("PIPELINE_VAR_{var}"), port));
+    }
     let plan = t.ok(&["plan", "stacks/local.hcl"]);
     assert!(
-        plan.contains("Plan: 5 to add, 0 to change, 0 to destroy."),
+        plan.contains("Plan: 8 to add, 0 to change, 0 to destroy."),
         "{plan}"
     );
     assert!(plan.contains("+ service \"preview\""), "{plan}");
 
     // `apply` without a stack uses the one planned here.
     let applied = t.ok(&["apply", "-auto-approve"]);
-    assert!(applied.contains("Apply complete! 5 added"), "{applied}");
+    assert!(applied.contains("Apply complete! 8 added"), "{applied}");
 
     let url = t.ok(&["output", "url"]).trim().to_string();
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
@@ -67,7 +74,30 @@ fn local_stack_plan_apply_scale_destroy() {
     // The rendered file got the real URLs of all replicas.
     let upstreams = std::fs::read_to_string(t.path().join(".pipeline/out/upstreams.txt")).unwrap();
     assert_eq!(upstreams.lines().count(), 3, "{upstreams}");
-    assert!(upstreams.contains(&url));
+    let replicas: Vec<String> =
+        serde_json::from_str(&t.ok(&["output", "-json", "replicas"])).unwrap();
+    assert!(
+        replicas.iter().all(|r| upstreams.contains(r.as_str())),
+        "{upstreams}"
+    );
+
+    // The feature flag, read by every instance from its mirror, switches tables off.
+    let table = r##"{"markdown":"| a | b |\n|---|---|\n| 1 | 2 |"}"##;
+    let (_, body) = http("POST", &format!("{url}/preview"), table).unwrap();
+    assert!(body.contains("<table>"), "{body}");
+    let flipped = t.ok(&["flags", "set", "tables", "off"]);
+    assert!(flipped.contains("tables = off"), "{flipped}");
+    assert!(wait_until(Duration::from_secs(5), || (0..6).all(|_| http(
+        "POST",
+        &format!("{url}/preview"),
+        table
+    )
+    .is_some_and(|(c, b)| c == 200 && !b.contains("<table>")))));
+    // The dashboard is up and knows the replicas.
+    let dash = t.ok(&["output", "dashboard"]).trim().to_string();
+    let (c, api) = http("GET", &format!("{dash}api/status"), "").unwrap();
+    assert_eq!(c, 200);
+    assert!(api.contains("service.preview[2]"), "{api}");
 
     // Right after apply nothing is to be done: exit code 0 with -detailed-exitcode.
     let out = t.run(&["plan", "-detailed-exitcode"]);
@@ -120,7 +150,7 @@ fn local_stack_plan_apply_scale_destroy() {
 
     let ports: Vec<u64> = rows.iter().map(|r| r["port"].as_u64().unwrap()).collect();
     let out = t.ok(&["destroy", "-auto-approve"]);
-    assert!(out.contains("Destroy complete! 7 destroyed."), "{out}");
+    assert!(out.contains("Destroy complete! 10 destroyed."), "{out}");
     assert!(
         t.processes().is_empty(),
         "processes left: {:?}",

@@ -109,7 +109,7 @@ pub async fn apply(
         for inst in exp.keys() {
             let addr = crate::world::instance_addr(&config.modules[*m].prefix, key, &inst);
             let v = match store.state().resources.get(&addr) {
-                Some(rs) => state_value(rs),
+                Some(rs) => state_value(registry, rs),
                 None => Value::Unknown,
             };
             world.set_instance(*m, key, exp, inst, v);
@@ -267,7 +267,7 @@ pub async fn apply(
             let config_now = if c.action == Action::Delete {
                 None
             } else {
-                match evaluate_now(&world, config, registry, c, &exp_of) {
+                match evaluate_now(&plan.overrides, &world, config, registry, c, &exp_of) {
                     Ok(v) => Some(v),
                     Err(e) => {
                         note_failed(&mut report, on_event, c, e);
@@ -364,7 +364,7 @@ pub async fn apply(
                         &c.resource,
                         &exp_of[&(m, c.resource.clone())],
                         c.key.clone(),
-                        state_value(&rs),
+                        state_value(registry, &rs),
                     );
                 }
                 on_event(&Event::Finished {
@@ -376,6 +376,8 @@ pub async fn apply(
                 queue.finish(i, None);
             }
             Ok(Outcome::Staged(attrs)) => {
+                // The step goes on until its commit: keep timing it.
+                started.insert(i, Instant::now() - elapsed);
                 let g = group_of[i].expect("staged steps belong to a group");
                 groups[g].reported += 1;
                 groups[g].staged.push((i, attrs));
@@ -630,6 +632,7 @@ impl Queue {
 }
 
 fn evaluate_now(
+    overrides: &[(String, String, Value)],
     world: &World<'_>,
     config: &Config,
     registry: &Registry,
@@ -643,7 +646,13 @@ fn evaluate_now(
         .ok_or("no schema")?;
     let exp = &exp_of[&(m, c.resource.clone())];
     let scope = instance_scope(world, m, exp, &c.key);
-    let cfg = eval_attrs(world, &scope, decl, schema).map_err(|d| d.to_string())?;
+    let mut cfg = eval_attrs(world, &scope, decl, schema).map_err(|d| d.to_string())?;
+    let block = format!("{}{}", config.modules[m].prefix, c.resource);
+    for (b, attr, v) in overrides {
+        if *b == block {
+            cfg.insert(attr.clone(), v.clone());
+        }
+    }
     if let Some((k, _)) = cfg.iter().find(|(_, v)| !v.is_known()) {
         return Err(format!(
             "`{k}` is still unknown although everything it depends on was applied"
@@ -745,10 +754,16 @@ fn resource_state(c: &ResourceChange, attrs: JsonMap, status: Status) -> Resourc
     }
 }
 
-pub fn state_value(rs: &ResourceState) -> Value {
+/// A recorded instance as references see it: its schema's attributes only (providers keep
+/// bookkeeping of their own in state, which plans never see), sensitive ones marked.
+pub fn state_value(registry: &Registry, rs: &ResourceState) -> Value {
+    let schema = registry
+        .schema(&rs.kind, Some(&rs.provider))
+        .map(|(_, s)| s);
     Value::Map(
         rs.attrs
             .iter()
+            .filter(|(k, _)| schema.is_none_or(|s| s.attr(k).is_some()))
             .map(|(k, v)| {
                 (
                     k.clone(),

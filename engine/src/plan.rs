@@ -105,6 +105,9 @@ pub struct Plan {
     pub outputs: Vec<OutputPlan>,
     /// Instance expansion of every resource block, for re-evaluation during apply.
     pub expansions: Vec<(usize, String, Expansion)>,
+    /// Attribute values set over the stack (`deploy --version`), applied again at apply time.
+    #[serde(default)]
+    pub overrides: Vec<(String, String, Value)>,
 }
 
 impl Plan {
@@ -138,6 +141,8 @@ pub struct PlanOptions {
     pub replace: Vec<String>,
     pub variables: IndexMap<String, Value>,
     pub parallelism: usize,
+    /// (block address, attribute, value) set over what the stack says: `deploy --version`.
+    pub overrides: Vec<(String, String, Value)>,
 }
 
 /// Read every recorded instance from its provider. Returns the refreshed attributes per address
@@ -295,7 +300,15 @@ pub fn make_plan(
             }
             let iscope = instance_scope(&world, *m, &expansion, &inst);
             let cfg = match eval_attrs(&world, &iscope, decl, schema) {
-                Ok(c) => c,
+                Ok(mut c) => {
+                    let block = format!("{}{key}", module.prefix);
+                    for (b, attr, v) in &opts.overrides {
+                        if *b == block {
+                            c.insert(attr.clone(), v.clone());
+                        }
+                    }
+                    c
+                }
                 Err(mut d) => {
                     diags.0.append(&mut d.0);
                     world.set_instance(*m, key, &expansion, inst.clone(), Value::Unknown);
@@ -526,6 +539,7 @@ pub fn make_plan(
         drift,
         outputs,
         expansions,
+        overrides: opts.overrides.clone(),
     })
 }
 

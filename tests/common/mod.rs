@@ -1,6 +1,8 @@
 //! Shared helpers for tests that drive the real `pipeline` binary.
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -14,11 +16,14 @@ pub fn repo() -> PathBuf {
 /// A scratch directory; on drop everything the engine started under it is stopped.
 pub struct Scratch {
     pub dir: tempfile::TempDir,
+    /// Environment for every command (e.g. PIPELINE_VAR_port).
+    pub env: std::cell::RefCell<Vec<(String, String)>>,
 }
 
 impl Scratch {
     pub fn new() -> Scratch {
         Scratch {
+            env: Default::default(),
             dir: tempfile::Builder::new()
                 .prefix("pipeline-test-")
                 .tempdir()
@@ -33,7 +38,8 @@ impl Scratch {
         c.args(args)
             .arg("--no-color")
             .current_dir(self.path())
-            .env_remove("PIPELINE_DIR");
+            .env_remove("PIPELINE_DIR")
+            .envs(self.env.borrow().iter().cloned());
         c
     }
     pub fn run(&self, args: &[&str]) -> Output {

@@ -722,7 +722,32 @@ fn stop_all(ctx: &ProviderCtx, addr: &str) -> Result<(), ProviderError> {
         pipeline_supervise::stop(&sdir, Duration::from_secs(10))
             .map_err(|e| ProviderError::new(format!("cannot stop the slot of {addr}: {e}")))?;
     }
-    Ok(())
+    sweep(ctx, addr)
+}
+
+/// Kill whatever still carries this instance's marker: a supervisor that an apply killed mid-way
+/// had spawned but not yet recorded (no pid file) would otherwise run a second copy later.
+fn sweep(ctx: &ProviderCtx, addr: &str) -> Result<(), ProviderError> {
+    let dir = replica_dir(&ctx.work_dir, addr);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = pipeline_supervise::processes_under(&dir);
+        if left.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ProviderError::new(format!(
+                "{addr}: processes {left:?} under {} do not stop",
+                dir.display()
+            ))
+            .help("stop them by hand (kill -9), then apply again"));
+        }
+        for pid in left {
+            // SAFETY: a signal to a process that carries this instance's marker.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 pub async fn delete(ctx: &ProviderCtx, addr: &str) -> Result<(), ProviderError> {

@@ -58,6 +58,11 @@ fn attr_of_line(line: &str) -> Option<&'static str> {
 }
 
 fn nginx_bin() -> Option<PathBuf> {
+    // An explicit choice wins (and is reported as missing if it is not there).
+    if let Some(p) = std::env::var_os("PIPELINE_NGINX") {
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
     std::env::var_os("PATH")?
         .to_str()?
         .split(':')
@@ -127,7 +132,9 @@ fn backends(v: &Value) -> Result<Option<Vec<(String, u32)>>, String> {
 }
 
 /// Render nginx.conf for `config`; None while something is known only after apply.
-fn render(c: &ValueMap, prefix: &Path) -> Result<Option<String>, (Option<String>, String)> {
+/// With `placeholders`, backends known only after apply are rendered as a stand-in address so the
+/// rest of the config can still be checked while planning.
+fn render(c: &ValueMap, prefix: &Path, placeholders: bool) -> Result<Option<String>, (Option<String>, String)> {
     let Some(Value::Map(routes)) = c.get("routes").map(|v| v.unmarked().0) else {
         return Err((
             Some("routes".into()),
@@ -148,10 +155,10 @@ fn render(c: &ValueMap, prefix: &Path) -> Result<Option<String>, (Option<String>
                 .push(serde_json::json!({ "path": path, "static": dir.trim_end_matches('/') }));
             continue;
         }
-        let Some(servers) = backends(target)
-            .map_err(|e| (Some("routes".into()), format!("route {path:?}: {e}")))?
-        else {
-            return Ok(None);
+        let servers = match backends(target).map_err(|e| (Some("routes".into()), format!("route {path:?}: {e}")))? {
+            Some(servers) => servers,
+            None if placeholders => vec![("127.0.0.1:9".to_string(), 1)],
+            None => return Ok(None),
         };
         let name = format!("route_{i}");
         let servers: Vec<_> = servers
@@ -272,7 +279,7 @@ fn planned_object(
     );
     o.insert(
         "config".into(),
-        render(c, &pre)?.map_or(Value::Unknown, Value::String),
+        render(c, &pre, false)?.map_or(Value::Unknown, Value::String),
     );
     Ok(o)
 }
@@ -314,7 +321,10 @@ impl Provider for Nginx {
         }
         // Rendered with a placeholder prefix: only the values are checked here.
         let pre = Path::new("/nonexistent-pipeline-prefix");
-        match render(c, pre) {
+        if nginx_bin().is_none() {
+            return vec![invalid((None, "nginx is not installed (no nginx on PATH)".into()))];
+        }
+        match render(c, pre, true) {
             Err(e) => vec![invalid(e)],
             Ok(None) => vec![],
             Ok(Some(text)) => check(&text, pre).err().map(invalid).into_iter().collect(),
@@ -362,7 +372,15 @@ impl Provider for Nginx {
         prior: &JsonMap,
     ) -> Result<Option<JsonMap>, ProviderError> {
         let pre = prefix(ctx, addr);
-        if !pipeline_supervise::status(&pre).is_some_and(|s| s.supervisor_alive && s.child_alive) {
+        // nginx renames its processes, so "alive" is: supervised, and the port answers.
+        let listen = prior.get("listen").and_then(|v| v.as_u64()).unwrap_or(0) as u16;
+        let address = prior
+            .get("address")
+            .and_then(|v| v.as_str())
+            .unwrap_or("127.0.0.1");
+        let up = pipeline_supervise::status(&pre).is_some_and(|s| s.supervisor_alive)
+            && pipeline_supervise::check_once(address, listen, &HealthCheck::tcp()).is_ok();
+        if !up {
             return Ok(None);
         }
         let mut now = prior.clone();
@@ -434,7 +452,8 @@ fn apply_blocking(
     }
     check(&text, &pre).map_err(fail)?;
     let conf = pre.join("conf/nginx.conf");
-    let running = pipeline_supervise::status(&pre).filter(|s| s.supervisor_alive && s.child_alive);
+    let running =
+        pipeline_supervise::status(&pre).filter(|s| s.supervisor_alive && s.child_pid.is_some());
     let old = std::fs::read_to_string(&conf).ok();
     let tmp = conf.with_extension("tmp");
     std::fs::write(&tmp, &text)

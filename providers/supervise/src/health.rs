@@ -141,8 +141,74 @@ fn parse_status_line(line: &str) -> Option<u16> {
 
 /// A free TCP port on `address`: bind port 0, read it, drop the listener.
 pub fn free_port(address: &str) -> std::io::Result<u16> {
-    let listener = TcpListener::bind((address, 0))?;
-    Ok(listener.local_addr()?.port())
+    // The port is released before its user binds it. Never hand the same one out twice in a
+    // process, and reserve it for a minute across processes (a file per port in the temp dir),
+    // or two replicas started side by side, by one apply or by two, could be given one port.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join("pipeline-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    // Below the kernel's ephemeral range: outgoing connections take their source ports from
+    // that range and could grab a port between our check and the server's bind.
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = if low > 12000 {
+        (10000u16, low - 1)
+    } else {
+        (low.saturating_add(1000), 65000)
+    };
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        ^ (std::process::id() as u64) << 32;
+    for _ in 0..512 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let port = from + (seed % u64::from(to - from)) as u16;
+        if given.contains(&port)
+            || TcpListener::bind((address, port)).is_err()
+            || !reserve(&dir.join(port.to_string()))
+        {
+            continue;
+        }
+        given.push(port);
+        return Ok(port);
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no free port that is not reserved already",
+    ))
+}
+
+/// Claim `path` unless another process claimed it less than a minute ago.
+fn reserve(path: &std::path::Path) -> bool {
+    use std::fs::OpenOptions;
+    if OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .is_ok()
+    {
+        return true;
+    }
+    let fresh = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < std::time::Duration::from_secs(60));
+    if fresh {
+        return false;
+    }
+    // An old claim: take it over (remove + create_new, so only one taker wins).
+    let _ = std::fs::remove_file(path);
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .is_ok()
 }
 
 #[cfg(test)]
