@@ -79,3 +79,41 @@ fn missing_nginx_says_how_to_install_it() {
     assert!(err.contains("nginx is not installed"), "{err}");
     assert!(err.contains("apt-get install nginx-light"), "{err}");
 }
+
+#[test]
+fn a_static_site_and_an_api_route_side_by_side() {
+    let t = Scratch::new();
+    let src = prebuilt_source(&t);
+    let port = common::load::free_port();
+    t.write("site/index.html", "<h1>checkbox</h1>");
+    t.write(
+        "s.hcl",
+        &format!(
+            r#"service "api" {{
+  source = "{}"
+  run    = "./preview --port {{{{port}}}}"
+  health = {{ path = "/health", interval = "100ms" }}
+}}
+balancer "front" {{
+  listen = {port}
+  routes = {{
+    "/"        = {{ static = "site" }}
+    "/health"  = service.api
+    "/preview" = service.api
+  }}
+}}
+"#,
+            src.display()
+        ),
+    );
+    let out = t.run(&["apply", "-auto-approve", "s.hcl"]);
+    assert!(out.status.success(), "{}{}", s(&out.stdout), s(&out.stderr));
+    let base = format!("http://127.0.0.1:{port}");
+    let (c, body) = http("GET", &format!("{base}/index.html"), "").unwrap();
+    assert_eq!((c, body.as_str()), (200, "<h1>checkbox</h1>"));
+    let (c, body) = http("POST", &format!("{base}/preview"), r#"{"markdown":"*x*"}"#).unwrap();
+    assert_eq!(c, 200, "{body}");
+    assert!(body.contains("<em>x</em>"), "{body}");
+    t.ok(&["destroy", "-auto-approve"]);
+    assert!(t.processes().is_empty());
+}

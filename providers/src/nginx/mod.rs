@@ -134,7 +134,12 @@ fn backends(v: &Value) -> Result<Option<Vec<(String, u32)>>, String> {
 /// Render nginx.conf for `config`; None while something is known only after apply.
 /// With `placeholders`, backends known only after apply are rendered as a stand-in address so the
 /// rest of the config can still be checked while planning.
-fn render(c: &ValueMap, prefix: &Path, placeholders: bool) -> Result<Option<String>, (Option<String>, String)> {
+fn render(
+    c: &ValueMap,
+    prefix: &Path,
+    base: &Path,
+    placeholders: bool,
+) -> Result<Option<String>, (Option<String>, String)> {
     let Some(Value::Map(routes)) = c.get("routes").map(|v| v.unmarked().0) else {
         return Err((
             Some("routes".into()),
@@ -152,10 +157,12 @@ fn render(c: &ValueMap, prefix: &Path, placeholders: bool) -> Result<Option<Stri
         }
         if let Some(dir) = target.get("static").and_then(Value::as_str) {
             locations
-                .push(serde_json::json!({ "path": path, "static": dir.trim_end_matches('/') }));
+                .push(serde_json::json!({ "path": path, "static": base.join(dir).display().to_string().trim_end_matches('/') }));
             continue;
         }
-        let servers = match backends(target).map_err(|e| (Some("routes".into()), format!("route {path:?}: {e}")))? {
+        let servers = match backends(target)
+            .map_err(|e| (Some("routes".into()), format!("route {path:?}: {e}")))?
+        {
             Some(servers) => servers,
             None if placeholders => vec![("127.0.0.1:9".to_string(), 1)],
             None => return Ok(None),
@@ -279,7 +286,7 @@ fn planned_object(
     );
     o.insert(
         "config".into(),
-        render(c, &pre, false)?.map_or(Value::Unknown, Value::String),
+        render(c, &pre, &ctx.stack_dir, false)?.map_or(Value::Unknown, Value::String),
     );
     Ok(o)
 }
@@ -322,9 +329,12 @@ impl Provider for Nginx {
         // Rendered with a placeholder prefix: only the values are checked here.
         let pre = Path::new("/nonexistent-pipeline-prefix");
         if nginx_bin().is_none() {
-            return vec![invalid((None, "nginx is not installed (no nginx on PATH)".into()))];
+            return vec![invalid((
+                None,
+                "nginx is not installed (no nginx on PATH)".into(),
+            ))];
         }
-        match render(c, pre, true) {
+        match render(c, pre, Path::new("/"), true) {
             Err(e) => vec![invalid(e)],
             Ok(None) => vec![],
             Ok(Some(text)) => check(&text, pre).err().map(invalid).into_iter().collect(),
