@@ -497,3 +497,25 @@ output "url" {{ value = service.app.url }}
         "builds are removed with the last replica"
     );
 }
+
+#[test]
+fn an_output_of_a_secret_known_only_after_apply_stays_masked() {
+    // The flag store's password is generated at apply time and is sensitive: an output that
+    // passes it on must be stored and shown as sensitive, though the plan saw only "unknown".
+    let t = Scratch::new();
+    t.write(
+        "s.hcl",
+        "flags \"ui\" {}\noutput \"dsn\" { value = flags.ui.url }\n",
+    );
+    t.ok(&["apply", "-auto-approve", "s.hcl"]);
+    let st = state(&t);
+    assert!(st.outputs["dsn"].sensitive, "{:?}", st.outputs["dsn"]);
+    let shown = t.ok(&["output"]);
+    assert!(shown.contains("(sensitive value)"), "{shown}");
+    let password = st.resources["flags.ui"].attrs["password"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!shown.contains(&password));
+    t.ok(&["destroy", "-auto-approve"]);
+}

@@ -528,6 +528,8 @@ pub async fn apply(
         for o in &mut p.outputs {
             if config.modules[0].outputs.contains_key(&o.name) {
                 o.after = world.node_value(&crate::graph::Node::Output(0, o.name.clone()));
+                // A value known only now may carry a secret the plan could not see.
+                o.sensitive |= o.after.as_ref().is_some_and(Value::is_sensitive);
             }
         }
         let outs = state_outputs(&p);
