@@ -3,6 +3,7 @@
 
 use super::build::{self, BuildSpec};
 use super::slot;
+use crate::{blocking, parse_duration};
 use pipeline_engine::provider::{
     ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned, ProviderCtx,
     ProviderError, Type,
@@ -56,22 +57,6 @@ pub fn sanitize(addr: &str) -> String {
 
 pub fn replica_dir(work_dir: &Path, addr: &str) -> PathBuf {
     work_dir.join("run").join(sanitize(addr))
-}
-
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(
-        s.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len()),
-    );
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" | "" => n,
-        "m" => n * 60.0,
-        _ => return None,
-    };
-    Some(Duration::from_secs_f64(secs))
 }
 
 fn health_of(c: &ValueMap) -> Result<HealthCheck, String> {
@@ -316,14 +301,6 @@ pub fn read(
 
 fn err(e: impl std::fmt::Display) -> ProviderError {
     ProviderError::new(e.to_string())
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ProviderError> + Send + 'static,
-) -> Result<T, ProviderError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ProviderError::new(format!("a provider task failed: {e}")))?
 }
 
 pub async fn apply(ctx: &ProviderCtx, req: &ApplyRequest<'_>) -> Result<JsonMap, ProviderError> {

@@ -14,6 +14,7 @@
 mod collect;
 mod server;
 
+use crate::parse_duration;
 use async_trait::async_trait;
 use pipeline_engine::provider::{
     ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned, Provider,
@@ -81,22 +82,6 @@ fn schema() -> KindSchema {
         ],
         instances_attr: None,
     }
-}
-
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(
-        s.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len()),
-    );
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" | "" => n,
-        "m" => n * 60.0,
-        _ => return None,
-    };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
 }
 
 fn listen_of(c: &ValueMap) -> Option<f64> {
@@ -334,9 +319,7 @@ impl Provider for Monitor {
             )));
         }
         let (ctx, addr, config) = (ctx.clone(), req.addr.to_string(), req.config.clone());
-        tokio::task::spawn_blocking(move || start(&ctx, &addr, &config))
-            .await
-            .map_err(|e| ProviderError::new(format!("the start task failed: {e}")))?
+        crate::blocking(move || start(&ctx, &addr, &config)).await
     }
     async fn delete(
         &self,
@@ -349,8 +332,6 @@ impl Provider for Monitor {
             return Err(ProviderError::new(format!("monitor does not serve {kind}")));
         }
         let (ctx, addr) = (ctx.clone(), addr.to_string());
-        tokio::task::spawn_blocking(move || stop(&ctx, &addr))
-            .await
-            .map_err(|e| ProviderError::new(format!("the stop task failed: {e}")))?
+        crate::blocking(move || stop(&ctx, &addr)).await
     }
 }

@@ -411,9 +411,7 @@ impl Provider for Nginx {
             req.config.clone(),
             req.prior.cloned(),
         );
-        tokio::task::spawn_blocking(move || apply_blocking(&ctx, &addr, &config, prior.as_ref()))
-            .await
-            .map_err(|e| ProviderError::new(format!("the nginx task failed: {e}")))?
+        crate::blocking(move || apply_blocking(&ctx, &addr, &config, prior.as_ref())).await
     }
 
     async fn delete(
@@ -424,7 +422,7 @@ impl Provider for Nginx {
         _prior: &JsonMap,
     ) -> Result<(), ProviderError> {
         let pre = prefix(ctx, addr);
-        tokio::task::spawn_blocking(move || {
+        crate::blocking(move || {
             if pre.exists() {
                 pipeline_supervise::stop(&pre, Duration::from_secs(10))
                     .map_err(|e| ProviderError::new(format!("cannot stop nginx: {e}")))?;
@@ -435,7 +433,6 @@ impl Provider for Nginx {
             Ok(())
         })
         .await
-        .map_err(|e| ProviderError::new(format!("the nginx task failed: {e}")))?
     }
 }
 

@@ -539,9 +539,7 @@ pub async fn apply(ctx: &ProviderCtx, req: &ApplyRequest<'_>) -> Result<JsonMap,
         req.config.clone(),
         req.prior.cloned(),
     );
-    tokio::task::spawn_blocking(move || apply_blocking(&ctx, &addr, &config, prior.as_ref()))
-        .await
-        .map_err(|e| ProviderError::new(format!("the start task failed: {e}")))?
+    crate::blocking(move || apply_blocking(&ctx, &addr, &config, prior.as_ref())).await
 }
 
 fn apply_blocking(
@@ -667,12 +665,11 @@ fn apply_blocking(
 pub async fn delete(ctx: &ProviderCtx, addr: &str) -> Result<(), ProviderError> {
     let base = base_dir(&ctx.work_dir, addr);
     let addr = addr.to_string();
-    tokio::task::spawn_blocking(move || {
+    crate::blocking(move || {
         stop_all(&base)
             .map_err(|e| ProviderError::new(format!("cannot stop {addr}: {}", e.message)))
     })
     .await
-    .map_err(|e| ProviderError::new(format!("the stop task failed: {e}")))?
 }
 
 #[cfg(test)]
