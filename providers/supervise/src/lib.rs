@@ -610,7 +610,10 @@ pub fn wait_healthy(
             None => return Err(child_exited(None)),
             Some(s) => {
                 let restarted = initial_restarts.is_some_and(|r| s.restarts > r);
-                if restarted || !s.child_alive {
+                // The marker check reads /proc/PID/environ, which can fail for an instant while
+                // the child execs its program: a death is confirmed by the pid itself.
+                let gone = !s.child_alive && !s.child_pid.is_some_and(util::pid_running);
+                if restarted || gone {
                     return Err(child_exited(Some(s)));
                 }
                 if !s.supervisor_alive {
