@@ -764,9 +764,11 @@ fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut rows = Vec::new();
-    for (addr, rs) in st.resources.iter().filter(|(_, r)| r.kind == "service") {
+    for (addr, rs) in &st.resources {
+        let Some(dir) = process_dir(ws, addr, rs) else {
+            continue;
+        };
         let generation = rs.attrs.get("generation").and_then(|g| g.as_u64());
-        let dir = pipeline_providers::local::generation_dir(&ws.dir, addr, generation);
         let s = pipeline_supervise::status(&dir);
         let (pid, alive, health, uptime, restarts) = match &s {
             Some(s) => (
@@ -780,7 +782,8 @@ fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
             ),
             None => (None, false, None, 0, 0),
         };
-        rows.push(serde_json::json!({"address": addr, "pid": pid, "port": rs.attrs.get("port"), "url": rs.attrs.get("url"),
+        let port = rs.attrs.get("port").or_else(|| rs.attrs.get("listen"));
+        rows.push(serde_json::json!({"address": addr, "kind": rs.kind, "pid": pid, "port": port, "url": rs.attrs.get("url"),
             "generation": generation, "standby_generation": rs.attrs.get("standby_generation"), "build_id": rs.attrs.get("build_id"),
             "running": alive, "healthy": health, "uptime_s": uptime, "restarts": restarts}));
     }
@@ -789,12 +792,12 @@ fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if rows.is_empty() {
-        println!("No service replicas are recorded here.");
+        println!("No processes are recorded here.");
         return Ok(ExitCode::SUCCESS);
     }
     println!(
         "{:<32} {:>8} {:>6} {:<10} {:>9} {:>8}",
-        "REPLICA", "PID", "PORT", "HEALTH", "UPTIME", "RESTARTS"
+        "INSTANCE", "PID", "PORT", "HEALTH", "UPTIME", "RESTARTS"
     );
     for r in rows {
         let health = match (r["running"].as_bool(), r["healthy"].as_bool()) {
@@ -817,6 +820,26 @@ fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the main supervised process of a recorded instance lives: a service's active
+/// generation, a flag store's primary, a balancer's nginx, a monitor's daemon.
+fn process_dir(
+    ws: &Workspace,
+    addr: &str,
+    rs: &pipeline_engine::state::ResourceState,
+) -> Option<std::path::PathBuf> {
+    let base = pipeline_providers::local::replica_dir(&ws.dir, addr);
+    match rs.kind.as_str() {
+        "service" => Some(pipeline_providers::local::generation_dir(
+            &ws.dir,
+            addr,
+            rs.attrs.get("generation").and_then(|g| g.as_u64()),
+        )),
+        "flags" => Some(base.join("primary")),
+        "balancer" | "monitor" => Some(base),
+        _ => None,
+    }
 }
 
 fn live_check(dir: &std::path::Path, running: bool) -> Option<bool> {
@@ -844,23 +867,22 @@ fn strip_len(s: &str) -> usize {
 
 async fn logs_cmd(ws: &Workspace, addr: &str, lines: usize, follow: bool) -> Result<ExitCode> {
     let st = ws.state()?;
-    let generation = st
+    let dir = st
         .resources
         .get(addr)
-        .and_then(|r| r.attrs.get("generation"))
-        .and_then(|g| g.as_u64());
-    let dir = pipeline_providers::local::generation_dir(&ws.dir, addr, generation);
+        .and_then(|rs| process_dir(ws, addr, rs))
+        .unwrap_or_else(|| pipeline_providers::local::replica_dir(&ws.dir, addr));
     let path = dir.join(pipeline_supervise::REPLICA_LOG);
     if !path.exists() {
         let st = ws.state()?;
         let replicas: Vec<&String> = st
             .resources
             .iter()
-            .filter(|(_, r)| r.kind == "service")
+            .filter(|(a, r)| process_dir(ws, a, r).is_some())
             .map(|(a, _)| a)
             .collect();
         bail!(
-            "no log for {addr} at {}\n  = help: replicas here: {}",
+            "no log for {addr} at {}\n  = help: instances with logs here: {}",
             path.display(),
             if replicas.is_empty() {
                 "none".into()

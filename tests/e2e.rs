@@ -128,13 +128,21 @@ fn local_stack_plan_apply_scale_destroy() {
             && (l["action"] == "replace" || l["action"] == "delete")));
 
     t.ok(&["apply", "-auto-approve", "-var", "replicas=5"]);
-    let status = t.ok(&["status", "--json"]);
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&status).unwrap();
-    assert_eq!(rows.len(), 5);
-    assert!(wait_until(Duration::from_secs(10), || {
-        let rows: Vec<serde_json::Value> =
+    // Status lists every process: 5 replicas, the balancer, the flag store, the dashboard.
+    let status_of = |kind: &str| -> Vec<serde_json::Value> {
+        let all: Vec<serde_json::Value> =
             serde_json::from_str(&t.ok(&["status", "--json"])).unwrap();
-        rows.iter().all(|r| r["healthy"] == true)
+        all.into_iter().filter(|r| r["kind"] == kind).collect()
+    };
+    let rows = status_of("service");
+    assert_eq!(rows.len(), 5);
+    for kind in ["balancer", "flags", "monitor"] {
+        let r = status_of(kind);
+        assert_eq!(r.len(), 1, "{kind}");
+        assert!(r[0]["pid"].as_u64().is_some(), "{kind}: {:?}", r[0]);
+    }
+    assert!(wait_until(Duration::from_secs(10), || {
+        status_of("service").iter().all(|r| r["healthy"] == true)
     }));
     let logs = t.ok(&["logs", "service.preview[4]"]);
     assert!(logs.contains("preview listening on"), "{logs}");
@@ -143,8 +151,7 @@ fn local_stack_plan_apply_scale_destroy() {
     let pid = rows[0]["pid"].as_u64().unwrap() as i32;
     unsafe { libc::kill(pid, libc::SIGKILL) };
     assert!(wait_until(Duration::from_secs(10), || {
-        let rows: Vec<serde_json::Value> =
-            serde_json::from_str(&t.ok(&["status", "--json"])).unwrap();
+        let rows = status_of("service");
         rows[0]["restarts"].as_u64() == Some(1) && rows[0]["healthy"] == true
     }));
 
