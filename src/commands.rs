@@ -135,6 +135,38 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Compare two revisions of a service side by side under load and judge the candidate.
+    /// Exit 0 pass, 1 fail, 3 marginal or not enough evidence.
+    Canary {
+        /// The baseline revision (branch, tag or commit).
+        baseline: String,
+        /// The candidate revision.
+        candidate: String,
+        /// The stack that declares the service (default: as for plan).
+        #[arg(long)]
+        stack: Option<PathBuf>,
+        /// The service, when the stack has several.
+        #[arg(long)]
+        service: Option<String>,
+        /// Replicas per arm.
+        #[arg(long, default_value_t = 1)]
+        replicas: u32,
+        /// How long to send load, e.g. 30s.
+        #[arg(long, default_value = "30s")]
+        duration: String,
+        /// Requests per second through the balancer.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        #[arg(long, default_value = "POST")]
+        method: String,
+        #[arg(long, default_value = "/preview")]
+        path: String,
+        /// A file whose content is sent as the request body.
+        #[arg(long)]
+        body_file: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Switch a service back to the generation it ran before its last blue-green deployment.
     Rollback {
         /// The service: `service.NAME` or `NAME`.
@@ -492,6 +524,45 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
                 eprintln!("note: {block} now runs {version}; the stack still names its own revision, so pin {version:?} there or the next apply goes back");
             }
             Ok(code)
+        }
+        Cmd::Canary {
+            baseline,
+            candidate,
+            stack,
+            service,
+            replicas,
+            duration,
+            rate,
+            method,
+            path,
+            body_file,
+            json,
+        } => {
+            let stack = ws.stack(stack.as_deref())?;
+            let duration = pipeline_providers::parse_duration(&duration)
+                .ok_or_else(|| anyhow!("--duration {duration:?} is not a duration like 30s"))?;
+            let body = match body_file {
+                Some(f) => Some(std::fs::read_to_string(&f).with_context(|| format!("cannot read the body file {}", f.display()))?),
+                None if method == "POST" => Some(r##"{"markdown":"# Canary\n\nSome *text*, a [link](https://example.org) and a list:\n\n- one\n- two\n"}"##.to_string()),
+                None => None,
+            };
+            crate::canary::run(
+                &ws,
+                crate::canary::CanaryArgs {
+                    baseline,
+                    candidate,
+                    stack,
+                    service,
+                    replicas: replicas.max(1),
+                    duration,
+                    rate: rate.max(1),
+                    method,
+                    path,
+                    body,
+                    json,
+                },
+            )
+            .await
         }
         Cmd::Rollback { service } => {
             let block = if service.starts_with("service.") {

@@ -2,6 +2,7 @@
 //! Exit codes: 0 success (no changes with -detailed-exitcode), 1 error, 2 changes present
 //! (-detailed-exitcode only).
 
+mod canary;
 mod commands;
 mod flags_cmd;
 mod ops;

@@ -512,7 +512,7 @@ fn judge_metric(m: &Metric, data: Option<&MetricData>, alpha: f64) -> MetricVerd
         (true, true) => (
             MetricStatus::Fail,
             format!(
-                "significant (p = {p:.3e} < {alpha}) and effect {:+.1}% exceeds tolerance {:.1}%",
+                "significant (p = {p:.3e} < {alpha:.3}) and effect {:+.1}% exceeds tolerance {:.1}%",
                 100.0 * effect.relative,
                 100.0 * m.tolerance
             ),
@@ -527,7 +527,7 @@ fn judge_metric(m: &Metric, data: Option<&MetricData>, alpha: f64) -> MetricVerd
         ),
         (false, _) => (
             MetricStatus::Pass,
-            format!("no significant regression (p = {p:.3e} >= {alpha})"),
+            format!("no significant regression (p = {p:.3e} >= {alpha:.3})"),
         ),
     };
     MetricVerdict {

@@ -1,0 +1,158 @@
+//! `pipeline canary BASE CANDIDATE` against the real sample service behind real nginx:
+//! master vs master passes, master vs a revision that answers 20% 500s fails, and a revision
+//! that does not exist is a clear error; each time nothing is left running.
+
+mod common;
+use common::*;
+
+fn setup() -> Scratch {
+    let t = Scratch::new();
+    let repo = prebuilt_source(&t);
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
+            .arg(&repo)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", s(&out.stderr));
+    };
+    git(&["init", "-q", "-b", "master"]);
+    std::fs::write(repo.join("version.txt"), "good").unwrap();
+    git(&["add", "."]);
+    git(&["commit", "-qm", "good"]);
+    git(&["checkout", "-q", "-b", "broken"]);
+    std::fs::write(repo.join("version.txt"), "broken").unwrap();
+    git(&["commit", "-qam", "broken"]);
+    git(&["checkout", "-q", "master"]);
+    t.write(
+        "s.hcl",
+        r#"service "preview" {
+  source = "app"
+  run    = "if [ \"$(cat version.txt)\" = broken ]; then export PREVIEW_FAIL_RATE=0.2; fi; exec ./preview --port {{port}}"
+  health = { path = "/health", interval = "100ms" }
+}
+"#,
+    );
+    t
+}
+
+fn nothing_left(t: &Scratch) {
+    assert!(
+        !t.path().join(".pipeline/canary").exists(),
+        "the canary's stack and state are gone"
+    );
+    assert!(
+        wait_until(std::time::Duration::from_secs(5), || t
+            .processes()
+            .is_empty()),
+        "processes left: {:?}",
+        t.processes()
+    );
+}
+
+#[test]
+fn master_vs_master_passes_and_master_vs_broken_fails() {
+    let t = setup();
+    let out = t.run(&[
+        "canary",
+        "master",
+        "master",
+        "--stack",
+        "s.hcl",
+        "--duration",
+        "6s",
+        "--rate",
+        "100",
+    ]);
+    let text = s(&out.stdout);
+    println!("{text}");
+    assert_eq!(out.status.code(), Some(0), "{text}{}", s(&out.stderr));
+    assert!(text.contains("): Pass."), "{text}");
+    nothing_left(&t);
+
+    let out = t.run(&[
+        "canary",
+        "master",
+        "broken",
+        "--stack",
+        "s.hcl",
+        "--duration",
+        "6s",
+        "--rate",
+        "100",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        s(&out.stdout),
+        s(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(s(&out.stdout).trim()).unwrap();
+    assert_eq!(v["verdict"]["outcome"], "fail");
+    let errors = v["verdict"]["per_metric"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "errors")
+        .unwrap();
+    assert_eq!(errors["status"], "fail", "{errors}");
+    assert_eq!(errors["baseline"]["proportion"]["events"], 0, "{errors}");
+    assert!(
+        errors["candidate"]["proportion"]["events"]
+            .as_u64()
+            .unwrap()
+            > 20,
+        "{errors}"
+    );
+    nothing_left(&t);
+}
+
+#[test]
+fn a_revision_that_does_not_exist_is_a_clear_error() {
+    let t = setup();
+    let out = t.run(&[
+        "canary",
+        "master",
+        "no-such-branch",
+        "--stack",
+        "s.hcl",
+        "--duration",
+        "2s",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = s(&out.stderr);
+    assert!(
+        err.contains("revision \"no-such-branch\" does not exist"),
+        "{err}"
+    );
+    assert!(s(&out.stdout).is_empty(), "no verdict on garbage");
+    nothing_left(&t);
+}
+
+#[test]
+fn an_endpoint_the_baseline_does_not_serve_gives_no_verdict() {
+    let t = setup();
+    let out = t.run(&[
+        "canary",
+        "master",
+        "master",
+        "--stack",
+        "s.hcl",
+        "--duration",
+        "2s",
+        "--method",
+        "GET",
+        "--path",
+        "/nope",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = s(&out.stderr);
+    assert!(
+        err.contains("the baseline itself fails") && err.contains("no verdict"),
+        "{err}"
+    );
+    nothing_left(&t);
+}
