@@ -519,3 +519,34 @@ fn an_output_of_a_secret_known_only_after_apply_stays_masked() {
     assert!(!shown.contains(&password));
     t.ok(&["destroy", "-auto-approve"]);
 }
+
+#[test]
+fn a_revision_of_a_service_in_a_subdirectory_of_its_repository_builds() {
+    // Like examples/preview inside this repository: the revision's subtree is exported from
+    // the top level (git archive run in the subdirectory exported nothing).
+    let t = Scratch::new();
+    let app = prebuilt_source(&t);
+    let mono = t.path().join("mono");
+    std::fs::create_dir_all(mono.join("services")).unwrap();
+    std::fs::rename(&app, mono.join("services/app")).unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
+            .arg(&mono)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", s(&out.stderr));
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "."]);
+    git(&["commit", "-qm", "one"]);
+    t.write(
+        "s.hcl",
+        "service \"app\" {\n  source   = \"mono/services/app\"\n  revision = \"main\"\n  run      = \"./preview --port {{port}}\"\n  health   = { path = \"/health\" }\n}\noutput \"url\" { value = service.app.url }\n",
+    );
+    t.ok(&["apply", "-auto-approve", "s.hcl"]);
+    let url = t.ok(&["output", "url"]).trim().to_string();
+    assert!(http("GET", &format!("{url}/health"), "").is_some_and(|(c, _)| c == 200));
+    t.ok(&["destroy", "-auto-approve"]);
+}

@@ -218,9 +218,17 @@ fn export_revision(source: &Path, rev: &str, dst: &Path) -> Result<(), ProviderE
     } else {
         format!("{commit}:{}", prefix.trim_end_matches('/'))
     };
+    // From the top level: run in a subdirectory, git archive keeps only the paths below it,
+    // and the subtree `commit:prefix` has none of those.
+    let top = git(source, &["rev-parse", "--show-toplevel"]).map_err(|e| {
+        ProviderError::new(format!(
+            "{} is not in a git repository: {e}",
+            source.display()
+        ))
+    })?;
     let archive = Command::new("git")
         .arg("-C")
-        .arg(source)
+        .arg(&top)
         .args(["archive", "--format=tar", &tree])
         .output()
         .map_err(|e| ProviderError::new(format!("cannot run git archive: {e}")))?;
