@@ -253,7 +253,65 @@ async fn run_arms(cws: &Workspace, stack: &Path, port: u16, a: &CanaryArgs) -> R
         "canary: {} {} at {} req/s for {:?} through the balancer...",
         a.method, a.path, a.rate, a.duration
     );
-    let client = load(port, a);
+    let spec = LoadSpec {
+        port,
+        rate: a.rate,
+        duration: a.duration,
+        method: a.method.clone(),
+        path: a.path.clone(),
+        body: a.body.clone(),
+    };
+    let halt = Arc::new(AtomicBool::new(false));
+    let loader = {
+        let halt = halt.clone();
+        std::thread::spawn(move || load(spec, halt))
+    };
+    // Watch as data arrives: a clear regression of the error rate stops the canary early. The
+    // sequential test's false-alarm rate holds over every look (see engine/analysis).
+    let started = Instant::now();
+    let mut seq = pipeline_analysis::SequentialJudge::new(JudgeConfig::with_metrics(vec![
+        Metric::proportion("errors")
+            .direction(Direction::Increase)
+            .critical(true),
+    ]));
+    let mut pos = offset;
+    let mut early: Option<(Duration, String)> = None;
+    while !loader.is_finished() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok(bytes) = std::fs::read(&log) else {
+            continue;
+        };
+        let Some(end) = bytes
+            .get(pos as usize..)
+            .and_then(|b| b.iter().rposition(|&c| c == b'\n'))
+        else {
+            continue;
+        };
+        let chunk =
+            String::from_utf8_lossy(&bytes[pos as usize..pos as usize + end + 1]).into_owned();
+        pos += end as u64 + 1;
+        for (arm, events, total) in error_counts(&chunk, &arm_of) {
+            let side = if arm == "baseline" {
+                pipeline_analysis::Arm::Baseline
+            } else {
+                pipeline_analysis::Arm::Candidate
+            };
+            let _ = seq.observe_counts(side, "errors", events, total);
+        }
+        if let pipeline_analysis::Decision::Fail(metric, _) = seq.decision() {
+            early = Some((started.elapsed(), metric));
+            halt.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let client = loader
+        .join()
+        .map_err(|_| anyhow!("the load generator failed"))?;
+    if let Some((after, metric)) = &early {
+        eprintln!(
+            "canary: stopped early after {:.1}s of traffic: `{metric}` regressed (sequential test)",
+            after.as_secs_f64()
+        );
+    }
     // nginx writes its access log as requests finish.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut text = String::new();
@@ -338,7 +396,12 @@ async fn run_arms(cws: &Workspace, stack: &Path, port: u16, a: &CanaryArgs) -> R
             .direction(Direction::Increase)
             .critical(true),
     ]);
-    let verdict = judge(&cfg, &data);
+    let mut verdict = judge(&cfg, &data);
+    if let Some((after, metric)) = &early {
+        // The early stop is a verdict of its own: it holds whatever the shorter sample says.
+        verdict.outcome = Outcome::Fail;
+        verdict.reason = format!("stopped after {:.1}s of traffic: `{metric}` regressed beyond doubt (sequential test); {}", after.as_secs_f64(), verdict.reason);
+    }
     if a.json {
         println!(
             "{}",
@@ -352,6 +415,38 @@ async fn run_arms(cws: &Workspace, stack: &Path, port: u16, a: &CanaryArgs) -> R
         Outcome::Fail => ExitCode::from(1),
         Outcome::Marginal | Outcome::Inconclusive => ExitCode::from(3),
     })
+}
+
+/// (arm, 5xx answers, answers) in a chunk of the access log.
+fn error_counts<'a>(text: &str, arm_of: &BTreeMap<String, &'a str>) -> Vec<(&'a str, u64, u64)> {
+    let mut out: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 4 {
+            continue;
+        }
+        let status: u16 = f[1].parse().unwrap_or(0);
+        let last = line
+            .split_whitespace()
+            .skip(3)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let last = last
+            .rsplit(", ")
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next()
+            .unwrap_or("");
+        if let Some(arm) = arm_of.get(last).copied() {
+            let e = out.entry(arm).or_default();
+            e.1 += 1;
+            if status >= 500 {
+                e.0 += 1;
+            }
+        }
+    }
+    out.into_iter().map(|(a, (e, t))| (a, e, t)).collect()
 }
 
 fn report_text(a: &CanaryArgs, v: &Verdict, client: &ClientStats) -> String {
@@ -417,7 +512,18 @@ impl std::fmt::Display for ClientStats {
 }
 
 /// Bounded load: `rate` requests a second for `duration`, one connection per request.
-fn load(port: u16, a: &CanaryArgs) -> ClientStats {
+#[derive(Clone)]
+struct LoadSpec {
+    port: u16,
+    rate: u32,
+    duration: Duration,
+    method: String,
+    path: String,
+    body: Option<String>,
+}
+
+fn load(l: LoadSpec, halt_flag: Arc<AtomicBool>) -> ClientStats {
+    let (port, a) = (l.port, &l);
     let clients = 8u32.min(a.rate.max(1));
     let interval = Duration::from_secs_f64(clients as f64 / a.rate.max(1) as f64);
     let stats = Arc::new(Mutex::new(ClientStats::default()));
@@ -431,9 +537,10 @@ fn load(port: u16, a: &CanaryArgs) -> ClientStats {
                 a.method.clone(),
                 a.path.clone(),
             );
+            let halt = halt_flag.clone();
             std::thread::spawn(move || {
                 let mut next = Instant::now();
-                while Instant::now() < stop {
+                while Instant::now() < stop && !halt.load(std::sync::atomic::Ordering::SeqCst) {
                     let ok = one(port, &method, &path, &body);
                     let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
                     s.sent += 1;

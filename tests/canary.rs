@@ -71,6 +71,8 @@ fn master_vs_master_passes_and_master_vs_broken_fails() {
     assert!(text.contains("): Pass."), "{text}");
     nothing_left(&t);
 
+    // 30 s are asked for; the sequential test stops it as soon as the error rate is clearly worse.
+    let t0 = std::time::Instant::now();
     let out = t.run(&[
         "canary",
         "master",
@@ -78,11 +80,19 @@ fn master_vs_master_passes_and_master_vs_broken_fails() {
         "--stack",
         "s.hcl",
         "--duration",
-        "6s",
+        "30s",
         "--rate",
         "100",
         "--json",
     ]);
+    let took = t0.elapsed();
+    println!("master vs broken took {took:?}: {}", s(&out.stderr));
+    assert!(
+        s(&out.stderr).contains("stopped early after"),
+        "{}",
+        s(&out.stderr)
+    );
+    assert!(took < std::time::Duration::from_secs(25), "it ran {took:?}");
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -92,6 +102,13 @@ fn master_vs_master_passes_and_master_vs_broken_fails() {
     );
     let v: serde_json::Value = serde_json::from_str(s(&out.stdout).trim()).unwrap();
     assert_eq!(v["verdict"]["outcome"], "fail");
+    assert!(
+        v["verdict"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("sequential test"),
+        "{v}"
+    );
     let errors = v["verdict"]["per_metric"]
         .as_array()
         .unwrap()
