@@ -322,29 +322,7 @@ async fn run_arms(cws: &Workspace, stack: &Path, port: u16, a: &CanaryArgs) -> R
     let mut lat: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut errs: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     let mut not_ok: BTreeMap<&str, u64> = BTreeMap::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 4 {
-            continue;
-        }
-        let status: u16 = f[1].parse().unwrap_or(0);
-        let secs: f64 = f[2].parse().unwrap_or(f64::NAN);
-        // On a retry nginx lists every upstream tried; the last one answered.
-        let upstream = line
-            .split_whitespace()
-            .skip(3)
-            .collect::<Vec<_>>()
-            .join(" ");
-        let last = upstream
-            .rsplit(", ")
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .next()
-            .unwrap_or("");
-        let Some(arm) = arm_of.get(last).copied() else {
-            continue;
-        };
+    for (arm, status, secs) in answers(text, &arm_of) {
         let e = errs.entry(arm).or_default();
         e.1 += 1;
         if status >= 500 {
@@ -417,21 +395,18 @@ async fn run_arms(cws: &Workspace, stack: &Path, port: u16, a: &CanaryArgs) -> R
     })
 }
 
-/// (arm, 5xx answers, answers) in a chunk of the access log.
-fn error_counts<'a>(text: &str, arm_of: &BTreeMap<String, &'a str>) -> Vec<(&'a str, u64, u64)> {
-    let mut out: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+/// Every answer in a chunk of the access log (`$msec $status $request_time $upstream_addr ...`)
+/// that one of the arms gave: (arm, status, seconds).
+fn answers<'a>(text: &str, arm_of: &BTreeMap<String, &'a str>) -> Vec<(&'a str, u16, f64)> {
+    let mut out = Vec::new();
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.len() < 4 {
             continue;
         }
-        let status: u16 = f[1].parse().unwrap_or(0);
-        let last = line
-            .split_whitespace()
-            .skip(3)
-            .collect::<Vec<_>>()
-            .join(" ");
-        let last = last
+        // On a retry nginx lists every upstream tried; the last one answered.
+        let upstreams = f[3..].join(" ");
+        let last = upstreams
             .rsplit(", ")
             .next()
             .unwrap_or("")
@@ -439,12 +414,23 @@ fn error_counts<'a>(text: &str, arm_of: &BTreeMap<String, &'a str>) -> Vec<(&'a 
             .next()
             .unwrap_or("");
         if let Some(arm) = arm_of.get(last).copied() {
-            let e = out.entry(arm).or_default();
-            e.1 += 1;
-            if status >= 500 {
-                e.0 += 1;
-            }
+            out.push((
+                arm,
+                f[1].parse().unwrap_or(0),
+                f[2].parse().unwrap_or(f64::NAN),
+            ));
         }
+    }
+    out
+}
+
+/// (arm, 5xx answers, answers) in a chunk of the access log.
+fn error_counts<'a>(text: &str, arm_of: &BTreeMap<String, &'a str>) -> Vec<(&'a str, u64, u64)> {
+    let mut out: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for (arm, status, _) in answers(text, arm_of) {
+        let e = out.entry(arm).or_default();
+        e.1 += 1;
+        e.0 += u64::from(status >= 500);
     }
     out.into_iter().map(|(a, (e, t))| (a, e, t)).collect()
 }

@@ -415,15 +415,7 @@ file "after" {{
 fn a_service_builds_from_a_git_revision_and_a_missing_revision_is_a_clear_error() {
     let t = Scratch::new();
     let repo = prebuilt_source(&t);
-    let git = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
-            .arg(&repo)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", s(&out.stderr));
-    };
+    let git = |args: &[&str]| common::git(&repo, args);
     git(&["init", "-q", "-b", "master"]);
     std::fs::write(repo.join("version.txt"), "v1").unwrap();
     git(&["add", "."]);
@@ -529,15 +521,7 @@ fn a_revision_of_a_service_in_a_subdirectory_of_its_repository_builds() {
     let mono = t.path().join("mono");
     std::fs::create_dir_all(mono.join("services")).unwrap();
     std::fs::rename(&app, mono.join("services/app")).unwrap();
-    let git = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
-            .arg(&mono)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", s(&out.stderr));
-    };
+    let git = |args: &[&str]| common::git(&mono, args);
     git(&["init", "-q", "-b", "main"]);
     git(&["add", "."]);
     git(&["commit", "-qm", "one"]);

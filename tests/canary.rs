@@ -8,15 +8,7 @@ use common::*;
 fn setup() -> Scratch {
     let t = Scratch::new();
     let repo = prebuilt_source(&t);
-    let git = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
-            .arg(&repo)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", s(&out.stderr));
-    };
+    let git = |args: &[&str]| common::git(&repo, args);
     git(&["init", "-q", "-b", "master"]);
     std::fs::write(repo.join("version.txt"), "good").unwrap();
     git(&["add", "."]);

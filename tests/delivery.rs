@@ -15,15 +15,7 @@ const BODY: &str = r##"{"markdown":"# Title\n\nSome *text* and a [link](https://
 /// `flaky` (healthy everywhere but on replica 3).
 fn versions_repo(t: &Scratch) -> PathBuf {
     let repo = prebuilt_source(t);
-    let git = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
-            .arg(&repo)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", s(&out.stderr));
-    };
+    let git = |args: &[&str]| common::git(&repo, args);
     git(&["init", "-q", "-b", "main"]);
     for (i, v) in ["v1", "v2", "broken", "flaky"].iter().enumerate() {
         std::fs::write(repo.join("version.txt"), v).unwrap();

@@ -146,3 +146,14 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub fn state(scratch: &Scratch) -> pipeline_state::State {
     pipeline_state::StateStore::load(&scratch.path().join(".pipeline")).expect("state parses")
 }
+
+/// Run git in `repo` (committing as a throwaway identity); the test fails on a git error.
+pub fn git(repo: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
+        .arg(repo)
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(out.status.success(), "git {args:?}: {}", s(&out.stderr));
+}
