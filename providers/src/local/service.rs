@@ -33,6 +33,8 @@ pub fn schema() -> KindSchema {
             AttrSchema::optional("start_timeout", Type::String).default(Value::str("60s")),
             // { strategy = "rolling" | "blue-green", max_unavailable = 1, max_surge = 0, drain_timeout = "10s" }
             AttrSchema::optional("update", Type::Any),
+            // Progressive delivery and `pipeline canary` settings (see providers/src/canary.rs).
+            AttrSchema::optional("canary", Type::Any),
             AttrSchema::computed("build_id", Type::String),
             AttrSchema::computed("address", Type::String),
             // The slot's port: stable for the life of the instance.
@@ -203,6 +205,11 @@ pub fn validate(c: &ValueMap) -> Vec<Invalid> {
                 format!("{t:?} is not a duration"),
                 "durations look like \"500ms\", \"30s\" or \"2m\"",
             ));
+        }
+    }
+    if let Some(v) = c.get("canary").filter(|v| v.is_known()) {
+        if let Err(e) = crate::canary::CanarySpec::from_value(v) {
+            out.push(Invalid::new(Some("canary"), e, crate::canary::EXAMPLE));
         }
     }
     if c.get("update").is_some_and(|u| u.is_known()) {

@@ -1,0 +1,372 @@
+//! What a canary is configured with and what it reads, shared by `pipeline canary BASE
+//! CANDIDATE` and the progressive canary of `apply`:
+//!
+//! - [`CanarySpec`]: a service's `canary = { ... }` settings (steps, interval, the request the
+//!   canary sends, thresholds), validated with messages that say what to write instead.
+//! - [`Answer`] / [`parse_access_line`]: one line of the balancer's access log
+//!   (`$msec $status $request_time $upstream_addr $upstream_status`), attributed to the
+//!   upstream that finally answered.
+
+use crate::parse_duration;
+use pipeline_analysis::judge::{Direction, JudgeConfig, Metric};
+use pipeline_engine::value::Value;
+use std::time::Duration;
+
+/// The request a canary sends (and the endpoint it judges).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub body: Option<String>,
+    pub content_type: String,
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        Request {
+            method: "GET".into(),
+            path: "/".into(),
+            body: None,
+            content_type: "application/octet-stream".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CanarySpec {
+    /// Progressive canary: the candidate's share of traffic (percent), step by step; the last
+    /// step is 100 (promotion).
+    pub steps: Vec<u32>,
+    /// Progressive canary: how long each step is watched before the next.
+    pub interval: Duration,
+    pub request: Request,
+    /// Progressive canary: synthetic requests a second sent through the balancer while it
+    /// runs (0: judge real traffic only).
+    pub load: u32,
+    /// `pipeline canary`: how long and how fast to send load.
+    pub duration: Duration,
+    pub rate: u32,
+    /// Relative latency increase tolerated (Kayenta's default 0.25).
+    pub latency_tolerance: f64,
+    /// 1 − significance (Kayenta's default 0.98).
+    pub confidence: f64,
+    /// Minimum answers per arm before a progressive canary may promote.
+    pub min_requests: u64,
+}
+
+impl Default for CanarySpec {
+    fn default() -> Self {
+        CanarySpec {
+            steps: vec![5, 25, 50, 100],
+            interval: Duration::from_secs(30),
+            request: Request::default(),
+            load: 0,
+            duration: Duration::from_secs(30),
+            rate: 100,
+            latency_tolerance: 0.25,
+            confidence: 0.98,
+            min_requests: 50,
+        }
+    }
+}
+
+pub const SETTINGS: &str =
+    "steps, interval, request, load, duration, rate, latency_tolerance, confidence, min_requests";
+pub const EXAMPLE: &str = "e.g. canary = { steps = [5, 25, 50, 100], interval = \"30s\", request = { method = \"POST\", path = \"/preview\", body = file(\"sample.md\") } }";
+
+impl CanarySpec {
+    /// The settings of a `canary = { ... }` attribute; `Null` gives the defaults.
+    pub fn from_value(v: &Value) -> Result<CanarySpec, String> {
+        let mut s = CanarySpec::default();
+        let m = match v.unmarked().0 {
+            Value::Null => return Ok(s),
+            Value::Map(m) => m,
+            _ => return Err("canary must be an object".into()),
+        };
+        for k in m.keys() {
+            if !SETTINGS.split(", ").any(|x| x == k) {
+                return Err(format!(
+                    "unknown canary setting `{k}`; settings: {SETTINGS}"
+                ));
+            }
+        }
+        let dur = |k: &str| -> Result<Option<Duration>, String> {
+            match m.get(k) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_str()
+                    .and_then(parse_duration)
+                    .filter(|d| !d.is_zero())
+                    .map(Some)
+                    .ok_or(format!(
+                        "canary {k} must be a duration like \"10s\" or \"2m\""
+                    )),
+            }
+        };
+        let whole = |k: &str, lo: f64, hi: f64| -> Result<Option<f64>, String> {
+            match m.get(k) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_f64()
+                    .filter(|n| n.fract() == 0.0 && *n >= lo && *n <= hi)
+                    .map(Some)
+                    .ok_or(format!(
+                        "canary {k} must be a whole number from {lo} to {hi}"
+                    )),
+            }
+        };
+        if let Some(v) = m.get("steps") {
+            let Value::List(l) = v else {
+                return Err(
+                    "canary steps must be a list of percentages like [5, 25, 50, 100]".into(),
+                );
+            };
+            let mut steps = Vec::new();
+            for x in l {
+                let n = x
+                    .as_f64()
+                    .filter(|n| n.fract() == 0.0 && *n >= 1.0 && *n <= 100.0)
+                    .ok_or("canary steps are whole percentages from 1 to 100")?;
+                if steps.last().is_some_and(|&p| p >= n as u32) {
+                    return Err("canary steps must increase, e.g. [5, 25, 50, 100]".into());
+                }
+                steps.push(n as u32);
+            }
+            if steps.last() != Some(&100) {
+                return Err("the last canary step must be 100 (the promotion)".into());
+            }
+            s.steps = steps;
+        }
+        if let Some(d) = dur("interval")? {
+            s.interval = d;
+        }
+        if let Some(d) = dur("duration")? {
+            s.duration = d;
+        }
+        if let Some(n) = whole("load", 0.0, 10_000.0)? {
+            s.load = n as u32;
+        }
+        if let Some(n) = whole("rate", 1.0, 10_000.0)? {
+            s.rate = n as u32;
+        }
+        if let Some(n) = whole("min_requests", 1.0, 1e9)? {
+            s.min_requests = n as u64;
+        }
+        if let Some(v) = m.get("latency_tolerance") {
+            s.latency_tolerance = v
+                .as_f64()
+                .filter(|t| (0.0..=10.0).contains(t))
+                .ok_or("canary latency_tolerance is a fraction like 0.25 (25 %)")?;
+        }
+        if let Some(v) = m.get("confidence") {
+            s.confidence = v
+                .as_f64()
+                .filter(|c| *c > 0.5 && *c < 1.0)
+                .ok_or("canary confidence is between 0.5 and 1, like 0.98")?;
+        }
+        if let Some(r) = m.get("request") {
+            let Value::Map(r) = r.unmarked().0 else {
+                return Err("canary request must be an object like { method = \"POST\", path = \"/preview\", body = \"...\" }".into());
+            };
+            for k in r.keys() {
+                if !["method", "path", "body", "content_type"].contains(&k.as_str()) {
+                    return Err(format!(
+                        "unknown canary request setting `{k}`; settings: method, path, body, content_type"
+                    ));
+                }
+            }
+            let st = |k: &str| {
+                r.get(k)
+                    .and_then(|v| v.unmarked().0.as_str().map(str::to_string))
+            };
+            if let Some(x) = st("method") {
+                if x.is_empty() || !x.chars().all(|c| c.is_ascii_uppercase()) {
+                    return Err(format!("canary request method {x:?} is not an HTTP method like \"GET\" or \"POST\""));
+                }
+                s.request.method = x;
+            }
+            if let Some(x) = st("path") {
+                if !x.starts_with('/') || x.contains(char::is_whitespace) {
+                    return Err(format!(
+                        "canary request path {x:?} must start with / and have no spaces"
+                    ));
+                }
+                s.request.path = x;
+            }
+            s.request.body = st("body");
+            if let Some(x) = st("content_type") {
+                s.request.content_type = x;
+            } else if s.request.body.is_some() {
+                s.request.content_type = "application/json".into();
+            }
+        }
+        Ok(s)
+    }
+
+    /// The fixed-horizon judge: latency (Mann-Whitney + Hodges–Lehmann within the tolerance)
+    /// and the 5xx share (critical).
+    pub fn judge_config(&self) -> JudgeConfig {
+        let mut c = JudgeConfig::with_metrics(vec![
+            Metric::continuous("latency")
+                .direction(Direction::Increase)
+                .tolerance(self.latency_tolerance),
+            Metric::proportion("errors")
+                .direction(Direction::Increase)
+                .critical(true),
+        ]);
+        c.confidence = self.confidence;
+        c
+    }
+
+    /// The sequential judge watched between steps: the error share, critical.
+    pub fn sequential_config(&self) -> JudgeConfig {
+        let mut c = JudgeConfig::with_metrics(vec![Metric::proportion("errors")
+            .direction(Direction::Increase)
+            .critical(true)]);
+        c.confidence = self.confidence;
+        c
+    }
+}
+
+/// One answer in the balancer's access log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    /// Unix time the request finished, seconds.
+    pub at: f64,
+    pub status: u16,
+    /// Request time, seconds (nginx: millisecond resolution).
+    pub secs: f64,
+    /// The upstream that finally answered (`host:port`); on retries nginx lists every one tried.
+    pub upstream: String,
+}
+
+/// A line of `$msec $status $request_time $upstream_addr $upstream_status`.
+pub fn parse_access_line(line: &str) -> Option<Answer> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    if f.len() < 4 {
+        return None;
+    }
+    // `$upstream_addr` lists every upstream tried (`a, b`); `$upstream_status` follows.
+    let last = f[3..]
+        .iter()
+        .map(|t| t.trim_end_matches(','))
+        .take_while(|t| t.contains(':') && *t != ":")
+        .last()
+        .unwrap_or("-");
+    if last.is_empty() || last == "-" {
+        return None;
+    }
+    Some(Answer {
+        at: f[0].parse().ok()?,
+        status: f[1].parse().ok()?,
+        secs: f[2].parse().unwrap_or(f64::NAN),
+        upstream: last.to_string(),
+    })
+}
+
+/// Follows a growing log file from an offset, yielding whole lines only.
+pub struct LogTail {
+    path: std::path::PathBuf,
+    pos: u64,
+}
+
+impl LogTail {
+    /// Starts at the current end of the file (what was logged before is not ours).
+    pub fn at_end(path: &std::path::Path) -> LogTail {
+        let pos = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        LogTail {
+            path: path.to_path_buf(),
+            pos,
+        }
+    }
+    /// The whole lines written since the last call.
+    pub fn read_new(&mut self) -> Vec<Answer> {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(&self.path) else {
+            return vec![];
+        };
+        if f.seek(SeekFrom::Start(self.pos)).is_err() {
+            return vec![];
+        }
+        let mut buf = Vec::new();
+        if f.read_to_end(&mut buf).is_err() {
+            return vec![];
+        }
+        let Some(end) = buf.iter().rposition(|&c| c == b'\n') else {
+            return vec![];
+        };
+        self.pos += end as u64 + 1;
+        String::from_utf8_lossy(&buf[..=end])
+            .lines()
+            .filter_map(parse_access_line)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(src: &[(&str, Value)]) -> Result<CanarySpec, String> {
+        CanarySpec::from_value(&Value::Map(
+            src.iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        ))
+    }
+
+    fn nums(n: &[f64]) -> Value {
+        Value::List(n.iter().map(|x| Value::Number(*x)).collect())
+    }
+
+    #[test]
+    fn defaults_and_settings() {
+        assert_eq!(
+            CanarySpec::from_value(&Value::Null).unwrap(),
+            CanarySpec::default()
+        );
+        let s = spec(&[
+            ("steps", nums(&[10.0, 100.0])),
+            ("interval", Value::str("2s")),
+            (
+                "request",
+                Value::Map(
+                    [
+                        ("method".to_string(), Value::str("POST")),
+                        ("path".to_string(), Value::str("/preview")),
+                        ("body".to_string(), Value::str("{}")),
+                    ]
+                    .into_iter()
+                    .collect(),
+                ),
+            ),
+        ])
+        .unwrap();
+        assert_eq!(s.steps, vec![10, 100]);
+        assert_eq!(s.interval, Duration::from_secs(2));
+        assert_eq!(s.request.method, "POST");
+        assert_eq!(s.request.content_type, "application/json");
+    }
+
+    #[test]
+    fn wrong_settings_say_what_to_write() {
+        let e = spec(&[("steps", nums(&[50.0, 25.0, 100.0]))]).unwrap_err();
+        assert!(e.contains("must increase"), "{e}");
+        let e = spec(&[("steps", nums(&[5.0, 50.0]))]).unwrap_err();
+        assert!(e.contains("last canary step must be 100"), "{e}");
+        let e = spec(&[("intervall", Value::str("2s"))]).unwrap_err();
+        assert!(e.contains("unknown canary setting `intervall`"), "{e}");
+        let e = spec(&[("interval", Value::str("soon"))]).unwrap_err();
+        assert!(e.contains("duration"), "{e}");
+    }
+
+    #[test]
+    fn access_lines_name_the_upstream_that_answered() {
+        let a =
+            parse_access_line("1700000000.123 502 0.004 127.0.0.1:4001, 127.0.0.1:4002 502, 200")
+                .unwrap();
+        assert_eq!(a.upstream, "127.0.0.1:4002");
+        assert_eq!(a.status, 502);
+        assert!(parse_access_line("1700000000.123 404 0.000 - -").is_none());
+    }
+}
