@@ -167,8 +167,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Switch a service back to the generation it ran before its last blue-green deployment.
+    /// Switch a service back to the generation it ran before its last blue-green deployment,
+    /// or stop the canary of it that an apply is running (the candidate gets no traffic).
     Rollback {
+        /// The service: `service.NAME` or `NAME`.
+        service: String,
+    },
+    /// Promote the canary of a service that an apply is running now: skip the remaining steps.
+    Promote {
         /// The service: `service.NAME` or `NAME`.
         service: String,
     },
@@ -564,12 +570,19 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
             )
             .await
         }
+        Cmd::Promote { service } => {
+            let block = service_block(&service);
+            let step = ops::signal_canary(&ws, &block, "promote")?;
+            println!("{block}: the canary at {step}% was promoted; the apply running it switches every instance to the candidate.");
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Rollback { service } => {
-            let block = if service.starts_with("service.") {
-                service.clone()
-            } else {
-                format!("service.{service}")
-            };
+            let block = service_block(&service);
+            if ops::canary_running(&ws, &block) {
+                let step = ops::signal_canary(&ws, &block, "abort")?;
+                println!("{block}: the canary was stopped at {step}%; the candidate gets no traffic and the previous version keeps serving.");
+                return Ok(ExitCode::SUCCESS);
+            }
             let _lock = ops::lock(&ws, "rollback", &mut stale_note)?;
             let start = std::time::Instant::now();
             let n = ops::rollback(&ws, &block)?;
@@ -712,7 +725,7 @@ async fn run_apply(
             return;
         }
         match (&overall, e) {
-            (Some(_), Event::RolledBack { .. }) => {
+            (Some(_), Event::RolledBack { .. } | Event::Progress { .. }) => {
                 let _ = multi.println(render::event_line(e));
             }
             (Some(o), Event::Started { addr, .. }) => {
@@ -991,4 +1004,12 @@ async fn logs_cmd(ws: &Workspace, addr: &str, lines: usize, follow: bool) -> Res
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn service_block(service: &str) -> String {
+    if service.starts_with("service.") {
+        service.to_string()
+    } else {
+        format!("service.{service}")
+    }
 }

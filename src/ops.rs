@@ -349,3 +349,38 @@ pub fn rollback(ws: &Workspace, block: &str) -> Result<usize> {
     store.compact().map_err(|e| anyhow!("{e}"))?;
     Ok(addrs.len())
 }
+
+/// Is an apply running a canary of `block` now?
+pub fn canary_running(ws: &Workspace, block: &str) -> bool {
+    let ctl = pipeline_providers::local::canary::control_file(&ws.dir, block);
+    std::fs::read_to_string(ctl)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["pid"].as_u64())
+        // SAFETY: signal 0 only asks whether the process exists.
+        .is_some_and(|pid| unsafe { libc::kill(pid as i32, 0) } == 0)
+}
+
+/// Tell the apply running a canary of `block` to `promote` or `abort` it, and wait until it
+/// has (the control file goes when the analysis ends). Returns the step it was at.
+pub fn signal_canary(ws: &Workspace, block: &str, what: &str) -> Result<u64> {
+    use pipeline_providers::local::canary::{command_file, control_file};
+    let ctl = control_file(&ws.dir, block);
+    if !canary_running(ws, block) {
+        anyhow::bail!("no canary of {block} is running\n  = help: a canary runs during `pipeline apply` of a service with update = {{ strategy = \"canary\" }}");
+    }
+    let step = std::fs::read_to_string(&ctl)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["step"].as_u64())
+        .unwrap_or(0);
+    std::fs::write(command_file(&ws.dir, block), what)?;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while ctl.exists() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if ctl.exists() {
+        anyhow::bail!("the canary of {block} did not answer within 30 s; its apply may be stuck");
+    }
+    Ok(step)
+}

@@ -357,6 +357,9 @@ pub fn event_json(e: &Event) -> serde_json::Value {
             json!({"type": "apply_skipped", "address": addr, "reason": reason})
         }
         Event::RolledBack { addr } => json!({"type": "apply_rolled_back", "address": addr}),
+        Event::Progress { addr, message } => {
+            json!({"type": "apply_progress", "address": addr, "message": message})
+        }
     }
 }
 
@@ -390,6 +393,7 @@ pub fn event_line(e: &Event) -> String {
         Event::RolledBack { addr } => {
             format!("{addr}: rolled back to its previous version (the rollout stopped)")
         }
+        Event::Progress { addr, message } => format!("{addr}: {message}"),
     }
 }
 

@@ -7,7 +7,9 @@ use crate::diag::{Diagnostic, Diagnostics};
 use crate::plan::{
     eval_attrs, instance_scope, resource_addr, state_outputs, Action, Plan, ResourceChange,
 };
-use crate::provider::{ApplyRequest, JsonMap, ProviderCtx, ProviderError, Registry};
+use crate::provider::{
+    Aborted, ApplyRequest, JsonMap, Progress, ProviderCtx, ProviderError, Registry, Staged,
+};
 use crate::value::{Value, ValueMap};
 use crate::world::{Expansion, World};
 use pipeline_state::{JournalEntry, ResourceState, StateStore, Status};
@@ -40,6 +42,11 @@ pub enum Event {
     RolledBack {
         addr: String,
     },
+    /// A line of live progress from a long step (a canary's steps), about a block.
+    Progress {
+        addr: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +77,8 @@ enum Outcome {
     /// Phase one of a two-phase update: prepared, not switched.
     Staged(JsonMap),
     Aborted,
+    /// A progressive group's analysis is over: promote (Ok) or abort.
+    Analyzed(Result<(), Aborted>),
 }
 
 /// What a spawned step does.
@@ -79,6 +88,13 @@ enum Phase {
     Stage,
     Commit(JsonMap),
     Abort(JsonMap),
+    /// Progressive groups: the provider shifts traffic and judges, between stage and commit.
+    Analyze {
+        block: String,
+        config: ValueMap,
+        members: Vec<Staged>,
+        progress: Progress,
+    },
 }
 
 /// Instances of one block updated under a rollout policy.
@@ -89,6 +105,14 @@ struct Group {
     reported: usize,
     staged: Vec<(usize, JsonMap)>,
     failed: Option<String>,
+    /// Progressive (canary): analysed between staging and switching.
+    progressive: bool,
+    /// Progressive: the block's evaluated config and each member's recorded attributes.
+    config: Option<ValueMap>,
+    priors: HashMap<usize, JsonMap>,
+    /// Progressive: staged members waiting for the analysis, and its verdict once known.
+    analysing: Vec<(usize, JsonMap)>,
+    verdict: Option<Result<(), Aborted>>,
 }
 
 /// Errors here are about the engine itself (state not writable); resource failures are in the report.
@@ -202,7 +226,7 @@ pub async fn apply(
         blocks.sort();
         for (block, members) in blocks {
             let r = &policy[&block];
-            if !r.two_phase {
+            if !r.two_phase && !r.progressive {
                 for k in r.parallel..members.len() {
                     waits[members[k]].insert(members[k - r.parallel]);
                 }
@@ -212,13 +236,26 @@ pub async fn apply(
             }
             groups.push(Group {
                 members,
-                two_phase: r.two_phase,
+                two_phase: r.two_phase || r.progressive,
                 reported: 0,
                 staged: vec![],
                 failed: None,
+                progressive: r.progressive,
+                config: None,
+                priors: HashMap::new(),
+                analysing: vec![],
+                verdict: None,
             });
         }
     }
+    // Live progress from long steps reaches `on_event` through the main loop.
+    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    let progress = move |block: String| -> Progress {
+        let tx = progress_tx.clone();
+        std::sync::Arc::new(move |m: String| {
+            let _ = tx.send((block.clone(), m));
+        })
+    };
     let mut queue = Queue::new(&waits);
     let mut spawn_later: Vec<(usize, Phase)> = Vec::new();
     let mut report = ApplyReport::default();
@@ -237,7 +274,7 @@ pub async fn apply(
                     let grp = &mut groups[g];
                     grp.reported += 1;
                     grp.failed.get_or_insert_with(|| c.addr.clone());
-                    spawn_later.extend(resolve(grp));
+                    spawn_later.extend(resolve(grp, plan, &progress));
                 }
             }
             if let Some(b) = queue.blocked_by[i].clone() {
@@ -302,7 +339,15 @@ pub async fn apply(
             started.insert(i, Instant::now());
             let (ctx, kind, addr, action) = (ctx.clone(), c.kind.clone(), c.addr.clone(), c.action);
             let prior_attrs = prior.map(|p| p.attrs);
-            let phase = if group_of[i].is_some_and(|g| groups[g].two_phase) {
+            let phase = if let Some(g) = group_of[i].filter(|&g| groups[g].two_phase) {
+                if groups[g].progressive {
+                    let grp = &mut groups[g];
+                    if grp.config.is_none() {
+                        grp.config = config_now.clone();
+                    }
+                    grp.priors
+                        .insert(i, prior_attrs.clone().unwrap_or_default());
+                }
                 Phase::Stage
             } else {
                 Phase::Normal
@@ -340,12 +385,44 @@ pub async fn apply(
         if running.is_empty() && !spawn_later.is_empty() {
             continue;
         }
-        let Some(joined) = running.join_next().await else {
+        let joined = loop {
+            tokio::select! {
+                j = running.join_next() => break j,
+                Some((addr, message)) = progress_rx.recv() => {
+                    on_event(&Event::Progress { addr, message });
+                }
+            }
+        };
+        while let Ok((addr, message)) = progress_rx.try_recv() {
+            on_event(&Event::Progress { addr, message });
+        }
+        let Some(joined) = joined else {
             break;
         };
         let (i, result) = joined.map_err(|e| {
             Diagnostics::from(Diagnostic::new(format!("an apply task panicked: {e}")))
         })?;
+        if let Ok(Outcome::Analyzed(verdict)) = result {
+            // Promote: switch every member. Abort: stop every staged version.
+            let g = group_of[i].expect("analysed steps belong to a group");
+            let grp = &mut groups[g];
+            if let Err(a) = &verdict {
+                grp.failed = Some(format!("the canary ({})", a.reason));
+            }
+            let promote = verdict.is_ok();
+            grp.verdict = Some(verdict);
+            for (j, staged) in std::mem::take(&mut grp.analysing) {
+                spawn_later.push((
+                    j,
+                    if promote {
+                        Phase::Commit(staged)
+                    } else {
+                        Phase::Abort(staged)
+                    },
+                ));
+            }
+            continue;
+        }
         let c = &plan.changes[i];
         let elapsed = started.remove(&i).map(|s| s.elapsed()).unwrap_or_default();
         match result {
@@ -381,7 +458,50 @@ pub async fn apply(
                 let g = group_of[i].expect("staged steps belong to a group");
                 groups[g].reported += 1;
                 groups[g].staged.push((i, attrs));
-                spawn_later.extend(resolve(&mut groups[g]));
+                spawn_later.extend(resolve(&mut groups[g], plan, &progress));
+            }
+            Ok(Outcome::Aborted) if group_of[i].is_some_and(|g| groups[g].progressive) => {
+                // The release is recorded as aborted: the instance runs what it ran before, and
+                // the next plan shows the change still to do, saying why it was stopped.
+                let g = group_of[i].expect("checked above");
+                let a = match &groups[g].verdict {
+                    Some(Err(a)) => a.clone(),
+                    _ => Aborted {
+                        step: 0,
+                        reason: format!(
+                            "{} failed to start, so no traffic was shifted",
+                            groups[g].failed.clone().unwrap_or_default()
+                        ),
+                    },
+                };
+                if let Some(rec) = store.state().resources.get(&c.addr).cloned() {
+                    let mut attrs = rec.attrs.clone();
+                    let at = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    attrs.insert(
+                        "canary_aborted".into(),
+                        serde_json::json!({ "step": a.step, "reason": a.reason, "at": at }),
+                    );
+                    record(
+                        store,
+                        JournalEntry::Set {
+                            addr: c.addr.clone(),
+                            resource: ResourceState { attrs, ..rec },
+                        },
+                    )?;
+                }
+                let msg = if a.step == 0 {
+                    format!(
+                        "canary aborted before any traffic: {}; the previous version keeps serving",
+                        a.reason
+                    )
+                } else {
+                    format!("canary aborted at {}% of the traffic: {}; the candidate gets no traffic and was stopped, the previous version keeps serving", a.step, a.reason)
+                };
+                note_failed(&mut report, on_event, c, msg);
+                queue.finish(i, Some(&c.addr));
             }
             Ok(Outcome::Aborted) => {
                 let g = group_of[i].expect("aborted steps belong to a group");
@@ -389,6 +509,7 @@ pub async fn apply(
                 note_skipped(&mut report, on_event, &c.addr, format!("not switched: {failed} failed, so the blue-green switch was called off and the old version keeps serving"));
                 queue.finish(i, Some(&c.addr));
             }
+            Ok(Outcome::Analyzed(_)) => unreachable!("handled before the match"),
             Ok(Outcome::Deleted) => {
                 record(
                     store,
@@ -429,7 +550,7 @@ pub async fn apply(
                 }) {
                     groups[g].reported += 1;
                     groups[g].failed.get_or_insert_with(|| c.addr.clone());
-                    spawn_later.extend(resolve(&mut groups[g]));
+                    spawn_later.extend(resolve(&mut groups[g], plan, &progress));
                 }
             }
         }
@@ -542,12 +663,39 @@ pub async fn apply(
 }
 
 /// When every member of a two-phase group has staged or failed: commit all, or abort all.
-fn resolve(g: &mut Group) -> Vec<(usize, Phase)> {
+/// A progressive group that staged in full is analysed first (one step for the block).
+fn resolve(
+    g: &mut Group,
+    plan: &Plan,
+    progress: &dyn Fn(String) -> Progress,
+) -> Vec<(usize, Phase)> {
     if g.reported < g.members.len() {
         return vec![];
     }
     let staged = std::mem::take(&mut g.staged);
     let commit = g.failed.is_none();
+    if commit && g.progressive && g.verdict.is_none() && !staged.is_empty() {
+        let first = staged.iter().map(|(i, _)| *i).min().expect("not empty");
+        let block = resource_addr(&plan.changes[first].addr).to_string();
+        let members = staged
+            .iter()
+            .map(|(i, a)| Staged {
+                addr: plan.changes[*i].addr.clone(),
+                prior: g.priors.get(i).cloned().unwrap_or_default(),
+                staged: a.clone(),
+            })
+            .collect();
+        g.analysing = staged;
+        return vec![(
+            first,
+            Phase::Analyze {
+                block: block.clone(),
+                config: g.config.clone().unwrap_or_default(),
+                members,
+                progress: progress(block),
+            },
+        )];
+    }
     staged
         .into_iter()
         .map(|(i, a)| {
@@ -694,6 +842,18 @@ async fn run_step(
         Phase::Abort(staged) => {
             provider.abort(&ctx, &kind, &addr, &staged).await?;
             return Ok(Outcome::Aborted);
+        }
+        Phase::Analyze {
+            block,
+            config,
+            members,
+            progress,
+        } => {
+            return Ok(Outcome::Analyzed(
+                provider
+                    .analyze(&ctx, &kind, &block, &config, &members, progress)
+                    .await,
+            ))
         }
     }
     match action {

@@ -428,6 +428,16 @@ pub fn make_plan(
                         ch.reason = Some(format!("`{}` forces replacement", f.name));
                     } else if !ch.changes.is_empty() {
                         ch.action = Action::Update;
+                        // A progressive rollout of a change that was stopped: say so, and why.
+                        if let Some(a) = p.attrs.get("canary_aborted") {
+                            ch.reason = Some(format!(
+                                "the last canary of a change here was aborted{}: {}",
+                                a.get("step")
+                                    .and_then(|s| s.as_u64())
+                                    .map_or(String::new(), |s| format!(" at {s}% of the traffic")),
+                                a.get("reason").and_then(|r| r.as_str()).unwrap_or("")
+                            ));
+                        }
                     }
                 }
             }

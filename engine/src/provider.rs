@@ -169,7 +169,32 @@ pub struct Rollout {
     pub parallel: usize,
     /// Stage every instance first and switch them together only if all staged (blue-green).
     pub two_phase: bool,
+    /// Two-phase, and between staging and switching the provider's `analyze` watches the staged
+    /// versions take a growing share of the traffic (a progressive canary); it decides whether
+    /// they are switched (promoted) or stopped (aborted).
+    pub progressive: bool,
 }
+
+/// One instance of a block whose update is staged, for `Provider::analyze`.
+#[derive(Clone, Debug)]
+pub struct Staged {
+    pub addr: String,
+    /// What runs now (recorded).
+    pub prior: JsonMap,
+    /// What `stage` prepared.
+    pub staged: JsonMap,
+}
+
+/// Why a progressive rollout stopped.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Aborted {
+    /// The candidate's share of traffic (percent) when it was stopped.
+    pub step: u32,
+    pub reason: String,
+}
+
+/// Live progress lines from a long provider step (a canary's steps and figures).
+pub type Progress = std::sync::Arc<dyn Fn(String) + Send + Sync>;
 
 /// Where providers keep what they run and build, and how to re-invoke this binary.
 #[derive(Clone, Debug)]
@@ -307,6 +332,20 @@ pub trait Provider: Send + Sync {
         _addr: &str,
         _staged: &JsonMap,
     ) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    /// Progressive rollouts: every instance of `block` is staged; shift traffic to the staged
+    /// versions step by step and judge them. Ok: promote (the engine commits every instance).
+    /// Err: abort (the engine aborts every instance); by then the staged versions get no traffic.
+    async fn analyze(
+        &self,
+        _ctx: &ProviderCtx,
+        _kind: &str,
+        _block: &str,
+        _config: &ValueMap,
+        _members: &[Staged],
+        _progress: Progress,
+    ) -> Result<(), Aborted> {
         Ok(())
     }
     /// Must also clean up a half-created instance (a crash between start and record).

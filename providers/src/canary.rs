@@ -212,7 +212,8 @@ impl CanarySpec {
                 .tolerance(self.latency_tolerance),
             Metric::proportion("errors")
                 .direction(Direction::Increase)
-                .critical(true),
+                .critical(true)
+                .min_samples(self.min_requests),
         ]);
         c.confidence = self.confidence;
         c
@@ -220,9 +221,14 @@ impl CanarySpec {
 
     /// The sequential judge watched between steps: the error share, critical.
     pub fn sequential_config(&self) -> JudgeConfig {
+        // The mixture test is valid at every sample size; 30 answers per arm keep the normal
+        // approximation of a rate sane while a 5 % step still decides within seconds.
         let mut c = JudgeConfig::with_metrics(vec![Metric::proportion("errors")
             .direction(Direction::Increase)
-            .critical(true)]);
+            .critical(true)
+            .min_samples(30)
+            // Most power near a 5-point rise of the error share, the size worth stopping for.
+            .mixture_scale(0.05)]);
         c.confidence = self.confidence;
         c
     }
@@ -301,6 +307,105 @@ impl LogTail {
             .filter_map(parse_access_line)
             .collect()
     }
+}
+
+/// What a load generator saw.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoadStats {
+    pub sent: u64,
+    /// Answered 2xx or 3xx.
+    pub ok: u64,
+    pub failed: u64,
+}
+
+impl std::fmt::Display for LoadStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} requests, {} answered 2xx/3xx, {} not",
+            self.sent, self.ok, self.failed
+        )
+    }
+}
+
+/// Bounded load: `rate` requests a second to `target` (`host:port`) until `until` or `stop`,
+/// one connection per request, from up to 8 threads.
+pub fn start_load(
+    target: String,
+    rate: u32,
+    req: Request,
+    until: std::time::Instant,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<LoadStats> {
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Mutex};
+    std::thread::spawn(move || {
+        let clients = 8u32.min(rate.max(1));
+        let interval = Duration::from_secs_f64(f64::from(clients) / f64::from(rate.max(1)));
+        let stats = Arc::new(Mutex::new(LoadStats::default()));
+        let threads: Vec<_> = (0..clients)
+            .map(|k| {
+                let (stats, req, target, stop) =
+                    (stats.clone(), req.clone(), target.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    // Spread the clients over one interval.
+                    let mut next = std::time::Instant::now() + interval * k / clients;
+                    loop {
+                        if let Some(d) = next.checked_duration_since(std::time::Instant::now()) {
+                            std::thread::sleep(d);
+                        }
+                        if std::time::Instant::now() >= until || stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let ok = one_request(&target, &req);
+                        let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+                        s.sent += 1;
+                        if ok {
+                            s.ok += 1
+                        } else {
+                            s.failed += 1
+                        }
+                        drop(s);
+                        next += interval;
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            let _ = t.join();
+        }
+        let s = stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        s
+    })
+}
+
+/// One request on its own connection; true when answered 2xx or 3xx within 10 s.
+pub fn one_request(target: &str, r: &Request) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(target) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let body = r.body.as_deref().unwrap_or("");
+    let head = format!(
+        "{} {} HTTP/1.1\r\nHost: canary\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        r.method,
+        r.path,
+        r.content_type,
+        body.len()
+    );
+    if s.write_all(head.as_bytes())
+        .and_then(|_| s.write_all(body.as_bytes()))
+        .is_err()
+    {
+        return false;
+    }
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let head = String::from_utf8_lossy(&resp[..resp.len().min(16)]).into_owned();
+    head.split_whitespace()
+        .nth(1)
+        .is_some_and(|c| c.starts_with('2') || c.starts_with('3'))
 }
 
 #[cfg(test)]

@@ -81,7 +81,9 @@ fn preview(settings: &Settings, req: &Request) -> Response {
     if !settings.extra_latency.is_zero() {
         thread::sleep(settings.extra_latency);
     }
-    if fault::should_fail(settings.fail_rate) {
+    static FIRST: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let since_first = FIRST.get_or_init(std::time::Instant::now).elapsed();
+    if since_first >= settings.fail_after && fault::should_fail(settings.fail_rate) {
         return Response::error(500, "injected failure (PREVIEW_FAIL_RATE)");
     }
     let markdown = match markdown_field(&req.body) {

@@ -22,6 +22,8 @@ environment:
                             redis flag store per request (PREVIEW_TABLES is the default)
   PREVIEW_FAIL_RATE         0.0-1.0: share of /preview requests answered 500 (default: 0)
   PREVIEW_EXTRA_LATENCY_MS  milliseconds of sleep added to /preview (default: 0)
+  PREVIEW_FAIL_AFTER_MS     injected failures start this long after the first /preview
+                            request (default: 0, from the start)
   PREVIEW_WORKERS           worker threads (default: 16)
 ";
 
@@ -101,6 +103,8 @@ pub struct Settings {
     pub fail_rate: f64,
     /// Sleep added to every `/preview` request.
     pub extra_latency: Duration,
+    /// Injected failures start this long after the first `/preview` request.
+    pub fail_after: Duration,
     /// Number of worker threads.
     pub workers: usize,
 }
@@ -111,6 +115,7 @@ impl Default for Settings {
             version: "dev".into(),
             fail_rate: 0.0,
             extra_latency: Duration::ZERO,
+            fail_after: Duration::ZERO,
             workers: DEFAULT_WORKERS,
         }
     }
@@ -147,6 +152,12 @@ impl Settings {
                 format!("PREVIEW_EXTRA_LATENCY_MS: invalid value {v:?} (expected milliseconds)")
             })?;
             s.extra_latency = Duration::from_millis(ms);
+        }
+        if let Some(v) = set("PREVIEW_FAIL_AFTER_MS") {
+            let ms = v.parse::<u64>().map_err(|_| {
+                format!("PREVIEW_FAIL_AFTER_MS: invalid value {v:?} (expected milliseconds)")
+            })?;
+            s.fail_after = Duration::from_millis(ms);
         }
         if let Some(v) = set("PREVIEW_WORKERS") {
             s.workers = v

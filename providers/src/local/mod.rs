@@ -2,14 +2,15 @@
 //! as supervised processes on loopback. No cloud, no root, no container engine.
 
 mod build;
+pub mod canary;
 mod file;
 mod service;
 pub mod slot;
 
 use async_trait::async_trait;
 use pipeline_engine::provider::{
-    ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned, Provider,
-    ProviderCtx, ProviderError, Rollout, Type,
+    Aborted, ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned,
+    Progress, Provider, ProviderCtx, ProviderError, Rollout, Staged, Type,
 };
 use pipeline_engine::value::{Value, ValueMap};
 
@@ -111,6 +112,37 @@ impl Provider for Local {
         Some(Rollout {
             parallel: p.parallel,
             two_phase: p.blue_green,
+            progressive: p.canary,
+        })
+    }
+
+    async fn analyze(
+        &self,
+        ctx: &ProviderCtx,
+        kind: &str,
+        block: &str,
+        config: &ValueMap,
+        members: &[Staged],
+        progress: Progress,
+    ) -> Result<(), Aborted> {
+        if kind != "service" {
+            return Ok(());
+        }
+        let (ctx, block, config, members) = (
+            ctx.clone(),
+            block.to_string(),
+            config.clone(),
+            members.to_vec(),
+        );
+        tokio::task::spawn_blocking(move || {
+            canary::analyze(&ctx, &block, &config, &members, progress)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(Aborted {
+                step: 0,
+                reason: format!("the canary analysis failed: {e}"),
+            })
         })
     }
 

@@ -146,6 +146,8 @@ fn address_of(c: &ValueMap) -> String {
 #[derive(Clone, Debug, PartialEq)]
 pub struct UpdatePolicy {
     pub blue_green: bool,
+    /// Progressive canary: staged like blue-green, then analysed (see canary.rs).
+    pub canary: bool,
     /// Slots updated at once (max_unavailable + max_surge, at least 1).
     pub parallel: usize,
     pub drain_timeout: Duration,
@@ -154,6 +156,7 @@ pub struct UpdatePolicy {
 pub fn update_policy(c: &ValueMap) -> Result<UpdatePolicy, String> {
     let mut p = UpdatePolicy {
         blue_green: false,
+        canary: false,
         parallel: 1,
         drain_timeout: Duration::from_secs(10),
     };
@@ -168,6 +171,7 @@ pub fn update_policy(c: &ValueMap) -> Result<UpdatePolicy, String> {
     match u.get("strategy").and_then(Value::as_str) {
         None | Some("rolling") => {}
         Some("blue-green") => p.blue_green = true,
+        Some("canary") => p.canary = true,
         Some(o) => return Err(format!("update strategy {o:?} is unknown")),
     }
     let num = |k: &str, d: f64| -> Result<f64, String> {
@@ -217,7 +221,7 @@ pub fn validate(c: &ValueMap) -> Vec<Invalid> {
             out.push(Invalid::new(
                 Some("update"),
                 e,
-                "e.g. update = { strategy = \"rolling\", max_unavailable = 1 } or { strategy = \"blue-green\" }; settings: strategy, max_unavailable, max_surge, drain_timeout",
+                "e.g. update = { strategy = \"rolling\", max_unavailable = 1 }, { strategy = \"blue-green\" } or { strategy = \"canary\" } (with canary = { steps = [5, 25, 50, 100] }); settings: strategy, max_unavailable, max_surge, drain_timeout",
             ));
         }
     }
@@ -351,7 +355,14 @@ pub async fn commit(
     let (ctx, addr, staged) = (ctx.clone(), addr.to_string(), staged.clone());
     blocking(move || {
         if staged.contains_key("staged_generation") {
-            commit_update(&ctx, &addr, &staged, true)
+            let canary = update_policy_of(&staged).canary;
+            let out = commit_update(&ctx, &addr, &staged, !canary)?;
+            // A promoted canary: the slot now serves the candidate; its own line leaves the
+            // balancers (they were shifted to it directly).
+            if let Some(c) = candidate_addr(&staged) {
+                crate::nginx::canary::remove_candidate(&ctx.work_dir, &c).map_err(err)?;
+            }
+            Ok(out)
         } else {
             Ok(staged)
         }
@@ -363,12 +374,40 @@ pub async fn commit(
 pub async fn abort(ctx: &ProviderCtx, addr: &str, staged: &JsonMap) -> Result<(), ProviderError> {
     let (ctx, addr, staged) = (ctx.clone(), addr.to_string(), staged.clone());
     blocking(move || {
+        // An aborted canary's candidate gets no traffic before it stops.
+        if let Some(c) = candidate_addr(&staged) {
+            crate::nginx::canary::remove_candidate(&ctx.work_dir, &c).map_err(err)?;
+        }
         if let Some(g) = num(&staged, "staged_generation") {
             stop_gen(&ctx, &addr, g)?;
         }
         Ok(())
     })
     .await
+}
+
+/// The staged generation's `host:port`, where a canary sends it traffic directly.
+fn candidate_addr(staged: &JsonMap) -> Option<String> {
+    let address = staged
+        .get("staged_backend_address")
+        .or_else(|| staged.get("address"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("127.0.0.1");
+    Some(format!("{address}:{}", num(staged, "staged_backend_port")?))
+}
+
+/// The update policy recorded with an instance's attributes.
+fn update_policy_of(attrs: &JsonMap) -> UpdatePolicy {
+    let mut c = ValueMap::new();
+    if let Some(u) = attrs.get("update") {
+        c.insert("update".into(), Value::from_json(u));
+    }
+    update_policy(&c).unwrap_or(UpdatePolicy {
+        blue_green: false,
+        canary: false,
+        parallel: 1,
+        drain_timeout: Duration::from_secs(10),
+    })
 }
 
 /// Swap the active and standby generations (after a blue-green switch): instant, no start.

@@ -3,6 +3,8 @@
 //! when the rendered config really changes. Upstreams point at service slots, whose addresses
 //! never change through updates, so rollouts need no reload at all.
 
+pub mod canary;
+
 use async_trait::async_trait;
 use pipeline_engine::provider::{
     ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned, Provider,
@@ -462,6 +464,8 @@ fn apply_blocking(
     let running =
         pipeline_supervise::status(&pre).filter(|s| s.supervisor_alive && s.child_pid.is_some());
     let old = std::fs::read_to_string(&conf).ok();
+    // The stack's config replaces whatever an interrupted canary left shifted.
+    let _ = std::fs::remove_file(pre.join("conf/nginx.conf.stable"));
     let tmp = conf.with_extension("tmp");
     std::fs::write(&tmp, &text)
         .and_then(|_| std::fs::rename(&tmp, &conf))

@@ -1,0 +1,353 @@
+//! The progressive canary of a service (`update = { strategy = "canary" }`): every instance's
+//! new generation is staged (started and healthy, no traffic); then the balancers that route to
+//! the service's slots give the staged generations a growing share of their traffic, step by
+//! step (`canary.steps`), while the access logs are judged:
+//!
+//! - every look (0.5 s): the sequential test on the 5xx share (always valid, so looking often
+//!   costs no false alarms), the health of every candidate process, and `pipeline promote` /
+//!   `pipeline rollback`;
+//! - at the end of each step: the fixed-horizon judge on everything so far (latency and errors),
+//!   its significance split over the steps (Bonferroni).
+//!
+//! A failure shifts the traffic back at once (the candidate gets 0 %) before anything else; the
+//! engine then stops the candidates and records the aborted release. A pass leaves the shifted
+//! traffic in place: the engine commits every instance (its slot switches to the candidate),
+//! and each commit takes its candidate's line out of the balancers.
+
+use super::service::{generation_dir, sanitize};
+use crate::canary::{start_load, CanarySpec, LogTail};
+use crate::nginx::canary::{balancers_routing_to, shift, Shifted};
+use pipeline_analysis::judge::{judge, Counts, MetricData, Outcome};
+use pipeline_analysis::{Arm, Decision, SequentialJudge};
+use pipeline_engine::provider::{Aborted, JsonMap, Progress, ProviderCtx, Staged};
+use pipeline_engine::value::ValueMap;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const LOOK: Duration = Duration::from_millis(500);
+
+/// `.pipeline/run/<block>.canary`: present while a canary of `block` runs (its pid and step);
+/// `pipeline promote` / `rollback` write `promote` or `abort` into `<block>.canary.command`.
+pub fn control_file(work_dir: &Path, block: &str) -> PathBuf {
+    work_dir
+        .join("run")
+        .join(format!("{}.canary", sanitize(block)))
+}
+
+pub fn command_file(work_dir: &Path, block: &str) -> PathBuf {
+    work_dir
+        .join("run")
+        .join(format!("{}.canary.command", sanitize(block)))
+}
+
+fn hostport(m: &JsonMap, port_key: &str) -> Option<String> {
+    let address = m
+        .get("staged_backend_address")
+        .filter(|_| port_key == "staged_backend_port")
+        .or_else(|| m.get("address"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("127.0.0.1");
+    Some(format!("{address}:{}", m.get(port_key)?.as_u64()?))
+}
+
+#[derive(Default)]
+struct ArmData {
+    latency_ms: Vec<f64>,
+    errors: u64,
+    total: u64,
+}
+
+impl ArmData {
+    fn line(&self) -> String {
+        let mut l = self.latency_ms.clone();
+        l.sort_by(f64::total_cmp);
+        let p50 = l.get(l.len() / 2).copied().unwrap_or(f64::NAN);
+        format!(
+            "{} answers, {} 5xx, p50 {p50:.1} ms",
+            self.total, self.errors
+        )
+    }
+}
+
+pub fn analyze(
+    ctx: &ProviderCtx,
+    block: &str,
+    config: &ValueMap,
+    members: &[Staged],
+    progress: Progress,
+) -> Result<(), Aborted> {
+    let abort = |step: u32, reason: String| Aborted { step, reason };
+    let spec = CanarySpec::from_value(
+        config
+            .get("canary")
+            .unwrap_or(&pipeline_engine::value::Value::Null),
+    )
+    .map_err(|e| abort(0, e))?;
+    let baseline: Vec<String> = members
+        .iter()
+        .filter_map(|m| hostport(&m.prior, "port"))
+        .collect();
+    let candidate: Vec<String> = members
+        .iter()
+        .filter_map(|m| hostport(&m.staged, "staged_backend_port"))
+        .collect();
+    if candidate.len() != members.len() {
+        // Nothing new was started (the update changed nothing the app runs): no canary needed.
+        return Ok(());
+    }
+    let balancers = balancers_routing_to(&ctx.work_dir, &baseline);
+    if balancers.is_empty() {
+        return Err(abort(0, format!("no running balancer routes to {block}, and a canary shifts a balancer's traffic; add a balancer whose routes include {block}, or use update = {{ strategy = \"rolling\" }}")));
+    }
+    let ctl = control_file(&ctx.work_dir, block);
+    let cmd = command_file(&ctx.work_dir, block);
+    let _ = std::fs::remove_file(&cmd);
+    let stop_load = Arc::new(AtomicBool::new(false));
+    let load = (spec.load > 0)
+        .then(|| balancers[0].listen.clone())
+        .flatten()
+        .map(|target| {
+            let target = target.replace("0.0.0.0", "127.0.0.1");
+            start_load(
+                target,
+                spec.load,
+                spec.request.clone(),
+                Instant::now() + spec.interval * spec.steps.len() as u32 + Duration::from_secs(60),
+                stop_load.clone(),
+            )
+        });
+    let run = Run {
+        ctx,
+        spec: &spec,
+        block,
+        members,
+        balancers: &balancers,
+        baseline: &baseline,
+        candidate: &candidate,
+        progress: &progress,
+        ctl: &ctl,
+        cmd: &cmd,
+    };
+    let result = run.steps();
+    if let Err(a) = &result {
+        // First of all: the candidate gets no more traffic.
+        for b in &balancers {
+            if let Err(e) = shift(b, &baseline, &candidate, 0) {
+                progress(format!(
+                    "{}: could not shift the traffic back: {e}",
+                    b.name()
+                ));
+            }
+        }
+        progress(format!(
+            "canary aborted at {}%: {}; the candidate gets no traffic",
+            a.step, a.reason
+        ));
+    }
+    stop_load.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Some(l) = load {
+        if let Ok(s) = l.join() {
+            progress(format!("synthetic load through the balancer: {s}"));
+        }
+    }
+    let _ = std::fs::remove_file(&ctl);
+    let _ = std::fs::remove_file(&cmd);
+    result
+}
+
+struct Run<'a> {
+    ctx: &'a ProviderCtx,
+    spec: &'a CanarySpec,
+    block: &'a str,
+    members: &'a [Staged],
+    balancers: &'a [Shifted],
+    baseline: &'a [String],
+    candidate: &'a [String],
+    progress: &'a Progress,
+    ctl: &'a Path,
+    cmd: &'a Path,
+}
+
+impl Run<'_> {
+    fn steps(&self) -> Result<(), Aborted> {
+        let spec = self.spec;
+        let steps: Vec<u32> = spec.steps.iter().copied().filter(|&p| p < 100).collect();
+        let base: HashSet<&str> = self.baseline.iter().map(String::as_str).collect();
+        let cand: HashSet<&str> = self.candidate.iter().map(String::as_str).collect();
+        let mut tails: Vec<LogTail> = self
+            .balancers
+            .iter()
+            .map(|b| LogTail::at_end(&b.access_log()))
+            .collect();
+        let mut seq = SequentialJudge::new(spec.sequential_config());
+        let mut fixed = spec.judge_config();
+        // Several fixed-horizon looks (one per step): split the significance over them.
+        fixed.confidence = 1.0 - (1.0 - spec.confidence) / steps.len().max(1) as f64;
+        let (mut b, mut c) = (ArmData::default(), ArmData::default());
+        let started = Instant::now();
+        for (k, &p) in steps.iter().enumerate() {
+            for bal in self.balancers {
+                shift(bal, self.baseline, self.candidate, p).map_err(|e| Aborted {
+                    step: p,
+                    reason: format!("cannot shift {}'s traffic: {e}", bal.name()),
+                })?;
+            }
+            let _ = std::fs::write(
+                self.ctl,
+                serde_json::json!({ "pid": std::process::id(), "step": p, "block": self.block })
+                    .to_string(),
+            );
+            (self.progress)(format!(
+                "canary step {}/{}: the candidate gets {p}% of the traffic for {:?}",
+                k + 1,
+                steps.len() + 1,
+                spec.interval
+            ));
+            let step_end = Instant::now() + spec.interval;
+            while Instant::now() < step_end {
+                std::thread::sleep(LOOK.min(step_end.saturating_duration_since(Instant::now())));
+                let (mut nb, mut nc) = ((0u64, 0u64), (0u64, 0u64));
+                for t in tails.iter_mut() {
+                    for a in t.read_new() {
+                        let (arm, n) = if base.contains(a.upstream.as_str()) {
+                            (&mut b, &mut nb)
+                        } else if cand.contains(a.upstream.as_str()) {
+                            (&mut c, &mut nc)
+                        } else {
+                            continue;
+                        };
+                        arm.total += 1;
+                        n.1 += 1;
+                        if a.status >= 500 {
+                            arm.errors += 1;
+                            n.0 += 1;
+                        } else if a.status < 400 && a.secs.is_finite() {
+                            arm.latency_ms.push(a.secs * 1000.0);
+                        }
+                    }
+                }
+                let _ = seq.observe_counts(Arm::Baseline, "errors", nb.0, nb.1);
+                let _ = seq.observe_counts(Arm::Candidate, "errors", nc.0, nc.1);
+                if let Decision::Fail(metric, ev) = seq.decision() {
+                    let e = ev.iter().find(|e| e.name == metric);
+                    return Err(Aborted {
+                        step: p,
+                        reason: format!(
+                            "`{metric}` regressed after {:.1}s: candidate {}/{} 5xx vs baseline {}/{} (sequential test, p = {:.1e})",
+                            started.elapsed().as_secs_f64(),
+                            c.errors,
+                            c.total,
+                            b.errors,
+                            b.total,
+                            e.map_or(f64::NAN, |e| e.p_value)
+                        ),
+                    });
+                }
+                // An alert: a candidate process that died or fails its health check.
+                for m in self.members {
+                    let Some(g) = m.staged.get("staged_generation").and_then(|g| g.as_u64()) else {
+                        continue;
+                    };
+                    let dir = generation_dir(&self.ctx.work_dir, &m.addr, Some(g));
+                    let st = pipeline_supervise::status(&dir);
+                    let ok = st.as_ref().is_some_and(|s| {
+                        s.supervisor_alive && s.child_alive && s.healthy != Some(false)
+                    });
+                    if !ok {
+                        return Err(Aborted {
+                            step: p,
+                            reason: format!(
+                                "the candidate of {} (generation {g}) is not healthy; its log is {}",
+                                m.addr,
+                                dir.join(pipeline_supervise::REPLICA_LOG).display()
+                            ),
+                        });
+                    }
+                }
+                match std::fs::read_to_string(self.cmd)
+                    .ok()
+                    .as_deref()
+                    .map(str::trim)
+                {
+                    Some("abort") => {
+                        return Err(Aborted {
+                            step: p,
+                            reason: "stopped by `pipeline rollback`".into(),
+                        })
+                    }
+                    Some("promote") => {
+                        (self.progress)("promoted by `pipeline promote`".into());
+                        return Ok(());
+                    }
+                    _ => {}
+                }
+            }
+            let verdict = self.judge(&fixed, &b, &c);
+            (self.progress)(format!(
+                "canary step {p}%: baseline {}; candidate {}; score {:.0}: {:?}",
+                b.line(),
+                c.line(),
+                verdict.score + 0.0,
+                verdict.outcome
+            ));
+            if verdict.outcome == Outcome::Fail {
+                return Err(Aborted {
+                    step: p,
+                    reason: format!("score {:.0}: {}", verdict.score, verdict.reason),
+                });
+            }
+        }
+        let last = steps.last().copied().unwrap_or(0);
+        if c.total < spec.min_requests || b.total < spec.min_requests {
+            return Err(Aborted {
+                step: last,
+                reason: format!(
+                    "not enough evidence: the candidate answered {} and the baseline {} requests (min_requests = {}); send traffic through the balancer or set canary.load",
+                    c.total, b.total, spec.min_requests
+                ),
+            });
+        }
+        let verdict = self.judge(&fixed, &b, &c);
+        if verdict.outcome != Outcome::Pass {
+            return Err(Aborted {
+                step: last,
+                reason: format!(
+                    "score {:.0} ({:?}): {}",
+                    verdict.score, verdict.outcome, verdict.reason
+                ),
+            });
+        }
+        (self.progress)(format!(
+            "canary passed (score {:.0}); promoting: the candidate takes all the traffic",
+            verdict.score
+        ));
+        Ok(())
+    }
+
+    fn judge(
+        &self,
+        cfg: &pipeline_analysis::JudgeConfig,
+        b: &ArmData,
+        c: &ArmData,
+    ) -> pipeline_analysis::Verdict {
+        let mut data = std::collections::BTreeMap::new();
+        data.insert(
+            "latency".to_string(),
+            MetricData::Continuous {
+                baseline: b.latency_ms.clone(),
+                candidate: c.latency_ms.clone(),
+            },
+        );
+        data.insert(
+            "errors".to_string(),
+            MetricData::Counts {
+                baseline: Counts::new(b.errors, b.total),
+                candidate: Counts::new(c.errors, c.total),
+            },
+        );
+        judge(cfg, &data)
+    }
+}

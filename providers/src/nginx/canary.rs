@@ -1,0 +1,352 @@
+//! Traffic shifting for a progressive canary: the candidate's servers are added to every
+//! upstream of a running balancer that routes to the baseline's slots, with weights that give
+//! the candidate `percent` % of that upstream's requests. The config the stack rendered is kept
+//! beside (`nginx.conf.stable`) and put back when the canary ends; every change is checked with
+//! `nginx -t` and applied with a graceful reload.
+//!
+//! A canary interrupted by a crash leaves the shifted config in place; the balancer's `read`
+//! then sees a config that differs from the recorded one (drift), and the next apply renders
+//! the stack's config again.
+
+use super::{check, nginx_bin};
+use std::path::{Path, PathBuf};
+
+/// A running balancer some of whose upstreams route to the baseline.
+#[derive(Clone, Debug)]
+pub struct Shifted {
+    /// The balancer's prefix (`.pipeline/run/balancer.NAME`).
+    pub prefix: PathBuf,
+    /// Where the balancer listens (`address:port`), for synthetic load.
+    pub listen: Option<String>,
+}
+
+impl Shifted {
+    pub fn access_log(&self) -> PathBuf {
+        self.prefix.join("logs/access.log")
+    }
+    pub fn name(&self) -> String {
+        self.prefix
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+fn server_addr(line: &str) -> Option<&str> {
+    let t = line.trim_start();
+    let rest = t.strip_prefix("server ")?;
+    rest.split_whitespace().next()
+}
+
+fn conf(prefix: &Path) -> PathBuf {
+    prefix.join("conf/nginx.conf")
+}
+
+fn stable(prefix: &Path) -> PathBuf {
+    prefix.join("conf/nginx.conf.stable")
+}
+
+/// Every running balancer under `work_dir` with an upstream that names one of `baseline`.
+pub fn balancers_routing_to(work_dir: &Path, baseline: &[String]) -> Vec<Shifted> {
+    let Ok(rd) = std::fs::read_dir(work_dir.join("run")) else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let prefix = e.path();
+        let text = std::fs::read_to_string(stable(&prefix))
+            .or_else(|_| std::fs::read_to_string(conf(&prefix)));
+        let Ok(text) = text else { continue };
+        if !text
+            .lines()
+            .any(|l| server_addr(l).is_some_and(|a| baseline.iter().any(|b| b == a)))
+        {
+            continue;
+        }
+        let listen = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("listen "))
+            .map(|l| l.trim_end_matches(';').trim().to_string());
+        out.push(Shifted { prefix, listen });
+    }
+    out.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+    out
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// The stable config with `candidate` servers added to each upstream that routes to `baseline`,
+/// weighted for `percent` % of its requests (100: the baseline's servers marked `down`).
+pub fn shifted_config(
+    stable: &str,
+    baseline: &[String],
+    candidate: &[String],
+    percent: u32,
+) -> String {
+    let lines: Vec<&str> = stable.lines().collect();
+    let mut out = Vec::with_capacity(lines.len() + candidate.len() * 2);
+    let mut i = 0;
+    while i < lines.len() {
+        let l = lines[i];
+        if !(l.trim_start().starts_with("upstream ") && l.trim_end().ends_with('{')) {
+            out.push(l.to_string());
+            i += 1;
+            continue;
+        }
+        // One upstream block: its server lines up to the closing brace.
+        let start = i;
+        let mut end = i + 1;
+        while end < lines.len() && lines[end].trim() != "}" {
+            end += 1;
+        }
+        let servers: Vec<(usize, &str, u64)> = (start + 1..end)
+            .filter_map(|k| {
+                let a = server_addr(lines[k])?;
+                let w = lines[k]
+                    .split_whitespace()
+                    .find_map(|t| t.strip_prefix("weight="))
+                    .and_then(|w| w.trim_end_matches(';').parse().ok())
+                    .unwrap_or(1);
+                Some((k, a, w))
+            })
+            .collect();
+        let ours = servers
+            .iter()
+            .find(|(_, a, _)| baseline.iter().any(|b| b == a));
+        let Some(&(template, base_addr, _)) = ours.filter(|_| percent > 0 && !candidate.is_empty())
+        else {
+            out.extend(
+                lines[start..=end.min(lines.len() - 1)]
+                    .iter()
+                    .map(|s| s.to_string()),
+            );
+            i = end + 1;
+            continue;
+        };
+        // Existing servers share (100 − p) %, the candidate's p %: scale both sides.
+        let total: u64 = servers.iter().map(|(_, _, w)| w).sum::<u64>().max(1);
+        let nc = candidate.len() as u64;
+        let p = u64::from(percent.min(100));
+        let keep = |w: u64| w * (100 - p) * nc;
+        let cand_w = p * total;
+        let mut g = cand_w;
+        for (_, _, w) in &servers {
+            if keep(*w) > 0 {
+                g = gcd(g, keep(*w));
+            }
+        }
+        let g = g.max(1);
+        out.push(lines[start].to_string());
+        for (k, l) in lines.iter().enumerate().take(end).skip(start + 1) {
+            match servers.iter().find(|(j, _, _)| *j == k) {
+                Some(_) if p == 100 => out.push(format!(
+                    "{} down;",
+                    l.trim_end().trim_end_matches(';').replace(" down", "")
+                )),
+                Some((_, _, w)) => out.push(set_weight(l, keep(*w) / g)),
+                None => out.push(l.to_string()),
+            }
+        }
+        for c in candidate {
+            let line = set_weight(lines[template], cand_w / g)
+                .replacen(base_addr, c, 1)
+                .replace(" down;", ";");
+            out.push(format!("{line} # canary"));
+        }
+        out.push(lines[end.min(lines.len() - 1)].to_string());
+        i = end + 1;
+    }
+    let mut s = out.join("\n");
+    s.push('\n');
+    s
+}
+
+fn set_weight(line: &str, w: u64) -> String {
+    let mut parts: Vec<String> = line.split(' ').map(str::to_string).collect();
+    let mut found = false;
+    for p in parts.iter_mut() {
+        if let Some(rest) = p.strip_prefix("weight=") {
+            let tail = if rest.ends_with(';') { ";" } else { "" };
+            *p = format!("weight={w}{tail}");
+            found = true;
+        }
+    }
+    let mut s = parts.join(" ");
+    if !found {
+        s = s.replacen(';', &format!(" weight={w};"), 1);
+    }
+    s
+}
+
+/// Exclusive use of a balancer's config while it is rewritten (commits run in parallel).
+struct ConfLock(std::fs::File);
+
+impl ConfLock {
+    fn take(prefix: &Path) -> std::io::Result<ConfLock> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(prefix.join("conf/canary.lock"))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this struct owns; released when it is dropped.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(ConfLock(f))
+    }
+}
+
+impl Drop for ConfLock {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: see take().
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+fn write_and_reload(prefix: &Path, text: &str) -> Result<(), String> {
+    if nginx_bin().is_none() {
+        return Err("nginx is not installed".into());
+    }
+    check(text, prefix).map_err(|(_, m)| m)?;
+    let c = conf(prefix);
+    let tmp = c.with_extension("canary-tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, &c))
+        .map_err(|e| format!("cannot write {}: {e}", c.display()))?;
+    reload(prefix)
+}
+
+fn reload(prefix: &Path) -> Result<(), String> {
+    let pid = pipeline_supervise::status(prefix)
+        .filter(|s| s.supervisor_alive)
+        .and_then(|s| s.child_pid)
+        .ok_or_else(|| format!("the balancer in {} is not running", prefix.display()))?;
+    // SAFETY: a signal to the nginx master this provider started.
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    Ok(())
+}
+
+/// Give the candidate `percent` % of the balancer's traffic to the baseline (0: none, and the
+/// stack's config is back).
+pub fn shift(
+    b: &Shifted,
+    baseline: &[String],
+    candidate: &[String],
+    percent: u32,
+) -> Result<(), String> {
+    let _lock = ConfLock::take(&b.prefix).map_err(|e| e.to_string())?;
+    let st = stable(&b.prefix);
+    if percent == 0 || candidate.is_empty() {
+        if st.exists() {
+            let text = std::fs::read_to_string(&st).map_err(|e| e.to_string())?;
+            write_and_reload(&b.prefix, &text)?;
+            let _ = std::fs::remove_file(&st);
+        }
+        return Ok(());
+    }
+    if !st.exists() {
+        std::fs::copy(conf(&b.prefix), &st).map_err(|e| e.to_string())?;
+    }
+    let text = std::fs::read_to_string(&st).map_err(|e| e.to_string())?;
+    write_and_reload(
+        &b.prefix,
+        &shifted_config(&text, baseline, candidate, percent),
+    )
+}
+
+/// A promoted or aborted candidate server leaves every balancer: its line is dropped from the
+/// shifted config; when no candidate is left the stack's config is back.
+pub fn remove_candidate(work_dir: &Path, candidate: &str) -> Result<(), String> {
+    let Ok(rd) = std::fs::read_dir(work_dir.join("run")) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let prefix = e.path();
+        if !stable(&prefix).exists() {
+            continue;
+        }
+        let _lock = ConfLock::take(&prefix).map_err(|e| e.to_string())?;
+        let Ok(text) = std::fs::read_to_string(conf(&prefix)) else {
+            continue;
+        };
+        let mine = |l: &str| l.ends_with("# canary") && server_addr(l) == Some(candidate);
+        if !text.lines().any(mine) {
+            continue;
+        }
+        let left: Vec<&str> = text.lines().filter(|l| !mine(l)).collect();
+        let next = if left.iter().any(|l| l.ends_with("# canary")) {
+            let mut s = left.join("\n");
+            s.push('\n');
+            s
+        } else {
+            std::fs::read_to_string(stable(&prefix)).map_err(|e| e.to_string())?
+        };
+        write_and_reload(&prefix, &next)?;
+        if !next.contains("# canary") {
+            let _ = std::fs::remove_file(stable(&prefix));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONF: &str = "http {\n    upstream route_0 {\n        server 127.0.0.1:4001 weight=1 max_fails=1 fail_timeout=10s;\n        server 127.0.0.1:4002 weight=1 max_fails=1 fail_timeout=10s;\n    }\n    upstream route_1 {\n        server 127.0.0.1:5001 weight=1 max_fails=1 fail_timeout=10s;\n    }\n}\n";
+
+    fn weights(text: &str) -> Vec<(String, u64, bool)> {
+        text.lines()
+            .filter_map(|l| {
+                let a = server_addr(l)?;
+                let w = l
+                    .split_whitespace()
+                    .find_map(|t| t.strip_prefix("weight="))?
+                    .trim_end_matches(';')
+                    .parse()
+                    .ok()?;
+                Some((a.to_string(), w, l.contains(" down")))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn weights_give_the_candidate_its_share() {
+        let base = vec!["127.0.0.1:4001".to_string(), "127.0.0.1:4002".to_string()];
+        let cand = vec!["127.0.0.1:6001".to_string(), "127.0.0.1:6002".to_string()];
+        for p in [5u32, 25, 50] {
+            let t = shifted_config(CONF, &base, &cand, p);
+            let w = weights(&t);
+            let c: u64 = w.iter().filter(|x| x.0.contains(":600")).map(|x| x.1).sum();
+            let b: u64 = w.iter().filter(|x| x.0.contains(":400")).map(|x| x.1).sum();
+            assert_eq!(c * 100, (c + b) * u64::from(p), "{t}");
+            // The other route is untouched.
+            assert!(t.contains("server 127.0.0.1:5001 weight=1 max_fails=1 fail_timeout=10s;"));
+            assert_eq!(t.matches("# canary").count(), 2);
+        }
+        let t = shifted_config(CONF, &base, &cand, 100);
+        assert!(
+            weights(&t)
+                .iter()
+                .filter(|x| x.0.contains(":400"))
+                .all(|x| x.2),
+            "{t}"
+        );
+        assert!(
+            weights(&t)
+                .iter()
+                .filter(|x| x.0.contains(":600"))
+                .all(|x| !x.2),
+            "{t}"
+        );
+        assert_eq!(shifted_config(CONF, &base, &cand, 0), CONF);
+    }
+}

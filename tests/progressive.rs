@@ -1,0 +1,346 @@
+//! The progressive canary of `apply` (`update = { strategy = "canary" }`) against the real
+//! sample service behind real nginx, under a bounded load of 100 requests/s through the
+//! balancer:
+//!
+//! - a good candidate goes 5 → 25 → 50 → 100 % and is promoted; the balancer's config is the
+//!   stack's again and the next plan is empty;
+//! - a candidate that starts failing mid-way is stopped: its traffic ends within one analysis
+//!   interval of its first error, the old version serves everything, the release is recorded as
+//!   aborted and the next plan shows the change as not done, saying why;
+//! - `pipeline promote` and `pipeline rollback` control a running canary by hand.
+
+mod common;
+use common::load::{self, free_port};
+use common::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const BODY: &str = r##"{"markdown":"# Title\n\nSome *text*."}"##;
+
+fn stack(app: &Path, port: u16, interval: &str) -> String {
+    format!(
+        r#"variable "version" {{ default = "v1" }}
+variable "fail_rate" {{ default = "0" }}
+variable "fail_after" {{ default = "0" }}
+
+service "web" {{
+  replicas      = 2
+  source        = "{app}"
+  run           = "exec ./preview --port {{{{port}}}}"
+  env           = {{ VERSION = var.version, PREVIEW_FAIL_RATE = var.fail_rate, PREVIEW_FAIL_AFTER_MS = var.fail_after }}
+  health        = {{ path = "/health", interval = "100ms" }}
+  start_timeout = "5s"
+  update        = {{ strategy = "canary" }}
+  canary        = {{ steps = [5, 25, 50, 100], interval = "{interval}", min_requests = 40 }}
+}}
+
+balancer "front" {{
+  listen = {port}
+  routes = {{ "/" = service.web }}
+}}
+
+output "slots" {{ value = service.web[*].url }}
+"#,
+        app = app.display()
+    )
+}
+
+struct Env {
+    t: Scratch,
+    port: u16,
+}
+
+fn setup(interval: &str) -> Env {
+    let t = Scratch::new();
+    let app = prebuilt_source(&t);
+    let port = free_port();
+    t.write("s.hcl", &stack(&app, port, interval));
+    t.ok(&["apply", "-auto-approve", "s.hcl"]);
+    Env { t, port }
+}
+
+fn versions(port: u16, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        if let Some((200, b)) = http("GET", &format!("http://127.0.0.1:{port}/health"), "") {
+            let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+            *out.entry(v["version"].as_str().unwrap_or("?").to_string())
+                .or_default() += 1;
+        }
+    }
+    out
+}
+
+fn start_load(port: u16) -> load::Load {
+    load::start(
+        &format!("127.0.0.1:{port}"),
+        "POST",
+        "/preview",
+        BODY,
+        100,
+        4,
+        false,
+        Duration::from_secs(90),
+    )
+}
+
+fn conf(t: &Scratch) -> String {
+    std::fs::read_to_string(
+        t.path()
+            .join(".pipeline/run/balancer.front/conf/nginx.conf"),
+    )
+    .unwrap()
+}
+
+/// (unix seconds, status, upstream) of every answer in the balancer's access log.
+fn access_log(t: &Scratch) -> Vec<(f64, u16, String)> {
+    let text = std::fs::read_to_string(
+        t.path()
+            .join(".pipeline/run/balancer.front/logs/access.log"),
+    )
+    .unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                f.first()?.parse().ok()?,
+                f.get(1)?.parse().ok()?,
+                f.get(3)?.trim_end_matches(',').to_string(),
+            ))
+        })
+        .collect()
+}
+
+fn slot_addrs(t: &Scratch) -> Vec<String> {
+    let slots: Vec<String> = serde_json::from_str(&t.ok(&["output", "-json", "slots"])).unwrap();
+    slots
+        .iter()
+        .map(|u| {
+            u.trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn a_good_candidate_is_promoted_step_by_step() {
+    let e = setup("2s");
+    let slots = slot_addrs(&e.t);
+    let load = start_load(e.port);
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let out =
+        e.t.run(&["apply", "-auto-approve", "-var", "version=v2", "s.hcl"]);
+    let took = t0.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let report = load.stop();
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    println!("{text}\napply took {took:?}; load: {}", report.summary());
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for step in [
+        "5% of the traffic",
+        "25% of the traffic",
+        "50% of the traffic",
+        "canary passed",
+    ] {
+        assert!(text.contains(step), "{step}: {text}");
+    }
+    // Every step ran its interval.
+    assert!(took >= Duration::from_secs(6), "{took:?}");
+    assert_eq!(
+        report.failed,
+        0,
+        "{:?}",
+        &report.errors[..report.errors.len().min(5)]
+    );
+    // The candidate really got traffic directly (not through the slots) while it ran.
+    let log = access_log(&e.t);
+    let direct = log
+        .iter()
+        .filter(|(_, _, u)| !slots.contains(u) && u != "-")
+        .count();
+    println!("answers straight from the candidate during the canary: {direct}");
+    assert!(direct > 40, "{direct}");
+    // Promoted: everything is v2, through the same slots; the balancer runs the stack's config.
+    assert_eq!(versions(e.port, 20).keys().collect::<Vec<_>>(), vec!["v2"]);
+    assert!(!conf(&e.t).contains("# canary"), "{}", conf(&e.t));
+    assert!(!e
+        .t
+        .path()
+        .join(".pipeline/run/balancer.front/conf/nginx.conf.stable")
+        .exists());
+    let plan =
+        e.t.run(&["plan", "-detailed-exitcode", "-var", "version=v2", "s.hcl"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", s(&plan.stdout));
+    // One generation per instance is left (the old ones were drained and stopped).
+    let st = state(&e.t);
+    for i in 0..2 {
+        let a = &st.resources[&format!("service.web[{i}]")].attrs;
+        assert!(a.get("standby_generation").is_none(), "{a:?}");
+        assert!(a.get("canary_aborted").is_none(), "{a:?}");
+    }
+    e.t.ok(&["destroy", "-auto-approve", "s.hcl"]);
+}
+
+#[test]
+fn a_candidate_that_starts_failing_is_stopped_within_one_interval() {
+    let e = setup("3s");
+    let slots = slot_addrs(&e.t);
+    let load = start_load(e.port);
+    std::thread::sleep(Duration::from_millis(500));
+    // Half of its answers are 500s from 4 s after its first request: during the 25 % step.
+    let out = e.t.run(&[
+        "apply",
+        "-auto-approve",
+        "-var",
+        "version=v2",
+        "-var",
+        "fail_rate=0.5",
+        "-var",
+        "fail_after=4000",
+        "s.hcl",
+    ]);
+    std::thread::sleep(Duration::from_millis(1000));
+    let report = load.stop();
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    println!("{text}\nload: {}", report.summary());
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("canary aborted at"), "{text}");
+    // The sequential test (every 0.5 s) or the step's judgement (at its end) found it.
+    assert!(
+        text.contains("`errors` regressed") || text.contains("critical metric failed: errors"),
+        "{text}"
+    );
+
+    // From the access log: the candidate's answers, its first error, its last answer.
+    let log = access_log(&e.t);
+    let cand: Vec<&(f64, u16, String)> = log
+        .iter()
+        .filter(|(_, _, u)| !slots.contains(u) && u != "-")
+        .collect();
+    let first_err = cand
+        .iter()
+        .find(|(_, st, _)| *st >= 500)
+        .map(|x| x.0)
+        .expect("the candidate failed some requests");
+    let last = cand.iter().map(|x| x.0).fold(0.0, f64::max);
+    let failed = cand.iter().filter(|(_, st, _)| *st >= 500).count();
+    println!(
+        "candidate: {} answers, {failed} of them 5xx; its traffic stopped {:.2} s after its first 5xx; clients saw {} failed requests",
+        cand.len(),
+        last - first_err,
+        report.failed
+    );
+    assert!(
+        last - first_err <= 3.0,
+        "traffic to the candidate went on for {:.2} s",
+        last - first_err
+    );
+    // Every failed request was the candidate's (the old version answered all else).
+    assert_eq!(
+        report.failed as usize,
+        failed,
+        "{:?}",
+        &report.errors[..report.errors.len().min(5)]
+    );
+
+    // The old version serves everything; the balancer is back to the stack's config.
+    assert_eq!(versions(e.port, 20).keys().collect::<Vec<_>>(), vec!["v1"]);
+    assert!(!conf(&e.t).contains("# canary"));
+    // The aborted release is recorded, and the next plan says the stack is not converged.
+    let st = state(&e.t);
+    let a = &st.resources["service.web[0]"].attrs;
+    assert!(
+        a["canary_aborted"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("errors"),
+        "{a:?}"
+    );
+    let plan = e.t.run(&[
+        "plan",
+        "-detailed-exitcode",
+        "-var",
+        "version=v2",
+        "-var",
+        "fail_rate=0.5",
+        "-var",
+        "fail_after=4000",
+        "s.hcl",
+    ]);
+    let ptext = s(&plan.stdout);
+    println!("{ptext}");
+    assert_eq!(plan.status.code(), Some(2), "{ptext}");
+    assert!(
+        ptext.contains("the last canary of a change here was aborted at"),
+        "{ptext}"
+    );
+    // No candidate process is left: two slots and two apps, plus nginx and its supervisor.
+    e.t.ok(&["destroy", "-auto-approve", "s.hcl"]);
+    assert!(wait_until(Duration::from_secs(5), || e
+        .t
+        .processes()
+        .is_empty()));
+}
+
+#[test]
+fn promote_and_rollback_control_a_running_canary() {
+    let e = setup("60s");
+    let ctl = e.t.path().join(".pipeline/run/service.web.canary");
+    let load = start_load(e.port);
+    // promote: skips the remaining steps of a 4-minute canary.
+    let t0 = Instant::now();
+    let child =
+        e.t.cmd(&["apply", "-auto-approve", "-var", "version=v2", "s.hcl"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || ctl.exists()),
+        "the canary started"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let p = e.t.run(&["promote", "web"]);
+    assert_eq!(p.status.code(), Some(0), "{}", s(&p.stderr));
+    let out = child.wait_with_output().unwrap();
+    let took = t0.elapsed();
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("promoted by `pipeline promote`"), "{text}");
+    assert!(took < Duration::from_secs(40), "{took:?}");
+    assert_eq!(versions(e.port, 10).keys().collect::<Vec<_>>(), vec!["v2"]);
+
+    // rollback: stops it; v2 keeps serving, v3 is recorded as aborted.
+    let child =
+        e.t.cmd(&["apply", "-auto-approve", "-var", "version=v3", "s.hcl"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || ctl.exists()),
+        "the canary started"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let r = e.t.run(&["rollback", "web"]);
+    assert_eq!(r.status.code(), Some(0), "{}", s(&r.stderr));
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("stopped by `pipeline rollback`"), "{text}");
+    let report = load.stop();
+    println!("load over both: {}", report.summary());
+    assert_eq!(report.failed, 0);
+    assert_eq!(versions(e.port, 10).keys().collect::<Vec<_>>(), vec!["v2"]);
+    // With no canary running, promote says so.
+    let p = e.t.run(&["promote", "web"]);
+    assert_eq!(p.status.code(), Some(1));
+    assert!(
+        s(&p.stderr).contains("no canary of service.web is running"),
+        "{}",
+        s(&p.stderr)
+    );
+    e.t.ok(&["destroy", "-auto-approve", "s.hcl"]);
+}
