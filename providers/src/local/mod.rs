@@ -3,6 +3,7 @@
 
 mod build;
 mod file;
+mod netns;
 mod service;
 pub mod slot;
 
@@ -13,6 +14,8 @@ use pipeline_engine::provider::{
 };
 use pipeline_engine::value::{Value, ValueMap};
 
+/// Names of the network namespaces service generations run in (for leak checks).
+pub use netns::{name as netns_name, prefix as netns_prefix};
 pub use service::{generation_dir, replica_dir, rollback, sanitize, update_policy, UpdatePolicy};
 
 pub struct Local;
