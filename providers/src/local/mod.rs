@@ -4,6 +4,7 @@
 mod build;
 pub mod canary;
 mod file;
+mod netns;
 mod service;
 pub mod slot;
 
@@ -14,6 +15,8 @@ use pipeline_engine::provider::{
 };
 use pipeline_engine::value::{Value, ValueMap};
 
+/// Names of the network namespaces service generations run in (for leak checks).
+pub use netns::{name as netns_name, prefix as netns_prefix};
 pub use service::{generation_dir, replica_dir, rollback, sanitize, update_policy, UpdatePolicy};
 
 pub struct Local;

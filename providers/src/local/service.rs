@@ -2,6 +2,7 @@
 //! process on a free loopback port. Replicas keep running after the CLI exits.
 
 use super::build::{self, BuildSpec};
+use super::netns;
 use super::slot;
 use crate::{blocking, parse_duration};
 use pipeline_engine::provider::{
@@ -31,6 +32,9 @@ pub fn schema() -> KindSchema {
             AttrSchema::optional("health", Type::Any),
             AttrSchema::optional("restart", Type::Bool).default(Value::Bool(true)),
             AttrSchema::optional("start_timeout", Type::String).default(Value::str("60s")),
+            // { namespace = true, port = 3000 }: each generation in a network namespace of its
+            // own, listening on a fixed port at an address of its own (netns.rs).
+            AttrSchema::optional("network", Type::Any),
             // { strategy = "rolling" | "blue-green", max_unavailable = 1, max_surge = 0, drain_timeout = "10s" }
             AttrSchema::optional("update", Type::Any),
             // Progressive delivery and `pipeline canary` settings (see providers/src/canary.rs).
@@ -216,6 +220,17 @@ pub fn validate(c: &ValueMap) -> Vec<Invalid> {
             out.push(Invalid::new(Some("canary"), e, crate::canary::EXAMPLE));
         }
     }
+    if c.get("network").is_some_and(|n| n.is_known()) {
+        let checked = netns::port_of(c)
+            .map_err(|e| (e, "e.g. network = { namespace = true, port = 3000 }; settings: namespace, port (the port the app always listens on)".to_string()))
+            .and_then(|p| match p {
+                Some(_) => netns::check().map(|_| ()),
+                None => Ok(()),
+            });
+        if let Err((e, help)) = checked {
+            out.push(Invalid::new(Some("network"), e, help));
+        }
+    }
     if c.get("update").is_some_and(|u| u.is_known()) {
         if let Err(e) = update_policy(c) {
             out.push(Invalid::new(
@@ -292,6 +307,15 @@ fn slot_dir(ctx: &ProviderCtx, addr: &str) -> PathBuf {
 
 fn gen_dir(ctx: &ProviderCtx, addr: &str, generation: u64) -> PathBuf {
     replica_dir(&ctx.work_dir, addr).join(format!("gen-{generation}"))
+}
+
+/// Where the slot reaches generation `g` listening on `port`: at its network namespace's
+/// address when it runs in one, else at the instance's `address`.
+fn backend(ctx: &ProviderCtx, addr: &str, g: u64, address: &str, port: u64) -> String {
+    match netns::of_generation(&gen_dir(ctx, addr, g)) {
+        Some(ns) => format!("{}:{port}", ns.address),
+        None => format!("{address}:{port}"),
+    }
 }
 
 fn num(m: &JsonMap, k: &str) -> Option<u64> {
@@ -443,7 +467,7 @@ pub fn rollback(
         .to_string();
     slot::switch(
         &slot_dir(ctx, addr),
-        Some(format!("{address}:{backend_port}")),
+        Some(backend(ctx, addr, standby, &address, backend_port)),
         Duration::from_secs(5),
     )
     .map_err(err)?;
@@ -496,7 +520,13 @@ fn create(ctx: &ProviderCtx, addr: &str, c: &ValueMap) -> Result<JsonMap, Provid
         let (generation, backend_port, build_id) = start_gen(ctx, addr, c, 1)?;
         slot::switch(
             &sdir,
-            Some(format!("{address}:{backend_port}")),
+            Some(backend(
+                ctx,
+                addr,
+                generation,
+                &address,
+                backend_port.into(),
+            )),
             Duration::from_secs(5),
         )
         .map_err(err)?;
@@ -548,18 +578,31 @@ fn start_gen(
     std::fs::write(dir.join("build_id"), &id).map_err(err)?;
     let cwd = build::ensure(ctx, &spec_b, &id, addr)?;
     let address = address_of(c);
-    let port = pipeline_supervise::free_port(&address)
-        .map_err(|e| ProviderError::new(format!("no free port on {address}: {e}")))?;
+    // In a network namespace the app listens on its fixed port at the namespace's address.
+    let ns = netns::for_generation(&ctx.work_dir, addr, c, n, &dir)?;
+    let (listen, port) = match &ns {
+        Some(ns) => (ns.address.to_string(), ns.port),
+        None => (
+            address.clone(),
+            pipeline_supervise::free_port(&address)
+                .map_err(|e| ProviderError::new(format!("no free port on {address}: {e}")))?,
+        ),
+    };
     let index = replica_index(addr);
     let mut hb = handlebars::Handlebars::new();
     hb.register_escape_fn(handlebars::no_escape);
     let vars =
-        serde_json::json!({ "port": port, "address": address, "replica": index, "name": addr });
+        serde_json::json!({ "port": port, "address": listen, "replica": index, "name": addr });
     let run = c.get("run").and_then(Value::as_str).unwrap_or_default();
     let command = hb.render_template(run, &vars).map_err(|e| {
+        let _ = stop_gen(ctx, addr, n);
         ProviderError::new(format!("`run` does not render: {e}"))
             .help("placeholders: {{port}}, {{address}}, {{replica}}, {{name}}")
     })?;
+    let command = match &ns {
+        Some(ns) => ns.wrap(&command),
+        None => command,
+    };
     let mut env: std::collections::BTreeMap<String, String> =
         match c.get("env").map(|v| v.unmarked().0) {
             Some(Value::Map(m)) => m
@@ -576,7 +619,7 @@ fn start_gen(
         cwd,
         env,
         port,
-        address: address.clone(),
+        address: listen.clone(),
         health: health_of(c).map_err(ProviderError::new)?,
         restart: c.get("restart").and_then(Value::as_bool).unwrap_or(true),
     };
@@ -593,7 +636,9 @@ fn start_gen(
     if let Err(e) = started {
         let _ = stop_gen(ctx, addr, n);
         return Err(ProviderError::new(e).help(format!(
-            "check `run` and `health` of the service; the log is in {}",
+            "check `run` and `health` of the service{}; the log is in {}",
+            ns.map(|ns| format!(" (in its network namespace the app must listen on 0.0.0.0:{p} or {{{{address}}}}:{p}, not on 127.0.0.1)", p = ns.port))
+                .unwrap_or_default(),
             dir.join(pipeline_supervise::REPLICA_LOG).display()
         )));
     }
@@ -612,6 +657,10 @@ fn stop_gen(ctx: &ProviderCtx, addr: &str, n: u64) -> Result<(), ProviderError> 
     if dir.exists() {
         pipeline_supervise::stop(&dir, Duration::from_secs(10))
             .map_err(|e| ProviderError::new(format!("cannot stop {addr} generation {n}: {e}")))?;
+        netns::remove(&ctx.work_dir, addr, n, &dir).map_err(|e| {
+            ProviderError::new(format!("{addr} generation {n}: {e}"))
+                .help("remove it by hand (ip netns del NAME), then apply again")
+        })?;
         std::fs::remove_dir_all(&dir)
             .map_err(|e| ProviderError::new(format!("cannot remove {}: {e}", dir.display())))?;
     }
@@ -646,7 +695,7 @@ fn stage_update(
     let sdir = slot_dir(ctx, addr);
     // An interrupted update may have left the slot pointing elsewhere: point it back first.
     if let Some(bp) = num(prior, "backend_port") {
-        let want = format!("{address}:{bp}");
+        let want = backend(ctx, addr, active, &address, bp);
         if slot::read_config(&sdir).is_some_and(|c| c.active.as_deref() != Some(&want)) {
             slot::switch(&sdir, Some(want), Duration::from_secs(5)).map_err(err)?;
         }
@@ -675,6 +724,13 @@ fn stage_update(
     }
     out.insert("staged_generation".into(), generation.into());
     out.insert("staged_backend_port".into(), backend_port.into());
+    // In a namespace the generation has an address of its own (a canary sends to it directly).
+    if let Some(ns) = netns::of_generation(&gen_dir(ctx, addr, generation)) {
+        out.insert(
+            "staged_backend_address".into(),
+            ns.address.to_string().into(),
+        );
+    }
     Ok(out)
 }
 
@@ -702,12 +758,13 @@ fn commit_update(
     let sdir = slot_dir(ctx, addr);
     slot::switch(
         &sdir,
-        Some(format!("{address}:{new_port}")),
+        Some(backend(ctx, addr, new_gen, &address, new_port)),
         Duration::from_secs(5),
     )
     .map_err(err)?;
     out.remove("staged_generation");
     out.remove("staged_backend_port");
+    out.remove("staged_backend_address");
     out.insert("generation".into(), new_gen.into());
     out.insert("backend_port".into(), new_port.into());
     out.remove("standby_generation");
@@ -729,7 +786,7 @@ fn commit_update(
                 .and_then(|d| d.as_str())
                 .and_then(parse_duration)
                 .unwrap_or(Duration::from_secs(10));
-            slot::drain(&sdir, &format!("{address}:{p}"), drain);
+            slot::drain(&sdir, &backend(ctx, addr, g, &address, p), drain);
             stop_gen(ctx, addr, g)?;
         }
     }
@@ -745,7 +802,12 @@ fn stop_all(ctx: &ProviderCtx, addr: &str) -> Result<(), ProviderError> {
         pipeline_supervise::stop(&sdir, Duration::from_secs(10))
             .map_err(|e| ProviderError::new(format!("cannot stop the slot of {addr}: {e}")))?;
     }
-    sweep(ctx, addr)
+    sweep(ctx, addr)?;
+    // Namespaces of generations a crashed run never recorded.
+    netns::sweep(&ctx.work_dir, addr).map_err(|e| {
+        ProviderError::new(format!("{addr}: {e}"))
+            .help("remove it by hand (ip netns del NAME), then apply again")
+    })
 }
 
 /// Kill whatever still carries this instance's marker: a supervisor that an apply killed mid-way
