@@ -17,7 +17,16 @@ use std::time::{Duration, Instant};
 
 const BODY: &str = r##"{"markdown":"# Title\n\nSome *text*."}"##;
 
-fn stack(app: &Path, port: u16, interval: &str) -> String {
+fn stack(app: &Path, port: u16, interval: &str, namespaces: bool) -> String {
+    // In namespaces every generation listens on the same fixed port at an address of its own.
+    let (run, network) = if namespaces {
+        (
+            "exec ./preview --port 3000 --address 0.0.0.0",
+            "{ namespace = true, port = 3000 }",
+        )
+    } else {
+        ("exec ./preview --port {{port}}", "null")
+    };
     format!(
         r#"variable "version" {{ default = "v1" }}
 variable "fail_rate" {{ default = "0" }}
@@ -26,7 +35,8 @@ variable "fail_after" {{ default = "0" }}
 service "web" {{
   replicas      = 2
   source        = "{app}"
-  run           = "exec ./preview --port {{{{port}}}}"
+  run           = "{run}"
+  network       = {network}
   env           = {{ VERSION = var.version, PREVIEW_FAIL_RATE = var.fail_rate, PREVIEW_FAIL_AFTER_MS = var.fail_after }}
   health        = {{ path = "/health", interval = "100ms" }}
   start_timeout = "5s"
@@ -51,10 +61,14 @@ struct Env {
 }
 
 fn setup(interval: &str) -> Env {
+    setup_with(interval, false)
+}
+
+fn setup_with(interval: &str, namespaces: bool) -> Env {
     let t = Scratch::new();
     let app = prebuilt_source(&t);
     let port = free_port();
-    t.write("s.hcl", &stack(&app, port, interval));
+    t.write("s.hcl", &stack(&app, port, interval, namespaces));
     t.ok(&["apply", "-auto-approve", "s.hcl"]);
     Env { t, port }
 }
@@ -343,4 +357,43 @@ fn promote_and_rollback_control_a_running_canary() {
         s(&p.stderr)
     );
     e.t.ok(&["destroy", "-auto-approve", "s.hcl"]);
+}
+
+/// An app that cannot choose its port: both arms listen on 3000, each generation in a network
+/// namespace of its own (needs root, which CI has); the candidate is reached at its own address.
+#[test]
+fn a_fixed_port_app_in_namespaces_gets_its_canary_too() {
+    let e = setup_with("2s", true);
+    let slots = slot_addrs(&e.t);
+    let load = start_load(e.port);
+    std::thread::sleep(Duration::from_millis(500));
+    let out =
+        e.t.run(&["apply", "-auto-approve", "-var", "version=v2", "s.hcl"]);
+    let report = load.stop();
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    println!(
+        "{text}
+load: {}",
+        report.summary()
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(report.failed, 0);
+    let direct: Vec<String> = access_log(&e.t)
+        .into_iter()
+        .map(|(_, _, u)| u)
+        .filter(|u| !slots.contains(u) && u != "-")
+        .collect();
+    assert!(direct.len() > 40, "{}", direct.len());
+    assert!(
+        direct
+            .iter()
+            .all(|u| u.starts_with("10.213.") && u.ends_with(":3000")),
+        "{direct:?}"
+    );
+    assert_eq!(versions(e.port, 10).keys().collect::<Vec<_>>(), vec!["v2"]);
+    e.t.ok(&["destroy", "-auto-approve", "s.hcl"]);
+    assert!(wait_until(Duration::from_secs(5), || e
+        .t
+        .processes()
+        .is_empty()));
 }
