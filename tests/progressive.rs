@@ -31,6 +31,7 @@ fn stack(app: &Path, port: u16, interval: &str, namespaces: bool) -> String {
         r#"variable "version" {{ default = "v1" }}
 variable "fail_rate" {{ default = "0" }}
 variable "fail_after" {{ default = "0" }}
+variable "load" {{ default = 0 }}
 
 service "web" {{
   replicas      = 2
@@ -41,7 +42,7 @@ service "web" {{
   health        = {{ path = "/health", interval = "100ms" }}
   start_timeout = "5s"
   update        = {{ strategy = "canary" }}
-  canary        = {{ steps = [5, 25, 50, 100], interval = "{interval}", min_requests = 40 }}
+  canary        = {{ steps = [5, 25, 50, 100], interval = "{interval}", min_requests = 40, load = var.load, request = {{ method = "POST", path = "/preview", body = jsonencode({{ markdown = "Hi *there*" }}) }} }}
 }}
 
 balancer "front" {{
@@ -396,4 +397,98 @@ load: {}",
         .t
         .processes()
         .is_empty()));
+}
+
+/// A SIGKILL of the apply in the middle of a canary: the next plan sees the shifted balancer as
+/// drift and the update still to do; the next apply converges, and nothing of the killed
+/// canary is left running.
+#[test]
+fn a_canary_killed_mid_way_is_converged_by_the_next_apply() {
+    let e = setup("60s");
+    let ctl = e.t.path().join(".pipeline/run/service.web.canary");
+    let mut child =
+        e.t.cmd(&["apply", "-auto-approve", "-var", "version=v2", "s.hcl"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || ctl.exists()),
+        "the canary started"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(conf(&e.t).contains("# canary"), "traffic was shifted");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let plan =
+        e.t.run(&["plan", "-detailed-exitcode", "-var", "version=v2", "s.hcl"]);
+    let ptext = s(&plan.stdout);
+    println!("{ptext}");
+    assert_eq!(plan.status.code(), Some(2), "{ptext}");
+    assert!(ptext.contains("balancer.front"), "{ptext}");
+    // Converge with a short canary this time.
+    let app = e.t.path().join("app");
+    e.t.write("s.hcl", &stack(&app, e.port, "1s", false));
+    let load = start_load(e.port);
+    let out =
+        e.t.run(&["apply", "-auto-approve", "-var", "version=v2", "s.hcl"]);
+    let report = load.stop();
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    println!("{text}\nload: {}", report.summary());
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!conf(&e.t).contains("# canary"));
+    assert_eq!(versions(e.port, 10).keys().collect::<Vec<_>>(), vec!["v2"]);
+    let plan =
+        e.t.run(&["plan", "-detailed-exitcode", "-var", "version=v2", "s.hcl"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", s(&plan.stdout));
+    // Two slots, two apps, nginx: each with its supervisor; no generation of the killed run.
+    let gens: Vec<_> = (0..2)
+        .flat_map(|i| {
+            std::fs::read_dir(e.t.path().join(format!(".pipeline/run/service.web_{i}_")))
+                .unwrap()
+                .flatten()
+                .map(|d| d.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("gen-"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(gens.len(), 2, "{gens:?}");
+    e.t.ok(&["destroy", "-auto-approve", "s.hcl"]);
+    assert!(wait_until(Duration::from_secs(5), || e
+        .t
+        .processes()
+        .is_empty()));
+}
+
+/// A stack nobody sends traffic to gets no verdict, so the release is not promoted; with
+/// `canary.load` the canary sends its own requests through the balancer and can decide.
+#[test]
+fn without_traffic_there_is_no_promotion_and_canary_load_supplies_it() {
+    let e = setup("1s");
+    let out =
+        e.t.run(&["apply", "-auto-approve", "-var", "version=v2", "s.hcl"]);
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    println!("{text}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("not enough evidence"), "{text}");
+    assert_eq!(versions(e.port, 10).keys().collect::<Vec<_>>(), vec!["v1"]);
+
+    let out = e.t.run(&[
+        "apply",
+        "-auto-approve",
+        "-var",
+        "version=v2",
+        "-var",
+        "load=60",
+        "s.hcl",
+    ]);
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    println!("{text}");
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("synthetic load through the balancer"),
+        "{text}"
+    );
+    assert_eq!(versions(e.port, 10).keys().collect::<Vec<_>>(), vec!["v2"]);
+    e.t.ok(&["destroy", "-auto-approve", "s.hcl"]);
 }

@@ -50,7 +50,8 @@ pub struct CanarySpec {
     pub latency_tolerance: f64,
     /// 1 − significance (Kayenta's default 0.98).
     pub confidence: f64,
-    /// Minimum answers per arm before a progressive canary may promote.
+    /// Minimum answers per arm before the judge decides a metric (and before a progressive
+    /// canary may promote).
     pub min_requests: u64,
 }
 
@@ -209,7 +210,8 @@ impl CanarySpec {
         let mut c = JudgeConfig::with_metrics(vec![
             Metric::continuous("latency")
                 .direction(Direction::Increase)
-                .tolerance(self.latency_tolerance),
+                .tolerance(self.latency_tolerance)
+                .min_samples(self.min_requests),
             Metric::proportion("errors")
                 .direction(Direction::Increase)
                 .critical(true)
