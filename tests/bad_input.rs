@@ -292,6 +292,8 @@ provider_case!(
     file_invalid_mode,
     service_invalid_health,
     service_unknown_health_setting,
+    service_canary_steps_decreasing,
+    service_canary_unknown_strategy,
     for_each_duplicate_keys,
 );
 

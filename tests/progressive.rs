@@ -492,3 +492,31 @@ fn without_traffic_there_is_no_promotion_and_canary_load_supplies_it() {
     assert_eq!(versions(e.port, 10).keys().collect::<Vec<_>>(), vec!["v2"]);
     e.t.ok(&["destroy", "-auto-approve", "s.hcl"]);
 }
+
+/// A canary needs a balancer to shift: without one the update is refused before any traffic,
+/// saying what to do, and the old version keeps running.
+#[test]
+fn a_canary_without_a_balancer_says_what_to_do() {
+    let t = Scratch::new();
+    let app = prebuilt_source(&t);
+    let text = stack(&app, free_port(), "1s", false);
+    let text = &text[..text.find("balancer \"front\"").unwrap()];
+    t.write("s.hcl", text);
+    t.ok(&["apply", "-auto-approve", "s.hcl"]);
+    let out = t.run(&["apply", "-auto-approve", "-var", "version=v2", "s.hcl"]);
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("no running balancer routes to service.web")
+            && text.contains("strategy = \"rolling\""),
+        "{text}"
+    );
+    let st = state(&t);
+    let a = &st.resources["service.web[0]"].attrs;
+    assert_eq!(a["env"]["VERSION"], "v1");
+    assert_eq!(a["canary_aborted"]["step"], 0);
+    t.ok(&["destroy", "-auto-approve", "s.hcl"]);
+    assert!(wait_until(Duration::from_secs(5), || t
+        .processes()
+        .is_empty()));
+}
