@@ -36,7 +36,15 @@ service "preview" {
   run      = "./target/release/preview --port {{port}}"
   env      = { VERSION = "local", FLAGS_URL = flags.ui.local_url }
   health   = { path = "/health", interval = "500ms" }
-  update   = { strategy = "rolling", max_unavailable = 1 }
+  # Changes roll out as a progressive canary: the new version gets 10 %, then 50 % of the
+  # balancer's traffic, judged against the old one, then all of it; a regression stops it at once.
+  update = { strategy = "canary" }
+  canary = {
+    steps    = [10, 50, 100]
+    interval = "15s"
+    request  = { method = "POST", path = "/preview", body = jsonencode({ markdown = "# Canary\n\n| a | b |\n|---|---|\n| 1 | 2 |" }) }
+    load     = 20 # this machine has no users: the canary sends its own requests, 20 a second
+  }
 }
 
 balancer "front" {
