@@ -32,17 +32,20 @@ fn stack(app: &Path, port: u16, interval: &str, namespaces: bool) -> String {
 variable "fail_rate" {{ default = "0" }}
 variable "fail_after" {{ default = "0" }}
 variable "load" {{ default = 0 }}
+variable "latency" {{ default = "0" }}
+variable "steps" {{ default = [5, 25, 50, 100] }}
+variable "tolerance" {{ default = 0.25 }}
 
 service "web" {{
   replicas      = 2
   source        = "{app}"
   run           = "{run}"
   network       = {network}
-  env           = {{ VERSION = var.version, PREVIEW_FAIL_RATE = var.fail_rate, PREVIEW_FAIL_AFTER_MS = var.fail_after }}
+  env           = {{ VERSION = var.version, PREVIEW_FAIL_RATE = var.fail_rate, PREVIEW_FAIL_AFTER_MS = var.fail_after, PREVIEW_EXTRA_LATENCY_MS = var.latency }}
   health        = {{ path = "/health", interval = "100ms" }}
   start_timeout = "5s"
   update        = {{ strategy = "canary" }}
-  canary        = {{ steps = [5, 25, 50, 100], interval = "{interval}", min_requests = 40, load = var.load, request = {{ method = "POST", path = "/preview", body = jsonencode({{ markdown = "Hi *there*" }}) }} }}
+  canary        = {{ steps = var.steps, interval = "{interval}", min_requests = 40, load = var.load, latency_tolerance = var.tolerance, request = {{ method = "POST", path = "/preview", body = jsonencode({{ markdown = "Hi *there*" }}) }} }}
 }}
 
 balancer "front" {{
@@ -66,11 +69,18 @@ fn setup(interval: &str) -> Env {
 }
 
 fn setup_with(interval: &str, namespaces: bool) -> Env {
+    setup_vars(interval, namespaces, &[])
+}
+
+fn setup_vars(interval: &str, namespaces: bool, vars: &[&str]) -> Env {
     let t = Scratch::new();
     let app = prebuilt_source(&t);
     let port = free_port();
     t.write("s.hcl", &stack(&app, port, interval, namespaces));
-    t.ok(&["apply", "-auto-approve", "s.hcl"]);
+    let mut args = vec!["apply", "-auto-approve"];
+    args.extend(vars);
+    args.push("s.hcl");
+    t.ok(&args);
     Env { t, port }
 }
 
@@ -519,4 +529,75 @@ fn a_canary_without_a_balancer_says_what_to_do() {
     assert!(wait_until(Duration::from_secs(5), || t
         .processes()
         .is_empty()));
+}
+
+/// The sequential test at 200 requests/s through the balancer, arms at 50 % each (100 req/s
+/// per arm), one step long enough that only the sequential test can decide within it: a
+/// candidate answering 5 % errors (baseline 0.5 %) and one 25 % slower (20 → 25 ms, tolerance
+/// 10 %) are both stopped by it. The time each took is printed for the notes.
+#[test]
+fn errors_and_latency_regressions_are_caught_live_by_the_sequential_test() {
+    let base = [
+        "-var",
+        "steps=[50, 100]",
+        "-var",
+        "tolerance=0.1",
+        "-var",
+        "latency=20",
+    ];
+    // Baseline: 0.5 % errors, 20 ms.
+    let mut first = base.to_vec();
+    first.extend(["-var", "fail_rate=0.005"]);
+    let e = setup_vars("60s", false, &first);
+    let cases: [(&str, &[&str]); 2] = [
+        (
+            "5 % errors",
+            &["-var", "fail_rate=0.05", "-var", "version=v2"],
+        ),
+        (
+            "+25 % latency",
+            &[
+                "-var",
+                "fail_rate=0.005",
+                "-var",
+                "latency=25",
+                "-var",
+                "version=v3",
+            ],
+        ),
+    ];
+    for (what, vars) in cases {
+        let load = load::start(
+            &format!("127.0.0.1:{}", e.port),
+            "POST",
+            "/preview",
+            BODY,
+            200,
+            8,
+            false,
+            Duration::from_secs(90),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let mut args = vec!["apply", "-auto-approve"];
+        args.extend(base);
+        args.extend(vars);
+        args.push("s.hcl");
+        let out = e.t.run(&args);
+        let report = load.stop();
+        let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+        let line = text
+            .lines()
+            .rfind(|l| l.contains("regressed after"))
+            .unwrap_or_default()
+            .to_string();
+        println!("{what}: {line}\n  load: {}", report.summary());
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        let metric = if what.contains("errors") {
+            "`errors`"
+        } else {
+            "`latency`"
+        };
+        assert!(line.contains(metric), "{what}: {text}");
+    }
+    e.t.ok(&["destroy", "-auto-approve", "s.hcl"]);
 }

@@ -221,18 +221,65 @@ impl CanarySpec {
         c
     }
 
-    /// The sequential judge watched between steps: the error share, critical.
+    /// The sequential judge, watched as answers arrive: the error share (critical) and the
+    /// latency, observed as one median per arm per look ([`LatencyBatches`]).
     pub fn sequential_config(&self) -> JudgeConfig {
         // The mixture test is valid at every sample size; 30 answers per arm keep the normal
         // approximation of a rate sane while a 5 % step still decides within seconds.
-        let mut c = JudgeConfig::with_metrics(vec![Metric::proportion("errors")
-            .direction(Direction::Increase)
-            .critical(true)
-            .min_samples(30)
-            // Most power near a 5-point rise of the error share, the size worth stopping for.
-            .mixture_scale(0.05)]);
+        let mut c = JudgeConfig::with_metrics(vec![
+            Metric::proportion("errors")
+                .direction(Direction::Increase)
+                .critical(true)
+                .min_samples(30)
+                // Most power near a 5-point rise of the error share, the size worth stopping for.
+                .mixture_scale(0.05),
+            Metric::continuous("latency")
+                .direction(Direction::Increase)
+                .tolerance(self.latency_tolerance)
+                .min_samples(10),
+        ]);
         c.confidence = self.confidence;
         c
+    }
+}
+
+/// nginx times requests to the millisecond, so a fast answer is logged as 0.000: the sequential
+/// test compares log-latencies, and half a resolution step keeps those finite and comparable.
+pub const SEQ_LATENCY_OFFSET_MS: f64 = 0.5;
+
+/// Latency for the sequential test as batch medians: one observation per arm per look (of at
+/// least 5 answers). Single requests are not independent (a busy CPU slows a burst of them
+/// together, a new process is slow for its first ones) and their spread on a quiet machine is
+/// tiny, so per-request samples make a mixture test see "significant" differences that are
+/// only a moment's noise; medians of successive batches vary with that noise and keep the test
+/// honest.
+#[derive(Default)]
+pub struct LatencyBatches {
+    baseline: Vec<f64>,
+    candidate: Vec<f64>,
+}
+
+impl LatencyBatches {
+    pub fn push(&mut self, arm: pipeline_analysis::Arm, ms: f64) {
+        match arm {
+            pipeline_analysis::Arm::Baseline => self.baseline.push(ms),
+            pipeline_analysis::Arm::Candidate => self.candidate.push(ms),
+        }
+    }
+    /// Feed each arm's batch median (if it has 5 answers) to `metric` of `seq`, and start anew.
+    pub fn flush(&mut self, seq: &mut pipeline_analysis::SequentialJudge, metric: &str) {
+        use pipeline_analysis::Arm;
+        for (arm, v) in [
+            (Arm::Baseline, &mut self.baseline),
+            (Arm::Candidate, &mut self.candidate),
+        ] {
+            if v.len() >= 5 {
+                v.sort_by(f64::total_cmp);
+                let m = v[v.len() / 2];
+                let _ = seq.observe(arm, metric, m + SEQ_LATENCY_OFFSET_MS);
+                v.clear();
+            }
+        }
     }
 }
 

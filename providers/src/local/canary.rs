@@ -15,7 +15,7 @@
 //! and each commit takes its candidate's line out of the balancers.
 
 use super::service::{generation_dir, sanitize};
-use crate::canary::{start_load, CanarySpec, LogTail};
+use crate::canary::{start_load, CanarySpec, LatencyBatches, LogTail};
 use crate::nginx::canary::{balancers_routing_to, shift, Shifted};
 use pipeline_analysis::judge::{judge, Counts, MetricData, Outcome};
 use pipeline_analysis::{Arm, Decision, SequentialJudge};
@@ -183,6 +183,7 @@ impl Run<'_> {
             .map(|b| LogTail::at_end(&b.access_log()))
             .collect();
         let mut seq = SequentialJudge::new(spec.sequential_config());
+        let mut batches = LatencyBatches::default();
         let mut fixed = spec.judge_config();
         // Several fixed-horizon looks (one per step): split the significance over them.
         fixed.confidence = 1.0 - (1.0 - spec.confidence) / steps.len().max(1) as f64;
@@ -212,10 +213,10 @@ impl Run<'_> {
                 let (mut nb, mut nc) = ((0u64, 0u64), (0u64, 0u64));
                 for t in tails.iter_mut() {
                     for a in t.read_new() {
-                        let (arm, n) = if base.contains(a.upstream.as_str()) {
-                            (&mut b, &mut nb)
+                        let (side, arm, n) = if base.contains(a.upstream.as_str()) {
+                            (Arm::Baseline, &mut b, &mut nb)
                         } else if cand.contains(a.upstream.as_str()) {
-                            (&mut c, &mut nc)
+                            (Arm::Candidate, &mut c, &mut nc)
                         } else {
                             continue;
                         };
@@ -225,24 +226,39 @@ impl Run<'_> {
                             arm.errors += 1;
                             n.0 += 1;
                         } else if a.status < 400 && a.secs.is_finite() {
-                            arm.latency_ms.push(a.secs * 1000.0);
+                            let ms = a.secs * 1000.0;
+                            arm.latency_ms.push(ms);
+                            batches.push(side, ms);
                         }
                     }
                 }
+                batches.flush(&mut seq, "latency");
                 let _ = seq.observe_counts(Arm::Baseline, "errors", nb.0, nb.1);
                 let _ = seq.observe_counts(Arm::Candidate, "errors", nc.0, nc.1);
                 if let Decision::Fail(metric, ev) = seq.decision() {
                     let e = ev.iter().find(|e| e.name == metric);
+                    let p_value = e.map_or(f64::NAN, |e| e.p_value);
+                    let detail = if metric == "latency" {
+                        format!(
+                            "candidate {} vs baseline {}; latency {:+.0}% (always-valid bounds {:+.0}% to {:+.0}%, tolerance {:.0}%)",
+                            c.line(),
+                            b.line(),
+                            e.map_or(f64::NAN, |e| e.estimate * 100.0),
+                            e.map_or(f64::NAN, |e| e.lower * 100.0),
+                            e.map_or(f64::NAN, |e| e.upper * 100.0),
+                            spec.latency_tolerance * 100.0
+                        )
+                    } else {
+                        format!(
+                            "candidate {}/{} 5xx vs baseline {}/{}",
+                            c.errors, c.total, b.errors, b.total
+                        )
+                    };
                     return Err(Aborted {
                         step: p,
                         reason: format!(
-                            "`{metric}` regressed after {:.1}s: candidate {}/{} 5xx vs baseline {}/{} (sequential test, p = {:.1e})",
+                            "`{metric}` regressed after {:.1}s: {detail} (sequential test, p = {p_value:.1e})",
                             started.elapsed().as_secs_f64(),
-                            c.errors,
-                            c.total,
-                            b.errors,
-                            b.total,
-                            e.map_or(f64::NAN, |e| e.p_value)
                         ),
                     });
                 }
