@@ -6,11 +6,11 @@
 
 use crate::ops::{self, PlanInputs, Workspace};
 use anyhow::{anyhow, bail, Context, Result};
-use pipeline_analysis::judge::{
-    judge, Direction, JudgeConfig, Metric, MetricData, Outcome, Verdict,
-};
+use pipeline_analysis::judge::{judge, Counts, MetricData, Outcome, Verdict};
+use pipeline_analysis::{Arm, Decision, SequentialJudge};
 use pipeline_engine::plan::PlanOptions;
-use pipeline_engine::value::{format_number, Value};
+use pipeline_engine::value::{format_number, Value, ValueMap};
+use pipeline_providers::canary::{CanarySpec, LogTail};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -19,18 +19,68 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The command line. Unset settings come from the service's `canary = { ... }` attribute, else
+/// from [`CanarySpec`]'s defaults; each flag overrides only its own setting.
 pub struct CanaryArgs {
     pub baseline: String,
     pub candidate: String,
-    pub stack: PathBuf,
+    pub stack: Option<PathBuf>,
     pub service: Option<String>,
     pub replicas: u32,
-    pub duration: Duration,
-    pub rate: u32,
-    pub method: String,
-    pub path: String,
-    pub body: Option<String>,
+    pub duration: Option<String>,
+    pub rate: Option<u32>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub body_file: Option<PathBuf>,
+    pub content_type: Option<String>,
+    pub latency_tolerance: Option<f64>,
+    pub confidence: Option<f64>,
     pub json: bool,
+}
+
+/// The stack's `canary` settings with the command line's over them, validated as one
+/// [`CanarySpec`] (so a flag gets the same checks and messages as the attribute).
+fn settings(stack_value: Option<&Value>, a: &CanaryArgs) -> Result<CanarySpec> {
+    let mut m: ValueMap = match stack_value.map(|v| v.unmarked().0) {
+        Some(Value::Map(m)) => m,
+        _ => ValueMap::new(),
+    };
+    if let Some(d) = &a.duration {
+        m.insert("duration".into(), Value::str(d.clone()));
+    }
+    if let Some(r) = a.rate {
+        m.insert("rate".into(), Value::Number(r as f64));
+    }
+    if let Some(t) = a.latency_tolerance {
+        m.insert("latency_tolerance".into(), Value::Number(t));
+    }
+    if let Some(c) = a.confidence {
+        m.insert("confidence".into(), Value::Number(c));
+    }
+    let mut req: ValueMap = match m.get("request").map(|v| v.unmarked().0) {
+        Some(Value::Map(r)) => r,
+        _ => ValueMap::new(),
+    };
+    if let Some(x) = &a.method {
+        req.insert("method".into(), Value::str(x.clone()));
+    }
+    if let Some(x) = &a.path {
+        req.insert("path".into(), Value::str(x.clone()));
+    }
+    if let Some(f) = &a.body_file {
+        let body = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read the body file {}", f.display()))?;
+        req.insert("body".into(), Value::str(body));
+    }
+    if let Some(x) = &a.content_type {
+        req.insert("content_type".into(), Value::str(x.clone()));
+    }
+    if !req.is_empty() {
+        m.insert("request".into(), Value::Map(req));
+    }
+    CanarySpec::from_value(&Value::Map(m)).map_err(|e| {
+        anyhow!("{e}\n  = help: the settings are the service's `canary` attribute with the command-line flags over it")
+    })
 }
 
 /// An evaluated value written back as an HCL literal (templates escaped).
@@ -55,7 +105,7 @@ async fn service_config(
     ws: &Workspace,
     stack: &Path,
     want: Option<&str>,
-) -> Result<(String, BTreeMap<String, Value>)> {
+) -> Result<(String, BTreeMap<String, Value>, Option<Value>)> {
     let inputs = PlanInputs {
         stack: stack.to_path_buf(),
         opts: PlanOptions {
@@ -95,6 +145,11 @@ async fn service_config(
         .find(|c| c.resource == block && c.module == Some(0))
         .ok_or_else(|| anyhow!("{} has no {block}", stack.display()))?;
     let after = c.after.as_ref().expect("filtered above");
+    // `canary` configures this command; it is not copied into the arms.
+    let canary = after
+        .get("canary")
+        .filter(|v| !matches!(v, Value::Null))
+        .cloned();
     let mut out = BTreeMap::new();
     for k in [
         "source",
@@ -120,7 +175,7 @@ async fn service_config(
             );
         }
     }
-    Ok((name, out))
+    Ok((name, out, canary))
 }
 
 fn arm_block(
@@ -141,7 +196,9 @@ fn arm_block(
 }
 
 pub async fn run(ws: &Workspace, a: CanaryArgs) -> Result<ExitCode> {
-    let (name, cfg) = service_config(ws, &a.stack, a.service.as_deref()).await?;
+    let stack = ws.stack(a.stack.as_deref())?;
+    let (name, cfg, canary) = service_config(ws, &stack, a.service.as_deref()).await?;
+    let spec = settings(canary.as_ref(), &a)?;
     let dir = ws.dir.join("canary");
     if dir.join("state.json").exists() {
         bail!("a canary seems to be running already (state in {})\n  = help: if it is not, remove that directory", dir.display());
@@ -150,20 +207,21 @@ pub async fn run(ws: &Workspace, a: CanaryArgs) -> Result<ExitCode> {
     let cws = Workspace::new(Some(dir.clone()))?;
     let port = pipeline_supervise::free_port("127.0.0.1")
         .context("no free port for the canary balancer")?;
+    let replicas = a.replicas.max(1);
     let mut text = format!(
         "# The canary of service.{name}: {} (baseline) vs {} (candidate), written by pipeline.\n\n",
         a.baseline, a.candidate
     );
-    text.push_str(&arm_block("baseline", &a.baseline, a.replicas, &cfg)?);
-    text.push_str(&arm_block("candidate", &a.candidate, a.replicas, &cfg)?);
+    text.push_str(&arm_block("baseline", &a.baseline, replicas, &cfg)?);
+    text.push_str(&arm_block("candidate", &a.candidate, replicas, &cfg)?);
     text.push_str(&format!(
         "balancer \"canary\" {{\n  listen = {port}\n  routes = {{ \"/\" = {{ upstreams = [{{ service = service.baseline, weight = 1 }}, {{ service = service.candidate, weight = 1 }}] }} }}\n}}\n"
     ));
-    let stack = dir.join("canary.hcl");
-    std::fs::write(&stack, text)?;
-    let result = run_arms(&cws, &stack, port, &a).await;
+    let canary_stack = dir.join("canary.hcl");
+    std::fs::write(&canary_stack, text)?;
+    let result = run_arms(&cws, &canary_stack, port, &a, &spec).await;
     // Whatever happened: take the arms and the balancer away.
-    let teardown = teardown(&cws, &stack).await;
+    let teardown = teardown(&cws, &canary_stack).await;
     let _ = std::fs::remove_dir_all(&dir);
     let code = result?;
     teardown?;
@@ -209,10 +267,53 @@ async fn teardown(cws: &Workspace, stack: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn run_arms(cws: &Workspace, stack: &Path, port: u16, a: &CanaryArgs) -> Result<ExitCode> {
+/// One answer of an arm, as nginx logged it.
+#[derive(Clone, Copy, Debug)]
+struct Record {
+    arm: Arm,
+    status: u16,
+    /// Request time, milliseconds.
+    ms: f64,
+}
+
+/// Per-arm figures of the answers so far.
+#[derive(Default)]
+struct Tally {
+    /// Latencies (ms) of answers below 400.
+    latency: Vec<f64>,
+    /// 5xx answers.
+    errors: u64,
+    total: u64,
+    /// Answers per status code.
+    statuses: BTreeMap<u16, u64>,
+}
+
+fn tally(records: &[Record], arm: Arm) -> Tally {
+    let mut t = Tally::default();
+    for r in records.iter().filter(|r| r.arm == arm) {
+        t.total += 1;
+        *t.statuses.entry(r.status).or_default() += 1;
+        if r.status >= 500 {
+            t.errors += 1;
+        } else if r.status < 400 {
+            t.latency.push(r.ms);
+        }
+    }
+    t
+}
+
+async fn run_arms(
+    cws: &Workspace,
+    stack: &Path,
+    port: u16,
+    a: &CanaryArgs,
+    spec: &CanarySpec,
+) -> Result<ExitCode> {
     eprintln!(
         "canary: building and starting {} and {} ({} replica(s) each)...",
-        a.baseline, a.candidate, a.replicas
+        a.baseline,
+        a.candidate,
+        a.replicas.max(1)
     );
     let report = apply(cws, stack, false).await?;
     if !report.ok() {
@@ -227,7 +328,7 @@ async fn run_arms(cws: &Workspace, stack: &Path, port: u16, a: &CanaryArgs) -> R
         );
     }
     let st = cws.state()?;
-    let arm_of: BTreeMap<String, &str> = st
+    let arm_of: BTreeMap<String, Arm> = st
         .resources
         .iter()
         .filter_map(|(addr, r)| {
@@ -238,67 +339,65 @@ async fn run_arms(cws: &Workspace, stack: &Path, port: u16, a: &CanaryArgs) -> R
                 .trim_start_matches("http://")
                 .to_string();
             let arm = if addr.starts_with("service.baseline") {
-                "baseline"
+                Arm::Baseline
             } else if addr.starts_with("service.candidate") {
-                "candidate"
+                Arm::Candidate
             } else {
                 return None;
             };
             Some((url, arm))
         })
         .collect();
-    let log = cws.dir.join("run/balancer.canary/logs/access.log");
-    let offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let mut tail = LogTail::at_end(&cws.dir.join("run/balancer.canary/logs/access.log"));
+    let req = &spec.request;
     eprintln!(
         "canary: {} {} at {} req/s for {:?} through the balancer...",
-        a.method, a.path, a.rate, a.duration
+        req.method, req.path, spec.rate, spec.duration
     );
-    let spec = LoadSpec {
+    let load_spec = LoadSpec {
         port,
-        rate: a.rate,
-        duration: a.duration,
-        method: a.method.clone(),
-        path: a.path.clone(),
-        body: a.body.clone(),
+        rate: spec.rate,
+        duration: spec.duration,
+        method: req.method.clone(),
+        path: req.path.clone(),
+        body: req.body.clone(),
+        content_type: req.content_type.clone(),
     };
     let halt = Arc::new(AtomicBool::new(false));
     let loader = {
         let halt = halt.clone();
-        std::thread::spawn(move || load(spec, halt))
+        std::thread::spawn(move || load(load_spec, halt))
     };
     // Watch as data arrives: a clear regression of the error rate stops the canary early. The
     // sequential test's false-alarm rate holds over every look (see engine/analysis).
     let started = Instant::now();
-    let mut seq = pipeline_analysis::SequentialJudge::new(JudgeConfig::with_metrics(vec![
-        Metric::proportion("errors")
-            .direction(Direction::Increase)
-            .critical(true),
-    ]));
-    let mut pos = offset;
+    let mut seq = SequentialJudge::new(spec.sequential_config());
+    let mut records: Vec<Record> = Vec::new();
+    // (5xx, answers) per arm in what was new.
+    let mut read_new = |records: &mut Vec<Record>| -> [(Arm, u64, u64); 2] {
+        let mut counts = [(Arm::Baseline, 0, 0), (Arm::Candidate, 0, 0)];
+        for ans in tail.read_new() {
+            let Some(&arm) = arm_of.get(&ans.upstream) else {
+                continue;
+            };
+            records.push(Record {
+                arm,
+                status: ans.status,
+                ms: ans.secs * 1000.0,
+            });
+            let c = &mut counts[usize::from(arm == Arm::Candidate)];
+            c.1 += u64::from(ans.status >= 500);
+            c.2 += 1;
+        }
+        counts
+    };
     let mut early: Option<(Duration, String)> = None;
     while !loader.is_finished() {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let Ok(bytes) = std::fs::read(&log) else {
-            continue;
-        };
-        let Some(end) = bytes
-            .get(pos as usize..)
-            .and_then(|b| b.iter().rposition(|&c| c == b'\n'))
-        else {
-            continue;
-        };
-        let chunk =
-            String::from_utf8_lossy(&bytes[pos as usize..pos as usize + end + 1]).into_owned();
-        pos += end as u64 + 1;
-        for (arm, events, total) in error_counts(&chunk, &arm_of) {
-            let side = if arm == "baseline" {
-                pipeline_analysis::Arm::Baseline
-            } else {
-                pipeline_analysis::Arm::Candidate
-            };
-            let _ = seq.observe_counts(side, "errors", events, total);
+        for (arm, events, total) in read_new(&mut records) {
+            let _ = seq.observe_counts(arm, "errors", events, total);
         }
-        if let pipeline_analysis::Decision::Fail(metric, _) = seq.decision() {
+        if let Decision::Fail(metric, _) = seq.decision() {
             early = Some((started.elapsed(), metric));
             halt.store(true, std::sync::atomic::Ordering::SeqCst);
         }
@@ -314,67 +413,28 @@ async fn run_arms(cws: &Workspace, stack: &Path, port: u16, a: &CanaryArgs) -> R
     }
     // nginx writes its access log as requests finish.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut text = String::new();
-    std::fs::File::open(&log)?
-        .take(u64::MAX)
-        .read_to_string(&mut text)?;
-    let text = text.get(offset as usize..).unwrap_or("");
-    let mut lat: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    let mut errs: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    let mut not_ok: BTreeMap<&str, u64> = BTreeMap::new();
-    for (arm, status, secs) in answers(text, &arm_of) {
-        let e = errs.entry(arm).or_default();
-        e.1 += 1;
-        if status >= 500 {
-            e.0 += 1;
-        } else if status < 400 {
-            lat.entry(arm).or_default().push(secs * 1000.0);
-        }
-        if !(200..400).contains(&status) {
-            *not_ok.entry(arm).or_default() += 1;
-        }
-    }
-    // Refuse to judge garbage: an endpoint the baseline does not serve is a wrong canary.
-    let (b_bad, b_total) = (
-        not_ok.get("baseline").copied().unwrap_or(0),
-        errs.get("baseline").map_or(0, |e| e.1),
+    read_new(&mut records);
+    let (mut base, mut cand) = (
+        tally(&records, Arm::Baseline),
+        tally(&records, Arm::Candidate),
     );
-    if b_total == 0 {
-        bail!("no request reached the baseline (client: {client}); no verdict");
-    }
-    if b_bad * 2 > b_total {
-        bail!("the baseline itself fails {b_bad} of {b_total} requests to {} {} (client: {client}); no verdict\n  = help: check --path, --method and --body: the endpoint must work on the baseline", a.method, a.path);
-    }
+    refuse_garbage(a, spec, &base, &cand, &client)?;
     let mut data = BTreeMap::new();
     data.insert(
         "latency".to_string(),
         MetricData::Continuous {
-            baseline: lat.remove("baseline").unwrap_or_default(),
-            candidate: lat.remove("candidate").unwrap_or_default(),
+            baseline: std::mem::take(&mut base.latency),
+            candidate: std::mem::take(&mut cand.latency),
         },
     );
-    let c = |arm: &str| {
-        errs.get(arm)
-            .map_or(pipeline_analysis::judge::Counts::new(0, 0), |e| {
-                pipeline_analysis::judge::Counts::new(e.0, e.1)
-            })
-    };
     data.insert(
         "errors".to_string(),
         MetricData::Counts {
-            baseline: c("baseline"),
-            candidate: c("candidate"),
+            baseline: Counts::new(base.errors, base.total),
+            candidate: Counts::new(cand.errors, cand.total),
         },
     );
-    let cfg = JudgeConfig::with_metrics(vec![
-        Metric::continuous("latency")
-            .direction(Direction::Increase)
-            .tolerance(0.25),
-        Metric::proportion("errors")
-            .direction(Direction::Increase)
-            .critical(true),
-    ]);
-    let mut verdict = judge(&cfg, &data);
+    let mut verdict = judge(&spec.judge_config(), &data);
     if let Some((after, metric)) = &early {
         // The early stop is a verdict of its own: it holds whatever the shorter sample says.
         verdict.outcome = Outcome::Fail;
@@ -395,44 +455,48 @@ async fn run_arms(cws: &Workspace, stack: &Path, port: u16, a: &CanaryArgs) -> R
     })
 }
 
-/// Every answer in a chunk of the access log (`$msec $status $request_time $upstream_addr ...`)
-/// that one of the arms gave: (arm, status, seconds).
-fn answers<'a>(text: &str, arm_of: &BTreeMap<String, &'a str>) -> Vec<(&'a str, u16, f64)> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 4 {
-            continue;
-        }
-        // On a retry nginx lists every upstream tried; the last one answered.
-        let upstreams = f[3..].join(" ");
-        let last = upstreams
-            .rsplit(", ")
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .next()
-            .unwrap_or("");
-        if let Some(arm) = arm_of.get(last).copied() {
-            out.push((
-                arm,
-                f[1].parse().unwrap_or(0),
-                f[2].parse().unwrap_or(f64::NAN),
-            ));
-        }
-    }
-    out
+/// "404 × 200, 502 × 3": the status codes an arm answered with, most frequent first.
+fn statuses(t: &Tally) -> String {
+    let mut v: Vec<(&u16, &u64)> = t.statuses.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    v.iter()
+        .map(|(s, n)| format!("{s} × {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-/// (arm, 5xx answers, answers) in a chunk of the access log.
-fn error_counts<'a>(text: &str, arm_of: &BTreeMap<String, &'a str>) -> Vec<(&'a str, u64, u64)> {
-    let mut out: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    for (arm, status, _) in answers(text, arm_of) {
-        let e = out.entry(arm).or_default();
-        e.1 += 1;
-        e.0 += u64::from(status >= 500);
+/// Refuse to judge garbage: an endpoint the baseline does not serve is a wrong canary, not a
+/// verdict on the candidate.
+fn refuse_garbage(
+    a: &CanaryArgs,
+    spec: &CanarySpec,
+    base: &Tally,
+    cand: &Tally,
+    client: &ClientStats,
+) -> Result<()> {
+    let (m, p) = (&spec.request.method, &spec.request.path);
+    if base.total == 0 {
+        bail!(
+            "no request reached the baseline ({}) (client: {client}); no verdict\n  = help: the balancer answered nothing from the arms; see the errors above",
+            a.baseline
+        );
     }
-    out.into_iter().map(|(a, (e, t))| (a, e, t)).collect()
+    let bad = base.total - base.latency.len() as u64;
+    if bad * 2 > base.total {
+        let both = cand.total > 0 && (cand.total - cand.latency.len() as u64) * 2 > cand.total;
+        bail!(
+            "the baseline ({}) itself fails {bad} of {} requests to {m} {p} ({}){}; no verdict\n  = help: the endpoint must work on the baseline: check the path, method and body (--path, --method, --body-file, or the service's `canary.request`)",
+            a.baseline,
+            base.total,
+            statuses(base),
+            if both {
+                format!(", and so does the candidate ({}: {})", a.candidate, statuses(cand))
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
 }
 
 fn report_text(a: &CanaryArgs, v: &Verdict, client: &ClientStats) -> String {
@@ -506,6 +570,7 @@ struct LoadSpec {
     method: String,
     path: String,
     body: Option<String>,
+    content_type: String,
 }
 
 fn load(l: LoadSpec, halt_flag: Arc<AtomicBool>) -> ClientStats {
@@ -517,17 +582,18 @@ fn load(l: LoadSpec, halt_flag: Arc<AtomicBool>) -> ClientStats {
     let body = a.body.clone().unwrap_or_default();
     let threads: Vec<_> = (0..clients)
         .map(|_| {
-            let (stats, body, method, path) = (
+            let (stats, body, method, path, ctype) = (
                 stats.clone(),
                 body.clone(),
                 a.method.clone(),
                 a.path.clone(),
+                a.content_type.clone(),
             );
             let halt = halt_flag.clone();
             std::thread::spawn(move || {
                 let mut next = Instant::now();
                 while Instant::now() < stop && !halt.load(std::sync::atomic::Ordering::SeqCst) {
-                    let ok = one(port, &method, &path, &body);
+                    let ok = one(port, &method, &path, &body, &ctype);
                     let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
                     s.sent += 1;
                     if ok {
@@ -551,12 +617,17 @@ fn load(l: LoadSpec, halt_flag: Arc<AtomicBool>) -> ClientStats {
     s
 }
 
-fn one(port: u16, method: &str, path: &str, body: &str) -> bool {
+fn one(port: u16, method: &str, path: &str, body: &str, content_type: &str) -> bool {
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: canary\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let ctype = if body.is_empty() {
+        String::new()
+    } else {
+        format!("Content-Type: {content_type}\r\n")
+    };
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: canary\r\n{ctype}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
     if s.write_all(req.as_bytes()).is_err() {
         return false;
     }
@@ -566,4 +637,80 @@ fn one(port: u16, method: &str, path: &str, body: &str) -> bool {
     head.split_whitespace()
         .nth(1)
         .is_some_and(|c| c.starts_with('2'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> CanaryArgs {
+        CanaryArgs {
+            baseline: "a".into(),
+            candidate: "b".into(),
+            stack: None,
+            service: None,
+            replicas: 1,
+            duration: None,
+            rate: None,
+            method: None,
+            path: None,
+            body_file: None,
+            content_type: None,
+            latency_tolerance: None,
+            confidence: None,
+            json: false,
+        }
+    }
+
+    fn map(kv: &[(&str, Value)]) -> Value {
+        Value::Map(kv.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+    }
+
+    #[test]
+    fn flags_override_the_stack_setting_by_setting() {
+        let stack = map(&[
+            ("rate", Value::Number(40.0)),
+            ("confidence", Value::Number(0.99)),
+            (
+                "request",
+                map(&[
+                    ("method", Value::str("POST")),
+                    ("path", Value::str("/preview")),
+                    ("body", Value::str("{}")),
+                ]),
+            ),
+        ]);
+        let s = settings(Some(&stack), &args()).unwrap();
+        assert_eq!((s.rate, s.confidence), (40, 0.99));
+        assert_eq!(s.request.method, "POST");
+        assert_eq!(s.request.body.as_deref(), Some("{}"));
+        assert_eq!(s.judge_config().confidence, 0.99);
+
+        let mut a = args();
+        a.path = Some("/other".into());
+        a.rate = Some(7);
+        a.duration = Some("3s".into());
+        let s = settings(Some(&stack), &a).unwrap();
+        assert_eq!((s.rate, s.duration), (7, Duration::from_secs(3)));
+        assert_eq!(
+            (s.request.method.as_str(), s.request.path.as_str()),
+            ("POST", "/other")
+        );
+
+        // No attribute: the shared defaults.
+        let s = settings(None, &args()).unwrap();
+        assert_eq!(s, CanarySpec::default());
+    }
+
+    #[test]
+    fn a_wrong_flag_gets_the_attribute_s_message() {
+        let mut a = args();
+        a.confidence = Some(2.0);
+        let e = settings(None, &a).unwrap_err().to_string();
+        assert!(e.contains("confidence is between 0.5 and 1"), "{e}");
+        let mut a = args();
+        a.path = Some("nope".into());
+        let e = settings(None, &a).unwrap_err().to_string();
+        assert!(e.contains("must start with /"), "{e}");
+    }
 }

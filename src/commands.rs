@@ -151,19 +151,30 @@ enum Cmd {
         /// Replicas per arm.
         #[arg(long, default_value_t = 1)]
         replicas: u32,
-        /// How long to send load, e.g. 30s.
-        #[arg(long, default_value = "30s")]
-        duration: String,
-        /// Requests per second through the balancer.
-        #[arg(long, default_value_t = 100)]
-        rate: u32,
-        #[arg(long, default_value = "POST")]
-        method: String,
-        #[arg(long, default_value = "/preview")]
-        path: String,
-        /// A file whose content is sent as the request body.
+        /// How long to send load, e.g. 30s (default: the service's `canary.duration`, else 30s).
+        #[arg(long)]
+        duration: Option<String>,
+        /// Requests per second through the balancer (default: `canary.rate`, else 100).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// The request's method (default: `canary.request.method`, else GET).
+        #[arg(long)]
+        method: Option<String>,
+        /// The request's path (default: `canary.request.path`, else /).
+        #[arg(long)]
+        path: Option<String>,
+        /// A file whose content is sent as the request body (default: `canary.request.body`).
         #[arg(long)]
         body_file: Option<PathBuf>,
+        /// The body's Content-Type (default: `canary.request.content_type`).
+        #[arg(long)]
+        content_type: Option<String>,
+        /// Relative latency increase tolerated, e.g. 0.25 (default: `canary.latency_tolerance`).
+        #[arg(long)]
+        latency_tolerance: Option<f64>,
+        /// 1 - significance, e.g. 0.98 (default: `canary.confidence`).
+        #[arg(long)]
+        confidence: Option<f64>,
         #[arg(long)]
         json: bool,
     },
@@ -536,16 +547,11 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
             method,
             path,
             body_file,
+            content_type,
+            latency_tolerance,
+            confidence,
             json,
         } => {
-            let stack = ws.stack(stack.as_deref())?;
-            let duration = pipeline_providers::parse_duration(&duration)
-                .ok_or_else(|| anyhow!("--duration {duration:?} is not a duration like 30s"))?;
-            let body = match body_file {
-                Some(f) => Some(std::fs::read_to_string(&f).with_context(|| format!("cannot read the body file {}", f.display()))?),
-                None if method == "POST" => Some(r##"{"markdown":"# Canary\n\nSome *text*, a [link](https://example.org) and a list:\n\n- one\n- two\n"}"##.to_string()),
-                None => None,
-            };
             crate::canary::run(
                 &ws,
                 crate::canary::CanaryArgs {
@@ -553,12 +559,15 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
                     candidate,
                     stack,
                     service,
-                    replicas: replicas.max(1),
+                    replicas,
                     duration,
-                    rate: rate.max(1),
+                    rate,
                     method,
                     path,
-                    body,
+                    body_file,
+                    content_type,
+                    latency_tolerance,
+                    confidence,
                     json,
                 },
             )

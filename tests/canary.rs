@@ -19,12 +19,16 @@ fn setup() -> Scratch {
     git(&["checkout", "-q", "master"]);
     t.write(
         "s.hcl",
-        r#"service "preview" {
+        r##"service "preview" {
   source = "app"
   run    = "if [ \"$(cat version.txt)\" = broken ]; then export PREVIEW_FAIL_RATE=0.2; fi; exec ./preview --port {{port}}"
   health = { path = "/health", interval = "100ms" }
+  canary = {
+    rate    = 100
+    request = { method = "POST", path = "/preview", body = jsonencode({ markdown = "# Canary\n\nSome *text* and a list:\n\n- one\n- two\n" }) }
+  }
 }
-"#,
+"##,
     );
     t
 }
@@ -54,8 +58,6 @@ fn master_vs_master_passes_and_master_vs_broken_fails() {
         "s.hcl",
         "--duration",
         "6s",
-        "--rate",
-        "100",
     ]);
     let text = s(&out.stdout);
     println!("{text}");
@@ -160,7 +162,9 @@ fn an_endpoint_the_baseline_does_not_serve_gives_no_verdict() {
     assert_eq!(out.status.code(), Some(1));
     let err = s(&out.stderr);
     assert!(
-        err.contains("the baseline itself fails") && err.contains("no verdict"),
+        err.contains("the baseline (master) itself fails")
+            && err.contains("(404 × ")
+            && err.contains("no verdict"),
         "{err}"
     );
     nothing_left(&t);
