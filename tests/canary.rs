@@ -118,6 +118,20 @@ fn master_vs_master_passes_and_master_vs_broken_fails() {
             > 20,
         "{errors}"
     );
+    // CPU and memory of each arm's app processes, sampled every 0.5 s while load ran.
+    for name in ["cpu", "memory"] {
+        let m = v["verdict"]["per_metric"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} metric: {v}"));
+        assert_eq!(m["critical"], false, "{m}");
+        for arm in ["baseline", "candidate"] {
+            let n = m[arm]["continuous"]["n"].as_u64().unwrap_or(0);
+            assert!(n >= 5, "{name} of the {arm}: {n} samples in ~4 s: {m}");
+        }
+    }
     nothing_left(&t);
 }
 
