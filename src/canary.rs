@@ -4,6 +4,10 @@
 //! upstream address), judge with the canary judge, report, and take everything away again.
 //! Exit codes: 0 pass, 1 fail (or an error), 3 marginal or not enough evidence.
 
+// The report's data and rendering live beside this file (src/canary_report.rs).
+#[path = "canary_report.rs"]
+mod report;
+
 use crate::ops::{self, PlanInputs, Workspace};
 use anyhow::{anyhow, bail, Context, Result};
 use pipeline_analysis::judge::{
@@ -13,6 +17,10 @@ use pipeline_analysis::{Arm, Decision, SequentialJudge};
 use pipeline_engine::plan::PlanOptions;
 use pipeline_engine::value::{format_number, Value, ValueMap};
 use pipeline_providers::canary::{CanarySpec, LogTail};
+use report::{
+    ArmPair, ArmUsage, ArmWindow, EarlyStop, LoadInfo, Look, Report, RequestInfo, Series,
+    UsageSample, Window,
+};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -37,6 +45,8 @@ pub struct CanaryArgs {
     pub content_type: Option<String>,
     pub latency_tolerance: Option<f64>,
     pub confidence: Option<f64>,
+    /// Where to write the HTML report (default `.pipeline/canary-report.html`).
+    pub report: Option<PathBuf>,
     pub json: bool,
 }
 
@@ -221,7 +231,7 @@ pub async fn run(ws: &Workspace, a: CanaryArgs) -> Result<ExitCode> {
     ));
     let canary_stack = dir.join("canary.hcl");
     std::fs::write(&canary_stack, text)?;
-    let result = run_arms(&cws, &canary_stack, port, &a, &spec).await;
+    let result = run_arms(&cws, &canary_stack, port, &a, &spec, &name).await;
     // Whatever happened: take the arms and the balancer away.
     let teardown = teardown(&cws, &canary_stack).await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -272,6 +282,8 @@ async fn teardown(cws: &Workspace, stack: &Path) -> Result<()> {
 /// One answer of an arm, as nginx logged it.
 #[derive(Clone, Copy, Debug)]
 struct Record {
+    /// Seconds after load started (from nginx's `$msec`).
+    t: f64,
     arm: Arm,
     status: u16,
     /// Request time, milliseconds.
@@ -304,12 +316,59 @@ fn tally(records: &[Record], arm: Arm) -> Tally {
     t
 }
 
+/// What the fixed judge sees: latency and errors from the answers, CPU and memory from the
+/// resource samples.
+fn judge_data(records: &[Record], usage: &[UsageSample]) -> BTreeMap<String, MetricData> {
+    let (base, cand) = (
+        tally(records, Arm::Baseline),
+        tally(records, Arm::Candidate),
+    );
+    let mut data = BTreeMap::new();
+    data.insert(
+        "latency".to_string(),
+        MetricData::Continuous {
+            baseline: base.latency,
+            candidate: cand.latency,
+        },
+    );
+    data.insert(
+        "errors".to_string(),
+        MetricData::Counts {
+            baseline: Counts::new(base.errors, base.total),
+            candidate: Counts::new(cand.errors, cand.total),
+        },
+    );
+    for (name, pick) in [
+        (
+            "cpu",
+            (|u: &ArmUsage| u.cpu_pct) as fn(&ArmUsage) -> Option<f64>,
+        ),
+        ("memory", |u: &ArmUsage| u.rss_mib),
+    ] {
+        data.insert(
+            name.to_string(),
+            MetricData::Continuous {
+                baseline: usage.iter().filter_map(|u| pick(&u.baseline)).collect(),
+                candidate: usage.iter().filter_map(|u| pick(&u.candidate)).collect(),
+            },
+        );
+    }
+    data
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 async fn run_arms(
     cws: &Workspace,
     stack: &Path,
     port: u16,
     a: &CanaryArgs,
     spec: &CanarySpec,
+    service: &str,
 ) -> Result<ExitCode> {
     eprintln!(
         "canary: building and starting {} and {} ({} replica(s) each)...",
@@ -351,7 +410,6 @@ async fn run_arms(
         })
         .collect();
     let mut sampler = Sampler::new(cws, &st);
-    let mut usage: Vec<[ArmUsage; 2]> = Vec::new();
     let mut tail = LogTail::at_end(&cws.dir.join("run/balancer.canary/logs/access.log"));
     let req = &spec.request;
     eprintln!(
@@ -367,17 +425,22 @@ async fn run_arms(
         body: req.body.clone(),
         content_type: req.content_type.clone(),
     };
+    let cfg = judge_config(spec);
     let halt = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let t0 = unix_now();
     let loader = {
         let halt = halt.clone();
         std::thread::spawn(move || load(load_spec, halt))
     };
-    // Watch as data arrives: a clear regression of the error rate stops the canary early. The
-    // sequential test's false-alarm rate holds over every look (see engine/analysis).
-    let started = Instant::now();
     sampler.sample();
+    // Watch as data arrives: a clear regression of the error rate stops the canary early. The
+    // sequential test's false-alarm rate holds over every look (see engine/analysis). Each
+    // look also records CPU and memory, and the fixed judge's score on the data so far.
     let mut seq = SequentialJudge::new(spec.sequential_config());
     let mut records: Vec<Record> = Vec::new();
+    let mut usage: Vec<UsageSample> = Vec::new();
+    let mut looks: Vec<Look> = Vec::new();
     // (5xx, answers) per arm in what was new.
     let mut read_new = |records: &mut Vec<Record>| -> [(Arm, u64, u64); 2] {
         let mut counts = [(Arm::Baseline, 0, 0), (Arm::Candidate, 0, 0)];
@@ -386,6 +449,7 @@ async fn run_arms(
                 continue;
             };
             records.push(Record {
+                t: ans.at - t0,
                 arm,
                 status: ans.status,
                 ms: ans.secs * 1000.0,
@@ -399,18 +463,40 @@ async fn run_arms(
     let mut early: Option<(Duration, String)> = None;
     while !loader.is_finished() {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        usage.push(sampler.sample());
+        let t = started.elapsed().as_secs_f64();
+        let [baseline, candidate] = sampler.sample();
+        usage.push(UsageSample {
+            t,
+            baseline,
+            candidate,
+        });
         for (arm, events, total) in read_new(&mut records) {
             let _ = seq.observe_counts(arm, "errors", events, total);
         }
-        if let Decision::Fail(metric, _) = seq.decision() {
-            early = Some((started.elapsed(), metric));
-            halt.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
+        let (decision, evidence) = match seq.decision() {
+            Decision::Continue => ("continue".to_string(), seq.evidence()),
+            Decision::Pass(ev) => ("pass".to_string(), ev),
+            Decision::Fail(metric, ev) => {
+                if early.is_none() {
+                    early = Some((started.elapsed(), metric.clone()));
+                    halt.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                (format!("fail: {metric}"), ev)
+            }
+        };
+        let so_far = judge(&cfg, &judge_data(&records, &usage));
+        looks.push(Look {
+            t,
+            score: so_far.score,
+            outcome: so_far.outcome,
+            decision,
+            evidence,
+        });
     }
     let client = loader
         .join()
         .map_err(|_| anyhow!("the load generator failed"))?;
+    let ran = started.elapsed().as_secs_f64();
     if let Some((after, metric)) = &early {
         eprintln!(
             "canary: stopped early after {:.1}s of traffic: `{metric}` regressed (sequential test)",
@@ -420,72 +506,349 @@ async fn run_arms(
     // nginx writes its access log as requests finish.
     tokio::time::sleep(Duration::from_millis(300)).await;
     read_new(&mut records);
-    let (mut base, mut cand) = (
+    let (base, cand) = (
         tally(&records, Arm::Baseline),
         tally(&records, Arm::Candidate),
     );
     refuse_garbage(a, spec, &base, &cand, &client)?;
-    let mut data = BTreeMap::new();
-    data.insert(
-        "latency".to_string(),
-        MetricData::Continuous {
-            baseline: std::mem::take(&mut base.latency),
-            candidate: std::mem::take(&mut cand.latency),
-        },
-    );
-    data.insert(
-        "errors".to_string(),
-        MetricData::Counts {
-            baseline: Counts::new(base.errors, base.total),
-            candidate: Counts::new(cand.errors, cand.total),
-        },
-    );
-    for (name, pick) in [
-        (
-            "cpu",
-            (|u: &ArmUsage| u.cpu_pct) as fn(&ArmUsage) -> Option<f64>,
-        ),
-        ("memory", |u: &ArmUsage| u.rss_mib),
-    ] {
-        let arm = |i: usize| usage.iter().filter_map(|u| pick(&u[i])).collect();
-        data.insert(
-            name.to_string(),
-            MetricData::Continuous {
-                baseline: arm(0),
-                candidate: arm(1),
-            },
-        );
-    }
-    let mut verdict = judge(&judge_config(spec), &data);
+    let data = judge_data(&records, &usage);
+    let mut verdict = judge(&cfg, &data);
     if let Some((after, metric)) = &early {
         // The early stop is a verdict of its own: it holds whatever the shorter sample says.
         verdict.outcome = Outcome::Fail;
         verdict.reason = format!("stopped after {:.1}s of traffic: `{metric}` regressed beyond doubt (sequential test); {}", after.as_secs_f64(), verdict.reason);
     }
-    if a.json {
-        println!(
-            "{}",
-            serde_json::json!({ "baseline": a.baseline, "candidate": a.candidate, "client": client.to_string(), "verdict": verdict })
-        );
-    } else {
-        print!("{}", report_text(a, &verdict, &client));
+    let rep = Report {
+        service: format!("service.{service}"),
+        baseline: a.baseline.clone(),
+        candidate: a.candidate.clone(),
+        request: RequestInfo {
+            method: req.method.clone(),
+            path: req.path.clone(),
+            content_type: req.body.as_ref().map(|_| req.content_type.clone()),
+            body_bytes: req.body.as_ref().map_or(0, String::len),
+        },
+        load: LoadInfo {
+            rate: spec.rate,
+            duration_s: spec.duration.as_secs_f64(),
+            ran_s: ran,
+            replicas: a.replicas.max(1),
+            sent: client.sent,
+            ok_2xx: client.ok,
+            other: client.other,
+            answers: ArmPair {
+                baseline: base.total,
+                candidate: cand.total,
+            },
+        },
+        early_stop: early.as_ref().map(|(after, metric)| EarlyStop {
+            after_s: after.as_secs_f64(),
+            metric: metric.clone(),
+        }),
+        confidence: cfg.confidence,
+        pass_threshold: cfg.pass_threshold,
+        marginal_threshold: cfg.marginal_threshold,
+        evidence: evidence(&cfg, &data, &verdict),
+        sequential: looks.last().map(|l| l.evidence.clone()).unwrap_or_default(),
+        series: series(&records, usage, looks, ran),
+        verdict,
+    };
+    let file = std::env::current_dir()?.join(
+        a.report
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".pipeline/canary-report.html")),
+    );
+    if let Some(parent) = file.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    Ok(match verdict.outcome {
+    std::fs::write(&file, report::render_html(&rep))
+        .with_context(|| format!("cannot write the report {}", file.display()))?;
+    if a.json {
+        let mut v = serde_json::to_value(&rep)?;
+        v["client"] = client.to_string().into();
+        v["report_file"] = file.display().to_string().into();
+        println!("{v}");
+        eprintln!("canary: report written to {}", file.display());
+    } else {
+        print!("{}", report_text(&rep));
+        println!("Report: {}", file.display());
+    }
+    Ok(match rep.verdict.outcome {
         Outcome::Pass => ExitCode::SUCCESS,
         Outcome::Fail => ExitCode::from(1),
         Outcome::Marginal | Outcome::Inconclusive => ExitCode::from(3),
     })
 }
 
-/// CPU and memory of one arm at one sample.
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ArmUsage {
-    /// CPU over the interval since the previous sample, % of one core (None at the first).
-    pub cpu_pct: Option<f64>,
-    /// Resident memory, MiB (None when no process of the arm was found).
-    pub rss_mib: Option<f64>,
-    /// Processes counted.
-    pub processes: u32,
+/// Latency and errors per window, and the latency ECDF, from the answers.
+fn series(records: &[Record], usage: Vec<UsageSample>, looks: Vec<Look>, ran: f64) -> Series {
+    use pipeline_analysis::stats::quantile_sorted;
+    // 1 s windows, wider for long canaries: at most 300 windows.
+    let window_s = (ran / 300.0).ceil().max(1.0);
+    let n = ((ran / window_s).ceil() as usize).max(1);
+    let mut per: Vec<[(u64, u64, Vec<f64>); 2]> = (0..n).map(|_| Default::default()).collect();
+    for r in records {
+        let i = ((r.t / window_s).floor().max(0.0) as usize).min(n - 1);
+        let w = &mut per[i][usize::from(r.arm == Arm::Candidate)];
+        w.1 += 1;
+        if r.status >= 500 {
+            w.0 += 1;
+        } else if r.status < 400 {
+            w.2.push(r.ms);
+        }
+    }
+    let arm_window = |(errors, answers, mut lat): (u64, u64, Vec<f64>)| {
+        lat.sort_by(f64::total_cmp);
+        ArmWindow {
+            answers,
+            errors,
+            p50_ms: (!lat.is_empty()).then(|| quantile_sorted(&lat, 0.5)),
+            p99_ms: (!lat.is_empty()).then(|| quantile_sorted(&lat, 0.99)),
+        }
+    };
+    let windows = per
+        .into_iter()
+        .enumerate()
+        .map(|(i, [b, c])| Window {
+            t: (i + 1) as f64 * window_s,
+            baseline: arm_window(b),
+            candidate: arm_window(c),
+        })
+        .collect();
+    let ecdf = |arm: Arm| {
+        let mut v = tally(records, arm).latency;
+        v.sort_by(f64::total_cmp);
+        ecdf_points(&v, 300)
+    };
+    Series {
+        window_s,
+        windows,
+        usage,
+        looks,
+        latency_ecdf: ArmPair {
+            baseline: ecdf(Arm::Baseline),
+            candidate: ecdf(Arm::Candidate),
+        },
+    }
+}
+
+/// At most about `max` points (value, share at or below it) of a sorted sample's ECDF: every
+/// distinct value when there are few, else evenly spaced order statistics.
+fn ecdf_points(sorted: &[f64], max: usize) -> Vec<[f64; 2]> {
+    let n = sorted.len();
+    let mut out: Vec<[f64; 2]> = Vec::new();
+    let idx: Vec<usize> = if n <= max {
+        (0..n).collect()
+    } else {
+        (1..=max).map(|k| (k * n).div_ceil(max) - 1).collect()
+    };
+    for i in idx {
+        // The share at a value counts every answer equal to it.
+        let (x, y) = (sorted[i], (i + 1) as f64 / n as f64);
+        match out.last_mut() {
+            Some(last) if last[0] == x => last[1] = y,
+            _ => out.push([x, y]),
+        }
+    }
+    out
+}
+
+/// The evidence behind each metric's verdict: the test statistic, and a confidence interval
+/// for the effect at the judge's confidence (two-sided).
+fn evidence(
+    cfg: &JudgeConfig,
+    data: &BTreeMap<String, MetricData>,
+    v: &Verdict,
+) -> Vec<report::Evidence> {
+    use pipeline_analysis::judge::{MetricStatus, Summary, TestUsed};
+    use pipeline_analysis::stats::{mann_whitney, two_proportion_z, Alternative};
+    v.per_metric
+        .iter()
+        .zip(&cfg.metrics)
+        .map(|(mv, m)| {
+            let alt = match m.direction {
+                Direction::Increase => Alternative::Greater,
+                Direction::Decrease => Alternative::Less,
+                Direction::Either => Alternative::TwoSided,
+            };
+            let unit = match m.kind {
+                pipeline_analysis::MetricKind::Proportion => "rate",
+                _ => unit_of(&m.name),
+            };
+            let summary = |s: &Option<Summary>| match s {
+                Some(Summary::Continuous(x)) if x.n > 0 => format!(
+                    "p50 {} {unit}, p99 {} {unit}, mean {} {unit}",
+                    report::num(x.median),
+                    report::num(x.p99),
+                    report::num(x.mean)
+                ),
+                Some(Summary::Proportion {
+                    events,
+                    total,
+                    rate,
+                }) => format!("{events} of {total} ({} %)", report::num(100.0 * rate)),
+                _ => "–".into(),
+            };
+            let mut e = report::Evidence {
+                name: m.name.clone(),
+                unit: unit.to_string(),
+                kind: m.kind,
+                direction: m.direction,
+                critical: m.critical,
+                weight: m.weight,
+                test: mv.test,
+                n: ArmPair::default(),
+                summary: ArmPair {
+                    baseline: summary(&mv.baseline),
+                    candidate: summary(&mv.candidate),
+                },
+                statistic: None,
+                p_value: mv.p_value,
+                alpha: mv.threshold,
+                effect: mv.effect.map(|e| e.shift),
+                relative: mv.effect.map(|e| e.relative),
+                interval: None,
+                tolerance: m.tolerance,
+                abs_tolerance: m.abs_tolerance,
+                status: mv.status,
+                reason: mv.reason.clone(),
+            };
+            match data.get(&m.name) {
+                Some(MetricData::Continuous {
+                    baseline,
+                    candidate,
+                }) => {
+                    let b: Vec<f64> = baseline.iter().copied().filter(|x| x.is_finite()).collect();
+                    let c: Vec<f64> = candidate
+                        .iter()
+                        .copied()
+                        .filter(|x| x.is_finite())
+                        .collect();
+                    e.n = ArmPair {
+                        baseline: b.len() as u64,
+                        candidate: c.len() as u64,
+                    };
+                    if mv.test == TestUsed::MannWhitney {
+                        let mw = mann_whitney(&c, &b, alt);
+                        e.statistic = Some(report::Statistic {
+                            name: "U".into(),
+                            value: mw.u1,
+                            z: Some(mw.z),
+                        });
+                        e.interval = hl_interval(&b, &c, cfg.confidence).map(|(lower, upper)| {
+                            report::Interval {
+                                lower,
+                                upper,
+                                level: cfg.confidence,
+                                method: "Hodges–Lehmann / Moses".into(),
+                            }
+                        });
+                    }
+                }
+                Some(MetricData::Counts {
+                    baseline,
+                    candidate,
+                }) => {
+                    e.n = ArmPair {
+                        baseline: baseline.total,
+                        candidate: candidate.total,
+                    };
+                    if mv.status != MetricStatus::NotEnoughData {
+                        if mv.test == TestUsed::TwoProportionZ {
+                            let (z, _) = two_proportion_z(
+                                candidate.events,
+                                candidate.total,
+                                baseline.events,
+                                baseline.total,
+                                alt,
+                            );
+                            e.statistic = Some(report::Statistic {
+                                name: "z".into(),
+                                value: z,
+                                z: None,
+                            });
+                        }
+                        e.interval = newcombe(*baseline, *candidate, cfg.confidence).map(
+                            |(lower, upper)| report::Interval {
+                                lower,
+                                upper,
+                                level: cfg.confidence,
+                                method: "Newcombe".into(),
+                            },
+                        );
+                    }
+                }
+                None => {}
+            }
+            e
+        })
+        .collect()
+}
+
+/// Sorted finite values thinned to at most `max` evenly spaced order statistics.
+fn thinned(v: &[f64], max: usize) -> Vec<f64> {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    s.sort_by(f64::total_cmp);
+    if s.len() <= max {
+        return s;
+    }
+    (0..max)
+        .map(|k| s[(k * s.len() + s.len() / 2) / max])
+        .collect()
+}
+
+/// Distribution-free confidence interval for the Hodges–Lehmann shift (candidate − baseline):
+/// Moses' order statistics of the pairwise differences, with the normal approximation of U's
+/// distribution for the rank (ties make it approximate). Large arms are thinned to 1000 order
+/// statistics each; the rank is taken from the real sizes. None when too few samples for the
+/// level.
+fn hl_interval(b: &[f64], c: &[f64], level: f64) -> Option<(f64, f64)> {
+    use pipeline_analysis::stats::norm_ppf;
+    let (n, m) = (b.len() as f64, c.len() as f64);
+    if b.len() < 2 || c.len() < 2 {
+        return None;
+    }
+    let nm = n * m;
+    let z = norm_ppf(0.5 + level / 2.0);
+    let k = (nm / 2.0 - z * (nm * (n + m + 1.0) / 12.0).sqrt()).floor();
+    if k < 1.0 {
+        return None;
+    }
+    let (tb, tc) = (thinned(b, 1000), thinned(c, 1000));
+    let mut d: Vec<f64> = Vec::with_capacity(tb.len() * tc.len());
+    for x in &tc {
+        for y in &tb {
+            d.push(x - y);
+        }
+    }
+    d.sort_by(f64::total_cmp);
+    let len = d.len();
+    let i = (((k / nm) * len as f64).ceil() as usize).clamp(1, len) - 1;
+    Some((d[i], d[len - 1 - i]))
+}
+
+/// Newcombe's hybrid score interval (Wilson intervals per arm) for the rate difference
+/// candidate − baseline.
+fn newcombe(b: Counts, c: Counts, level: f64) -> Option<(f64, f64)> {
+    use pipeline_analysis::stats::norm_ppf;
+    if b.total == 0 || c.total == 0 {
+        return None;
+    }
+    let z = norm_ppf(0.5 + level / 2.0);
+    let wilson = |k: Counts| {
+        let (n, p) = (k.total as f64, k.rate());
+        let d = 1.0 + z * z / n;
+        let centre = (p + z * z / (2.0 * n)) / d;
+        let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / d;
+        (p, centre - half, centre + half)
+    };
+    let ((pb, lb, ub), (pc, lc, uc)) = (wilson(b), wilson(c));
+    let diff = pc - pb;
+    Some((
+        diff - ((pc - lc).powi(2) + (ub - pb).powi(2)).sqrt(),
+        diff + ((uc - pc).powi(2) + (pb - lb).powi(2)).sqrt(),
+    ))
 }
 
 /// Samples the app processes of each arm: every replica's active generation under the canary
@@ -695,48 +1058,83 @@ fn unit_of(metric: &str) -> &'static str {
     }
 }
 
-fn report_text(a: &CanaryArgs, v: &Verdict, client: &ClientStats) -> String {
-    use pipeline_analysis::judge::Summary;
-    let show = |name: &str, s: &Option<Summary>| match s {
-        Some(Summary::Continuous(x)) => {
-            let unit = unit_of(name);
-            format!("n={} p50={:.2}{unit} p99={:.2}{unit}", x.n, x.median, x.p99)
-        }
-        Some(Summary::Proportion {
+fn report_text(r: &Report) -> String {
+    use report::num;
+    let l = &r.load;
+    let mut out = format!(
+        "\nCanary of {}: {} (baseline) vs {} (candidate)\nLoad: {} {} at {} req/s for {} s; {} requests, {} answered 2xx, {} not; answers: baseline {}, candidate {}\n\n",
+        r.service,
+        r.baseline,
+        r.candidate,
+        r.request.method,
+        r.request.path,
+        l.rate,
+        num(l.ran_s),
+        l.sent,
+        l.ok_2xx,
+        l.other,
+        l.answers.baseline,
+        l.answers.candidate
+    );
+    out.push_str(&format!(
+        "{:<10} {:<36} {:<36} {:>10} {:>10}  {}\n",
+        "METRIC", "BASELINE", "CANDIDATE", "EFFECT", "P-VALUE", "VERDICT"
+    ));
+    let compact = |e: &report::Evidence, s: &Option<pipeline_analysis::Summary>| match s {
+        Some(pipeline_analysis::Summary::Continuous(x)) if x.n > 0 => format!(
+            "n={} p50={}{u} p99={}{u}",
+            x.n,
+            num(x.median),
+            num(x.p99),
+            u = e.unit
+        ),
+        Some(pipeline_analysis::Summary::Proportion {
             events,
             total,
             rate,
-        }) => format!("{events}/{total} ({:.2}%)", rate * 100.0),
-        None => "-".into(),
+        }) => format!("{events}/{total} ({}%)", num(100.0 * rate)),
+        _ => "-".into(),
     };
-    let mut out = format!(
-        "\nCanary: {} (baseline) vs {} (candidate); load: {client}\n\n",
-        a.baseline, a.candidate
-    );
-    out.push_str(&format!(
-        "{:<10} {:<34} {:<34} {:>10} {:>10}  {}\n",
-        "METRIC", "BASELINE", "CANDIDATE", "EFFECT", "P-VALUE", "VERDICT"
-    ));
-    for m in &v.per_metric {
-        let effect = m
-            .effect
-            .map_or("-".into(), |e| format!("{:+.1}%", e.relative * 100.0));
-        let p = m.p_value.map_or("-".into(), |p| format!("{p:.2e}"));
+    for (e, m) in r.evidence.iter().zip(&r.verdict.per_metric) {
+        let effect = e
+            .relative
+            .map_or("-".into(), |x| format!("{:+.1}%", x * 100.0));
+        let p = e.p_value.map_or("-".into(), |p| format!("{p:.2e}"));
         out.push_str(&format!(
-            "{:<10} {:<34} {:<34} {:>10} {:>10}  {:?}{}\n",
-            m.name,
-            show(&m.name, &m.baseline),
-            show(&m.name, &m.candidate),
+            "{:<10} {:<36} {:<36} {:>10} {:>10}  {:?}{}\n",
+            e.name,
+            compact(e, &m.baseline),
+            compact(e, &m.candidate),
             effect,
             p,
             m.status,
-            if m.critical { " (critical)" } else { "" }
+            if e.critical { " (critical)" } else { "" }
         ));
-        out.push_str(&format!("           {}\n", m.reason));
+        let mut ev = Vec::new();
+        if let Some(s) = &e.statistic {
+            ev.push(format!("{} = {}", s.name, num(s.value)));
+        }
+        if let (Some(x), Some(i)) = (e.effect, &e.interval) {
+            let k = if e.unit == "rate" { 100.0 } else { 1.0 };
+            let u = if e.unit == "rate" { "pp" } else { &e.unit };
+            ev.push(format!(
+                "shift {:+.3} {u}, {:.0}% CI [{:+.3}, {:+.3}]",
+                k * x,
+                100.0 * i.level,
+                k * i.lower,
+                k * i.upper
+            ));
+        }
+        ev.push(format!("tolerance {:.0}%", 100.0 * e.tolerance));
+        out.push_str(&format!("           {}; {}\n", ev.join(", "), e.reason));
     }
     out.push_str(&format!(
-        "\nScore {:.0} (pass >= 95, marginal >= 75): {:?}. {}\n",
-        v.score, v.outcome, v.reason
+        "\nScore {:.0} (pass >= {}, marginal >= {}): {:?}. {}\n",
+        r.verdict.score,
+        num(r.pass_threshold),
+        num(r.marginal_threshold),
+        r.verdict.outcome,
+        r.verdict.reason
     ));
     out
 }
@@ -855,6 +1253,7 @@ mod tests {
             content_type: None,
             latency_tolerance: None,
             confidence: None,
+            report: None,
             json: false,
         }
     }
@@ -949,6 +1348,42 @@ mod tests {
             ArmUsage::default(),
             "an arm without processes has no figures"
         );
+    }
+
+    #[test]
+    fn confidence_intervals_of_the_effects() {
+        // Newcombe (1998), example (a): 56/70 vs 48/80, hybrid score interval 0.0524 to 0.3339.
+        let (lo, hi) = newcombe(Counts::new(48, 80), Counts::new(56, 70), 0.95).unwrap();
+        assert!(
+            (lo - 0.0524).abs() < 5e-5 && (hi - 0.3339).abs() < 5e-5,
+            "{lo} {hi}"
+        );
+        // A shift of exactly 5: the Moses interval holds it, and narrows with more data.
+        let b: Vec<f64> = (0..40).map(|i| (i * 7 % 40) as f64).collect();
+        let c: Vec<f64> = b.iter().map(|x| x + 5.0).collect();
+        let (lo, hi) = hl_interval(&b, &c, 0.98).unwrap();
+        assert!(lo < 5.0 && 5.0 < hi && hi - lo < 25.0, "{lo} {hi}");
+        let b4: Vec<f64> = (0..4000).map(|i| (i * 7 % 40) as f64).collect();
+        let c4: Vec<f64> = b4.iter().map(|x| x + 5.0).collect();
+        let (lo4, hi4) = hl_interval(&b4, &c4, 0.98).unwrap();
+        assert!(
+            lo4 <= 5.0 && 5.0 <= hi4 && hi4 - lo4 < (hi - lo) / 3.0,
+            "{lo4} {hi4}"
+        );
+        // Three samples per arm cannot give a 98 % interval.
+        assert_eq!(hl_interval(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0], 0.98), None);
+    }
+
+    #[test]
+    fn ecdf_points_count_ties_and_stay_small() {
+        assert_eq!(
+            ecdf_points(&[1.0, 1.0, 2.0, 3.0], 300),
+            vec![[1.0, 0.5], [2.0, 0.75], [3.0, 1.0]]
+        );
+        let v: Vec<f64> = (0..10_000).map(f64::from).collect();
+        let e = ecdf_points(&v, 300);
+        assert_eq!(e.len(), 300);
+        assert_eq!(e.last().unwrap(), &[9999.0, 1.0]);
     }
 
     #[test]

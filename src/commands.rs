@@ -175,6 +175,10 @@ enum Cmd {
         /// 1 - significance, e.g. 0.98 (default: `canary.confidence`).
         #[arg(long)]
         confidence: Option<f64>,
+        /// Where to write the HTML report with charts.
+        #[arg(long, default_value = ".pipeline/canary-report.html")]
+        report: PathBuf,
+        /// The verdict, its evidence and the time series as one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -550,6 +554,7 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
             content_type,
             latency_tolerance,
             confidence,
+            report,
             json,
         } => {
             crate::canary::run(
@@ -568,6 +573,7 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
                     content_type,
                     latency_tolerance,
                     confidence,
+                    report: Some(report),
                     json,
                 },
             )

@@ -1,9 +1,82 @@
 //! `pipeline canary BASE CANDIDATE` against the real sample service behind real nginx:
 //! master vs master passes, master vs a revision that answers 20% 500s fails, and a revision
-//! that does not exist is a clear error; each time nothing is left running.
+//! that does not exist is a clear error; each time nothing is left running. The HTML report is
+//! opened in headless Chromium.
 
 mod common;
 use common::*;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Runs headless Chromium with `args` + `url` in its own process group, bounded in time; the
+/// whole group is killed afterwards. Returns stdout. (As in tests/monitor.rs.)
+fn chromium(args: &[String], url: &str) -> String {
+    use std::os::unix::process::CommandExt;
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: the report test needs Debian's chromium (apt-get install -y chromium)"
+    );
+    let profile = tempfile::Builder::new()
+        .prefix("canary-chromium-")
+        .tempdir()
+        .unwrap();
+    let out_file = profile.path().join("stdout");
+    let mut child = Command::new(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("start chromium");
+    let pgid = child.id() as i32;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if start.elapsed() > Duration::from_secs(90) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // SAFETY: kill of the process group we just created (chromium's helpers live there too).
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let _ = child.wait();
+    let status = status.expect("chromium did not finish within 90 s");
+    assert!(status.success(), "chromium failed: {status}");
+    std::fs::read_to_string(&out_file).unwrap()
+}
+
+/// `data-points` of the series `arm` in the chart `id` of a DOM dump (None if absent).
+fn points(dom: &str, id: &str, arm: &str) -> Option<usize> {
+    let chart = dom.split(&format!("data-chart=\"{id}\"")).nth(1)?;
+    let chart = chart.split("</figure>").next()?;
+    let series = chart.split(&format!("data-series=\"{arm}\"")).nth(1)?;
+    series
+        .split("data-points=\"")
+        .nth(1)?
+        .split('"')
+        .next()?
+        .parse()
+        .ok()
+}
 
 fn setup() -> Scratch {
     let t = Scratch::new();
@@ -63,6 +136,79 @@ fn master_vs_master_passes_and_master_vs_broken_fails() {
     println!("{text}");
     assert_eq!(out.status.code(), Some(0), "{text}{}", s(&out.stderr));
     assert!(text.contains("): Pass."), "{text}");
+    for row in ["latency ", "errors ", "cpu ", "memory "] {
+        assert!(
+            text.lines().any(|l| l.starts_with(row)),
+            "no {row}row:\n{text}"
+        );
+    }
+    // The HTML report, at its default place, as a browser renders it.
+    let html = t.path().join(".pipeline/canary-report.html");
+    assert!(
+        text.contains(&format!("Report: {}", html.display())),
+        "{text}"
+    );
+    let size = std::fs::metadata(&html).unwrap().len();
+    let url = format!("file://{}", html.display());
+    let dom = chromium(
+        &[
+            "--virtual-time-budget=2000".into(),
+            "--run-all-compositor-stages-before-draw".into(),
+            "--dump-dom".into(),
+        ],
+        &url,
+    );
+    assert!(
+        dom.contains("data-outcome=\"pass\"") && dom.contains(">PASS<"),
+        "{dom}"
+    );
+    let svgs = dom.matches("<svg").count();
+    assert!(svgs >= 7, "{svgs} charts");
+    let mut seen = vec![];
+    for chart in [
+        "latency-ecdf",
+        "latency-time",
+        "errors-time",
+        "cpu-time",
+        "memory-time",
+    ] {
+        for arm in ["baseline", "candidate"] {
+            let n = points(&dom, chart, arm).unwrap_or(0);
+            assert!(n > 0, "chart {chart} has no {arm} points");
+            seen.push(format!("{chart}/{arm}: {n}"));
+        }
+    }
+    assert!(points(&dom, "score-time", "score").unwrap_or(0) >= 10);
+    for metric in ["latency", "errors", "cpu", "memory"] {
+        assert!(
+            dom.contains(&format!("data-metric=\"{metric}\"")),
+            "no evidence row for {metric}"
+        );
+    }
+    assert!(dom.contains("U = "), "no Mann-Whitney statistic shown");
+    println!(
+        "report {size} bytes, {svgs} charts, points: {}",
+        seen.join(", ")
+    );
+    let shots = tempfile::Builder::new()
+        .prefix("canary-report-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
+        .keep();
+    let shot = shots.join("canary-report.png");
+    chromium(
+        &[
+            "--virtual-time-budget=2000".into(),
+            "--run-all-compositor-stages-before-draw".into(),
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1300,2400".into(),
+        ],
+        &url,
+    );
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    assert!(png.len() > 50_000, "screenshot is only {} bytes", png.len());
+    println!("report screenshot: {}", shot.display());
     nothing_left(&t);
 
     // 30 s are asked for; the sequential test stops it as soon as the error rate is clearly worse.
@@ -78,6 +224,8 @@ fn master_vs_master_passes_and_master_vs_broken_fails() {
         "--rate",
         "100",
         "--json",
+        "--report",
+        "broken.html",
     ]);
     let took = t0.elapsed();
     println!("master vs broken took {took:?}: {}", s(&out.stderr));
@@ -118,20 +266,51 @@ fn master_vs_master_passes_and_master_vs_broken_fails() {
             > 20,
         "{errors}"
     );
-    // CPU and memory of each arm's app processes, sampled every 0.5 s while load ran.
-    for name in ["cpu", "memory"] {
-        let m = v["verdict"]["per_metric"]
+    // The evidence: z, a confidence interval of the rate difference above 0.
+    let ev = |name: &str| {
+        v["evidence"]
             .as_array()
             .unwrap()
             .iter()
             .find(|m| m["name"] == name)
-            .unwrap_or_else(|| panic!("no {name} metric: {v}"));
+            .unwrap_or_else(|| panic!("no {name} evidence: {v}"))
+            .clone()
+    };
+    let e = ev("errors");
+    assert_eq!(e["statistic"]["name"], "z", "{e}");
+    assert!(e["interval"]["lower"].as_f64().unwrap() > 0.0, "{e}");
+    // CPU and memory of each arm's app processes, sampled every 0.5 s while load ran.
+    for name in ["cpu", "memory"] {
+        let m = ev(name);
         assert_eq!(m["critical"], false, "{m}");
         for arm in ["baseline", "candidate"] {
-            let n = m[arm]["continuous"]["n"].as_u64().unwrap_or(0);
+            let n = m["n"][arm].as_u64().unwrap_or(0);
             assert!(n >= 5, "{name} of the {arm}: {n} samples in ~4 s: {m}");
         }
+        println!(
+            "{name}: {} / {}",
+            m["summary"]["baseline"], m["summary"]["candidate"]
+        );
     }
+    // Time series: windows, resource samples, and the looks that ended with the early stop.
+    let series = &v["series"];
+    assert!(series["windows"].as_array().unwrap().len() >= 3, "{series}");
+    assert!(series["usage"].as_array().unwrap().len() >= 5, "{series}");
+    let looks = series["looks"].as_array().unwrap();
+    assert_eq!(
+        looks.last().unwrap()["decision"],
+        "fail: errors",
+        "{series}"
+    );
+    assert_eq!(v["early_stop"]["metric"], "errors");
+    // The report is written for a failed canary too, where it was asked for.
+    let html = std::fs::read_to_string(t.path().join("broken.html")).unwrap();
+    assert_eq!(
+        v["report_file"].as_str().unwrap(),
+        t.path().join("broken.html").display().to_string()
+    );
+    assert!(html.contains("data-outcome=\"fail\""), "{html}");
+    assert!(html.contains("Stopped early after"));
     nothing_left(&t);
 }
 
