@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 /// The command line. Unset settings come from the service's `canary = { ... }` attribute, else
 /// from [`CanarySpec`]'s defaults; each flag overrides only its own setting.
 pub struct CanaryArgs {
-    pub baseline: String,
-    pub candidate: String,
+    pub baseline: Option<String>,
+    pub candidate: Option<String>,
     pub stack: Option<PathBuf>,
     pub service: Option<String>,
     pub replicas: u32,
@@ -48,6 +48,119 @@ pub struct CanaryArgs {
     /// Where to write the HTML report (default `.pipeline/canary-report.html`).
     pub report: Option<PathBuf>,
     pub json: bool,
+    /// `--simulate --runs N`: operating characteristics instead of a canary.
+    pub simulate: Option<usize>,
+}
+
+/// The command line with both revisions named.
+struct Revs {
+    baseline: String,
+    candidate: String,
+    args: CanaryArgs,
+}
+
+impl std::ops::Deref for Revs {
+    type Target = CanaryArgs;
+    fn deref(&self) -> &CanaryArgs {
+        &self.args
+    }
+}
+
+/// `pipeline canary --simulate`: the sequential judge's operating characteristics on simulated
+/// traffic (engine/analysis/src/simulate.rs), as `cargo bench -p pipeline-analysis` measures
+/// them: A/A, errors 0.5 % -> 5 %, latency +25 %, 100 req/s per arm, one look a second.
+fn simulate(runs: usize, json: bool) -> Result<ExitCode> {
+    use pipeline_analysis::{simulate, Scenario};
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    const SEED: u64 = 0x5eed;
+    let scenarios = [
+        Scenario::aa(),
+        Scenario::error_regression(0.005, 0.05),
+        Scenario::latency_regression(1.25),
+    ];
+    let started = Instant::now();
+    let results: Vec<_> = scenarios.iter().map(|s| simulate(s, runs, SEED)).collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "seed": SEED, "scenarios": scenarios, "results": results })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cfg = Scenario::standard_config();
+    let describe: Vec<String> = cfg
+        .metrics
+        .iter()
+        .map(|m| {
+            format!(
+                "{} (tolerance {}%{}{})",
+                m.name,
+                100.0 * m.tolerance,
+                if m.abs_tolerance > 0.0 {
+                    format!(" and {} pp", 100.0 * m.abs_tolerance)
+                } else {
+                    String::new()
+                },
+                if m.critical { ", critical" } else { "" }
+            )
+        })
+        .collect();
+    println!(
+        "Sequential judge on simulated traffic: {} req/s per arm, one look a second, at most {} s a run; confidence {}; {}; seed {SEED:#x}.\n",
+        scenarios[0].rate_per_sec,
+        scenarios[0].max_secs,
+        cfg.confidence,
+        describe.join(", ")
+    );
+    println!(
+        "{:<22}{:>6}  {:>7}  {:<22}  {:>13}  {:>10}  {:>10}  {:>7}  {:>9}",
+        "scenario",
+        "runs",
+        "failed",
+        "rate",
+        "detect median",
+        "detect p95",
+        "detect max",
+        "passed",
+        "undecided"
+    );
+    for (s, oc) in scenarios.iter().zip(&results) {
+        let aa = s.latency_factor == 1.0 && s.baseline_error_rate == s.candidate_error_rate;
+        let rate = format!(
+            "{} {:.2}%",
+            if aa { "false failures" } else { "detected" },
+            100.0 * oc.fail_rate()
+        );
+        let q = |x: Option<u64>| x.map_or("-".to_string(), |v| v.to_string());
+        println!(
+            "{:<22}{:>6}  {:>7}  {:<22}  {:>13}  {:>10}  {:>10}  {:>7}  {:>9}",
+            s.name,
+            oc.runs,
+            oc.failures,
+            rate,
+            q(oc.detection_quantile(0.5)),
+            q(oc.detection_quantile(0.95)),
+            q(oc.detection_quantile(1.0)),
+            oc.passes,
+            oc.undecided
+        );
+    }
+    println!("\nTimes are seconds of traffic until the judge failed the candidate; A/A failures are false failures.");
+    for (s, oc) in scenarios.iter().zip(&results) {
+        if oc.passes > 0 {
+            println!(
+                "{}: {} run(s) passed early, after {} s median, {} s p95.",
+                s.name,
+                oc.passes,
+                oc.pass_quantile(0.5).unwrap_or(0),
+                oc.pass_quantile(0.95).unwrap_or(0)
+            );
+        }
+    }
+    println!("Simulated in {:.1} s.", started.elapsed().as_secs_f64());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The stack's `canary` settings with the command line's over them, validated as one
@@ -208,6 +321,17 @@ fn arm_block(
 }
 
 pub async fn run(ws: &Workspace, a: CanaryArgs) -> Result<ExitCode> {
+    if let Some(runs) = a.simulate {
+        return simulate(runs, a.json);
+    }
+    let (Some(baseline), Some(candidate)) = (a.baseline.clone(), a.candidate.clone()) else {
+        bail!("name the baseline and the candidate revision, e.g. `pipeline canary main my-branch`\n  = help: `pipeline canary --simulate` needs none");
+    };
+    let a = Revs {
+        baseline,
+        candidate,
+        args: a,
+    };
     let stack = ws.stack(a.stack.as_deref())?;
     let (name, cfg, canary) = service_config(ws, &stack, a.service.as_deref()).await?;
     let spec = settings(canary.as_ref(), &a)?;
@@ -366,7 +490,7 @@ async fn run_arms(
     cws: &Workspace,
     stack: &Path,
     port: u16,
-    a: &CanaryArgs,
+    a: &Revs,
     spec: &CanarySpec,
     service: &str,
 ) -> Result<ExitCode> {
@@ -1018,7 +1142,7 @@ fn statuses(t: &Tally) -> String {
 /// Refuse to judge garbage: an endpoint the baseline does not serve is a wrong canary, not a
 /// verdict on the candidate.
 fn refuse_garbage(
-    a: &CanaryArgs,
+    a: &Revs,
     spec: &CanarySpec,
     base: &Tally,
     cand: &Tally,
@@ -1240,8 +1364,8 @@ mod tests {
 
     fn args() -> CanaryArgs {
         CanaryArgs {
-            baseline: "a".into(),
-            candidate: "b".into(),
+            baseline: Some("a".into()),
+            candidate: Some("b".into()),
             stack: None,
             service: None,
             replicas: 1,
@@ -1255,6 +1379,7 @@ mod tests {
             confidence: None,
             report: None,
             json: false,
+            simulate: None,
         }
     }
 

@@ -139,9 +139,11 @@ enum Cmd {
     /// Exit 0 pass, 1 fail, 3 marginal or not enough evidence.
     Canary {
         /// The baseline revision (branch, tag or commit).
-        baseline: String,
+        #[arg(required_unless_present = "simulate")]
+        baseline: Option<String>,
         /// The candidate revision.
-        candidate: String,
+        #[arg(required_unless_present = "simulate")]
+        candidate: Option<String>,
         /// The stack that declares the service (default: as for plan).
         #[arg(long)]
         stack: Option<PathBuf>,
@@ -181,6 +183,13 @@ enum Cmd {
         /// The verdict, its evidence and the time series as one JSON object.
         #[arg(long)]
         json: bool,
+        /// No revisions: simulate A/A, 0.5%->5% errors and +25% latency at 100 req/s per arm
+        /// and print how often the sequential judge fails or detects, and how fast.
+        #[arg(long, conflicts_with_all = ["baseline", "candidate"])]
+        simulate: bool,
+        /// Simulated runs per scenario.
+        #[arg(long, default_value_t = 200, requires = "simulate")]
+        runs: usize,
     },
     /// Switch a service back to the generation it ran before its last blue-green deployment.
     Rollback {
@@ -556,6 +565,8 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
             confidence,
             report,
             json,
+            simulate,
+            runs,
         } => {
             crate::canary::run(
                 &ws,
@@ -575,6 +586,7 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
                     confidence,
                     report: Some(report),
                     json,
+                    simulate: simulate.then_some(runs),
                 },
             )
             .await

@@ -362,3 +362,67 @@ fn an_endpoint_the_baseline_does_not_serve_gives_no_verdict() {
     );
     nothing_left(&t);
 }
+
+/// The fields of the `--simulate` table's row for `scenario` (columns are 2+ spaces apart).
+fn row(table: &str, scenario: &str) -> Vec<String> {
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(scenario))
+        .unwrap_or_else(|| panic!("no row {scenario}:\n{table}"));
+    line.split("  ")
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn simulate_prints_the_judge_s_operating_characteristics() {
+    let t = Scratch::new();
+    let out = t.run(&["canary", "--simulate"]);
+    let table = s(&out.stdout);
+    println!("{table}");
+    assert_eq!(out.status.code(), Some(0), "{table}{}", s(&out.stderr));
+    // scenario, runs, failed, rate, detect median, p95, max, passed, undecided
+    let aa = row(&table, "A/A");
+    assert_eq!(aa.len(), 9, "{aa:?}");
+    let runs: u64 = aa[1].parse().unwrap();
+    let false_failures: u64 = aa[2].parse().unwrap();
+    assert_eq!(runs, 200, "the default is 200 runs");
+    assert!(aa[3].starts_with("false failures"), "{aa:?}");
+    assert!(
+        false_failures * 100 <= runs,
+        "A/A false failures {false_failures} of {runs}: more than 1 %"
+    );
+    let err = row(&table, "errors 0.5% -> 5.0%");
+    let detected: u64 = err[2].parse().unwrap();
+    assert!(err[3].starts_with("detected"), "{err:?}");
+    assert!(detected * 100 >= 99 * runs, "{err:?}");
+    let lat = row(&table, "latency x1.25");
+    assert!(lat[3].starts_with("detected"), "{lat:?}");
+
+    // Within 10 s in at least 99 % of runs: the time of every run, from the JSON.
+    let out = t.run(&["canary", "--simulate", "--runs", "200", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", s(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(s(&out.stdout).trim()).unwrap();
+    let errors = &v["results"][1];
+    assert_eq!(errors["scenario"], "errors 0.5% -> 5.0%");
+    let secs: Vec<u64> = errors["detection_secs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    let within = secs.iter().filter(|s| **s <= 10).count() as u64;
+    assert!(within * 100 >= 99 * runs, "{within} of {runs} within 10 s");
+    // The table and the JSON are the same simulation.
+    assert_eq!(secs.len() as u64, detected);
+    assert_eq!(
+        v["results"][0]["failures"].as_u64().unwrap(),
+        false_failures
+    );
+    println!(
+        "errors 0.5% -> 5%: {within} of {runs} detected within 10 s (max {:?} s)",
+        secs.iter().max()
+    );
+}
