@@ -500,17 +500,21 @@ async fn run_arms(
         a.candidate,
         a.replicas.max(1)
     );
-    let report = apply(cws, stack, false).await?;
+    let report = apply(cws, stack, false).await.map_err(|e| {
+        anyhow!(
+            "{}\n  = note: no verdict; .pipeline/canary/canary.hcl was the canary's throwaway stack (service \"baseline\" at `{}`, service \"candidate\" at `{}`) and is removed again",
+            format!("{e:#}").trim_end(),
+            a.baseline,
+            a.candidate
+        )
+    })?;
     if !report.ok() {
-        let why: Vec<String> = report
+        let failed: Vec<(String, String)> = report
             .failed
             .iter()
-            .map(|(addr, _, e)| format!("{addr}: {e}"))
+            .map(|(addr, _, e)| (addr.clone(), e.clone()))
             .collect();
-        bail!(
-            "the arms did not come up, so there is no verdict:\n  {}",
-            why.join("\n  ")
-        );
+        return Err(arms_failed(a, &failed));
     }
     let st = cws.state()?;
     let arm_of: BTreeMap<String, Arm> = st
@@ -1129,6 +1133,99 @@ fn judge_config(spec: &CanarySpec) -> JudgeConfig {
     c
 }
 
+/// Why the arms did not come up, per arm: which revision, what failed (build, exit, health),
+/// the output that says why, and what to do. The canary's directory (build logs, replica logs)
+/// is removed afterwards, so the output is shown here rather than pointed to. Messages of the
+/// local service provider are recognised by their wording; anything else is shown as it is.
+fn arms_failed(a: &Revs, failed: &[(String, String)]) -> anyhow::Error {
+    let mut parts = Vec::new();
+    for (arm, rev) in [("baseline", &a.baseline), ("candidate", &a.candidate)] {
+        let prefix = format!("service.{arm}");
+        let Some((addr, e)) = failed.iter().find(|(addr, _)| addr.starts_with(&prefix)) else {
+            continue;
+        };
+        parts.push(arm_failure(arm, rev, addr, e));
+    }
+    if parts.is_empty() {
+        // Only the balancer (or something else) failed.
+        let why: Vec<String> = failed.iter().map(|(a, e)| format!("{a}: {e}")).collect();
+        return anyhow!(
+            "the canary's balancer did not come up, so there is no verdict:\n  {}\n  = help: the canary needs nginx (see `pipeline canary --help`); the error above says what failed",
+            why.join("\n  ")
+        );
+    }
+    anyhow!("{}", parts.join("\n"))
+}
+
+/// Indented output lines for a message.
+fn quoted(lines: &[&str]) -> String {
+    if lines.iter().all(|l| l.trim().is_empty()) {
+        return "  (it wrote nothing)".into();
+    }
+    lines
+        .iter()
+        .map(|l| format!("  | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The lines after the first one starting with `marker`, up to the help line.
+fn after_marker<'a>(e: &'a str, marker: &str) -> Vec<&'a str> {
+    e.lines()
+        .skip_while(|l| !l.trim_start().starts_with(marker))
+        .skip(1)
+        .take_while(|l| !l.trim_start().starts_with("= help:"))
+        .collect()
+}
+
+fn arm_failure(arm: &str, rev: &str, addr: &str, e: &str) -> String {
+    let first = e.lines().next().unwrap_or("");
+    let between = |s: &str, a: &str, b: &str| -> Option<String> {
+        let i = s.find(a)? + a.len();
+        let j = s[i..].find(b)? + i;
+        Some(s[i..j].to_string())
+    };
+    if first.contains("the build of") && first.contains(" failed") {
+        let cmd = between(first, "`", "`").unwrap_or_else(|| "the build command".into());
+        let status = between(first, "failed (", "):").unwrap_or_else(|| "failed".into());
+        let tail = after_marker(e, "--- last lines of");
+        return format!(
+            "the {arm} (revision `{rev}`) did not build, so there is no verdict:\n  `{cmd}` failed ({status}); the last lines it wrote:\n{}\n  = help: fix the build of `{rev}` (run `{cmd}` in a checkout of it to see the whole output), then run the canary again",
+            quoted(&tail)
+        );
+    }
+    // The app's own output, without the supervisor's lines.
+    let app_output = || -> Vec<&str> {
+        e.lines()
+            .skip_while(|l| !l.contains("last lines of"))
+            .skip(1)
+            .take_while(|l| l.starts_with("    "))
+            .map(|l| &l[4..])
+            .filter(|l| !l.contains("pipeline-supervise"))
+            .collect()
+    };
+    if first.contains(" before becoming healthy") {
+        // "`CMD` exited with status 3 before becoming healthy" (the command may hold anything).
+        let how = first
+            .rfind('`')
+            .and_then(|i| between(&first[i..], "` ", " before becoming healthy"))
+            .unwrap_or_else(|| "exited".into());
+        return format!(
+            "the {arm} (revision `{rev}`) exited before it became healthy, so there is no verdict:\n  {addr} {how}; its last output:\n{}\n  = help: start revision `{rev}` by hand with the service's `run` command to see why it stops: it must keep running and listen on its {{{{port}}}}",
+            quoted(&app_output())
+        );
+    }
+    if let Some(after) = between(first, "not healthy after ", "; last lines") {
+        return format!(
+            "the {arm} (revision `{rev}`) did not become healthy, so there is no verdict:\n  {addr} was not healthy after {after}; its last output:\n{}\n  = help: revision `{rev}` must listen on its {{{{port}}}} and answer the service's `health` check within `start_timeout`; raise `start_timeout` if it starts slowly",
+            quoted(&app_output())
+        );
+    }
+    format!(
+        "the {arm} (revision `{rev}`) did not come up, so there is no verdict:\n  {addr}: {e}\n  = help: paths under .pipeline/canary are gone: the canary removes its directory; run the canary again after fixing what the error says"
+    )
+}
+
 /// "404 × 200, 502 × 3": the status codes an arm answered with, most frequent first.
 fn statuses(t: &Tally) -> String {
     let mut v: Vec<(&u16, &u64)> = t.statuses.iter().collect();
@@ -1151,7 +1248,7 @@ fn refuse_garbage(
     let (m, p) = (&spec.request.method, &spec.request.path);
     if base.total == 0 {
         bail!(
-            "no request reached the baseline ({}) (client: {client}); no verdict\n  = help: the balancer answered nothing from the arms; see the errors above",
+            "no request reached the baseline (revision `{}`) (client: {client}); no verdict\n  = help: the balancer answered nothing from the arms; see the errors above",
             a.baseline
         );
     }
@@ -1159,12 +1256,16 @@ fn refuse_garbage(
     if bad * 2 > base.total {
         let both = cand.total > 0 && (cand.total - cand.latency.len() as u64) * 2 > cand.total;
         bail!(
-            "the baseline ({}) itself fails {bad} of {} requests to {m} {p} ({}){}; no verdict\n  = help: the endpoint must work on the baseline: check the path, method and body (--path, --method, --body-file, or the service's `canary.request`)",
+            "the baseline (revision `{}`) itself fails {bad} of {} requests to {m} {p} ({}){}; no verdict\n  = help: the endpoint must work on the baseline: check the path, method and body (--path, --method, --body-file, or the service's `canary.request`)",
             a.baseline,
             base.total,
             statuses(base),
             if both {
-                format!(", and so does the candidate ({}: {})", a.candidate, statuses(cand))
+                format!(
+                    ", and so does the candidate (revision `{}`: {})",
+                    a.candidate,
+                    statuses(cand)
+                )
             } else {
                 String::new()
             }

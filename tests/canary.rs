@@ -78,24 +78,43 @@ fn points(dom: &str, id: &str, arm: &str) -> Option<usize> {
         .ok()
 }
 
+/// A repository with the sample service and one branch per behaviour (by `version.txt`):
+/// master serves well; broken answers 20 % 500s; nobuild fails its build; crash exits at
+/// once; deaf never listens.
 fn setup() -> Scratch {
     let t = Scratch::new();
     let repo = prebuilt_source(&t);
     let git = |args: &[&str]| common::git(&repo, args);
     git(&["init", "-q", "-b", "master"]);
     std::fs::write(repo.join("version.txt"), "good").unwrap();
+    std::fs::write(
+        repo.join("build.sh"),
+        r#"if [ "$(cat version.txt)" = nobuild ]; then
+  echo "   Compiling preview v0.1.0"
+  echo "error[E0425]: cannot find value \`widget\` in this scope" >&2
+  echo " --> src/main.rs:3:5" >&2
+  exit 1
+fi
+echo built
+"#,
+    )
+    .unwrap();
     git(&["add", "."]);
     git(&["commit", "-qm", "good"]);
-    git(&["checkout", "-q", "-b", "broken"]);
-    std::fs::write(repo.join("version.txt"), "broken").unwrap();
-    git(&["commit", "-qam", "broken"]);
+    for branch in ["broken", "nobuild", "crash", "deaf"] {
+        git(&["checkout", "-q", "-b", branch, "master"]);
+        std::fs::write(repo.join("version.txt"), branch).unwrap();
+        git(&["commit", "-qam", branch]);
+    }
     git(&["checkout", "-q", "master"]);
     t.write(
         "s.hcl",
         r##"service "preview" {
-  source = "app"
-  run    = "if [ \"$(cat version.txt)\" = broken ]; then export PREVIEW_FAIL_RATE=0.2; fi; exec ./preview --port {{port}}"
-  health = { path = "/health", interval = "100ms" }
+  source        = "app"
+  build         = "sh build.sh"
+  run           = "case \"$(cat version.txt)\" in broken) export PREVIEW_FAIL_RATE=0.2;; crash) echo 'fatal: cannot read config.toml' >&2; exit 3;; deaf) exec sleep 600;; esac; exec ./preview --port {{port}}"
+  health        = { path = "/health", interval = "100ms" }
+  start_timeout = "3s"
   canary = {
     rate    = 100
     request = { method = "POST", path = "/preview", body = jsonencode({ markdown = "# Canary\n\nSome *text* and a list:\n\n- one\n- two\n" }) }
@@ -104,6 +123,26 @@ fn setup() -> Scratch {
 "##,
     );
     t
+}
+
+/// No verdict: exit 1, nothing on stdout, no report; returns stderr.
+fn no_verdict(t: &Scratch, candidate: &str) -> String {
+    let t0 = Instant::now();
+    let out = t.run(&[
+        "canary",
+        "master",
+        candidate,
+        "--stack",
+        "s.hcl",
+        "--duration",
+        "2s",
+    ]);
+    let err = s(&out.stderr);
+    println!("master vs {candidate} ({:?}):\n{err}", t0.elapsed());
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(s(&out.stdout).is_empty(), "no verdict on garbage");
+    assert!(!t.path().join(".pipeline/canary-report.html").exists());
+    err
 }
 
 fn nothing_left(t: &Scratch) {
@@ -329,9 +368,10 @@ fn a_revision_that_does_not_exist_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     let err = s(&out.stderr);
     assert!(
-        err.contains("revision \"no-such-branch\" does not exist"),
+        err.contains("service.candidate[0]: revision \"no-such-branch\" does not exist"),
         "{err}"
     );
+    assert!(err.contains("= note: no verdict"), "{err}");
     assert!(s(&out.stdout).is_empty(), "no verdict on garbage");
     nothing_left(&t);
 }
@@ -354,12 +394,66 @@ fn an_endpoint_the_baseline_does_not_serve_gives_no_verdict() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     let err = s(&out.stderr);
+    for want in [
+        "error: the baseline (revision `master`) itself fails ",
+        " requests to GET /nope (404 × ",
+        "and so does the candidate (revision `master`: 404 × ",
+        "; no verdict",
+    ] {
+        assert!(err.contains(want), "{want}:\n{err}");
+    }
     assert!(
-        err.contains("the baseline (master) itself fails")
-            && err.contains("(404 × ")
-            && err.contains("no verdict"),
+        err.contains("= help: the endpoint must work on the baseline"),
         "{err}"
     );
+    assert!(!t.path().join(".pipeline/canary-report.html").exists());
+    nothing_left(&t);
+}
+
+#[test]
+fn a_candidate_that_does_not_build_gives_no_verdict() {
+    let t = setup();
+    let err = no_verdict(&t, "nobuild");
+    for want in [
+        "error: the candidate (revision `nobuild`) did not build, so there is no verdict",
+        "`sh build.sh` failed (exit status: 1)",
+        "  | error[E0425]: cannot find value `widget` in this scope",
+        "  |  --> src/main.rs:3:5",
+        "= help: fix the build of `nobuild`",
+    ] {
+        assert!(err.contains(want), "{want}:\n{err}");
+    }
+    assert!(
+        !err.contains(".pipeline/canary/"),
+        "no path that is gone: {err}"
+    );
+    nothing_left(&t);
+}
+
+#[test]
+fn a_candidate_that_never_becomes_healthy_gives_no_verdict() {
+    let t = setup();
+    // Exits at once.
+    let err = no_verdict(&t, "crash");
+    for want in [
+        "error: the candidate (revision `crash`) exited before it became healthy, so there is no verdict",
+        "  | fatal: cannot read config.toml",
+        "= help: start revision `crash` by hand",
+    ] {
+        assert!(err.contains(want), "{want}:\n{err}");
+    }
+    nothing_left(&t);
+    // Runs but never listens: start_timeout (3 s) ends it.
+    let t0 = Instant::now();
+    let err = no_verdict(&t, "deaf");
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    for want in [
+        "error: the candidate (revision `deaf`) did not become healthy, so there is no verdict",
+        "was not healthy after 3s",
+        "raise `start_timeout`",
+    ] {
+        assert!(err.contains(want), "{want}:\n{err}");
+    }
     nothing_left(&t);
 }
 
