@@ -1601,6 +1601,35 @@ mod tests {
     }
 
     #[test]
+    fn no_resource_samples_is_inconclusive_never_a_pass() {
+        // Latency and errors fine on both arms, but no CPU or memory sample at all.
+        let records: Vec<Record> = (0..400)
+            .map(|i| Record {
+                t: i as f64 / 100.0,
+                arm: if i % 2 == 0 {
+                    Arm::Baseline
+                } else {
+                    Arm::Candidate
+                },
+                status: 200,
+                ms: (i % 7) as f64,
+            })
+            .collect();
+        let v = judge(
+            &judge_config(&CanarySpec::default()),
+            &judge_data(&records, &[]),
+        );
+        assert_eq!(v.outcome, Outcome::Inconclusive, "{v:#?}");
+        let cpu = v.per_metric.iter().find(|m| m.name == "cpu").unwrap();
+        assert_eq!(
+            cpu.status,
+            pipeline_analysis::MetricStatus::NotEnoughData,
+            "{cpu:#?}"
+        );
+        assert!(v.score < 95.0, "{}", v.score);
+    }
+
+    #[test]
     fn ecdf_points_count_ties_and_stay_small() {
         assert_eq!(
             ecdf_points(&[1.0, 1.0, 2.0, 3.0], 300),
