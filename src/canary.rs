@@ -4,13 +4,23 @@
 //! upstream address), judge with the canary judge, report, and take everything away again.
 //! Exit codes: 0 pass, 1 fail (or an error), 3 marginal or not enough evidence.
 
+// The report's data and rendering live beside this file (src/canary_report.rs).
+#[path = "canary_report.rs"]
+mod report;
+
 use crate::ops::{self, PlanInputs, Workspace};
 use anyhow::{anyhow, bail, Context, Result};
 use pipeline_analysis::judge::{
-    judge, Direction, JudgeConfig, Metric, MetricData, Outcome, Verdict,
+    judge, Counts, Direction, JudgeConfig, Metric, MetricData, Outcome, Verdict,
 };
+use pipeline_analysis::{Arm, Decision, SequentialJudge};
 use pipeline_engine::plan::PlanOptions;
-use pipeline_engine::value::{format_number, Value};
+use pipeline_engine::value::{format_number, Value, ValueMap};
+use pipeline_providers::canary::{CanarySpec, LogTail};
+use report::{
+    ArmPair, ArmUsage, ArmWindow, EarlyStop, LoadInfo, Look, Report, RequestInfo, Series,
+    UsageSample, Window,
+};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -19,18 +29,183 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The command line. Unset settings come from the service's `canary = { ... }` attribute, else
+/// from [`CanarySpec`]'s defaults; each flag overrides only its own setting.
 pub struct CanaryArgs {
-    pub baseline: String,
-    pub candidate: String,
-    pub stack: PathBuf,
+    pub baseline: Option<String>,
+    pub candidate: Option<String>,
+    pub stack: Option<PathBuf>,
     pub service: Option<String>,
     pub replicas: u32,
-    pub duration: Duration,
-    pub rate: u32,
-    pub method: String,
-    pub path: String,
-    pub body: Option<String>,
+    pub duration: Option<String>,
+    pub rate: Option<u32>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub body_file: Option<PathBuf>,
+    pub content_type: Option<String>,
+    pub latency_tolerance: Option<f64>,
+    pub confidence: Option<f64>,
+    /// Where to write the HTML report (default `.pipeline/canary-report.html`).
+    pub report: Option<PathBuf>,
     pub json: bool,
+    /// `--simulate --runs N`: operating characteristics instead of a canary.
+    pub simulate: Option<usize>,
+}
+
+/// The command line with both revisions named.
+struct Revs {
+    baseline: String,
+    candidate: String,
+    args: CanaryArgs,
+}
+
+impl std::ops::Deref for Revs {
+    type Target = CanaryArgs;
+    fn deref(&self) -> &CanaryArgs {
+        &self.args
+    }
+}
+
+/// `pipeline canary --simulate`: the sequential judge's operating characteristics on simulated
+/// traffic (engine/analysis/src/simulate.rs), as `cargo bench -p pipeline-analysis` measures
+/// them: A/A, errors 0.5 % -> 5 %, latency +25 %, 100 req/s per arm, one look a second.
+fn simulate(runs: usize, json: bool) -> Result<ExitCode> {
+    use pipeline_analysis::{simulate, Scenario};
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    const SEED: u64 = 0x5eed;
+    let scenarios = [
+        Scenario::aa(),
+        Scenario::error_regression(0.005, 0.05),
+        Scenario::latency_regression(1.25),
+    ];
+    let started = Instant::now();
+    let results: Vec<_> = scenarios.iter().map(|s| simulate(s, runs, SEED)).collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "seed": SEED, "scenarios": scenarios, "results": results })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cfg = Scenario::standard_config();
+    let describe: Vec<String> = cfg
+        .metrics
+        .iter()
+        .map(|m| {
+            format!(
+                "{} (tolerance {}%{}{})",
+                m.name,
+                100.0 * m.tolerance,
+                if m.abs_tolerance > 0.0 {
+                    format!(" and {} pp", 100.0 * m.abs_tolerance)
+                } else {
+                    String::new()
+                },
+                if m.critical { ", critical" } else { "" }
+            )
+        })
+        .collect();
+    println!(
+        "Sequential judge on simulated traffic: {} req/s per arm, one look a second, at most {} s a run; confidence {}; {}; seed {SEED:#x}.\n",
+        scenarios[0].rate_per_sec,
+        scenarios[0].max_secs,
+        cfg.confidence,
+        describe.join(", ")
+    );
+    println!(
+        "{:<22}{:>6}  {:>7}  {:<22}  {:>13}  {:>10}  {:>10}  {:>7}  {:>9}",
+        "scenario",
+        "runs",
+        "failed",
+        "rate",
+        "detect median",
+        "detect p95",
+        "detect max",
+        "passed",
+        "undecided"
+    );
+    for (s, oc) in scenarios.iter().zip(&results) {
+        let aa = s.latency_factor == 1.0 && s.baseline_error_rate == s.candidate_error_rate;
+        let rate = format!(
+            "{} {:.2}%",
+            if aa { "false failures" } else { "detected" },
+            100.0 * oc.fail_rate()
+        );
+        let q = |x: Option<u64>| x.map_or("-".to_string(), |v| v.to_string());
+        println!(
+            "{:<22}{:>6}  {:>7}  {:<22}  {:>13}  {:>10}  {:>10}  {:>7}  {:>9}",
+            s.name,
+            oc.runs,
+            oc.failures,
+            rate,
+            q(oc.detection_quantile(0.5)),
+            q(oc.detection_quantile(0.95)),
+            q(oc.detection_quantile(1.0)),
+            oc.passes,
+            oc.undecided
+        );
+    }
+    println!("\nTimes are seconds of traffic until the judge failed the candidate; A/A failures are false failures.");
+    for (s, oc) in scenarios.iter().zip(&results) {
+        if oc.passes > 0 {
+            println!(
+                "{}: {} run(s) passed early, after {} s median, {} s p95.",
+                s.name,
+                oc.passes,
+                oc.pass_quantile(0.5).unwrap_or(0),
+                oc.pass_quantile(0.95).unwrap_or(0)
+            );
+        }
+    }
+    println!("Simulated in {:.1} s.", started.elapsed().as_secs_f64());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The stack's `canary` settings with the command line's over them, validated as one
+/// [`CanarySpec`] (so a flag gets the same checks and messages as the attribute).
+fn settings(stack_value: Option<&Value>, a: &CanaryArgs) -> Result<CanarySpec> {
+    let mut m: ValueMap = match stack_value.map(|v| v.unmarked().0) {
+        Some(Value::Map(m)) => m,
+        _ => ValueMap::new(),
+    };
+    if let Some(d) = &a.duration {
+        m.insert("duration".into(), Value::str(d.clone()));
+    }
+    if let Some(r) = a.rate {
+        m.insert("rate".into(), Value::Number(r as f64));
+    }
+    if let Some(t) = a.latency_tolerance {
+        m.insert("latency_tolerance".into(), Value::Number(t));
+    }
+    if let Some(c) = a.confidence {
+        m.insert("confidence".into(), Value::Number(c));
+    }
+    let mut req: ValueMap = match m.get("request").map(|v| v.unmarked().0) {
+        Some(Value::Map(r)) => r,
+        _ => ValueMap::new(),
+    };
+    if let Some(x) = &a.method {
+        req.insert("method".into(), Value::str(x.clone()));
+    }
+    if let Some(x) = &a.path {
+        req.insert("path".into(), Value::str(x.clone()));
+    }
+    if let Some(f) = &a.body_file {
+        let body = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read the body file {}", f.display()))?;
+        req.insert("body".into(), Value::str(body));
+    }
+    if let Some(x) = &a.content_type {
+        req.insert("content_type".into(), Value::str(x.clone()));
+    }
+    if !req.is_empty() {
+        m.insert("request".into(), Value::Map(req));
+    }
+    CanarySpec::from_value(&Value::Map(m)).map_err(|e| {
+        anyhow!("{e}\n  = help: the settings are the service's `canary` attribute with the command-line flags over it")
+    })
 }
 
 /// An evaluated value written back as an HCL literal (templates escaped).
@@ -55,7 +230,7 @@ async fn service_config(
     ws: &Workspace,
     stack: &Path,
     want: Option<&str>,
-) -> Result<(String, BTreeMap<String, Value>)> {
+) -> Result<(String, BTreeMap<String, Value>, Option<Value>)> {
     let inputs = PlanInputs {
         stack: stack.to_path_buf(),
         opts: PlanOptions {
@@ -95,6 +270,11 @@ async fn service_config(
         .find(|c| c.resource == block && c.module == Some(0))
         .ok_or_else(|| anyhow!("{} has no {block}", stack.display()))?;
     let after = c.after.as_ref().expect("filtered above");
+    // `canary` configures this command; it is not copied into the arms.
+    let canary = after
+        .get("canary")
+        .filter(|v| !matches!(v, Value::Null))
+        .cloned();
     let mut out = BTreeMap::new();
     for k in [
         "source",
@@ -104,6 +284,7 @@ async fn service_config(
         "health",
         "start_timeout",
         "restart",
+        "network",
     ] {
         if let Some(v) = after.get(k).filter(|v| !matches!(v, Value::Null)) {
             out.insert(k.to_string(), v.clone());
@@ -120,7 +301,7 @@ async fn service_config(
             );
         }
     }
-    Ok((name, out))
+    Ok((name, out, canary))
 }
 
 fn arm_block(
@@ -141,7 +322,20 @@ fn arm_block(
 }
 
 pub async fn run(ws: &Workspace, a: CanaryArgs) -> Result<ExitCode> {
-    let (name, cfg) = service_config(ws, &a.stack, a.service.as_deref()).await?;
+    if let Some(runs) = a.simulate {
+        return simulate(runs, a.json);
+    }
+    let (Some(baseline), Some(candidate)) = (a.baseline.clone(), a.candidate.clone()) else {
+        bail!("name the baseline and the candidate revision, e.g. `pipeline canary main my-branch`\n  = help: `pipeline canary --simulate` needs none");
+    };
+    let a = Revs {
+        baseline,
+        candidate,
+        args: a,
+    };
+    let stack = ws.stack(a.stack.as_deref())?;
+    let (name, cfg, canary) = service_config(ws, &stack, a.service.as_deref()).await?;
+    let spec = settings(canary.as_ref(), &a)?;
     let dir = ws.dir.join("canary");
     if dir.join("state.json").exists() {
         bail!("a canary seems to be running already (state in {})\n  = help: if it is not, remove that directory", dir.display());
@@ -150,20 +344,21 @@ pub async fn run(ws: &Workspace, a: CanaryArgs) -> Result<ExitCode> {
     let cws = Workspace::new(Some(dir.clone()))?;
     let port = pipeline_supervise::free_port("127.0.0.1")
         .context("no free port for the canary balancer")?;
+    let replicas = a.replicas.max(1);
     let mut text = format!(
         "# The canary of service.{name}: {} (baseline) vs {} (candidate), written by pipeline.\n\n",
         a.baseline, a.candidate
     );
-    text.push_str(&arm_block("baseline", &a.baseline, a.replicas, &cfg)?);
-    text.push_str(&arm_block("candidate", &a.candidate, a.replicas, &cfg)?);
+    text.push_str(&arm_block("baseline", &a.baseline, replicas, &cfg)?);
+    text.push_str(&arm_block("candidate", &a.candidate, replicas, &cfg)?);
     text.push_str(&format!(
         "balancer \"canary\" {{\n  listen = {port}\n  routes = {{ \"/\" = {{ upstreams = [{{ service = service.baseline, weight = 1 }}, {{ service = service.candidate, weight = 1 }}] }} }}\n}}\n"
     ));
-    let stack = dir.join("canary.hcl");
-    std::fs::write(&stack, text)?;
-    let result = run_arms(&cws, &stack, port, &a).await;
+    let canary_stack = dir.join("canary.hcl");
+    std::fs::write(&canary_stack, text)?;
+    let result = run_arms(&cws, &canary_stack, port, &a, &spec, &name).await;
     // Whatever happened: take the arms and the balancer away.
-    let teardown = teardown(&cws, &stack).await;
+    let teardown = teardown(&cws, &canary_stack).await;
     let _ = std::fs::remove_dir_all(&dir);
     let code = result?;
     teardown?;
@@ -209,25 +404,121 @@ async fn teardown(cws: &Workspace, stack: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn run_arms(cws: &Workspace, stack: &Path, port: u16, a: &CanaryArgs) -> Result<ExitCode> {
-    eprintln!(
-        "canary: building and starting {} and {} ({} replica(s) each)...",
-        a.baseline, a.candidate, a.replicas
+/// One answer of an arm, as nginx logged it.
+#[derive(Clone, Copy, Debug)]
+struct Record {
+    /// Seconds after load started (from nginx's `$msec`).
+    t: f64,
+    arm: Arm,
+    status: u16,
+    /// Request time, milliseconds.
+    ms: f64,
+}
+
+/// Per-arm figures of the answers so far.
+#[derive(Default)]
+struct Tally {
+    /// Latencies (ms) of answers below 400.
+    latency: Vec<f64>,
+    /// 5xx answers.
+    errors: u64,
+    total: u64,
+    /// Answers per status code.
+    statuses: BTreeMap<u16, u64>,
+}
+
+fn tally(records: &[Record], arm: Arm) -> Tally {
+    let mut t = Tally::default();
+    for r in records.iter().filter(|r| r.arm == arm) {
+        t.total += 1;
+        *t.statuses.entry(r.status).or_default() += 1;
+        if r.status >= 500 {
+            t.errors += 1;
+        } else if r.status < 400 {
+            t.latency.push(r.ms);
+        }
+    }
+    t
+}
+
+/// What the fixed judge sees: latency and errors from the answers, CPU and memory from the
+/// resource samples.
+fn judge_data(records: &[Record], usage: &[UsageSample]) -> BTreeMap<String, MetricData> {
+    let (base, cand) = (
+        tally(records, Arm::Baseline),
+        tally(records, Arm::Candidate),
     );
-    let report = apply(cws, stack, false).await?;
-    if !report.ok() {
-        let why: Vec<String> = report
-            .failed
-            .iter()
-            .map(|(addr, _, e)| format!("{addr}: {e}"))
-            .collect();
-        bail!(
-            "the arms did not come up, so there is no verdict:\n  {}",
-            why.join("\n  ")
+    let mut data = BTreeMap::new();
+    data.insert(
+        "latency".to_string(),
+        MetricData::Continuous {
+            baseline: base.latency,
+            candidate: cand.latency,
+        },
+    );
+    data.insert(
+        "errors".to_string(),
+        MetricData::Counts {
+            baseline: Counts::new(base.errors, base.total),
+            candidate: Counts::new(cand.errors, cand.total),
+        },
+    );
+    for (name, pick) in [
+        (
+            "cpu",
+            (|u: &ArmUsage| u.cpu_pct) as fn(&ArmUsage) -> Option<f64>,
+        ),
+        ("memory", |u: &ArmUsage| u.rss_mib),
+    ] {
+        data.insert(
+            name.to_string(),
+            MetricData::Continuous {
+                baseline: usage.iter().filter_map(|u| pick(&u.baseline)).collect(),
+                candidate: usage.iter().filter_map(|u| pick(&u.candidate)).collect(),
+            },
         );
     }
+    data
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+async fn run_arms(
+    cws: &Workspace,
+    stack: &Path,
+    port: u16,
+    a: &Revs,
+    spec: &CanarySpec,
+    service: &str,
+) -> Result<ExitCode> {
+    eprintln!(
+        "canary: building and starting {} and {} ({} replica(s) each)...",
+        a.baseline,
+        a.candidate,
+        a.replicas.max(1)
+    );
+    let report = apply(cws, stack, false).await.map_err(|e| {
+        anyhow!(
+            "{}\n  = note: no verdict; .pipeline/canary/canary.hcl was the canary's throwaway stack (service \"baseline\" at `{}`, service \"candidate\" at `{}`) and is removed again",
+            format!("{e:#}").trim_end(),
+            a.baseline,
+            a.candidate
+        )
+    })?;
+    if !report.ok() {
+        let failed: Vec<(String, String)> = report
+            .failed
+            .iter()
+            .map(|(addr, _, e)| (addr.clone(), e.clone()))
+            .collect();
+        return Err(arms_failed(a, &failed));
+    }
     let st = cws.state()?;
-    let arm_of: BTreeMap<String, &str> = st
+    let arm_of: BTreeMap<String, Arm> = st
         .resources
         .iter()
         .filter_map(|(addr, r)| {
@@ -238,74 +529,103 @@ async fn run_arms(cws: &Workspace, stack: &Path, port: u16, a: &CanaryArgs) -> R
                 .trim_start_matches("http://")
                 .to_string();
             let arm = if addr.starts_with("service.baseline") {
-                "baseline"
+                Arm::Baseline
             } else if addr.starts_with("service.candidate") {
-                "candidate"
+                Arm::Candidate
             } else {
                 return None;
             };
             Some((url, arm))
         })
         .collect();
-    let log = cws.dir.join("run/balancer.canary/logs/access.log");
-    let offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let mut sampler = Sampler::new(cws, &st);
+    let mut tail = LogTail::at_end(&cws.dir.join("run/balancer.canary/logs/access.log"));
+    let req = &spec.request;
     eprintln!(
         "canary: {} {} at {} req/s for {:?} through the balancer...",
-        a.method, a.path, a.rate, a.duration
+        req.method, req.path, spec.rate, spec.duration
     );
-    let spec = LoadSpec {
+    let load_spec = LoadSpec {
         port,
-        rate: a.rate,
-        duration: a.duration,
-        method: a.method.clone(),
-        path: a.path.clone(),
-        body: a.body.clone(),
+        rate: spec.rate,
+        duration: spec.duration,
+        method: req.method.clone(),
+        path: req.path.clone(),
+        body: req.body.clone(),
+        content_type: req.content_type.clone(),
     };
+    let cfg = judge_config(spec);
     let halt = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let t0 = unix_now();
     let loader = {
         let halt = halt.clone();
-        std::thread::spawn(move || load(spec, halt))
+        std::thread::spawn(move || load(load_spec, halt))
     };
+    sampler.sample();
     // Watch as data arrives: a clear regression of the error rate stops the canary early. The
-    // sequential test's false-alarm rate holds over every look (see engine/analysis).
-    let started = Instant::now();
-    let mut seq = pipeline_analysis::SequentialJudge::new(JudgeConfig::with_metrics(vec![
-        Metric::proportion("errors")
-            .direction(Direction::Increase)
-            .critical(true),
-    ]));
-    let mut pos = offset;
+    // sequential test's false-alarm rate holds over every look (see engine/analysis). Each
+    // look also records CPU and memory, and the fixed judge's score on the data so far.
+    let mut seq = SequentialJudge::new(spec.sequential_config());
+    let mut records: Vec<Record> = Vec::new();
+    let mut usage: Vec<UsageSample> = Vec::new();
+    let mut looks: Vec<Look> = Vec::new();
+    // (5xx, answers) per arm in what was new.
+    let mut read_new = |records: &mut Vec<Record>| -> [(Arm, u64, u64); 2] {
+        let mut counts = [(Arm::Baseline, 0, 0), (Arm::Candidate, 0, 0)];
+        for ans in tail.read_new() {
+            let Some(&arm) = arm_of.get(&ans.upstream) else {
+                continue;
+            };
+            records.push(Record {
+                t: ans.at - t0,
+                arm,
+                status: ans.status,
+                ms: ans.secs * 1000.0,
+            });
+            let c = &mut counts[usize::from(arm == Arm::Candidate)];
+            c.1 += u64::from(ans.status >= 500);
+            c.2 += 1;
+        }
+        counts
+    };
     let mut early: Option<(Duration, String)> = None;
     while !loader.is_finished() {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let Ok(bytes) = std::fs::read(&log) else {
-            continue;
-        };
-        let Some(end) = bytes
-            .get(pos as usize..)
-            .and_then(|b| b.iter().rposition(|&c| c == b'\n'))
-        else {
-            continue;
-        };
-        let chunk =
-            String::from_utf8_lossy(&bytes[pos as usize..pos as usize + end + 1]).into_owned();
-        pos += end as u64 + 1;
-        for (arm, events, total) in error_counts(&chunk, &arm_of) {
-            let side = if arm == "baseline" {
-                pipeline_analysis::Arm::Baseline
-            } else {
-                pipeline_analysis::Arm::Candidate
-            };
-            let _ = seq.observe_counts(side, "errors", events, total);
+        let t = started.elapsed().as_secs_f64();
+        let [baseline, candidate] = sampler.sample();
+        usage.push(UsageSample {
+            t,
+            baseline,
+            candidate,
+        });
+        for (arm, events, total) in read_new(&mut records) {
+            let _ = seq.observe_counts(arm, "errors", events, total);
         }
-        if let pipeline_analysis::Decision::Fail(metric, _) = seq.decision() {
-            early = Some((started.elapsed(), metric));
-            halt.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
+        let (decision, evidence) = match seq.decision() {
+            Decision::Continue => ("continue".to_string(), seq.evidence()),
+            Decision::Pass(ev) => ("pass".to_string(), ev),
+            Decision::Fail(metric, ev) => {
+                if early.is_none() {
+                    early = Some((started.elapsed(), metric.clone()));
+                    halt.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                (format!("fail: {metric}"), ev)
+            }
+        };
+        let so_far = judge(&cfg, &judge_data(&records, &usage));
+        looks.push(Look {
+            t,
+            score: so_far.score,
+            outcome: so_far.outcome,
+            decision,
+            evidence,
+        });
     }
     let client = loader
         .join()
         .map_err(|_| anyhow!("the load generator failed"))?;
+    let ran = started.elapsed().as_secs_f64();
     if let Some((after, metric)) = &early {
         eprintln!(
             "canary: stopped early after {:.1}s of traffic: `{metric}` regressed (sequential test)",
@@ -314,168 +634,733 @@ async fn run_arms(cws: &Workspace, stack: &Path, port: u16, a: &CanaryArgs) -> R
     }
     // nginx writes its access log as requests finish.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut text = String::new();
-    std::fs::File::open(&log)?
-        .take(u64::MAX)
-        .read_to_string(&mut text)?;
-    let text = text.get(offset as usize..).unwrap_or("");
-    let mut lat: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    let mut errs: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    let mut not_ok: BTreeMap<&str, u64> = BTreeMap::new();
-    for (arm, status, secs) in answers(text, &arm_of) {
-        let e = errs.entry(arm).or_default();
-        e.1 += 1;
-        if status >= 500 {
-            e.0 += 1;
-        } else if status < 400 {
-            lat.entry(arm).or_default().push(secs * 1000.0);
-        }
-        if !(200..400).contains(&status) {
-            *not_ok.entry(arm).or_default() += 1;
-        }
-    }
-    // Refuse to judge garbage: an endpoint the baseline does not serve is a wrong canary.
-    let (b_bad, b_total) = (
-        not_ok.get("baseline").copied().unwrap_or(0),
-        errs.get("baseline").map_or(0, |e| e.1),
+    read_new(&mut records);
+    let (base, cand) = (
+        tally(&records, Arm::Baseline),
+        tally(&records, Arm::Candidate),
     );
-    if b_total == 0 {
-        bail!("no request reached the baseline (client: {client}); no verdict");
-    }
-    if b_bad * 2 > b_total {
-        bail!("the baseline itself fails {b_bad} of {b_total} requests to {} {} (client: {client}); no verdict\n  = help: check --path, --method and --body: the endpoint must work on the baseline", a.method, a.path);
-    }
-    let mut data = BTreeMap::new();
-    data.insert(
-        "latency".to_string(),
-        MetricData::Continuous {
-            baseline: lat.remove("baseline").unwrap_or_default(),
-            candidate: lat.remove("candidate").unwrap_or_default(),
-        },
-    );
-    let c = |arm: &str| {
-        errs.get(arm)
-            .map_or(pipeline_analysis::judge::Counts::new(0, 0), |e| {
-                pipeline_analysis::judge::Counts::new(e.0, e.1)
-            })
-    };
-    data.insert(
-        "errors".to_string(),
-        MetricData::Counts {
-            baseline: c("baseline"),
-            candidate: c("candidate"),
-        },
-    );
-    let cfg = JudgeConfig::with_metrics(vec![
-        Metric::continuous("latency")
-            .direction(Direction::Increase)
-            .tolerance(0.25),
-        Metric::proportion("errors")
-            .direction(Direction::Increase)
-            .critical(true),
-    ]);
+    refuse_garbage(a, spec, &base, &cand, &client)?;
+    let data = judge_data(&records, &usage);
     let mut verdict = judge(&cfg, &data);
     if let Some((after, metric)) = &early {
         // The early stop is a verdict of its own: it holds whatever the shorter sample says.
         verdict.outcome = Outcome::Fail;
         verdict.reason = format!("stopped after {:.1}s of traffic: `{metric}` regressed beyond doubt (sequential test); {}", after.as_secs_f64(), verdict.reason);
     }
-    if a.json {
-        println!(
-            "{}",
-            serde_json::json!({ "baseline": a.baseline, "candidate": a.candidate, "client": client.to_string(), "verdict": verdict })
-        );
-    } else {
-        print!("{}", report_text(a, &verdict, &client));
+    let rep = Report {
+        service: format!("service.{service}"),
+        baseline: a.baseline.clone(),
+        candidate: a.candidate.clone(),
+        request: RequestInfo {
+            method: req.method.clone(),
+            path: req.path.clone(),
+            content_type: req.body.as_ref().map(|_| req.content_type.clone()),
+            body_bytes: req.body.as_ref().map_or(0, String::len),
+        },
+        load: LoadInfo {
+            rate: spec.rate,
+            duration_s: spec.duration.as_secs_f64(),
+            ran_s: ran,
+            replicas: a.replicas.max(1),
+            sent: client.sent,
+            ok_2xx: client.ok,
+            other: client.other,
+            answers: ArmPair {
+                baseline: base.total,
+                candidate: cand.total,
+            },
+        },
+        early_stop: early.as_ref().map(|(after, metric)| EarlyStop {
+            after_s: after.as_secs_f64(),
+            metric: metric.clone(),
+        }),
+        confidence: cfg.confidence,
+        pass_threshold: cfg.pass_threshold,
+        marginal_threshold: cfg.marginal_threshold,
+        evidence: evidence(&cfg, &data, &verdict),
+        sequential: looks.last().map(|l| l.evidence.clone()).unwrap_or_default(),
+        series: series(&records, usage, looks, ran),
+        verdict,
+    };
+    let file = std::env::current_dir()?.join(
+        a.report
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".pipeline/canary-report.html")),
+    );
+    if let Some(parent) = file.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    Ok(match verdict.outcome {
+    std::fs::write(&file, report::render_html(&rep))
+        .with_context(|| format!("cannot write the report {}", file.display()))?;
+    if a.json {
+        let mut v = serde_json::to_value(&rep)?;
+        v["client"] = client.to_string().into();
+        v["report_file"] = file.display().to_string().into();
+        println!("{v}");
+        eprintln!("canary: report written to {}", file.display());
+    } else {
+        print!("{}", report_text(&rep));
+        println!("Report: {}", file.display());
+    }
+    Ok(match rep.verdict.outcome {
         Outcome::Pass => ExitCode::SUCCESS,
         Outcome::Fail => ExitCode::from(1),
         Outcome::Marginal | Outcome::Inconclusive => ExitCode::from(3),
     })
 }
 
-/// Every answer in a chunk of the access log (`$msec $status $request_time $upstream_addr ...`)
-/// that one of the arms gave: (arm, status, seconds).
-fn answers<'a>(text: &str, arm_of: &BTreeMap<String, &'a str>) -> Vec<(&'a str, u16, f64)> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 4 {
-            continue;
+/// Latency and errors per window, and the latency ECDF, from the answers.
+fn series(records: &[Record], usage: Vec<UsageSample>, looks: Vec<Look>, ran: f64) -> Series {
+    use pipeline_analysis::stats::quantile_sorted;
+    // 1 s windows, wider for long canaries: at most 300 windows.
+    let window_s = (ran / 300.0).ceil().max(1.0);
+    let n = ((ran / window_s).ceil() as usize).max(1);
+    let mut per: Vec<[(u64, u64, Vec<f64>); 2]> = (0..n).map(|_| Default::default()).collect();
+    for r in records {
+        let i = ((r.t / window_s).floor().max(0.0) as usize).min(n - 1);
+        let w = &mut per[i][usize::from(r.arm == Arm::Candidate)];
+        w.1 += 1;
+        if r.status >= 500 {
+            w.0 += 1;
+        } else if r.status < 400 {
+            w.2.push(r.ms);
         }
-        // On a retry nginx lists every upstream tried; the last one answered.
-        let upstreams = f[3..].join(" ");
-        let last = upstreams
-            .rsplit(", ")
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .next()
-            .unwrap_or("");
-        if let Some(arm) = arm_of.get(last).copied() {
-            out.push((
-                arm,
-                f[1].parse().unwrap_or(0),
-                f[2].parse().unwrap_or(f64::NAN),
-            ));
+    }
+    let arm_window = |(errors, answers, mut lat): (u64, u64, Vec<f64>)| {
+        lat.sort_by(f64::total_cmp);
+        ArmWindow {
+            answers,
+            errors,
+            p50_ms: (!lat.is_empty()).then(|| quantile_sorted(&lat, 0.5)),
+            p99_ms: (!lat.is_empty()).then(|| quantile_sorted(&lat, 0.99)),
+        }
+    };
+    let windows = per
+        .into_iter()
+        .enumerate()
+        .map(|(i, [b, c])| Window {
+            t: (i + 1) as f64 * window_s,
+            baseline: arm_window(b),
+            candidate: arm_window(c),
+        })
+        .collect();
+    let ecdf = |arm: Arm| {
+        let mut v = tally(records, arm).latency;
+        v.sort_by(f64::total_cmp);
+        ecdf_points(&v, 300)
+    };
+    Series {
+        window_s,
+        windows,
+        usage,
+        looks,
+        latency_ecdf: ArmPair {
+            baseline: ecdf(Arm::Baseline),
+            candidate: ecdf(Arm::Candidate),
+        },
+    }
+}
+
+/// At most about `max` points (value, share at or below it) of a sorted sample's ECDF: every
+/// distinct value when there are few, else evenly spaced order statistics.
+fn ecdf_points(sorted: &[f64], max: usize) -> Vec<[f64; 2]> {
+    let n = sorted.len();
+    let mut out: Vec<[f64; 2]> = Vec::new();
+    let idx: Vec<usize> = if n <= max {
+        (0..n).collect()
+    } else {
+        (1..=max).map(|k| (k * n).div_ceil(max) - 1).collect()
+    };
+    for i in idx {
+        // The share at a value counts every answer equal to it.
+        let (x, y) = (sorted[i], (i + 1) as f64 / n as f64);
+        match out.last_mut() {
+            Some(last) if last[0] == x => last[1] = y,
+            _ => out.push([x, y]),
         }
     }
     out
 }
 
-/// (arm, 5xx answers, answers) in a chunk of the access log.
-fn error_counts<'a>(text: &str, arm_of: &BTreeMap<String, &'a str>) -> Vec<(&'a str, u64, u64)> {
-    let mut out: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    for (arm, status, _) in answers(text, arm_of) {
-        let e = out.entry(arm).or_default();
-        e.1 += 1;
-        e.0 += u64::from(status >= 500);
-    }
-    out.into_iter().map(|(a, (e, t))| (a, e, t)).collect()
+/// The evidence behind each metric's verdict: the test statistic, and a confidence interval
+/// for the effect at the judge's confidence (two-sided).
+fn evidence(
+    cfg: &JudgeConfig,
+    data: &BTreeMap<String, MetricData>,
+    v: &Verdict,
+) -> Vec<report::Evidence> {
+    use pipeline_analysis::judge::{MetricStatus, Summary, TestUsed};
+    use pipeline_analysis::stats::{mann_whitney, two_proportion_z, Alternative};
+    v.per_metric
+        .iter()
+        .zip(&cfg.metrics)
+        .map(|(mv, m)| {
+            let alt = match m.direction {
+                Direction::Increase => Alternative::Greater,
+                Direction::Decrease => Alternative::Less,
+                Direction::Either => Alternative::TwoSided,
+            };
+            let unit = match m.kind {
+                pipeline_analysis::MetricKind::Proportion => "rate",
+                _ => unit_of(&m.name),
+            };
+            let summary = |s: &Option<Summary>| match s {
+                Some(Summary::Continuous(x)) if x.n > 0 => format!(
+                    "p50 {} {unit}, p99 {} {unit}, mean {} {unit}",
+                    report::num(x.median),
+                    report::num(x.p99),
+                    report::num(x.mean)
+                ),
+                Some(Summary::Proportion {
+                    events,
+                    total,
+                    rate,
+                }) => format!("{events} of {total} ({} %)", report::num(100.0 * rate)),
+                _ => "–".into(),
+            };
+            let mut e = report::Evidence {
+                name: m.name.clone(),
+                unit: unit.to_string(),
+                kind: m.kind,
+                direction: m.direction,
+                critical: m.critical,
+                weight: m.weight,
+                test: mv.test,
+                n: ArmPair::default(),
+                summary: ArmPair {
+                    baseline: summary(&mv.baseline),
+                    candidate: summary(&mv.candidate),
+                },
+                statistic: None,
+                p_value: mv.p_value,
+                alpha: mv.threshold,
+                effect: mv.effect.map(|e| e.shift),
+                relative: mv.effect.map(|e| e.relative),
+                interval: None,
+                tolerance: m.tolerance,
+                abs_tolerance: m.abs_tolerance,
+                status: mv.status,
+                reason: mv.reason.clone(),
+            };
+            match data.get(&m.name) {
+                Some(MetricData::Continuous {
+                    baseline,
+                    candidate,
+                }) => {
+                    let b: Vec<f64> = baseline.iter().copied().filter(|x| x.is_finite()).collect();
+                    let c: Vec<f64> = candidate
+                        .iter()
+                        .copied()
+                        .filter(|x| x.is_finite())
+                        .collect();
+                    e.n = ArmPair {
+                        baseline: b.len() as u64,
+                        candidate: c.len() as u64,
+                    };
+                    if mv.test == TestUsed::MannWhitney {
+                        let mw = mann_whitney(&c, &b, alt);
+                        e.statistic = Some(report::Statistic {
+                            name: "U".into(),
+                            value: mw.u1,
+                            z: Some(mw.z),
+                        });
+                        e.interval = hl_interval(&b, &c, cfg.confidence).map(|(lower, upper)| {
+                            report::Interval {
+                                lower,
+                                upper,
+                                level: cfg.confidence,
+                                method: "Hodges–Lehmann / Moses".into(),
+                            }
+                        });
+                    }
+                }
+                Some(MetricData::Counts {
+                    baseline,
+                    candidate,
+                }) => {
+                    e.n = ArmPair {
+                        baseline: baseline.total,
+                        candidate: candidate.total,
+                    };
+                    if mv.status != MetricStatus::NotEnoughData {
+                        if mv.test == TestUsed::TwoProportionZ {
+                            let (z, _) = two_proportion_z(
+                                candidate.events,
+                                candidate.total,
+                                baseline.events,
+                                baseline.total,
+                                alt,
+                            );
+                            e.statistic = Some(report::Statistic {
+                                name: "z".into(),
+                                value: z,
+                                z: None,
+                            });
+                        }
+                        e.interval = newcombe(*baseline, *candidate, cfg.confidence).map(
+                            |(lower, upper)| report::Interval {
+                                lower,
+                                upper,
+                                level: cfg.confidence,
+                                method: "Newcombe".into(),
+                            },
+                        );
+                    }
+                }
+                None => {}
+            }
+            e
+        })
+        .collect()
 }
 
-fn report_text(a: &CanaryArgs, v: &Verdict, client: &ClientStats) -> String {
-    use pipeline_analysis::judge::Summary;
-    let show = |s: &Option<Summary>| match s {
-        Some(Summary::Continuous(x)) => {
-            format!("n={} p50={:.2}ms p99={:.2}ms", x.n, x.median, x.p99)
+/// Sorted finite values thinned to at most `max` evenly spaced order statistics.
+fn thinned(v: &[f64], max: usize) -> Vec<f64> {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    s.sort_by(f64::total_cmp);
+    if s.len() <= max {
+        return s;
+    }
+    (0..max)
+        .map(|k| s[(k * s.len() + s.len() / 2) / max])
+        .collect()
+}
+
+/// Distribution-free confidence interval for the Hodges–Lehmann shift (candidate − baseline):
+/// Moses' order statistics of the pairwise differences, with the normal approximation of U's
+/// distribution for the rank (ties make it approximate). Large arms are thinned to 1000 order
+/// statistics each; the rank is taken from the real sizes. None when too few samples for the
+/// level.
+fn hl_interval(b: &[f64], c: &[f64], level: f64) -> Option<(f64, f64)> {
+    use pipeline_analysis::stats::norm_ppf;
+    let (n, m) = (b.len() as f64, c.len() as f64);
+    if b.len() < 2 || c.len() < 2 {
+        return None;
+    }
+    let nm = n * m;
+    let z = norm_ppf(0.5 + level / 2.0);
+    let k = (nm / 2.0 - z * (nm * (n + m + 1.0) / 12.0).sqrt()).floor();
+    if k < 1.0 {
+        return None;
+    }
+    let (tb, tc) = (thinned(b, 1000), thinned(c, 1000));
+    let mut d: Vec<f64> = Vec::with_capacity(tb.len() * tc.len());
+    for x in &tc {
+        for y in &tb {
+            d.push(x - y);
         }
-        Some(Summary::Proportion {
+    }
+    d.sort_by(f64::total_cmp);
+    let len = d.len();
+    let i = (((k / nm) * len as f64).ceil() as usize).clamp(1, len) - 1;
+    Some((d[i], d[len - 1 - i]))
+}
+
+/// Newcombe's hybrid score interval (Wilson intervals per arm) for the rate difference
+/// candidate − baseline.
+fn newcombe(b: Counts, c: Counts, level: f64) -> Option<(f64, f64)> {
+    use pipeline_analysis::stats::norm_ppf;
+    if b.total == 0 || c.total == 0 {
+        return None;
+    }
+    let z = norm_ppf(0.5 + level / 2.0);
+    let wilson = |k: Counts| {
+        let (n, p) = (k.total as f64, k.rate());
+        let d = 1.0 + z * z / n;
+        let centre = (p + z * z / (2.0 * n)) / d;
+        let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / d;
+        (p, centre - half, centre + half)
+    };
+    let ((pb, lb, ub), (pc, lc, uc)) = (wilson(b), wilson(c));
+    let diff = pc - pb;
+    Some((
+        diff - ((pc - lc).powi(2) + (ub - pb).powi(2)).sqrt(),
+        diff + ((uc - pc).powi(2) + (pb - lb).powi(2)).sqrt(),
+    ))
+}
+
+/// Samples the app processes of each arm: every replica's active generation under the canary
+/// workspace (`run/<instance>/gen-N/`), i.e. its supervisor's child and all its descendants.
+struct Sampler {
+    /// Generation directories: [baseline, candidate].
+    dirs: [Vec<PathBuf>; 2],
+    /// utime + stime (clock ticks) per pid at the previous sample, per arm.
+    prev: [BTreeMap<u32, u64>; 2],
+    prev_at: Option<Instant>,
+    ticks_per_sec: f64,
+    page_bytes: f64,
+}
+
+impl Sampler {
+    fn new(cws: &Workspace, st: &pipeline_state::State) -> Sampler {
+        let mut dirs: [Vec<PathBuf>; 2] = Default::default();
+        for (addr, r) in &st.resources {
+            let i = if addr.starts_with("service.baseline") {
+                0
+            } else if addr.starts_with("service.candidate") {
+                1
+            } else {
+                continue;
+            };
+            let generation = r.attrs.get("generation").and_then(|g| g.as_u64());
+            dirs[i].push(pipeline_providers::local::generation_dir(
+                &cws.dir, addr, generation,
+            ));
+        }
+        // SAFETY: sysconf only reads configuration values.
+        let (hz, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        Sampler {
+            dirs,
+            prev: Default::default(),
+            prev_at: None,
+            ticks_per_sec: if hz > 0 { hz as f64 } else { 100.0 },
+            page_bytes: if page > 0 { page as f64 } else { 4096.0 },
+        }
+    }
+
+    /// One sample of both arms: [baseline, candidate].
+    fn sample(&mut self) -> [ArmUsage; 2] {
+        let procs = all_procs();
+        let now = Instant::now();
+        let dt = self.prev_at.map(|t| now.duration_since(t).as_secs_f64());
+        self.prev_at = Some(now);
+        let mut out = [ArmUsage::default(); 2];
+        for (i, usage) in out.iter_mut().enumerate() {
+            let roots: Vec<u32> = self.dirs[i]
+                .iter()
+                .filter_map(|d| pipeline_supervise::StatusFile::read(d)?.child_pid)
+                .filter(|p| procs.contains_key(p))
+                .collect();
+            let family = descendants(&roots, &procs);
+            let mut ticks = BTreeMap::new();
+            let mut delta = 0u64;
+            let mut rss = 0f64;
+            for pid in &family {
+                let t = procs[pid].1;
+                // A process new since the last sample spent all its time since then.
+                delta += t.saturating_sub(self.prev[i].get(pid).copied().unwrap_or(0));
+                ticks.insert(*pid, t);
+                rss += statm_resident_pages(*pid) * self.page_bytes;
+            }
+            usage.processes = family.len() as u32;
+            if !family.is_empty() {
+                usage.rss_mib = Some(rss / (1024.0 * 1024.0));
+                usage.cpu_pct = dt
+                    .filter(|d| *d > 0.0)
+                    .map(|d| 100.0 * delta as f64 / self.ticks_per_sec / d);
+            }
+            self.prev[i] = ticks;
+        }
+        out
+    }
+}
+
+/// pid -> (ppid, utime + stime in clock ticks) of every process.
+fn all_procs() -> BTreeMap<u32, (u32, u64)> {
+    let mut out = BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`: comm may hold spaces and parentheses; field n is f[n-3].
+        let Some(rest) = text.rfind(')').map(|i| &text[i + 1..]) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok());
+        if let (Some(ppid), Some(ut), Some(st)) = (num(1), num(11), num(12)) {
+            out.insert(pid, (ppid as u32, ut + st));
+        }
+    }
+    out
+}
+
+/// The roots and all their descendants (by parent pid).
+fn descendants(roots: &[u32], procs: &BTreeMap<u32, (u32, u64)>) -> Vec<u32> {
+    let mut set: std::collections::BTreeSet<u32> = roots.iter().copied().collect();
+    loop {
+        let before = set.len();
+        for (&pid, &(ppid, _)) in procs {
+            if set.contains(&ppid) {
+                set.insert(pid);
+            }
+        }
+        if set.len() == before {
+            return set.into_iter().collect();
+        }
+    }
+}
+
+fn statm_resident_pages(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+/// The fixed judge: the stack's latency and error settings plus CPU and memory per arm, which
+/// weigh little and are not critical. A canary too short for 10 resource samples (5 s) per arm
+/// has no evidence about them: Inconclusive, never a pass by default.
+fn judge_config(spec: &CanarySpec) -> JudgeConfig {
+    let mut c = spec.judge_config();
+    c.metrics.push(
+        Metric::continuous("cpu")
+            .direction(Direction::Increase)
+            // one clock tick per 0.5 s sample is 2 % of a core: no smaller shift is evidence
+            .tolerance(0.5)
+            .abs_tolerance(2.0)
+            .weight(0.25)
+            .min_samples(10),
+    );
+    c.metrics.push(
+        Metric::continuous("memory")
+            .direction(Direction::Increase)
+            .tolerance(0.25)
+            .weight(0.25)
+            .min_samples(10),
+    );
+    c
+}
+
+/// Why the arms did not come up, per arm: which revision, what failed (build, exit, health),
+/// the output that says why, and what to do. The canary's directory (build logs, replica logs)
+/// is removed afterwards, so the output is shown here rather than pointed to. Messages of the
+/// local service provider are recognised by their wording; anything else is shown as it is.
+fn arms_failed(a: &Revs, failed: &[(String, String)]) -> anyhow::Error {
+    let mut parts = Vec::new();
+    for (arm, rev) in [("baseline", &a.baseline), ("candidate", &a.candidate)] {
+        let prefix = format!("service.{arm}");
+        let Some((addr, e)) = failed.iter().find(|(addr, _)| addr.starts_with(&prefix)) else {
+            continue;
+        };
+        parts.push(arm_failure(arm, rev, addr, e));
+    }
+    if parts.is_empty() {
+        // Only the balancer (or something else) failed.
+        let why: Vec<String> = failed.iter().map(|(a, e)| format!("{a}: {e}")).collect();
+        return anyhow!(
+            "the canary's balancer did not come up, so there is no verdict:\n  {}\n  = help: the canary needs nginx (see `pipeline canary --help`); the error above says what failed",
+            why.join("\n  ")
+        );
+    }
+    anyhow!("{}", parts.join("\n"))
+}
+
+/// Indented output lines for a message.
+fn quoted(lines: &[&str]) -> String {
+    if lines.iter().all(|l| l.trim().is_empty()) {
+        return "  (it wrote nothing)".into();
+    }
+    lines
+        .iter()
+        .map(|l| format!("  | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The lines after the first one starting with `marker`, up to the help line.
+fn after_marker<'a>(e: &'a str, marker: &str) -> Vec<&'a str> {
+    e.lines()
+        .skip_while(|l| !l.trim_start().starts_with(marker))
+        .skip(1)
+        .take_while(|l| !l.trim_start().starts_with("= help:"))
+        .collect()
+}
+
+fn arm_failure(arm: &str, rev: &str, addr: &str, e: &str) -> String {
+    let first = e.lines().next().unwrap_or("");
+    let between = |s: &str, a: &str, b: &str| -> Option<String> {
+        let i = s.find(a)? + a.len();
+        let j = s[i..].find(b)? + i;
+        Some(s[i..j].to_string())
+    };
+    if first.contains("the build of") && first.contains(" failed") {
+        let cmd = between(first, "`", "`").unwrap_or_else(|| "the build command".into());
+        let status = between(first, "failed (", "):").unwrap_or_else(|| "failed".into());
+        let tail = after_marker(e, "--- last lines of");
+        return format!(
+            "the {arm} (revision `{rev}`) did not build, so there is no verdict:\n  `{cmd}` failed ({status}); the last lines it wrote:\n{}\n  = help: fix the build of `{rev}` (run `{cmd}` in a checkout of it to see the whole output), then run the canary again",
+            quoted(&tail)
+        );
+    }
+    // The app's own output, without the supervisor's lines.
+    let app_output = || -> Vec<&str> {
+        e.lines()
+            .skip_while(|l| !l.contains("last lines of"))
+            .skip(1)
+            .take_while(|l| l.starts_with("    "))
+            .map(|l| &l[4..])
+            .filter(|l| !l.contains("pipeline-supervise"))
+            .collect()
+    };
+    if first.contains(" before becoming healthy") {
+        // "`CMD` exited with status 3 before becoming healthy" (the command may hold anything).
+        let how = first
+            .rfind('`')
+            .and_then(|i| between(&first[i..], "` ", " before becoming healthy"))
+            .unwrap_or_else(|| "exited".into());
+        return format!(
+            "the {arm} (revision `{rev}`) exited before it became healthy, so there is no verdict:\n  {addr} {how}; its last output:\n{}\n  = help: start revision `{rev}` by hand with the service's `run` command to see why it stops: it must keep running and listen on its {{{{port}}}}",
+            quoted(&app_output())
+        );
+    }
+    if let Some(after) = between(first, "not healthy after ", "; last lines") {
+        return format!(
+            "the {arm} (revision `{rev}`) did not become healthy, so there is no verdict:\n  {addr} was not healthy after {after}; its last output:\n{}\n  = help: revision `{rev}` must listen on its {{{{port}}}} and answer the service's `health` check within `start_timeout`; raise `start_timeout` if it starts slowly",
+            quoted(&app_output())
+        );
+    }
+    format!(
+        "the {arm} (revision `{rev}`) did not come up, so there is no verdict:\n  {addr}: {e}\n  = help: paths under .pipeline/canary are gone: the canary removes its directory; run the canary again after fixing what the error says"
+    )
+}
+
+/// "404 × 200, 502 × 3": the status codes an arm answered with, most frequent first.
+fn statuses(t: &Tally) -> String {
+    let mut v: Vec<(&u16, &u64)> = t.statuses.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    v.iter()
+        .map(|(s, n)| format!("{s} × {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Refuse to judge garbage: an endpoint the baseline does not serve is a wrong canary, not a
+/// verdict on the candidate.
+fn refuse_garbage(
+    a: &Revs,
+    spec: &CanarySpec,
+    base: &Tally,
+    cand: &Tally,
+    client: &ClientStats,
+) -> Result<()> {
+    let (m, p) = (&spec.request.method, &spec.request.path);
+    if base.total == 0 {
+        bail!(
+            "no request reached the baseline (revision `{}`) (client: {client}); no verdict\n  = help: the balancer answered nothing from the arms; see the errors above",
+            a.baseline
+        );
+    }
+    let bad = base.total - base.latency.len() as u64;
+    if bad * 2 > base.total {
+        let both = cand.total > 0 && (cand.total - cand.latency.len() as u64) * 2 > cand.total;
+        bail!(
+            "the baseline (revision `{}`) itself fails {bad} of {} requests to {m} {p} ({}){}; no verdict\n  = help: the endpoint must work on the baseline: check the path, method and body (--path, --method, --body-file, or the service's `canary.request`)",
+            a.baseline,
+            base.total,
+            statuses(base),
+            if both {
+                format!(
+                    ", and so does the candidate (revision `{}`: {})",
+                    a.candidate,
+                    statuses(cand)
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
+/// The unit of a continuous metric's samples.
+fn unit_of(metric: &str) -> &'static str {
+    match metric {
+        "cpu" => "%",
+        "memory" => "MiB",
+        _ => "ms",
+    }
+}
+
+fn report_text(r: &Report) -> String {
+    use report::num;
+    let l = &r.load;
+    let mut out = format!(
+        "\nCanary of {}: {} (baseline) vs {} (candidate)\nLoad: {} {} at {} req/s for {} s; {} requests, {} answered 2xx, {} not; answers: baseline {}, candidate {}\n\n",
+        r.service,
+        r.baseline,
+        r.candidate,
+        r.request.method,
+        r.request.path,
+        l.rate,
+        num(l.ran_s),
+        l.sent,
+        l.ok_2xx,
+        l.other,
+        l.answers.baseline,
+        l.answers.candidate
+    );
+    out.push_str(&format!(
+        "{:<10} {:<36} {:<36} {:>10} {:>10}  {}\n",
+        "METRIC", "BASELINE", "CANDIDATE", "EFFECT", "P-VALUE", "VERDICT"
+    ));
+    let compact = |e: &report::Evidence, s: &Option<pipeline_analysis::Summary>| match s {
+        Some(pipeline_analysis::Summary::Continuous(x)) if x.n > 0 => format!(
+            "n={} p50={}{u} p99={}{u}",
+            x.n,
+            num(x.median),
+            num(x.p99),
+            u = e.unit
+        ),
+        Some(pipeline_analysis::Summary::Proportion {
             events,
             total,
             rate,
-        }) => format!("{events}/{total} ({:.2}%)", rate * 100.0),
-        None => "-".into(),
+        }) => format!("{events}/{total} ({}%)", num(100.0 * rate)),
+        _ => "-".into(),
     };
-    let mut out = format!(
-        "\nCanary: {} (baseline) vs {} (candidate); load: {client}\n\n",
-        a.baseline, a.candidate
-    );
-    out.push_str(&format!(
-        "{:<10} {:<34} {:<34} {:>10} {:>10}  {}\n",
-        "METRIC", "BASELINE", "CANDIDATE", "EFFECT", "P-VALUE", "VERDICT"
-    ));
-    for m in &v.per_metric {
-        let effect = m
-            .effect
-            .map_or("-".into(), |e| format!("{:+.1}%", e.relative * 100.0));
-        let p = m.p_value.map_or("-".into(), |p| format!("{p:.2e}"));
+    for (e, m) in r.evidence.iter().zip(&r.verdict.per_metric) {
+        let effect = e
+            .relative
+            .map_or("-".into(), |x| format!("{:+.1}%", x * 100.0));
+        let p = e.p_value.map_or("-".into(), |p| format!("{p:.2e}"));
         out.push_str(&format!(
-            "{:<10} {:<34} {:<34} {:>10} {:>10}  {:?}{}\n",
-            m.name,
-            show(&m.baseline),
-            show(&m.candidate),
+            "{:<10} {:<36} {:<36} {:>10} {:>10}  {:?}{}\n",
+            e.name,
+            compact(e, &m.baseline),
+            compact(e, &m.candidate),
             effect,
             p,
             m.status,
-            if m.critical { " (critical)" } else { "" }
+            if e.critical { " (critical)" } else { "" }
         ));
-        out.push_str(&format!("           {}\n", m.reason));
+        let mut ev = Vec::new();
+        if let Some(s) = &e.statistic {
+            ev.push(format!("{} = {}", s.name, num(s.value)));
+        }
+        if let (Some(x), Some(i)) = (e.effect, &e.interval) {
+            let k = if e.unit == "rate" { 100.0 } else { 1.0 };
+            let u = if e.unit == "rate" { "pp" } else { &e.unit };
+            ev.push(format!(
+                "shift {:+.3} {u}, {:.0}% CI [{:+.3}, {:+.3}]",
+                k * x,
+                100.0 * i.level,
+                k * i.lower,
+                k * i.upper
+            ));
+        }
+        ev.push(format!("tolerance {:.0}%", 100.0 * e.tolerance));
+        out.push_str(&format!("           {}; {}\n", ev.join(", "), e.reason));
     }
     out.push_str(&format!(
-        "\nScore {:.0} (pass >= 95, marginal >= 75): {:?}. {}\n",
-        v.score, v.outcome, v.reason
+        "\nScore {:.0} (pass >= {}, marginal >= {}): {:?}. {}\n",
+        r.verdict.score,
+        num(r.pass_threshold),
+        num(r.marginal_threshold),
+        r.verdict.outcome,
+        r.verdict.reason
     ));
     out
 }
@@ -506,6 +1391,7 @@ struct LoadSpec {
     method: String,
     path: String,
     body: Option<String>,
+    content_type: String,
 }
 
 fn load(l: LoadSpec, halt_flag: Arc<AtomicBool>) -> ClientStats {
@@ -517,17 +1403,18 @@ fn load(l: LoadSpec, halt_flag: Arc<AtomicBool>) -> ClientStats {
     let body = a.body.clone().unwrap_or_default();
     let threads: Vec<_> = (0..clients)
         .map(|_| {
-            let (stats, body, method, path) = (
+            let (stats, body, method, path, ctype) = (
                 stats.clone(),
                 body.clone(),
                 a.method.clone(),
                 a.path.clone(),
+                a.content_type.clone(),
             );
             let halt = halt_flag.clone();
             std::thread::spawn(move || {
                 let mut next = Instant::now();
                 while Instant::now() < stop && !halt.load(std::sync::atomic::Ordering::SeqCst) {
-                    let ok = one(port, &method, &path, &body);
+                    let ok = one(port, &method, &path, &body, &ctype);
                     let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
                     s.sent += 1;
                     if ok {
@@ -551,12 +1438,17 @@ fn load(l: LoadSpec, halt_flag: Arc<AtomicBool>) -> ClientStats {
     s
 }
 
-fn one(port: u16, method: &str, path: &str, body: &str) -> bool {
+fn one(port: u16, method: &str, path: &str, body: &str, content_type: &str) -> bool {
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: canary\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let ctype = if body.is_empty() {
+        String::new()
+    } else {
+        format!("Content-Type: {content_type}\r\n")
+    };
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: canary\r\n{ctype}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
     if s.write_all(req.as_bytes()).is_err() {
         return false;
     }
@@ -566,4 +1458,199 @@ fn one(port: u16, method: &str, path: &str, body: &str) -> bool {
     head.split_whitespace()
         .nth(1)
         .is_some_and(|c| c.starts_with('2'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> CanaryArgs {
+        CanaryArgs {
+            baseline: Some("a".into()),
+            candidate: Some("b".into()),
+            stack: None,
+            service: None,
+            replicas: 1,
+            duration: None,
+            rate: None,
+            method: None,
+            path: None,
+            body_file: None,
+            content_type: None,
+            latency_tolerance: None,
+            confidence: None,
+            report: None,
+            json: false,
+            simulate: None,
+        }
+    }
+
+    fn map(kv: &[(&str, Value)]) -> Value {
+        Value::Map(kv.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+    }
+
+    #[test]
+    fn flags_override_the_stack_setting_by_setting() {
+        let stack = map(&[
+            ("rate", Value::Number(40.0)),
+            ("confidence", Value::Number(0.99)),
+            (
+                "request",
+                map(&[
+                    ("method", Value::str("POST")),
+                    ("path", Value::str("/preview")),
+                    ("body", Value::str("{}")),
+                ]),
+            ),
+        ]);
+        let s = settings(Some(&stack), &args()).unwrap();
+        assert_eq!((s.rate, s.confidence), (40, 0.99));
+        assert_eq!(s.request.method, "POST");
+        assert_eq!(s.request.body.as_deref(), Some("{}"));
+        assert_eq!(s.judge_config().confidence, 0.99);
+
+        let mut a = args();
+        a.path = Some("/other".into());
+        a.rate = Some(7);
+        a.duration = Some("3s".into());
+        let s = settings(Some(&stack), &a).unwrap();
+        assert_eq!((s.rate, s.duration), (7, Duration::from_secs(3)));
+        assert_eq!(
+            (s.request.method.as_str(), s.request.path.as_str()),
+            ("POST", "/other")
+        );
+
+        // No attribute: the shared defaults.
+        let s = settings(None, &args()).unwrap();
+        assert_eq!(s, CanarySpec::default());
+    }
+
+    #[test]
+    fn the_sampler_counts_an_arm_s_process_tree() {
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().unwrap();
+        // The supervisor's child waits; its own child burns a core.
+        let mut child = Command::new("sh")
+            .args(["-c", "sh -c 'while :; do :; done' & wait"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::fs::write(
+            dir.path().join(pipeline_supervise::STATUS_FILE),
+            format!("{{\"child_pid\": {}}}", child.id()),
+        )
+        .unwrap();
+        let mut s = Sampler {
+            dirs: [vec![dir.path().to_path_buf()], vec![]],
+            prev: Default::default(),
+            prev_at: None,
+            ticks_per_sec: 100.0,
+            page_bytes: 4096.0,
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let first = s.sample();
+        std::thread::sleep(Duration::from_millis(500));
+        let second = s.sample();
+        let busy = descendants(&[child.id()], &all_procs());
+        let _ = Command::new("kill")
+            .arg("-9")
+            .args(busy.iter().map(|p| p.to_string()))
+            .status();
+        let _ = child.wait();
+        assert_eq!(
+            first[0].cpu_pct, None,
+            "no interval before the first sample"
+        );
+        assert_eq!(second[0].processes, 2, "{second:?}");
+        let cpu = second[0].cpu_pct.unwrap();
+        eprintln!(
+            "a busy loop measured {cpu:.0} % of a core, {:?} MiB",
+            second[0].rss_mib
+        );
+        // A busy loop on a shared 2-core machine: most of one core, never more than two.
+        assert!(cpu > 30.0 && cpu < 210.0, "{cpu}");
+        assert!(second[0].rss_mib.unwrap() > 0.1, "{second:?}");
+        assert_eq!(
+            second[1],
+            ArmUsage::default(),
+            "an arm without processes has no figures"
+        );
+    }
+
+    #[test]
+    fn confidence_intervals_of_the_effects() {
+        // Newcombe (1998), example (a): 56/70 vs 48/80, hybrid score interval 0.0524 to 0.3339.
+        let (lo, hi) = newcombe(Counts::new(48, 80), Counts::new(56, 70), 0.95).unwrap();
+        assert!(
+            (lo - 0.0524).abs() < 5e-5 && (hi - 0.3339).abs() < 5e-5,
+            "{lo} {hi}"
+        );
+        // A shift of exactly 5: the Moses interval holds it, and narrows with more data.
+        let b: Vec<f64> = (0..40).map(|i| (i * 7 % 40) as f64).collect();
+        let c: Vec<f64> = b.iter().map(|x| x + 5.0).collect();
+        let (lo, hi) = hl_interval(&b, &c, 0.98).unwrap();
+        assert!(lo < 5.0 && 5.0 < hi && hi - lo < 25.0, "{lo} {hi}");
+        let b4: Vec<f64> = (0..4000).map(|i| (i * 7 % 40) as f64).collect();
+        let c4: Vec<f64> = b4.iter().map(|x| x + 5.0).collect();
+        let (lo4, hi4) = hl_interval(&b4, &c4, 0.98).unwrap();
+        assert!(
+            lo4 <= 5.0 && 5.0 <= hi4 && hi4 - lo4 < (hi - lo) / 3.0,
+            "{lo4} {hi4}"
+        );
+        // Three samples per arm cannot give a 98 % interval.
+        assert_eq!(hl_interval(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0], 0.98), None);
+    }
+
+    #[test]
+    fn no_resource_samples_is_inconclusive_never_a_pass() {
+        // Latency and errors fine on both arms, but no CPU or memory sample at all.
+        let records: Vec<Record> = (0..400)
+            .map(|i| Record {
+                t: i as f64 / 100.0,
+                arm: if i % 2 == 0 {
+                    Arm::Baseline
+                } else {
+                    Arm::Candidate
+                },
+                status: 200,
+                ms: (i % 7) as f64,
+            })
+            .collect();
+        let v = judge(
+            &judge_config(&CanarySpec::default()),
+            &judge_data(&records, &[]),
+        );
+        assert_eq!(v.outcome, Outcome::Inconclusive, "{v:#?}");
+        let cpu = v.per_metric.iter().find(|m| m.name == "cpu").unwrap();
+        assert_eq!(
+            cpu.status,
+            pipeline_analysis::MetricStatus::NotEnoughData,
+            "{cpu:#?}"
+        );
+        assert!(v.score < 95.0, "{}", v.score);
+    }
+
+    #[test]
+    fn ecdf_points_count_ties_and_stay_small() {
+        assert_eq!(
+            ecdf_points(&[1.0, 1.0, 2.0, 3.0], 300),
+            vec![[1.0, 0.5], [2.0, 0.75], [3.0, 1.0]]
+        );
+        let v: Vec<f64> = (0..10_000).map(f64::from).collect();
+        let e = ecdf_points(&v, 300);
+        assert_eq!(e.len(), 300);
+        assert_eq!(e.last().unwrap(), &[9999.0, 1.0]);
+    }
+
+    #[test]
+    fn a_wrong_flag_gets_the_attribute_s_message() {
+        let mut a = args();
+        a.confidence = Some(2.0);
+        let e = settings(None, &a).unwrap_err().to_string();
+        assert!(e.contains("confidence is between 0.5 and 1"), "{e}");
+        let mut a = args();
+        a.path = Some("nope".into());
+        let e = settings(None, &a).unwrap_err().to_string();
+        assert!(e.contains("must start with /"), "{e}");
+    }
 }

@@ -139,9 +139,11 @@ enum Cmd {
     /// Exit 0 pass, 1 fail, 3 marginal or not enough evidence.
     Canary {
         /// The baseline revision (branch, tag or commit).
-        baseline: String,
+        #[arg(required_unless_present = "simulate")]
+        baseline: Option<String>,
         /// The candidate revision.
-        candidate: String,
+        #[arg(required_unless_present = "simulate")]
+        candidate: Option<String>,
         /// The stack that declares the service (default: as for plan).
         #[arg(long)]
         stack: Option<PathBuf>,
@@ -151,21 +153,43 @@ enum Cmd {
         /// Replicas per arm.
         #[arg(long, default_value_t = 1)]
         replicas: u32,
-        /// How long to send load, e.g. 30s.
-        #[arg(long, default_value = "30s")]
-        duration: String,
-        /// Requests per second through the balancer.
-        #[arg(long, default_value_t = 100)]
-        rate: u32,
-        #[arg(long, default_value = "POST")]
-        method: String,
-        #[arg(long, default_value = "/preview")]
-        path: String,
-        /// A file whose content is sent as the request body.
+        /// How long to send load, e.g. 30s (default: the service's `canary.duration`, else 30s).
+        #[arg(long)]
+        duration: Option<String>,
+        /// Requests per second through the balancer (default: `canary.rate`, else 100).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// The request's method (default: `canary.request.method`, else GET).
+        #[arg(long)]
+        method: Option<String>,
+        /// The request's path (default: `canary.request.path`, else /).
+        #[arg(long)]
+        path: Option<String>,
+        /// A file whose content is sent as the request body (default: `canary.request.body`).
         #[arg(long)]
         body_file: Option<PathBuf>,
+        /// The body's Content-Type (default: `canary.request.content_type`).
+        #[arg(long)]
+        content_type: Option<String>,
+        /// Relative latency increase tolerated, e.g. 0.25 (default: `canary.latency_tolerance`).
+        #[arg(long)]
+        latency_tolerance: Option<f64>,
+        /// 1 - significance, e.g. 0.98 (default: `canary.confidence`).
+        #[arg(long)]
+        confidence: Option<f64>,
+        /// Where to write the HTML report with charts.
+        #[arg(long, default_value = ".pipeline/canary-report.html")]
+        report: PathBuf,
+        /// The verdict, its evidence and the time series as one JSON object.
         #[arg(long)]
         json: bool,
+        /// No revisions: simulate A/A, 0.5%->5% errors and +25% latency at 100 req/s per arm
+        /// and print how often the sequential judge fails or detects, and how fast.
+        #[arg(long, conflicts_with_all = ["baseline", "candidate"])]
+        simulate: bool,
+        /// Simulated runs per scenario.
+        #[arg(long, default_value_t = 200, requires = "simulate")]
+        runs: usize,
     },
     /// Switch a service back to the generation it ran before its last blue-green deployment,
     /// or stop the canary of it that an apply is running (the candidate gets no traffic).
@@ -542,16 +566,14 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
             method,
             path,
             body_file,
+            content_type,
+            latency_tolerance,
+            confidence,
+            report,
             json,
+            simulate,
+            runs,
         } => {
-            let stack = ws.stack(stack.as_deref())?;
-            let duration = pipeline_providers::parse_duration(&duration)
-                .ok_or_else(|| anyhow!("--duration {duration:?} is not a duration like 30s"))?;
-            let body = match body_file {
-                Some(f) => Some(std::fs::read_to_string(&f).with_context(|| format!("cannot read the body file {}", f.display()))?),
-                None if method == "POST" => Some(r##"{"markdown":"# Canary\n\nSome *text*, a [link](https://example.org) and a list:\n\n- one\n- two\n"}"##.to_string()),
-                None => None,
-            };
             crate::canary::run(
                 &ws,
                 crate::canary::CanaryArgs {
@@ -559,13 +581,18 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
                     candidate,
                     stack,
                     service,
-                    replicas: replicas.max(1),
+                    replicas,
                     duration,
-                    rate: rate.max(1),
+                    rate,
                     method,
                     path,
-                    body,
+                    body_file,
+                    content_type,
+                    latency_tolerance,
+                    confidence,
+                    report: Some(report),
                     json,
+                    simulate: simulate.then_some(runs),
                 },
             )
             .await

@@ -1,32 +1,148 @@
 //! `pipeline canary BASE CANDIDATE` against the real sample service behind real nginx:
 //! master vs master passes, master vs a revision that answers 20% 500s fails, and a revision
-//! that does not exist is a clear error; each time nothing is left running.
+//! that does not exist is a clear error; each time nothing is left running. The HTML report is
+//! opened in headless Chromium.
 
 mod common;
 use common::*;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Runs headless Chromium with `args` + `url` in its own process group, bounded in time; the
+/// whole group is killed afterwards. Returns stdout. (As in tests/monitor.rs.)
+fn chromium(args: &[String], url: &str) -> String {
+    use std::os::unix::process::CommandExt;
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: the report test needs Debian's chromium (apt-get install -y chromium)"
+    );
+    let profile = tempfile::Builder::new()
+        .prefix("canary-chromium-")
+        .tempdir()
+        .unwrap();
+    let out_file = profile.path().join("stdout");
+    let mut child = Command::new(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("start chromium");
+    let pgid = child.id() as i32;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if start.elapsed() > Duration::from_secs(90) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // SAFETY: kill of the process group we just created (chromium's helpers live there too).
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let _ = child.wait();
+    let status = status.expect("chromium did not finish within 90 s");
+    assert!(status.success(), "chromium failed: {status}");
+    std::fs::read_to_string(&out_file).unwrap()
+}
+
+/// `data-points` of the series `arm` in the chart `id` of a DOM dump (None if absent).
+fn points(dom: &str, id: &str, arm: &str) -> Option<usize> {
+    let chart = dom.split(&format!("data-chart=\"{id}\"")).nth(1)?;
+    let chart = chart.split("</figure>").next()?;
+    let series = chart.split(&format!("data-series=\"{arm}\"")).nth(1)?;
+    series
+        .split("data-points=\"")
+        .nth(1)?
+        .split('"')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A repository with the sample service and one branch per behaviour (by `version.txt`):
+/// master serves well; broken answers 20 % 500s; nobuild fails its build; crash exits at
+/// once; deaf never listens.
 fn setup() -> Scratch {
     let t = Scratch::new();
     let repo = prebuilt_source(&t);
     let git = |args: &[&str]| common::git(&repo, args);
     git(&["init", "-q", "-b", "master"]);
     std::fs::write(repo.join("version.txt"), "good").unwrap();
+    std::fs::write(
+        repo.join("build.sh"),
+        r#"if [ "$(cat version.txt)" = nobuild ]; then
+  echo "   Compiling preview v0.1.0"
+  echo "error[E0425]: cannot find value \`widget\` in this scope" >&2
+  echo " --> src/main.rs:3:5" >&2
+  exit 1
+fi
+echo built
+"#,
+    )
+    .unwrap();
     git(&["add", "."]);
     git(&["commit", "-qm", "good"]);
-    git(&["checkout", "-q", "-b", "broken"]);
-    std::fs::write(repo.join("version.txt"), "broken").unwrap();
-    git(&["commit", "-qam", "broken"]);
+    for branch in ["broken", "nobuild", "crash", "deaf"] {
+        git(&["checkout", "-q", "-b", branch, "master"]);
+        std::fs::write(repo.join("version.txt"), branch).unwrap();
+        git(&["commit", "-qam", branch]);
+    }
     git(&["checkout", "-q", "master"]);
     t.write(
         "s.hcl",
-        r#"service "preview" {
-  source = "app"
-  run    = "if [ \"$(cat version.txt)\" = broken ]; then export PREVIEW_FAIL_RATE=0.2; fi; exec ./preview --port {{port}}"
-  health = { path = "/health", interval = "100ms" }
+        r##"service "preview" {
+  source        = "app"
+  build         = "sh build.sh"
+  run           = "case \"$(cat version.txt)\" in broken) export PREVIEW_FAIL_RATE=0.2;; crash) echo 'fatal: cannot read config.toml' >&2; exit 3;; deaf) exec sleep 600;; esac; exec ./preview --port {{port}}"
+  health        = { path = "/health", interval = "100ms" }
+  start_timeout = "3s"
+  canary = {
+    rate    = 100
+    request = { method = "POST", path = "/preview", body = jsonencode({ markdown = "# Canary\n\nSome *text* and a list:\n\n- one\n- two\n" }) }
+  }
 }
-"#,
+"##,
     );
     t
+}
+
+/// No verdict: exit 1, nothing on stdout, no report; returns stderr.
+fn no_verdict(t: &Scratch, candidate: &str) -> String {
+    let t0 = Instant::now();
+    let out = t.run(&[
+        "canary",
+        "master",
+        candidate,
+        "--stack",
+        "s.hcl",
+        "--duration",
+        "2s",
+    ]);
+    let err = s(&out.stderr);
+    println!("master vs {candidate} ({:?}):\n{err}", t0.elapsed());
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(s(&out.stdout).is_empty(), "no verdict on garbage");
+    assert!(!t.path().join(".pipeline/canary-report.html").exists());
+    err
 }
 
 fn nothing_left(t: &Scratch) {
@@ -54,13 +170,84 @@ fn master_vs_master_passes_and_master_vs_broken_fails() {
         "s.hcl",
         "--duration",
         "6s",
-        "--rate",
-        "100",
     ]);
     let text = s(&out.stdout);
     println!("{text}");
     assert_eq!(out.status.code(), Some(0), "{text}{}", s(&out.stderr));
     assert!(text.contains("): Pass."), "{text}");
+    for row in ["latency ", "errors ", "cpu ", "memory "] {
+        assert!(
+            text.lines().any(|l| l.starts_with(row)),
+            "no {row}row:\n{text}"
+        );
+    }
+    // The HTML report, at its default place, as a browser renders it.
+    let html = t.path().join(".pipeline/canary-report.html");
+    assert!(
+        text.contains(&format!("Report: {}", html.display())),
+        "{text}"
+    );
+    let size = std::fs::metadata(&html).unwrap().len();
+    let url = format!("file://{}", html.display());
+    let dom = chromium(
+        &[
+            "--virtual-time-budget=2000".into(),
+            "--run-all-compositor-stages-before-draw".into(),
+            "--dump-dom".into(),
+        ],
+        &url,
+    );
+    assert!(
+        dom.contains("data-outcome=\"pass\"") && dom.contains(">PASS<"),
+        "{dom}"
+    );
+    let svgs = dom.matches("<svg").count();
+    assert!(svgs >= 7, "{svgs} charts");
+    let mut seen = vec![];
+    for chart in [
+        "latency-ecdf",
+        "latency-time",
+        "errors-time",
+        "cpu-time",
+        "memory-time",
+    ] {
+        for arm in ["baseline", "candidate"] {
+            let n = points(&dom, chart, arm).unwrap_or(0);
+            assert!(n > 0, "chart {chart} has no {arm} points");
+            seen.push(format!("{chart}/{arm}: {n}"));
+        }
+    }
+    assert!(points(&dom, "score-time", "score").unwrap_or(0) >= 10);
+    for metric in ["latency", "errors", "cpu", "memory"] {
+        assert!(
+            dom.contains(&format!("data-metric=\"{metric}\"")),
+            "no evidence row for {metric}"
+        );
+    }
+    assert!(dom.contains("U = "), "no Mann-Whitney statistic shown");
+    println!(
+        "report {size} bytes, {svgs} charts, points: {}",
+        seen.join(", ")
+    );
+    let shots = tempfile::Builder::new()
+        .prefix("canary-report-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
+        .keep();
+    let shot = shots.join("canary-report.png");
+    chromium(
+        &[
+            "--virtual-time-budget=2000".into(),
+            "--run-all-compositor-stages-before-draw".into(),
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1300,2400".into(),
+        ],
+        &url,
+    );
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    assert!(png.len() > 50_000, "screenshot is only {} bytes", png.len());
+    println!("report screenshot: {}", shot.display());
     nothing_left(&t);
 
     // 30 s are asked for; the sequential test stops it as soon as the error rate is clearly worse.
@@ -76,6 +263,8 @@ fn master_vs_master_passes_and_master_vs_broken_fails() {
         "--rate",
         "100",
         "--json",
+        "--report",
+        "broken.html",
     ]);
     let took = t0.elapsed();
     println!("master vs broken took {took:?}: {}", s(&out.stderr));
@@ -116,6 +305,51 @@ fn master_vs_master_passes_and_master_vs_broken_fails() {
             > 20,
         "{errors}"
     );
+    // The evidence: z, a confidence interval of the rate difference above 0.
+    let ev = |name: &str| {
+        v["evidence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} evidence: {v}"))
+            .clone()
+    };
+    let e = ev("errors");
+    assert_eq!(e["statistic"]["name"], "z", "{e}");
+    assert!(e["interval"]["lower"].as_f64().unwrap() > 0.0, "{e}");
+    // CPU and memory of each arm's app processes, sampled every 0.5 s while load ran.
+    for name in ["cpu", "memory"] {
+        let m = ev(name);
+        assert_eq!(m["critical"], false, "{m}");
+        for arm in ["baseline", "candidate"] {
+            let n = m["n"][arm].as_u64().unwrap_or(0);
+            assert!(n >= 5, "{name} of the {arm}: {n} samples in ~4 s: {m}");
+        }
+        println!(
+            "{name}: {} / {}",
+            m["summary"]["baseline"], m["summary"]["candidate"]
+        );
+    }
+    // Time series: windows, resource samples, and the looks that ended with the early stop.
+    let series = &v["series"];
+    assert!(series["windows"].as_array().unwrap().len() >= 3, "{series}");
+    assert!(series["usage"].as_array().unwrap().len() >= 5, "{series}");
+    let looks = series["looks"].as_array().unwrap();
+    assert_eq!(
+        looks.last().unwrap()["decision"],
+        "fail: errors",
+        "{series}"
+    );
+    assert_eq!(v["early_stop"]["metric"], "errors");
+    // The report is written for a failed canary too, where it was asked for.
+    let html = std::fs::read_to_string(t.path().join("broken.html")).unwrap();
+    assert_eq!(
+        v["report_file"].as_str().unwrap(),
+        t.path().join("broken.html").display().to_string()
+    );
+    assert!(html.contains("data-outcome=\"fail\""), "{html}");
+    assert!(html.contains("Stopped early after"));
     nothing_left(&t);
 }
 
@@ -134,9 +368,10 @@ fn a_revision_that_does_not_exist_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     let err = s(&out.stderr);
     assert!(
-        err.contains("revision \"no-such-branch\" does not exist"),
+        err.contains("service.candidate[0]: revision \"no-such-branch\" does not exist"),
         "{err}"
     );
+    assert!(err.contains("= note: no verdict"), "{err}");
     assert!(s(&out.stdout).is_empty(), "no verdict on garbage");
     nothing_left(&t);
 }
@@ -159,9 +394,129 @@ fn an_endpoint_the_baseline_does_not_serve_gives_no_verdict() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     let err = s(&out.stderr);
+    for want in [
+        "error: the baseline (revision `master`) itself fails ",
+        " requests to GET /nope (404 × ",
+        "and so does the candidate (revision `master`: 404 × ",
+        "; no verdict",
+    ] {
+        assert!(err.contains(want), "{want}:\n{err}");
+    }
     assert!(
-        err.contains("the baseline itself fails") && err.contains("no verdict"),
+        err.contains("= help: the endpoint must work on the baseline"),
         "{err}"
     );
+    assert!(!t.path().join(".pipeline/canary-report.html").exists());
     nothing_left(&t);
+}
+
+#[test]
+fn a_candidate_that_does_not_build_gives_no_verdict() {
+    let t = setup();
+    let err = no_verdict(&t, "nobuild");
+    for want in [
+        "error: the candidate (revision `nobuild`) did not build, so there is no verdict",
+        "`sh build.sh` failed (exit status: 1)",
+        "  | error[E0425]: cannot find value `widget` in this scope",
+        "  |  --> src/main.rs:3:5",
+        "= help: fix the build of `nobuild`",
+    ] {
+        assert!(err.contains(want), "{want}:\n{err}");
+    }
+    assert!(
+        !err.contains(".pipeline/canary/"),
+        "no path that is gone: {err}"
+    );
+    nothing_left(&t);
+}
+
+#[test]
+fn a_candidate_that_never_becomes_healthy_gives_no_verdict() {
+    let t = setup();
+    // Exits at once.
+    let err = no_verdict(&t, "crash");
+    for want in [
+        "error: the candidate (revision `crash`) exited before it became healthy, so there is no verdict",
+        "  | fatal: cannot read config.toml",
+        "= help: start revision `crash` by hand",
+    ] {
+        assert!(err.contains(want), "{want}:\n{err}");
+    }
+    nothing_left(&t);
+    // Runs but never listens: start_timeout (3 s) ends it.
+    let t0 = Instant::now();
+    let err = no_verdict(&t, "deaf");
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    for want in [
+        "error: the candidate (revision `deaf`) did not become healthy, so there is no verdict",
+        "was not healthy after 3s",
+        "raise `start_timeout`",
+    ] {
+        assert!(err.contains(want), "{want}:\n{err}");
+    }
+    nothing_left(&t);
+}
+
+/// The fields of the `--simulate` table's row for `scenario` (columns are 2+ spaces apart).
+fn row(table: &str, scenario: &str) -> Vec<String> {
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(scenario))
+        .unwrap_or_else(|| panic!("no row {scenario}:\n{table}"));
+    line.split("  ")
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn simulate_prints_the_judge_s_operating_characteristics() {
+    let t = Scratch::new();
+    let out = t.run(&["canary", "--simulate"]);
+    let table = s(&out.stdout);
+    println!("{table}");
+    assert_eq!(out.status.code(), Some(0), "{table}{}", s(&out.stderr));
+    // scenario, runs, failed, rate, detect median, p95, max, passed, undecided
+    let aa = row(&table, "A/A");
+    assert_eq!(aa.len(), 9, "{aa:?}");
+    let runs: u64 = aa[1].parse().unwrap();
+    let false_failures: u64 = aa[2].parse().unwrap();
+    assert_eq!(runs, 200, "the default is 200 runs");
+    assert!(aa[3].starts_with("false failures"), "{aa:?}");
+    assert!(
+        false_failures * 100 <= runs,
+        "A/A false failures {false_failures} of {runs}: more than 1 %"
+    );
+    let err = row(&table, "errors 0.5% -> 5.0%");
+    let detected: u64 = err[2].parse().unwrap();
+    assert!(err[3].starts_with("detected"), "{err:?}");
+    assert!(detected * 100 >= 99 * runs, "{err:?}");
+    let lat = row(&table, "latency x1.25");
+    assert!(lat[3].starts_with("detected"), "{lat:?}");
+
+    // Within 10 s in at least 99 % of runs: the time of every run, from the JSON.
+    let out = t.run(&["canary", "--simulate", "--runs", "200", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", s(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(s(&out.stdout).trim()).unwrap();
+    let errors = &v["results"][1];
+    assert_eq!(errors["scenario"], "errors 0.5% -> 5.0%");
+    let secs: Vec<u64> = errors["detection_secs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    let within = secs.iter().filter(|s| **s <= 10).count() as u64;
+    assert!(within * 100 >= 99 * runs, "{within} of {runs} within 10 s");
+    // The table and the JSON are the same simulation.
+    assert_eq!(secs.len() as u64, detected);
+    assert_eq!(
+        v["results"][0]["failures"].as_u64().unwrap(),
+        false_failures
+    );
+    println!(
+        "errors 0.5% -> 5%: {within} of {runs} detected within 10 s (max {:?} s)",
+        secs.iter().max()
+    );
 }
