@@ -16,17 +16,17 @@ use pipeline_analysis::judge::{
 use pipeline_analysis::{Arm, Decision, SequentialJudge};
 use pipeline_engine::plan::PlanOptions;
 use pipeline_engine::value::{format_number, Value, ValueMap};
+use pipeline_providers::canary::LoadStats;
 use pipeline_providers::canary::{CanarySpec, LogTail};
 use report::{
     ArmPair, ArmUsage, ArmWindow, EarlyStop, LoadInfo, Look, Report, RequestInfo, Series,
     UsageSample, Window,
 };
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The command line. Unset settings come from the service's `canary = { ... }` attribute, else
@@ -545,25 +545,20 @@ async fn run_arms(
         "canary: {} {} at {} req/s for {:?} through the balancer...",
         req.method, req.path, spec.rate, spec.duration
     );
-    let load_spec = LoadSpec {
-        port,
-        rate: spec.rate,
-        duration: spec.duration,
-        method: req.method.clone(),
-        path: req.path.clone(),
-        body: req.body.clone(),
-        content_type: req.content_type.clone(),
-    };
     let cfg = judge_config(spec);
     let halt = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let t0 = unix_now();
-    let loader = {
-        let halt = halt.clone();
-        std::thread::spawn(move || load(load_spec, halt))
-    };
+    let loader = pipeline_providers::canary::start_load(
+        format!("127.0.0.1:{port}"),
+        spec.rate,
+        req.clone(),
+        Instant::now() + spec.duration,
+        halt.clone(),
+    );
     sampler.sample();
-    // Watch as data arrives: a clear regression of the error rate stops the canary early. The
+    // Watch as data arrives: a clear regression of the error rate or the latency (batch
+    // medians, see LatencyBatches) stops the canary early. The
     // sequential test's false-alarm rate holds over every look (see engine/analysis). Each
     // look also records CPU and memory, and the fixed judge's score on the data so far.
     let mut seq = SequentialJudge::new(spec.sequential_config());
@@ -571,7 +566,10 @@ async fn run_arms(
     let mut usage: Vec<UsageSample> = Vec::new();
     let mut looks: Vec<Look> = Vec::new();
     // (5xx, answers) per arm in what was new.
-    let mut read_new = |records: &mut Vec<Record>| -> [(Arm, u64, u64); 2] {
+    let mut batches = pipeline_providers::canary::LatencyBatches::default();
+    let mut read_new = |records: &mut Vec<Record>,
+                        batches: &mut pipeline_providers::canary::LatencyBatches|
+     -> [(Arm, u64, u64); 2] {
         let mut counts = [(Arm::Baseline, 0, 0), (Arm::Candidate, 0, 0)];
         for ans in tail.read_new() {
             let Some(&arm) = arm_of.get(&ans.upstream) else {
@@ -586,6 +584,9 @@ async fn run_arms(
             let c = &mut counts[usize::from(arm == Arm::Candidate)];
             c.1 += u64::from(ans.status >= 500);
             c.2 += 1;
+            if ans.status < 400 && ans.secs.is_finite() {
+                batches.push(arm, ans.secs * 1000.0);
+            }
         }
         counts
     };
@@ -599,9 +600,10 @@ async fn run_arms(
             baseline,
             candidate,
         });
-        for (arm, events, total) in read_new(&mut records) {
+        for (arm, events, total) in read_new(&mut records, &mut batches) {
             let _ = seq.observe_counts(arm, "errors", events, total);
         }
+        batches.flush(&mut seq, "latency");
         let (decision, evidence) = match seq.decision() {
             Decision::Continue => ("continue".to_string(), seq.evidence()),
             Decision::Pass(ev) => ("pass".to_string(), ev),
@@ -634,7 +636,7 @@ async fn run_arms(
     }
     // nginx writes its access log as requests finish.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    read_new(&mut records);
+    read_new(&mut records, &mut batches);
     let (base, cand) = (
         tally(&records, Arm::Baseline),
         tally(&records, Arm::Candidate),
@@ -664,7 +666,7 @@ async fn run_arms(
             replicas: a.replicas.max(1),
             sent: client.sent,
             ok_2xx: client.ok,
-            other: client.other,
+            other: client.failed,
             answers: ArmPair {
                 baseline: base.total,
                 candidate: cand.total,
@@ -1244,7 +1246,7 @@ fn refuse_garbage(
     spec: &CanarySpec,
     base: &Tally,
     cand: &Tally,
-    client: &ClientStats,
+    client: &LoadStats,
 ) -> Result<()> {
     let (m, p) = (&spec.request.method, &spec.request.path);
     if base.total == 0 {
@@ -1363,101 +1365,6 @@ fn report_text(r: &Report) -> String {
         r.verdict.reason
     ));
     out
-}
-
-#[derive(Default, Clone)]
-struct ClientStats {
-    sent: u64,
-    ok: u64,
-    other: u64,
-}
-
-impl std::fmt::Display for ClientStats {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} requests, {} answered 2xx, {} not",
-            self.sent, self.ok, self.other
-        )
-    }
-}
-
-/// Bounded load: `rate` requests a second for `duration`, one connection per request.
-#[derive(Clone)]
-struct LoadSpec {
-    port: u16,
-    rate: u32,
-    duration: Duration,
-    method: String,
-    path: String,
-    body: Option<String>,
-    content_type: String,
-}
-
-fn load(l: LoadSpec, halt_flag: Arc<AtomicBool>) -> ClientStats {
-    let (port, a) = (l.port, &l);
-    let clients = 8u32.min(a.rate.max(1));
-    let interval = Duration::from_secs_f64(clients as f64 / a.rate.max(1) as f64);
-    let stats = Arc::new(Mutex::new(ClientStats::default()));
-    let stop = Instant::now() + a.duration;
-    let body = a.body.clone().unwrap_or_default();
-    let threads: Vec<_> = (0..clients)
-        .map(|_| {
-            let (stats, body, method, path, ctype) = (
-                stats.clone(),
-                body.clone(),
-                a.method.clone(),
-                a.path.clone(),
-                a.content_type.clone(),
-            );
-            let halt = halt_flag.clone();
-            std::thread::spawn(move || {
-                let mut next = Instant::now();
-                while Instant::now() < stop && !halt.load(std::sync::atomic::Ordering::SeqCst) {
-                    let ok = one(port, &method, &path, &body, &ctype);
-                    let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
-                    s.sent += 1;
-                    if ok {
-                        s.ok += 1
-                    } else {
-                        s.other += 1
-                    }
-                    drop(s);
-                    next += interval;
-                    if let Some(d) = next.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(d);
-                    }
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        let _ = t.join();
-    }
-    let s = stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    s
-}
-
-fn one(port: u16, method: &str, path: &str, body: &str, content_type: &str) -> bool {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let ctype = if body.is_empty() {
-        String::new()
-    } else {
-        format!("Content-Type: {content_type}\r\n")
-    };
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: canary\r\n{ctype}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-    if s.write_all(req.as_bytes()).is_err() {
-        return false;
-    }
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let head = String::from_utf8_lossy(&resp[..resp.len().min(16)]).into_owned();
-    head.split_whitespace()
-        .nth(1)
-        .is_some_and(|c| c.starts_with('2'))
 }
 
 #[cfg(test)]

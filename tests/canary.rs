@@ -4,65 +4,9 @@
 //! opened in headless Chromium.
 
 mod common;
+use common::chromium::chromium;
 use common::*;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// Runs headless Chromium with `args` + `url` in its own process group, bounded in time; the
-/// whole group is killed afterwards. Returns stdout. (As in tests/monitor.rs.)
-fn chromium(args: &[String], url: &str) -> String {
-    use std::os::unix::process::CommandExt;
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: the report test needs Debian's chromium (apt-get install -y chromium)"
-    );
-    let profile = tempfile::Builder::new()
-        .prefix("canary-chromium-")
-        .tempdir()
-        .unwrap();
-    let out_file = profile.path().join("stdout");
-    let mut child = Command::new(CHROMIUM)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--hide-scrollbars",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(args)
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_file).unwrap())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("start chromium");
-    let pgid = child.id() as i32;
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break Some(st);
-        }
-        if start.elapsed() > Duration::from_secs(90) {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    // SAFETY: kill of the process group we just created (chromium's helpers live there too).
-    unsafe { libc::kill(-pgid, libc::SIGKILL) };
-    let _ = child.wait();
-    let status = status.expect("chromium did not finish within 90 s");
-    assert!(status.success(), "chromium failed: {status}");
-    std::fs::read_to_string(&out_file).unwrap()
-}
 
 /// `data-points` of the series `arm` in the chart `id` of a DOM dump (None if absent).
 fn points(dom: &str, id: &str, arm: &str) -> Option<usize> {
@@ -298,11 +242,12 @@ fn master_vs_master_passes_and_master_vs_broken_fails() {
         .unwrap();
     assert_eq!(errors["status"], "fail", "{errors}");
     assert_eq!(errors["baseline"]["proportion"]["events"], 0, "{errors}");
+    // The sequential test stops within a couple of seconds: a handful of errors is enough.
     assert!(
         errors["candidate"]["proportion"]["events"]
             .as_u64()
             .unwrap()
-            > 20,
+            >= 5,
         "{errors}"
     );
     // The evidence: z, a confidence interval of the rate difference above 0.
@@ -324,7 +269,8 @@ fn master_vs_master_passes_and_master_vs_broken_fails() {
         assert_eq!(m["critical"], false, "{m}");
         for arm in ["baseline", "candidate"] {
             let n = m["n"][arm].as_u64().unwrap_or(0);
-            assert!(n >= 5, "{name} of the {arm}: {n} samples in ~4 s: {m}");
+            // The early stop comes after ~2 s of traffic: a sample every 0.5 s.
+            assert!(n >= 2, "{name} of the {arm}: {n} samples: {m}");
         }
         println!(
             "{name}: {} / {}",
@@ -334,7 +280,7 @@ fn master_vs_master_passes_and_master_vs_broken_fails() {
     // Time series: windows, resource samples, and the looks that ended with the early stop.
     let series = &v["series"];
     assert!(series["windows"].as_array().unwrap().len() >= 3, "{series}");
-    assert!(series["usage"].as_array().unwrap().len() >= 5, "{series}");
+    assert!(series["usage"].as_array().unwrap().len() >= 2, "{series}");
     let looks = series["looks"].as_array().unwrap();
     assert_eq!(
         looks.last().unwrap()["decision"],
@@ -518,5 +464,53 @@ fn simulate_prints_the_judge_s_operating_characteristics() {
     println!(
         "errors 0.5% -> 5%: {within} of {runs} detected within 10 s (max {:?} s)",
         secs.iter().max()
+    );
+}
+
+/// An app that cannot choose its port: both arms listen on 3000, each replica's generation in
+/// a network namespace of its own (needs root, which CI has), side by side behind one nginx.
+#[test]
+fn arms_of_a_fixed_port_app_run_side_by_side_in_namespaces() {
+    let t = setup();
+    let text = std::fs::read_to_string(t.path().join("s.hcl")).unwrap();
+    t.write(
+        "s.hcl",
+        &text
+            .replace(
+                "exec ./preview --port {{port}}",
+                "exec ./preview --port 3000 --address 0.0.0.0",
+            )
+            .replace(
+                "  start_timeout = \"3s\"",
+                "  start_timeout = \"3s\"\n  network       = { namespace = true, port = 3000 }",
+            ),
+    );
+    let out = t.run(&[
+        "canary",
+        "master",
+        "master",
+        "--stack",
+        "s.hcl",
+        "--duration",
+        "6s",
+        "--replicas",
+        "2",
+        "--json",
+    ]);
+    let stdout = s(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", s(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    // Four processes listening on port 3000 at once: only possible in namespaces of their own.
+    assert_eq!(v["verdict"]["outcome"], "pass", "{v}");
+    assert_eq!(v["load"]["replicas"], 2, "{v}");
+    nothing_left(&t);
+    let ns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        !s(&ns.stdout).contains("pl-"),
+        "namespaces left: {}",
+        s(&ns.stdout)
     );
 }

@@ -2,12 +2,11 @@
 //! checked through the real binary and, for the dashboard, in headless Chromium.
 
 mod common;
+use common::chromium::chromium;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
+use std::time::Duration;
 
 fn stack(src: &Path, listen: u16) -> String {
     format!(
@@ -58,59 +57,6 @@ fn replica_states(base: &str) -> Vec<(String, String)> {
 
 fn all_up(states: &[(String, String)], n: usize) -> bool {
     states.len() == n && states.iter().all(|(_, s)| s == "UP")
-}
-
-/// Runs headless Chromium with `args` + `url` in its own process group, bounded in time; the
-/// whole group is killed afterwards. Returns stdout.
-fn chromium(args: &[String], url: &str) -> String {
-    use std::os::unix::process::CommandExt;
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: the dashboard test needs Debian's chromium (apt-get install -y chromium)"
-    );
-    let profile = tempfile::Builder::new()
-        .prefix("monitor-chromium-")
-        .tempdir()
-        .unwrap();
-    let out_file = profile.path().join("stdout");
-    let mut child = Command::new(CHROMIUM)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--hide-scrollbars",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(args)
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_file).unwrap())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("start chromium");
-    let pgid = child.id() as i32;
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break Some(st);
-        }
-        if start.elapsed() > Duration::from_secs(90) {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    // SAFETY: kill of the process group we just created (chromium's helpers live there too).
-    unsafe { libc::kill(-pgid, libc::SIGKILL) };
-    let _ = child.wait();
-    let status = status.expect("chromium did not finish within 90 s");
-    assert!(status.success(), "chromium failed: {status}");
-    std::fs::read_to_string(&out_file).unwrap()
 }
 
 fn dump_dom(url: &str) -> String {

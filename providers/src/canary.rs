@@ -436,11 +436,15 @@ pub fn one_request(target: &str, r: &Request) -> bool {
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     let body = r.body.as_deref().unwrap_or("");
+    let ctype = if body.is_empty() {
+        String::new()
+    } else {
+        format!("Content-Type: {}\r\n", r.content_type)
+    };
     let head = format!(
-        "{} {} HTTP/1.1\r\nHost: canary\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{} {} HTTP/1.1\r\nHost: canary\r\n{ctype}Content-Length: {}\r\nConnection: close\r\n\r\n",
         r.method,
         r.path,
-        r.content_type,
         body.len()
     );
     if s.write_all(head.as_bytes())

@@ -1,6 +1,7 @@
 //! Shared helpers for tests that drive the real `pipeline` binary.
 #![allow(dead_code)]
 
+pub mod chromium;
 pub mod load;
 
 use std::path::{Path, PathBuf};
