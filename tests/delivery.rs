@@ -76,18 +76,6 @@ fn setup(strategy: &str, retry: bool) -> Env {
     Env { t, port, slots }
 }
 
-fn versions_through(port: u16, n: usize) -> std::collections::BTreeMap<String, usize> {
-    let mut out = std::collections::BTreeMap::new();
-    for _ in 0..n {
-        if let Some((200, b)) = http("GET", &format!("http://127.0.0.1:{port}/health"), "") {
-            let v: serde_json::Value = serde_json::from_str(&b).unwrap();
-            *out.entry(v["version"].as_str().unwrap_or("?").to_string())
-                .or_default() += 1;
-        }
-    }
-    out
-}
-
 fn under_load<T>(
     e: &Env,
     keep_alive: bool,

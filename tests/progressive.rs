@@ -84,16 +84,26 @@ fn setup_vars(interval: &str, namespaces: bool, vars: &[&str]) -> Env {
     Env { t, port }
 }
 
-fn versions(port: u16, n: usize) -> std::collections::BTreeMap<String, usize> {
-    let mut out = std::collections::BTreeMap::new();
-    for _ in 0..n {
-        if let Some((200, b)) = http("GET", &format!("http://127.0.0.1:{port}/health"), "") {
-            let v: serde_json::Value = serde_json::from_str(&b).unwrap();
-            *out.entry(v["version"].as_str().unwrap_or("?").to_string())
-                .or_default() += 1;
-        }
-    }
-    out
+/// `apply -var version=VERSION` in the background, once its canary has started.
+fn apply_until_canary_runs(e: &Env, version: &str) -> std::process::Child {
+    let child =
+        e.t.cmd(&[
+            "apply",
+            "-auto-approve",
+            "-var",
+            &format!("version={version}"),
+            "s.hcl",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ctl = e.t.path().join(".pipeline/run/service.web.canary");
+    assert!(
+        wait_until(Duration::from_secs(30), || ctl.exists()),
+        "the canary started"
+    );
+    child
 }
 
 fn start_load(port: u16) -> load::Load {
@@ -188,7 +198,10 @@ fn a_good_candidate_is_promoted_step_by_step() {
     println!("answers straight from the candidate during the canary: {direct}");
     assert!(direct > 40, "{direct}");
     // Promoted: everything is v2, through the same slots; the balancer runs the stack's config.
-    assert_eq!(versions(e.port, 20).keys().collect::<Vec<_>>(), vec!["v2"]);
+    assert_eq!(
+        versions_through(e.port, 20).keys().collect::<Vec<_>>(),
+        vec!["v2"]
+    );
     assert!(!conf(&e.t).contains("# canary"), "{}", conf(&e.t));
     assert!(!e
         .t
@@ -271,7 +284,10 @@ fn a_candidate_that_starts_failing_is_stopped_within_one_interval() {
     );
 
     // The old version serves everything; the balancer is back to the stack's config.
-    assert_eq!(versions(e.port, 20).keys().collect::<Vec<_>>(), vec!["v1"]);
+    assert_eq!(
+        versions_through(e.port, 20).keys().collect::<Vec<_>>(),
+        vec!["v1"]
+    );
     assert!(!conf(&e.t).contains("# canary"));
     // The aborted release is recorded, and the next plan says the stack is not converged.
     let st = state(&e.t);
@@ -312,20 +328,10 @@ fn a_candidate_that_starts_failing_is_stopped_within_one_interval() {
 #[test]
 fn promote_and_rollback_control_a_running_canary() {
     let e = setup("60s");
-    let ctl = e.t.path().join(".pipeline/run/service.web.canary");
     let load = start_load(e.port);
     // promote: skips the remaining steps of a 4-minute canary.
     let t0 = Instant::now();
-    let child =
-        e.t.cmd(&["apply", "-auto-approve", "-var", "version=v2", "s.hcl"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(30), || ctl.exists()),
-        "the canary started"
-    );
+    let child = apply_until_canary_runs(&e, "v2");
     std::thread::sleep(Duration::from_secs(2));
     let p = e.t.run(&["promote", "web"]);
     assert_eq!(p.status.code(), Some(0), "{}", s(&p.stderr));
@@ -335,19 +341,13 @@ fn promote_and_rollback_control_a_running_canary() {
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("promoted by `pipeline promote`"), "{text}");
     assert!(took < Duration::from_secs(40), "{took:?}");
-    assert_eq!(versions(e.port, 10).keys().collect::<Vec<_>>(), vec!["v2"]);
+    assert_eq!(
+        versions_through(e.port, 10).keys().collect::<Vec<_>>(),
+        vec!["v2"]
+    );
 
     // rollback: stops it; v2 keeps serving, v3 is recorded as aborted.
-    let child =
-        e.t.cmd(&["apply", "-auto-approve", "-var", "version=v3", "s.hcl"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(30), || ctl.exists()),
-        "the canary started"
-    );
+    let child = apply_until_canary_runs(&e, "v3");
     std::thread::sleep(Duration::from_secs(2));
     let r = e.t.run(&["rollback", "web"]);
     assert_eq!(r.status.code(), Some(0), "{}", s(&r.stderr));
@@ -358,7 +358,10 @@ fn promote_and_rollback_control_a_running_canary() {
     let report = load.stop();
     println!("load over both: {}", report.summary());
     assert_eq!(report.failed, 0);
-    assert_eq!(versions(e.port, 10).keys().collect::<Vec<_>>(), vec!["v2"]);
+    assert_eq!(
+        versions_through(e.port, 10).keys().collect::<Vec<_>>(),
+        vec!["v2"]
+    );
     // With no canary running, promote says so.
     let p = e.t.run(&["promote", "web"]);
     assert_eq!(p.status.code(), Some(1));
@@ -401,7 +404,10 @@ load: {}",
             .all(|u| u.starts_with("10.213.") && u.ends_with(":3000")),
         "{direct:?}"
     );
-    assert_eq!(versions(e.port, 10).keys().collect::<Vec<_>>(), vec!["v2"]);
+    assert_eq!(
+        versions_through(e.port, 10).keys().collect::<Vec<_>>(),
+        vec!["v2"]
+    );
     e.t.ok(&["destroy", "-auto-approve", "s.hcl"]);
     assert!(wait_until(Duration::from_secs(5), || e
         .t
@@ -447,7 +453,10 @@ fn a_canary_killed_mid_way_is_converged_by_the_next_apply() {
     println!("{text}\nload: {}", report.summary());
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(!conf(&e.t).contains("# canary"));
-    assert_eq!(versions(e.port, 10).keys().collect::<Vec<_>>(), vec!["v2"]);
+    assert_eq!(
+        versions_through(e.port, 10).keys().collect::<Vec<_>>(),
+        vec!["v2"]
+    );
     let plan =
         e.t.run(&["plan", "-detailed-exitcode", "-var", "version=v2", "s.hcl"]);
     assert_eq!(plan.status.code(), Some(0), "{}", s(&plan.stdout));
@@ -481,7 +490,10 @@ fn without_traffic_there_is_no_promotion_and_canary_load_supplies_it() {
     println!("{text}");
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("not enough evidence"), "{text}");
-    assert_eq!(versions(e.port, 10).keys().collect::<Vec<_>>(), vec!["v1"]);
+    assert_eq!(
+        versions_through(e.port, 10).keys().collect::<Vec<_>>(),
+        vec!["v1"]
+    );
 
     let out = e.t.run(&[
         "apply",
@@ -499,7 +511,10 @@ fn without_traffic_there_is_no_promotion_and_canary_load_supplies_it() {
         text.contains("synthetic load through the balancer"),
         "{text}"
     );
-    assert_eq!(versions(e.port, 10).keys().collect::<Vec<_>>(), vec!["v2"]);
+    assert_eq!(
+        versions_through(e.port, 10).keys().collect::<Vec<_>>(),
+        vec!["v2"]
+    );
     e.t.ok(&["destroy", "-auto-approve", "s.hcl"]);
 }
 

@@ -158,3 +158,16 @@ pub fn git(repo: &Path, args: &[&str]) {
         .expect("run git");
     assert!(out.status.success(), "git {args:?}: {}", s(&out.stderr));
 }
+
+/// How many of `n` GET /health through `port` each version answered.
+pub fn versions_through(port: u16, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        if let Some((200, b)) = http("GET", &format!("http://127.0.0.1:{port}/health"), "") {
+            let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+            *out.entry(v["version"].as_str().unwrap_or("?").to_string())
+                .or_default() += 1;
+        }
+    }
+    out
+}
