@@ -591,6 +591,8 @@ async fn run_arms(
         counts
     };
     let mut early: Option<(Duration, String)> = None;
+    // Passing early needs every metric shown within tolerance, and 5 s of CPU/memory samples.
+    let mut passed_early: Option<Duration> = None;
     while !loader.is_finished() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let t = started.elapsed().as_secs_f64();
@@ -606,7 +608,16 @@ async fn run_arms(
         batches.flush(&mut seq, "latency");
         let (decision, evidence) = match seq.decision() {
             Decision::Continue => ("continue".to_string(), seq.evidence()),
-            Decision::Pass(ev) => ("pass".to_string(), ev),
+            Decision::Pass(ev) => {
+                if early.is_none()
+                    && passed_early.is_none()
+                    && started.elapsed() >= Duration::from_secs(5)
+                {
+                    passed_early = Some(started.elapsed());
+                    halt.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                ("pass".to_string(), ev)
+            }
             Decision::Fail(metric, ev) => {
                 if early.is_none() {
                     early = Some((started.elapsed(), metric.clone()));
@@ -634,6 +645,12 @@ async fn run_arms(
             after.as_secs_f64()
         );
     }
+    if let Some(after) = passed_early {
+        eprintln!(
+            "canary: stopped early after {:.1}s of traffic: every metric is within its tolerance (sequential test)",
+            after.as_secs_f64()
+        );
+    }
     // nginx writes its access log as requests finish.
     tokio::time::sleep(Duration::from_millis(300)).await;
     read_new(&mut records, &mut batches);
@@ -648,6 +665,14 @@ async fn run_arms(
         // The early stop is a verdict of its own: it holds whatever the shorter sample says.
         verdict.outcome = Outcome::Fail;
         verdict.reason = format!("stopped after {:.1}s of traffic: `{metric}` regressed beyond doubt (sequential test); {}", after.as_secs_f64(), verdict.reason);
+    }
+    if let Some(after) = passed_early {
+        // Enough evidence both ways: every metric's always-valid bounds sit inside its tolerance.
+        // A fixed-horizon failure on the same data would still win (and be reported as such).
+        if verdict.outcome != Outcome::Fail {
+            verdict.outcome = Outcome::Pass;
+            verdict.reason = format!("passed after {:.1}s of traffic: the sequential test shows every metric within its tolerance; {}", after.as_secs_f64(), verdict.reason);
+        }
     }
     let rep = Report {
         service: format!("service.{service}"),
@@ -672,10 +697,18 @@ async fn run_arms(
                 candidate: cand.total,
             },
         },
-        early_stop: early.as_ref().map(|(after, metric)| EarlyStop {
-            after_s: after.as_secs_f64(),
-            metric: metric.clone(),
-        }),
+        early_stop: early
+            .as_ref()
+            .map(|(after, metric)| EarlyStop {
+                after_s: after.as_secs_f64(),
+                metric: metric.clone(),
+                passed: false,
+            })
+            .or(passed_early.map(|after| EarlyStop {
+                after_s: after.as_secs_f64(),
+                metric: String::new(),
+                passed: true,
+            })),
         confidence: cfg.confidence,
         pass_threshold: cfg.pass_threshold,
         marginal_threshold: cfg.marginal_threshold,

@@ -62,7 +62,9 @@ pub struct LoadInfo {
 #[derive(Clone, Debug, Serialize)]
 pub struct EarlyStop {
     pub after_s: f64,
+    /// The metric that regressed; empty when the canary passed early.
     pub metric: String,
+    pub passed: bool,
 }
 
 /// A test statistic: `U` (Mann-Whitney, of the candidate) or `z` (two proportions).
@@ -310,7 +312,13 @@ pub fn render_html(r: &Report) -> String {
         esc(&r.verdict.reason),
         o = esc(outcome),
     );
-    if let Some(e) = &r.early_stop {
+    if let Some(e) = r.early_stop.as_ref().filter(|e| e.passed) {
+        let _ = writeln!(
+            h,
+            "<p class=\"early\">Stopped early after {} s of traffic: every metric is within its tolerance (sequential test).</p>",
+            esc(&num(e.after_s))
+        );
+    } else if let Some(e) = &r.early_stop {
         let _ = writeln!(
             h,
             "<p class=\"early\">Stopped early after {} s of traffic: <code>{}</code> regressed beyond doubt (sequential test).</p>",

@@ -514,3 +514,37 @@ fn arms_of_a_fixed_port_app_run_side_by_side_in_namespaces() {
         s(&ns.stdout)
     );
 }
+
+/// The sequential test also stops early the other way: once every metric's always-valid bounds
+/// sit inside its tolerance, master vs master passes before the asked-for 120 s are over.
+#[test]
+fn master_vs_master_passes_early_once_the_evidence_is_in() {
+    let t = setup();
+    let out = t.run(&[
+        "canary",
+        "master",
+        "master",
+        "--stack",
+        "s.hcl",
+        "--duration",
+        "120s",
+        "--rate",
+        "200",
+        "--json",
+    ]);
+    let stdout = s(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", s(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    println!(
+        "passed early after {} s, {} requests",
+        v["early_stop"]["after_s"], v["load"]["sent"]
+    );
+    assert_eq!(v["early_stop"]["passed"], true, "{}", v["sequential"]);
+    assert!(
+        v["load"]["ran_s"].as_f64().unwrap() < 119.0,
+        "{}",
+        v["load"]
+    );
+    assert_eq!(v["verdict"]["outcome"], "pass");
+    nothing_left(&t);
+}

@@ -231,6 +231,8 @@ impl CanarySpec {
                 .direction(Direction::Increase)
                 .critical(true)
                 .min_samples(30)
+                // Passing needs a margin: half a percentage point, as in the simulated figures.
+                .abs_tolerance(0.005)
                 // Most power near a 5-point rise of the error share, the size worth stopping for.
                 .mixture_scale(0.05),
             Metric::continuous("latency")
