@@ -422,6 +422,8 @@ struct Tally {
     latency: Vec<f64>,
     /// 5xx answers.
     errors: u64,
+    /// 4xx answers.
+    client_errors: u64,
     total: u64,
     /// Answers per status code.
     statuses: BTreeMap<u16, u64>,
@@ -434,7 +436,9 @@ fn tally(records: &[Record], arm: Arm) -> Tally {
         *t.statuses.entry(r.status).or_default() += 1;
         if r.status >= 500 {
             t.errors += 1;
-        } else if r.status < 400 {
+        } else if r.status >= 400 {
+            t.client_errors += 1;
+        } else {
             t.latency.push(r.ms);
         }
     }
@@ -461,6 +465,13 @@ fn judge_data(records: &[Record], usage: &[UsageSample]) -> BTreeMap<String, Met
         MetricData::Counts {
             baseline: Counts::new(base.errors, base.total),
             candidate: Counts::new(cand.errors, cand.total),
+        },
+    );
+    data.insert(
+        "4xx".to_string(),
+        MetricData::Counts {
+            baseline: Counts::new(base.client_errors, base.total),
+            candidate: Counts::new(cand.client_errors, cand.total),
         },
     );
     for (name, pick) in [

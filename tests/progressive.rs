@@ -483,7 +483,7 @@ fn a_canary_killed_mid_way_is_converged_by_the_next_apply() {
 /// `canary.load` the canary sends its own requests through the balancer and can decide.
 #[test]
 fn without_traffic_there_is_no_promotion_and_canary_load_supplies_it() {
-    let e = setup("1s");
+    let e = setup("2s");
     let out =
         e.t.run(&["apply", "-auto-approve", "-var", "version=v2", "s.hcl"]);
     let text = format!("{}{}", s(&out.stdout), s(&out.stderr));

@@ -204,8 +204,9 @@ impl CanarySpec {
         Ok(s)
     }
 
-    /// The fixed-horizon judge: latency (Mann-Whitney + Hodges–Lehmann within the tolerance)
-    /// and the 5xx share (critical).
+    /// The fixed-horizon judge: latency (Mann-Whitney + Hodges–Lehmann within the tolerance),
+    /// the 5xx share and the 4xx share (both critical: a candidate that starts refusing requests
+    /// the baseline serves is as broken as one that fails them).
     pub fn judge_config(&self) -> JudgeConfig {
         let mut c = JudgeConfig::with_metrics(vec![
             Metric::continuous("latency")
@@ -215,6 +216,11 @@ impl CanarySpec {
             Metric::proportion("errors")
                 .direction(Direction::Increase)
                 .critical(true)
+                .min_samples(self.min_requests),
+            Metric::proportion("4xx")
+                .direction(Direction::Increase)
+                .critical(true)
+                .abs_tolerance(0.005)
                 .min_samples(self.min_requests),
         ]);
         c.confidence = self.confidence;

@@ -57,6 +57,7 @@ fn hostport(m: &JsonMap, port_key: &str) -> Option<String> {
 struct ArmData {
     latency_ms: Vec<f64>,
     errors: u64,
+    client_errors: u64,
     total: u64,
 }
 
@@ -225,7 +226,9 @@ impl Run<'_> {
                         if a.status >= 500 {
                             arm.errors += 1;
                             n.0 += 1;
-                        } else if a.status < 400 && a.secs.is_finite() {
+                        } else if a.status >= 400 {
+                            arm.client_errors += 1;
+                        } else if a.secs.is_finite() {
                             let ms = a.secs * 1000.0;
                             arm.latency_ms.push(ms);
                             batches.push(side, ms);
@@ -362,6 +365,13 @@ impl Run<'_> {
             MetricData::Counts {
                 baseline: Counts::new(b.errors, b.total),
                 candidate: Counts::new(c.errors, c.total),
+            },
+        );
+        data.insert(
+            "4xx".to_string(),
+            MetricData::Counts {
+                baseline: Counts::new(b.client_errors, b.total),
+                candidate: Counts::new(c.client_errors, c.total),
             },
         );
         judge(cfg, &data)
