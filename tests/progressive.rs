@@ -616,3 +616,41 @@ fn errors_and_latency_regressions_are_caught_live_by_the_sequential_test() {
     }
     e.t.ok(&["destroy", "-auto-approve", "s.hcl"]);
 }
+
+/// Ctrl-C during a canary stops it at the next look, like `pipeline rollback`: the candidate
+/// gets no traffic, the old version serves, and the release is recorded as aborted.
+#[test]
+fn ctrl_c_during_a_canary_aborts_it_at_once() {
+    let e = setup("60s");
+    let load = start_load(e.port);
+    let child = apply_until_canary_runs(&e, "v2");
+    std::thread::sleep(Duration::from_secs(1));
+    let t0 = Instant::now();
+    // SAFETY: a signal to the apply this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let took = t0.elapsed();
+    let report = load.stop();
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    println!(
+        "{text}\nexited {took:?} after SIGINT; load: {}",
+        report.summary()
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("interrupted (Ctrl-C)"), "{text}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert_eq!(report.failed, 0);
+    assert!(!conf(&e.t).contains("# canary"));
+    assert_eq!(
+        versions_through(e.port, 10).keys().collect::<Vec<_>>(),
+        vec!["v1"]
+    );
+    let st = state(&e.t);
+    assert!(
+        st.resources["service.web[0]"].attrs["canary_aborted"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted")
+    );
+    e.t.ok(&["destroy", "-auto-approve", "s.hcl"]);
+}

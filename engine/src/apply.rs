@@ -94,6 +94,7 @@ enum Phase {
         config: ValueMap,
         members: Vec<Staged>,
         progress: Progress,
+        cancel: Arc<AtomicBool>,
     },
 }
 
@@ -274,7 +275,7 @@ pub async fn apply(
                     let grp = &mut groups[g];
                     grp.reported += 1;
                     grp.failed.get_or_insert_with(|| c.addr.clone());
-                    spawn_later.extend(resolve(grp, plan, &progress));
+                    spawn_later.extend(resolve(grp, plan, &progress, &opts.cancel));
                 }
             }
             if let Some(b) = queue.blocked_by[i].clone() {
@@ -458,7 +459,7 @@ pub async fn apply(
                 let g = group_of[i].expect("staged steps belong to a group");
                 groups[g].reported += 1;
                 groups[g].staged.push((i, attrs));
-                spawn_later.extend(resolve(&mut groups[g], plan, &progress));
+                spawn_later.extend(resolve(&mut groups[g], plan, &progress, &opts.cancel));
             }
             Ok(Outcome::Aborted) if group_of[i].is_some_and(|g| groups[g].progressive) => {
                 // The release is recorded as aborted: the instance runs what it ran before, and
@@ -550,7 +551,7 @@ pub async fn apply(
                 }) {
                     groups[g].reported += 1;
                     groups[g].failed.get_or_insert_with(|| c.addr.clone());
-                    spawn_later.extend(resolve(&mut groups[g], plan, &progress));
+                    spawn_later.extend(resolve(&mut groups[g], plan, &progress, &opts.cancel));
                 }
             }
         }
@@ -668,6 +669,7 @@ fn resolve(
     g: &mut Group,
     plan: &Plan,
     progress: &dyn Fn(String) -> Progress,
+    cancel: &Arc<AtomicBool>,
 ) -> Vec<(usize, Phase)> {
     if g.reported < g.members.len() {
         return vec![];
@@ -693,6 +695,7 @@ fn resolve(
                 config: g.config.clone().unwrap_or_default(),
                 members,
                 progress: progress(block),
+                cancel: cancel.clone(),
             },
         )];
     }
@@ -848,10 +851,11 @@ async fn run_step(
             config,
             members,
             progress,
+            cancel,
         } => {
             return Ok(Outcome::Analyzed(
                 provider
-                    .analyze(&ctx, &kind, &block, &config, &members, progress)
+                    .analyze(&ctx, &kind, &block, &config, &members, progress, cancel)
                     .await,
             ))
         }

@@ -337,6 +337,8 @@ pub trait Provider: Send + Sync {
     /// Progressive rollouts: every instance of `block` is staged; shift traffic to the staged
     /// versions step by step and judge them. Ok: promote (the engine commits every instance).
     /// Err: abort (the engine aborts every instance); by then the staged versions get no traffic.
+    /// `cancel` is set on Ctrl-C: stop soon, as an abort.
+    #[allow(clippy::too_many_arguments)]
     async fn analyze(
         &self,
         _ctx: &ProviderCtx,
@@ -345,6 +347,7 @@ pub trait Provider: Send + Sync {
         _config: &ValueMap,
         _members: &[Staged],
         _progress: Progress,
+        _cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<(), Aborted> {
         Ok(())
     }

@@ -79,6 +79,7 @@ pub fn analyze(
     config: &ValueMap,
     members: &[Staged],
     progress: Progress,
+    cancel: &AtomicBool,
 ) -> Result<(), Aborted> {
     let abort = |step: u32, reason: String| Aborted { step, reason };
     let spec = CanarySpec::from_value(
@@ -131,6 +132,7 @@ pub fn analyze(
         progress: &progress,
         ctl: &ctl,
         cmd: &cmd,
+        cancel,
     };
     let result = run.steps();
     if let Err(a) = &result {
@@ -170,6 +172,7 @@ struct Run<'a> {
     progress: &'a Progress,
     ctl: &'a Path,
     cmd: &'a Path,
+    cancel: &'a AtomicBool,
 }
 
 impl Run<'_> {
@@ -285,6 +288,12 @@ impl Run<'_> {
                             ),
                         });
                     }
+                }
+                if self.cancel.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(Aborted {
+                        step: p,
+                        reason: "interrupted (Ctrl-C)".into(),
+                    });
                 }
                 match std::fs::read_to_string(self.cmd)
                     .ok()

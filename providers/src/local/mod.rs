@@ -127,6 +127,7 @@ impl Provider for Local {
         config: &ValueMap,
         members: &[Staged],
         progress: Progress,
+        cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<(), Aborted> {
         if kind != "service" {
             return Ok(());
@@ -138,7 +139,7 @@ impl Provider for Local {
             members.to_vec(),
         );
         tokio::task::spawn_blocking(move || {
-            canary::analyze(&ctx, &block, &config, &members, progress)
+            canary::analyze(&ctx, &block, &config, &members, progress, &cancel)
         })
         .await
         .unwrap_or_else(|e| {
