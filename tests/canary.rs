@@ -69,6 +69,16 @@ echo built
     t
 }
 
+/// `pipeline canary master master --json` with `extra` flags: exit 0; returns the JSON.
+fn passing_canary_json(t: &Scratch, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["canary", "master", "master", "--stack", "s.hcl", "--json"];
+    args.extend(extra);
+    let out = t.run(&args);
+    let stdout = s(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", s(&out.stderr));
+    serde_json::from_str(&stdout).unwrap()
+}
+
 /// No verdict: exit 1, nothing on stdout, no report; returns stderr.
 fn no_verdict(t: &Scratch, candidate: &str) -> String {
     let t0 = Instant::now();
@@ -485,21 +495,7 @@ fn arms_of_a_fixed_port_app_run_side_by_side_in_namespaces() {
                 "  start_timeout = \"3s\"\n  network       = { namespace = true, port = 3000 }",
             ),
     );
-    let out = t.run(&[
-        "canary",
-        "master",
-        "master",
-        "--stack",
-        "s.hcl",
-        "--duration",
-        "6s",
-        "--replicas",
-        "2",
-        "--json",
-    ]);
-    let stdout = s(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{}", s(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let v = passing_canary_json(&t, &["--duration", "6s", "--replicas", "2"]);
     // Four processes listening on port 3000 at once: only possible in namespaces of their own.
     assert_eq!(v["verdict"]["outcome"], "pass", "{v}");
     assert_eq!(v["load"]["replicas"], 2, "{v}");
@@ -520,21 +516,7 @@ fn arms_of_a_fixed_port_app_run_side_by_side_in_namespaces() {
 #[test]
 fn master_vs_master_passes_early_once_the_evidence_is_in() {
     let t = setup();
-    let out = t.run(&[
-        "canary",
-        "master",
-        "master",
-        "--stack",
-        "s.hcl",
-        "--duration",
-        "120s",
-        "--rate",
-        "200",
-        "--json",
-    ]);
-    let stdout = s(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{}", s(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let v = passing_canary_json(&t, &["--duration", "120s", "--rate", "200"]);
     println!(
         "passed early after {} s, {} requests",
         v["early_stop"]["after_s"], v["load"]["sent"]

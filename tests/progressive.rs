@@ -106,6 +106,14 @@ fn apply_until_canary_runs(e: &Env, version: &str) -> std::process::Child {
     child
 }
 
+/// `destroy`, then no process of the stack is left.
+fn destroy_all(t: &Scratch) {
+    t.ok(&["destroy", "-auto-approve", "s.hcl"]);
+    assert!(wait_until(Duration::from_secs(5), || t
+        .processes()
+        .is_empty()));
+}
+
 fn start_load(port: u16) -> load::Load {
     load::start(
         &format!("127.0.0.1:{port}"),
@@ -218,7 +226,7 @@ fn a_good_candidate_is_promoted_step_by_step() {
         assert!(a.get("standby_generation").is_none(), "{a:?}");
         assert!(a.get("canary_aborted").is_none(), "{a:?}");
     }
-    e.t.ok(&["destroy", "-auto-approve", "s.hcl"]);
+    destroy_all(&e.t);
 }
 
 #[test]
@@ -317,12 +325,8 @@ fn a_candidate_that_starts_failing_is_stopped_within_one_interval() {
         ptext.contains("the last canary of a change here was aborted at"),
         "{ptext}"
     );
-    // No candidate process is left: two slots and two apps, plus nginx and its supervisor.
-    e.t.ok(&["destroy", "-auto-approve", "s.hcl"]);
-    assert!(wait_until(Duration::from_secs(5), || e
-        .t
-        .processes()
-        .is_empty()));
+    // Nothing of the stack, the candidate included, is left running.
+    destroy_all(&e.t);
 }
 
 #[test]
@@ -370,7 +374,7 @@ fn promote_and_rollback_control_a_running_canary() {
         "{}",
         s(&p.stderr)
     );
-    e.t.ok(&["destroy", "-auto-approve", "s.hcl"]);
+    destroy_all(&e.t);
 }
 
 /// An app that cannot choose its port: both arms listen on 3000, each generation in a network
@@ -408,11 +412,7 @@ load: {}",
         versions_through(e.port, 10).keys().collect::<Vec<_>>(),
         vec!["v2"]
     );
-    e.t.ok(&["destroy", "-auto-approve", "s.hcl"]);
-    assert!(wait_until(Duration::from_secs(5), || e
-        .t
-        .processes()
-        .is_empty()));
+    destroy_all(&e.t);
 }
 
 /// A SIGKILL of the apply in the middle of a canary: the next plan sees the shifted balancer as
@@ -472,11 +472,7 @@ fn a_canary_killed_mid_way_is_converged_by_the_next_apply() {
         })
         .collect();
     assert_eq!(gens.len(), 2, "{gens:?}");
-    e.t.ok(&["destroy", "-auto-approve", "s.hcl"]);
-    assert!(wait_until(Duration::from_secs(5), || e
-        .t
-        .processes()
-        .is_empty()));
+    destroy_all(&e.t);
 }
 
 /// A stack nobody sends traffic to gets no verdict, so the release is not promoted; with
@@ -515,7 +511,7 @@ fn without_traffic_there_is_no_promotion_and_canary_load_supplies_it() {
         versions_through(e.port, 10).keys().collect::<Vec<_>>(),
         vec!["v2"]
     );
-    e.t.ok(&["destroy", "-auto-approve", "s.hcl"]);
+    destroy_all(&e.t);
 }
 
 /// A canary needs a balancer to shift: without one the update is refused before any traffic,
@@ -540,7 +536,7 @@ fn a_canary_without_a_balancer_says_what_to_do() {
     let a = &st.resources["service.web[0]"].attrs;
     assert_eq!(a["env"]["VERSION"], "v1");
     assert_eq!(a["canary_aborted"]["step"], 0);
-    t.ok(&["destroy", "-auto-approve", "s.hcl"]);
+    destroy_all(&t);
     assert!(wait_until(Duration::from_secs(5), || t
         .processes()
         .is_empty()));
@@ -614,7 +610,7 @@ fn errors_and_latency_regressions_are_caught_live_by_the_sequential_test() {
         };
         assert!(line.contains(metric), "{what}: {text}");
     }
-    e.t.ok(&["destroy", "-auto-approve", "s.hcl"]);
+    destroy_all(&e.t);
 }
 
 /// Ctrl-C during a canary stops it at the next look, like `pipeline rollback`: the candidate
@@ -652,5 +648,5 @@ fn ctrl_c_during_a_canary_aborts_it_at_once() {
             .unwrap()
             .contains("interrupted")
     );
-    e.t.ok(&["destroy", "-auto-approve", "s.hcl"]);
+    destroy_all(&e.t);
 }
