@@ -583,6 +583,21 @@ async fn run_arms(
      -> [(Arm, u64, u64); 2] {
         let mut counts = [(Arm::Baseline, 0, 0), (Arm::Candidate, 0, 0)];
         for ans in tail.read_new() {
+            // Attempts nginx gave up on and retried elsewhere fail their own arm.
+            for (up, status) in &ans.failed_attempts {
+                let Some(&arm) = arm_of.get(up) else {
+                    continue;
+                };
+                records.push(Record {
+                    t: ans.at - t0,
+                    arm,
+                    status: (*status).max(500),
+                    ms: 0.0,
+                });
+                let c = &mut counts[usize::from(arm == Arm::Candidate)];
+                c.1 += 1;
+                c.2 += 1;
+            }
             let Some(&arm) = arm_of.get(&ans.upstream) else {
                 continue;
             };

@@ -599,15 +599,21 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
         }
         Cmd::Promote { service } => {
             let block = service_block(&service);
-            let step = ops::signal_canary(&ws, &block, "promote")?;
+            let (step, ended) = ops::signal_canary(&ws, &block, "promote")?;
+            if ended != "promoted" {
+                anyhow::bail!("{block}: the canary at {step}% ended before the promotion: {ended}");
+            }
             println!("{block}: the canary at {step}% was promoted; the apply running it switches every instance to the candidate.");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Rollback { service } => {
             let block = service_block(&service);
             if ops::canary_running(&ws, &block) {
-                let step = ops::signal_canary(&ws, &block, "abort")?;
-                println!("{block}: the canary was stopped at {step}%; the candidate gets no traffic and the previous version keeps serving.");
+                let (step, ended) = ops::signal_canary(&ws, &block, "abort")?;
+                if ended == "promoted" {
+                    anyhow::bail!("{block}: the canary at {step}% was promoted before it could be stopped; roll back with a deploy of the previous version");
+                }
+                println!("{block}: the canary was stopped at {step}% ({ended}); the candidate gets no traffic and the previous version keeps serving.");
                 return Ok(ExitCode::SUCCESS);
             }
             let _lock = ops::lock(&ws, "rollback", &mut stale_note)?;

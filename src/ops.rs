@@ -362,9 +362,10 @@ pub fn canary_running(ws: &Workspace, block: &str) -> bool {
 }
 
 /// Tell the apply running a canary of `block` to `promote` or `abort` it, and wait until it
-/// has (the control file goes when the analysis ends). Returns the step it was at.
-pub fn signal_canary(ws: &Workspace, block: &str, what: &str) -> Result<u64> {
-    use pipeline_providers::local::canary::{command_file, control_file};
+/// has (the control file goes when the analysis ends). Returns the step it was at and how the
+/// canary ended (it may have been aborted by its judge in the same look).
+pub fn signal_canary(ws: &Workspace, block: &str, what: &str) -> Result<(u64, String)> {
+    use pipeline_providers::local::canary::{command_file, control_file, result_file};
     let ctl = control_file(&ws.dir, block);
     if !canary_running(ws, block) {
         anyhow::bail!("no canary of {block} is running\n  = help: a canary runs during `pipeline apply` of a service with update = {{ strategy = \"canary\" }}");
@@ -374,6 +375,7 @@ pub fn signal_canary(ws: &Workspace, block: &str, what: &str) -> Result<u64> {
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .and_then(|v| v["step"].as_u64())
         .unwrap_or(0);
+    let _ = std::fs::remove_file(result_file(&ws.dir, block));
     std::fs::write(command_file(&ws.dir, block), what)?;
     let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while ctl.exists() && std::time::Instant::now() < until {
@@ -382,5 +384,7 @@ pub fn signal_canary(ws: &Workspace, block: &str, what: &str) -> Result<u64> {
     if ctl.exists() {
         anyhow::bail!("the canary of {block} did not answer within 30 s; its apply may be stuck");
     }
-    Ok(step)
+    let ended = std::fs::read_to_string(result_file(&ws.dir, block)).unwrap_or_default();
+    let _ = std::fs::remove_file(result_file(&ws.dir, block));
+    Ok((step, ended))
 }

@@ -310,6 +310,17 @@ pub async fn apply(
                     Err(e) => {
                         note_failed(&mut report, on_event, c, e);
                         queue.finish(i, Some(&c.addr));
+                        // A two-phase group waits for every member: this one is done (failed).
+                        if let Some(g) = group_of[i].filter(|&g| groups[g].two_phase) {
+                            groups[g].reported += 1;
+                            groups[g].failed.get_or_insert_with(|| c.addr.clone());
+                            spawn_later.extend(resolve(
+                                &mut groups[g],
+                                plan,
+                                &progress,
+                                &opts.cancel,
+                            ));
+                        }
                         continue;
                     }
                 }
@@ -470,7 +481,7 @@ pub async fn apply(
                     _ => Aborted {
                         step: 0,
                         reason: format!(
-                            "{} failed to start, so no traffic was shifted",
+                            "{} did not stage (it failed or was not started), so no traffic was shifted",
                             groups[g].failed.clone().unwrap_or_default()
                         ),
                     },

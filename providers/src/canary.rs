@@ -274,19 +274,24 @@ impl LatencyBatches {
             pipeline_analysis::Arm::Candidate => self.candidate.push(ms),
         }
     }
-    /// Feed each arm's batch median (if it has 5 answers) to `metric` of `seq`, and start anew.
+    /// Once both arms have 5 answers: feed one median per arm to `metric` of `seq`, and start
+    /// anew. The medians are of equally many answers (the bigger arm's evenly thinned in time),
+    /// since a median's bias and spread depend on how many it is of: at a 5 % step the candidate
+    /// has a twentieth of the baseline's answers.
     pub fn flush(&mut self, seq: &mut pipeline_analysis::SequentialJudge, metric: &str) {
         use pipeline_analysis::Arm;
+        let n = self.baseline.len().min(self.candidate.len());
+        if n < 5 {
+            return;
+        }
         for (arm, v) in [
             (Arm::Baseline, &mut self.baseline),
             (Arm::Candidate, &mut self.candidate),
         ] {
-            if v.len() >= 5 {
-                v.sort_by(f64::total_cmp);
-                let m = v[v.len() / 2];
-                let _ = seq.observe(arm, metric, m + SEQ_LATENCY_OFFSET_MS);
-                v.clear();
-            }
+            let mut batch: Vec<f64> = (0..n).map(|i| v[i * v.len() / n]).collect();
+            batch.sort_by(f64::total_cmp);
+            let _ = seq.observe(arm, metric, batch[n / 2] + SEQ_LATENCY_OFFSET_MS);
+            v.clear();
         }
     }
 }
@@ -301,6 +306,10 @@ pub struct Answer {
     pub secs: f64,
     /// The upstream that finally answered (`host:port`); on retries nginx lists every one tried.
     pub upstream: String,
+    /// Upstreams tried before it, which failed (connection refused, timeout, 502, 503: nginx
+    /// moved on), with their status (502 when nginx had none). Each is a failure of its own
+    /// upstream that the client never saw.
+    pub failed_attempts: Vec<(String, u16)>,
 }
 
 /// A line of `$msec $status $request_time $upstream_addr $upstream_status`.
@@ -309,13 +318,17 @@ pub fn parse_access_line(line: &str) -> Option<Answer> {
     if f.len() < 4 {
         return None;
     }
-    // `$upstream_addr` lists every upstream tried (`a, b`); `$upstream_status` follows.
-    let last = f[3..]
+    // `$upstream_addr` lists every upstream tried (`a, b`); `$upstream_status` follows (`502, 200`).
+    let addrs: Vec<&str> = f[3..]
         .iter()
         .map(|t| t.trim_end_matches(','))
         .take_while(|t| t.contains(':') && *t != ":")
-        .last()
-        .unwrap_or("-");
+        .collect();
+    let statuses: Vec<u16> = f[3 + addrs.len()..]
+        .iter()
+        .map(|t| t.trim_end_matches(',').parse().unwrap_or(502))
+        .collect();
+    let (&last, earlier) = addrs.split_last()?;
     if last.is_empty() || last == "-" {
         return None;
     }
@@ -324,6 +337,11 @@ pub fn parse_access_line(line: &str) -> Option<Answer> {
         status: f[1].parse().ok()?,
         secs: f[2].parse().unwrap_or(f64::NAN),
         upstream: last.to_string(),
+        failed_attempts: earlier
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.to_string(), statuses.get(i).copied().unwrap_or(502)))
+            .collect(),
     })
 }
 
@@ -348,6 +366,10 @@ impl LogTail {
         let Ok(mut f) = std::fs::File::open(&self.path) else {
             return vec![];
         };
+        // A truncated or replaced log starts again from its beginning.
+        if f.metadata().is_ok_and(|m| m.len() < self.pos) {
+            self.pos = 0;
+        }
         if f.seek(SeekFrom::Start(self.pos)).is_err() {
             return vec![];
         }
@@ -529,10 +551,13 @@ mod tests {
     #[test]
     fn access_lines_name_the_upstream_that_answered() {
         let a =
-            parse_access_line("1700000000.123 502 0.004 127.0.0.1:4001, 127.0.0.1:4002 502, 200")
+            parse_access_line("1700000000.123 200 0.004 127.0.0.1:4001, 127.0.0.1:4002 502, 200")
                 .unwrap();
         assert_eq!(a.upstream, "127.0.0.1:4002");
-        assert_eq!(a.status, 502);
+        assert_eq!(a.status, 200);
+        assert_eq!(a.failed_attempts, vec![("127.0.0.1:4001".to_string(), 502)]);
+        let a = parse_access_line("1700000000.123 200 0.004 127.0.0.1:4002 200").unwrap();
+        assert!(a.failed_attempts.is_empty());
         assert!(parse_access_line("1700000000.123 404 0.000 - -").is_none());
     }
 }

@@ -37,6 +37,13 @@ pub fn control_file(work_dir: &Path, block: &str) -> PathBuf {
         .join(format!("{}.canary", sanitize(block)))
 }
 
+/// How the last canary of `block` ended (`promoted` or `aborted at N%: reason`).
+pub fn result_file(work_dir: &Path, block: &str) -> PathBuf {
+    work_dir
+        .join("run")
+        .join(format!("{}.canary.result", sanitize(block)))
+}
+
 pub fn command_file(work_dir: &Path, block: &str) -> PathBuf {
     work_dir
         .join("run")
@@ -149,12 +156,26 @@ pub fn analyze(
             "canary aborted at {}%: {}; the candidate gets no traffic",
             a.step, a.reason
         ));
+        // nginx reloads gracefully: requests already sent to the candidate finish before it
+        // is stopped.
+        std::thread::sleep(Duration::from_secs(1));
     }
     stop_load.store(true, std::sync::atomic::Ordering::SeqCst);
     if let Some(l) = load {
         if let Ok(s) = l.join() {
             progress(format!("synthetic load through the balancer: {s}"));
         }
+    }
+    // What `pipeline promote` / `rollback` (who wrote the command file) tell their user, then
+    // the canary is over.
+    if cmd.exists() {
+        let _ = std::fs::write(
+            result_file(&ctx.work_dir, block),
+            match &result {
+                Ok(()) => "promoted".to_string(),
+                Err(a) => format!("aborted at {}%: {}", a.step, a.reason),
+            },
+        );
     }
     let _ = std::fs::remove_file(&ctl);
     let _ = std::fs::remove_file(&cmd);
@@ -217,6 +238,21 @@ impl Run<'_> {
                 let (mut nb, mut nc) = ((0u64, 0u64), (0u64, 0u64));
                 for t in tails.iter_mut() {
                     for a in t.read_new() {
+                        // Attempts nginx gave up on (and retried elsewhere) are failures of
+                        // their own upstream, even if the client got an answer.
+                        for (up, _) in &a.failed_attempts {
+                            let (arm, n) = if base.contains(up.as_str()) {
+                                (&mut b, &mut nb)
+                            } else if cand.contains(up.as_str()) {
+                                (&mut c, &mut nc)
+                            } else {
+                                continue;
+                            };
+                            arm.total += 1;
+                            arm.errors += 1;
+                            n.0 += 1;
+                            n.1 += 1;
+                        }
                         let (side, arm, n) = if base.contains(a.upstream.as_str()) {
                             (Arm::Baseline, &mut b, &mut nb)
                         } else if cand.contains(a.upstream.as_str()) {
@@ -231,7 +267,8 @@ impl Run<'_> {
                             n.0 += 1;
                         } else if a.status >= 400 {
                             arm.client_errors += 1;
-                        } else if a.secs.is_finite() {
+                        } else if a.secs.is_finite() && a.failed_attempts.is_empty() {
+                            // (A retried request's time includes the failed attempt.)
                             let ms = a.secs * 1000.0;
                             arm.latency_ms.push(ms);
                             batches.push(side, ms);
@@ -275,8 +312,11 @@ impl Run<'_> {
                     };
                     let dir = generation_dir(&self.ctx.work_dir, &m.addr, Some(g));
                     let st = pipeline_supervise::status(&dir);
+                    // A dead process, or 3 health checks failed in a row (one can be a blip).
                     let ok = st.as_ref().is_some_and(|s| {
-                        s.supervisor_alive && s.child_alive && s.healthy != Some(false)
+                        s.supervisor_alive
+                            && s.child_alive
+                            && !(s.healthy == Some(false) && s.consecutive_failures >= 3)
                     });
                     if !ok {
                         return Err(Aborted {

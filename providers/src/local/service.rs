@@ -382,9 +382,11 @@ pub async fn commit(
             let canary = update_policy_of(&staged).canary;
             let out = commit_update(&ctx, &addr, &staged, !canary)?;
             // A promoted canary: the slot now serves the candidate; its own line leaves the
-            // balancers (they were shifted to it directly).
+            // balancers (they were shifted to it directly). The switch is done and must be
+            // recorded whatever happens here: a balancer left shifted shows as drift on the
+            // next plan, and the next stage puts its stack config back.
             if let Some(c) = candidate_addr(&staged) {
-                crate::nginx::canary::remove_candidate(&ctx.work_dir, &c).map_err(err)?;
+                let _ = crate::nginx::canary::remove_candidate(&ctx.work_dir, &c);
             }
             Ok(out)
         } else {
@@ -398,14 +400,16 @@ pub async fn commit(
 pub async fn abort(ctx: &ProviderCtx, addr: &str, staged: &JsonMap) -> Result<(), ProviderError> {
     let (ctx, addr, staged) = (ctx.clone(), addr.to_string(), staged.clone());
     blocking(move || {
-        // An aborted canary's candidate gets no traffic before it stops.
-        if let Some(c) = candidate_addr(&staged) {
-            crate::nginx::canary::remove_candidate(&ctx.work_dir, &c).map_err(err)?;
-        }
+        // An aborted canary's candidate gets no traffic before it stops; it stops even if a
+        // balancer could not be rewritten (nginx then retries its other servers).
+        let removed = match candidate_addr(&staged) {
+            Some(c) => crate::nginx::canary::remove_candidate(&ctx.work_dir, &c),
+            None => Ok(()),
+        };
         if let Some(g) = num(&staged, "staged_generation") {
             stop_gen(&ctx, &addr, g)?;
         }
-        Ok(())
+        removed.map_err(err)
     })
     .await
 }
@@ -700,6 +704,9 @@ fn stage_update(
             slot::switch(&sdir, Some(want), Duration::from_secs(5)).map_err(err)?;
         }
     }
+    // A canary killed mid-way may have left balancers shifted to its candidates: put them back
+    // before the leftovers stop.
+    crate::nginx::canary::restore_orphaned(&ctx.work_dir).map_err(err)?;
     // Generations that are neither serving nor kept as standby are leftovers.
     for g in generations(ctx, addr) {
         if g != active && Some(g) != standby {

@@ -46,6 +46,45 @@ fn stable(prefix: &Path) -> PathBuf {
     prefix.join("conf/nginx.conf.stable")
 }
 
+/// The pid of the process whose canary shifted this balancer.
+fn owner(prefix: &Path) -> PathBuf {
+    prefix.join("conf/canary.owner")
+}
+
+/// Put the stack's config back, as the canary shifting it is over.
+fn restore(prefix: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(stable(prefix)).map_err(|e| e.to_string())?;
+    write_and_reload(prefix, &text)?;
+    let _ = std::fs::remove_file(stable(prefix));
+    let _ = std::fs::remove_file(owner(prefix));
+    Ok(())
+}
+
+/// Balancers still shifted by a canary whose process is gone (a crash, a kill): their stack
+/// config goes back before anything new is staged, so nginx never keeps sending traffic to a
+/// candidate that no longer runs (or to whatever reuses its port later).
+pub fn restore_orphaned(work_dir: &Path) -> Result<(), String> {
+    let Ok(rd) = std::fs::read_dir(work_dir.join("run")) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let prefix = e.path();
+        if !stable(&prefix).exists() {
+            continue;
+        }
+        let _lock = ConfLock::take(&prefix).map_err(|e| e.to_string())?;
+        let alive = std::fs::read_to_string(owner(&prefix))
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            // SAFETY: signal 0 only asks whether the process exists.
+            .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
+        if !alive && stable(&prefix).exists() {
+            restore(&prefix)?;
+        }
+    }
+    Ok(())
+}
+
 /// Every running balancer under `work_dir` with an upstream that names one of `baseline`.
 pub fn balancers_routing_to(work_dir: &Path, baseline: &[String]) -> Vec<Shifted> {
     let Ok(rd) = std::fs::read_dir(work_dir.join("run")) else {
@@ -129,27 +168,41 @@ pub fn shifted_config(
             i = end + 1;
             continue;
         };
-        // Existing servers share (100 − p) %, the candidate's p %: scale both sides.
-        let total: u64 = servers.iter().map(|(_, _, w)| w).sum::<u64>().max(1);
+        // The baseline's share of the upstream is split (100 − p) : p between it and the
+        // candidate; other services in the same route keep their share (everything is scaled by
+        // the same factor, 100 × the number of candidate servers).
+        let is_base = |a: &str| baseline.iter().any(|b| b == a);
+        let base_total: u64 = servers
+            .iter()
+            .filter(|(_, a, _)| is_base(a))
+            .map(|(_, _, w)| w)
+            .sum::<u64>()
+            .max(1);
         let nc = candidate.len() as u64;
         let p = u64::from(percent.min(100));
-        let keep = |w: u64| w * (100 - p) * nc;
-        let cand_w = p * total;
+        let scaled = |a: &str, w: u64| {
+            if is_base(a) {
+                w * (100 - p) * nc
+            } else {
+                w * 100 * nc
+            }
+        };
+        let cand_w = p * base_total;
         let mut g = cand_w;
-        for (_, _, w) in &servers {
-            if keep(*w) > 0 {
-                g = gcd(g, keep(*w));
+        for (_, a, w) in &servers {
+            if scaled(a, *w) > 0 {
+                g = gcd(g, scaled(a, *w));
             }
         }
         let g = g.max(1);
         out.push(lines[start].to_string());
         for (k, l) in lines.iter().enumerate().take(end).skip(start + 1) {
             match servers.iter().find(|(j, _, _)| *j == k) {
-                Some(_) if p == 100 => out.push(format!(
+                Some((_, a, _)) if p == 100 && is_base(a) => out.push(format!(
                     "{} down;",
                     l.trim_end().trim_end_matches(';').replace(" down", "")
                 )),
-                Some((_, _, w)) => out.push(set_weight(l, keep(*w) / g)),
+                Some((_, a, w)) => out.push(set_weight(l, scaled(a, *w) / g)),
                 None => out.push(l.to_string()),
             }
         }
@@ -246,15 +299,14 @@ pub fn shift(
     let st = stable(&b.prefix);
     if percent == 0 || candidate.is_empty() {
         if st.exists() {
-            let text = std::fs::read_to_string(&st).map_err(|e| e.to_string())?;
-            write_and_reload(&b.prefix, &text)?;
-            let _ = std::fs::remove_file(&st);
+            restore(&b.prefix)?;
         }
         return Ok(());
     }
     if !st.exists() {
         std::fs::copy(conf(&b.prefix), &st).map_err(|e| e.to_string())?;
     }
+    std::fs::write(owner(&b.prefix), std::process::id().to_string()).map_err(|e| e.to_string())?;
     let text = std::fs::read_to_string(&st).map_err(|e| e.to_string())?;
     write_and_reload(
         &b.prefix,
@@ -282,16 +334,12 @@ pub fn remove_candidate(work_dir: &Path, candidate: &str) -> Result<(), String> 
             continue;
         }
         let left: Vec<&str> = text.lines().filter(|l| !mine(l)).collect();
-        let next = if left.iter().any(|l| l.ends_with("# canary")) {
+        if left.iter().any(|l| l.ends_with("# canary")) {
             let mut s = left.join("\n");
             s.push('\n');
-            s
+            write_and_reload(&prefix, &s)?;
         } else {
-            std::fs::read_to_string(stable(&prefix)).map_err(|e| e.to_string())?
-        };
-        write_and_reload(&prefix, &next)?;
-        if !next.contains("# canary") {
-            let _ = std::fs::remove_file(stable(&prefix));
+            restore(&prefix)?;
         }
     }
     Ok(())
@@ -348,5 +396,30 @@ mod tests {
             "{t}"
         );
         assert_eq!(shifted_config(CONF, &base, &cand, 0), CONF);
+    }
+
+    #[test]
+    fn other_services_in_a_route_keep_their_share() {
+        // 127.0.0.1:4001 is the baseline (weight 1); 127.0.0.1:4002 another service (weight 1).
+        let base = vec!["127.0.0.1:4001".to_string()];
+        let cand = vec!["127.0.0.1:6001".to_string()];
+        let t = shifted_config(CONF, &base, &cand, 25);
+        let w = weights(&t);
+        let get = |a: &str| w.iter().find(|x| x.0 == a).unwrap().1;
+        let total = get("127.0.0.1:4001") + get("127.0.0.1:4002") + get("127.0.0.1:6001");
+        // The other service keeps half of the route; the candidate gets 25 % of the baseline's half.
+        assert_eq!(get("127.0.0.1:4002") * 2, total, "{t}");
+        assert_eq!(get("127.0.0.1:6001") * 8, total, "{t}");
+        let t = shifted_config(CONF, &base, &cand, 100);
+        assert!(
+            !t.contains("127.0.0.1:4002 weight=100 max_fails=1 fail_timeout=10s down"),
+            "{t}"
+        );
+        assert!(
+            t.contains("server 127.0.0.1:4001")
+                && t.lines()
+                    .any(|l| l.contains("4001") && l.ends_with("down;")),
+            "{t}"
+        );
     }
 }
