@@ -396,6 +396,7 @@ load: {}",
     );
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert_eq!(report.failed, 0);
+    // The candidates were reached through slots of their own, as the baseline through its.
     let direct: Vec<String> = access_log(&e.t)
         .into_iter()
         .map(|(_, _, u)| u)
@@ -403,15 +404,29 @@ load: {}",
         .collect();
     assert!(direct.len() > 40, "{}", direct.len());
     assert!(
-        direct
-            .iter()
-            .all(|u| u.starts_with("10.213.") && u.ends_with(":3000")),
+        direct.iter().all(|u| u.starts_with("127.0.0.1:")),
         "{direct:?}"
     );
     assert_eq!(
         versions_through(e.port, 10).keys().collect::<Vec<_>>(),
         vec!["v2"]
     );
+    // Promoted: each slot forwards to its new generation at a namespace address, port 3000.
+    for i in 0..2 {
+        let cfg: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(
+                e.t.path()
+                    .join(format!(".pipeline/run/service.web_{i}_/slot/slot.json")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let active = cfg["active"].as_str().unwrap_or_default();
+        assert!(
+            active.starts_with("10.213.") && active.ends_with(":3000"),
+            "{cfg}"
+        );
+    }
     destroy_all(&e.t);
 }
 

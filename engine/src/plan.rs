@@ -428,10 +428,17 @@ pub fn make_plan(
                         ch.reason = Some(format!("`{}` forces replacement", f.name));
                     } else if !ch.changes.is_empty() {
                         ch.action = Action::Update;
+                        // How it will roll out, when that is worth reviewing (a canary's steps).
+                        ch.reason = provider
+                            .rollout(&decl.kind, &planned.object)
+                            .and_then(|r| r.describe);
                         // A progressive rollout of a change that was stopped: say so, and why.
                         if let Some(a) = p.attrs.get("canary_aborted") {
                             ch.reason = Some(format!(
-                                "the last canary of a change here was aborted{}: {}",
+                                "{}the last canary of a change here was aborted{}: {}",
+                                ch.reason
+                                    .as_ref()
+                                    .map_or(String::new(), |r| format!("{r}; ")),
                                 a.get("step")
                                     .and_then(|s| s.as_u64())
                                     .map_or(String::new(), |s| format!(" at {s}% of the traffic")),

@@ -173,6 +173,8 @@ pub struct Rollout {
     /// versions take a growing share of the traffic (a progressive canary); it decides whether
     /// they are switched (promoted) or stopped (aborted).
     pub progressive: bool,
+    /// How an update rolls out, in words, for the plan (e.g. the canary's steps).
+    pub describe: Option<String>,
 }
 
 /// One instance of a block whose update is staged, for `Provider::analyze`.

@@ -52,9 +52,7 @@ pub fn command_file(work_dir: &Path, block: &str) -> PathBuf {
 
 fn hostport(m: &JsonMap, port_key: &str) -> Option<String> {
     let address = m
-        .get("staged_backend_address")
-        .filter(|_| port_key == "staged_backend_port")
-        .or_else(|| m.get("address"))
+        .get("address")
         .and_then(|v| v.as_str())
         .unwrap_or("127.0.0.1");
     Some(format!("{address}:{}", m.get(port_key)?.as_u64()?))
@@ -101,7 +99,12 @@ pub fn analyze(
         .collect();
     let candidate: Vec<String> = members
         .iter()
-        .filter_map(|m| hostport(&m.staged, "staged_backend_port"))
+        .filter_map(|m| {
+            m.staged
+                .get("canary_target")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        })
         .collect();
     if candidate.len() != members.len() {
         // Nothing new was started (the update changed nothing the app runs): no canary needed.
@@ -361,6 +364,27 @@ impl Run<'_> {
                 verdict.score + 0.0,
                 verdict.outcome
             ));
+            // Every verdict with its evidence: test, p-value against α, effect, reason.
+            for m in &verdict.per_metric {
+                let word = |v: serde_json::Result<serde_json::Value>| {
+                    v.ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                };
+                (self.progress)(format!(
+                    "  {}{}: {} ({}, p = {}, α = {:.3}, effect {}): {}",
+                    m.name,
+                    if m.critical { " (critical)" } else { "" },
+                    word(serde_json::to_value(m.status)),
+                    word(serde_json::to_value(m.test)),
+                    m.p_value.map_or("-".into(), |p| format!("{p:.2e}")),
+                    m.threshold,
+                    m.effect
+                        .as_ref()
+                        .map_or("-".into(), |e| format!("{:+.1}%", e.relative * 100.0)),
+                    m.reason
+                ));
+            }
             if verdict.outcome == Outcome::Fail {
                 return Err(Aborted {
                     step: p,

@@ -116,6 +116,21 @@ impl Provider for Local {
             parallel: p.parallel,
             two_phase: p.blue_green,
             progressive: p.canary,
+            describe: p.canary.then(|| {
+                let spec = crate::canary::CanarySpec::from_value(
+                    config.get("canary").unwrap_or(&Value::Null),
+                )
+                .unwrap_or_default();
+                format!(
+                    "progressive canary: the new version gets {} % of the balancer's traffic, {:?} a step, judged against the old one",
+                    spec.steps
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" → "),
+                    spec.interval
+                )
+            }),
         })
     }
 

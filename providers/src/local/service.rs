@@ -387,6 +387,7 @@ pub async fn commit(
             // next plan, and the next stage puts its stack config back.
             if let Some(c) = candidate_addr(&staged) {
                 let _ = crate::nginx::canary::remove_candidate(&ctx.work_dir, &c);
+                let _ = stop_canary_slot(&ctx, &addr);
             }
             Ok(out)
         } else {
@@ -406,6 +407,7 @@ pub async fn abort(ctx: &ProviderCtx, addr: &str, staged: &JsonMap) -> Result<()
             Some(c) => crate::nginx::canary::remove_candidate(&ctx.work_dir, &c),
             None => Ok(()),
         };
+        stop_canary_slot(&ctx, &addr)?;
         if let Some(g) = num(&staged, "staged_generation") {
             stop_gen(&ctx, &addr, g)?;
         }
@@ -414,14 +416,12 @@ pub async fn abort(ctx: &ProviderCtx, addr: &str, staged: &JsonMap) -> Result<()
     .await
 }
 
-/// The staged generation's `host:port`, where a canary sends it traffic directly.
+/// Where a canary sends the staged generation its traffic: its own slot (`canary_target`).
 fn candidate_addr(staged: &JsonMap) -> Option<String> {
-    let address = staged
-        .get("staged_backend_address")
-        .or_else(|| staged.get("address"))
+    staged
+        .get("canary_target")
         .and_then(|v| v.as_str())
-        .unwrap_or("127.0.0.1");
-    Some(format!("{address}:{}", num(staged, "staged_backend_port")?))
+        .map(str::to_string)
 }
 
 /// The update policy recorded with an instance's attributes.
@@ -497,30 +497,8 @@ fn create(ctx: &ProviderCtx, addr: &str, c: &ValueMap) -> Result<JsonMap, Provid
     let port = pipeline_supervise::free_port(&address)
         .map_err(|e| ProviderError::new(format!("no free port on {address}: {e}")))?;
     let sdir = slot_dir(ctx, addr);
-    std::fs::create_dir_all(&sdir).map_err(err)?;
     let result = (|| {
-        slot::write_json(
-            &sdir.join(slot::CONFIG),
-            &slot::SlotConfig {
-                listen: format!("{address}:{port}"),
-                active: None,
-                version: 1,
-                connect_retry_ms: 3000,
-            },
-        )
-        .map_err(err)?;
-        let spec = ReplicaSpec {
-            name: format!("{addr} (slot)"),
-            command: format!("exec '{}' __slot '{}'", ctx.exe.display(), sdir.display()),
-            cwd: sdir.clone(),
-            env: Default::default(),
-            port,
-            address: address.clone(),
-            health: HealthCheck::tcp(),
-            restart: true,
-        };
-        pipeline_supervise::start(&ctx.exe, &sdir, &spec, Duration::from_secs(10)).map_err(err)?;
-        pipeline_supervise::wait_healthy(&sdir, &spec, Duration::from_secs(10)).map_err(err)?;
+        start_slot(ctx, &format!("{addr} (slot)"), &sdir, &address, port)?;
         let (generation, backend_port, build_id) = start_gen(ctx, addr, c, 1)?;
         slot::switch(
             &sdir,
@@ -544,6 +522,57 @@ fn create(ctx: &ProviderCtx, addr: &str, c: &ValueMap) -> Result<JsonMap, Provid
         let _ = std::fs::remove_dir_all(&dir);
     }
     result
+}
+
+/// Start a slot (the supervised L4 forwarder) in `sdir` listening on `address:port`, pointing
+/// nowhere yet.
+fn start_slot(
+    ctx: &ProviderCtx,
+    name: &str,
+    sdir: &Path,
+    address: &str,
+    port: u16,
+) -> Result<(), ProviderError> {
+    std::fs::create_dir_all(sdir).map_err(err)?;
+    slot::write_json(
+        &sdir.join(slot::CONFIG),
+        &slot::SlotConfig {
+            listen: format!("{address}:{port}"),
+            active: None,
+            version: 1,
+            connect_retry_ms: 3000,
+        },
+    )
+    .map_err(err)?;
+    let spec = ReplicaSpec {
+        name: name.to_string(),
+        command: format!("exec '{}' __slot '{}'", ctx.exe.display(), sdir.display()),
+        cwd: sdir.to_path_buf(),
+        env: Default::default(),
+        port,
+        address: address.to_string(),
+        health: HealthCheck::tcp(),
+        restart: true,
+    };
+    pipeline_supervise::start(&ctx.exe, sdir, &spec, Duration::from_secs(10)).map_err(err)?;
+    pipeline_supervise::wait_healthy(sdir, &spec, Duration::from_secs(10)).map_err(err)
+}
+
+/// A canary's candidate is reached through a slot of its own, as the baseline is through the
+/// instance's slot: both arms pay the same forwarding hop, so the judge compares the apps.
+fn canary_slot_dir(ctx: &ProviderCtx, addr: &str) -> PathBuf {
+    replica_dir(&ctx.work_dir, addr).join("canary-slot")
+}
+
+fn stop_canary_slot(ctx: &ProviderCtx, addr: &str) -> Result<(), ProviderError> {
+    let d = canary_slot_dir(ctx, addr);
+    if d.exists() {
+        pipeline_supervise::stop(&d, Duration::from_secs(10)).map_err(|e| {
+            ProviderError::new(format!("cannot stop the canary slot of {addr}: {e}"))
+        })?;
+        std::fs::remove_dir_all(&d).map_err(err)?;
+    }
+    Ok(())
 }
 
 fn instance_attrs(
@@ -707,6 +736,7 @@ fn stage_update(
     // A canary killed mid-way may have left balancers shifted to its candidates: put them back
     // before the leftovers stop.
     crate::nginx::canary::restore_orphaned(&ctx.work_dir).map_err(err)?;
+    stop_canary_slot(ctx, addr)?;
     // Generations that are neither serving nor kept as standby are leftovers.
     for g in generations(ctx, addr) {
         if g != active && Some(g) != standby {
@@ -731,12 +761,20 @@ fn stage_update(
     }
     out.insert("staged_generation".into(), generation.into());
     out.insert("staged_backend_port".into(), backend_port.into());
-    // In a namespace the generation has an address of its own (a canary sends to it directly).
-    if let Some(ns) = netns::of_generation(&gen_dir(ctx, addr, generation)) {
-        out.insert(
-            "staged_backend_address".into(),
-            ns.address.to_string().into(),
-        );
+    // A canary reaches the candidate through a slot of its own (see canary_slot_dir).
+    if update_policy(c).is_ok_and(|p| p.canary) {
+        let target = backend(ctx, addr, generation, &address, backend_port.into());
+        let port = pipeline_supervise::free_port(&address)
+            .map_err(|e| ProviderError::new(format!("no free port on {address}: {e}")))?;
+        let cdir = canary_slot_dir(ctx, addr);
+        let started = start_slot(ctx, &format!("{addr} (canary slot)"), &cdir, &address, port)
+            .and_then(|_| slot::switch(&cdir, Some(target), Duration::from_secs(5)).map_err(err));
+        if let Err(e) = started {
+            let _ = stop_canary_slot(ctx, addr);
+            let _ = stop_gen(ctx, addr, generation);
+            return Err(e);
+        }
+        out.insert("canary_target".into(), format!("{address}:{port}").into());
     }
     Ok(out)
 }
@@ -771,7 +809,7 @@ fn commit_update(
     .map_err(err)?;
     out.remove("staged_generation");
     out.remove("staged_backend_port");
-    out.remove("staged_backend_address");
+    out.remove("canary_target");
     out.insert("generation".into(), new_gen.into());
     out.insert("backend_port".into(), new_port.into());
     out.remove("standby_generation");
@@ -809,6 +847,7 @@ fn stop_all(ctx: &ProviderCtx, addr: &str) -> Result<(), ProviderError> {
         pipeline_supervise::stop(&sdir, Duration::from_secs(10))
             .map_err(|e| ProviderError::new(format!("cannot stop the slot of {addr}: {e}")))?;
     }
+    stop_canary_slot(ctx, addr)?;
     sweep(ctx, addr)?;
     // Namespaces of generations a crashed run never recorded.
     netns::sweep(&ctx.work_dir, addr).map_err(|e| {
