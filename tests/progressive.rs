@@ -322,9 +322,13 @@ fn a_candidate_that_starts_failing_is_stopped_within_one_interval() {
     println!("{ptext}");
     assert_eq!(plan.status.code(), Some(2), "{ptext}");
     assert!(
-        ptext.contains("the last canary of a change here was aborted at"),
+        ptext.contains("the last canary of this change was aborted at"),
         "{ptext}"
     );
+    // Another change is not blamed for it.
+    let other = e.t.ok(&["plan", "-var", "version=v3", "s.hcl"]);
+    assert!(other.contains("progressive canary:"), "{other}");
+    assert!(!other.contains("was aborted"), "{other}");
     // Nothing of the stack, the candidate included, is left running.
     destroy_all(&e.t);
 }

@@ -492,9 +492,13 @@ pub async fn apply(
                         .duration_since(std::time::UNIX_EPOCH)
                         .map(|d| d.as_secs())
                         .unwrap_or(0);
+                    let target = groups[g]
+                        .config
+                        .as_ref()
+                        .map(crate::plan::config_fingerprint);
                     attrs.insert(
                         "canary_aborted".into(),
-                        serde_json::json!({ "step": a.step, "reason": a.reason, "at": at }),
+                        serde_json::json!({ "step": a.step, "reason": a.reason, "at": at, "target": target }),
                     );
                     record(
                         store,

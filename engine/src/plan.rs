@@ -432,10 +432,13 @@ pub fn make_plan(
                         ch.reason = provider
                             .rollout(&decl.kind, &planned.object)
                             .and_then(|r| r.describe);
-                        // A progressive rollout of a change that was stopped: say so, and why.
-                        if let Some(a) = p.attrs.get("canary_aborted") {
+                        // A progressive rollout of this very change was stopped: say so, and why.
+                        let fp = config_fingerprint(&cfg);
+                        if let Some(a) = p.attrs.get("canary_aborted").filter(|a| {
+                            a.get("target").and_then(|t| t.as_str()) == Some(fp.as_str())
+                        }) {
                             ch.reason = Some(format!(
-                                "{}the last canary of a change here was aborted{}: {}",
+                                "{}the last canary of this change was aborted{}: {}",
                                 ch.reason
                                     .as_ref()
                                     .map_or(String::new(), |r| format!("{r}; ")),
@@ -784,4 +787,17 @@ pub fn state_outputs(plan: &Plan) -> BTreeMap<String, pipeline_state::OutputStat
             })
         })
         .collect()
+}
+
+/// A stable digest of an instance's evaluated configuration: which change an aborted canary
+/// was of, so a plan names the abort only for that change.
+pub fn config_fingerprint(cfg: &ValueMap) -> String {
+    use std::hash::{Hash, Hasher};
+    let sorted: std::collections::BTreeMap<&String, serde_json::Value> =
+        cfg.iter().map(|(k, v)| (k, v.to_json())).collect();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&sorted)
+        .unwrap_or_default()
+        .hash(&mut h);
+    format!("{:016x}", h.finish())
 }
