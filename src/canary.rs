@@ -17,10 +17,10 @@ use pipeline_analysis::{Arm, Decision, SequentialJudge};
 use pipeline_engine::plan::PlanOptions;
 use pipeline_engine::value::{format_number, Value, ValueMap};
 use pipeline_providers::canary::LoadStats;
-use pipeline_providers::canary::{CanarySpec, LogTail};
+use pipeline_providers::canary::{CanarySpec, LogTail, ProgressiveRecord};
 use report::{
-    ArmPair, ArmUsage, ArmWindow, EarlyStop, LoadInfo, Look, Report, RequestInfo, Series,
-    UsageSample, Window,
+    ArmPair, ArmUsage, ArmWindow, EarlyStop, LoadInfo, Look, ProgressiveInfo, Report, RequestInfo,
+    Series, UsageSample, Window,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -749,6 +749,7 @@ async fn run_arms(
         sequential: looks.last().map(|l| l.evidence.clone()).unwrap_or_default(),
         series: series(&records, usage, looks, ran),
         verdict,
+        progressive: None,
     };
     let file = std::env::current_dir()?.join(
         a.report
@@ -776,6 +777,98 @@ async fn run_arms(
         Outcome::Fail => ExitCode::from(1),
         Outcome::Marginal | Outcome::Inconclusive => ExitCode::from(3),
     })
+}
+
+/// The report of a progressive canary of `apply` from its record: the same evidence and
+/// series as `pipeline canary`'s (without CPU and memory), and the traffic share per step.
+pub fn progressive_report(p: &ProgressiveRecord) -> Report {
+    let cfg = p
+        .judge
+        .clone()
+        .unwrap_or_else(|| CanarySpec::default().judge_config());
+    let records: Vec<Record> = p
+        .answers
+        .iter()
+        .map(|a| Record {
+            t: a.t,
+            arm: a.arm,
+            status: a.status,
+            ms: a.ms,
+        })
+        .collect();
+    let data = judge_data(&records, &[]);
+    // The verdict the canary acted on; a record without one is judged again here.
+    let verdict = p.verdict.clone().unwrap_or_else(|| judge(&cfg, &data));
+    let looks: Vec<Look> = p
+        .looks
+        .iter()
+        .map(|l| Look {
+            t: l.t,
+            score: l.score,
+            outcome: l.outcome,
+            decision: l.decision.clone(),
+            evidence: l.evidence.clone(),
+        })
+        .collect();
+    let (base, cand) = (
+        tally(&records, Arm::Baseline),
+        tally(&records, Arm::Candidate),
+    );
+    let client = p.load_stats.clone().unwrap_or_default();
+    Report {
+        service: p.block.clone(),
+        baseline: "the running generation".into(),
+        candidate: "the staged generation".into(),
+        request: RequestInfo {
+            method: p.request_method.clone(),
+            path: p.request_path.clone(),
+            content_type: p.request_content_type.clone(),
+            body_bytes: p.request_body_bytes,
+        },
+        load: LoadInfo {
+            rate: p.load,
+            duration_s: p.ended_s,
+            ran_s: p.ended_s,
+            replicas: p.replicas,
+            sent: client.sent,
+            ok_2xx: client.ok,
+            other: client.failed,
+            answers: ArmPair {
+                baseline: base.total,
+                candidate: cand.total,
+            },
+        },
+        early_stop: p.sequential_stop.as_ref().map(|s| EarlyStop {
+            after_s: s.t,
+            metric: s.metric.clone(),
+            passed: false,
+        }),
+        confidence: cfg.confidence,
+        pass_threshold: cfg.pass_threshold,
+        marginal_threshold: cfg.marginal_threshold,
+        evidence: evidence(&cfg, &data, &verdict),
+        sequential: looks.last().map(|l| l.evidence.clone()).unwrap_or_default(),
+        series: series(&records, Vec::new(), looks, p.ended_s),
+        verdict,
+        progressive: Some(ProgressiveInfo {
+            result: p.result.clone(),
+            steps: p.steps.iter().map(|s| (s.t, s.percent)).collect(),
+            dropped_answers: p.dropped_answers,
+        }),
+    }
+}
+
+/// Renders the progressive canary's record `json` (`.pipeline/reports/NAME.json`) as
+/// `NAME.html` beside it.
+pub fn write_progressive_report(json: &Path) -> Result<PathBuf> {
+    let text = std::fs::read_to_string(json)
+        .with_context(|| format!("cannot read the canary's record {}", json.display()))?;
+    let rec: ProgressiveRecord = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a canary record", json.display()))?;
+    let html = json.with_extension("html");
+    std::fs::write(&html, report::render_html(&progressive_report(&rec)))
+        .with_context(|| format!("cannot write the report {}", html.display()))?;
+    Ok(html)
 }
 
 /// Latency and errors per window, and the latency ECDF, from the answers.
@@ -1625,5 +1718,66 @@ mod tests {
         a.path = Some("nope".into());
         let e = settings(None, &a).unwrap_err().to_string();
         assert!(e.contains("must start with /"), "{e}");
+    }
+
+    #[test]
+    fn a_progressive_record_reads_back_and_renders_without_usage_charts() {
+        use pipeline_providers::canary::{AnswerRecord, LookRecord, StepMark};
+        let spec = CanarySpec::default();
+        let mut rec = ProgressiveRecord {
+            block: "service.web".into(),
+            judge: Some(spec.judge_config()),
+            steps: vec![
+                StepMark { t: 0.0, percent: 5 },
+                StepMark {
+                    t: 3.0,
+                    percent: 25,
+                },
+                StepMark { t: 4.5, percent: 0 },
+            ],
+            result: "aborted at 25%: `errors` regressed".into(),
+            ended_s: 4.5,
+            ..Default::default()
+        };
+        let seq = SequentialJudge::new(spec.sequential_config());
+        for i in 0..400 {
+            let arm = if i % 4 == 0 {
+                Arm::Candidate
+            } else {
+                Arm::Baseline
+            };
+            let status = if arm == Arm::Candidate && i > 200 {
+                500
+            } else {
+                200
+            };
+            rec.answers.push(AnswerRecord {
+                t: i as f64 / 90.0,
+                arm,
+                status,
+                ms: 2.0 + (i % 7) as f64,
+            });
+        }
+        // Before any data the sequential evidence is NaN (written as null).
+        rec.looks.push(LookRecord {
+            t: 0.5,
+            score: 0.0,
+            outcome: Outcome::Inconclusive,
+            decision: "continue".into(),
+            evidence: seq.evidence(),
+        });
+        let back: ProgressiveRecord =
+            serde_json::from_str(&serde_json::to_string(&rec).unwrap()).unwrap();
+        assert!(back.looks[0].evidence[0].estimate.is_nan());
+        let r = progressive_report(&back);
+        assert_eq!(r.load.answers.candidate, 100);
+        // No verdict recorded: judged again from the answers; the 5xx of the candidate fail it.
+        assert_eq!(r.verdict.outcome, Outcome::Fail);
+        let h = report::render_html(&r);
+        assert!(h.contains("Progressive canary of <code>service.web</code>"));
+        assert!(h.contains("data-chart=\"traffic-share\""));
+        assert!(!h.contains("data-chart=\"cpu-time\""));
+        assert!(h.contains("data-metric=\"4xx\""));
+        assert!(h.contains("5 % → 25 % → 0 %"));
     }
 }

@@ -33,6 +33,21 @@ pub struct Report {
     /// The sequential judge's evidence at its last look (always-valid bounds and p-values).
     pub sequential: Vec<MetricEvidence>,
     pub series: Series,
+    /// The progressive canary of `pipeline apply` (absent for `pipeline canary`): no CPU or
+    /// memory samples, and the candidate's traffic share step by step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progressive: Option<ProgressiveInfo>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgressiveInfo {
+    /// `promoted`, or `aborted at N%: reason`.
+    pub result: String,
+    /// Each step's start (seconds) and the candidate's share of the traffic (percent); the last
+    /// is the end: 100 when promoted, 0 when aborted.
+    pub steps: Vec<(f64, u32)>,
+    /// Answers not kept (the record was full): the charts and statistics cover the others.
+    pub dropped_answers: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -281,13 +296,21 @@ fn in_unit(x: f64, unit: &str) -> String {
 pub fn render_html(r: &Report) -> String {
     let mut h = String::with_capacity(64 * 1024);
     let outcome = outcome_word(r.verdict.outcome);
-    let title = format!(
-        "Canary of {}: {} vs {} — {}",
-        r.service,
-        r.baseline,
-        r.candidate,
-        outcome.to_uppercase()
-    );
+    let title = if r.progressive.is_some() {
+        format!(
+            "Progressive canary of {} — {}",
+            r.service,
+            outcome.to_uppercase()
+        )
+    } else {
+        format!(
+            "Canary of {}: {} vs {} — {}",
+            r.service,
+            r.baseline,
+            r.candidate,
+            outcome.to_uppercase()
+        )
+    };
     let _ = write!(
         h,
         "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{}</title>\n<style>{}</style>\n</head>\n<body>\n",
@@ -297,7 +320,12 @@ pub fn render_html(r: &Report) -> String {
     // Header: verdict, revisions, load.
     let _ = write!(
         h,
-        "<header>\n<h1>Canary of <code>{}</code></h1>\n<p class=\"revs\">baseline <code class=\"base\">{}</code> vs candidate <code class=\"cand\">{}</code></p>\n",
+        "<header>\n<h1>{} of <code>{}</code></h1>\n<p class=\"revs\">baseline <code class=\"base\">{}</code> vs candidate <code class=\"cand\">{}</code></p>\n",
+        if r.progressive.is_some() {
+            "Progressive canary"
+        } else {
+            "Canary"
+        },
         esc(&r.service),
         esc(&r.baseline),
         esc(&r.candidate)
@@ -331,7 +359,7 @@ pub fn render_html(r: &Report) -> String {
         Some(ct) => format!("{} bytes of {ct}", r.request.body_bytes),
         None => "no body".into(),
     };
-    let facts: Vec<(&str, String)> = vec![
+    let mut facts: Vec<(&str, String)> = vec![
         (
             "request",
             format!("{} {} ({body})", r.request.method, r.request.path),
@@ -370,6 +398,32 @@ pub fn render_html(r: &Report) -> String {
             ),
         ),
     ];
+    if let Some(p) = &r.progressive {
+        facts[1].1 = if l.rate > 0 {
+            format!(
+                "{} synthetic req/s through the balancer (canary.load), with whatever real traffic came, for {} s",
+                l.rate,
+                num(l.ran_s)
+            )
+        } else {
+            format!("real traffic only (no canary.load), for {} s", num(l.ran_s))
+        };
+        if l.rate == 0 {
+            facts.remove(2);
+        }
+        let steps: Vec<String> = p.steps.iter().map(|s| format!("{} %", s.1)).collect();
+        facts.insert(0, ("result", p.result.clone()));
+        facts.push(("traffic share", steps.join(" → ")));
+        if p.dropped_answers > 0 {
+            facts.push((
+                "not kept",
+                format!(
+                    "{} answers came after the record was full: the charts and statistics leave them out, the verdict does not",
+                    p.dropped_answers
+                ),
+            ));
+        }
+    }
     h.push_str("<table class=\"facts\">\n");
     for (k, v) in facts {
         let _ = writeln!(h, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(&v));
@@ -477,7 +531,12 @@ pub fn render_html(r: &Report) -> String {
     h.push_str("</div>\n");
     let _ = write!(
         h,
-        "<footer>Written by <code>pipeline canary</code>. Baseline <span class=\"swatch\" style=\"background:{BASELINE}\"></span> {}, candidate <span class=\"swatch\" style=\"background:{CANDIDATE}\"></span> {}.</footer>\n</body>\n</html>\n",
+        "<footer>Written by <code>{}</code>. Baseline <span class=\"swatch\" style=\"background:{BASELINE}\"></span> {}, candidate <span class=\"swatch\" style=\"background:{CANDIDATE}\"></span> {}.</footer>\n</body>\n</html>\n",
+        if r.progressive.is_some() {
+            "pipeline apply"
+        } else {
+            "pipeline canary"
+        },
         esc(&r.baseline),
         esc(&r.candidate)
     );
@@ -560,6 +619,37 @@ fn arm_line(
 fn charts(r: &Report) -> Vec<Chart> {
     let s = &r.series;
     let mut out = Vec::new();
+    let since = if r.progressive.is_some() {
+        "seconds since the canary started"
+    } else {
+        "seconds since load started"
+    };
+
+    // The candidate's share of the traffic, step by step.
+    if let Some(p) = &r.progressive {
+        let mut l = arm_line(
+            "candidate",
+            "candidate's share",
+            false,
+            true,
+            p.steps
+                .iter()
+                .map(|&(t, pct)| (t, f64::from(pct)))
+                .collect(),
+        );
+        l.step = true;
+        out.push(Chart {
+            id: "traffic-share",
+            title: "Traffic share of the candidate".into(),
+            caption: "The candidate's share of the balancers' traffic from each step's start; the last point is the end (100 % promoted, 0 % aborted).".into(),
+            x_label: since.into(),
+            y_label: "% of the traffic".into(),
+            lines: vec![l],
+            hlines: vec![],
+            y_fixed: Some((0.0, 100.0)),
+            log_x: false,
+        });
+    }
 
     // Latency distributions.
     let ecdf = |v: &Vec<[f64; 2]>| v.iter().map(|p| (p[0], p[1])).collect::<Vec<_>>();
@@ -621,7 +711,7 @@ fn charts(r: &Report) -> Vec<Chart> {
             "Per {} s window of answers (below 400); p99 dashed.",
             num(s.window_s)
         ),
-        x_label: "seconds since load started".into(),
+        x_label: since.into(),
         y_label: "ms".into(),
         lines,
         hlines: vec![],
@@ -656,7 +746,7 @@ fn charts(r: &Report) -> Vec<Chart> {
             "Share of answers with a 5xx status per {} s window.",
             num(s.window_s)
         ),
-        x_label: "seconds since load started".into(),
+        x_label: since.into(),
         y_label: "% of answers".into(),
         lines,
         hlines: vec![],
@@ -664,7 +754,8 @@ fn charts(r: &Report) -> Vec<Chart> {
         log_x: false,
     });
 
-    // CPU and memory.
+    // CPU and memory (not sampled by the progressive canary).
+    let usage_charts = if r.progressive.is_some() { 0 } else { 2 };
     for (id, title, y_label, caption, pick) in [
         (
             "cpu-time",
@@ -680,7 +771,10 @@ fn charts(r: &Report) -> Vec<Chart> {
             "Resident memory of each arm's app processes, summed.",
             |u: &ArmUsage| u.rss_mib,
         ),
-    ] {
+    ]
+    .into_iter()
+    .take(usage_charts)
+    {
         let mut lines = Vec::new();
         for (arm, side) in [
             (
@@ -700,7 +794,7 @@ fn charts(r: &Report) -> Vec<Chart> {
             id,
             title: title.into(),
             caption: caption.into(),
-            x_label: "seconds since load started".into(),
+            x_label: since.into(),
             y_label: y_label.into(),
             lines,
             hlines: vec![],
@@ -714,7 +808,7 @@ fn charts(r: &Report) -> Vec<Chart> {
         id: "score-time",
         title: "Score over time".into(),
         caption: "The fixed judge's score on the data so far at every look; metrics still lacking data count as not passing.".into(),
-        x_label: "seconds since load started".into(),
+        x_label: since.into(),
         y_label: "score".into(),
         lines: vec![Line {
             series: "score",
@@ -775,7 +869,7 @@ fn charts(r: &Report) -> Vec<Chart> {
             caption: format!(
                 "Candidate − baseline ({unit}) with its always-valid confidence bounds at each look; failing needs the lower bound above 0."
             ),
-            x_label: "seconds since load started".into(),
+            x_label: since.into(),
             y_label: unit.into(),
             lines: vec![
                 line("estimate", "estimate", false, series(|e| e.estimate)),
@@ -1075,6 +1169,7 @@ mod tests {
             evidence: vec![],
             sequential: vec![],
             series: Series::default(),
+            progressive: None,
         }
     }
 

@@ -751,8 +751,15 @@ async fn run_apply(
     };
     let mut lines: std::collections::HashMap<String, indicatif::ProgressBar> =
         std::collections::HashMap::new();
+    // Records of progressive canaries, rendered as HTML reports once the apply is over.
+    let mut canary_records: Vec<std::path::PathBuf> = Vec::new();
     let mut on_event = |e: &pipeline_engine::apply::Event| {
         use pipeline_engine::apply::Event;
+        if let Event::Progress { message, .. } = e {
+            if let Some(p) = message.strip_prefix(pipeline_providers::local::canary::RECORD_LINE) {
+                canary_records.push(p.into());
+            }
+        }
         if json {
             println!("{}", render::event_json(e));
             return;
@@ -791,13 +798,29 @@ async fn run_apply(
     if let Some(o) = overall {
         o.finish_and_clear();
     }
+    let mut canary_reports = Vec::new();
+    for rec in &canary_records {
+        match crate::canary::write_progressive_report(rec) {
+            Ok(html) => canary_reports.push(html),
+            Err(e) => eprintln!("warning: no canary report: {e:#}"),
+        }
+    }
     if json {
         println!(
             "{}",
             serde_json::json!({"type": "apply_summary", "ok": report.ok(), "succeeded": report.succeeded.len(), "failed": report.failed.len(), "skipped": report.skipped.len(), "interrupted": report.interrupted})
         );
+        for html in &canary_reports {
+            println!(
+                "{}",
+                serde_json::json!({"type": "canary_report", "path": html.display().to_string()})
+            );
+        }
     } else {
         print!("\n{}", render::report_text(&report, style, plan.destroy));
+        for html in &canary_reports {
+            println!("Canary report: {}", html.display());
+        }
         if report.ok() && !plan.destroy {
             let state = ws.state()?;
             if !state.outputs.is_empty() {

@@ -4,23 +4,9 @@
 //! opened in headless Chromium.
 
 mod common;
-use common::chromium::chromium;
+use common::chromium::{chromium, points};
 use common::*;
 use std::time::{Duration, Instant};
-
-/// `data-points` of the series `arm` in the chart `id` of a DOM dump (None if absent).
-fn points(dom: &str, id: &str, arm: &str) -> Option<usize> {
-    let chart = dom.split(&format!("data-chart=\"{id}\"")).nth(1)?;
-    let chart = chart.split("</figure>").next()?;
-    let series = chart.split(&format!("data-series=\"{arm}\"")).nth(1)?;
-    series
-        .split("data-points=\"")
-        .nth(1)?
-        .split('"')
-        .next()?
-        .parse()
-        .ok()
-}
 
 /// A repository with the sample service and one branch per behaviour (by `version.txt`):
 /// master serves well; broken answers 20 % 500s; nobuild fails its build; crash exits at

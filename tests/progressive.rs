@@ -7,9 +7,11 @@
 //! - a candidate that starts failing mid-way is stopped: its traffic ends within one analysis
 //!   interval of its first error, the old version serves everything, the release is recorded as
 //!   aborted and the next plan shows the change as not done, saying why;
-//! - `pipeline promote` and `pipeline rollback` control a running canary by hand.
+//! - `pipeline promote` and `pipeline rollback` control a running canary by hand;
+//! - every canary leaves its record (JSON) and an HTML report with charts of both arms.
 
 mod common;
+use common::chromium::{chromium, points};
 use common::load::{self, free_port};
 use common::*;
 use std::path::Path;
@@ -166,6 +168,71 @@ fn slot_addrs(t: &Scratch) -> Vec<String> {
         .collect()
 }
 
+/// The canary's report that `apply` named (`Canary report: PATH`): it and its JSON record
+/// exist, and headless Chromium shows the verdict `outcome`, the evidence rows and charts with
+/// points of both arms. Returns a line of figures.
+fn check_report(t: &Scratch, text: &str, outcome: &str) -> String {
+    let named = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Canary report: "))
+        .unwrap_or_else(|| panic!("apply named no canary report: {text}"));
+    let html = t.path().join(named.trim());
+    let reports = t.path().join(".pipeline/reports");
+    assert!(
+        html.starts_with(&reports) && html.extension().is_some_and(|x| x == "html"),
+        "{}",
+        html.display()
+    );
+    let json = html.with_extension("json");
+    assert!(html.exists() && json.exists(), "{}", html.display());
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(rec["answers"].as_array().unwrap().len() > 100, "{rec}");
+    assert!(rec["looks"].as_array().unwrap().len() > 5, "{rec}");
+    let size = std::fs::metadata(&html).unwrap().len();
+    let dom = chromium(
+        &[
+            "--virtual-time-budget=2000".into(),
+            "--run-all-compositor-stages-before-draw".into(),
+            "--dump-dom".into(),
+        ],
+        &format!("file://{}", html.display()),
+    );
+    assert!(
+        dom.contains(&format!("data-outcome=\"{outcome}\"")),
+        "{outcome}: {dom}"
+    );
+    assert!(dom.contains("Progressive canary of <code>service.web</code>"));
+    for metric in ["latency", "errors", "4xx"] {
+        assert!(
+            dom.contains(&format!("data-metric=\"{metric}\"")),
+            "no evidence row for {metric}"
+        );
+    }
+    assert!(dom.contains("U = "), "no Mann-Whitney statistic shown");
+    // No CPU or memory charts: the progressive canary does not sample them.
+    assert!(!dom.contains("data-chart=\"cpu-time\""));
+    assert!(!dom.contains("data-chart=\"memory-time\""));
+    let mut seen = vec![];
+    for chart in ["latency-ecdf", "latency-time", "errors-time"] {
+        for arm in ["baseline", "candidate"] {
+            let n = points(&dom, chart, arm).unwrap_or(0);
+            assert!(n > 0, "chart {chart} has no {arm} points");
+            seen.push(format!("{chart}/{arm} {n}"));
+        }
+    }
+    let score = points(&dom, "score-time", "score").unwrap_or(0);
+    assert!(score >= 5, "{score} looks in the score chart");
+    // Each step's start and the end.
+    let share = points(&dom, "traffic-share", "candidate").unwrap_or(0);
+    assert!(share >= 3, "{share} points in the traffic share chart");
+    format!(
+        "report {size} bytes, {} charts; points: {}, score-time {score}, traffic-share {share}",
+        dom.matches("<svg").count(),
+        seen.join(", ")
+    )
+}
+
 #[test]
 fn a_good_candidate_is_promoted_step_by_step() {
     let e = setup("2s");
@@ -191,6 +258,7 @@ fn a_good_candidate_is_promoted_step_by_step() {
     }
     // Every step ran its interval.
     assert!(took >= Duration::from_secs(6), "{took:?}");
+    println!("{}", check_report(&e.t, &text, "pass"));
     assert_eq!(
         report.failed,
         0,
@@ -258,6 +326,8 @@ fn a_candidate_that_starts_failing_is_stopped_within_one_interval() {
         text.contains("`errors` regressed") || text.contains("critical metric failed: errors"),
         "{text}"
     );
+    // The evidence: its record and the HTML report with the failing verdict and charts.
+    println!("{}", check_report(&e.t, &text, "fail"));
 
     // From the access log: the candidate's answers, its first error, its last answer.
     let log = access_log(&e.t);

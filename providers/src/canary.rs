@@ -6,10 +6,13 @@
 //! - [`Answer`] / [`parse_access_line`]: one line of the balancer's access log
 //!   (`$msec $status $request_time $upstream_addr $upstream_status`), attributed to the
 //!   upstream that finally answered.
+//! - [`ProgressiveRecord`]: what a progressive canary saw, for its report.
 
 use crate::parse_duration;
-use pipeline_analysis::judge::{Direction, JudgeConfig, Metric};
+use pipeline_analysis::judge::{Direction, JudgeConfig, Metric, Outcome, Verdict};
+use pipeline_analysis::{Arm, MetricEvidence};
 use pipeline_engine::value::Value;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// The request a canary sends (and the endpoint it judges).
@@ -251,6 +254,90 @@ impl CanarySpec {
     }
 }
 
+/// What the progressive canary of `apply` saw, kept for its report (written as JSON to
+/// `.pipeline/reports/<block>-<unix seconds>.json`; the CLI renders it as HTML). Times are
+/// seconds since the analysis started.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ProgressiveRecord {
+    pub block: String,
+    /// Unix time the analysis started, seconds.
+    pub started_unix: f64,
+    /// How long it ran, seconds.
+    pub ended_s: f64,
+    pub request_method: String,
+    pub request_path: String,
+    pub request_content_type: Option<String>,
+    pub request_body_bytes: usize,
+    /// Synthetic requests a second (`canary.load`; 0: real traffic only) and what the
+    /// synthetic client saw.
+    pub load: u32,
+    pub load_stats: Option<LoadSummary>,
+    /// Instances per arm.
+    pub replicas: u32,
+    /// The fixed judge (its confidence already divided over the steps).
+    pub judge: Option<JudgeConfig>,
+    /// Each step's start: (seconds, the candidate's percent of the traffic).
+    pub steps: Vec<StepMark>,
+    /// Every answer of either arm, in the order read, up to [`MAX_ANSWERS`].
+    pub answers: Vec<AnswerRecord>,
+    /// Answers not kept because the record was full (the charts and the evidence's statistics
+    /// cover the kept ones; the verdict covers all).
+    pub dropped_answers: u64,
+    /// Every look (0.5 s).
+    pub looks: Vec<LookRecord>,
+    /// The sequential test stopped the canary: when, and on which metric.
+    pub sequential_stop: Option<SequentialStop>,
+    /// The fixed judge on everything, at the end (an abort for another reason is a failure
+    /// whatever it says).
+    pub verdict: Option<Verdict>,
+    /// `promoted`, or `aborted at N%: reason`.
+    pub result: String,
+}
+
+/// Bounds a progressive record's memory (about 40 bytes an answer).
+pub const MAX_ANSWERS: usize = 200_000;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LoadSummary {
+    pub sent: u64,
+    pub ok: u64,
+    pub failed: u64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct StepMark {
+    pub t: f64,
+    pub percent: u32,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct AnswerRecord {
+    pub t: f64,
+    pub arm: Arm,
+    pub status: u16,
+    /// Request time, ms (0 for an attempt nginx gave up on).
+    #[serde(deserialize_with = "pipeline_analysis::nan_if_null")]
+    pub ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LookRecord {
+    pub t: f64,
+    /// The fixed judge's score and outcome on the data so far.
+    #[serde(deserialize_with = "pipeline_analysis::nan_if_null")]
+    pub score: f64,
+    pub outcome: Outcome,
+    /// `continue`, `pass` or `fail: METRIC`.
+    pub decision: String,
+    pub evidence: Vec<MetricEvidence>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SequentialStop {
+    pub t: f64,
+    pub metric: String,
+}
+
 /// nginx times requests to the millisecond, so a fast answer is logged as 0.000: the sequential
 /// test compares log-latencies, and half a resolution step keeps those finite and comparable.
 pub const SEQ_LATENCY_OFFSET_MS: f64 = 0.5;
@@ -268,10 +355,10 @@ pub struct LatencyBatches {
 }
 
 impl LatencyBatches {
-    pub fn push(&mut self, arm: pipeline_analysis::Arm, ms: f64) {
+    pub fn push(&mut self, arm: Arm, ms: f64) {
         match arm {
-            pipeline_analysis::Arm::Baseline => self.baseline.push(ms),
-            pipeline_analysis::Arm::Candidate => self.candidate.push(ms),
+            Arm::Baseline => self.baseline.push(ms),
+            Arm::Candidate => self.candidate.push(ms),
         }
     }
     /// Once both arms have 5 answers: feed one median per arm to `metric` of `seq`, and start
@@ -279,7 +366,6 @@ impl LatencyBatches {
     /// since a median's bias and spread depend on how many it is of: at a 5 % step the candidate
     /// has a twentieth of the baseline's answers.
     pub fn flush(&mut self, seq: &mut pipeline_analysis::SequentialJudge, metric: &str) {
-        use pipeline_analysis::Arm;
         let n = self.baseline.len().min(self.candidate.len());
         if n < 5 {
             return;

@@ -58,3 +58,17 @@ pub fn chromium(args: &[String], url: &str) -> String {
     assert!(status.success(), "chromium failed: {status}");
     std::fs::read_to_string(&out_file).unwrap()
 }
+
+/// `data-points` of the series `arm` in the chart `id` of a DOM dump (None if absent).
+pub fn points(dom: &str, id: &str, arm: &str) -> Option<usize> {
+    let chart = dom.split(&format!("data-chart=\"{id}\"")).nth(1)?;
+    let chart = chart.split("</figure>").next()?;
+    let series = chart.split(&format!("data-series=\"{arm}\"")).nth(1)?;
+    series
+        .split("data-points=\"")
+        .nth(1)?
+        .split('"')
+        .next()?
+        .parse()
+        .ok()
+}

@@ -192,14 +192,21 @@ pub enum MetricData {
 #[serde(rename_all = "kebab-case")]
 pub enum Summary {
     Continuous(SampleSummary),
-    Proportion { events: u64, total: u64, rate: f64 },
+    Proportion {
+        events: u64,
+        total: u64,
+        #[serde(deserialize_with = "crate::nan_if_null")]
+        rate: f64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Effect {
     /// Hodges–Lehmann shift (candidate − baseline) or rate difference.
+    #[serde(deserialize_with = "crate::nan_if_null")]
     pub shift: f64,
     /// Shift relative to the baseline median or baseline rate.
+    #[serde(deserialize_with = "crate::nan_if_null")]
     pub relative: f64,
 }
 
@@ -260,6 +267,7 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
     /// 100 × weighted share of passing metrics (metrics lacking data count as not passing).
+    #[serde(deserialize_with = "crate::nan_if_null")]
     pub score: f64,
     pub outcome: Outcome,
     pub reason: String,

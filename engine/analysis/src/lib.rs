@@ -24,3 +24,11 @@ pub use judge::{
 pub use sequential::{Arm, Decision, MetricEvidence, SeqStatus, SequentialJudge};
 pub use simulate::{simulate, OperatingCharacteristics, Scenario};
 pub use stats::{hodges_lehmann, mann_whitney, mann_whitney_with, Alternative, MwMethod, MwResult};
+
+/// JSON has no NaN: serde_json writes it as `null`. Fields that can be NaN (a summary of no
+/// samples, an effect not estimated) read `null` back as NaN, so a serialised verdict or
+/// evidence reads back.
+pub fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    use serde::Deserialize;
+    Option::<f64>::deserialize(d).map(|v| v.unwrap_or(f64::NAN))
+}

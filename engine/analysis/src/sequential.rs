@@ -86,11 +86,15 @@ pub struct MetricEvidence {
     pub n_baseline: u64,
     pub n_candidate: u64,
     /// Continuous: relative effect (ratio of geometric means − 1). Proportions: rate difference.
+    #[serde(deserialize_with = "crate::nan_if_null")]
     pub estimate: f64,
     /// Always-valid confidence bounds on the same scale as `estimate` (level 1 − α/k).
+    #[serde(deserialize_with = "crate::nan_if_null")]
     pub lower: f64,
+    #[serde(deserialize_with = "crate::nan_if_null")]
     pub upper: f64,
     /// Always-valid p-value for "no difference" (running minimum over the looks).
+    #[serde(deserialize_with = "crate::nan_if_null")]
     pub p_value: f64,
     pub status: SeqStatus,
     pub reason: String,

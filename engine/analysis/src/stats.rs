@@ -338,9 +338,13 @@ pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SampleSummary {
     pub n: usize,
+    #[serde(deserialize_with = "crate::nan_if_null")]
     pub mean: f64,
+    #[serde(deserialize_with = "crate::nan_if_null")]
     pub median: f64,
+    #[serde(deserialize_with = "crate::nan_if_null")]
     pub p90: f64,
+    #[serde(deserialize_with = "crate::nan_if_null")]
     pub p99: f64,
 }
 

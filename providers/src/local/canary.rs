@@ -13,11 +13,17 @@
 //! engine then stops the candidates and records the aborted release. A pass leaves the shifted
 //! traffic in place: the engine commits every instance (its slot switches to the candidate),
 //! and each commit takes its candidate's line out of the balancers.
+//!
+//! Either way, what the canary saw (every answer, every look, the steps, the verdict) is written
+//! as a [`ProgressiveRecord`] to `reports/<block>-<unix seconds>.json`, for its HTML report.
 
 use super::service::{generation_dir, sanitize};
-use crate::canary::{start_load, CanarySpec, LatencyBatches, LogTail};
+use crate::canary::{
+    start_load, AnswerRecord, CanarySpec, LatencyBatches, LoadSummary, LogTail, LookRecord,
+    ProgressiveRecord, SequentialStop, StepMark, MAX_ANSWERS,
+};
 use crate::nginx::canary::{balancers_routing_to, shift, Shifted};
-use pipeline_analysis::judge::{judge, Counts, MetricData, Outcome};
+use pipeline_analysis::judge::{judge, Counts, JudgeConfig, MetricData, Outcome, Verdict};
 use pipeline_analysis::{Arm, Decision, SequentialJudge};
 use pipeline_engine::provider::{Aborted, JsonMap, Progress, ProviderCtx, Staged};
 use pipeline_engine::value::ValueMap;
@@ -78,6 +84,37 @@ impl ArmData {
     }
 }
 
+/// What the canary has seen so far: the per-arm tallies the judges read, and the record kept
+/// for the report.
+struct Recording {
+    b: ArmData,
+    c: ArmData,
+    rec: ProgressiveRecord,
+    fixed: JudgeConfig,
+    started: Instant,
+}
+
+impl Recording {
+    fn t(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+}
+
+/// Keeps an answer (seconds since the start), or counts it as dropped once the record is full.
+fn keep(rec: &mut ProgressiveRecord, t: f64, arm: Arm, status: u16, ms: f64) {
+    if rec.answers.len() < MAX_ANSWERS {
+        rec.answers.push(AnswerRecord { t, arm, status, ms });
+    } else {
+        rec.dropped_answers += 1;
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 pub fn analyze(
     ctx: &ProviderCtx,
     block: &str,
@@ -131,6 +168,32 @@ pub fn analyze(
                 stop_load.clone(),
             )
         });
+    let n_steps = spec.steps.iter().filter(|&&p| p < 100).count();
+    let mut fixed = spec.judge_config();
+    // Several fixed-horizon looks (one per step): split the significance over them.
+    fixed.confidence = 1.0 - (1.0 - spec.confidence) / n_steps.max(1) as f64;
+    let mut rec = Recording {
+        b: ArmData::default(),
+        c: ArmData::default(),
+        rec: ProgressiveRecord {
+            block: block.to_string(),
+            started_unix: unix_now(),
+            request_method: spec.request.method.clone(),
+            request_path: spec.request.path.clone(),
+            request_content_type: spec
+                .request
+                .body
+                .as_ref()
+                .map(|_| spec.request.content_type.clone()),
+            request_body_bytes: spec.request.body.as_ref().map_or(0, String::len),
+            load: spec.load,
+            replicas: members.len() as u32,
+            judge: Some(fixed.clone()),
+            ..Default::default()
+        },
+        fixed,
+        started: Instant::now(),
+    };
     let run = Run {
         ctx,
         spec: &spec,
@@ -144,7 +207,7 @@ pub fn analyze(
         cmd: &cmd,
         cancel,
     };
-    let result = run.steps();
+    let result = run.steps(&mut rec);
     if let Err(a) = &result {
         // First of all: the candidate gets no more traffic.
         for b in &balancers {
@@ -163,11 +226,26 @@ pub fn analyze(
         // is stopped.
         std::thread::sleep(Duration::from_secs(1));
     }
+    let now = rec.t();
+    rec.rec.steps.push(StepMark {
+        t: now,
+        percent: if result.is_ok() { 100 } else { 0 },
+    });
     stop_load.store(true, std::sync::atomic::Ordering::SeqCst);
     if let Some(l) = load {
         if let Ok(s) = l.join() {
             progress(format!("synthetic load through the balancer: {s}"));
+            rec.rec.load_stats = Some(LoadSummary {
+                sent: s.sent,
+                ok: s.ok,
+                failed: s.failed,
+            });
         }
+    }
+    let path = write_record(&ctx.work_dir, rec, &result);
+    match path {
+        Ok(p) => progress(format!("{RECORD_LINE}{}", p.display())),
+        Err(e) => progress(format!("could not write the canary's record: {e}")),
     }
     // What `pipeline promote` / `rollback` (who wrote the command file) tell their user, then
     // the canary is over.
@@ -185,6 +263,43 @@ pub fn analyze(
     result
 }
 
+/// The progress line naming the written record; the CLI renders it as HTML.
+pub const RECORD_LINE: &str = "canary evidence written to ";
+
+/// The final verdict (the fixed judge on everything; an abort fails whatever it says) and the
+/// record, as JSON under `reports/`.
+fn write_record(
+    work_dir: &Path,
+    mut rec: Recording,
+    result: &Result<(), Aborted>,
+) -> std::io::Result<PathBuf> {
+    let mut verdict = judge_arms(&rec.fixed, &rec.b, &rec.c);
+    match result {
+        Ok(()) => rec.rec.result = "promoted".into(),
+        Err(a) => {
+            rec.rec.result = format!("aborted at {}%: {}", a.step, a.reason);
+            if matches!(verdict.outcome, Outcome::Pass | Outcome::Marginal) {
+                verdict.outcome = Outcome::Fail;
+            }
+            verdict.reason = format!(
+                "{}; the judge on all the data: {}",
+                rec.rec.result, verdict.reason
+            );
+        }
+    }
+    rec.rec.verdict = Some(verdict);
+    rec.rec.ended_s = rec.started.elapsed().as_secs_f64();
+    let dir = work_dir.join("reports");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!(
+        "{}-{}.json",
+        sanitize(&rec.rec.block),
+        rec.rec.started_unix as u64
+    ));
+    std::fs::write(&path, serde_json::to_vec(&rec.rec)?)?;
+    Ok(path)
+}
+
 struct Run<'a> {
     ctx: &'a ProviderCtx,
     spec: &'a CanarySpec,
@@ -200,7 +315,7 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn steps(&self) -> Result<(), Aborted> {
+    fn steps(&self, rec: &mut Recording) -> Result<(), Aborted> {
         let spec = self.spec;
         let steps: Vec<u32> = spec.steps.iter().copied().filter(|&p| p < 100).collect();
         let base: HashSet<&str> = self.baseline.iter().map(String::as_str).collect();
@@ -212,11 +327,8 @@ impl Run<'_> {
             .collect();
         let mut seq = SequentialJudge::new(spec.sequential_config());
         let mut batches = LatencyBatches::default();
-        let mut fixed = spec.judge_config();
-        // Several fixed-horizon looks (one per step): split the significance over them.
-        fixed.confidence = 1.0 - (1.0 - spec.confidence) / steps.len().max(1) as f64;
-        let (mut b, mut c) = (ArmData::default(), ArmData::default());
-        let started = Instant::now();
+        let fixed = rec.fixed.clone();
+        let (t0, started) = (rec.rec.started_unix, rec.started);
         for (k, &p) in steps.iter().enumerate() {
             for bal in self.balancers {
                 shift(bal, self.baseline, self.candidate, p).map_err(|e| Aborted {
@@ -224,6 +336,8 @@ impl Run<'_> {
                     reason: format!("cannot shift {}'s traffic: {e}", bal.name()),
                 })?;
             }
+            let now = rec.t();
+            rec.rec.steps.push(StepMark { t: now, percent: p });
             let _ = std::fs::write(
                 self.ctl,
                 serde_json::json!({ "pid": std::process::id(), "step": p, "block": self.block })
@@ -243,26 +357,28 @@ impl Run<'_> {
                     for a in t.read_new() {
                         // Attempts nginx gave up on (and retried elsewhere) are failures of
                         // their own upstream, even if the client got an answer.
-                        for (up, _) in &a.failed_attempts {
-                            let (arm, n) = if base.contains(up.as_str()) {
-                                (&mut b, &mut nb)
+                        for (up, status) in &a.failed_attempts {
+                            let (side, arm, n) = if base.contains(up.as_str()) {
+                                (Arm::Baseline, &mut rec.b, &mut nb)
                             } else if cand.contains(up.as_str()) {
-                                (&mut c, &mut nc)
+                                (Arm::Candidate, &mut rec.c, &mut nc)
                             } else {
                                 continue;
                             };
+                            keep(&mut rec.rec, a.at - t0, side, (*status).max(500), 0.0);
                             arm.total += 1;
                             arm.errors += 1;
                             n.0 += 1;
                             n.1 += 1;
                         }
                         let (side, arm, n) = if base.contains(a.upstream.as_str()) {
-                            (Arm::Baseline, &mut b, &mut nb)
+                            (Arm::Baseline, &mut rec.b, &mut nb)
                         } else if cand.contains(a.upstream.as_str()) {
-                            (Arm::Candidate, &mut c, &mut nc)
+                            (Arm::Candidate, &mut rec.c, &mut nc)
                         } else {
                             continue;
                         };
+                        keep(&mut rec.rec, a.at - t0, side, a.status, a.secs * 1000.0);
                         arm.total += 1;
                         n.1 += 1;
                         if a.status >= 500 {
@@ -281,7 +397,27 @@ impl Run<'_> {
                 batches.flush(&mut seq, "latency");
                 let _ = seq.observe_counts(Arm::Baseline, "errors", nb.0, nb.1);
                 let _ = seq.observe_counts(Arm::Candidate, "errors", nc.0, nc.1);
-                if let Decision::Fail(metric, ev) = seq.decision() {
+                let decision = seq.decision();
+                let so_far = judge_arms(&fixed, &rec.b, &rec.c);
+                let (word, evidence) = match &decision {
+                    Decision::Continue => ("continue".to_string(), seq.evidence()),
+                    Decision::Pass(ev) => ("pass".to_string(), ev.clone()),
+                    Decision::Fail(m, ev) => (format!("fail: {m}"), ev.clone()),
+                };
+                let now = rec.t();
+                rec.rec.looks.push(LookRecord {
+                    t: now,
+                    score: so_far.score,
+                    outcome: so_far.outcome,
+                    decision: word,
+                    evidence,
+                });
+                let (b, c) = (&rec.b, &rec.c);
+                if let Decision::Fail(metric, ev) = decision {
+                    rec.rec.sequential_stop = Some(SequentialStop {
+                        t: now,
+                        metric: metric.clone(),
+                    });
                     let e = ev.iter().find(|e| e.name == metric);
                     let p_value = e.map_or(f64::NAN, |e| e.p_value);
                     let detail = if metric == "latency" {
@@ -356,7 +492,8 @@ impl Run<'_> {
                     _ => {}
                 }
             }
-            let verdict = self.judge(&fixed, &b, &c);
+            let (b, c) = (&rec.b, &rec.c);
+            let verdict = judge_arms(&fixed, b, c);
             (self.progress)(format!(
                 "canary step {p}%: baseline {}; candidate {}; score {:.0}: {:?}",
                 b.line(),
@@ -392,6 +529,7 @@ impl Run<'_> {
                 });
             }
         }
+        let (b, c) = (&rec.b, &rec.c);
         let last = steps.last().copied().unwrap_or(0);
         if c.total < spec.min_requests || b.total < spec.min_requests {
             return Err(Aborted {
@@ -402,7 +540,7 @@ impl Run<'_> {
                 ),
             });
         }
-        let verdict = self.judge(&fixed, &b, &c);
+        let verdict = judge_arms(&fixed, b, c);
         if verdict.outcome != Outcome::Pass {
             return Err(Aborted {
                 step: last,
@@ -418,35 +556,31 @@ impl Run<'_> {
         ));
         Ok(())
     }
+}
 
-    fn judge(
-        &self,
-        cfg: &pipeline_analysis::JudgeConfig,
-        b: &ArmData,
-        c: &ArmData,
-    ) -> pipeline_analysis::Verdict {
-        let mut data = std::collections::BTreeMap::new();
-        data.insert(
-            "latency".to_string(),
-            MetricData::Continuous {
-                baseline: b.latency_ms.clone(),
-                candidate: c.latency_ms.clone(),
-            },
-        );
-        data.insert(
-            "errors".to_string(),
-            MetricData::Counts {
-                baseline: Counts::new(b.errors, b.total),
-                candidate: Counts::new(c.errors, c.total),
-            },
-        );
-        data.insert(
-            "4xx".to_string(),
-            MetricData::Counts {
-                baseline: Counts::new(b.client_errors, b.total),
-                candidate: Counts::new(c.client_errors, c.total),
-            },
-        );
-        judge(cfg, &data)
-    }
+/// The fixed-horizon judge on the answers so far: latency, the 5xx and the 4xx share.
+fn judge_arms(cfg: &JudgeConfig, b: &ArmData, c: &ArmData) -> Verdict {
+    let mut data = std::collections::BTreeMap::new();
+    data.insert(
+        "latency".to_string(),
+        MetricData::Continuous {
+            baseline: b.latency_ms.clone(),
+            candidate: c.latency_ms.clone(),
+        },
+    );
+    data.insert(
+        "errors".to_string(),
+        MetricData::Counts {
+            baseline: Counts::new(b.errors, b.total),
+            candidate: Counts::new(c.errors, c.total),
+        },
+    );
+    data.insert(
+        "4xx".to_string(),
+        MetricData::Counts {
+            baseline: Counts::new(b.client_errors, b.total),
+            candidate: Counts::new(c.client_errors, c.total),
+        },
+    );
+    judge(cfg, &data)
 }
