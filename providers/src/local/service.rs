@@ -387,7 +387,7 @@ pub async fn commit(
             // next plan, and the next stage puts its stack config back.
             if let Some(c) = candidate_addr(&staged) {
                 let _ = crate::nginx::canary::remove_candidate(&ctx.work_dir, &c);
-                let _ = stop_canary_slot(&ctx, &addr);
+                retire_canary_slot(&ctx, &addr);
             }
             Ok(out)
         } else {
@@ -562,6 +562,18 @@ fn start_slot(
 /// instance's slot: both arms pay the same forwarding hop, so the judge compares the apps.
 fn canary_slot_dir(ctx: &ProviderCtx, addr: &str) -> PathBuf {
     replica_dir(&ctx.work_dir, addr).join("canary-slot")
+}
+
+/// After a promotion: nginx reloads gracefully, so its old workers may still send to the
+/// canary slot for a moment and requests may be in flight through it; let them finish, then
+/// stop it (best effort: the next stage stops a leftover anyway).
+fn retire_canary_slot(ctx: &ProviderCtx, addr: &str) {
+    let d = canary_slot_dir(ctx, addr);
+    std::thread::sleep(Duration::from_millis(500));
+    if let Some(target) = slot::read_config(&d).and_then(|c| c.active) {
+        slot::drain(&d, &target, Duration::from_secs(5));
+    }
+    let _ = stop_canary_slot(ctx, addr);
 }
 
 fn stop_canary_slot(ctx: &ProviderCtx, addr: &str) -> Result<(), ProviderError> {
