@@ -656,7 +656,10 @@ async fn run_arms(
         // The fixed judge's score so far (for the report): recomputed while data is small and
         // then each time it has grown by a fifth, so a long canary's looks stay 0.5 s apart
         // (judging 10k+ answers an arm costs far more than a look's budget).
-        if scored.as_ref().is_none_or(|(n, _)| records.len() * 5 >= n * 6 || looks.len() < 20) {
+        if scored
+            .as_ref()
+            .is_none_or(|(n, _)| records.len() * 5 >= n * 6 || looks.len() < 20)
+        {
             scored = Some((records.len(), judge(&cfg, &judge_data(&records, &usage))));
         }
         let so_far = &scored.as_ref().expect("just set").1;
