@@ -60,18 +60,23 @@ fn restore(prefix: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The prefixes of balancers a canary has shifted (they keep the stack's config beside).
+fn shifted(work_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(work_dir.join("run"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| stable(p).exists())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Balancers still shifted by a canary whose process is gone (a crash, a kill): their stack
 /// config goes back before anything new is staged, so nginx never keeps sending traffic to a
 /// candidate that no longer runs (or to whatever reuses its port later).
 pub fn restore_orphaned(work_dir: &Path) -> Result<(), String> {
-    let Ok(rd) = std::fs::read_dir(work_dir.join("run")) else {
-        return Ok(());
-    };
-    for e in rd.flatten() {
-        let prefix = e.path();
-        if !stable(&prefix).exists() {
-            continue;
-        }
+    for prefix in shifted(work_dir) {
         let _lock = ConfLock::take(&prefix).map_err(|e| e.to_string())?;
         let alive = std::fs::read_to_string(owner(&prefix))
             .ok()
@@ -317,14 +322,7 @@ pub fn shift(
 /// A promoted or aborted candidate server leaves every balancer: its line is dropped from the
 /// shifted config; when no candidate is left the stack's config is back.
 pub fn remove_candidate(work_dir: &Path, candidate: &str) -> Result<(), String> {
-    let Ok(rd) = std::fs::read_dir(work_dir.join("run")) else {
-        return Ok(());
-    };
-    for e in rd.flatten() {
-        let prefix = e.path();
-        if !stable(&prefix).exists() {
-            continue;
-        }
+    for prefix in shifted(work_dir) {
         let _lock = ConfLock::take(&prefix).map_err(|e| e.to_string())?;
         let Ok(text) = std::fs::read_to_string(conf(&prefix)) else {
             continue;
