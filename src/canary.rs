@@ -619,7 +619,7 @@ async fn run_arms(
     let mut early: Option<(Duration, String)> = None;
     // Passing early needs every metric shown within tolerance, and 5 s of CPU/memory samples.
     let mut passed_early: Option<Duration> = None;
-    let mut scored: Option<(usize, pipeline_analysis::Verdict)> = None;
+    let mut scored = pipeline_providers::canary::ScoreSoFar::default();
     while !loader.is_finished() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let t = started.elapsed().as_secs_f64();
@@ -653,16 +653,9 @@ async fn run_arms(
                 (format!("fail: {metric}"), ev)
             }
         };
-        // The fixed judge's score so far (for the report): recomputed while data is small and
-        // then each time it has grown by a fifth, so a long canary's looks stay 0.5 s apart
-        // (judging 10k+ answers an arm costs far more than a look's budget).
-        if scored
-            .as_ref()
-            .is_none_or(|(n, _)| records.len() * 5 >= n * 6 || looks.len() < 20)
-        {
-            scored = Some((records.len(), judge(&cfg, &judge_data(&records, &usage))));
-        }
-        let so_far = &scored.as_ref().expect("just set").1;
+        let so_far = scored.at(records.len() as u64, looks.len(), || {
+            judge(&cfg, &judge_data(&records, &usage))
+        });
         looks.push(Look {
             t,
             score: so_far.score,

@@ -338,6 +338,34 @@ pub struct SequentialStop {
     pub metric: String,
 }
 
+/// The fixed judge's score so far, kept for a report's score-over-time: judged at every look
+/// while data is small (the first 20 looks), then again each time the data has grown by a fifth,
+/// so a long canary's looks stay 0.5 s apart (judging 10k+ answers an arm costs far more than a
+/// look's budget).
+#[derive(Default)]
+pub struct ScoreSoFar {
+    last: Option<(u64, pipeline_analysis::Verdict)>,
+}
+
+impl ScoreSoFar {
+    /// The verdict on `n` answers at look number `look`, from `judge` when it is due.
+    pub fn at(
+        &mut self,
+        n: u64,
+        look: usize,
+        judge: impl FnOnce() -> pipeline_analysis::Verdict,
+    ) -> &pipeline_analysis::Verdict {
+        if self
+            .last
+            .as_ref()
+            .is_none_or(|(m, _)| n * 5 >= m * 6 || look < 20)
+        {
+            self.last = Some((n, judge()));
+        }
+        &self.last.as_ref().expect("just set").1
+    }
+}
+
 /// nginx times requests to the millisecond, so a fast answer is logged as 0.000: the sequential
 /// test compares log-latencies, and half a resolution step keeps those finite and comparable.
 pub const SEQ_LATENCY_OFFSET_MS: f64 = 0.5;

@@ -327,7 +327,7 @@ impl Run<'_> {
             .collect();
         let mut seq = SequentialJudge::new(spec.sequential_config());
         let mut batches = LatencyBatches::default();
-        let mut scored: Option<(u64, pipeline_analysis::Verdict)> = None;
+        let mut scored = crate::canary::ScoreSoFar::default();
         let fixed = rec.fixed.clone();
         let (t0, started) = (rec.rec.started_unix, rec.started);
         for (k, &p) in steps.iter().enumerate() {
@@ -399,16 +399,9 @@ impl Run<'_> {
                 let _ = seq.observe_counts(Arm::Baseline, "errors", nb.0, nb.1);
                 let _ = seq.observe_counts(Arm::Candidate, "errors", nc.0, nc.1);
                 let decision = seq.decision();
-                // The score so far, for the report: at every look while data is small, then each
-                // time it has grown by a fifth (judging everything costs more than a look).
-                let n_now = rec.b.total + rec.c.total;
-                if scored
-                    .as_ref()
-                    .is_none_or(|(n, _)| n_now * 5 >= n * 6 || rec.rec.looks.len() < 20)
-                {
-                    scored = Some((n_now, judge_arms(&fixed, &rec.b, &rec.c)));
-                }
-                let so_far = &scored.as_ref().expect("just set").1;
+                let so_far = scored.at(rec.b.total + rec.c.total, rec.rec.looks.len(), || {
+                    judge_arms(&fixed, &rec.b, &rec.c)
+                });
                 let (word, evidence) = match &decision {
                     Decision::Continue => ("continue".to_string(), seq.evidence()),
                     Decision::Pass(ev) => ("pass".to_string(), ev.clone()),
