@@ -654,11 +654,11 @@ fn expand(
         return match v.unmarked().0 {
             Value::Map(m) => Ok(Expansion::ForEach(m.into_iter().collect())),
             Value::List(l) => {
-                let mut out = Vec::new();
+                let mut out = IndexMap::new();
                 for x in l {
                     match x {
                         Value::String(s) => {
-                            if out.iter().any(|(k, _): &(String, Value)| k == &s) {
+                            if out.contains_key(&s) {
                                 return Err(Diagnostic::new(format!(
                                     "for_each has the key \"{s}\" twice"
                                 ))
@@ -667,7 +667,7 @@ fn expand(
                                     "for_each keys must be unique: use distinct(LIST) or a map",
                                 ));
                             }
-                            out.push((s.clone(), Value::String(s)));
+                            out.insert(s.clone(), Value::String(s));
                         }
                         other => {
                             return Err(Diagnostic::new(format!(
@@ -707,7 +707,7 @@ pub fn instance_scope<'w, 'a>(
     match (inst, expansion) {
         (Some(InstanceKey::Int(i)), _) => s.count = Some(*i),
         (Some(InstanceKey::Str(k)), Expansion::ForEach(kv)) => {
-            s.each = kv.iter().find(|(x, _)| x == k).cloned();
+            s.each = kv.get(k).map(|v| (k.clone(), v.clone()));
         }
         _ => {}
     }

@@ -35,7 +35,9 @@ impl fmt::Display for InstanceKey {
 pub enum Expansion {
     Single,
     Count(usize),
-    ForEach(Vec<(String, Value)>),
+    /// Keys in the order written; looked up by key once per instance, so a map (a list of pairs
+    /// made planning quadratic in the number of keys).
+    ForEach(IndexMap<String, Value>),
 }
 
 impl Expansion {
@@ -44,8 +46,8 @@ impl Expansion {
             Expansion::Single => vec![None],
             Expansion::Count(n) => (0..*n).map(|i| Some(InstanceKey::Int(i))).collect(),
             Expansion::ForEach(kv) => kv
-                .iter()
-                .map(|(k, _)| Some(InstanceKey::Str(k.clone())))
+                .keys()
+                .map(|k| Some(InstanceKey::Str(k.clone())))
                 .collect(),
         }
     }
@@ -176,8 +178,8 @@ impl<'a> World<'a> {
                 Value::List((0..*n).map(|i| get(&Some(InstanceKey::Int(i)))).collect())
             }
             Some(Expansion::ForEach(kv)) => Value::Map(
-                kv.iter()
-                    .map(|(k, _)| (k.clone(), get(&Some(InstanceKey::Str(k.clone())))))
+                kv.keys()
+                    .map(|k| (k.clone(), get(&Some(InstanceKey::Str(k.clone())))))
                     .collect(),
             ),
         }
@@ -193,7 +195,10 @@ impl<'a> World<'a> {
     ) {
         let mut res = self.resources.borrow_mut();
         let rv = res.entry((m, key.to_string())).or_default();
-        rv.expansion = Some(expansion.clone());
+        // Every instance of a block shares one expansion: clone it once, not once per instance.
+        if rv.expansion.is_none() {
+            rv.expansion = Some(expansion.clone());
+        }
         rv.instances.insert(inst, v);
     }
 }
