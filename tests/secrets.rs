@@ -94,13 +94,18 @@ fn check_files(t: &Scratch) -> Vec<String> {
     holding
 }
 
-/// Output of `pipeline ARGS` (stdout and stderr), which must not hold the secret.
+/// Output of `pipeline ARGS` (stdout and stderr), which must succeed and not hold the secret.
 fn clean(t: &Scratch, args: &[&str]) -> String {
     let out = t.run(args);
     let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
     assert!(
         !text.contains(SECRET),
         "`pipeline {}` shows the secret:\n{text}",
+        args.join(" ")
+    );
+    assert!(
+        out.status.success(),
+        "`pipeline {}` failed:\n{text}",
         args.join(" ")
     );
     text
@@ -190,7 +195,7 @@ fn destroy(t: &Scratch, stack: &str) {
 
 /// The whole stack: a secret in a service's env, a file template, a balancer route, the flag
 /// store's password (and so every URL of it), a canary request and outputs.
-fn full_stack(t: &Scratch, app: &Path, port: u16) -> String {
+fn full_stack(t: &Scratch, app: &Path, port: u16, monitor: u16) -> String {
     let out_file = t.path().join("app.conf");
     format!(
         r#"variable "secret" {{ sensitive = true }}
@@ -223,6 +228,10 @@ balancer "front" {{
   routes = {{ "/" = service.web, "/${{var.secret}}/" = service.web }}
 }}
 
+monitor "ops" {{
+  listen = {monitor}
+}}
+
 output "token" {{
   value     = var.secret
   sensitive = true
@@ -242,7 +251,8 @@ fn a_secret_appears_only_in_state_and_in_the_env_of_the_service_that_asked() {
     let t = scratch_with_secret();
     let app = prebuilt_source(&t);
     let port = free_port();
-    t.write("s.hcl", &full_stack(&t, &app, port));
+    let monitor = free_port();
+    t.write("s.hcl", &full_stack(&t, &app, port, monitor));
 
     let plan = clean(&t, &["plan", "s.hcl"]);
     assert!(plan.contains("(sensitive value)"), "{plan}");
@@ -298,8 +308,22 @@ fn a_secret_appears_only_in_state_and_in_the_env_of_the_service_that_asked() {
     let sj = clean(&t, &["status", "-json"]);
     assert!(sj.contains("flags.ui"), "{sj}");
     clean(&t, &["output"]);
-    for a in ["service.web[0]", "balancer.front", "flags.ui"] {
+    for a in ["service.web", "balancer.front", "flags.ui", "monitor.ops"] {
         clean(&t, &["logs", a]);
+    }
+    // The dashboard's data, once it has looked at everything.
+    assert!(wait_until(Duration::from_secs(10), || http(
+        "GET",
+        &format!("http://127.0.0.1:{monitor}/api/status"),
+        ""
+    )
+    .is_some_and(|(c, b)| c == 200 && b.contains("flags.ui"))));
+    for path in ["/api/status", "/metrics", "/"] {
+        let (_, body) = http("GET", &format!("http://127.0.0.1:{monitor}{path}"), "").unwrap();
+        assert!(
+            !body.contains(SECRET),
+            "the monitor's {path} shows the secret"
+        );
     }
 
     let holding = check_files(&t);
