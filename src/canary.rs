@@ -18,6 +18,7 @@ use pipeline_engine::plan::PlanOptions;
 use pipeline_engine::value::{format_number, Value, ValueMap};
 use pipeline_providers::canary::LoadStats;
 use pipeline_providers::canary::{CanarySpec, LogTail, ProgressiveRecord};
+use pipeline_supervise::private;
 use report::{
     ArmPair, ArmUsage, ArmWindow, EarlyStop, LoadInfo, Look, ProgressiveInfo, Report, RequestInfo,
     Series, UsageSample, Window,
@@ -340,7 +341,7 @@ pub async fn run(ws: &Workspace, a: CanaryArgs) -> Result<ExitCode> {
     if dir.join("state.json").exists() {
         bail!("a canary seems to be running already (state in {})\n  = help: if it is not, remove that directory", dir.display());
     }
-    std::fs::create_dir_all(&dir)?;
+    private::create_dir_all(&dir)?;
     let cws = Workspace::new(Some(dir.clone()))?;
     let port = pipeline_supervise::free_port("127.0.0.1")
         .context("no free port for the canary balancer")?;
@@ -355,7 +356,8 @@ pub async fn run(ws: &Workspace, a: CanaryArgs) -> Result<ExitCode> {
         "balancer \"canary\" {{\n  listen = {port}\n  routes = {{ \"/\" = {{ upstreams = [{{ service = service.baseline, weight = 1 }}, {{ service = service.candidate, weight = 1 }}] }} }}\n}}\n"
     ));
     let canary_stack = dir.join("canary.hcl");
-    std::fs::write(&canary_stack, text)?;
+    // It holds the service's evaluated configuration, secrets included.
+    private::write(&canary_stack, text)?;
     let result = run_arms(&cws, &canary_stack, port, &a, &spec, &name).await;
     // Whatever happened: take the arms and the balancer away.
     let teardown = teardown(&cws, &canary_stack).await;
@@ -753,10 +755,10 @@ async fn run_arms(
             .unwrap_or_else(|| PathBuf::from(".pipeline/canary-report.html")),
     );
     if let Some(parent) = file.parent() {
-        std::fs::create_dir_all(parent)
+        private::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    std::fs::write(&file, report::render_html(&rep))
+    private::write(&file, report::render_html(&rep))
         .with_context(|| format!("cannot write the report {}", file.display()))?;
     if a.json {
         let mut v = serde_json::to_value(&rep)?;
@@ -862,7 +864,7 @@ pub fn write_progressive_report(json: &Path) -> Result<PathBuf> {
     let rec: ProgressiveRecord = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a canary record", json.display()))?;
     let html = json.with_extension("html");
-    std::fs::write(&html, report::render_html(&progressive_report(&rec)))
+    private::write(&html, report::render_html(&progressive_report(&rec)))
         .with_context(|| format!("cannot write the report {}", html.display()))?;
     Ok(html)
 }

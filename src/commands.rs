@@ -922,9 +922,16 @@ fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
             ),
             None => (None, false, None, 0, 0),
         };
-        let port = rs.attrs.get("port").or_else(|| rs.attrs.get("listen"));
-        rows.push(serde_json::json!({"address": addr, "kind": rs.kind, "pid": pid, "port": port, "url": rs.attrs.get("url"),
-            "generation": generation, "standby_generation": rs.attrs.get("standby_generation"), "build_id": rs.attrs.get("build_id"),
+        // A recorded attribute as status may show it: secrets (a URL with a password) masked.
+        let attr = |k: &str| match rs.attrs.get(k) {
+            Some(_) if rs.sensitive.iter().any(|s| s == k) => {
+                Some(serde_json::Value::from("(sensitive value)"))
+            }
+            v => v.cloned(),
+        };
+        let port = attr("port").or_else(|| attr("listen"));
+        rows.push(serde_json::json!({"address": addr, "kind": rs.kind, "pid": pid, "port": port, "url": attr("url"),
+            "generation": generation, "standby_generation": attr("standby_generation"), "build_id": attr("build_id"),
             "running": alive, "healthy": health, "uptime_s": uptime, "restarts": restarts}));
     }
     if json {

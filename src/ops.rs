@@ -10,6 +10,7 @@ use pipeline_engine::plan::{self, Plan, PlanOptions};
 use pipeline_engine::provider::{ProviderCtx, Registry};
 use pipeline_engine::state::{self, State, StateStore};
 use pipeline_engine::value::Value;
+use pipeline_supervise::private;
 use std::path::{Path, PathBuf};
 
 /// A user error that has already been rendered as diagnostics.
@@ -74,12 +75,10 @@ impl Workspace {
     /// Remember which stack this directory uses (workspace metadata, not state).
     pub fn remember_stack(&self, stack: &Path) {
         let abs = stack.canonicalize().unwrap_or_else(|_| stack.to_path_buf());
-        if std::fs::create_dir_all(&self.dir).is_ok() {
+        // Owner-only: everything under it may hold secrets (state, rendered configs, envs).
+        if private::create_dir_all(&self.dir).is_ok() {
             // Atomic: a kill mid-write must not leave an empty name behind.
-            let tmp = self.dir.join("stack.tmp");
-            if std::fs::write(&tmp, abs.display().to_string()).is_ok() {
-                let _ = std::fs::rename(&tmp, self.dir.join("stack"));
-            }
+            let _ = private::write_atomic(&self.dir.join("stack"), abs.display().to_string());
         }
     }
 

@@ -249,9 +249,12 @@ pub fn masked_json(v: &Value) -> serde_json::Value {
     }
 }
 
+/// Paths of the unknown parts of `v`. Inside a secret only the secret's own path is given: the
+/// keys under it (a route built from a password, say) are part of the secret.
 fn unknown_paths(v: &Value, prefix: &str, out: &mut Vec<String>) {
     match v {
         Value::Unknown => out.push(prefix.to_string()),
+        Value::Sensitive(inner) if !inner.is_known() => out.push(prefix.to_string()),
         Value::Map(m) => m.iter().for_each(|(k, v)| {
             unknown_paths(
                 v,
@@ -300,8 +303,14 @@ pub fn plan_json_lines(plan: &Plan) -> Vec<serde_json::Value> {
     }
     for rc in pipeline_engine::plan::sorted(plan) {
         let mut unknown = Vec::new();
-        if let Some(a) = &rc.after {
-            unknown_paths(&Value::Map(a.clone()), "", &mut unknown);
+        for (k, v) in rc.after.iter().flatten() {
+            if rc.sensitive.contains(k) {
+                if !v.is_known() {
+                    unknown.push(k.clone());
+                }
+            } else {
+                unknown_paths(v, k, &mut unknown);
+            }
         }
         out.push(json!({
             "type": "planned_change",

@@ -260,6 +260,9 @@ pub async fn apply(
     let mut queue = Queue::new(&waits);
     let mut spawn_later: Vec<(usize, Phase)> = Vec::new();
     let mut report = ApplyReport::default();
+    // Attributes found sensitive once everything an instance depends on is known (a secret
+    // the plan saw only as "known after apply"), by address.
+    let mut sens_now: HashMap<String, Vec<String>> = HashMap::new();
     let mut running = tokio::task::JoinSet::new();
     let mut started: HashMap<usize, Instant> = HashMap::new();
     let parallelism = opts.parallelism.max(1);
@@ -306,7 +309,14 @@ pub async fn apply(
                 None
             } else {
                 match evaluate_now(&plan.overrides, &world, config, registry, c, &exp_of) {
-                    Ok(v) => Some(v),
+                    Ok(v) => {
+                        if let Some((_, schema)) = registry.schema(&c.kind, Some(&c.provider)) {
+                            let mut object = v.clone();
+                            let found = crate::plan::mark_sensitive(schema, &v, &mut object);
+                            sens_now.insert(c.addr.clone(), found);
+                        }
+                        Some(v)
+                    }
                     Err(e) => {
                         note_failed(&mut report, on_event, c, e);
                         queue.finish(i, Some(&c.addr));
@@ -340,7 +350,7 @@ pub async fn apply(
                     store,
                     JournalEntry::Set {
                         addr: c.addr.clone(),
-                        resource: resource_state(c, attrs, Status::Pending),
+                        resource: resource_state(&sens_now, c, attrs, Status::Pending),
                     },
                 )?;
             }
@@ -443,11 +453,11 @@ pub async fn apply(
                     store,
                     JournalEntry::Set {
                         addr: c.addr.clone(),
-                        resource: resource_state(c, attrs.clone(), Status::Ready),
+                        resource: resource_state(&sens_now, c, attrs.clone(), Status::Ready),
                     },
                 )?;
                 if let Some(m) = c.module {
-                    let rs = resource_state(c, attrs, Status::Ready);
+                    let rs = resource_state(&sens_now, c, attrs, Status::Ready);
                     world.set_instance(
                         m,
                         &c.resource,
@@ -554,7 +564,7 @@ pub async fn apply(
                         store,
                         JournalEntry::Set {
                             addr: c.addr.clone(),
-                            resource: resource_state(c, attrs, Status::Tainted),
+                            resource: resource_state(&sens_now, c, attrs, Status::Tainted),
                         },
                     )?;
                 }
@@ -629,7 +639,7 @@ pub async fn apply(
                         store,
                         JournalEntry::Set {
                             addr: c.addr.clone(),
-                            resource: resource_state(c, attrs, Status::Ready),
+                            resource: resource_state(&sens_now, c, attrs, Status::Ready),
                         },
                     )?;
                     on_event(&Event::RolledBack {
@@ -924,13 +934,24 @@ async fn run_step(
     }
 }
 
-fn resource_state(c: &ResourceChange, attrs: JsonMap, status: Status) -> ResourceState {
+fn resource_state(
+    sens_now: &HashMap<String, Vec<String>>,
+    c: &ResourceChange,
+    attrs: JsonMap,
+    status: Status,
+) -> ResourceState {
+    let mut sensitive = c.sensitive.clone();
+    for a in sens_now.get(&c.addr).into_iter().flatten() {
+        if !sensitive.contains(a) {
+            sensitive.push(a.clone());
+        }
+    }
     ResourceState {
         kind: c.kind.clone(),
         provider: c.provider.clone(),
         status,
         attrs,
-        sensitive: c.sensitive.clone(),
+        sensitive,
         deps: c.deps.clone(),
     }
 }

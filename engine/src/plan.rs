@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::graph::{ConfigGraph, Node};
-use crate::provider::{PlanRequest, ProviderCtx, Registry};
+use crate::provider::{KindSchema, PlanRequest, ProviderCtx, Registry};
 use crate::value::{Value, ValueMap};
 use crate::world::{instance_addr, Expansion, InstanceKey, Scope, World};
 use indexmap::IndexMap;
@@ -347,14 +347,8 @@ pub fn make_plan(
                     continue;
                 }
             };
-            let sensitive: Vec<String> = schema
-                .attrs
-                .iter()
-                .filter(|a| {
-                    a.sensitive || planned.object.get(a.name).is_some_and(Value::is_sensitive)
-                })
-                .map(|a| a.name.to_string())
-                .collect();
+            let mut planned = planned;
+            let sensitive = mark_sensitive(schema, &cfg, &mut planned.object);
             let mut ch = ResourceChange {
                 addr: addr.clone(),
                 kind: decl.kind.clone(),
@@ -765,6 +759,30 @@ pub fn eval_attrs(
     diags.into_result().map(|_| out)
 }
 
+/// Mark what an instance holds that is secret and name those attributes: attributes the schema
+/// declares sensitive, values that carry a mark, and computed values derived from a sensitive
+/// input (a config rendered from a secret, a URL with a password): what is derived from a
+/// secret is a secret. Marks go on `object` itself, so whatever refers to them inherits them.
+pub fn mark_sensitive(
+    schema: &KindSchema,
+    config: &ValueMap,
+    object: &mut ValueMap,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for a in &schema.attrs {
+        let derived = a.derives_secret(config);
+        if let Some(v) = object.get_mut(a.name) {
+            if (derived || a.sensitive) && !matches!(v, Value::Null) {
+                *v = std::mem::take(v).mark(true);
+            }
+        }
+        if a.sensitive || derived || object.get(a.name).is_some_and(Value::is_sensitive) {
+            out.push(a.name.to_string());
+        }
+    }
+    out
+}
+
 /// Addresses grouped for display: every change sorted by address.
 pub fn sorted(plan: &Plan) -> Vec<&ResourceChange> {
     let mut v: Vec<&ResourceChange> = plan.changes.iter().collect();
@@ -800,4 +818,64 @@ pub fn config_fingerprint(cfg: &ValueMap) -> String {
         .unwrap_or_default()
         .hash(&mut h);
     format!("{:016x}", h.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::{AttrSchema, Type};
+
+    fn schema() -> KindSchema {
+        KindSchema {
+            kind: "balancer",
+            attrs: vec![
+                AttrSchema::required("listen", Type::Number),
+                AttrSchema::required("routes", Type::Any),
+                AttrSchema::optional("password", Type::String).sensitive(),
+                // Rendered from every input.
+                AttrSchema::computed("config", Type::String),
+                AttrSchema::computed("url", Type::String).derived_from(&["listen"]),
+                AttrSchema::computed("pid", Type::Number).derived_from(&[]),
+            ],
+            instances_attr: None,
+        }
+    }
+
+    /// Issue 8, item 3: a computed value derived from a secret (a config rendered from a secret
+    /// route) is secret, in the plan and in everything that refers to it; what the provider
+    /// declares independent of the secret stays visible.
+    #[test]
+    fn a_computed_value_derived_from_a_secret_input_is_secret() {
+        let config: ValueMap = [
+            ("listen".to_string(), Value::Number(80.0)),
+            (
+                "routes".to_string(),
+                Value::Map(
+                    [("/s3cr3t".to_string(), Value::str("x"))]
+                        .into_iter()
+                        .collect(),
+                )
+                .mark(true),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let mut object = config.clone();
+        object.insert("config".into(), Value::str("location /s3cr3t {}"));
+        object.insert("url".into(), Value::str("http://127.0.0.1:80"));
+        object.insert("pid".into(), Value::Unknown);
+        let names = mark_sensitive(&schema(), &config, &mut object);
+        assert_eq!(names, ["routes", "password", "config"]);
+        assert!(object["config"].is_sensitive());
+        assert!(!object["url"].is_sensitive() && !object["pid"].is_sensitive());
+
+        // Nothing secret in: nothing computed is marked (a declared-sensitive attribute still is).
+        let plain: ValueMap = [("listen".to_string(), Value::Number(80.0))]
+            .into_iter()
+            .collect();
+        let mut object = plain.clone();
+        object.insert("config".into(), Value::str("location / {}"));
+        assert_eq!(mark_sensitive(&schema(), &plain, &mut object), ["password"]);
+        assert!(!object["config"].is_sensitive());
+    }
 }

@@ -96,6 +96,9 @@ pub struct AttrSchema {
     /// A change replaces the resource instead of updating it in place.
     pub force_new: bool,
     pub sensitive: bool,
+    /// For a computed attribute: the inputs its value is derived from, so it is sensitive when
+    /// one of them is. None (the default, and the safe one): from every input.
+    pub derived_from: Option<&'static [&'static str]>,
     pub default: Option<Value>,
 }
 
@@ -109,6 +112,7 @@ impl AttrSchema {
             optional: false,
             force_new: false,
             sensitive: false,
+            derived_from: None,
             default: None,
         }
     }
@@ -137,6 +141,21 @@ impl AttrSchema {
     pub fn sensitive(mut self) -> Self {
         self.sensitive = true;
         self
+    }
+    /// A computed value derived only from these inputs (`&[]`: from none, e.g. a picked port).
+    pub fn derived_from(mut self, inputs: &'static [&'static str]) -> Self {
+        self.derived_from = Some(inputs);
+        self
+    }
+    /// Whether this computed attribute carries a secret of `config` (see `derived_from`).
+    pub fn derives_secret(&self, config: &ValueMap) -> bool {
+        self.computed
+            && match self.derived_from {
+                None => config.values().any(Value::is_sensitive),
+                Some(inputs) => inputs
+                    .iter()
+                    .any(|i| config.get(*i).is_some_and(Value::is_sensitive)),
+            }
     }
     pub fn default(mut self, v: Value) -> Self {
         self.default = Some(v);

@@ -59,6 +59,17 @@ impl Value {
         }
     }
 
+    /// Whether the value at `path` (keys of nested objects) is secret: marked itself, inside
+    /// something marked, or holding something marked.
+    pub fn is_sensitive_at(&self, path: &[&str]) -> bool {
+        match (self, path) {
+            (Value::Sensitive(_), _) => true,
+            (v, []) => v.is_sensitive(),
+            (Value::Map(m), [k, rest @ ..]) => m.get(*k).is_some_and(|v| v.is_sensitive_at(rest)),
+            _ => false,
+        }
+    }
+
     /// The value without sensitive marks, and whether any was removed.
     pub fn unmarked(&self) -> (Value, bool) {
         match self {

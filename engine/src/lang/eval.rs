@@ -98,6 +98,8 @@ impl<'a> Evaluator<'a> {
             Expression::Object(o) => {
                 let mut out = IndexMap::new();
                 let mut unknown_key = false;
+                // A key cannot carry a mark of its own: a secret key makes the object secret.
+                let mut key_sens = false;
                 for (k, v) in o.iter() {
                     let key = match k {
                         ObjectKey::Ident(i) => i.as_str().to_string(),
@@ -108,6 +110,7 @@ impl<'a> Evaluator<'a> {
                         }
                         ObjectKey::Expression(x) => {
                             let kv = self.eval(x)?;
+                            key_sens |= kv.is_sensitive();
                             if !kv.is_known() {
                                 unknown_key = true;
                                 continue;
@@ -127,9 +130,9 @@ impl<'a> Evaluator<'a> {
                     out.insert(key, val);
                 }
                 if unknown_key {
-                    return Ok(Value::Unknown);
+                    return Ok(Value::Unknown.mark(key_sens));
                 }
-                Ok(Value::Map(out))
+                Ok(Value::Map(out).mark(key_sens))
             }
             Expression::StringTemplate(t) => self.template(t),
             Expression::HeredocTemplate(h) => self.template(&h.template),
@@ -144,7 +147,7 @@ impl<'a> Evaluator<'a> {
                 let cond = self.eval(&c.cond_expr)?;
                 let (cond, sens) = cond.unmarked();
                 match cond {
-                    Value::Unknown => Ok(Value::Unknown),
+                    Value::Unknown => Ok(Value::Unknown.mark(sens)),
                     Value::Bool(true) => Ok(self.eval(&c.true_expr)?.mark(sens)),
                     Value::Bool(false) => Ok(self.eval(&c.false_expr)?.mark(sens)),
                     other => Err(self
@@ -524,7 +527,7 @@ impl<'a> Evaluator<'a> {
 
     fn for_expr(&mut self, f: &hcl_edit::expr::ForExpr) -> R {
         let coll = self.eval(&f.intro.collection_expr)?;
-        let (coll, sens) = coll.unmarked();
+        let (coll, mut sens) = coll.unmarked();
         let items: Vec<(Value, Value)> = match coll {
             Value::Unknown => return Ok(Value::Unknown),
             Value::List(l) => l
@@ -582,9 +585,11 @@ impl<'a> Evaluator<'a> {
                 let val = self.eval(&f.value_expr)?;
                 if let Some(ke) = &f.key_expr {
                     let key = self.eval(ke)?;
+                    // A key cannot carry a mark of its own: a secret key makes the object secret.
+                    sens |= key.is_sensitive();
                     let Some(key) = to_template_string(&key) else {
                         self.scope.truncate(n);
-                        return Ok(Value::Unknown);
+                        return Ok(Value::Unknown.mark(sens));
                     };
                     if f.grouping {
                         match map.entry(key).or_insert_with(|| Value::List(vec![])) {
@@ -617,7 +622,7 @@ impl<'a> Evaluator<'a> {
         let mut out = String::new();
         let mut sens = false;
         if !self.template_into(t, &mut out, &mut sens)? {
-            return Ok(Value::Unknown);
+            return Ok(Value::Unknown.mark(sens));
         }
         Ok(Value::String(out).mark(sens))
     }

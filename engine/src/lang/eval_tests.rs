@@ -224,6 +224,22 @@ fn sensitive_propagation() {
     assert_eq!(ev("upper(var.secret)").unmarked().0, s("HUNTER2"));
 }
 
+/// Issue 8, item 3: keys carry no mark, so a secret key (a route path) marks its object, and a
+/// secret next to something unknown keeps its mark (plan JSON's `after_unknown` paths and
+/// object keys would show it otherwise).
+#[test]
+fn a_secret_in_an_object_key_or_beside_an_unknown_stays_marked() {
+    assert!(ev("{ (var.secret) = 1 }").is_sensitive());
+    assert!(ev("{ (var.secret) = var.later }").is_sensitive());
+    assert!(ev("{ for k in [\"a\"] : \"${k}${var.secret}\" => 1 }").is_sensitive());
+    assert!(ev("\"${var.secret}${var.later}\"").is_sensitive());
+    assert!(ev("var.secret == \"x\" ? var.later : 1").is_sensitive());
+    assert!(ev("{ (var.name) = var.secret }")
+        .get("web")
+        .is_some_and(Value::is_sensitive));
+    assert!(!ev("{ a = 1, (var.name) = 2 }").is_sensitive());
+}
+
 #[test]
 fn errors_name_their_place() {
     let d = err("10 / (var.n - 3)");

@@ -115,6 +115,14 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// `value` of `canary.request.FIELD`, or a mask when the stack marked it secret.
+fn shown_unless_secret(config: &ValueMap, field: &str, value: &str) -> String {
+    match config.get("canary") {
+        Some(c) if c.is_sensitive_at(&["request", field]) => "(sensitive value)".into(),
+        _ => value.to_string(),
+    }
+}
+
 pub fn analyze(
     ctx: &ProviderCtx,
     block: &str,
@@ -178,8 +186,10 @@ pub fn analyze(
         rec: ProgressiveRecord {
             block: block.to_string(),
             started_unix: unix_now(),
-            request_method: spec.request.method.clone(),
-            request_path: spec.request.path.clone(),
+            // The report is for reading and sharing: a secret request (a token in the path)
+            // is not written into it.
+            request_method: shown_unless_secret(config, "method", &spec.request.method),
+            request_path: shown_unless_secret(config, "path", &spec.request.path),
             request_content_type: spec
                 .request
                 .body
@@ -290,13 +300,13 @@ fn write_record(
     rec.rec.verdict = Some(verdict);
     rec.rec.ended_s = rec.started.elapsed().as_secs_f64();
     let dir = work_dir.join("reports");
-    std::fs::create_dir_all(&dir)?;
+    pipeline_supervise::private::create_dir_all(&dir)?;
     let path = dir.join(format!(
         "{}-{}.json",
         sanitize(&rec.rec.block),
         rec.rec.started_unix as u64
     ));
-    std::fs::write(&path, serde_json::to_vec(&rec.rec)?)?;
+    pipeline_supervise::private::write(&path, serde_json::to_vec(&rec.rec)?)?;
     Ok(path)
 }
 

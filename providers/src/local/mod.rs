@@ -26,8 +26,8 @@ fn host_schema() -> KindSchema {
         kind: "host",
         attrs: vec![
             AttrSchema::optional("labels", Type::Map(Box::new(Type::String))),
-            AttrSchema::computed("address", Type::String),
-            AttrSchema::computed("hostname", Type::String),
+            AttrSchema::computed("address", Type::String).derived_from(&[]),
+            AttrSchema::computed("hostname", Type::String).derived_from(&[]),
         ],
         instances_attr: None,
     }

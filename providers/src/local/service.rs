@@ -10,7 +10,7 @@ use pipeline_engine::provider::{
     ProviderError, Type,
 };
 use pipeline_engine::value::{Value, ValueMap};
-use pipeline_supervise::{HealthCheck, HealthKind, ReplicaSpec};
+use pipeline_supervise::{private, HealthCheck, HealthKind, ReplicaSpec};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -39,11 +39,13 @@ pub fn schema() -> KindSchema {
             AttrSchema::optional("update", Type::Any),
             // Progressive delivery and `pipeline canary` settings (see providers/src/canary.rs).
             AttrSchema::optional("canary", Type::Any),
-            AttrSchema::computed("build_id", Type::String),
-            AttrSchema::computed("address", Type::String),
+            // A digest of what is built: as secret as the inputs it digests.
+            AttrSchema::computed("build_id", Type::String)
+                .derived_from(&["source", "revision", "build"]),
+            AttrSchema::computed("address", Type::String).derived_from(&["on"]),
             // The slot's port: stable for the life of the instance.
-            AttrSchema::computed("port", Type::Number),
-            AttrSchema::computed("url", Type::String),
+            AttrSchema::computed("port", Type::Number).derived_from(&[]),
+            AttrSchema::computed("url", Type::String).derived_from(&["on"]),
         ],
         instances_attr: Some("replicas"),
     }
@@ -533,7 +535,7 @@ fn start_slot(
     address: &str,
     port: u16,
 ) -> Result<(), ProviderError> {
-    std::fs::create_dir_all(sdir).map_err(err)?;
+    private::create_dir_all(sdir).map_err(err)?;
     slot::write_json(
         &sdir.join(slot::CONFIG),
         &slot::SlotConfig {
@@ -617,10 +619,10 @@ fn start_gen(
     stop_gen(ctx, addr, n)?;
     let spec_b = build_spec(ctx, c);
     let id = build::build_id(&spec_b)?;
-    std::fs::create_dir_all(&dir)
+    private::create_dir_all(&dir)
         .map_err(|e| ProviderError::new(format!("cannot create {}: {e}", dir.display())))?;
     // Mark the build as used before building, so a concurrent clean-up never removes it.
-    std::fs::write(dir.join("build_id"), &id).map_err(err)?;
+    private::write(&dir.join("build_id"), &id).map_err(err)?;
     let cwd = build::ensure(ctx, &spec_b, &id, addr)?;
     let address = address_of(c);
     // In a network namespace the app listens on its fixed port at the namespace's address.
@@ -687,10 +689,11 @@ fn start_gen(
             dir.join(pipeline_supervise::REPLICA_LOG).display()
         )));
     }
-    // What this generation runs, for an instant rollback to it later.
+    // What this generation runs, for an instant rollback to it later: its env and any secret
+    // in its config included, so owner-only.
     let attrs = instance_attrs(c, &id, &address, port, n);
-    std::fs::write(
-        dir.join("instance.json"),
+    private::write(
+        &dir.join("instance.json"),
         serde_json::to_vec(&attrs).map_err(err)?,
     )
     .map_err(err)?;

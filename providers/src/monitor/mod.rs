@@ -77,8 +77,8 @@ fn schema() -> KindSchema {
             AttrSchema::optional("address", Type::String).default(Value::str("127.0.0.1")),
             AttrSchema::optional("watch", Type::Any),
             AttrSchema::optional("interval", Type::String).default(Value::str("100ms")),
-            AttrSchema::computed("url", Type::String),
-            AttrSchema::computed("metrics_url", Type::String),
+            AttrSchema::computed("url", Type::String).derived_from(&["listen", "address"]),
+            AttrSchema::computed("metrics_url", Type::String).derived_from(&["listen", "address"]),
         ],
         instances_attr: None,
     }
@@ -212,7 +212,7 @@ fn start(ctx: &ProviderCtx, addr: &str, c: &ValueMap) -> Result<JsonMap, Provide
     let listen = listen_of(c).ok_or_else(|| ProviderError::new("`listen` is required"))? as u16;
     let address = address_of(c);
     check_port_free(&address, listen)?;
-    std::fs::create_dir_all(&dir)
+    pipeline_supervise::private::create_dir_all(&dir)
         .map_err(|e| ProviderError::new(format!("cannot create {}: {e}", dir.display())))?;
     let dir = abs(&dir);
     let config = DaemonConfig {
@@ -227,7 +227,7 @@ fn start(ctx: &ProviderCtx, addr: &str, c: &ValueMap) -> Result<JsonMap, Provide
         listen,
     };
     let json = serde_json::to_vec_pretty(&config).expect("config serializes");
-    std::fs::write(dir.join(CONFIG_FILE), json).map_err(|e| {
+    pipeline_supervise::private::write(&dir.join(CONFIG_FILE), json).map_err(|e| {
         ProviderError::new(format!("cannot write {}/{CONFIG_FILE}: {e}", dir.display()))
     })?;
     let exe = abs(&ctx.exe);

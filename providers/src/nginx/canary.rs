@@ -276,7 +276,7 @@ fn write_and_reload(prefix: &Path, text: &str) -> Result<(), String> {
     check(text, prefix).map_err(|(_, m)| m)?;
     let c = conf(prefix);
     let tmp = c.with_extension("canary-tmp");
-    std::fs::write(&tmp, text)
+    pipeline_supervise::private::write(&tmp, text)
         .and_then(|_| std::fs::rename(&tmp, &c))
         .map_err(|e| format!("cannot write {}: {e}", c.display()))?;
     reload(prefix)

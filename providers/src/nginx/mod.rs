@@ -11,7 +11,7 @@ use pipeline_engine::provider::{
     ProviderCtx, ProviderError, Type,
 };
 use pipeline_engine::value::{Value, ValueMap};
-use pipeline_supervise::{HealthCheck, ReplicaSpec};
+use pipeline_supervise::{private, HealthCheck, ReplicaSpec};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -34,9 +34,10 @@ fn schema() -> KindSchema {
             // Retry a POST on another replica when the first one failed mid-request. Safe only when
             // requests are idempotent in effect (a preview renderer is; a payment is not).
             AttrSchema::optional("retry_non_idempotent", Type::Bool).default(Value::Bool(false)),
-            AttrSchema::computed("url", Type::String),
+            AttrSchema::computed("url", Type::String).derived_from(&["listen", "address"]),
+            // Rendered from every input: secret when any input is.
             AttrSchema::computed("config", Type::String),
-            AttrSchema::computed("access_log", Type::String),
+            AttrSchema::computed("access_log", Type::String).derived_from(&[]),
         ],
         instances_attr: None,
     }
@@ -212,13 +213,13 @@ fn check(text: &str, real_prefix: &Path) -> Result<(), (Option<String>, String)>
     ));
     let result = (|| {
         for d in ["conf", "logs", "tmp"] {
-            std::fs::create_dir_all(tmp.join(d)).map_err(|e| (None, e.to_string()))?;
+            private::create_dir_all(&tmp.join(d)).map_err(|e| (None, e.to_string()))?;
         }
         let text = text.replace(
             &real_prefix.display().to_string(),
             &tmp.display().to_string(),
         );
-        std::fs::write(tmp.join("conf/nginx.conf"), &text).map_err(|e| (None, e.to_string()))?;
+        private::write(&tmp.join("conf/nginx.conf"), &text).map_err(|e| (None, e.to_string()))?;
         let out = std::process::Command::new(&bin)
             .arg("-t")
             .arg("-q")
@@ -455,7 +456,7 @@ fn apply_blocking(
         ProviderError::new(i.message).help(i.help)
     };
     for d in ["conf", "logs", "tmp"] {
-        std::fs::create_dir_all(pre.join(d)).map_err(|e| {
+        private::create_dir_all(&pre.join(d)).map_err(|e| {
             ProviderError::new(format!("cannot create {}: {e}", pre.join(d).display()))
         })?;
     }
@@ -467,7 +468,7 @@ fn apply_blocking(
     // The stack's config replaces whatever an interrupted canary left shifted.
     let _ = std::fs::remove_file(pre.join("conf/nginx.conf.stable"));
     let tmp = conf.with_extension("tmp");
-    std::fs::write(&tmp, &text)
+    private::write(&tmp, &text)
         .and_then(|_| std::fs::rename(&tmp, &conf))
         .map_err(|e| ProviderError::new(format!("cannot write {}: {e}", conf.display())))?;
     match (running, prior) {

@@ -42,7 +42,9 @@ pub fn schema() -> KindSchema {
             // The primary's port: a free one when left out (then kept in state).
             AttrSchema {
                 computed: true,
-                ..AttrSchema::optional("port", Type::Number).force_new()
+                ..AttrSchema::optional("port", Type::Number)
+                    .force_new()
+                    .derived_from(&["port"])
             },
             // Generated from /dev/urandom when left out, kept in state, never shown.
             AttrSchema {
@@ -55,13 +57,14 @@ pub fn schema() -> KindSchema {
             // `{ tables = true, new_editor = false, beta = 25 }` (a number is a percentage).
             AttrSchema::optional("values", Type::Map(Box::new(Type::Any)))
                 .default(Value::Map(Default::default())),
-            AttrSchema::computed("address", Type::String),
+            AttrSchema::computed("address", Type::String).derived_from(&["on"]),
             // redis://:PASSWORD@ADDRESS:PORT of the primary.
             AttrSchema::computed("url", Type::String).sensitive(),
             // The mirror for this host: what instances read.
             AttrSchema::computed("local_url", Type::String).sensitive(),
             AttrSchema::computed("mirror_urls", Type::List(Box::new(Type::String))).sensitive(),
-            AttrSchema::computed("mirror_ports", Type::List(Box::new(Type::Number))),
+            AttrSchema::computed("mirror_ports", Type::List(Box::new(Type::Number)))
+                .derived_from(&["port"]),
         ],
         instances_attr: None,
     }
@@ -376,16 +379,8 @@ fn render_conf(
 }
 
 fn write_private(path: &Path, text: &str) -> Result<(), ProviderError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::remove_file(path);
-    std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
+    pipeline_supervise::private::write(path, text)
         .map_err(|e| ProviderError::new(format!("cannot write {}: {e}", path.display())))
 }
 
@@ -406,7 +401,7 @@ impl Server<'_> {
         port: u16,
         replicaof: Option<u16>,
     ) -> Result<(), ProviderError> {
-        std::fs::create_dir_all(dir)
+        pipeline_supervise::private::create_dir_all(dir)
             .map_err(|e| ProviderError::new(format!("cannot create {}: {e}", dir.display())))?;
         let dir = dir
             .canonicalize()

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 mod health;
+pub mod private;
 mod supervisor;
 mod util;
 
@@ -363,7 +364,7 @@ pub fn start(
     start_timeout: Duration,
 ) -> Result<Started, SuperviseError> {
     let name = spec.name.as_str();
-    fs::create_dir_all(dir).map_err(io_err(name, dir, "creating the replica directory"))?;
+    private::create_dir_all(dir).map_err(io_err(name, dir, "creating the replica directory"))?;
     let dir = util::abs_dir(dir);
     let dir = dir.as_path();
 
@@ -393,11 +394,11 @@ pub fn start(
         "writing spec.json",
     ))?;
 
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(SUPERVISOR_LOG))
-        .map_err(io_err(name, dir, "opening supervisor.log"))?;
+    let log = private::append(&dir.join(SUPERVISOR_LOG)).map_err(io_err(
+        name,
+        dir,
+        "opening supervisor.log",
+    ))?;
     let log2 = log
         .try_clone()
         .map_err(io_err(name, dir, "opening supervisor.log"))?;
@@ -409,7 +410,8 @@ pub fn start(
         exe.to_path_buf()
     };
     let mut cmd = Command::new(&exe);
-    cmd.arg("__supervise")
+    private::clean_env(&mut cmd)
+        .arg("__supervise")
         .arg(dir)
         .current_dir(dir)
         .env(MARKER_ENV, dir)

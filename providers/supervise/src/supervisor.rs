@@ -117,7 +117,8 @@ fn spawn_watchdog(dir: &Path, pgid: u32) -> std::io::Result<OwnedFd> {
     let (read_end, write_end) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let mut cmd = Command::new("sh");
-    cmd.arg("-c")
+    crate::private::clean_env(&mut cmd)
+        .arg("-c")
         .arg(WATCHDOG_SCRIPT)
         .arg("pipeline-supervise-watchdog")
         .current_dir("/")
@@ -277,7 +278,8 @@ impl Supervisor {
         };
         let parent = std::process::id() as libc::pid_t;
         let mut cmd = Command::new("sh");
-        cmd.arg("-c")
+        crate::private::clean_env(&mut cmd)
+            .arg("-c")
             .arg(&self.spec.command)
             .current_dir(&self.spec.cwd)
             .envs(&self.spec.env)

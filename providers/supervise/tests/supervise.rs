@@ -337,3 +337,59 @@ fn status_rejects_an_unrelated_live_pid() {
     stop(&dir, Duration::from_secs(1)).unwrap();
     assert!(status(&dir).is_none());
 }
+
+/// Issue 8, item 3: the CLI's environment (where `PIPELINE_VAR_*` secrets live) must not reach
+/// supervisors, watchdogs or apps; they get the allow-list, their spec's env and the marker.
+#[test]
+fn supervised_processes_get_only_the_allowed_environment_and_their_spec() {
+    // The documented allow-list (pipeline_supervise::private::ALLOWED_ENV).
+    const ALLOWED: &[&str] = &[
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "LC_ALL",
+        "LC_CTYPE",
+        "LC_MESSAGES",
+        "TZ",
+        "TMPDIR",
+    ];
+    // nextest runs each test in a process of its own, so this reaches only this test.
+    std::env::set_var("PIPELINE_VAR_db_password", "s3cr3t-from-the-cli");
+    std::env::set_var("SOME_CI_TOKEN", "token-from-the-cli");
+    let g = Guard::new();
+    let dir = g.dir("web-0");
+    let mut spec = g.http_spec("service.web[0]");
+    spec.env.insert("GIVEN".into(), "by-the-stack".into());
+    let started = start_ok(&dir, &spec);
+    wait_healthy(&dir, &spec, BOUND).unwrap();
+    let pids = processes_under(g.root());
+    assert!(pids.contains(&started.supervisor_pid) && pids.contains(&started.child_pid));
+    for pid in pids {
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let env = String::from_utf8_lossy(&raw).replace('\0', "\n");
+        assert!(
+            !env.contains("s3cr3t-from-the-cli") && !env.contains("token-from-the-cli"),
+            "pid {pid} inherited the CLI's environment:\n{env}"
+        );
+        // What pipeline spawned itself (an app may add variables of its own, e.g. a pyenv shim).
+        if pid != started.supervisor_pid && pid != started.child_pid {
+            continue;
+        }
+        for line in env.lines() {
+            let key = line.split('=').next().unwrap_or_default();
+            assert!(
+                ALLOWED.contains(&key) || ["PIPELINE_REPLICA_DIR", "PORT", "GIVEN"].contains(&key),
+                "pid {pid} has {key}, which nothing gave it"
+            );
+        }
+        if pid == started.child_pid {
+            assert!(env.contains("GIVEN=by-the-stack"), "{env}");
+        }
+    }
+    stop(&dir, BOUND).unwrap();
+}
