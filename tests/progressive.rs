@@ -739,3 +739,82 @@ fn ctrl_c_during_a_canary_aborts_it_at_once() {
     );
     destroy_all(&e.t);
 }
+
+/// Marked processes of the stack's service instances that are no recorded generation: a
+/// candidate generation or a canary slot.
+fn candidates_running(t: &Scratch) -> Vec<(u32, String)> {
+    let st = state(t);
+    t.marked()
+        .into_iter()
+        .filter(|(_, dir)| {
+            let (inst, sub) = dir.split_once('/').unwrap_or((dir, ""));
+            let recorded: Vec<u64> = st
+                .resources
+                .iter()
+                .filter(|(a, _)| pipeline_providers::local::sanitize(a) == inst)
+                .flat_map(|(_, r)| {
+                    ["generation", "standby_generation"]
+                        .into_iter()
+                        .filter_map(|k| r.attrs.get(k).and_then(|g| g.as_u64()))
+                })
+                .collect();
+            sub == "canary-slot"
+                || sub
+                    .strip_prefix("gen-")
+                    .and_then(|g| g.parse::<u64>().ok())
+                    .is_some_and(|g| !recorded.contains(&g))
+        })
+        .collect()
+}
+
+/// Issue 8, item 6: a SIGKILL of the apply mid-canary left its candidate generations and
+/// canary slots running after the next apply (which had nothing to change) and after destroy.
+#[test]
+fn a_canary_killed_mid_way_leaves_no_candidate_after_the_next_apply_and_nothing_after_destroy() {
+    let e = setup("60s");
+    let mut child = apply_until_canary_runs(&e, "v2");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(conf(&e.t).contains("# canary"), "traffic was shifted");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = candidates_running(&e.t);
+    assert!(
+        left.iter().any(|(_, d)| d.ends_with("canary-slot")),
+        "the killed canary left its candidates: {left:?}"
+    );
+
+    // The next apply of what is recorded (v1): nothing of the service to change.
+    let out = e.t.run(&["apply", "-auto-approve", "s.hcl"]);
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    println!("{text}");
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(candidates_running(&e.t), vec![], "{text}");
+    assert!(
+        text.contains("canary slot") || text.contains("canary-slot"),
+        "the stopped leftovers are reported: {text}"
+    );
+    assert!(!conf(&e.t).contains("# canary"), "{}", conf(&e.t));
+    assert_eq!(
+        versions_through(e.port, 10).keys().collect::<Vec<_>>(),
+        vec!["v1"]
+    );
+    let plan = e.t.run(&["plan", "-detailed-exitcode", "s.hcl"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", s(&plan.stdout));
+
+    // Killed again, then destroy straight away: no process, no run dir.
+    let mut child = apply_until_canary_runs(&e, "v2");
+    std::thread::sleep(Duration::from_millis(1000));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!candidates_running(&e.t).is_empty());
+    let out = e.t.run(&["destroy", "-auto-approve", "s.hcl"]);
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(e.t.marked(), vec![], "{text}");
+    let run = e.t.path().join(".pipeline/run");
+    assert!(
+        !run.exists(),
+        "no run dir is left: {:?}",
+        std::fs::read_dir(&run).map(|rd| rd.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
+}

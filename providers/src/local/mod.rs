@@ -202,6 +202,24 @@ impl Provider for Local {
         }
     }
 
+    async fn sweep(
+        &self,
+        ctx: &ProviderCtx,
+        owned: &[(&str, &pipeline_engine::state::ResourceState)],
+    ) -> Result<Vec<String>, ProviderError> {
+        let ctx = ctx.clone();
+        let owned: Vec<(String, pipeline_engine::state::ResourceState)> = owned
+            .iter()
+            .map(|(a, r)| (a.to_string(), (*r).clone()))
+            .collect();
+        crate::blocking(move || {
+            let owned: Vec<(&str, &pipeline_engine::state::ResourceState)> =
+                owned.iter().map(|(a, r)| (a.as_str(), r)).collect();
+            service::sweep_orphans(&ctx, &owned)
+        })
+        .await
+    }
+
     async fn delete(
         &self,
         ctx: &ProviderCtx,
