@@ -960,6 +960,9 @@ fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
         rows.push(serde_json::json!({"address": addr, "kind": rs.kind, "pid": pid, "port": port, "url": rs.attrs.get("url"),
             "generation": generation, "standby_generation": rs.attrs.get("standby_generation"), "build_id": rs.attrs.get("build_id"),
             "running": alive, "healthy": health, "uptime_s": uptime, "restarts": restarts}));
+        if rs.kind == "service" {
+            rows.extend(canary_rows(ws, addr, rs, now));
+        }
     }
     if json {
         println!("{}", serde_json::Value::Array(rows));
@@ -973,7 +976,15 @@ fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
         "{:<32} {:>8} {:>6} {:<10} {:>9} {:>8}",
         "INSTANCE", "PID", "PORT", "HEALTH", "UPTIME", "RESTARTS"
     );
-    for r in rows {
+    for mut r in rows {
+        if r["canary"] == true {
+            r["address"] = format!(
+                "{} canary g{}",
+                r["address"].as_str().unwrap_or(""),
+                r["generation"]
+            )
+            .into();
+        }
         let health = match (r["running"].as_bool(), r["healthy"].as_bool()) {
             (Some(false), _) => style.red("down"),
             (_, Some(true)) => style.green("healthy"),
@@ -994,6 +1005,29 @@ fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A running canary's candidates of a service instance: one row per candidate generation.
+fn canary_rows(
+    ws: &Workspace,
+    addr: &str,
+    rs: &pipeline_engine::state::ResourceState,
+    now: u64,
+) -> Vec<serde_json::Value> {
+    pipeline_providers::local::canary_candidates(&ws.dir, addr, &rs.attrs)
+        .into_iter()
+        .map(|(g, dir)| {
+            let s = pipeline_supervise::status(&dir);
+            let running = s
+                .as_ref()
+                .is_some_and(|s| s.supervisor_alive && s.child_alive);
+            serde_json::json!({"address": addr, "kind": rs.kind, "canary": true, "generation": g,
+                "pid": s.as_ref().and_then(|s| s.child_pid), "port": s.as_ref().map(|s| s.port),
+                "running": running, "healthy": s.as_ref().and_then(|s| s.healthy),
+                "uptime_s": s.as_ref().map_or(0, |s| now.saturating_sub(s.started_at)),
+                "restarts": s.as_ref().map_or(0, |s| s.restarts)})
+        })
+        .collect()
 }
 
 /// Where the main supervised process of a recorded instance lives: a service's active

@@ -818,3 +818,37 @@ fn a_canary_killed_mid_way_leaves_no_candidate_after_the_next_apply_and_nothing_
         std::fs::read_dir(&run).map(|rd| rd.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
     );
 }
+
+/// Issue 8, item 6: `status` shows a running canary's candidates while they run.
+#[test]
+fn status_shows_a_running_canarys_candidates() {
+    let e = setup("60s");
+    let mut child = apply_until_canary_runs(&e, "v2");
+    let out = e.t.ok(&["status", "-json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    for i in 0..2 {
+        let addr = format!("service.web[{i}]");
+        let cand = rows
+            .iter()
+            .find(|r| r["address"] == addr.as_str() && r["canary"] == true)
+            .unwrap_or_else(|| panic!("no candidate row for {addr}: {out}"));
+        assert_eq!(cand["generation"], 2, "{cand}");
+        assert_eq!(cand["running"], true, "{cand}");
+        let pid = cand["pid"].as_u64().unwrap() as u32;
+        assert!(
+            e.t.marked()
+                .iter()
+                .any(|(p, d)| *p == pid && d.ends_with("gen-2")),
+            "the pid shown is the candidate's: {cand}"
+        );
+    }
+    let text = e.t.ok(&["status"]);
+    assert!(text.contains("canary"), "{text}");
+    e.t.ok(&["rollback", "web"]);
+    child.wait().unwrap();
+    assert!(
+        !e.t.ok(&["status", "-json"]).contains("\"canary\":true"),
+        "once the canary is over no candidate is shown"
+    );
+    destroy_all(&e.t);
+}

@@ -17,7 +17,9 @@ use pipeline_engine::value::{Value, ValueMap};
 
 /// Names of the network namespaces service generations run in (for leak checks).
 pub use netns::{name as netns_name, prefix as netns_prefix};
-pub use service::{generation_dir, replica_dir, rollback, sanitize, update_policy, UpdatePolicy};
+pub use service::{
+    canary_candidates, generation_dir, replica_dir, rollback, sanitize, update_policy, UpdatePolicy,
+};
 
 pub struct Local;
 

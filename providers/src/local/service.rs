@@ -1102,3 +1102,27 @@ pub fn sweep_orphans(
 fn pipeline_supervise_abs(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
+
+/// A canary's candidates of instance `addr` while they run (for `status`): the generations
+/// that are neither serving nor standby while the instance has a canary slot.
+pub fn canary_candidates(work_dir: &Path, addr: &str, attrs: &JsonMap) -> Vec<(u64, PathBuf)> {
+    let dir = replica_dir(work_dir, addr);
+    if !dir.join("canary-slot").is_dir() {
+        return Vec::new();
+    }
+    let recorded: Vec<u64> = ["generation", "standby_generation"]
+        .iter()
+        .filter_map(|k| num(attrs, k))
+        .collect();
+    let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let g: u64 = e.file_name().to_str()?.strip_prefix("gen-")?.parse().ok()?;
+            (!recorded.contains(&g)).then(|| (g, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
