@@ -180,7 +180,12 @@ fn a_stale_lock_of_a_dead_process_is_broken_and_force_unlock_works() {
 
 /// A stack of `n` quick preview replicas and one service that takes `slow_s` seconds to listen
 /// (it keeps an apply busy while a second one runs).
-fn two_services(src: &std::path::Path, slow_s: u32) -> String {
+fn two_services(src: &std::path::Path, slow_s: u32, balancer: Option<u16>) -> String {
+    let balancer = balancer
+        .map(|port| {
+            format!("\nbalancer \"front\" {{\n  listen = {port}\n  routes = {{ \"/\" = service.preview }}\n}}\n")
+        })
+        .unwrap_or_default();
     format!(
         r#"variable "n" {{ default = 3 }}
 
@@ -197,9 +202,27 @@ service "slow" {{
   health        = {{ path = "/health", interval = "100ms" }}
   start_timeout = "60s"
 }}
-"#,
+{balancer}"#,
         src = src.display()
     )
+}
+
+/// Every upstream server in the balancer's nginx.conf, and whether its /health answers 200.
+fn upstreams(t: &Scratch) -> Vec<(String, bool)> {
+    let conf = std::fs::read_to_string(
+        t.path()
+            .join(".pipeline/run/balancer.front/conf/nginx.conf"),
+    )
+    .unwrap();
+    conf.lines()
+        .filter_map(|l| l.trim().strip_prefix("server "))
+        .filter_map(|r| r.split([' ', ';']).next())
+        .filter(|a| a.contains(':'))
+        .map(|a| {
+            let ok = http("GET", &format!("http://{a}/health"), "").is_some_and(|r| r.0 == 200);
+            (a.to_string(), ok)
+        })
+        .collect()
 }
 
 /// The lock's id while `apply` holds it.
@@ -246,7 +269,7 @@ fn unowned(t: &Scratch) -> Vec<(u32, String)> {
 fn force_unlock_of_a_live_owner_is_refused_and_force_overrides_with_a_warning() {
     let t = Scratch::new();
     let src = prebuilt_source(&t);
-    t.write("s.hcl", &two_services(&src, 4));
+    t.write("s.hcl", &two_services(&src, 4, None));
     let mut first = t
         .cmd(&["apply", "-auto-approve", "s.hcl"])
         .stdout(std::process::Stdio::null())
@@ -286,25 +309,28 @@ fn force_unlock_of_a_live_owner_is_refused_and_force_overrides_with_a_warning() 
 fn two_applies_after_a_forced_unlock_leave_no_orphan_after_the_next_apply_or_destroy() {
     let t = Scratch::new();
     let src = prebuilt_source(&t);
-    t.write("s.hcl", &two_services(&src, 6));
+    let port = common::load::free_port();
+    t.write("s.hcl", &two_services(&src, 6, Some(port)));
     let first = t
         .cmd(&["apply", "-auto-approve", "s.hcl"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // The quick replicas are recorded while the slow one still starts.
+    // The quick replicas and the balancer are recorded while the slow one still starts.
     assert!(
         wait_until(Duration::from_secs(30), || {
+            let st = state(&t);
+            let ready = |a: &str| {
+                st.resources
+                    .get(a)
+                    .is_some_and(|r| r.status == pipeline_state::Status::Ready)
+            };
             t.path().join(".pipeline/state.lock").exists()
-                && (0..3).all(|i| {
-                    state(&t)
-                        .resources
-                        .get(&format!("service.preview[{i}]"))
-                        .is_some_and(|r| r.status == pipeline_state::Status::Ready)
-                })
+                && (0..3).all(|i| ready(&format!("service.preview[{i}]")))
+                && ready("balancer.front")
         }),
-        "the first apply recorded its quick replicas"
+        "the first apply recorded its quick replicas and the balancer"
     );
     let id = lock_id(&t);
     t.ok(&["force-unlock", "-force", &id]);
@@ -315,6 +341,8 @@ fn two_applies_after_a_forced_unlock_leave_no_orphan_after_the_next_apply_or_des
         "n=5",
         "-target",
         "service.preview",
+        "-target",
+        "balancer.front",
         "s.hcl",
     ]);
     let out = first.wait_with_output().unwrap();
@@ -336,6 +364,7 @@ fn two_applies_after_a_forced_unlock_leave_no_orphan_after_the_next_apply_or_des
     // The next apply of the recorded stack stops them and says so.
     let out = t.run(&["apply", "-auto-approve", "s.hcl"]);
     let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    println!("{text}");
     assert!(out.status.success(), "{text}");
     assert!(
         text.contains("service.preview[3]") && text.contains("service.preview[4]"),
@@ -360,6 +389,15 @@ fn two_applies_after_a_forced_unlock_leave_no_orphan_after_the_next_apply_or_des
             "what the state names still serves"
         );
     }
+    // The balancer sends to nothing that is not there.
+    let ups = upstreams(&t);
+    assert_eq!(ups.len(), 3, "{ups:?}");
+    assert!(ups.iter().all(|(_, ok)| *ok), "{ups:?}");
+    assert_eq!(
+        versions_through(port, 12).values().sum::<usize>(),
+        12,
+        "every request through the balancer is answered"
+    );
 
     // Orphans again (the same race), then destroy: nothing left at all.
     let first = t
