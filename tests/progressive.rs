@@ -852,3 +852,81 @@ fn status_shows_a_running_canarys_candidates() {
     );
     destroy_all(&e.t);
 }
+
+/// This work dir's network namespaces (`ip netns list`).
+fn namespaces(t: &Scratch) -> Vec<String> {
+    let prefix = pipeline_providers::local::netns_prefix(&t.path().join(".pipeline"));
+    let out = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    let mut v: Vec<String> = s(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&prefix))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Removes this work dir's namespaces even when the test fails (after Scratch stopped the
+/// processes inside).
+struct NamespaceGuard(std::path::PathBuf);
+
+impl Drop for NamespaceGuard {
+    fn drop(&mut self) {
+        let prefix = pipeline_providers::local::netns_prefix(&self.0);
+        let out = std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .map(|o| s(&o.stdout))
+            .unwrap_or_default();
+        for n in out.lines().filter_map(|l| l.split_whitespace().next()) {
+            if n.starts_with(&prefix) {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "pids", n])
+                    .output()
+                    .map(|o| {
+                        for p in s(&o.stdout).split_whitespace() {
+                            let _ = std::process::Command::new("kill").args(["-9", p]).status();
+                        }
+                    });
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", n])
+                    .status();
+            }
+        }
+    }
+}
+
+/// Issue 8, item 6 with namespaced apps: the killed canary's candidates ran in namespaces of
+/// their own; the next apply removes those too, and destroy leaves none.
+#[test]
+fn a_canary_killed_mid_way_leaves_no_candidate_namespace_after_the_next_apply() {
+    let e = setup_with("60s", true);
+    let _ns = NamespaceGuard(e.t.path().join(".pipeline"));
+    let mut child = apply_until_canary_runs(&e, "v2");
+    std::thread::sleep(Duration::from_millis(1000));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = namespaces(&e.t);
+    assert_eq!(
+        before.iter().filter(|n| n.ends_with("-g2")).count(),
+        2,
+        "the candidates run in namespaces: {before:?}"
+    );
+    let out = e.t.run(&["apply", "-auto-approve", "s.hcl"]);
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(candidates_running(&e.t), vec![], "{text}");
+    let after = namespaces(&e.t);
+    assert_eq!(after.len(), 2, "{after:?}\n{text}");
+    assert!(after.iter().all(|n| n.ends_with("-g1")), "{after:?}");
+    assert_eq!(
+        versions_through(e.port, 10).keys().collect::<Vec<_>>(),
+        vec!["v1"]
+    );
+    destroy_all(&e.t);
+    assert_eq!(namespaces(&e.t), Vec::<String>::new());
+}
