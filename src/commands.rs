@@ -114,8 +114,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Remove a lock whose owner is gone.
-    ForceUnlock { id: String },
+    /// Remove a lock whose owner is gone (refused while it runs on this host, unless -force).
+    ForceUnlock {
+        id: String,
+        /// Remove it even though its owner still runs here: a second run may then change the
+        /// state alongside it.
+        #[arg(long)]
+        force: bool,
+    },
     /// Every running replica with pid, port, health and uptime.
     Status {
         #[arg(long)]
@@ -357,6 +363,7 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
             if let Some(p) = &args.stack {
                 if let Some(plan) = read_saved_plan(p)? {
                     let lock = ops::lock(&ws, "apply", &mut stale_note)?;
+                    report_orphans(&ops::sweep_orphans(&ws, &lock).await?, json);
                     return run_apply(&ws, plan, &lock, true, json, args.parallelism, style, false)
                         .await;
                 }
@@ -364,6 +371,7 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
             // Held from planning to the last step: nobody changes the state in between.
             let inputs = plan_inputs(&ws, &args, false)?;
             let lock = ops::lock(&ws, "apply", &mut stale_note)?;
+            report_orphans(&ops::sweep_orphans(&ws, &lock).await?, json);
             let (plan, _) = ops::make_plan(&ws, &inputs).await?;
             ws.remember_stack(&inputs.stack);
             run_apply(
@@ -385,6 +393,7 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
         } => {
             let inputs = plan_inputs(&ws, &args, true)?;
             let lock = ops::lock(&ws, "destroy", &mut stale_note)?;
+            report_orphans(&ops::sweep_orphans(&ws, &lock).await?, json);
             let (plan, _) = ops::make_plan(&ws, &inputs).await?;
             run_apply(
                 &ws,
@@ -496,9 +505,15 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::ForceUnlock { id } => {
-            let info =
-                pipeline_engine::state::force_unlock(&ws.dir, &id).map_err(|e| anyhow!("{e}"))?;
+        Cmd::ForceUnlock { id, force } => {
+            let info = pipeline_engine::state::force_unlock(&ws.dir, &id, force)
+                .map_err(|e| anyhow!("{e}"))?;
+            if pipeline_engine::state::owner_alive(&info) {
+                eprintln!(
+                    "warning: pid {} on {} still runs `{}`; the next run may change the state alongside it, and what either one starts may be left out of the state (the next apply or destroy stops such orphans).",
+                    info.pid, info.host, info.operation
+                );
+            }
             println!(
                 "Removed the lock held by {}@{} (pid {}, `{}`, since {}).",
                 info.who, info.host, info.pid, info.operation, info.created
@@ -526,6 +541,7 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
                 pipeline_engine::value::Value::String(version.clone()),
             ));
             let lock = ops::lock(&ws, "deploy", &mut stale_note)?;
+            report_orphans(&ops::sweep_orphans(&ws, &lock).await?, json);
             let (plan, config) = ops::make_plan(&ws, &inputs).await?;
             if !config.modules[0].resources.contains_key(&block) {
                 bail!(
@@ -675,6 +691,24 @@ fn read_saved_plan(path: &std::path::Path) -> Result<Option<Plan>> {
         );
     }
     Ok(Some(s.pipeline_plan))
+}
+
+/// What the sweep stopped (left by a crashed or concurrent run), before the plan.
+fn report_orphans(lines: &[String], json: bool) {
+    if json {
+        for l in lines {
+            println!(
+                "{}",
+                serde_json::json!({"type": "orphan_stopped", "message": l})
+            );
+        }
+    } else if !lines.is_empty() {
+        println!("Stopped what no state record names (left by a crashed or concurrent run):");
+        for l in lines {
+            println!("  - {l}");
+        }
+        println!();
+    }
 }
 
 fn stale_note(info: &pipeline_engine::state::LockInfo) {
@@ -933,6 +967,9 @@ fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
         rows.push(serde_json::json!({"address": addr, "kind": rs.kind, "pid": pid, "port": port, "url": attr("url"),
             "generation": generation, "standby_generation": attr("standby_generation"), "build_id": attr("build_id"),
             "running": alive, "healthy": health, "uptime_s": uptime, "restarts": restarts}));
+        if rs.kind == "service" {
+            rows.extend(canary_rows(ws, addr, rs, now));
+        }
     }
     if json {
         println!("{}", serde_json::Value::Array(rows));
@@ -946,7 +983,15 @@ fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
         "{:<32} {:>8} {:>6} {:<10} {:>9} {:>8}",
         "INSTANCE", "PID", "PORT", "HEALTH", "UPTIME", "RESTARTS"
     );
-    for r in rows {
+    for mut r in rows {
+        if r["canary"] == true {
+            r["address"] = format!(
+                "{} canary g{}",
+                r["address"].as_str().unwrap_or(""),
+                r["generation"]
+            )
+            .into();
+        }
         let health = match (r["running"].as_bool(), r["healthy"].as_bool()) {
             (Some(false), _) => style.red("down"),
             (_, Some(true)) => style.green("healthy"),
@@ -967,6 +1012,29 @@ fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A running canary's candidates of a service instance: one row per candidate generation.
+fn canary_rows(
+    ws: &Workspace,
+    addr: &str,
+    rs: &pipeline_engine::state::ResourceState,
+    now: u64,
+) -> Vec<serde_json::Value> {
+    pipeline_providers::local::canary_candidates(&ws.dir, addr, &rs.attrs)
+        .into_iter()
+        .map(|(g, dir)| {
+            let s = pipeline_supervise::status(&dir);
+            let running = s
+                .as_ref()
+                .is_some_and(|s| s.supervisor_alive && s.child_alive);
+            serde_json::json!({"address": addr, "kind": rs.kind, "canary": true, "generation": g,
+                "pid": s.as_ref().and_then(|s| s.child_pid), "port": s.as_ref().map(|s| s.port),
+                "running": running, "healthy": s.as_ref().and_then(|s| s.healthy),
+                "uptime_s": s.as_ref().map_or(0, |s| now.saturating_sub(s.started_at)),
+                "restarts": s.as_ref().map_or(0, |s| s.restarts)})
+        })
+        .collect()
 }
 
 /// Where the main supervised process of a recorded instance lives: a service's active

@@ -266,6 +266,49 @@ pub fn lock(
     Ok(guard)
 }
 
+/// Every provider stops what it started under this working directory that the state no longer
+/// names (orphans of a crashed or concurrent run). Call with the state lock held, before the
+/// plan is made. Returns one line per thing stopped.
+pub async fn sweep_orphans(ws: &Workspace, _lock: &state::LockGuard) -> Result<Vec<String>> {
+    let st = ws.state()?;
+    let ctx = ProviderCtx {
+        work_dir: ws.dir.clone(),
+        stack_dir: std::env::current_dir()?,
+        exe: std::env::current_exe().context("cannot find the pipeline binary")?,
+    };
+    let mut names: Vec<&str> = Vec::new();
+    for k in ws.registry.kind_names() {
+        for p in ws.registry.providers_of(k) {
+            if !names.contains(&p) {
+                names.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for name in names {
+        let Some(p) = ws.registry.provider(name) else {
+            continue;
+        };
+        let owned: Vec<(&str, &state::ResourceState)> = st
+            .resources
+            .iter()
+            .filter(|(_, r)| r.provider == name)
+            .map(|(a, r)| (a.as_str(), r))
+            .collect();
+        let lines = p.sweep(&ctx, &owned).await.map_err(|e| {
+            anyhow!("stopping what the state no longer names ({name} provider): {e}")
+        })?;
+        out.extend(lines);
+    }
+    // Nothing recorded and nothing left: the working directories go too (only if empty).
+    if st.resources.is_empty() {
+        for d in ["run", "builds"] {
+            let _ = std::fs::remove_dir(ws.dir.join(d));
+        }
+    }
+    Ok(out)
+}
+
 /// Apply a plan while holding the state lock; refuses a plan made against another state.
 pub async fn apply_plan(
     ws: &Workspace,

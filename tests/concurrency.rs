@@ -177,3 +177,271 @@ fn a_stale_lock_of_a_dead_process_is_broken_and_force_unlock_works() {
         "z"
     );
 }
+
+/// A stack of `n` quick preview replicas and one service that takes `slow_s` seconds to listen
+/// (it keeps an apply busy while a second one runs).
+fn two_services(src: &std::path::Path, slow_s: u32, balancer: Option<u16>) -> String {
+    let balancer = balancer
+        .map(|port| {
+            format!("\nbalancer \"front\" {{\n  listen = {port}\n  routes = {{ \"/\" = service.preview }}\n}}\n")
+        })
+        .unwrap_or_default();
+    format!(
+        r#"variable "n" {{ default = 3 }}
+
+service "preview" {{
+  replicas = var.n
+  source   = "{src}"
+  run      = "exec ./preview --port {{{{port}}}}"
+  health   = {{ path = "/health", interval = "100ms" }}
+}}
+
+service "slow" {{
+  source        = "{src}"
+  run           = "sleep {slow_s} && exec ./preview --port {{{{port}}}}"
+  health        = {{ path = "/health", interval = "100ms" }}
+  start_timeout = "60s"
+}}
+{balancer}"#,
+        src = src.display()
+    )
+}
+
+/// Every upstream server in the balancer's nginx.conf, and whether its /health answers 200.
+fn upstreams(t: &Scratch) -> Vec<(String, bool)> {
+    let conf = std::fs::read_to_string(
+        t.path()
+            .join(".pipeline/run/balancer.front/conf/nginx.conf"),
+    )
+    .unwrap();
+    conf.lines()
+        .filter_map(|l| l.trim().strip_prefix("server "))
+        .filter_map(|r| r.split([' ', ';']).next())
+        .filter(|a| a.contains(':'))
+        .map(|a| {
+            let ok = http("GET", &format!("http://{a}/health"), "").is_some_and(|r| r.0 == 200);
+            (a.to_string(), ok)
+        })
+        .collect()
+}
+
+/// The lock's id while `apply` holds it.
+fn lock_id(t: &Scratch) -> String {
+    let lock = t.path().join(".pipeline/state.lock");
+    let text = std::fs::read_to_string(lock).expect("the lock is held");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+/// The marked processes (dir under .pipeline/run) whose instance the state does not name, or
+/// whose generation is not the one recorded as serving or standby.
+fn unowned(t: &Scratch) -> Vec<(u32, String)> {
+    let st = state(t);
+    let owned: Vec<(String, Vec<u64>)> = st
+        .resources
+        .iter()
+        .map(|(a, r)| {
+            let gens = ["generation", "standby_generation"]
+                .iter()
+                .filter_map(|k| r.attrs.get(*k).and_then(|g| g.as_u64()))
+                .collect();
+            (pipeline_providers::local::sanitize(a), gens)
+        })
+        .collect();
+    t.marked()
+        .into_iter()
+        .filter(|(_, dir)| {
+            let mut parts = dir.split('/');
+            let inst = parts.next().unwrap_or_default();
+            let sub = parts.next().unwrap_or_default();
+            let Some((_, gens)) = owned.iter().find(|(o, _)| o == inst) else {
+                return true;
+            };
+            match sub.strip_prefix("gen-").and_then(|g| g.parse::<u64>().ok()) {
+                Some(g) => !gens.contains(&g),
+                None => sub == "canary-slot",
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn force_unlock_of_a_live_owner_is_refused_and_force_overrides_with_a_warning() {
+    let t = Scratch::new();
+    let src = prebuilt_source(&t);
+    t.write("s.hcl", &two_services(&src, 4, None));
+    let mut first = t
+        .cmd(&["apply", "-auto-approve", "s.hcl"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lock = t.path().join(".pipeline/state.lock");
+    assert!(
+        wait_until(Duration::from_secs(10), || lock.exists()),
+        "the first apply never took the lock"
+    );
+    let id = lock_id(&t);
+    let held = std::fs::read(&lock).unwrap();
+    let out = t.run(&["force-unlock", &id]);
+    let err = s(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("pid {}", first.id())) && err.contains("running"),
+        "the live owner is named: {err}"
+    );
+    assert!(err.contains("-force"), "it says how to override: {err}");
+    assert_eq!(std::fs::read(&lock).unwrap(), held, "the lock is untouched");
+
+    let out = t.run(&["force-unlock", "-force", &id]);
+    let err = s(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("warning"), "a forced unlock warns: {err}");
+    assert!(!lock.exists(), "the lock is gone");
+    assert!(first.wait().unwrap().success());
+    t.ok(&["destroy", "-auto-approve", "s.hcl"]);
+}
+
+/// The scenario of issue 8: a forced unlock lets a second apply run alongside the first; the
+/// first compacts last, so the state forgets what the second created (preview[3] and [4])
+/// while their processes run. The next apply and destroy find and stop them.
+#[test]
+fn two_applies_after_a_forced_unlock_leave_no_orphan_after_the_next_apply_or_destroy() {
+    let t = Scratch::new();
+    let src = prebuilt_source(&t);
+    let port = common::load::free_port();
+    t.write("s.hcl", &two_services(&src, 6, Some(port)));
+    let first = t
+        .cmd(&["apply", "-auto-approve", "s.hcl"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The quick replicas and the balancer are recorded while the slow one still starts.
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let st = state(&t);
+            let ready = |a: &str| {
+                st.resources
+                    .get(a)
+                    .is_some_and(|r| r.status == pipeline_state::Status::Ready)
+            };
+            t.path().join(".pipeline/state.lock").exists()
+                && (0..3).all(|i| ready(&format!("service.preview[{i}]")))
+                && ready("balancer.front")
+        }),
+        "the first apply recorded its quick replicas and the balancer"
+    );
+    let id = lock_id(&t);
+    t.ok(&["force-unlock", "-force", &id]);
+    t.ok(&[
+        "apply",
+        "-auto-approve",
+        "-var",
+        "n=5",
+        "-target",
+        "service.preview",
+        "-target",
+        "balancer.front",
+        "s.hcl",
+    ]);
+    let out = first.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    // What the issue saw: preview[3] and [4] run, and the state does not name them.
+    let st = state(&t);
+    assert!(!st.resources.contains_key("service.preview[3]"));
+    let orphans = unowned(&t);
+    assert!(
+        orphans
+            .iter()
+            .any(|(_, d)| d.starts_with("service.preview_3_"))
+            && orphans
+                .iter()
+                .any(|(_, d)| d.starts_with("service.preview_4_")),
+        "{orphans:?}"
+    );
+
+    // The next apply of the recorded stack stops them and says so.
+    let out = t.run(&["apply", "-auto-approve", "s.hcl"]);
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    println!("{text}");
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("service.preview[3]") && text.contains("service.preview[4]"),
+        "the stopped orphans are reported: {text}"
+    );
+    assert_eq!(unowned(&t), vec![], "{text}");
+    assert!(!t.path().join(".pipeline/run/service.preview_3_").exists());
+    for i in 0..3 {
+        assert_eq!(
+            http(
+                "GET",
+                &format!(
+                    "{}/health",
+                    state(&t).resources[&format!("service.preview[{i}]")].attrs["url"]
+                        .as_str()
+                        .unwrap()
+                ),
+                ""
+            )
+            .map(|r| r.0),
+            Some(200),
+            "what the state names still serves"
+        );
+    }
+    // The balancer sends to nothing that is not there.
+    let ups = upstreams(&t);
+    assert_eq!(ups.len(), 3, "{ups:?}");
+    assert!(ups.iter().all(|(_, ok)| *ok), "{ups:?}");
+    assert_eq!(
+        versions_through(port, 12).values().sum::<usize>(),
+        12,
+        "every request through the balancer is answered"
+    );
+
+    // Orphans again (the same race), then destroy: nothing left at all.
+    let first = t
+        .cmd(&[
+            "apply",
+            "-auto-approve",
+            "-replace",
+            "service.slow",
+            "s.hcl",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The slow replica's replacement is under way.
+    assert!(wait_until(Duration::from_secs(20), || {
+        t.path().join(".pipeline/state.lock").exists()
+            && state(&t)
+                .resources
+                .get("service.slow")
+                .is_some_and(|r| r.status == pipeline_state::Status::Pending)
+    }));
+    let id = lock_id(&t);
+    t.ok(&["force-unlock", "-force", &id]);
+    t.ok(&[
+        "apply",
+        "-auto-approve",
+        "-var",
+        "n=5",
+        "-target",
+        "service.preview",
+        "s.hcl",
+    ]);
+    let out = first.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}{}", s(&out.stdout), s(&out.stderr));
+    assert!(!unowned(&t).is_empty(), "the race left orphans again");
+    let out = t.run(&["destroy", "-auto-approve", "s.hcl"]);
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert_eq!(t.marked(), vec![], "{text}");
+    assert!(
+        !t.path().join(".pipeline/run").exists(),
+        "no run dir is left: {:?}",
+        std::fs::read_dir(t.path().join(".pipeline/run"))
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
+}

@@ -739,3 +739,194 @@ fn ctrl_c_during_a_canary_aborts_it_at_once() {
     );
     destroy_all(&e.t);
 }
+
+/// Marked processes of the stack's service instances that are no recorded generation: a
+/// candidate generation or a canary slot.
+fn candidates_running(t: &Scratch) -> Vec<(u32, String)> {
+    let st = state(t);
+    t.marked()
+        .into_iter()
+        .filter(|(_, dir)| {
+            let (inst, sub) = dir.split_once('/').unwrap_or((dir, ""));
+            let recorded: Vec<u64> = st
+                .resources
+                .iter()
+                .filter(|(a, _)| pipeline_providers::local::sanitize(a) == inst)
+                .flat_map(|(_, r)| {
+                    ["generation", "standby_generation"]
+                        .into_iter()
+                        .filter_map(|k| r.attrs.get(k).and_then(|g| g.as_u64()))
+                })
+                .collect();
+            sub == "canary-slot"
+                || sub
+                    .strip_prefix("gen-")
+                    .and_then(|g| g.parse::<u64>().ok())
+                    .is_some_and(|g| !recorded.contains(&g))
+        })
+        .collect()
+}
+
+/// Issue 8, item 6: a SIGKILL of the apply mid-canary left its candidate generations and
+/// canary slots running after the next apply (which had nothing to change) and after destroy.
+#[test]
+fn a_canary_killed_mid_way_leaves_no_candidate_after_the_next_apply_and_nothing_after_destroy() {
+    let e = setup("60s");
+    let mut child = apply_until_canary_runs(&e, "v2");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(conf(&e.t).contains("# canary"), "traffic was shifted");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = candidates_running(&e.t);
+    assert!(
+        left.iter().any(|(_, d)| d.ends_with("canary-slot")),
+        "the killed canary left its candidates: {left:?}"
+    );
+
+    // The next apply of what is recorded (v1): nothing of the service to change.
+    let out = e.t.run(&["apply", "-auto-approve", "s.hcl"]);
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    println!("{text}");
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(candidates_running(&e.t), vec![], "{text}");
+    assert!(
+        text.contains("canary slot") || text.contains("canary-slot"),
+        "the stopped leftovers are reported: {text}"
+    );
+    assert!(!conf(&e.t).contains("# canary"), "{}", conf(&e.t));
+    assert_eq!(
+        versions_through(e.port, 10).keys().collect::<Vec<_>>(),
+        vec!["v1"]
+    );
+    let plan = e.t.run(&["plan", "-detailed-exitcode", "s.hcl"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", s(&plan.stdout));
+
+    // Killed again, then destroy straight away: no process, no run dir.
+    let mut child = apply_until_canary_runs(&e, "v2");
+    std::thread::sleep(Duration::from_millis(1000));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!candidates_running(&e.t).is_empty());
+    let out = e.t.run(&["destroy", "-auto-approve", "s.hcl"]);
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(e.t.marked(), vec![], "{text}");
+    let run = e.t.path().join(".pipeline/run");
+    assert!(
+        !run.exists(),
+        "no run dir is left: {:?}",
+        std::fs::read_dir(&run).map(|rd| rd.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
+}
+
+/// Issue 8, item 6: `status` shows a running canary's candidates while they run.
+#[test]
+fn status_shows_a_running_canarys_candidates() {
+    let e = setup("60s");
+    let mut child = apply_until_canary_runs(&e, "v2");
+    let out = e.t.ok(&["status", "-json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    for i in 0..2 {
+        let addr = format!("service.web[{i}]");
+        let cand = rows
+            .iter()
+            .find(|r| r["address"] == addr.as_str() && r["canary"] == true)
+            .unwrap_or_else(|| panic!("no candidate row for {addr}: {out}"));
+        assert_eq!(cand["generation"], 2, "{cand}");
+        assert_eq!(cand["running"], true, "{cand}");
+        let pid = cand["pid"].as_u64().unwrap() as u32;
+        assert!(
+            e.t.marked()
+                .iter()
+                .any(|(p, d)| *p == pid && d.ends_with("gen-2")),
+            "the pid shown is the candidate's: {cand}"
+        );
+    }
+    let text = e.t.ok(&["status"]);
+    assert!(text.contains("canary"), "{text}");
+    e.t.ok(&["rollback", "web"]);
+    child.wait().unwrap();
+    assert!(
+        !e.t.ok(&["status", "-json"]).contains("\"canary\":true"),
+        "once the canary is over no candidate is shown"
+    );
+    destroy_all(&e.t);
+}
+
+/// This work dir's network namespaces (`ip netns list`).
+fn namespaces(t: &Scratch) -> Vec<String> {
+    let prefix = pipeline_providers::local::netns_prefix(&t.path().join(".pipeline"));
+    let out = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    let mut v: Vec<String> = s(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&prefix))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Removes this work dir's namespaces even when the test fails (after Scratch stopped the
+/// processes inside).
+struct NamespaceGuard(std::path::PathBuf);
+
+impl Drop for NamespaceGuard {
+    fn drop(&mut self) {
+        let prefix = pipeline_providers::local::netns_prefix(&self.0);
+        let out = std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .map(|o| s(&o.stdout))
+            .unwrap_or_default();
+        for n in out.lines().filter_map(|l| l.split_whitespace().next()) {
+            if n.starts_with(&prefix) {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "pids", n])
+                    .output()
+                    .map(|o| {
+                        for p in s(&o.stdout).split_whitespace() {
+                            let _ = std::process::Command::new("kill").args(["-9", p]).status();
+                        }
+                    });
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", n])
+                    .status();
+            }
+        }
+    }
+}
+
+/// Issue 8, item 6 with namespaced apps: the killed canary's candidates ran in namespaces of
+/// their own; the next apply removes those too, and destroy leaves none.
+#[test]
+fn a_canary_killed_mid_way_leaves_no_candidate_namespace_after_the_next_apply() {
+    let e = setup_with("60s", true);
+    let _ns = NamespaceGuard(e.t.path().join(".pipeline"));
+    let mut child = apply_until_canary_runs(&e, "v2");
+    std::thread::sleep(Duration::from_millis(1000));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = namespaces(&e.t);
+    assert_eq!(
+        before.iter().filter(|n| n.ends_with("-g2")).count(),
+        2,
+        "the candidates run in namespaces: {before:?}"
+    );
+    let out = e.t.run(&["apply", "-auto-approve", "s.hcl"]);
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(candidates_running(&e.t), vec![], "{text}");
+    let after = namespaces(&e.t);
+    assert_eq!(after.len(), 2, "{after:?}\n{text}");
+    assert!(after.iter().all(|n| n.ends_with("-g1")), "{after:?}");
+    assert_eq!(
+        versions_through(e.port, 10).keys().collect::<Vec<_>>(),
+        vec!["v1"]
+    );
+    destroy_all(&e.t);
+    assert_eq!(namespaces(&e.t), Vec::<String>::new());
+}

@@ -372,6 +372,17 @@ pub trait Provider: Send + Sync {
     ) -> Result<(), Aborted> {
         Ok(())
     }
+    /// Stop what this provider started under `ctx.work_dir` that no record in `owned` (this
+    /// provider's records in the state) accounts for: processes, run directories, namespaces,
+    /// shifted configs left by a crashed or concurrent run. Called under the state lock at the
+    /// start of apply and by destroy; returns one line per thing it stopped, for the report.
+    async fn sweep(
+        &self,
+        _ctx: &ProviderCtx,
+        _owned: &[(&str, &crate::state::ResourceState)],
+    ) -> Result<Vec<String>, ProviderError> {
+        Ok(Vec::new())
+    }
     /// Must also clean up a half-created instance (a crash between start and record).
     async fn delete(
         &self,

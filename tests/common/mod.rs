@@ -66,6 +66,47 @@ impl Scratch {
     pub fn processes(&self) -> Vec<u32> {
         pipeline_supervise::processes_under(self.path())
     }
+    /// Every live process whose `/proc/PID/environ` carries the replica marker
+    /// (`PIPELINE_REPLICA_DIR`) for a directory under this scratch dir, with that directory
+    /// relative to `.pipeline/run/` (e.g. `service.web_0_/gen-2`). Read here, independently of
+    /// the engine's own sweep.
+    pub fn marked(&self) -> Vec<(u32, String)> {
+        let root = self
+            .path()
+            .canonicalize()
+            .unwrap_or_else(|_| self.path().to_path_buf());
+        let run = root.join(".pipeline/run");
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(env) = std::fs::read(e.path().join("environ")) else {
+                continue;
+            };
+            // Zombies keep their environ but are not running.
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            if stat
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            {
+                continue;
+            }
+            for var in env.split(|&b| b == 0) {
+                let Some(v) = var.strip_prefix(b"PIPELINE_REPLICA_DIR=") else {
+                    continue;
+                };
+                let dir = PathBuf::from(String::from_utf8_lossy(v).into_owned());
+                if let Ok(rel) = dir.strip_prefix(&run) {
+                    out.push((pid, rel.display().to_string()));
+                } else if dir.starts_with(&root) {
+                    out.push((pid, dir.display().to_string()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
 }
 
 impl Drop for Scratch {

@@ -12,7 +12,9 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 mod lock;
-pub use lock::{acquire_lock, force_unlock, format_utc, hostname, read_lock, LockGuard, LockInfo};
+pub use lock::{
+    acquire_lock, force_unlock, format_utc, hostname, owner_alive, read_lock, LockGuard, LockInfo,
+};
 
 pub const STATE_VERSION: u32 = 1;
 
@@ -99,6 +101,11 @@ pub enum StateError {
     LockIdMismatch { expected: String, found: String },
     #[error("the state is not locked; there is nothing to unlock.")]
     NotLocked,
+    #[error(
+        "the lock {} is held by {}@{} (pid {}), which is still running `{}` (since {}); removing it would let a second run change the state alongside it.\n  Wait for it to finish, or stop it; only if you are sure it is stuck, run `pipeline force-unlock -force {}`.",
+        .0.id, .0.who, .0.host, .0.pid, .0.operation, .0.created, .0.id
+    )]
+    OwnerAlive(LockInfo),
 }
 
 impl StateError {

@@ -264,8 +264,14 @@ pub fn acquire_lock(
     }
 }
 
-/// Removes the lock if it carries `id`; returns what it removed.
-pub fn force_unlock(dir: &Path, id: &str) -> Result<LockInfo, StateError> {
+/// Is the lock's owner a live process on this host? (On another host nobody here can tell.)
+pub fn owner_alive(info: &LockInfo) -> bool {
+    info.host == hostname() && !pid_is_dead(info.pid)
+}
+
+/// Removes the lock if it carries `id`; returns what it removed. A lock whose owner still runs
+/// on this host is refused (`OwnerAlive`) unless `force`: a second apply would run alongside it.
+pub fn force_unlock(dir: &Path, id: &str, force: bool) -> Result<LockInfo, StateError> {
     let path = dir.join(LOCK_FILE);
     if !dir.is_dir() {
         return Err(StateError::NotLocked);
@@ -279,6 +285,9 @@ pub fn force_unlock(dir: &Path, id: &str) -> Result<LockInfo, StateError> {
             expected: id.to_string(),
             found: current.id,
         });
+    }
+    if !force && owner_alive(&current) {
+        return Err(StateError::OwnerAlive(current));
     }
     match fs::remove_file(&path) {
         Ok(()) => {}

@@ -119,15 +119,18 @@ fn locks_of_live_pids_or_other_hosts_are_not_broken() {
 fn force_unlock_checks_the_id() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    assert!(matches!(force_unlock(dir, "x"), Err(StateError::NotLocked)));
     assert!(matches!(
-        force_unlock(&dir.join("missing"), "x"),
+        force_unlock(dir, "x", false),
+        Err(StateError::NotLocked)
+    ));
+    assert!(matches!(
+        force_unlock(&dir.join("missing"), "x", false),
         Err(StateError::NotLocked)
     ));
 
     let (guard, _) = acquire_lock(dir, "apply").unwrap();
     let id = guard.info().id.clone();
-    match force_unlock(dir, "wrong") {
+    match force_unlock(dir, "wrong", true) {
         Err(StateError::LockIdMismatch { expected, found }) => {
             assert_eq!(expected, "wrong");
             assert_eq!(found, id);
@@ -135,7 +138,13 @@ fn force_unlock_checks_the_id() {
         other => panic!("expected LockIdMismatch, got {other:?}"),
     }
     assert!(dir.join("state.lock").exists());
-    let removed = force_unlock(dir, &id).unwrap();
+    // Held by this (live) process: refused unless forced.
+    match force_unlock(dir, &id, false) {
+        Err(StateError::OwnerAlive(i)) => assert_eq!(&i, guard.info()),
+        other => panic!("expected OwnerAlive, got {other:?}"),
+    }
+    assert!(dir.join("state.lock").exists());
+    let removed = force_unlock(dir, &id, true).unwrap();
     assert_eq!(&removed, guard.info());
     assert!(!dir.join("state.lock").exists());
 
@@ -143,6 +152,36 @@ fn force_unlock_checks_the_id() {
     let (theirs, _) = acquire_lock(dir, "destroy").unwrap();
     drop(guard);
     assert_eq!(read_lock(dir).unwrap().as_ref(), Some(theirs.info()));
+}
+
+#[test]
+fn force_unlock_refuses_a_live_owner_on_this_host_but_not_a_dead_or_remote_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+    let alive = foreign_lock("live1", hostname(), sleeper.id());
+    write_lock(dir, &alive);
+    let refused = force_unlock(dir, "live1", false);
+    let still = read_lock(dir).unwrap();
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    match refused {
+        Err(e @ StateError::OwnerAlive(_)) => {
+            let m = e.to_string();
+            assert!(m.contains(&format!("pid {}", alive.pid)), "{m}");
+            assert!(m.contains("force-unlock -force live1"), "{m}");
+        }
+        other => panic!("expected OwnerAlive, got {other:?}"),
+    }
+    assert_eq!(still, Some(alive));
+
+    let dead = foreign_lock("dead1", hostname(), dead_pid());
+    write_lock(dir, &dead);
+    assert_eq!(force_unlock(dir, "dead1", false).unwrap(), dead);
+    // Another host's pid cannot be checked from here: the operator's word is enough.
+    let remote = foreign_lock("far1", format!("{}-elsewhere", hostname()), 1);
+    write_lock(dir, &remote);
+    assert_eq!(force_unlock(dir, "far1", false).unwrap(), remote);
 }
 
 #[test]

@@ -56,6 +56,49 @@ pub fn command_file(work_dir: &Path, block: &str) -> PathBuf {
         .join(format!("{}.canary.command", sanitize(block)))
 }
 
+/// Is a canary of `block` running now (its control file names a live process)?
+pub fn running(work_dir: &Path, block: &str) -> bool {
+    control_pid(&control_file(work_dir, block)).is_some_and(pid_alive)
+}
+
+fn control_pid(ctl: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(ctl).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    i32::try_from(v["pid"].as_u64()?).ok()
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only asks whether the process exists.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+}
+
+/// Remove the control, command and result files of canaries whose apply is gone (killed): they
+/// would keep `run/` from going with the last instance. Returns the blocks' file names.
+pub fn sweep_control_files(work_dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(work_dir.join("run"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(base) = [".canary.command", ".canary.result", ".canary"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+        else {
+            continue;
+        };
+        let ctl = work_dir.join("run").join(format!("{base}.canary"));
+        if control_pid(&ctl).is_some_and(pid_alive) {
+            continue;
+        }
+        if std::fs::remove_file(e.path()).is_ok() && name.ends_with(".canary") {
+            out.push(name);
+        }
+    }
+    out
+}
+
 fn hostport(m: &JsonMap, port_key: &str) -> Option<String> {
     let address = m
         .get("address")

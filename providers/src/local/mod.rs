@@ -17,7 +17,9 @@ use pipeline_engine::value::{Value, ValueMap};
 
 /// Names of the network namespaces service generations run in (for leak checks).
 pub use netns::{name as netns_name, prefix as netns_prefix};
-pub use service::{generation_dir, replica_dir, rollback, sanitize, update_policy, UpdatePolicy};
+pub use service::{
+    canary_candidates, generation_dir, replica_dir, rollback, sanitize, update_policy, UpdatePolicy,
+};
 
 pub struct Local;
 
@@ -200,6 +202,24 @@ impl Provider for Local {
             "service" => service::abort(ctx, addr, staged).await,
             _ => Ok(()),
         }
+    }
+
+    async fn sweep(
+        &self,
+        ctx: &ProviderCtx,
+        owned: &[(&str, &pipeline_engine::state::ResourceState)],
+    ) -> Result<Vec<String>, ProviderError> {
+        let ctx = ctx.clone();
+        let owned: Vec<(String, pipeline_engine::state::ResourceState)> = owned
+            .iter()
+            .map(|(a, r)| (a.to_string(), (*r).clone()))
+            .collect();
+        crate::blocking(move || {
+            let owned: Vec<(&str, &pipeline_engine::state::ResourceState)> =
+                owned.iter().map(|(a, r)| (a.as_str(), r)).collect();
+            service::sweep_orphans(&ctx, &owned)
+        })
+        .await
     }
 
     async fn delete(

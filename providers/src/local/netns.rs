@@ -444,6 +444,30 @@ pub fn sweep(work_dir: &Path, addr: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Remove every namespace made for this work directory that `keep` does not claim (after the
+/// processes of its generation were stopped); returns the names removed.
+pub fn sweep_unowned(work_dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<String>, String> {
+    let prefix = prefix(work_dir);
+    let Ok(rd) = std::fs::read_dir(NETNS_DIR) else {
+        return Ok(Vec::new());
+    };
+    let mut removed = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && !keep(&name) {
+            remove_named(&name)?;
+            release(None, &name);
+            removed.push(name);
+        }
+    }
+    Ok(removed)
+}
+
+/// The prefix of every namespace of instance `addr` (all its generations).
+pub fn instance_names(work_dir: &Path, addr: &str) -> String {
+    instance_prefix(work_dir, addr)
+}
+
 /// Delete namespace `name` and its veth; Ok(true) if there was something to delete.
 fn remove_named(name: &str) -> Result<bool, String> {
     let path = Path::new(NETNS_DIR).join(name);

@@ -910,3 +910,222 @@ pub async fn delete(ctx: &ProviderCtx, addr: &str) -> Result<(), ProviderError> 
     })
     .await
 }
+
+/// The address an instance directory was made for, from the names its supervisors were given
+/// (`service.web[0] (slot)`); the directory's own name when none is readable.
+fn addr_of_dir(dir: &Path) -> String {
+    let mut subs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    subs.sort();
+    subs.iter()
+        .find_map(|d| {
+            let text = std::fs::read_to_string(d.join(pipeline_supervise::SPEC_FILE)).ok()?;
+            let spec: ReplicaSpec = serde_json::from_str(&text).ok()?;
+            let (addr, _) = spec.name.split_once(" (")?;
+            (sanitize(addr) == dir.file_name()?.to_string_lossy()).then(|| addr.to_string())
+        })
+        .unwrap_or_else(|| {
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+}
+
+/// Is `dir` (under `run/`) an instance directory of a service: a slot, a canary slot or a
+/// generation inside?
+fn is_instance_dir(dir: &Path) -> bool {
+    dir.is_dir()
+        && std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n == "slot"
+                    || n == "canary-slot"
+                    || n.strip_prefix("gen-")
+                        .is_some_and(|g| g.parse::<u64>().is_ok())
+            })
+}
+
+/// What the service instances recorded in the state account for, for the sweep.
+enum Owned {
+    /// Serving (and standby) generations; anything else of the instance is a leftover.
+    Generations(Vec<u64>),
+    /// In flight or to be replaced by the next plan (Pending, Tainted), or a canary of its block
+    /// runs: everything of it stays.
+    All,
+}
+
+/// Stop everything of the service instances under `ctx.work_dir` that the state (`owned`: the
+/// local provider's records) does not account for: instances it no longer names (a concurrent
+/// apply's, a crashed create's), generations of recorded instances that are neither serving nor
+/// standby (a killed canary's candidates, an interrupted update's), canary slots with no canary
+/// running, processes whose directory is gone, namespaces of none of these. Balancers a killed
+/// canary left shifted get the stack's config back first, so no traffic goes to what stops.
+pub fn sweep_orphans(
+    ctx: &ProviderCtx,
+    owned: &[(&str, &pipeline_engine::state::ResourceState)],
+) -> Result<Vec<String>, ProviderError> {
+    use pipeline_engine::state::Status;
+    let mut report = Vec::new();
+    for prefix in crate::nginx::canary::restore_orphaned(&ctx.work_dir).map_err(err)? {
+        report.push(format!(
+            "{}: the stack's config is back (a canary that shifted its traffic was killed)",
+            prefix
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ));
+    }
+    let instances: Vec<(String, Owned)> = owned
+        .iter()
+        .filter(|(_, r)| r.kind == "service")
+        .map(|(addr, r)| {
+            let block = pipeline_engine::plan::resource_addr(addr);
+            let gens: Vec<u64> = ["generation", "standby_generation", "staged_generation"]
+                .iter()
+                .filter_map(|k| num(&r.attrs, k))
+                .collect();
+            let all = r.status != Status::Ready
+                || gens.is_empty()
+                || super::canary::running(&ctx.work_dir, block);
+            (
+                addr.to_string(),
+                if all {
+                    Owned::All
+                } else {
+                    Owned::Generations(gens)
+                },
+            )
+        })
+        .collect();
+    let run = ctx.work_dir.join("run");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&run)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| is_instance_dir(p))
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match instances.iter().find(|(a, _)| sanitize(a) == name) {
+            None => {
+                let addr = addr_of_dir(&dir);
+                let pids = pipeline_supervise::processes_under(&dir).len();
+                stop_all(ctx, &addr)?;
+                std::fs::remove_dir_all(&dir).map_err(|e| {
+                    ProviderError::new(format!("cannot remove {}: {e}", dir.display()))
+                })?;
+                report.push(format!(
+                    "{addr}: not in the state; stopped its {pids} processes and removed {}",
+                    dir.display()
+                ));
+            }
+            Some((_, Owned::All)) => {}
+            Some((addr, Owned::Generations(keep))) => {
+                if canary_slot_dir(ctx, addr).exists() {
+                    stop_canary_slot(ctx, addr)?;
+                    report.push(format!(
+                        "{addr}: stopped the canary slot of a canary that is no longer running"
+                    ));
+                }
+                for g in generations(ctx, addr) {
+                    if !keep.contains(&g) {
+                        stop_gen(ctx, addr, g)?;
+                        report.push(format!(
+                            "{addr}: stopped generation {g}, which is neither serving nor standby (a candidate or update that was interrupted)"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    // Processes whose directory is gone (removed under them): found by their marker alone.
+    for (pid, marker) in pipeline_supervise::marked_under(&run) {
+        let Ok(rel) = marker.strip_prefix(pipeline_supervise_abs(&run)) else {
+            continue;
+        };
+        let parts: Vec<String> = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        let service_shaped = parts.len() == 2
+            && (parts[1] == "slot"
+                || parts[1] == "canary-slot"
+                || parts[1]
+                    .strip_prefix("gen-")
+                    .is_some_and(|g| g.parse::<u64>().is_ok()));
+        if service_shaped && !marker.exists() {
+            // SAFETY: a signal to a process that carries this work directory's service marker.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            report.push(format!(
+                "pid {pid}: stopped; it ran for {} whose directory is gone",
+                rel.display()
+            ));
+        }
+    }
+    // Namespaces of no recorded generation.
+    let keep_ns = |ns: &str| {
+        instances.iter().any(|(addr, o)| match o {
+            Owned::All => ns.starts_with(&netns::instance_names(&ctx.work_dir, addr)),
+            Owned::Generations(gens) => gens
+                .iter()
+                .any(|&g| ns == netns::name(&ctx.work_dir, addr, g)),
+        })
+    };
+    for ns in netns::sweep_unowned(&ctx.work_dir, keep_ns).map_err(|e| {
+        ProviderError::new(e).help("remove it by hand (ip netns del NAME), then apply again")
+    })? {
+        report.push(format!(
+            "network namespace {ns}: removed (no recorded generation runs in it)"
+        ));
+    }
+    for f in super::canary::sweep_control_files(&ctx.work_dir) {
+        report.push(format!(
+            "{f}: removed (the apply running that canary is gone)"
+        ));
+    }
+    if !report.is_empty() {
+        build::gc(ctx);
+    }
+    Ok(report)
+}
+
+fn pipeline_supervise_abs(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// A canary's candidates of instance `addr` while they run (for `status`): the generations
+/// that are neither serving nor standby while the instance has a canary slot.
+pub fn canary_candidates(work_dir: &Path, addr: &str, attrs: &JsonMap) -> Vec<(u64, PathBuf)> {
+    let dir = replica_dir(work_dir, addr);
+    if !dir.join("canary-slot").is_dir() {
+        return Vec::new();
+    }
+    let recorded: Vec<u64> = ["generation", "standby_generation"]
+        .iter()
+        .filter_map(|k| num(attrs, k))
+        .collect();
+    let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let g: u64 = e.file_name().to_str()?.strip_prefix("gen-")?.parse().ok()?;
+            (!recorded.contains(&g)).then(|| (g, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}

@@ -74,8 +74,10 @@ fn shifted(work_dir: &Path) -> Vec<PathBuf> {
 
 /// Balancers still shifted by a canary whose process is gone (a crash, a kill): their stack
 /// config goes back before anything new is staged, so nginx never keeps sending traffic to a
-/// candidate that no longer runs (or to whatever reuses its port later).
-pub fn restore_orphaned(work_dir: &Path) -> Result<(), String> {
+/// candidate that no longer runs (or to whatever reuses its port later). Returns the prefixes
+/// it put back.
+pub fn restore_orphaned(work_dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut restored = Vec::new();
     for prefix in shifted(work_dir) {
         let _lock = ConfLock::take(&prefix).map_err(|e| e.to_string())?;
         let alive = std::fs::read_to_string(owner(&prefix))
@@ -85,9 +87,10 @@ pub fn restore_orphaned(work_dir: &Path) -> Result<(), String> {
             .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
         if !alive && stable(&prefix).exists() {
             restore(&prefix)?;
+            restored.push(prefix);
         }
     }
-    Ok(())
+    Ok(restored)
 }
 
 /// Every running balancer under `work_dir` with an upstream that names one of `baseline`.

@@ -648,6 +648,16 @@ pub fn processes_under(root: &Path) -> Vec<u32> {
     util::marked_pids(|m| m.starts_with(&root) || util::abs_dir(m).starts_with(&root))
 }
 
+/// Like [`processes_under`], with each process's marker directory (for sweeps that decide by
+/// where a process belongs).
+pub fn marked_under(root: &Path) -> Vec<(u32, PathBuf)> {
+    let root = util::abs_dir(root);
+    processes_under(&root)
+        .into_iter()
+        .filter_map(|pid| Some((pid, util::marker_of(pid)?)))
+        .collect()
+}
+
 /// Append one line to DIR/replica.log (used by the supervisor; handy for the provider too).
 pub fn append_log_line(dir: &Path, line: &str) -> std::io::Result<()> {
     let mut f = fs::OpenOptions::new()
