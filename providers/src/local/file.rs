@@ -1,6 +1,7 @@
 //! `file`: a file with literal content or a handlebars template rendered with values from the stack.
 
 use super::to_json_map;
+use pipeline_engine::format::Format;
 use pipeline_engine::provider::{
     ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned, ProviderCtx,
     ProviderError, Type,
@@ -14,7 +15,9 @@ pub fn schema() -> KindSchema {
     KindSchema {
         kind: "file",
         attrs: vec![
-            AttrSchema::required("path", Type::String).force_new(),
+            AttrSchema::required("path", Type::String)
+                .force_new()
+                .format(Format::FilePath),
             AttrSchema::optional("content", Type::String),
             AttrSchema::optional("template", Type::String),
             AttrSchema::optional("vars", Type::Any).default(Value::Map(Default::default())),
@@ -87,7 +90,19 @@ fn sha(s: &str) -> String {
     pipeline_engine::lang::funcs::hex(&sha2::Sha256::digest(s.as_bytes()))
 }
 
-pub fn plan(_ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
+pub fn plan(ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
+    if let Some(p) = req.config.get("path").and_then(Value::as_str) {
+        let path = path_of(ctx, p);
+        // Caught here, not halfway through an apply that `destroy` could then not undo.
+        if path.is_dir() {
+            return Err(ProviderError::new(format!(
+                "{} is a directory; a file cannot be written there",
+                path.display()
+            ))
+            .help("`path` names the file itself, e.g. path = \"out/index.html\"")
+            .attr("path"));
+        }
+    }
     let mut o = req.config.clone();
     let rendered = render(req.config)?;
     let digest = match rendered.unmarked().0 {
@@ -107,6 +122,10 @@ pub fn read(ctx: &ProviderCtx, prior: &JsonMap) -> Result<Option<JsonMap>, Provi
         return Ok(None);
     };
     let path = path_of(ctx, p);
+    if path.is_dir() {
+        // Something else stands where the file was: the file is gone.
+        return Ok(None);
+    }
     let text = match std::fs::read(&path) {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -196,6 +215,8 @@ pub fn delete(ctx: &ProviderCtx, prior: &JsonMap) -> Result<(), ProviderError> {
     let path = path_of(ctx, p);
     match std::fs::remove_file(&path) {
         Ok(()) => {}
+        // A directory there now is not the file this resource wrote: leave it alone.
+        Err(_) if path.is_dir() => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
             return Err(ProviderError::new(format!(

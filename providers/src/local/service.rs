@@ -5,6 +5,7 @@ use super::build::{self, BuildSpec};
 use super::netns;
 use super::slot;
 use crate::{blocking, parse_duration};
+use pipeline_engine::format::Format;
 use pipeline_engine::provider::{
     ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned, ProviderCtx,
     ProviderError, Type,
@@ -19,17 +20,25 @@ pub fn schema() -> KindSchema {
         kind: "service",
         attrs: vec![
             // Where it runs; moving a slot to another host replaces it.
-            AttrSchema::optional("on", Type::Any).force_new(),
+            AttrSchema::optional("on", Type::Any)
+                .force_new()
+                .format_at("address", Format::Address)
+                .format_at("*.address", Format::Address),
             // A change to any of these starts a new generation behind the same slot (an update
             // in place, following `update`), never a new slot.
-            AttrSchema::required("source", Type::String),
-            AttrSchema::optional("revision", Type::String),
-            AttrSchema::optional("build", Type::String),
-            AttrSchema::required("run", Type::String),
+            // Formats: what reaches a command line, an environment or an HTTP request line.
+            AttrSchema::required("source", Type::String).format(Format::FilePath),
+            AttrSchema::optional("revision", Type::String).format(Format::GitRevision),
+            AttrSchema::optional("build", Type::String).format(Format::NoNul),
+            AttrSchema::required("run", Type::String).format(Format::NoNul),
             AttrSchema::optional("replicas", Type::Number).default(Value::Number(1.0)),
             AttrSchema::optional("env", Type::Map(Box::new(Type::String)))
-                .default(Value::Map(Default::default())),
-            AttrSchema::optional("health", Type::Any),
+                .default(Value::Map(Default::default()))
+                .format_at("{}", Format::EnvName)
+                .format_at("*", Format::NoNul),
+            AttrSchema::optional("health", Type::Any)
+                .format_at("path", Format::UrlTarget)
+                .format_at("method", Format::Token),
             AttrSchema::optional("restart", Type::Bool).default(Value::Bool(true)),
             AttrSchema::optional("start_timeout", Type::String).default(Value::str("60s")),
             // { namespace = true, port = 3000 }: each generation in a network namespace of its
