@@ -130,6 +130,8 @@ fn hostile_values_in_every_rendered_attribute_are_rejected_at_plan_with_nothing_
         ("health_method", "method", service(r#"health = { method = @@"GET /x HTTP/1.1\r\n" }"#)),
         ("revision_option", "revision", service(r#"revision = @@"--output=/tmp/pwned""#)),
         ("service_on_address", "address", service(r#"on = { address = @@"127.0.0.1; rm -rf /" }"#)),
+        ("canary_request_path", "request.path", service(r#"canary = { request = { path = @@"/x HTTP/1.1\r\nX-Injected: 1" } }"#)),
+        ("canary_content_type", "content_type", service(r#"canary = { request = { path = "/", body = "{}", content_type = @@"text/plain\r\nX-Injected: 1" } }"#)),
         // files
         ("file_path_newline", "path", "file \"f\" {\n  path    = @@\"out/a\\nb.txt\"\n  content = \"x\"\n}\n".to_string()),
         ("file_path_nul", "path", "file \"f\" {\n  path    = @@\"out/\\u0000x\"\n  content = \"x\"\n}\n".to_string()),

@@ -76,6 +76,7 @@ fn render(c: &ValueMap) -> Result<Value, ProviderError> {
     let mut hb = handlebars::Handlebars::new();
     hb.set_strict_mode(true);
     hb.register_escape_fn(handlebars::no_escape);
+    register_quoting(&mut hb);
     let text = tpl.as_str().unwrap_or_default().to_string();
     let out = hb
         .render_template(&text, &vars.unmarked().0.to_json())
@@ -84,6 +85,50 @@ fn render(c: &ValueMap) -> Result<Value, ProviderError> {
                 .help("template values come from `vars`; every {{name}} must be in it")
         })?;
     Ok(Value::String(out).mark(sensitive))
+}
+
+/// `{{shell x}}`, `{{nginx x}}`, `{{redis x}}`, `{{json x}}` in templates: a value quoted for the
+/// format of the file being written (providers/src/quote.rs), as the providers' own renderers do.
+fn register_quoting(hb: &mut handlebars::Handlebars<'_>) {
+    use handlebars::{
+        Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason,
+    };
+    type Quoter = fn(&str) -> Result<String, String>;
+    let quoters: [(&'static str, Quoter); 4] = [
+        ("shell", |s| Ok(crate::quote::shell(s))),
+        ("nginx", crate::quote::nginx),
+        ("redis", |s| Ok(crate::quote::redis(s))),
+        ("json", |s| {
+            Ok(serde_json::Value::String(s.to_string()).to_string())
+        }),
+    ];
+    for (name, quote) in quoters {
+        hb.register_helper(
+            name,
+            Box::new(
+                move |h: &Helper<'_>,
+                      _: &Handlebars<'_>,
+                      _: &Context,
+                      _: &mut RenderContext<'_, '_>,
+                      out: &mut dyn Output|
+                      -> HelperResult {
+                    let v = h
+                        .param(0)
+                        .ok_or(RenderErrorReason::ParamNotFoundForIndex(name, 0))?
+                        .value();
+                    let text = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    let quoted = quote(&text).map_err(|e| {
+                        RenderErrorReason::Other(format!("{{{{{name} ...}}}}: {e}"))
+                    })?;
+                    out.write(&quoted)?;
+                    Ok(())
+                },
+            ),
+        );
+    }
 }
 
 fn sha(s: &str) -> String {
@@ -236,4 +281,40 @@ pub fn delete(ctx: &ProviderCtx, prior: &JsonMap) -> Result<(), ProviderError> {
         let _ = std::fs::remove_dir(d);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_quote_values_for_the_file_they_write() {
+        let mut c = ValueMap::new();
+        c.insert(
+            "template".into(),
+            Value::str("cmd {{shell arg}}\nlocation {{nginx path}} {}\n{{json arg}}"),
+        );
+        let vars: ValueMap = [
+            ("arg".to_string(), Value::str("it's; rm -rf /")),
+            ("path".to_string(), Value::str("/a b")),
+        ]
+        .into_iter()
+        .collect();
+        c.insert("vars".into(), Value::Map(vars));
+        let out = render(&c).unwrap();
+        assert_eq!(
+            out.as_str().unwrap(),
+            "cmd 'it'\\''s; rm -rf /'\nlocation \"/a b\" {}\n\"it's; rm -rf /\""
+        );
+        c.insert("template".into(), Value::str("{{nginx arg}}"));
+        c.insert(
+            "vars".into(),
+            Value::Map(
+                [("arg".to_string(), Value::str("$host"))]
+                    .into_iter()
+                    .collect(),
+            ),
+        );
+        assert!(render(&c).is_err(), "nginx cannot carry $");
+    }
 }

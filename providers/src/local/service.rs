@@ -47,7 +47,10 @@ pub fn schema() -> KindSchema {
             // { strategy = "rolling" | "blue-green", max_unavailable = 1, max_surge = 0, drain_timeout = "10s" }
             AttrSchema::optional("update", Type::Any),
             // Progressive delivery and `pipeline canary` settings (see providers/src/canary.rs).
-            AttrSchema::optional("canary", Type::Any),
+            AttrSchema::optional("canary", Type::Any)
+                .format_at("request.path", Format::UrlTarget)
+                .format_at("request.method", Format::Token)
+                .format_at("request.content_type", Format::Line),
             AttrSchema::computed("build_id", Type::String),
             AttrSchema::computed("address", Type::String),
             // The slot's port: stable for the life of the instance.
