@@ -261,3 +261,28 @@ fn a_file_path_that_is_a_directory_is_a_plan_error_and_destroy_is_not_stuck() {
     assert!(t.path().join("out/a.txt/inside").is_dir());
     assert!(t.path().join("out/dir").is_dir());
 }
+
+#[test]
+fn a_rejected_sensitive_value_is_not_shown_in_the_error() {
+    let t = applied_base();
+    let port = common::load::free_port();
+    let case = format!(
+        "variable \"size\" {{\n  type      = string\n  sensitive = true\n}}\n{}",
+        balancer(port, "client_max_body_size = @@var.size")
+    );
+    let err = rejected(
+        &t,
+        "sensitive",
+        "client_max_body_size",
+        &case,
+        &[
+            "apply",
+            "-auto-approve",
+            "-var",
+            "size=hunter2-secret;",
+            "s.hcl",
+        ],
+    );
+    assert!(err.contains("(sensitive value)"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
