@@ -286,3 +286,23 @@ fn a_rejected_sensitive_value_is_not_shown_in_the_error() {
     assert!(err.contains("(sensitive value)"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+#[test]
+fn a_deploy_version_is_checked_like_the_stacks_revision() {
+    let t = applied_base();
+    git(&t.path().join("app"), &["init", "-q"]);
+    git(&t.path().join("app"), &["add", "."]);
+    git(&t.path().join("app"), &["commit", "-q", "-m", "app"]);
+    t.write("s.hcl", &format!("{BASE}\n{}", service("")));
+    let before = snapshot_files(t.path());
+    let out = t.run(&["deploy", "s", "--version=--output=/tmp/pwned", "s.hcl"]);
+    let err = s(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("`revision` given on the command line is not a git revision"),
+        "{err}"
+    );
+    assert!(err.contains("= help:"), "{err}");
+    assert!(t.processes().is_empty());
+    assert_unchanged("deploy", &before, &snapshot_files(t.path()));
+}

@@ -304,6 +304,20 @@ pub fn make_plan(
                     let block = format!("{}{key}", module.prefix);
                     for (b, attr, v) in &opts.overrides {
                         if *b == block {
+                            // From the command line (deploy --version): checked like the stack's.
+                            let rules = schema.attr(attr).map_or(&[][..], |a| &a.formats[..]);
+                            for bad in crate::format::check_rules(rules, v) {
+                                diags.push(
+                                    Diagnostic::new(format!(
+                                        "{addr}: the {} given on the command line is not {}: {} ({})",
+                                        bad.describe(attr),
+                                        bad.format.noun(),
+                                        bad.shown,
+                                        bad.reason
+                                    ))
+                                    .help(bad.format.help()),
+                                );
+                            }
                             c.insert(attr.clone(), v.clone());
                         }
                     }
