@@ -306,3 +306,67 @@ fn a_deploy_version_is_checked_like_the_stacks_revision() {
     assert!(t.processes().is_empty());
     assert_unchanged("deploy", &before, &snapshot_files(t.path()));
 }
+
+/// Paths pipeline itself renders (the working directory in nginx.conf, in the nginx, slot and
+/// redis command lines, in redis.conf) are quoted too: a directory named with a quote and a
+/// space runs a service, a balancer and a flag store. One with a `$` cannot be named in an nginx
+/// config (nginx expands variables in paths and has no escape): that is a plan error.
+#[test]
+fn a_working_directory_named_with_quotes_and_spaces_runs_nginx_slots_and_redis() {
+    let t = Scratch::new();
+    let dollar = t.path().join("$dir");
+    std::fs::create_dir_all(&dollar).unwrap();
+    std::fs::write(
+        dollar.join("s.hcl"),
+        "balancer \"b\" {\n  listen = 1\n  routes = { \"/\" = { static = \".\" } }\n}\n",
+    )
+    .unwrap();
+    let out = t
+        .cmd(&["plan", "s.hcl"])
+        .current_dir(&dollar)
+        .output()
+        .unwrap();
+    let err = s(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot be named in an nginx config"), "{err}");
+    assert!(err.contains("s.hcl:1:1"), "{err}");
+    let dir = t.path().join("it's a dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = prebuilt_source(&t);
+    let port = common::load::free_port();
+    std::fs::write(
+        dir.join("s.hcl"),
+        format!(
+            r#"flags "f" {{}}
+
+service "web" {{
+  source = "{}"
+  run    = "./preview --port {{{{port}}}}"
+  health = {{ path = "/health", interval = "100ms" }}
+}}
+
+balancer "front" {{
+  listen = {port}
+  routes = {{ "/" = service.web }}
+}}
+"#,
+            src.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = t.cmd(args).current_dir(&dir).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            s(&out.stdout),
+            s(&out.stderr)
+        );
+    };
+    run(&["apply", "-auto-approve", "s.hcl"]);
+    let (status, body) =
+        http("GET", &format!("http://127.0.0.1:{port}/health"), "").expect("the balancer answers");
+    assert_eq!(status, 200, "{body}");
+    run(&["destroy", "-auto-approve", "s.hcl"]);
+    assert!(t.processes().is_empty(), "{:?}", t.processes());
+}

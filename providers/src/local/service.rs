@@ -558,7 +558,11 @@ fn start_slot(
     .map_err(err)?;
     let spec = ReplicaSpec {
         name: name.to_string(),
-        command: format!("exec '{}' __slot '{}'", ctx.exe.display(), sdir.display()),
+        command: format!(
+            "exec {} __slot {}",
+            crate::quote::shell(&ctx.exe.display().to_string()),
+            crate::quote::shell(&sdir.display().to_string())
+        ),
         cwd: sdir.to_path_buf(),
         env: Default::default(),
         port,

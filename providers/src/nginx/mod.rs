@@ -407,6 +407,15 @@ impl Provider for Nginx {
     }
 
     fn plan(&self, ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
+        // nginx.conf names files under the working directory; nginx cannot carry every path.
+        let pre = prefix(ctx, req.addr);
+        crate::quote::nginx(&pre.display().to_string()).map_err(|e| {
+            ProviderError::new(format!(
+                "the working directory {} cannot be named in an nginx config: {e}",
+                ctx.work_dir.display()
+            ))
+            .help("run pipeline from a directory whose path has no `$` (or set --state-dir to one)")
+        })?;
         let o = planned_object(ctx, req.addr, req.config).map_err(|e| {
             let i = invalid(e);
             ProviderError::new(i.message).help(i.help)
