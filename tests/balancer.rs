@@ -27,7 +27,7 @@ fn a_value_nginx_rejects_points_at_the_stack_attribute() {
     let port = common::load::free_port();
     t.write(
         "s.hcl",
-        &stack(port, "lots").replace("{SRC}", &src.display().to_string()),
+        &stack(port, "999999999999g").replace("{SRC}", &src.display().to_string()),
     );
     let out = t.run(&["apply", "-auto-approve", "s.hcl"]);
     assert_eq!(out.status.code(), Some(1));

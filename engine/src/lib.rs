@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod config;
 pub mod diag;
+pub mod format;
 pub mod graph;
 pub mod lang;
 pub mod plan;

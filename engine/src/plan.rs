@@ -304,6 +304,20 @@ pub fn make_plan(
                     let block = format!("{}{key}", module.prefix);
                     for (b, attr, v) in &opts.overrides {
                         if *b == block {
+                            // From the command line (deploy --version): checked like the stack's.
+                            let rules = schema.attr(attr).map_or(&[][..], |a| &a.formats[..]);
+                            for bad in crate::format::check_rules(rules, v) {
+                                diags.push(
+                                    Diagnostic::new(format!(
+                                        "{addr}: the {} given on the command line is not {}: {} ({})",
+                                        bad.describe(attr),
+                                        bad.format.noun(),
+                                        bad.shown,
+                                        bad.reason
+                                    ))
+                                    .help(bad.format.help()),
+                                );
+                            }
                             c.insert(attr.clone(), v.clone());
                         }
                     }
@@ -340,8 +354,13 @@ pub fn make_plan(
             ) {
                 Ok(p) => p,
                 Err(e) => {
-                    let mut d = Diagnostic::new(format!("{addr}: {}", e.message))
-                        .at(Some(decl.loc.clone()));
+                    let at = e
+                        .attr
+                        .as_ref()
+                        .and_then(|a| decl.attrs.get(a))
+                        .and_then(|x| x.location())
+                        .unwrap_or_else(|| decl.loc.clone());
+                    let mut d = Diagnostic::new(format!("{addr}: {}", e.message)).at(Some(at));
                     d.help = e.help;
                     diags.push(d);
                     continue;
@@ -744,6 +763,11 @@ pub fn eval_attrs(
             None if a.computed => continue,
             None => a.default.clone().unwrap_or(Value::Null),
         };
+        if let Some(e) = decl.attrs.get(a.name) {
+            for bad in crate::format::check_rules(&a.formats, &v) {
+                diags.push(format_error(decl, a.name, e, &bad));
+            }
+        }
         if a.required && matches!(v, Value::Null) {
             diags.push(
                 Diagnostic::new(format!(
@@ -781,6 +805,34 @@ pub fn mark_sensitive(
         }
     }
     out
+}
+
+/// A value that does not have the format its attribute declares, at the value itself when it is
+/// written literally in the attribute (a route's key, a nested field), else at the attribute.
+fn format_error(
+    decl: &crate::config::ResourceDecl,
+    attr: &str,
+    e: &crate::lang::Expr,
+    bad: &crate::format::Violation,
+) -> Diagnostic {
+    let at = crate::format::span_of(&e.expr, &bad.path, bad.is_key)
+        .map(|r| e.file.location(r))
+        .or_else(|| e.location());
+    Diagnostic::new(format!(
+        "{} of {}.{} is not {}: {} ({})",
+        bad.describe(attr),
+        decl.kind,
+        decl.name,
+        bad.format.noun(),
+        bad.shown,
+        bad.reason
+    ))
+    .at(at)
+    .help(format!(
+        "{}; the {} renders it into a config file or command line, so nothing else is accepted",
+        bad.format.help(),
+        decl.kind
+    ))
 }
 
 /// Addresses grouped for display: every change sorted by address.

@@ -100,6 +100,9 @@ pub struct AttrSchema {
     /// one of them is. None (the default, and the safe one): from every input.
     pub derived_from: Option<&'static [&'static str]>,
     pub default: Option<Value>,
+    /// What the value (or parts of it) may look like: checked while planning, at the value's
+    /// location, because the provider renders it into a file or a command line.
+    pub formats: Vec<crate::format::Rule>,
 }
 
 impl AttrSchema {
@@ -114,6 +117,7 @@ impl AttrSchema {
             sensitive: false,
             derived_from: None,
             default: None,
+            formats: Vec::new(),
         }
     }
     pub fn required(name: &'static str, ty: Type) -> Self {
@@ -159,6 +163,16 @@ impl AttrSchema {
     }
     pub fn default(mut self, v: Value) -> Self {
         self.default = Some(v);
+        self
+    }
+    /// The value must have `format` (each element of a list, each value of a map: use `format_at`).
+    pub fn format(self, format: crate::format::Format) -> Self {
+        self.format_at("", format)
+    }
+    /// Part of the value must have `format`: `at` is `"*"` (every element or value), `"{}"` (every
+    /// key of a map), a field name, or a dotted path of those (`"*.upstreams.*.weight"`).
+    pub fn format_at(mut self, at: &'static str, format: crate::format::Format) -> Self {
+        self.formats.push(crate::format::Rule { at, format });
         self
     }
     pub fn settable(&self) -> bool {
@@ -250,6 +264,8 @@ impl Invalid {
 pub struct ProviderError {
     pub message: String,
     pub help: Option<String>,
+    /// The stack attribute the error is about, when there is one: a plan error points at it.
+    pub attr: Option<String>,
 }
 
 impl ProviderError {
@@ -257,7 +273,13 @@ impl ProviderError {
         ProviderError {
             message: message.into(),
             help: None,
+            attr: None,
         }
+    }
+    /// The error is about this stack attribute.
+    pub fn attr(mut self, attr: &str) -> Self {
+        self.attr = Some(attr.to_string());
+        self
     }
     pub fn help(mut self, h: impl Into<String>) -> Self {
         self.help = Some(h.into());

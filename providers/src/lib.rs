@@ -5,6 +5,7 @@ pub mod canary;
 pub mod local;
 pub mod monitor;
 pub mod nginx;
+pub mod quote;
 pub mod redis;
 
 use pipeline_engine::provider::{ProviderError, Registry};

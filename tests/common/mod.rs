@@ -212,3 +212,58 @@ pub fn versions_through(port: u16, n: usize) -> std::collections::BTreeMap<Strin
     }
     out
 }
+
+/// Every file under `dir` with its bytes and mode (directories by their mode alone): compare two
+/// snapshots with `assert_unchanged` to show a command changed nothing.
+pub fn snapshot_files(dir: &Path) -> std::collections::BTreeMap<PathBuf, (u32, Vec<u8>)> {
+    use std::os::unix::fs::PermissionsExt;
+    fn walk(d: &Path, root: &Path, out: &mut std::collections::BTreeMap<PathBuf, (u32, Vec<u8>)>) {
+        let Ok(rd) = std::fs::read_dir(d) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(meta) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let rel = p.strip_prefix(root).unwrap().to_path_buf();
+            let mode = meta.permissions().mode();
+            if meta.is_dir() {
+                out.insert(rel, (mode, Vec::new()));
+                walk(&p, root, out);
+            } else {
+                out.insert(rel, (mode, std::fs::read(&p).unwrap_or_default()));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Panics naming the first path that appeared, disappeared or changed (bytes or mode).
+pub fn assert_unchanged(
+    what: &str,
+    before: &std::collections::BTreeMap<PathBuf, (u32, Vec<u8>)>,
+    after: &std::collections::BTreeMap<PathBuf, (u32, Vec<u8>)>,
+) {
+    let keys = |m: &std::collections::BTreeMap<PathBuf, (u32, Vec<u8>)>| {
+        m.keys().cloned().collect::<Vec<_>>()
+    };
+    assert_eq!(
+        keys(before),
+        keys(after),
+        "{what}: files appeared or disappeared"
+    );
+    for (p, (mode, bytes)) in before {
+        let (m2, b2) = &after[p];
+        assert_eq!(mode, m2, "{what}: the mode of {} changed", p.display());
+        assert!(
+            bytes == b2,
+            "{what}: {} changed:\nbefore: {}\nafter: {}",
+            p.display(),
+            String::from_utf8_lossy(bytes),
+            String::from_utf8_lossy(b2)
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! `file`: a file with literal content or a handlebars template rendered with values from the stack.
 
 use super::to_json_map;
+use pipeline_engine::format::Format;
 use pipeline_engine::provider::{
     ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned, ProviderCtx,
     ProviderError, Type,
@@ -14,7 +15,9 @@ pub fn schema() -> KindSchema {
     KindSchema {
         kind: "file",
         attrs: vec![
-            AttrSchema::required("path", Type::String).force_new(),
+            AttrSchema::required("path", Type::String)
+                .force_new()
+                .format(Format::FilePath),
             AttrSchema::optional("content", Type::String),
             AttrSchema::optional("template", Type::String),
             AttrSchema::optional("vars", Type::Any).default(Value::Map(Default::default())),
@@ -73,6 +76,7 @@ fn render(c: &ValueMap) -> Result<Value, ProviderError> {
     let mut hb = handlebars::Handlebars::new();
     hb.set_strict_mode(true);
     hb.register_escape_fn(handlebars::no_escape);
+    register_quoting(&mut hb);
     let text = tpl.as_str().unwrap_or_default().to_string();
     let out = hb
         .render_template(&text, &vars.unmarked().0.to_json())
@@ -83,11 +87,67 @@ fn render(c: &ValueMap) -> Result<Value, ProviderError> {
     Ok(Value::String(out).mark(sensitive))
 }
 
+/// `{{shell x}}`, `{{nginx x}}`, `{{redis x}}`, `{{json x}}` in templates: a value quoted for the
+/// format of the file being written (providers/src/quote.rs), as the providers' own renderers do.
+fn register_quoting(hb: &mut handlebars::Handlebars<'_>) {
+    use handlebars::{
+        Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason,
+    };
+    type Quoter = fn(&str) -> Result<String, String>;
+    let quoters: [(&'static str, Quoter); 4] = [
+        ("shell", |s| Ok(crate::quote::shell(s))),
+        ("nginx", crate::quote::nginx),
+        ("redis", |s| Ok(crate::quote::redis(s))),
+        ("json", |s| {
+            Ok(serde_json::Value::String(s.to_string()).to_string())
+        }),
+    ];
+    for (name, quote) in quoters {
+        hb.register_helper(
+            name,
+            Box::new(
+                move |h: &Helper<'_>,
+                      _: &Handlebars<'_>,
+                      _: &Context,
+                      _: &mut RenderContext<'_, '_>,
+                      out: &mut dyn Output|
+                      -> HelperResult {
+                    let v = h
+                        .param(0)
+                        .ok_or(RenderErrorReason::ParamNotFoundForIndex(name, 0))?
+                        .value();
+                    let text = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    let quoted = quote(&text).map_err(|e| {
+                        RenderErrorReason::Other(format!("{{{{{name} ...}}}}: {e}"))
+                    })?;
+                    out.write(&quoted)?;
+                    Ok(())
+                },
+            ),
+        );
+    }
+}
+
 fn sha(s: &str) -> String {
     pipeline_engine::lang::funcs::hex(&sha2::Sha256::digest(s.as_bytes()))
 }
 
-pub fn plan(_ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
+pub fn plan(ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
+    if let Some(p) = req.config.get("path").and_then(Value::as_str) {
+        let path = path_of(ctx, p);
+        // Caught here, not halfway through an apply that `destroy` could then not undo.
+        if path.is_dir() {
+            return Err(ProviderError::new(format!(
+                "{} is a directory; a file cannot be written there",
+                path.display()
+            ))
+            .help("`path` names the file itself, e.g. path = \"out/index.html\"")
+            .attr("path"));
+        }
+    }
     let mut o = req.config.clone();
     let rendered = render(req.config)?;
     let digest = match rendered.unmarked().0 {
@@ -107,6 +167,10 @@ pub fn read(ctx: &ProviderCtx, prior: &JsonMap) -> Result<Option<JsonMap>, Provi
         return Ok(None);
     };
     let path = path_of(ctx, p);
+    if path.is_dir() {
+        // Something else stands where the file was: the file is gone.
+        return Ok(None);
+    }
     let text = match std::fs::read(&path) {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -196,6 +260,8 @@ pub fn delete(ctx: &ProviderCtx, prior: &JsonMap) -> Result<(), ProviderError> {
     let path = path_of(ctx, p);
     match std::fs::remove_file(&path) {
         Ok(()) => {}
+        // A directory there now is not the file this resource wrote: leave it alone.
+        Err(_) if path.is_dir() => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
             return Err(ProviderError::new(format!(
@@ -215,4 +281,40 @@ pub fn delete(ctx: &ProviderCtx, prior: &JsonMap) -> Result<(), ProviderError> {
         let _ = std::fs::remove_dir(d);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_quote_values_for_the_file_they_write() {
+        let mut c = ValueMap::new();
+        c.insert(
+            "template".into(),
+            Value::str("cmd {{shell arg}}\nlocation {{nginx path}} {}\n{{json arg}}"),
+        );
+        let vars: ValueMap = [
+            ("arg".to_string(), Value::str("it's; rm -rf /")),
+            ("path".to_string(), Value::str("/a b")),
+        ]
+        .into_iter()
+        .collect();
+        c.insert("vars".into(), Value::Map(vars));
+        let out = render(&c).unwrap();
+        assert_eq!(
+            out.as_str().unwrap(),
+            "cmd 'it'\\''s; rm -rf /'\nlocation \"/a b\" {}\n\"it's; rm -rf /\""
+        );
+        c.insert("template".into(), Value::str("{{nginx arg}}"));
+        c.insert(
+            "vars".into(),
+            Value::Map(
+                [("arg".to_string(), Value::str("$host"))]
+                    .into_iter()
+                    .collect(),
+            ),
+        );
+        assert!(render(&c).is_err(), "nginx cannot carry $");
+    }
 }

@@ -5,6 +5,7 @@ use super::build::{self, BuildSpec};
 use super::netns;
 use super::slot;
 use crate::{blocking, parse_duration};
+use pipeline_engine::format::Format;
 use pipeline_engine::provider::{
     ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned, ProviderCtx,
     ProviderError, Type,
@@ -19,17 +20,25 @@ pub fn schema() -> KindSchema {
         kind: "service",
         attrs: vec![
             // Where it runs; moving a slot to another host replaces it.
-            AttrSchema::optional("on", Type::Any).force_new(),
+            AttrSchema::optional("on", Type::Any)
+                .force_new()
+                .format_at("address", Format::Address)
+                .format_at("*.address", Format::Address),
             // A change to any of these starts a new generation behind the same slot (an update
             // in place, following `update`), never a new slot.
-            AttrSchema::required("source", Type::String),
-            AttrSchema::optional("revision", Type::String),
-            AttrSchema::optional("build", Type::String),
-            AttrSchema::required("run", Type::String),
+            // Formats: what reaches a command line, an environment or an HTTP request line.
+            AttrSchema::required("source", Type::String).format(Format::FilePath),
+            AttrSchema::optional("revision", Type::String).format(Format::GitRevision),
+            AttrSchema::optional("build", Type::String).format(Format::NoNul),
+            AttrSchema::required("run", Type::String).format(Format::NoNul),
             AttrSchema::optional("replicas", Type::Number).default(Value::Number(1.0)),
             AttrSchema::optional("env", Type::Map(Box::new(Type::String)))
-                .default(Value::Map(Default::default())),
-            AttrSchema::optional("health", Type::Any),
+                .default(Value::Map(Default::default()))
+                .format_at("{}", Format::EnvName)
+                .format_at("*", Format::NoNul),
+            AttrSchema::optional("health", Type::Any)
+                .format_at("path", Format::UrlTarget)
+                .format_at("method", Format::Token),
             AttrSchema::optional("restart", Type::Bool).default(Value::Bool(true)),
             AttrSchema::optional("start_timeout", Type::String).default(Value::str("60s")),
             // { namespace = true, port = 3000 }: each generation in a network namespace of its
@@ -38,7 +47,10 @@ pub fn schema() -> KindSchema {
             // { strategy = "rolling" | "blue-green", max_unavailable = 1, max_surge = 0, drain_timeout = "10s" }
             AttrSchema::optional("update", Type::Any),
             // Progressive delivery and `pipeline canary` settings (see providers/src/canary.rs).
-            AttrSchema::optional("canary", Type::Any),
+            AttrSchema::optional("canary", Type::Any)
+                .format_at("request.path", Format::UrlTarget)
+                .format_at("request.method", Format::Token)
+                .format_at("request.content_type", Format::Line),
             // A digest of what is built: as secret as the inputs it digests.
             AttrSchema::computed("build_id", Type::String)
                 .derived_from(&["source", "revision", "build"]),
@@ -548,7 +560,11 @@ fn start_slot(
     .map_err(err)?;
     let spec = ReplicaSpec {
         name: name.to_string(),
-        command: format!("exec '{}' __slot '{}'", ctx.exe.display(), sdir.display()),
+        command: format!(
+            "exec {} __slot {}",
+            crate::quote::shell(&ctx.exe.display().to_string()),
+            crate::quote::shell(&sdir.display().to_string())
+        ),
         cwd: sdir.to_path_buf(),
         env: Default::default(),
         port,

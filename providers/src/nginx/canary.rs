@@ -303,6 +303,12 @@ pub fn shift(
     candidate: &[String],
     percent: u32,
 ) -> Result<(), String> {
+    // Candidates become server lines of their own: each must be one ADDRESS:PORT token.
+    for c in candidate {
+        pipeline_engine::format::Format::HostPort
+            .check_str(c)
+            .map_err(|e| format!("candidate address {c:?} is not ADDRESS:PORT ({e})"))?;
+    }
     let _lock = ConfLock::take(&b.prefix).map_err(|e| e.to_string())?;
     let st = stable(&b.prefix);
     if percent == 0 || candidate.is_empty() {
@@ -348,6 +354,28 @@ pub fn remove_candidate(work_dir: &Path, candidate: &str) -> Result<(), String> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_candidate_that_is_not_one_address_cannot_become_a_server_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Shifted {
+            prefix: dir.path().to_path_buf(),
+            listen: None,
+        };
+        let err = shift(
+            &b,
+            &["127.0.0.1:4001".into()],
+            &["127.0.0.1:1; } server { listen 0.0.0.0:81".into()],
+            5,
+        )
+        .unwrap_err();
+        assert!(err.contains("is not ADDRESS:PORT"), "{err}");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing written"
+        );
+    }
+
     use super::*;
 
     const CONF: &str = "http {\n    upstream route_0 {\n        server 127.0.0.1:4001 weight=1 max_fails=1 fail_timeout=10s;\n        server 127.0.0.1:4002 weight=1 max_fails=1 fail_timeout=10s;\n    }\n    upstream route_1 {\n        server 127.0.0.1:5001 weight=1 max_fails=1 fail_timeout=10s;\n    }\n}\n";

@@ -6,6 +6,7 @@
 pub mod canary;
 
 use async_trait::async_trait;
+use pipeline_engine::format::Format;
 use pipeline_engine::provider::{
     ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned, Provider,
     ProviderCtx, ProviderError, Type,
@@ -23,14 +24,28 @@ fn schema() -> KindSchema {
     KindSchema {
         kind: "balancer",
         attrs: vec![
-            AttrSchema::required("listen", Type::Number),
-            AttrSchema::optional("address", Type::String).default(Value::str("127.0.0.1")),
+            // Every value below is rendered into nginx.conf: each declares what it may be.
+            AttrSchema::required("listen", Type::Number).format(Format::Port),
+            AttrSchema::optional("address", Type::String)
+                .default(Value::str("127.0.0.1"))
+                .format(Format::Address),
             // path = service.x | [service.x, ...] | { upstreams = [{ service = service.x, weight = 9 }, ...] } | { static = "dir" }
-            AttrSchema::required("routes", Type::Any),
-            AttrSchema::optional("client_max_body_size", Type::String).default(Value::str("1m")),
-            AttrSchema::optional("max_fails", Type::Number).default(Value::Number(1.0)),
-            AttrSchema::optional("fail_timeout", Type::String).default(Value::str("2s")),
-            AttrSchema::optional("keepalive_timeout", Type::String).default(Value::str("65s")),
+            AttrSchema::required("routes", Type::Any)
+                .format_at("{}", Format::UrlPath)
+                .format_at("*.static", Format::FilePath)
+                .format_at("*.upstreams.*.weight", Format::Count),
+            AttrSchema::optional("client_max_body_size", Type::String)
+                .default(Value::str("1m"))
+                .format(Format::Size),
+            AttrSchema::optional("max_fails", Type::Number)
+                .default(Value::Number(1.0))
+                .format(Format::Count),
+            AttrSchema::optional("fail_timeout", Type::String)
+                .default(Value::str("2s"))
+                .format(Format::Duration),
+            AttrSchema::optional("keepalive_timeout", Type::String)
+                .default(Value::str("65s"))
+                .format(Format::Duration),
             // Retry a POST on another replica when the first one failed mid-request. Safe only when
             // requests are idempotent in effect (a preview renderer is; a payment is not).
             AttrSchema::optional("retry_non_idempotent", Type::Bool).default(Value::Bool(false)),
@@ -97,6 +112,12 @@ fn backends(v: &Value) -> Result<Option<Vec<(String, u32)>>, String> {
                         .trim_start_matches("http://")
                         .trim_end_matches('/')
                         .to_string();
+                    Format::HostPort.check_str(&hp).map_err(|e| {
+                        format!(
+                            "a route target's url {} is not http://ADDRESS:PORT ({e})",
+                            pipeline_engine::format::show_value(u, false)
+                        )
+                    })?;
                     out.push((hp, weight));
                     Ok(true)
                 }
@@ -119,8 +140,10 @@ fn backends(v: &Value) -> Result<Option<Vec<(String, u32)>>, String> {
             let mut known = true;
             for u in ups {
                 let w = u.get("weight").and_then(Value::as_f64).unwrap_or(1.0);
-                if w < 0.0 || w.fract() != 0.0 {
-                    return Err(format!("weight {w} must be a whole number >= 0"));
+                if Format::Count.check(&Value::Number(w)).is_err() {
+                    return Err(format!(
+                        "weight {w} must be a whole number from 0 to 1000000"
+                    ));
                 }
                 let Some(svc) = u.get("service") else {
                     return Err("each upstream needs `service = service.NAME`".into());
@@ -149,18 +172,30 @@ fn render(
             "routes must be an object: { \"/\" = service.web, ... }".into(),
         ));
     };
+    // Every value goes in as one quoted nginx token (quote::nginx), checked against its format
+    // first: the engine checked the stack's values at plan time; these are the values assembled
+    // here (paths joined to the prefix, backends taken from other resources).
+    let routes_err = |m: String| (Some("routes".to_string()), m);
+    let q = |attr: &str, s: &str| crate::quote::nginx(s).map_err(|e| (Some(attr.to_string()), e));
     let mut locations = Vec::new();
     let mut upstreams = Vec::new();
     for (i, (path, target)) in routes.iter().enumerate() {
-        if !path.starts_with('/') {
-            return Err((
-                Some("routes".into()),
-                format!("route {path:?} must start with /"),
-            ));
-        }
+        Format::UrlPath.check_str(path).map_err(|e| {
+            routes_err(format!(
+                "route {} is not a URL path ({e})",
+                pipeline_engine::format::show_value(path, false)
+            ))
+        })?;
+        let loc = q("routes", path)?;
         if let Some(dir) = target.get("static").and_then(Value::as_str) {
-            locations
-                .push(serde_json::json!({ "path": path, "static": base.join(dir).display().to_string().trim_end_matches('/') }));
+            Format::FilePath.check_str(dir).map_err(|e| {
+                routes_err(format!(
+                    "route {path:?}: the static directory is not a usable path ({e})"
+                ))
+            })?;
+            let root = base.join(dir).display().to_string();
+            let root = format!("{}/", root.trim_end_matches('/'));
+            locations.push(serde_json::json!({ "path": loc, "static": q("routes", &root)? }));
             continue;
         }
         let servers = match backends(target)
@@ -173,23 +208,59 @@ fn render(
         let name = format!("route_{i}");
         let servers: Vec<_> = servers
             .iter()
-            .map(|(hp, w)| serde_json::json!({ "addr": hp, "weight": w, "down": *w == 0 }))
-            .collect();
+            .map(|(hp, w)| {
+                q("routes", hp)
+                    .map(|a| serde_json::json!({ "addr": a, "weight": w, "down": *w == 0 }))
+            })
+            .collect::<Result<_, _>>()?;
         let empty = servers.is_empty() || servers.iter().all(|s| s["down"] == true);
-        locations.push(serde_json::json!({ "path": path, "upstream": name, "empty": empty }));
+        locations.push(serde_json::json!({ "path": loc, "upstream": name, "empty": empty }));
         if !empty {
             upstreams.push(serde_json::json!({ "name": name, "servers": servers }));
         }
     }
     let get = |k: &str| c.get(k).map(|v| v.unmarked().0);
+    // A setting's text, checked against its format and quoted.
+    let setting = |k: &str, f: Format, default: &str| -> Result<String, (Option<String>, String)> {
+        let v = get(k)
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| default.to_string());
+        f.check_str(&v).map_err(|e| {
+            (
+                Some(k.to_string()),
+                format!(
+                    "`{k}` {} is not {} ({e})",
+                    pipeline_engine::format::show_value(&v, false),
+                    f.noun()
+                ),
+            )
+        })?;
+        q(k, &v)
+    };
+    let address = setting("address", Format::Address, "127.0.0.1")?;
+    let listen = get("listen").and_then(|v| v.as_f64()).unwrap_or(0.0) as u64;
+    let listen = if address.contains(':') {
+        format!("[{address}]:{listen}")
+    } else {
+        format!("{address}:{listen}")
+    };
+    let file = |rel: &str| {
+        crate::quote::nginx(&format!("{}/{rel}", prefix.display())).map_err(|e| (None, e))
+    };
     let vars = serde_json::json!({
-        "prefix": prefix.display().to_string(),
-        "address": get("address").and_then(|v| v.as_str().map(str::to_string)).unwrap_or("127.0.0.1".into()),
-        "listen": get("listen").and_then(|v| v.as_f64()).unwrap_or(0.0) as u64,
-        "client_max_body_size": get("client_max_body_size").and_then(|v| v.as_str().map(str::to_string)),
-        "keepalive_timeout": get("keepalive_timeout").and_then(|v| v.as_str().map(str::to_string)),
+        "pid": file("nginx.pid")?,
+        "error_log": file("logs/error.log")?,
+        "access_log": file("logs/access.log")?,
+        "client_body_temp": file("tmp/client_body")?,
+        "proxy_temp": file("tmp/proxy")?,
+        "fastcgi_temp": file("tmp/fastcgi")?,
+        "uwsgi_temp": file("tmp/uwsgi")?,
+        "scgi_temp": file("tmp/scgi")?,
+        "listen": q("listen", &listen)?,
+        "client_max_body_size": setting("client_max_body_size", Format::Size, "1m")?,
+        "keepalive_timeout": setting("keepalive_timeout", Format::Duration, "65s")?,
         "max_fails": get("max_fails").and_then(|v| v.as_f64()).unwrap_or(1.0) as u64,
-        "fail_timeout": get("fail_timeout").and_then(|v| v.as_str().map(str::to_string)),
+        "fail_timeout": setting("fail_timeout", Format::Duration, "2s")?,
         "non_idempotent": get("retry_non_idempotent").and_then(|v| v.as_bool()).unwrap_or(false),
         "upstreams": upstreams,
         "locations": locations,
@@ -320,15 +391,7 @@ impl Provider for Nginx {
     }
 
     fn validate(&self, _kind: &str, c: &ValueMap) -> Vec<Invalid> {
-        if let Some(l) = c.get("listen").and_then(Value::as_f64) {
-            if !(1.0..=65535.0).contains(&l) || l.fract() != 0.0 {
-                return vec![Invalid::new(
-                    Some("listen"),
-                    format!("listen {l} is not a TCP port"),
-                    "a port from 1 to 65535, e.g. listen = 8080",
-                )];
-            }
-        }
+        // `listen`, sizes, durations, route paths: the schema's formats, checked by the engine.
         // Rendered with a placeholder prefix: only the values are checked here.
         let pre = Path::new("/nonexistent-pipeline-prefix");
         if nginx_bin().is_none() {
@@ -345,6 +408,15 @@ impl Provider for Nginx {
     }
 
     fn plan(&self, ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
+        // nginx.conf names files under the working directory; nginx cannot carry every path.
+        let pre = prefix(ctx, req.addr);
+        crate::quote::nginx(&pre.display().to_string()).map_err(|e| {
+            ProviderError::new(format!(
+                "the working directory {} cannot be named in an nginx config: {e}",
+                ctx.work_dir.display()
+            ))
+            .help("run pipeline from a directory whose path has no `$` (or set --state-dir to one)")
+        })?;
         let o = planned_object(ctx, req.addr, req.config).map_err(|e| {
             let i = invalid(e);
             ProviderError::new(i.message).help(i.help)
@@ -496,9 +568,9 @@ fn apply_blocking(
             let spec = ReplicaSpec {
                 name: format!("{addr} (nginx)"),
                 command: format!(
-                    "exec '{}' -p '{}' -c conf/nginx.conf -e logs/error.log -g 'daemon off;'",
-                    bin.display(),
-                    pre.display()
+                    "exec {} -p {} -c conf/nginx.conf -e logs/error.log -g 'daemon off;'",
+                    crate::quote::shell(&bin.display().to_string()),
+                    crate::quote::shell(&pre.display().to_string())
                 ),
                 cwd: pre.clone(),
                 env: Default::default(),

@@ -15,6 +15,7 @@
 use super::resp::{Conn, Url};
 use super::store::{self, FlagValue};
 use crate::local::sanitize;
+use pipeline_engine::format::Format;
 use pipeline_engine::provider::{
     ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned, ProviderCtx,
     ProviderError, Type,
@@ -36,7 +37,10 @@ pub fn schema() -> KindSchema {
         attrs: vec![
             // A host or a list of hosts; the primary runs on the first. On the local provider
             // every host is this machine (127.0.0.1).
-            AttrSchema::optional("on", Type::Any).force_new(),
+            AttrSchema::optional("on", Type::Any)
+                .force_new()
+                .format_at("address", Format::Address)
+                .format_at("*.address", Format::Address),
             // Mirrors on this machine: one per host that runs instances (one on the local default).
             AttrSchema::optional("mirrors", Type::Number).default(Value::Number(1.0)),
             // The primary's port: a free one when left out (then kept in state).
@@ -45,6 +49,7 @@ pub fn schema() -> KindSchema {
                 ..AttrSchema::optional("port", Type::Number)
                     .force_new()
                     .derived_from(&["port"])
+                    .format(Format::Port)
             },
             // Generated from /dev/urandom when left out, kept in state, never shown.
             AttrSchema {
@@ -339,11 +344,12 @@ fn random_password() -> Result<String, ProviderError> {
 }
 
 fn quote(p: &Path) -> String {
-    let s = p.display().to_string();
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    crate::quote::redis(&p.display().to_string())
 }
 
-/// The config of one redis-server; `replicaof` for mirrors.
+/// The config of one redis-server; `replicaof` for mirrors. Every value is one quoted argument
+/// (quote::redis): the address and password were checked while planning, and even so cannot
+/// start a directive of their own.
 fn render_conf(
     dir: &Path,
     address: &str,
@@ -362,8 +368,8 @@ fn render_conf(
          logfile \"\"\n\
          save \"\"\n\
          appendonly no\n\
-         requirepass {password}\n\
-         masterauth {password}\n\
+         requirepass {pw}\n\
+         masterauth {pw}\n\
          repl-diskless-sync yes\n\
          repl-diskless-sync-delay 0\n\
          repl-diskless-load on-empty-db\n\
@@ -371,9 +377,11 @@ fn render_conf(
          replica-read-only yes\n",
         dir = quote(dir),
         pid = quote(&dir.join("redis.pid")),
+        address = crate::quote::redis(address),
+        pw = crate::quote::redis(password),
     );
     if let Some(p) = replicaof {
-        s.push_str(&format!("replicaof {address} {p}\n"));
+        s.push_str(&format!("replicaof {} {p}\n", crate::quote::redis(address)));
     }
     s
 }
@@ -416,7 +424,7 @@ impl Server<'_> {
             name: format!("{} {role}", self.addr),
             command: format!(
                 "exec {} redis.conf",
-                quote(self.redis).replace('$', "\\$").replace('`', "\\`")
+                crate::quote::shell(&self.redis.display().to_string())
             ),
             cwd: dir.clone(),
             env: Default::default(),
@@ -674,12 +682,26 @@ mod tests {
     #[test]
     fn config_binds_only_the_address_and_mirrors_replicate() {
         let c = render_conf(Path::new("/r/p"), "127.0.0.1", 7000, "pw123456", Some(7001));
-        assert!(c.contains("bind 127.0.0.1\n"), "{c}");
-        assert!(c.contains("requirepass pw123456\nmasterauth pw123456\n"));
+        assert!(c.contains("bind \"127.0.0.1\"\n"), "{c}");
+        assert!(c.contains("requirepass \"pw123456\"\nmasterauth \"pw123456\"\n"));
         assert!(c.contains("repl-diskless-sync-delay 0\n"));
-        assert!(c.contains("replicaof 127.0.0.1 7001\n"));
+        assert!(c.contains("replicaof \"127.0.0.1\" 7001\n"));
         assert!(c.contains("dir \"/r/p\"\n"));
         assert!(!render_conf(Path::new("/r"), "127.0.0.1", 1, "x", None).contains("replicaof"));
+    }
+
+    #[test]
+    fn a_value_cannot_start_a_redis_directive_of_its_own() {
+        let plain = render_conf(Path::new("/r"), "127.0.0.1", 1, "pw123456", Some(2));
+        let c = render_conf(
+            Path::new("/r\n\"x"),
+            "127.0.0.1\nreplicaof 10.0.0.1 6379",
+            1,
+            "pw\"\nrename-command CONFIG x",
+            Some(2),
+        );
+        assert_eq!(c.lines().count(), plain.lines().count(), "{c}");
+        assert!(!c.lines().any(|l| l.starts_with("rename-command")), "{c}");
     }
 
     #[test]
