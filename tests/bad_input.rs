@@ -270,6 +270,43 @@ plan_case!(
     string_interpolating_list,
 );
 
+// Evaluation is bounded: exit 1 with the position, never a stack overflow (signal).
+plan_case!(templatefile_includes_itself, values_nested_too_deeply);
+
+#[test]
+fn apply_templatefile_includes_itself() {
+    check(
+        "apply_templatefile_includes_itself",
+        &[
+            "apply",
+            "-auto-approve",
+            "{F}/templatefile_includes_itself.hcl",
+        ],
+    );
+}
+
+#[test]
+fn a_long_chain_of_locals_computed_during_apply_is_an_error_not_a_crash() {
+    let w = Work::new(StateDir::Flag);
+    let n = 2000;
+    let mut text: String = (0..n)
+        .map(|i| format!("locals {{ l{i} = local.l{} + 1 }}\n", i + 1))
+        .collect();
+    text.push_str(&format!(
+        "locals {{ l{n} = 0 }}\nfile \"deep\" {{\n  path    = \"out/deep.txt\"\n  content = \"${{local.l0}}\"\n}}\n"
+    ));
+    std::fs::write(w.tmp.path().join("chain.hcl"), text).unwrap();
+    let out = w
+        .cmd(StateDir::Flag)
+        .args(["apply", "-auto-approve", "chain.hcl"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "exit 1, not a signal: {err}");
+    assert!(err.contains("chain.hcl:"), "the position is named: {err}");
+    assert!(!w.tmp.path().join("out/deep.txt").exists());
+}
+
 // Provider validation: values the schema cannot check (an exclusive pair, a mode, health).
 macro_rules! provider_case {
     ($($name:ident),* $(,)?) => {$(
