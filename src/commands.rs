@@ -283,7 +283,8 @@ pub fn run(args: Vec<String>) -> ExitCode {
             if let Some(r) = e.downcast_ref::<Reported>() {
                 eprint!("{}", r.0);
             } else {
-                let msg = format!("{e:#}");
+                // Messages carry user values (paths, -var names): escaped like diagnostics.
+                let msg = pipeline_engine::diag::escape_control(&format!("{e:#}"));
                 if msg.starts_with("error") {
                     eprintln!("{msg}");
                 } else {

@@ -953,6 +953,11 @@ impl<'a> Evaluator<'a> {
             )
             .help("paths are relative to the directory of the stack or module file")
         })?;
+        // Parsed as SourceFile keeps it, so positions agree: without a byte order mark.
+        let text = match text.strip_prefix(crate::diag::BOM) {
+            Some(rest) => rest.to_string(),
+            None => text,
+        };
         let tpl = hcl_edit::parser::parse_template(&text).map_err(|e| {
             self.err(
                 span.clone(),
