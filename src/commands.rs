@@ -706,8 +706,10 @@ fn read_saved_plan(ws: &Workspace, path: &std::path::Path) -> Result<Option<Plan
         )
     })?;
     ops::check_plan_workspace(ws, &plan).map_err(|e| {
+        let e = e.to_string();
+        let (what, help) = e.split_once("\n  = help: ").unwrap_or((&e, ""));
         anyhow!(
-            "refusing to apply {}: {e}\n  = note: nothing was applied or changed",
+            "refusing to apply {}: {what}\n  = note: nothing was applied or changed\n  = help: {help}",
             path.display()
         )
     })?;
