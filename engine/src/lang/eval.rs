@@ -57,6 +57,8 @@ pub struct Evaluator<'a> {
 }
 
 const TEMPLATE_ERROR: &str = "templatefile(): ";
+/// In the summary of every error that stops evaluation for depth.
+const TOO_DEEP: &str = "nested too deeply";
 const IN_TEMPLATE: &str = "in the template at ";
 
 /// `a.tpl → b.tpl → a.tpl → ...` as each file with how often it is open: `a.tpl (16 times), b.tpl (16 times)`.
@@ -160,7 +162,7 @@ impl<'a> Evaluator<'a> {
             return Err(self
                 .err(
                     e.span(),
-                    format!("evaluation nested too deeply (more than {MAX_EVAL_DEPTH} levels)"),
+                    format!("evaluation {TOO_DEEP} (more than {MAX_EVAL_DEPTH} levels)"),
                 )
                 .help("expressions, templatefile() calls inside templates and locals that read locals all nest: split the expression, include templates less deeply, or shorten the chain of locals"));
         };
@@ -861,6 +863,9 @@ impl<'a> Evaluator<'a> {
                 match self.eval(a) {
                     Ok(v) if name == "try" => return Ok(v),
                     Ok(_) => return Ok(Value::Bool(true)),
+                    // Not a value that failed but a stack that ran out: retrying each level
+                    // of a recursion would take exponential time.
+                    Err(d) if d.summary.contains(TOO_DEEP) => return Err(d),
                     Err(_) => continue,
                 }
             }
@@ -934,7 +939,7 @@ impl<'a> Evaluator<'a> {
             return Err(self
                 .err(
                     span,
-                    "templatefile(): templates nested too deeply",
+                    format!("templatefile(): templates {TOO_DEEP}"),
                 )
                 .detail(format!("templates being evaluated: {}", summarize_chain(&chain)))
                 .help("a template that includes itself, directly or through others, never ends: stop the recursion with a %{ if } or include fewer levels"));

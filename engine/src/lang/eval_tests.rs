@@ -418,6 +418,9 @@ fn templates_including_each_other_stop_with_an_error_even_on_a_worker_thread_sta
                 detail.contains("a.tpl (") && detail.contains("b.tpl ("),
                 "{detail}"
             );
+            // try() and can() do not retry each level of a recursion (exponential time).
+            let d = eval_in(&e, "try(templatefile(\"a.tpl\", {}), \"fallback\")").unwrap_err();
+            assert_eq!(d.summary, "templatefile(): templates nested too deeply");
             // The depth is given back on the way out: a legitimate chain works afterwards.
             assert_eq!(
                 eval_in(&e, "templatefile(\"n0.tpl\", {})").unwrap(),
