@@ -2,7 +2,7 @@
 
 use crate::ops::{self, PlanInputs, Reported, Workspace};
 use crate::render::{self, Style};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::{Args, Parser, Subcommand};
 use pipeline_engine::plan::{Plan, PlanOptions};
 use std::io::{IsTerminal, Write};
@@ -289,7 +289,8 @@ pub fn run(args: Vec<String>) -> ExitCode {
             if let Some(r) = e.downcast_ref::<Reported>() {
                 eprint!("{}", r.0);
             } else {
-                let msg = format!("{e:#}");
+                // Messages carry user values (paths, -var names): escaped like diagnostics.
+                let msg = pipeline_engine::diag::escape_control(&format!("{e:#}"));
                 if msg.starts_with("error") {
                     eprintln!("{msg}");
                 } else {
@@ -327,6 +328,9 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
             detailed_exitcode,
             destroy,
         } => {
+            if let Some(path) = &out {
+                check_plan_out(path)?;
+            }
             let inputs = plan_inputs(&ws, &args, destroy)?;
             let (plan, _) = ops::make_plan(&ws, &inputs).await?;
             ws.remember_stack(&inputs.stack);
@@ -361,7 +365,7 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
         } => {
             // `apply FILE` with a saved plan applies exactly that plan.
             if let Some(p) = &args.stack {
-                if let Some(plan) = read_saved_plan(p)? {
+                if let Some(plan) = read_saved_plan(&ws, p)? {
                     let lock = ops::lock(&ws, "apply", &mut stale_note)?;
                     report_orphans(&ops::sweep_orphans(&ws, &lock).await?, json);
                     return run_apply(&ws, plan, &lock, true, json, args.parallelism, style, false)
@@ -653,44 +657,79 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
     }
 }
 
-fn save_plan(plan: &Plan, path: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let data = serde_json::to_vec(&serde_json::json!({"pipeline_plan": plan}))?;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write the plan to {}", path.display()))?;
-    f.write_all(&data)?;
+/// `apply PATH` reads a .hcl file as a stack: a plan saved under such a name could not be applied.
+fn check_plan_out(path: &std::path::Path) -> Result<()> {
+    if path.extension().is_some_and(|e| e == "hcl") {
+        bail!(
+            "cannot save the plan as {}: `pipeline apply` reads a .hcl file as a stack\n  = help: name the plan file otherwise, e.g. `-out reviewed.plan`",
+            path.display()
+        );
+    }
     Ok(())
 }
 
-fn read_saved_plan(path: &std::path::Path) -> Result<Option<Plan>> {
+fn save_plan(plan: &Plan, path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    check_plan_out(path)?;
+    let data = plan.to_saved()?;
+    // Written beside the target and renamed over it: a crash never leaves half a plan under its name.
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow!("cannot write the plan to {}: {e}", path.display())
+    })
+}
+
+/// `apply PATH`: the saved plan in PATH, None when PATH is a stack (a directory or a .hcl file).
+/// Any other file must be a whole, unchanged plan saved by this version for this state
+/// directory: otherwise it is refused before anything is locked, read or changed.
+fn read_saved_plan(ws: &Workspace, path: &std::path::Path) -> Result<Option<Plan>> {
     if path.is_dir() || path.extension().is_some_and(|e| e == "hcl") {
         return Ok(None);
     }
-    let Ok(bytes) = std::fs::read(path) else {
-        return Ok(None);
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        // Not there: the stack loader names the missing path.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => bail!("cannot read the saved plan {}: {e}", path.display()),
     };
-    if !bytes.starts_with(b"{\"pipeline_plan\"") {
-        return Ok(None);
-    }
-    #[derive(serde::Deserialize)]
-    struct Saved {
-        pipeline_plan: Plan,
-    }
-    let s: Saved = serde_json::from_slice(&bytes)
-        .with_context(|| format!("{} is not a readable saved plan", path.display()))?;
-    if s.pipeline_plan.format != pipeline_engine::plan::PLAN_FORMAT {
-        bail!(
-            "{} was saved by another pipeline version (format {})",
-            path.display(),
-            s.pipeline_plan.format
-        );
-    }
-    Ok(Some(s.pipeline_plan))
+    let plan = Plan::from_saved(&bytes).map_err(|e| {
+        let help = match e {
+            pipeline_engine::plan::SavedPlanError::OtherFormat { .. } => {
+                "make the plan again with this pipeline: `pipeline plan -out FILE`, review it, then `pipeline apply FILE`"
+            }
+            pipeline_engine::plan::SavedPlanError::NotAPlan
+            | pipeline_engine::plan::SavedPlanError::Empty => {
+                "give a plan saved by `pipeline plan -out FILE`, or a stack (a .hcl file or a directory of them)"
+            }
+            _ => "do not apply it; make and review a new plan: `pipeline plan -out FILE`, then `pipeline apply FILE`",
+        };
+        anyhow!(
+            "refusing to apply {}: {e}\n  = note: nothing was applied or changed\n  = help: {help}",
+            path.display()
+        )
+    })?;
+    ops::check_plan_workspace(ws, &plan).map_err(|e| {
+        let e = e.to_string();
+        let (what, help) = e.split_once("\n  = help: ").unwrap_or((&e, ""));
+        anyhow!(
+            "refusing to apply {}: {what}\n  = note: nothing was applied or changed\n  = help: {help}",
+            path.display()
+        )
+    })?;
+    Ok(Some(plan))
 }
 
 /// What the sweep stopped (left by a crashed or concurrent run), before the plan.

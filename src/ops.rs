@@ -82,6 +82,18 @@ impl Workspace {
         }
     }
 
+    /// The state directory as a plan records it: absolute with symlinks resolved, whether or
+    /// not it exists yet.
+    pub fn identity(&self) -> PathBuf {
+        if let Ok(d) = self.dir.canonicalize() {
+            return d;
+        }
+        match (self.dir.parent(), self.dir.file_name()) {
+            (Some(p), Some(n)) => p.canonicalize().map_or(self.dir.clone(), |p| p.join(n)),
+            _ => self.dir.clone(),
+        }
+    }
+
     pub fn ctx(&self, config: &Config) -> Result<ProviderCtx> {
         let stack_dir = config.modules[0].dir.clone();
         let stack_dir = if stack_dir.as_os_str().is_empty() {
@@ -250,7 +262,25 @@ pub async fn make_plan(ws: &Workspace, inputs: &PlanInputs) -> Result<(Plan, Con
         &inputs.opts,
     )
     .map_err(diags)?;
+    let p = Plan {
+        workspace: ws.identity(),
+        ..p
+    };
     Ok((p, config))
+}
+
+/// A plan applies only to the state directory it was made against: a plan made elsewhere
+/// would act on this directory's processes and files with another directory's view of them.
+pub fn check_plan_workspace(ws: &Workspace, plan: &Plan) -> Result<()> {
+    let here = ws.identity();
+    if plan.workspace != here {
+        bail!(
+            "the plan does not match the given state: it was made against the state in {}, this is {}\n  = help: make a new plan here: `pipeline plan -out FILE`, review it, then `pipeline apply FILE`",
+            plan.workspace.display(),
+            here.display()
+        );
+    }
+    Ok(())
 }
 
 /// Take the state lock for `operation`, reporting a broken stale lock through `on_stale`.
@@ -318,6 +348,7 @@ pub async fn apply_plan(
     cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<ApplyReport> {
+    check_plan_workspace(ws, plan)?;
     let mut store = StateStore::open(&ws.dir).map_err(|e| anyhow!("{e}"))?;
     let st = store.state();
     if plan.lineage.is_empty() && st.serial != 0 {

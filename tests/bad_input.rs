@@ -158,6 +158,18 @@ fn check_with(name: &str, args: &[&str], expect: Expect, mode: StateDir, prepare
         stdout.trim().is_empty(),
         "{name}: nothing belongs on stdout when the stack is rejected:\n{stdout}"
     );
+    // Stack text and values are escaped: nothing in a diagnostic acts on the terminal.
+    let acting: Vec<char> = stderr
+        .chars()
+        .filter(|c| {
+            (c.is_control() && *c != '\n' && *c != '\t')
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
+        .collect();
+    assert!(
+        acting.is_empty(),
+        "{name}: control characters {acting:?} reach the terminal:\n{stderr:?}"
+    );
     let norm = w.normalize(&stderr);
     assert!(norm.starts_with("error: "), "{name}: {norm}");
     assert!(norm.contains("= help: "), "{name}: no help line:\n{norm}");
@@ -269,6 +281,88 @@ plan_case!(
     division_by_zero,
     string_interpolating_list,
 );
+
+// Evaluation is bounded: exit 1 with the position, never a stack overflow (signal).
+plan_case!(templatefile_includes_itself, values_nested_too_deeply);
+
+#[test]
+fn apply_templatefile_includes_itself() {
+    check(
+        "apply_templatefile_includes_itself",
+        &[
+            "apply",
+            "-auto-approve",
+            "{F}/templatefile_includes_itself.hcl",
+        ],
+    );
+}
+
+// Text that is not plain: a byte order mark counts for no column; control characters and
+// bidirectional overrides in the stack are shown escaped.
+plan_case!(bom_error_position, control_characters);
+
+#[test]
+fn var_flag_with_control_characters() {
+    check_with(
+        "var_flag_with_control_characters",
+        &[
+            "plan",
+            "{F}/var_file_stack.hcl",
+            "-var",
+            "\u{1b}[2Jgreting\r=hi",
+        ],
+        Expect::HelpOnly,
+        StateDir::Flag,
+        nothing,
+    );
+}
+
+#[test]
+fn a_stack_file_with_a_byte_order_mark_applies() {
+    let w = Work::new(StateDir::Flag);
+    std::fs::write(
+        w.tmp.path().join("base/bom.hcl"),
+        format!("\u{feff}{BASE_STACK}"),
+    )
+    .unwrap();
+    let out = w
+        .cmd(StateDir::Flag)
+        .args(["apply", "-auto-approve", "base/bom.hcl"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("No changes"),
+        "the same stack with a byte order mark is the same stack: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn a_long_chain_of_locals_computed_during_apply_is_an_error_not_a_crash() {
+    let w = Work::new(StateDir::Flag);
+    let n = 2000;
+    let mut text: String = (0..n)
+        .map(|i| format!("locals {{ l{i} = local.l{} + 1 }}\n", i + 1))
+        .collect();
+    text.push_str(&format!(
+        "locals {{ l{n} = 0 }}\nfile \"deep\" {{\n  path    = \"out/deep.txt\"\n  content = \"${{local.l0}}\"\n}}\n"
+    ));
+    std::fs::write(w.tmp.path().join("chain.hcl"), text).unwrap();
+    let out = w
+        .cmd(StateDir::Flag)
+        .args(["apply", "-auto-approve", "chain.hcl"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "exit 1, not a signal: {err}");
+    assert!(err.contains("chain.hcl:"), "the position is named: {err}");
+    assert!(!w.tmp.path().join("out/deep.txt").exists());
+}
 
 // Provider validation: values the schema cannot check (an exclusive pair, a mode, health).
 macro_rules! provider_case {

@@ -184,7 +184,13 @@ impl Loader<'_> {
         });
         let mut pending_calls = Vec::new();
         for path in files {
-            let text = match std::fs::read(path) {
+            // A byte order mark is dropped first, so a bad byte's column counts from the text.
+            let text = match std::fs::read(path).map(|mut b| {
+                if b.starts_with("\u{feff}".as_bytes()) {
+                    b.drain(..3);
+                }
+                b
+            }) {
                 Ok(bytes) => match String::from_utf8(bytes) {
                     Ok(t) => t,
                     Err(e) => {

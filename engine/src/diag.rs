@@ -14,7 +14,13 @@ pub struct SourceFile {
 }
 
 impl SourceFile {
+    /// A leading UTF-8 byte order mark (some editors write one) is not part of the text:
+    /// dropped here, where all source text enters, so parsing and columns start after it.
     pub fn new(path: &Path, text: String) -> Arc<SourceFile> {
+        let text = match text.strip_prefix(BOM) {
+            Some(rest) => rest.to_string(),
+            None => text,
+        };
         let display = display_path(path);
         // Byte offset of every line start: a location is a binary search, not a scan.
         let line_starts = std::iter::once(0)
@@ -56,6 +62,33 @@ impl SourceFile {
             line_text: self.text[line_start..line_end].to_string(),
             width,
         }
+    }
+}
+
+/// The UTF-8 byte order mark.
+pub const BOM: char = '\u{feff}';
+
+/// Characters that would act on a terminal rather than show: controls (ESC, CR, BEL, NUL...) and
+/// the bidirectional overrides that make text read differently from what it is.
+fn acts_on_terminal(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t')
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Text safe to print: each character that would act on a terminal is written as its escape
+/// (`\u{1b}`, `\r`, `\0`); newlines and tabs stay. Every diagnostic goes through this.
+pub fn escape_control(s: &str) -> String {
+    if !s.chars().any(acts_on_terminal) {
+        return s.to_string();
+    }
+    s.chars().map(escape_char).collect()
+}
+
+fn escape_char(c: char) -> String {
+    if acts_on_terminal(c) {
+        c.escape_default().to_string()
+    } else {
+        c.to_string()
     }
 }
 
@@ -133,28 +166,34 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "error: {}", self.summary)?;
+        // Source text and values reach the terminal escaped (invariant 4 holds for hostile text).
+        writeln!(f, "error: {}", escape_control(&self.summary))?;
         if let Some(at) = &self.at {
             let num = at.line.to_string();
             let pad = " ".repeat(num.len());
-            writeln!(f, "{pad}--> {at}")?;
+            writeln!(f, "{pad}--> {}", escape_control(&at.to_string()))?;
             writeln!(f, "{pad} |")?;
-            writeln!(f, "{num} | {}", at.line_text)?;
-            let lead: String = at
-                .line_text
-                .chars()
-                .take(at.col - 1)
-                .map(|c| if c == '\t' { '\t' } else { ' ' })
-                .collect();
-            writeln!(f, "{pad} | {lead}{}", "^".repeat(at.width))?;
+            // The caret goes under the escaped text: an escape is as wide as it is written.
+            let (mut line, mut lead, mut caret) = (String::new(), String::new(), 0);
+            for (i, c) in at.line_text.chars().enumerate() {
+                let shown = escape_char(c);
+                if i + 1 < at.col {
+                    lead.extend(shown.chars().map(|x| if x == '\t' { '\t' } else { ' ' }));
+                } else if i + 1 < at.col + at.width {
+                    caret += shown.chars().count();
+                }
+                line.push_str(&shown);
+            }
+            writeln!(f, "{num} | {line}")?;
+            writeln!(f, "{pad} | {lead}{}", "^".repeat(caret.max(1)))?;
         }
         if let Some(d) = &self.detail {
-            for l in d.lines() {
+            for l in escape_control(d).lines() {
                 writeln!(f, "  {l}")?;
             }
         }
         if let Some(h) = &self.help {
-            writeln!(f, "  = help: {h}")?;
+            writeln!(f, "  = help: {}", escape_control(h))?;
         }
         Ok(())
     }

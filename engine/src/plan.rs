@@ -14,7 +14,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub const PLAN_FORMAT: u32 = 1;
+/// Version of the saved plan file; a file of another version is refused, never guessed at.
+/// 2: a header line with the format, length and sha256 of the body; the plan records its workspace.
+pub const PLAN_FORMAT: u32 = 2;
+
+/// First word of a saved plan file.
+const SAVED_PLAN_MAGIC: &str = "pipeline-plan";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "snake_case")]
@@ -108,6 +113,124 @@ pub struct Plan {
     /// Attribute values set over the stack (`deploy --version`), applied again at apply time.
     #[serde(default)]
     pub overrides: Vec<(String, String, Value)>,
+    /// The state directory the plan was made against (absolute, symlinks resolved): a saved plan
+    /// applies only there, even where no state exists yet (no lineage to compare).
+    #[serde(default)]
+    pub workspace: PathBuf,
+}
+
+/// Why bytes are not a saved plan this binary applies. Nothing is ever applied from such a file.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum SavedPlanError {
+    #[error("it is empty (0 bytes)")]
+    Empty,
+    #[error("it is not a saved plan (it does not start with `{SAVED_PLAN_MAGIC}`)")]
+    NotAPlan,
+    #[error(
+        "it is a saved plan of format {found}; this pipeline applies format {PLAN_FORMAT} only"
+    )]
+    OtherFormat { found: String },
+    #[error("its header is damaged: {0}")]
+    BadHeader(String),
+    #[error("it is truncated: {found} of {expected} bytes of the plan are there")]
+    Truncated { expected: usize, found: usize },
+    #[error("it was changed after it was saved: {0}")]
+    Changed(String),
+    #[error("its contents cannot be read as a plan: {0}")]
+    Unreadable(String),
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    crate::lang::funcs::hex(&sha2::Sha256::digest(bytes))
+}
+
+impl Plan {
+    /// A saved plan file: `pipeline-plan format=2 bytes=N sha256=HEX` on the first line, then the
+    /// plan as JSON (N bytes, whose sha256 is HEX). Loading checks all of it before parsing.
+    pub fn to_saved(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let body = serde_json::to_vec(self)?;
+        let mut out = format!(
+            "{SAVED_PLAN_MAGIC} format={PLAN_FORMAT} bytes={} sha256={}\n",
+            body.len(),
+            sha256_hex(&body)
+        )
+        .into_bytes();
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// The plan in a saved plan file, or why the file is not one that may be applied: empty,
+    /// foreign bytes, another format, truncated, changed (checksum), or unparseable.
+    pub fn from_saved(bytes: &[u8]) -> Result<Plan, SavedPlanError> {
+        if bytes.is_empty() {
+            return Err(SavedPlanError::Empty);
+        }
+        // Format 1 was one JSON object with the plan under `pipeline_plan`.
+        if bytes.starts_with(b"{\"pipeline_plan\"") {
+            return Err(SavedPlanError::OtherFormat { found: "1".into() });
+        }
+        let magic = format!("{SAVED_PLAN_MAGIC} ");
+        if !bytes.starts_with(magic.as_bytes()) {
+            return Err(SavedPlanError::NotAPlan);
+        }
+        let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
+            return Err(SavedPlanError::BadHeader(
+                "the file ends inside its first line (truncated?)".into(),
+            ));
+        };
+        let header = std::str::from_utf8(&bytes[magic.len()..nl])
+            .map_err(|_| SavedPlanError::BadHeader("the first line is not text".into()))?;
+        let body = &bytes[nl + 1..];
+        let mut fields = HashMap::new();
+        for part in header.split(' ') {
+            let Some((k, v)) = part.split_once('=') else {
+                return Err(SavedPlanError::BadHeader(format!("unexpected {part:?}")));
+            };
+            fields.insert(k, v);
+        }
+        let format = fields
+            .get("format")
+            .ok_or_else(|| SavedPlanError::BadHeader("no format".into()))?;
+        if *format != PLAN_FORMAT.to_string() {
+            return Err(SavedPlanError::OtherFormat {
+                found: format.to_string(),
+            });
+        }
+        let expected: usize = fields
+            .get("bytes")
+            .and_then(|b| b.parse().ok())
+            .ok_or_else(|| SavedPlanError::BadHeader("no length (bytes=N)".into()))?;
+        let sum = fields
+            .get("sha256")
+            .filter(|s| s.len() == 64)
+            .ok_or_else(|| SavedPlanError::BadHeader("no checksum (sha256=HEX)".into()))?;
+        if body.len() < expected {
+            return Err(SavedPlanError::Truncated {
+                expected,
+                found: body.len(),
+            });
+        }
+        if body.len() > expected {
+            return Err(SavedPlanError::Changed(format!(
+                "{} bytes were added after the plan",
+                body.len() - expected
+            )));
+        }
+        if sha256_hex(body) != *sum {
+            return Err(SavedPlanError::Changed(
+                "its sha256 checksum does not match its contents".into(),
+            ));
+        }
+        let plan: Plan =
+            serde_json::from_slice(body).map_err(|e| SavedPlanError::Unreadable(e.to_string()))?;
+        if plan.format != PLAN_FORMAT {
+            return Err(SavedPlanError::OtherFormat {
+                found: plan.format.to_string(),
+            });
+        }
+        Ok(plan)
+    }
 }
 
 impl Plan {
@@ -573,6 +696,7 @@ pub fn make_plan(
         outputs,
         expansions,
         overrides: opts.overrides.clone(),
+        workspace: PathBuf::new(),
     })
 }
 

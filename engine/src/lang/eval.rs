@@ -52,9 +52,82 @@ pub struct Evaluator<'a> {
     pub file: &'a SourceFile,
     pub resolver: &'a dyn Resolve,
     scope: Vec<(String, Value)>,
+    /// The templatefile() files being evaluated around this one, outermost first.
+    templates: Vec<std::path::PathBuf>,
+}
+
+const TEMPLATE_ERROR: &str = "templatefile(): ";
+/// In the summary of every error that stops evaluation for depth.
+const TOO_DEEP: &str = "nested too deeply";
+const IN_TEMPLATE: &str = "in the template at ";
+
+/// `a.tpl → b.tpl → a.tpl → ...` as each file with how often it is open: `a.tpl (16 times), b.tpl (16 times)`.
+fn summarize_chain(chain: &[std::path::PathBuf]) -> String {
+    let mut seen: IndexMap<String, usize> = IndexMap::new();
+    for p in chain {
+        *seen.entry(crate::diag::display_path(p)).or_default() += 1;
+    }
+    seen.iter()
+        .map(|(p, n)| match n {
+            1 => p.clone(),
+            n => format!("{p} ({n} times)"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 type R = Result<Value, Diagnostic>;
+
+/// How deep evaluation may nest on one thread: expressions within expressions, `templatefile()`
+/// within templates, and values computed on demand (a local read while another is evaluated)
+/// all count. Past it evaluation stops with an error at the expression, not a stack overflow.
+/// The parser already limits one expression to 64 nested levels and 128 chained operators.
+/// Measured in a debug build: ~3.7 KB of stack per level of an expression, ~17 KB per level of
+/// a chain of locals computed on demand: the limit stays far below the main thread's 8 MB.
+pub const MAX_EVAL_DEPTH: usize = 256;
+/// A `templatefile()` call parses and evaluates a whole file (frames worth many expressions),
+/// so it counts as this many levels: templates nest about 30 deep at most.
+const TEMPLATEFILE_COST: usize = 8;
+/// Lists and objects nest at most this deep (a chain of locals each wrapping the next builds
+/// deeper values one step at a time; cloning or dropping such a value would overflow the stack).
+pub const MAX_VALUE_DEPTH: usize = 128;
+
+thread_local! {
+    /// Evaluation is synchronous, so one counter per thread spans every `Evaluator` that runs
+    /// inside another (a template's, a lazily computed local's).
+    static EVAL_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// One level of evaluation, released on drop (also when an error returns early).
+struct DepthGuard(usize);
+
+impl DepthGuard {
+    fn enter(cost: usize) -> Option<DepthGuard> {
+        EVAL_DEPTH.with(|d| {
+            let n = d.get() + cost;
+            (n <= MAX_EVAL_DEPTH).then(|| {
+                d.set(n);
+                DepthGuard(cost)
+            })
+        })
+    }
+}
+
+impl Drop for DepthGuard {
+    fn drop(&mut self) {
+        EVAL_DEPTH.with(|d| d.set(d.get().saturating_sub(self.0)));
+    }
+}
+
+/// Whether lists and objects in `v` nest more than `limit` deep; recursion stops at the limit.
+fn nests_deeper_than(v: &Value, limit: usize) -> bool {
+    match v {
+        Value::List(l) => limit == 0 || l.iter().any(|x| nests_deeper_than(x, limit - 1)),
+        Value::Map(m) => limit == 0 || m.values().any(|x| nests_deeper_than(x, limit - 1)),
+        Value::Sensitive(inner) => nests_deeper_than(inner, limit),
+        _ => false,
+    }
+}
 
 impl<'a> Evaluator<'a> {
     pub fn new(file: &'a SourceFile, resolver: &'a dyn Resolve) -> Self {
@@ -62,6 +135,7 @@ impl<'a> Evaluator<'a> {
             file,
             resolver,
             scope: Vec::new(),
+            templates: Vec::new(),
         }
     }
 
@@ -82,7 +156,36 @@ impl<'a> Evaluator<'a> {
             .map(|(_, v)| v)
     }
 
+    /// Evaluate one expression; nesting is bounded (`MAX_EVAL_DEPTH`, `MAX_VALUE_DEPTH`).
     pub fn eval(&mut self, e: &Expression) -> R {
+        let Some(_level) = DepthGuard::enter(1) else {
+            return Err(self
+                .err(
+                    e.span(),
+                    format!("evaluation {TOO_DEEP} (more than {MAX_EVAL_DEPTH} levels)"),
+                )
+                .help("expressions, templatefile() calls inside templates and locals that read locals all nest: split the expression, include templates less deeply, or shorten the chain of locals"));
+        };
+        let v = self.eval_unbounded(e)?;
+        if matches!(
+            e,
+            Expression::Array(_)
+                | Expression::Object(_)
+                | Expression::ForExpr(_)
+                | Expression::FuncCall(_)
+        ) && nests_deeper_than(&v, MAX_VALUE_DEPTH)
+        {
+            return Err(self
+                .err(
+                    e.span(),
+                    format!("this value nests lists and objects more than {MAX_VALUE_DEPTH} levels deep"),
+                )
+                .help("values this deep are almost always a mistake, such as locals that each wrap the next: build the value flatter"));
+        }
+        Ok(v)
+    }
+
+    fn eval_unbounded(&mut self, e: &Expression) -> R {
         match e {
             Expression::Null(_) => Ok(Value::Null),
             Expression::Bool(b) => Ok(Value::Bool(*b.value())),
@@ -95,45 +198,7 @@ impl<'a> Evaluator<'a> {
                 }
                 Ok(Value::List(out))
             }
-            Expression::Object(o) => {
-                let mut out = IndexMap::new();
-                let mut unknown_key = false;
-                // A key cannot carry a mark of its own: a secret key makes the object secret.
-                let mut key_sens = false;
-                for (k, v) in o.iter() {
-                    let key = match k {
-                        ObjectKey::Ident(i) => i.as_str().to_string(),
-                        ObjectKey::Expression(Expression::Variable(i))
-                            if self.bound(i.as_str()).is_none() =>
-                        {
-                            i.as_str().to_string()
-                        }
-                        ObjectKey::Expression(x) => {
-                            let kv = self.eval(x)?;
-                            key_sens |= kv.is_sensitive();
-                            if !kv.is_known() {
-                                unknown_key = true;
-                                continue;
-                            }
-                            to_template_string(&kv).ok_or_else(|| {
-                                self.err(
-                                    x.span(),
-                                    format!(
-                                        "an object key must be a string, found {}",
-                                        kv.type_name()
-                                    ),
-                                )
-                            })?
-                        }
-                    };
-                    let val = self.eval(v.expr())?;
-                    out.insert(key, val);
-                }
-                if unknown_key {
-                    return Ok(Value::Unknown.mark(key_sens));
-                }
-                Ok(Value::Map(out).mark(key_sens))
-            }
+            Expression::Object(o) => self.object(o),
             Expression::StringTemplate(t) => self.template(t),
             Expression::HeredocTemplate(h) => self.template(&h.template),
             Expression::Parenthesis(p) => self.eval(p.inner()),
@@ -143,122 +208,169 @@ impl<'a> Evaluator<'a> {
                 }
                 Err(self.bare_variable(v.as_str(), v.span()))
             }
-            Expression::Conditional(c) => {
-                let cond = self.eval(&c.cond_expr)?;
-                let (cond, sens) = cond.unmarked();
-                match cond {
-                    Value::Unknown => Ok(Value::Unknown.mark(sens)),
-                    Value::Bool(true) => Ok(self.eval(&c.true_expr)?.mark(sens)),
-                    Value::Bool(false) => Ok(self.eval(&c.false_expr)?.mark(sens)),
-                    other => Err(self
-                        .err(
-                            c.cond_expr.span(),
-                            format!("the condition must be a bool, found {}", other.type_name()),
-                        )
-                        .help("compare to get a bool, e.g. var.x == \"a\" ? ... : ...")),
-                }
-            }
+            Expression::Conditional(c) => self.conditional(c),
             Expression::FuncCall(f) => self.call(f),
-            Expression::Traversal(t) => {
-                // What has been read so far, for messages: `host.app`, `file.a[0]`.
-                let mut path = String::new();
-                let (mut cur, rest) = match &t.expr {
-                    Expression::Variable(v) if self.bound(v.as_str()).is_none() => {
-                        let Some(first) = t.operators.first() else {
-                            return Err(self.bare_variable(v.as_str(), v.span()));
-                        };
-                        let name = match first.value() {
-                            TraversalOperator::GetAttr(n) => n.as_str().to_string(),
-                            _ => return Err(self.bare_variable(v.as_str(), t.span())),
-                        };
-                        // `kind.name[i]`: fetch the one instance, not the whole list.
-                        let direct = match t.operators.get(1).map(|o| o.value()) {
-                            Some(TraversalOperator::Index(ix)) => {
-                                let key = self.eval(ix)?;
-                                self.resolver
-                                    .lookup_instance(v.as_str(), &name, &key.unmarked().0)
-                                    .map(|val| (val.mark(key.is_sensitive()), key))
-                            }
-                            _ => None,
-                        };
-                        if let Some((val, key)) = direct {
-                            let shown = to_template_string(&key).unwrap_or_default();
-                            path = format!("{}.{name}[{shown}]", v.as_str());
-                            (val, &t.operators[2..])
-                        } else {
-                            let val = self.resolver.lookup(v.as_str(), &name).map_err(|le| {
-                                let mut d = self.err(t.span(), le.summary);
-                                d.help = le.help;
-                                d.secondary = le.secondary;
-                                d
-                            })?;
-                            path = format!("{}.{name}", v.as_str());
-                            (val, &t.operators[1..])
-                        }
-                    }
-                    Expression::Variable(v) => {
-                        path = v.as_str().to_string();
-                        (self.eval(&t.expr)?, &t.operators[..])
-                    }
-                    other => (self.eval(other)?, &t.operators[..]),
-                };
-                let mut i = 0;
-                while i < rest.len() {
-                    let op = &rest[i];
-                    match op.value() {
-                        TraversalOperator::AttrSplat(_) | TraversalOperator::FullSplat(_) => {
-                            let items = match cur.unmarked().0 {
-                                Value::List(l) => l,
-                                Value::Null => vec![],
-                                Value::Unknown => return Ok(Value::Unknown),
-                                v => vec![v],
-                            };
-                            let mut out = Vec::new();
-                            for (n, item) in items.into_iter().enumerate() {
-                                let mut v = item;
-                                let mut p = if path.is_empty() {
-                                    String::new()
-                                } else {
-                                    format!("{path}[{n}]")
-                                };
-                                for op in &rest[i + 1..] {
-                                    v = self.step(v, op.value(), t.span(), &mut p)?;
-                                }
-                                out.push(v);
-                            }
-                            return Ok(Value::List(out));
-                        }
-                        other => cur = self.step(cur, other, t.span(), &mut path)?,
-                    }
-                    i += 1;
-                }
-                Ok(cur)
-            }
-            Expression::UnaryOp(u) => {
-                let v = self.eval(&u.expr)?;
-                let (v, sens) = v.unmarked();
-                let out = match (u.operator.value(), v) {
-                    (_, Value::Unknown) => Value::Unknown,
-                    (UnaryOperator::Neg, Value::Number(n)) => Value::Number(-n),
-                    (UnaryOperator::Not, Value::Bool(b)) => Value::Bool(!b),
-                    (op, v) => {
-                        return Err(self
-                            .err(
-                                u.expr.span(),
-                                format!(
-                                    "operator `{}` cannot be applied to a {}",
-                                    op.as_str(),
-                                    v.type_name()
-                                ),
-                            )
-                            .help("`-` negates a number and `!` a bool"))
-                    }
-                };
-                Ok(out.mark(sens))
-            }
+            Expression::Traversal(t) => self.traversal(t),
+            Expression::UnaryOp(u) => self.unary(u),
             Expression::BinaryOp(b) => self.binary(b),
             Expression::ForExpr(f) => self.for_expr(f),
         }
+    }
+
+    #[inline(never)]
+    fn object(&mut self, o: &hcl_edit::expr::Object) -> R {
+        let mut out = IndexMap::new();
+        let mut unknown_key = false;
+        // A key cannot carry a mark of its own: a secret key makes the object secret.
+        let mut key_sens = false;
+        for (k, v) in o.iter() {
+            let key = match k {
+                ObjectKey::Ident(i) => i.as_str().to_string(),
+                ObjectKey::Expression(Expression::Variable(i))
+                    if self.bound(i.as_str()).is_none() =>
+                {
+                    i.as_str().to_string()
+                }
+                ObjectKey::Expression(x) => {
+                    let kv = self.eval(x)?;
+                    key_sens |= kv.is_sensitive();
+                    if !kv.is_known() {
+                        unknown_key = true;
+                        continue;
+                    }
+                    to_template_string(&kv).ok_or_else(|| {
+                        self.err(
+                            x.span(),
+                            format!("an object key must be a string, found {}", kv.type_name()),
+                        )
+                    })?
+                }
+            };
+            let val = self.eval(v.expr())?;
+            out.insert(key, val);
+        }
+        if unknown_key {
+            return Ok(Value::Unknown.mark(key_sens));
+        }
+        Ok(Value::Map(out).mark(key_sens))
+    }
+
+    #[inline(never)]
+    fn conditional(&mut self, c: &hcl_edit::expr::Conditional) -> R {
+        let cond = self.eval(&c.cond_expr)?;
+        let (cond, sens) = cond.unmarked();
+        match cond {
+            Value::Unknown => Ok(Value::Unknown.mark(sens)),
+            Value::Bool(true) => Ok(self.eval(&c.true_expr)?.mark(sens)),
+            Value::Bool(false) => Ok(self.eval(&c.false_expr)?.mark(sens)),
+            other => Err(self
+                .err(
+                    c.cond_expr.span(),
+                    format!("the condition must be a bool, found {}", other.type_name()),
+                )
+                .help("compare to get a bool, e.g. var.x == \"a\" ? ... : ...")),
+        }
+    }
+
+    #[inline(never)]
+    fn traversal(&mut self, t: &hcl_edit::expr::Traversal) -> R {
+        // What has been read so far, for messages: `host.app`, `file.a[0]`.
+        let mut path = String::new();
+        let (mut cur, rest) = match &t.expr {
+            Expression::Variable(v) if self.bound(v.as_str()).is_none() => {
+                let Some(first) = t.operators.first() else {
+                    return Err(self.bare_variable(v.as_str(), v.span()));
+                };
+                let name = match first.value() {
+                    TraversalOperator::GetAttr(n) => n.as_str().to_string(),
+                    _ => return Err(self.bare_variable(v.as_str(), t.span())),
+                };
+                // `kind.name[i]`: fetch the one instance, not the whole list.
+                let direct = match t.operators.get(1).map(|o| o.value()) {
+                    Some(TraversalOperator::Index(ix)) => {
+                        let key = self.eval(ix)?;
+                        self.resolver
+                            .lookup_instance(v.as_str(), &name, &key.unmarked().0)
+                            .map(|val| (val.mark(key.is_sensitive()), key))
+                    }
+                    _ => None,
+                };
+                if let Some((val, key)) = direct {
+                    let shown = to_template_string(&key).unwrap_or_default();
+                    path = format!("{}.{name}[{shown}]", v.as_str());
+                    (val, &t.operators[2..])
+                } else {
+                    let val = self.resolver.lookup(v.as_str(), &name).map_err(|le| {
+                        let mut d = self.err(t.span(), le.summary);
+                        d.help = le.help;
+                        d.secondary = le.secondary;
+                        d
+                    })?;
+                    path = format!("{}.{name}", v.as_str());
+                    (val, &t.operators[1..])
+                }
+            }
+            Expression::Variable(v) => {
+                path = v.as_str().to_string();
+                (self.eval(&t.expr)?, &t.operators[..])
+            }
+            other => (self.eval(other)?, &t.operators[..]),
+        };
+        let mut i = 0;
+        while i < rest.len() {
+            let op = &rest[i];
+            match op.value() {
+                TraversalOperator::AttrSplat(_) | TraversalOperator::FullSplat(_) => {
+                    let items = match cur.unmarked().0 {
+                        Value::List(l) => l,
+                        Value::Null => vec![],
+                        Value::Unknown => return Ok(Value::Unknown),
+                        v => vec![v],
+                    };
+                    let mut out = Vec::new();
+                    for (n, item) in items.into_iter().enumerate() {
+                        let mut v = item;
+                        let mut p = if path.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{path}[{n}]")
+                        };
+                        for op in &rest[i + 1..] {
+                            v = self.step(v, op.value(), t.span(), &mut p)?;
+                        }
+                        out.push(v);
+                    }
+                    return Ok(Value::List(out));
+                }
+                other => cur = self.step(cur, other, t.span(), &mut path)?,
+            }
+            i += 1;
+        }
+        Ok(cur)
+    }
+
+    #[inline(never)]
+    fn unary(&mut self, u: &hcl_edit::expr::UnaryOp) -> R {
+        let v = self.eval(&u.expr)?;
+        let (v, sens) = v.unmarked();
+        let out = match (u.operator.value(), v) {
+            (_, Value::Unknown) => Value::Unknown,
+            (UnaryOperator::Neg, Value::Number(n)) => Value::Number(-n),
+            (UnaryOperator::Not, Value::Bool(b)) => Value::Bool(!b),
+            (op, v) => {
+                return Err(self
+                    .err(
+                        u.expr.span(),
+                        format!(
+                            "operator `{}` cannot be applied to a {}",
+                            op.as_str(),
+                            v.type_name()
+                        ),
+                    )
+                    .help("`-` negates a number and `!` a bool"))
+            }
+        };
+        Ok(out.mark(sens))
     }
 
     fn bare_variable(&self, name: &str, span: Option<std::ops::Range<usize>>) -> Diagnostic {
@@ -756,6 +868,9 @@ impl<'a> Evaluator<'a> {
                 match self.eval(a) {
                     Ok(v) if name == "try" => return Ok(v),
                     Ok(_) => return Ok(Value::Bool(true)),
+                    // Not a value that failed but a stack that ran out: retrying each level
+                    // of a recursion would take exponential time.
+                    Err(d) if d.summary.contains(TOO_DEEP) => return Err(d),
                     Err(_) => continue,
                 }
             }
@@ -821,6 +936,19 @@ impl<'a> Evaluator<'a> {
         if args.iter().any(|a| !a.is_known()) {
             return Ok(Value::Unknown);
         }
+        let Some(_level) = DepthGuard::enter(TEMPLATEFILE_COST) else {
+            let mut chain = self.templates.clone();
+            if let Value::String(p) = args[0].unmarked().0 {
+                chain.push(self.resolver.base_dir().join(p));
+            }
+            return Err(self
+                .err(
+                    span,
+                    format!("templatefile(): templates {TOO_DEEP}"),
+                )
+                .detail(format!("templates being evaluated: {}", summarize_chain(&chain)))
+                .help("a template that includes itself, directly or through others, never ends: stop the recursion with a %{ if } or include fewer levels"));
+        };
         let (path, vars) = (args[0].unmarked().0, args[1].clone());
         let Value::String(path) = path else {
             return Err(self
@@ -835,6 +963,11 @@ impl<'a> Evaluator<'a> {
             )
             .help("paths are relative to the directory of the stack or module file")
         })?;
+        // Parsed as SourceFile keeps it, so positions agree: without a byte order mark.
+        let text = match text.strip_prefix(crate::diag::BOM) {
+            Some(rest) => rest.to_string(),
+            None => text,
+        };
         let tpl = hcl_edit::parser::parse_template(&text).map_err(|e| {
             self.err(
                 span.clone(),
@@ -856,13 +989,33 @@ impl<'a> Evaluator<'a> {
         };
         let tfile = SourceFile::new(&full, text);
         let mut inner = Evaluator::new(&tfile, self.resolver);
+        inner.templates = self.templates.clone();
+        inner.templates.push(full.clone());
         for (k, v) in vars {
             inner.scope.push((k, v));
         }
         let v = inner.template(&tpl).map_err(|d| {
-            let mut outer = self.err(span.clone(), format!("templatefile(): {}", d.summary));
-            outer.detail =
-                d.at.map(|a| format!("in the template at {a}\n{}", a.line_text.trim()));
+            if d.summary.starts_with(TEMPLATE_ERROR)
+                && d.detail
+                    .as_deref()
+                    .is_some_and(|x| x.starts_with(IN_TEMPLATE))
+            {
+                // Already says where in the innermost template: point at this call only.
+                let mut outer = d;
+                outer.at = span.clone().map(|s| self.file.location(s));
+                return outer;
+            }
+            let summary = d.summary.strip_prefix(TEMPLATE_ERROR).unwrap_or(&d.summary);
+            let mut outer = self.err(span.clone(), format!("{TEMPLATE_ERROR}{summary}"));
+            let mut detail =
+                d.at.map(|a| format!("{IN_TEMPLATE}{a}\n{}", a.line_text.trim()));
+            if let Some(inner_detail) = d.detail {
+                detail = Some(match detail {
+                    Some(x) => format!("{x}\n{inner_detail}"),
+                    None => inner_detail,
+                });
+            }
+            outer.detail = detail;
             outer.help = d.help.or_else(|| {
                 Some("the template sees only the variables given as the second argument".into())
             });

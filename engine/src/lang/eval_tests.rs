@@ -405,3 +405,45 @@ fn file_and_templatefile_read_relative_to_the_base_dir() {
     assert!(d.detail.unwrap().contains("bad.tpl:1:3"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn templates_including_each_other_stop_with_an_error_even_on_a_worker_thread_stack() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.tpl"), "a ${templatefile(\"b.tpl\", {})}").unwrap();
+    std::fs::write(dir.path().join("b.tpl"), "b ${templatefile(\"a.tpl\", {})}").unwrap();
+    // A legitimate chain: each level includes the next one, 10 deep.
+    for i in 0..10 {
+        std::fs::write(
+            dir.path().join(format!("n{i}.tpl")),
+            format!("{i} ${{templatefile(\"n{}.tpl\", {{}})}}", i + 1),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.path().join("n10.tpl"), "end").unwrap();
+    let mut e = env();
+    e.dir = dir.path().to_path_buf();
+    // tokio's worker threads get 2 MiB: evaluation must stay bounded within that too.
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            let d = eval_in(&e, "templatefile(\"a.tpl\", {})").unwrap_err();
+            assert_eq!(d.summary, "templatefile(): templates nested too deeply");
+            assert_eq!(d.at.as_ref().map(|a| (a.line, a.col)), Some((1, 1)));
+            let detail = d.detail.unwrap();
+            assert!(
+                detail.contains("a.tpl (") && detail.contains("b.tpl ("),
+                "{detail}"
+            );
+            // try() and can() do not retry each level of a recursion (exponential time).
+            let d = eval_in(&e, "try(templatefile(\"a.tpl\", {}), \"fallback\")").unwrap_err();
+            assert_eq!(d.summary, "templatefile(): templates nested too deeply");
+            // The depth is given back on the way out: a legitimate chain works afterwards.
+            assert_eq!(
+                eval_in(&e, "templatefile(\"n0.tpl\", {})").unwrap(),
+                s("0 1 2 3 4 5 6 7 8 9 end")
+            );
+        })
+        .unwrap()
+        .join()
+        .expect("no stack overflow, no panic");
+}
