@@ -196,8 +196,9 @@ pub fn ensure(
         Some(rev) => export_revision(&spec.source, rev, &src).map_err(fail)?,
         None => copy_dir(&spec.source, &src).map_err(|e| {
             fail(ProviderError::new(format!(
-                "cannot copy {}: {e}",
-                spec.source.display()
+                "cannot copy {} into {}: {e}",
+                spec.source.display(),
+                src.display()
             )))
         })?,
     }
