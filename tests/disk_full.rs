@@ -261,6 +261,11 @@ fn a_full_disk_keeps_serving_reports_dropped_logs_and_converges_after() {
     eprintln!("pipeline status:\n{status}");
     assert!(status.contains("bytes of output dropped"), "{status}");
     let json: serde_json::Value = serde_json::from_str(&t.ok(&["status", "-json"])).unwrap();
+    // Everything is still up: nginx and redis too (they rewrite their environment block for
+    // their process titles, so `status` must not rely on finding its marker there).
+    for r in json.as_array().unwrap() {
+        assert_eq!(r["running"], true, "{r}\n{status}");
+    }
     assert!(
         json.as_array()
             .unwrap()

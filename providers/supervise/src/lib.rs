@@ -509,7 +509,12 @@ pub fn status(dir: &Path) -> Option<ReplicaStatus> {
     let st = StatusFile::read(&dir).unwrap_or_default();
     let supervisor_alive = util::is_supervisor_of(supervisor_pid, &dir);
     let child_pid = util::read_pid_file(&dir.join(CHILD_PID_FILE)).or(st.child_pid);
-    let child_alive = child_pid.is_some_and(|p| util::is_ours(p, &dir));
+    // nginx and redis overwrite their environment block with their process title, so the
+    // marker is not always there: the live supervisor's own running child is ours too.
+    let child_alive = child_pid.is_some_and(|p| {
+        util::is_ours(p, &dir)
+            || (supervisor_alive && util::pid_running(p) && util::ppid(p) == Some(supervisor_pid))
+    });
     Some(ReplicaStatus {
         supervisor_pid,
         supervisor_alive,
