@@ -977,12 +977,23 @@ fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut rows = Vec::new();
+    let mut notes = Vec::new();
     for (addr, rs) in &st.resources {
         let Some(dir) = process_dir(ws, addr, rs) else {
             continue;
         };
         let generation = rs.attrs.get("generation").and_then(|g| g.as_u64());
         let s = pipeline_supervise::status(&dir);
+        let dropped = s.as_ref().map_or(0, |s| s.log_dropped_bytes);
+        if dropped > 0 {
+            notes.push(format!(
+                "{addr}: {dropped} bytes of output dropped (its log could not be written{})",
+                s.as_ref()
+                    .and_then(|s| s.log_error.as_deref())
+                    .map(|e| format!("; now: {e}"))
+                    .unwrap_or_else(|| ", see `pipeline logs`".into())
+            ));
+        }
         let (pid, alive, health, uptime, restarts) = match &s {
             Some(s) => (
                 s.child_pid,
@@ -1005,7 +1016,7 @@ fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
         let port = attr("port").or_else(|| attr("listen"));
         rows.push(serde_json::json!({"address": addr, "kind": rs.kind, "pid": pid, "port": port, "url": attr("url"),
             "generation": generation, "standby_generation": attr("standby_generation"), "build_id": attr("build_id"),
-            "running": alive, "healthy": health, "uptime_s": uptime, "restarts": restarts}));
+            "running": alive, "healthy": health, "uptime_s": uptime, "restarts": restarts, "log_dropped_bytes": dropped}));
         if rs.kind == "service" {
             rows.extend(canary_rows(ws, addr, rs, now));
         }
@@ -1049,6 +1060,9 @@ fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
             format!("{}s", r["uptime_s"].as_u64().unwrap_or(0)),
             r["restarts"].as_u64().unwrap_or(0)
         );
+    }
+    for n in notes {
+        println!("{n}");
     }
     Ok(ExitCode::SUCCESS)
 }

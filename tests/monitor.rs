@@ -308,3 +308,222 @@ fn a_busy_dashboard_port_is_a_plan_error() {
     assert!(err.contains("70000 is not a TCP port"), "{err}");
     assert!(err.contains("\"soon\" is not a duration"), "{err}");
 }
+
+// ---- issue 8, item 11: the dashboard is ready to leave loopback ----
+
+/// Applies `text` and returns the monitor daemon's pid (the supervisor's child: `exec`s itself).
+fn apply_monitor(t: &Scratch, text: &str) -> u32 {
+    t.write("s.hcl", text);
+    t.ok(&["apply", "-auto-approve", "s.hcl"]);
+    let dir = t.path().join(".pipeline/run/monitor.dash");
+    pipeline_supervise::status(&dir)
+        .and_then(|s| s.child_pid)
+        .expect("the monitor runs")
+}
+
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+/// One raw request; the whole answer (head and body).
+fn raw(port: u16, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn get(port: u16, path: &str, host: &str, extra: &str) -> String {
+    raw(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"),
+    )
+}
+
+fn code(resp: &str) -> u16 {
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn slow_connections_leave_the_dashboard_bounded_and_answering() {
+    let t = Scratch::new();
+    let port = pipeline_supervise::free_port("127.0.0.1").unwrap();
+    let pid = apply_monitor(&t, &format!("monitor \"dash\" {{\n  listen = {port}\n}}\n"));
+    let before = threads_of(pid);
+
+    // 3000 clients that send half a request head and then nothing (slowloris), all on loopback.
+    let mut slow = Vec::new();
+    let mut refused = 0;
+    for _ in 0..3000 {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(mut s) => {
+                use std::io::Write;
+                let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ");
+                slow.push(s);
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    // Give the daemon time to accept what it will; note its largest thread count meanwhile.
+    let mut most = 0;
+    for _ in 0..20 {
+        most = most.max(threads_of(pid));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A normal request is answered while the slow ones are still open.
+    let ok = get(port, "/healthz", &format!("127.0.0.1:{port}"), "");
+    most = most.max(threads_of(pid));
+    eprintln!(
+        "3000 slow connections ({refused} not connected): the monitor had {before} threads before, at most {most} during"
+    );
+    assert!(
+        most <= 16,
+        "the monitor grew to {most} threads under slow connections"
+    );
+    assert_eq!(code(&ok), 200, "{ok}");
+    drop(slow);
+    assert_eq!(
+        code(&get(port, "/api/status", "localhost", "")),
+        200,
+        "after the slow clients left"
+    );
+}
+
+#[test]
+fn a_request_for_another_host_is_refused() {
+    let t = Scratch::new();
+    let port = pipeline_supervise::free_port("127.0.0.1").unwrap();
+    apply_monitor(&t, &format!("monitor \"dash\" {{\n  listen = {port}\n}}\n"));
+    // DNS rebinding: a page of attacker.example whose name now resolves to 127.0.0.1.
+    for host in [
+        format!("attacker.example:{port}"),
+        "attacker.example".to_string(),
+        format!("127.0.0.1.attacker.example:{port}"),
+        format!("127.0.0.1:{}", port.wrapping_add(1)),
+    ] {
+        let resp = get(port, "/api/status", &host, "");
+        assert_eq!(code(&resp), 421, "Host: {host}\n{resp}");
+        assert!(!resp.contains("\"services\""), "{resp}");
+    }
+    let no_host = raw(
+        port,
+        "GET /api/status HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(code(&no_host), 400, "{no_host}");
+    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
+        assert_eq!(code(&get(port, "/api/status", &host, "")), 200, "{host}");
+    }
+}
+
+#[test]
+fn a_dashboard_off_loopback_needs_a_token_and_keeps_it_secret() {
+    let t = Scratch::new();
+    let port = pipeline_supervise::free_port("127.0.0.1").unwrap();
+    // Without a token a wildcard listen is a plan error at the monitor's `address`.
+    t.write(
+        "s.hcl",
+        &format!("monitor \"dash\" {{\n  listen  = {port}\n  address = \"0.0.0.0\"\n}}\n"),
+    );
+    let out = t.run(&["plan", "s.hcl"]);
+    let err = s(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("s.hcl:3:"), "{err}");
+    assert!(err.contains("token"), "{err}");
+    assert!(!t.path().join(".pipeline/run").exists());
+
+    let token = "tok-3f9a1c7e5b2d4e6f8a0b";
+    t.env
+        .borrow_mut()
+        .push(("PIPELINE_VAR_dash_token".into(), token.into()));
+    let stack = format!(
+        "variable \"dash_token\" {{\n  sensitive = true\n}}\n\nmonitor \"dash\" {{\n  listen  = {port}\n  address = \"0.0.0.0\"\n  token   = var.dash_token\n}}\n"
+    );
+    t.write("s.hcl", &stack);
+    let mut outputs = vec![];
+    for args in [
+        &["plan", "s.hcl"][..],
+        &["apply", "-auto-approve", "s.hcl"],
+        &["plan", "-json", "s.hcl"],
+        &["state", "show", "monitor.dash"],
+        &["status"],
+        &["status", "-json"],
+        &["logs", "monitor.dash"],
+    ] {
+        let out = t.run(args);
+        assert!(out.status.success(), "{args:?}: {}", s(&out.stderr));
+        outputs.push((args, s(&out.stdout) + &s(&out.stderr)));
+    }
+    let host = format!("127.0.0.1:{port}");
+    let denied = get(port, "/api/status", &host, "");
+    assert_eq!(code(&denied), 401, "{denied}");
+    assert!(denied.contains("WWW-Authenticate: Basic"), "{denied}");
+    assert!(!denied.contains("\"services\""), "{denied}");
+    let wrong = get(port, "/api/status", &host, "Authorization: Bearer nope\r\n");
+    assert_eq!(code(&wrong), 401, "{wrong}");
+    let bearer = get(
+        port,
+        "/api/status",
+        &host,
+        &format!("Authorization: Bearer {token}\r\n"),
+    );
+    assert_eq!(code(&bearer), 200, "{bearer}");
+    // Basic auth (what a browser sends after its prompt): any user, the token as password.
+    let basic = get(
+        port,
+        "/metrics",
+        &host,
+        &format!("Authorization: Basic {}\r\n", b64(&format!("me:{token}"))),
+    );
+    assert_eq!(code(&basic), 200, "{basic}");
+    // The supervisor's liveness probe needs no token.
+    assert_eq!(code(&get(port, "/healthz", &host, "")), 200);
+
+    for (args, text) in &outputs {
+        assert!(!text.contains(token), "{args:?} shows the token:\n{text}");
+    }
+    for (what, text) in [("401", &denied), ("wrong token", &wrong)] {
+        assert!(!text.contains(token), "{what}: {text}");
+    }
+    // Files under the monitor's directory that hold it are private.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = t.path().join(".pipeline/run/monitor.dash");
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let bytes = std::fs::read(e.path()).unwrap_or_default();
+        if String::from_utf8_lossy(&bytes).contains(token) {
+            let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} holds the token", e.path().display());
+        }
+    }
+    t.ok(&["destroy", "-auto-approve", "s.hcl"]);
+}
+
+fn b64(s: &str) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}

@@ -174,9 +174,12 @@ fn write_new(p: &Path, bytes: &[u8]) -> Result<bool, StateError> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
         Err(e) => return Err(StateError::io(p, e)),
     };
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| StateError::io(p, e))?;
+    if let Err(e) = f.write_all(bytes).and_then(|_| f.sync_all()) {
+        // We created it: a full disk must not leave an empty or torn file behind.
+        drop(f);
+        let _ = fs::remove_file(p);
+        return Err(StateError::io(p, e));
+    }
     Ok(true)
 }
 

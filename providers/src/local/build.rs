@@ -5,8 +5,15 @@ use pipeline_engine::lang::funcs::hex;
 use pipeline_engine::provider::{ProviderCtx, ProviderError};
 use sha2::Digest;
 use std::io::Read;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a build may run when the service sets no `build_timeout`.
+pub const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 
 const SKIP: &[&str] = &["target", ".git", "node_modules", ".pipeline"];
 
@@ -15,6 +22,32 @@ pub struct BuildSpec {
     pub source: PathBuf,
     pub revision: Option<String>,
     pub build: Option<String>,
+    /// `build_timeout`: the build's process group is killed when it runs longer.
+    pub timeout: Duration,
+}
+
+/// `build_timeout` as written ("30s", "10m"), or the default; Err names what is wrong.
+pub fn timeout_of(v: Option<&str>) -> Result<Duration, String> {
+    match v {
+        None => Ok(DEFAULT_BUILD_TIMEOUT),
+        Some(t) => match crate::parse_duration(t) {
+            Some(d) if d >= Duration::from_millis(100) => Ok(d),
+            Some(_) => Err(format!("a build_timeout of {t:?} is too short")),
+            None => Err(format!("{t:?} is not a duration")),
+        },
+    }
+}
+
+/// "2s", "10m", "1.5s": how a deadline is named in messages.
+pub fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
 }
 
 pub fn builds_root(ctx: &ProviderCtx) -> PathBuf {
@@ -163,8 +196,9 @@ pub fn ensure(
         Some(rev) => export_revision(&spec.source, rev, &src).map_err(fail)?,
         None => copy_dir(&spec.source, &src).map_err(|e| {
             fail(ProviderError::new(format!(
-                "cannot copy {}: {e}",
-                spec.source.display()
+                "cannot copy {} into {}: {e}",
+                spec.source.display(),
+                src.display()
             )))
         })?,
     }
@@ -173,28 +207,177 @@ pub fn ensure(
         let log = std::fs::File::create(&log_path).map_err(|e| {
             ProviderError::new(format!("cannot create {}: {e}", log_path.display()))
         })?;
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .current_dir(&src)
-            .stdin(std::process::Stdio::null())
-            .stdout(
-                log.try_clone()
-                    .map_err(|e| ProviderError::new(e.to_string()))?,
-            )
-            .stderr(log)
-            .status()
+        let outcome = run_build(cmd, &src, log, spec.timeout)
             .map_err(|e| ProviderError::new(format!("cannot run the build of {name}: {e}")))?;
-        if !status.success() {
+        let failed = |what: String, help: String| {
             let tail = tail(&log_path, 20);
             let _ = std::fs::remove_dir_all(&src);
-            return Err(ProviderError::new(format!("the build of {name} failed ({status}): `{cmd}`\n--- last lines of {} ---\n{tail}", log_path.display()))
-                .help("fix the build (run the command in the source directory to try it), then apply again"));
+            ProviderError::new(format!(
+                "{what}: `{cmd}`\n--- last lines of {} ---\n{tail}",
+                log_path.display()
+            ))
+            .help(help)
+        };
+        match outcome {
+            BuildOutcome::Exited(status) if status.success() => {}
+            BuildOutcome::Exited(status) => {
+                return Err(failed(
+                    format!("the build of {name} failed ({status})"),
+                    "fix the build (run the command in the source directory to try it), then apply again".into(),
+                ))
+            }
+            BuildOutcome::TimedOut => {
+                let d = show_duration(spec.timeout);
+                return Err(failed(
+                    format!("the build of {name} did not finish within {d} (build_timeout) and was stopped"),
+                    format!("make the build finish sooner, or give it longer with build_timeout on the service (now {d}; e.g. build_timeout = \"30m\")"),
+                ));
+            }
+            BuildOutcome::Interrupted => {
+                return Err(failed(
+                    format!("the build of {name} was interrupted (Ctrl-C) and stopped"),
+                    "apply again to build it".into(),
+                ))
+            }
         }
     }
     std::fs::write(dir.join(".done"), id)
         .map_err(|e| ProviderError::new(format!("cannot mark the build done: {e}")))?;
     Ok(src)
+}
+
+enum BuildOutcome {
+    Exited(std::process::ExitStatus),
+    TimedOut,
+    Interrupted,
+}
+
+/// Set once this process got SIGINT (Ctrl-C) while a build ran.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Listen for Ctrl-C once per process on the caller's tokio runtime (builds run on its blocking
+/// pool). The CLI keeps its own listener: tokio hands every SIGINT to each of them.
+fn watch_interrupts() {
+    static WATCHING: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        WATCHING.get_or_init(|| {
+            rt.spawn(async {
+                while tokio::signal::ctrl_c().await.is_ok() {
+                    INTERRUPTED.store(true, Ordering::SeqCst);
+                }
+            });
+        });
+    }
+}
+
+/// A build's process group: a watchdog leads it, the build command joins it. Dropping this
+/// kills the whole group (deadline, Ctrl-C, a panic, success with stray background jobs), and a
+/// CLI that dies any other way (even SIGKILL) closes the watchdog's pipe, so the watchdog
+/// kills the group itself.
+struct BuildGroup {
+    watchdog: Child,
+    _lifeline: OwnedFd,
+    build: Option<Child>,
+}
+
+impl BuildGroup {
+    fn pgid(&self) -> libc::pid_t {
+        self.watchdog.id() as libc::pid_t
+    }
+}
+
+impl Drop for BuildGroup {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of the group we created; its leader (the watchdog) is our unreaped
+        // child, so the group id cannot have been reused.
+        unsafe { libc::kill(-self.pgid(), libc::SIGKILL) };
+        if let Some(b) = &mut self.build {
+            let _ = b.wait();
+        }
+        let _ = self.watchdog.wait();
+    }
+}
+
+/// Run `cmd` with `sh -c` in `cwd`, output to `log`, in a process group of its own that dies
+/// with this process, killed at `timeout` or on Ctrl-C.
+fn run_build(
+    cmd: &str,
+    cwd: &Path,
+    log: std::fs::File,
+    timeout: Duration,
+) -> std::io::Result<BuildOutcome> {
+    watch_interrupts();
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills two fds that we own from here on.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh fds from pipe2.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let mut watchdog = Command::new("sh");
+    watchdog
+        .args([
+            "-c",
+            "read _ignored; kill -KILL 0",
+            "pipeline-build-watchdog",
+        ])
+        .current_dir("/")
+        .stdin(Stdio::from(read_end))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setpgid is async-signal-safe.
+    unsafe {
+        watchdog.pre_exec(|| {
+            if libc::setpgid(0, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut group = BuildGroup {
+        watchdog: watchdog.spawn()?,
+        _lifeline: write_end,
+        build: None,
+    };
+    let pgid = group.pgid();
+    let parent = std::process::id() as libc::pid_t;
+    let mut build = Command::new("sh");
+    build
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        build.pre_exec(move || {
+            // The watchdog is gone (this process is dying): do not start.
+            if libc::setpgid(0, pgid) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let started = Instant::now();
+    group.build = Some(build.spawn()?);
+    loop {
+        if let Some(status) = group.build.as_mut().and_then(|b| b.try_wait().transpose()) {
+            return Ok(BuildOutcome::Exited(status?));
+        }
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            return Ok(BuildOutcome::Interrupted);
+        }
+        if started.elapsed() >= timeout {
+            return Ok(BuildOutcome::TimedOut);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn flock(f: &std::fs::File) -> Result<(), ProviderError> {

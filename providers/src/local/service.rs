@@ -30,6 +30,8 @@ pub fn schema() -> KindSchema {
             AttrSchema::required("source", Type::String).format(Format::FilePath),
             AttrSchema::optional("revision", Type::String).format(Format::GitRevision),
             AttrSchema::optional("build", Type::String).format(Format::NoNul),
+            // How long `build` may run (default "10m"); the build is killed after it.
+            AttrSchema::optional("build_timeout", Type::String).format(Format::Duration),
             AttrSchema::required("run", Type::String).format(Format::NoNul),
             AttrSchema::optional("replicas", Type::Number).default(Value::Number(1.0)),
             AttrSchema::optional("env", Type::Map(Box::new(Type::String)))
@@ -146,6 +148,8 @@ fn build_spec(ctx: &ProviderCtx, c: &ValueMap) -> BuildSpec {
             .and_then(Value::as_str)
             .map(str::to_string),
         build: c.get("build").and_then(Value::as_str).map(str::to_string),
+        timeout: build::timeout_of(c.get("build_timeout").and_then(Value::as_str))
+            .unwrap_or(build::DEFAULT_BUILD_TIMEOUT),
     }
 }
 
@@ -228,6 +232,13 @@ pub fn validate(c: &ValueMap) -> Vec<Invalid> {
                 "durations look like \"500ms\", \"30s\" or \"2m\"",
             ));
         }
+    }
+    if let Err(e) = build::timeout_of(c.get("build_timeout").and_then(Value::as_str)) {
+        out.push(Invalid::new(
+            Some("build_timeout"),
+            e,
+            "how long the build may run, e.g. build_timeout = \"30s\" or \"20m\" (default \"10m\")",
+        ));
     }
     if let Some(v) = c.get("canary").filter(|v| v.is_known()) {
         if let Err(e) = crate::canary::CanarySpec::from_value(v) {

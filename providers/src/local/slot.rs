@@ -168,7 +168,11 @@ async fn serve(dir: PathBuf, cfg: SlotConfig) -> i32 {
                     std::mem::take(&mut s.dirty).then(|| s.status.clone())
                 };
                 if let Some(st) = snapshot {
-                    let _ = write_json(&dir.join(STATUS), &st);
+                    // A full disk: try again later rather than leave a stale status for good.
+                    if write_json(&dir.join(STATUS), &st).is_err() {
+                        shared.lock().unwrap_or_else(|e| e.into_inner()).dirty = true;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }

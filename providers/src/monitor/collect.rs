@@ -1402,6 +1402,8 @@ mod tests {
             interval_ms: 100,
             address: "127.0.0.1".into(),
             listen: 1,
+            token: None,
+            hosts: vec![],
         });
         c.tick();
         let st = c.status();

@@ -43,6 +43,13 @@ pub struct DaemonConfig {
     pub interval_ms: u64,
     pub address: String,
     pub listen: u16,
+    /// Required from every client but `/healthz` (bearer or basic auth) when set. Sensitive:
+    /// the file is 0600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// More `Host` names the dashboard answers to (besides its own addresses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
 }
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -77,6 +84,12 @@ fn schema() -> KindSchema {
             AttrSchema::optional("address", Type::String).default(Value::str("127.0.0.1")),
             AttrSchema::optional("watch", Type::Any),
             AttrSchema::optional("interval", Type::String).default(Value::str("100ms")),
+            // Required when `address` is not loopback: clients send `Authorization: Bearer
+            // TOKEN` (or basic auth with the token as password).
+            AttrSchema::optional("token", Type::String).sensitive(),
+            // Names (e.g. a DNS name pointing here) the dashboard also answers to; any other
+            // `Host` is refused (DNS rebinding).
+            AttrSchema::optional("hosts", Type::List(Box::new(Type::String))),
             AttrSchema::computed("url", Type::String).derived_from(&["listen", "address"]),
             AttrSchema::computed("metrics_url", Type::String).derived_from(&["listen", "address"]),
         ],
@@ -94,6 +107,32 @@ fn address_of(c: &ValueMap) -> String {
         .unwrap_or("127.0.0.1")
         .to_string()
 }
+
+fn token_of(c: &ValueMap) -> Option<String> {
+    c.get("token")
+        .and_then(|v| v.unmarked().0.as_str().map(str::to_string))
+}
+
+fn hosts_of(c: &ValueMap) -> Vec<String> {
+    match c.get("hosts").map(|v| v.unmarked().0) {
+        Some(Value::List(l)) => l
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => vec![],
+    }
+}
+
+/// Only this machine can reach `address` (127.0.0.0/8, ::1, localhost).
+fn is_loopback(address: &str) -> bool {
+    address == "localhost"
+        || address
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
+}
+
+/// Shortest token accepted.
+const MIN_TOKEN: usize = 16;
 
 fn interval_of(c: &ValueMap) -> Duration {
     c.get("interval")
@@ -120,6 +159,43 @@ fn validate(c: &ValueMap) -> Vec<Invalid> {
                 Some("listen"),
                 format!("{n} is not a TCP port"),
                 "listen is the dashboard's port, a whole number from 1 to 65535, e.g. listen = 9900",
+            ));
+        }
+    }
+    let address_known = c.get("address").is_none_or(Value::is_known);
+    // A sensitive attribute arrives marked, even when it is null.
+    let token = c
+        .get("token")
+        .filter(|t| !matches!(t.unmarked().0, Value::Null));
+    if address_known && !is_loopback(&address_of(c)) && token.is_none() {
+        out.push(Invalid::new(
+            Some("address"),
+            format!(
+                "the dashboard would listen on {} with no token: anyone who reaches it could read it",
+                address_of(c)
+            ),
+            format!("add token = var.dashboard_token (a sensitive variable of at least {MIN_TOKEN} characters); clients then send `Authorization: Bearer TOKEN` or basic auth with the token as password. Or keep address = \"127.0.0.1\""),
+        ));
+    }
+    if let Some(t) = token.filter(|t| t.is_known()) {
+        // Never show the value: it is a secret.
+        let bad = match t.unmarked().0.as_str() {
+            None => Some("the token must be a string".to_string()),
+            Some(s) if s.chars().count() < MIN_TOKEN => Some(format!(
+                "the token has {} characters; at least {MIN_TOKEN} are needed",
+                s.chars().count()
+            )),
+            Some(s) if !s.bytes().all(|b| b.is_ascii_graphic()) => Some(
+                "the token may hold only visible ASCII characters (no spaces or control characters)"
+                    .to_string(),
+            ),
+            Some(_) => None,
+        };
+        if let Some(m) = bad {
+            out.push(Invalid::new(
+                Some("token"),
+                m,
+                "generate one, e.g. `openssl rand -hex 24`, and pass it as a sensitive variable",
             ));
         }
     }
@@ -225,6 +301,8 @@ fn start(ctx: &ProviderCtx, addr: &str, c: &ValueMap) -> Result<JsonMap, Provide
         interval_ms: interval_of(c).as_millis().max(10) as u64,
         address: address.clone(),
         listen,
+        token: token_of(c),
+        hosts: hosts_of(c),
     };
     let json = serde_json::to_vec_pretty(&config).expect("config serializes");
     pipeline_supervise::private::write(&dir.join(CONFIG_FILE), json).map_err(|e| {

@@ -9,7 +9,9 @@
 //! | `supervisor.pid` | supervisor  | pid of the supervisor (atomic write)                       |
 //! | `child.pid`      | supervisor  | pid (= process group id) of the current child              |
 //! | `status.json`    | supervisor  | [`StatusFile`], rewritten atomically on every change       |
-//! | `replica.log`    | supervisor  | child stdout+stderr, plus one header line per (re)start    |
+//! | `replica.log`    | supervisor  | child stdout+stderr (through a pipe), one header line per  |
+//! |                  |             | (re)start; output that cannot be written is dropped and    |
+//! |                  |             | counted (`log_dropped_bytes`), never an error to the child |
 //!
 //! Every process started for a replica carries `PIPELINE_REPLICA_DIR=DIR` in its environment
 //! ([`MARKER_ENV`]), so a CLI that was killed at any moment can still find and stop everything
@@ -30,6 +32,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 mod health;
+mod logsink;
 pub mod private;
 mod supervisor;
 mod util;
@@ -194,6 +197,12 @@ pub struct StatusFile {
     pub state: String,
     /// Exit description of the last child that ended, e.g. `exited with status 1`.
     pub last_exit: Option<String>,
+    /// Bytes of the child's output (and the supervisor's own lines) that could not be written
+    /// to `replica.log` (a full disk) and were dropped; the child kept running.
+    pub log_dropped_bytes: u64,
+    /// While output is being dropped: why, since when and how much (None once reported in
+    /// `replica.log`).
+    pub log_error: Option<String>,
 }
 
 impl StatusFile {
@@ -221,6 +230,11 @@ pub struct ReplicaStatus {
     pub consecutive_failures: u32,
     pub state: String,
     pub last_exit: Option<String>,
+    /// See [`StatusFile::log_dropped_bytes`].
+    #[serde(default)]
+    pub log_dropped_bytes: u64,
+    #[serde(default)]
+    pub log_error: Option<String>,
 }
 
 /// Pids reported by [`start`].
@@ -497,7 +511,12 @@ pub fn status(dir: &Path) -> Option<ReplicaStatus> {
     let st = StatusFile::read(&dir).unwrap_or_default();
     let supervisor_alive = util::is_supervisor_of(supervisor_pid, &dir);
     let child_pid = util::read_pid_file(&dir.join(CHILD_PID_FILE)).or(st.child_pid);
-    let child_alive = child_pid.is_some_and(|p| util::is_ours(p, &dir));
+    // nginx and redis overwrite their environment block with their process title, so the
+    // marker is not always there: the live supervisor's own running child is ours too.
+    let child_alive = child_pid.is_some_and(|p| {
+        util::is_ours(p, &dir)
+            || (supervisor_alive && util::pid_running(p) && util::ppid(p) == Some(supervisor_pid))
+    });
     Some(ReplicaStatus {
         supervisor_pid,
         supervisor_alive,
@@ -513,6 +532,8 @@ pub fn status(dir: &Path) -> Option<ReplicaStatus> {
         consecutive_failures: st.consecutive_failures,
         state: st.state,
         last_exit: st.last_exit,
+        log_dropped_bytes: st.log_dropped_bytes,
+        log_error: st.log_error,
     })
 }
 
@@ -616,7 +637,19 @@ pub fn wait_healthy(
                 // the child execs its program: a death is confirmed by the pid itself.
                 let gone = !s.child_alive && !s.child_pid.is_some_and(util::pid_running);
                 if restarted || gone {
-                    return Err(child_exited(Some(s)));
+                    // The supervisor records the exit once the child's last output is in
+                    // replica.log: wait for that (bounded) so the error shows it.
+                    let until = Instant::now() + Duration::from_secs(2);
+                    let mut st = st.clone();
+                    while st
+                        .as_ref()
+                        .is_some_and(|s| s.state == "running" && s.supervisor_alive && !restarted)
+                        && Instant::now() < until
+                    {
+                        std::thread::sleep(Duration::from_millis(10));
+                        st = status(dir);
+                    }
+                    return Err(child_exited(st.as_ref()));
                 }
                 if !s.supervisor_alive {
                     return Err(SuperviseError::SupervisorExited {

@@ -10,11 +10,21 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::logsink::{self, LogSink};
 use crate::util::{self, signal_group, timestamp, unix_ms, unix_secs, write_atomic};
 use crate::{
     check_once, ReplicaSpec, StatusFile, CHILD_PID_FILE, MARKER_ENV, REPLICA_LOG, SPEC_FILE,
     STATUS_FILE, SUPERVISOR_PID_FILE,
 };
+
+/// `eprintln!` panics when stderr cannot be written (supervisor.log on a full disk), which
+/// would take the supervisor and its child down: this drops the line instead.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -54,7 +64,7 @@ pub fn run_supervisor(dir: &Path) -> i32 {
         format!("{me}\n").as_bytes(),
         0o644,
     ) {
-        eprintln!(
+        say!(
             "{} pipeline-supervise: cannot write {}: {e}",
             timestamp(),
             dir.join(SUPERVISOR_PID_FILE).display()
@@ -70,7 +80,7 @@ pub fn run_supervisor(dir: &Path) -> i32 {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("cannot read {}: {e}", dir.join(SPEC_FILE).display());
-            eprintln!("{} pipeline-supervise: {msg}", timestamp());
+            say!("{} pipeline-supervise: {msg}", timestamp());
             let st = StatusFile {
                 supervisor_pid: me,
                 last_error: Some(msg),
@@ -100,6 +110,8 @@ struct Running {
     /// it closes, and the watchdog SIGKILLs the child's whole process group. PR_SET_PDEATHSIG
     /// alone only covers the direct child (`sh`), not the processes `sh` forked.
     _watchdog: Option<OwnedFd>,
+    /// The thread copying the child's output into replica.log (None if it could not start).
+    copier: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Script of the watchdog process that sits in the child's process group.
@@ -150,6 +162,8 @@ struct Supervisor {
     backoff: Duration,
     /// Generation of the running child (0 = none); health results of older generations are dropped.
     generation: Arc<AtomicU64>,
+    /// replica.log: the child's output and our own lines.
+    log: LogSink,
 }
 
 impl Supervisor {
@@ -161,6 +175,7 @@ impl Supervisor {
             ..Default::default()
         };
         Supervisor {
+            log: LogSink::new(&dir.join(REPLICA_LOG), &spec.name),
             dir,
             spec,
             status,
@@ -172,20 +187,17 @@ impl Supervisor {
     }
 
     fn log(&self, msg: &str) {
-        let _ = crate::append_log_line(
-            &self.dir,
-            &format!(
-                "--- {} pipeline-supervise {}: {msg}",
-                timestamp(),
-                self.spec.name
-            ),
-        );
+        self.log.line(msg);
     }
 
-    fn write_status(&self) {
+    fn write_status(&mut self) {
+        self.log.recover();
+        let (dropped, pending) = self.log.dropped_state();
+        self.status.log_dropped_bytes = dropped;
+        self.status.log_error = pending;
         if let Ok(json) = serde_json::to_vec_pretty(&self.status) {
             if let Err(e) = write_atomic(&self.dir.join(STATUS_FILE), &json, 0o644) {
-                eprintln!(
+                say!(
                     "{} pipeline-supervise: writing status.json: {e}",
                     timestamp()
                 );
@@ -264,17 +276,15 @@ impl Supervisor {
             self.spec.name
         )
         .into_bytes();
-        let log = match fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(REPLICA_LOG))
-        {
-            Ok(f) => f,
-            Err(e) => return self.spawn_failed(format!("cannot open replica.log: {e}")),
+        // The child writes into a pipe that we copy into replica.log, so a log that cannot be
+        // written (a full disk) costs log lines, never the child's ability to write.
+        let (read_end, write_end) = match logsink::pipe() {
+            Ok(p) => p,
+            Err(e) => return self.spawn_failed(format!("cannot make a pipe for the output: {e}")),
         };
-        let log2 = match log.try_clone() {
+        let write_end2 = match write_end.try_clone() {
             Ok(f) => f,
-            Err(e) => return self.spawn_failed(format!("cannot open replica.log: {e}")),
+            Err(e) => return self.spawn_failed(format!("cannot make a pipe for the output: {e}")),
         };
         let parent = std::process::id() as libc::pid_t;
         let mut cmd = Command::new("sh");
@@ -286,8 +296,8 @@ impl Supervisor {
             .env("PORT", self.spec.port.to_string())
             .env(MARKER_ENV, &self.dir)
             .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
+            .stdout(write_end)
+            .stderr(write_end2);
         // SAFETY: only async-signal-safe calls between fork and exec; no allocation
         // (the header was formatted before the fork).
         unsafe {
@@ -335,6 +345,16 @@ impl Supervisor {
         };
         let pid = child.id();
         drop(child); // reaped by `reap` via waitpid(-1)
+        drop(cmd); // our copies of the pipe's write end: the copier sees EOF when the child's close
+        let copier = match logsink::spawn_copier(read_end, self.log.clone()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                self.log(&format!(
+                    "cannot copy the output of pid {pid} to replica.log: {e}"
+                ));
+                None
+            }
+        };
         let watchdog = match spawn_watchdog(&self.dir, pid) {
             Ok(fd) => Some(fd),
             Err(e) => {
@@ -347,6 +367,7 @@ impl Supervisor {
             pid,
             started: Instant::now(),
             _watchdog: watchdog,
+            copier,
         });
         if let Err(e) = write_atomic(
             &self.dir.join(CHILD_PID_FILE),
@@ -403,6 +424,14 @@ impl Supervisor {
         let uptime = running.started.elapsed();
         // Leftovers of the old process group (background jobs) would hold the port.
         signal_group(running.pid, libc::SIGKILL);
+        // Its last words reach replica.log before the exit is recorded (a waiting CLI shows
+        // them); bounded, in case something outside the group still holds the pipe.
+        if let Some(c) = &running.copier {
+            let until = Instant::now() + Duration::from_secs(1);
+            while !c.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         let how = describe_exit(wait_status);
         // child.pid and status.child_pid keep naming the last child until the next start (the
         // liveness check in `status` sees it is gone), so `start` never misses a quick exit.
@@ -445,14 +474,7 @@ impl Supervisor {
         match result {
             Ok(()) => {
                 if s.healthy != Some(true) {
-                    let _ = crate::append_log_line(
-                        &self.dir,
-                        &format!(
-                            "--- {} pipeline-supervise {}: healthy",
-                            timestamp(),
-                            self.spec.name
-                        ),
-                    );
+                    self.log.line("healthy");
                 }
                 s.healthy = Some(true);
                 s.consecutive_failures = 0;
@@ -460,14 +482,7 @@ impl Supervisor {
             }
             Err(e) => {
                 if s.healthy == Some(true) {
-                    let _ = crate::append_log_line(
-                        &self.dir,
-                        &format!(
-                            "--- {} pipeline-supervise {}: unhealthy: {e}",
-                            timestamp(),
-                            self.spec.name
-                        ),
-                    );
+                    self.log.line(&format!("unhealthy: {e}"));
                 }
                 s.healthy = Some(false);
                 s.consecutive_failures = s.consecutive_failures.saturating_add(1);

@@ -76,6 +76,16 @@ fn proc_state(pid: u32) -> Option<char> {
     after.split_whitespace().next()?.chars().next()
 }
 
+/// Parent pid from /proc/PID/stat.
+pub(crate) fn ppid(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Alive = exists and is not a zombie.
 pub(crate) fn pid_running(pid: u32) -> bool {
     pid_exists(pid) && !matches!(proc_state(pid), Some('Z') | Some('X') | None)
@@ -247,5 +257,7 @@ mod tests {
         assert!(pid_running(me));
         assert!(!is_supervisor_of(me, Path::new("/tmp")));
         assert!(!pid_running(0));
+        // SAFETY: plain getppid.
+        assert_eq!(ppid(me), Some(unsafe { libc::getppid() } as u32));
     }
 }
