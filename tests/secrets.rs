@@ -507,3 +507,35 @@ balancer "front" {{
     check_files(&t);
     destroy(&t, "c.hcl");
 }
+
+#[test]
+fn a_build_never_sees_the_stacks_variables() {
+    let t = scratch_with_secret();
+    let app = prebuilt_source(&t);
+    t.write(
+        "b.hcl",
+        &format!(
+            r#"variable "secret" {{ sensitive = true }}
+service "built" {{
+  source = "{app}"
+  build  = "env > build-env.txt"
+  run    = "exec ./preview --port {{{{port}}}}"
+  health = {{ path = "/health", interval = "100ms" }}
+}}
+"#,
+            app = app.display()
+        ),
+    );
+    clean(&t, &["apply", "-auto-approve", "b.hcl"]);
+    let mut files = vec![];
+    all_files(&t.path().join(".pipeline/builds"), &mut files);
+    let env = files
+        .iter()
+        .find(|f| f.ends_with("build-env.txt"))
+        .unwrap_or_else(|| panic!("the build wrote no build-env.txt: {files:?}"));
+    let env = std::fs::read_to_string(env).unwrap();
+    assert!(env.contains("PATH="), "{env}");
+    assert!(!env.contains("PIPELINE_VAR_"), "{env}");
+    assert!(!env.contains(SECRET), "the build saw the secret");
+    destroy(&t, "b.hcl");
+}

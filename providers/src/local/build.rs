@@ -350,6 +350,13 @@ fn run_build(
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
+    // A build keeps the user's toolchain environment (CARGO_HOME, proxies, ...) but never the
+    // stack's variables: `PIPELINE_VAR_*` may hold secrets the stack did not give this build.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("PIPELINE_VAR_") {
+            build.env_remove(&k);
+        }
+    }
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         build.pre_exec(move || {
