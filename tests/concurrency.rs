@@ -445,3 +445,78 @@ fn two_applies_after_a_forced_unlock_leave_no_orphan_after_the_next_apply_or_des
             .map(|rd| rd.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
     );
 }
+
+fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// Issue 8, item 5: a balancer, flag store and monitor that the state no longer names (`state
+/// rm`, or a run that was killed or raced) are stopped by the next apply and by destroy, like
+/// services are: nothing pipeline started under its working directory outlives its record.
+#[test]
+fn balancers_flag_stores_and_monitors_the_state_forgot_are_stopped_by_apply_and_destroy() {
+    let t = Scratch::new();
+    let (lb, dash, redis) = (
+        common::load::free_port(),
+        common::load::free_port(),
+        common::load::free_port(),
+    );
+    let full = format!(
+        r#"
+host "app" {{ provider = "local" }}
+flags "ui" {{
+  on     = host.app
+  port   = {redis}
+  values = {{ tables = true }}
+}}
+balancer "front" {{
+  listen = {lb}
+  routes = {{ "/" = {{ static = "site" }} }}
+}}
+monitor "dash" {{ listen = {dash} }}
+"#
+    );
+    std::fs::create_dir_all(t.path().join("site")).unwrap();
+    std::fs::write(t.path().join("site/index.html"), "hello\n").unwrap();
+    t.write("s.hcl", &full);
+    t.ok(&["apply", "-auto-approve", "s.hcl"]);
+    assert!(listening(lb) && listening(dash) && listening(redis));
+
+    // Forget the balancer: the next apply (of a stack that still declares it) must not find a
+    // port taken by a process nobody owns; it stops the forgotten one and starts its own.
+    t.ok(&["state", "rm", "balancer.front"]);
+    let out = t.ok(&["apply", "-auto-approve", "s.hcl"]);
+    assert!(out.contains("balancer.front: not in the state"), "{out}");
+    assert!(listening(lb), "the balancer was not started again:\n{out}");
+
+    // Forget all three and destroy: nothing may keep running.
+    for a in ["balancer.front", "flags.ui", "monitor.dash"] {
+        t.ok(&["state", "rm", a]);
+    }
+    let out = t.ok(&["destroy", "-auto-approve", "s.hcl"]);
+    for a in ["balancer.front", "flags.ui", "monitor.dash"] {
+        assert!(
+            out.contains(&format!("{a}: not in the state")),
+            "{a}:\n{out}"
+        );
+    }
+    let gone = wait_until(Duration::from_secs(10), || {
+        !listening(lb) && !listening(dash) && !listening(redis)
+    });
+    assert!(
+        gone,
+        "still listening: balancer {} monitor {} redis {}",
+        listening(lb),
+        listening(dash),
+        listening(redis)
+    );
+    assert!(
+        !t.path().join(".pipeline/run").exists()
+            || std::fs::read_dir(t.path().join(".pipeline/run"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "run directories left"
+    );
+    assert!(t.marked().is_empty(), "{:?}", t.marked());
+}

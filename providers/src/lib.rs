@@ -46,3 +46,62 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
     };
     (secs.is_finite() && secs >= 0.0).then(|| std::time::Duration::from_secs_f64(secs))
 }
+
+/// The sweep of a provider whose instances each run supervised processes in one directory
+/// `.pipeline/run/<address>/` (nginx, redis, the monitor): a directory that `is_kind` recognises
+/// as this provider's and that no record in `owned` names was left by a crashed or concurrent
+/// run, or by `state rm`; every supervisor beneath it is stopped and the directory removed.
+pub(crate) async fn sweep_run_dirs(
+    ctx: &pipeline_engine::provider::ProviderCtx,
+    owned: &[(&str, &pipeline_engine::state::ResourceState)],
+    is_kind: fn(&std::path::Path) -> bool,
+) -> Result<Vec<String>, ProviderError> {
+    let run = ctx.work_dir.join("run");
+    let names: std::collections::HashSet<String> =
+        owned.iter().map(|(a, _)| local::sanitize(a)).collect();
+    blocking(move || {
+        let mut report = Vec::new();
+        let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir(&run)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir() && is_kind(p))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| !names.contains(n.to_string_lossy().as_ref()))
+            })
+            .collect();
+        dirs.sort();
+        for dir in dirs {
+            let pids = pipeline_supervise::processes_under(&dir).len();
+            for sup in supervised_dirs(&dir) {
+                pipeline_supervise::stop(&sup, std::time::Duration::from_secs(10)).map_err(
+                    |e| ProviderError::new(format!("cannot stop {}: {e}", sup.display())),
+                )?;
+            }
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| ProviderError::new(format!("cannot remove {}: {e}", dir.display())))?;
+            report.push(format!(
+                "{}: not in the state; stopped its {pids} processes and removed the directory",
+                dir.file_name().unwrap_or_default().to_string_lossy()
+            ));
+        }
+        Ok(report)
+    })
+    .await
+}
+
+/// `dir` and every directory beneath it that a supervisor runs in (it holds a spec).
+fn supervised_dirs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if dir.join(pipeline_supervise::SPEC_FILE).exists() {
+        out.push(dir.to_path_buf());
+    }
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(supervised_dirs(&e.path()));
+        }
+    }
+    out
+}

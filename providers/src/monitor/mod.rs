@@ -358,6 +358,14 @@ impl Provider for Monitor {
     fn name(&self) -> &'static str {
         "monitor"
     }
+    async fn sweep(
+        &self,
+        ctx: &ProviderCtx,
+        owned: &[(&str, &pipeline_engine::state::ResourceState)],
+    ) -> Result<Vec<String>, ProviderError> {
+        crate::sweep_run_dirs(ctx, owned, |d| d.join(CONFIG_FILE).exists()).await
+    }
+
     fn kinds(&self) -> Vec<KindSchema> {
         vec![schema()]
     }

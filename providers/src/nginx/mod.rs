@@ -386,6 +386,14 @@ impl Provider for Nginx {
         "nginx"
     }
 
+    async fn sweep(
+        &self,
+        ctx: &ProviderCtx,
+        owned: &[(&str, &pipeline_engine::state::ResourceState)],
+    ) -> Result<Vec<String>, ProviderError> {
+        crate::sweep_run_dirs(ctx, owned, |d| d.join("conf/nginx.conf").exists()).await
+    }
+
     fn kinds(&self) -> Vec<KindSchema> {
         vec![schema()]
     }

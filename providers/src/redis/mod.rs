@@ -24,6 +24,14 @@ impl Provider for Redis {
     fn name(&self) -> &'static str {
         "redis"
     }
+    async fn sweep(
+        &self,
+        ctx: &ProviderCtx,
+        owned: &[(&str, &pipeline_engine::state::ResourceState)],
+    ) -> Result<Vec<String>, ProviderError> {
+        crate::sweep_run_dirs(ctx, owned, |d| d.join("primary").is_dir()).await
+    }
+
     fn kinds(&self) -> Vec<KindSchema> {
         vec![flags::schema()]
     }
