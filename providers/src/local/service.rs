@@ -31,7 +31,7 @@ pub fn schema() -> KindSchema {
             AttrSchema::optional("revision", Type::String).format(Format::GitRevision),
             AttrSchema::optional("build", Type::String).format(Format::NoNul),
             // How long `build` may run (default "10m"); the build is killed after it.
-            AttrSchema::optional("build_timeout", Type::String).format(Format::Duration),
+            AttrSchema::optional("build_timeout", Type::String),
             AttrSchema::required("run", Type::String).format(Format::NoNul),
             AttrSchema::optional("replicas", Type::Number).default(Value::Number(1.0)),
             AttrSchema::optional("env", Type::Map(Box::new(Type::String)))
