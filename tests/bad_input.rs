@@ -361,6 +361,11 @@ fn a_long_chain_of_locals_computed_during_apply_is_an_error_not_a_crash() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "exit 1, not a signal: {err}");
     assert!(err.contains("chain.hcl:"), "the position is named: {err}");
+    // The cause is shown, not only "local.l0 could not be evaluated".
+    assert!(
+        err.contains("nested too deeply"),
+        "the cause is named: {err}"
+    );
     assert!(!w.tmp.path().join("out/deep.txt").exists());
 }
 

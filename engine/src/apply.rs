@@ -824,7 +824,18 @@ fn evaluate_now(
         .ok_or("no schema")?;
     let exp = &exp_of[&(m, c.resource.clone())];
     let scope = instance_scope(world, m, exp, &c.key);
-    let mut cfg = eval_attrs(world, &scope, decl, schema).map_err(|d| d.to_string())?;
+    let mut cfg = eval_attrs(world, &scope, decl, schema).map_err(|d| {
+        // A local or variable computed on demand records its own error in the world and the
+        // attribute only says "could not be evaluated": show the cause with it.
+        let mut text = d.to_string();
+        for cause in world.diags.borrow().iter().filter(|c| !c.secondary) {
+            let cause = cause.to_string();
+            if !text.contains(&cause) {
+                text.push_str(&cause);
+            }
+        }
+        text
+    })?;
     let block = format!("{}{}", config.modules[m].prefix, c.resource);
     for (b, attr, v) in overrides {
         if *b == block {
