@@ -10,6 +10,7 @@ mod report;
 
 use crate::ops::{self, PlanInputs, Workspace};
 use anyhow::{anyhow, bail, Context, Result};
+use indexmap::IndexMap;
 use pipeline_analysis::judge::{
     judge, Counts, Direction, JudgeConfig, Metric, MetricData, Outcome, Verdict,
 };
@@ -51,6 +52,8 @@ pub struct CanaryArgs {
     pub json: bool,
     /// `--simulate --runs N`: operating characteristics instead of a canary.
     pub simulate: Option<usize>,
+    /// The stack's variables (`-var`, `-var-file`, `PIPELINE_VAR_*`), as for plan.
+    pub variables: IndexMap<String, Value>,
 }
 
 /// The command line with both revisions named.
@@ -204,9 +207,15 @@ fn settings(stack_value: Option<&Value>, a: &CanaryArgs) -> Result<CanarySpec> {
     if !req.is_empty() {
         m.insert("request".into(), Value::Map(req));
     }
-    CanarySpec::from_value(&Value::Map(m)).map_err(|e| {
+    let mut spec = CanarySpec::from_value(&Value::Map(m)).map_err(|e| {
         anyhow!("{e}\n  = help: the settings are the service's `canary` attribute with the command-line flags over it")
-    })
+    })?;
+    // The marks were taken off to lay the flags over the stack's settings: a request the stack
+    // marked secret stays masked unless the command line replaced both of its secret parts.
+    let secret = |f: &str| stack_value.is_some_and(|v| v.is_sensitive_at(&["request", f]));
+    spec.request.secret =
+        (secret("method") && a.method.is_none()) || (secret("path") && a.path.is_none());
+    Ok(spec)
 }
 
 /// An evaluated value written back as an HCL literal (templates escaped).
@@ -231,12 +240,14 @@ async fn service_config(
     ws: &Workspace,
     stack: &Path,
     want: Option<&str>,
+    variables: &IndexMap<String, Value>,
 ) -> Result<(String, BTreeMap<String, Value>, Option<Value>)> {
     let inputs = PlanInputs {
         stack: stack.to_path_buf(),
         opts: PlanOptions {
             refresh: false,
             parallelism: 1,
+            variables: variables.clone(),
             ..Default::default()
         },
     };
@@ -335,7 +346,8 @@ pub async fn run(ws: &Workspace, a: CanaryArgs) -> Result<ExitCode> {
         args: a,
     };
     let stack = ws.stack(a.stack.as_deref())?;
-    let (name, cfg, canary) = service_config(ws, &stack, a.service.as_deref()).await?;
+    let (name, cfg, canary) =
+        service_config(ws, &stack, a.service.as_deref(), &a.variables).await?;
     let spec = settings(canary.as_ref(), &a)?;
     let dir = ws.dir.join("canary");
     if dir.join("state.json").exists() {
@@ -554,9 +566,10 @@ async fn run_arms(
     let mut sampler = Sampler::new(cws, &st);
     let mut tail = LogTail::at_end(&cws.dir.join("run/balancer.canary/logs/access.log"));
     let req = &spec.request;
+    let (method, path) = req.shown();
     eprintln!(
-        "canary: {} {} at {} req/s for {:?} through the balancer...",
-        req.method, req.path, spec.rate, spec.duration
+        "canary: {method} {path} at {} req/s for {:?} through the balancer...",
+        spec.rate, spec.duration
     );
     let cfg = judge_config(spec);
     let halt = Arc::new(AtomicBool::new(false));
@@ -710,8 +723,8 @@ async fn run_arms(
         baseline: a.baseline.clone(),
         candidate: a.candidate.clone(),
         request: RequestInfo {
-            method: req.method.clone(),
-            path: req.path.clone(),
+            method: req.shown().0,
+            path: req.shown().1,
             content_type: req.body.as_ref().map(|_| req.content_type.clone()),
             body_bytes: req.body.as_ref().map_or(0, String::len),
         },
@@ -1405,7 +1418,7 @@ fn refuse_garbage(
     cand: &Tally,
     client: &LoadStats,
 ) -> Result<()> {
-    let (m, p) = (&spec.request.method, &spec.request.path);
+    let (m, p) = spec.request.shown();
     if base.total == 0 {
         bail!(
             "no request reached the baseline (revision `{}`) (client: {client}); no verdict\n  = help: the balancer answered nothing from the arms; see the errors above",
@@ -1546,6 +1559,7 @@ mod tests {
             report: None,
             json: false,
             simulate: None,
+            variables: IndexMap::new(),
         }
     }
 

@@ -196,6 +196,8 @@ enum Cmd {
         /// Simulated runs per scenario.
         #[arg(long, default_value_t = 200, requires = "simulate")]
         runs: usize,
+        #[command(flatten)]
+        vars: VarArgs,
     },
     /// Switch a service back to the generation it ran before its last blue-green deployment,
     /// or stop the canary of it that an apply is running (the candidate gets no traffic).
@@ -593,6 +595,7 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
             json,
             simulate,
             runs,
+            vars,
         } => {
             crate::canary::run(
                 &ws,
@@ -613,6 +616,7 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
                     report: Some(report),
                     json,
                     simulate: simulate.then_some(runs),
+                    variables: ops::variables(&vars.vars, &vars.var_files)?,
                 },
             )
             .await

@@ -516,3 +516,52 @@ fn master_vs_master_passes_early_once_the_evidence_is_in() {
     assert_eq!(v["verdict"]["outcome"], "pass");
     nothing_left(&t);
 }
+
+/// Issue 8, item 3: a request the stack marks secret (a token in the path) is sent, but shown
+/// nowhere: not in the progress lines, the table, the JSON or the HTML report.
+#[test]
+fn a_secret_request_path_is_sent_but_never_shown() {
+    let t = setup();
+    const SECRET: &str = "Kq8SeCrEtPaTh3";
+    t.env
+        .borrow_mut()
+        .push(("PIPELINE_VAR_token".into(), SECRET.into()));
+    let text = std::fs::read_to_string(t.path().join("s.hcl")).unwrap();
+    let text = text.replace(
+        r#"request = { method = "POST", path = "/preview","#,
+        r#"request = { method = "POST", path = "/preview?key=${var.token}","#,
+    );
+    assert!(text.contains("var.token"));
+    t.write(
+        "s.hcl",
+        &format!("variable \"token\" {{ sensitive = true }}\n{text}"),
+    );
+    for json in [false, true] {
+        let mut args = vec![
+            "canary",
+            "master",
+            "master",
+            "--stack",
+            "s.hcl",
+            "--duration",
+            "6s",
+        ];
+        if json {
+            args.push("--json");
+        }
+        let out = t.run(&args);
+        let (stdout, stderr) = (s(&out.stdout), s(&out.stderr));
+        assert!(
+            matches!(out.status.code(), Some(0) | Some(3)),
+            "{stdout}{stderr}"
+        );
+        // It was sent: the arms answered the secret path.
+        assert!(stdout.contains("(sensitive value)"), "{stdout}");
+        for (what, text) in [("stdout", &stdout), ("stderr", &stderr)] {
+            assert!(!text.contains(SECRET), "the secret is in {what}:\n{text}");
+        }
+        let report = std::fs::read_to_string(t.path().join(".pipeline/canary-report.html"))
+            .expect("the report is written");
+        assert!(!report.contains(SECRET), "the secret is in the HTML report");
+    }
+}

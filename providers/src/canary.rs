@@ -22,6 +22,8 @@ pub struct Request {
     pub path: String,
     pub body: Option<String>,
     pub content_type: String,
+    /// The stack marked the method or the path sensitive: reports and messages show a mask.
+    pub secret: bool,
 }
 
 impl Default for Request {
@@ -31,6 +33,19 @@ impl Default for Request {
             path: "/".into(),
             body: None,
             content_type: "application/octet-stream".into(),
+            secret: false,
+        }
+    }
+}
+
+impl Request {
+    /// Method and path as reports and messages may show them.
+    pub fn shown(&self) -> (String, String) {
+        if self.secret {
+            let m = "(sensitive value)".to_string();
+            (m.clone(), m)
+        } else {
+            (self.method.clone(), self.path.clone())
         }
     }
 }
@@ -82,6 +97,9 @@ impl CanarySpec {
     /// The settings of a `canary = { ... }` attribute; `Null` gives the defaults.
     pub fn from_value(v: &Value) -> Result<CanarySpec, String> {
         let mut s = CanarySpec::default();
+        s.request.secret = ["method", "path"]
+            .iter()
+            .any(|f| v.is_sensitive_at(&["request", f]));
         let m = match v.unmarked().0 {
             Value::Null => return Ok(s),
             Value::Map(m) => m,

@@ -158,14 +158,6 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// `value` of `canary.request.FIELD`, or a mask when the stack marked it secret.
-fn shown_unless_secret(config: &ValueMap, field: &str, value: &str) -> String {
-    match config.get("canary") {
-        Some(c) if c.is_sensitive_at(&["request", field]) => "(sensitive value)".into(),
-        _ => value.to_string(),
-    }
-}
-
 pub fn analyze(
     ctx: &ProviderCtx,
     block: &str,
@@ -231,8 +223,8 @@ pub fn analyze(
             started_unix: unix_now(),
             // The report is for reading and sharing: a secret request (a token in the path)
             // is not written into it.
-            request_method: shown_unless_secret(config, "method", &spec.request.method),
-            request_path: shown_unless_secret(config, "path", &spec.request.path),
+            request_method: spec.request.shown().0,
+            request_path: spec.request.shown().1,
             request_content_type: spec
                 .request
                 .body
