@@ -93,6 +93,8 @@ def moses_datasets():
         # latency-like, larger (no thinning below 1000 per arm)
         ("latency-like", reals(r, 500, 100.0), reals(r, 450, 110.0)),
         ("latency-900", reals(r, 900, 20.0), reals(r, 1000, 20.0, 0.25)),
+        # sizes where (k / nm) * nm rounds above k in floating point: the rank must stay k
+        ("rank-rounding-995-72", reals(r, 995, 20.0), reals(r, 72, 20.0, 0.5)),
     ]
 
 
