@@ -5,18 +5,22 @@
 //! - [`judge`](mod@judge): the fixed-horizon judge with Kayenta `NetflixACAJudge` semantics (confidence
 //!   0.98, tolerance 0.25, pass 95, marginal 75): per-metric verdicts, weights, critical metrics,
 //!   score and outcome.
+//! - [`interval`]: the effects' confidence intervals: Hodges–Lehmann shift (Moses) and rate
+//!   difference (Newcombe's hybrid score).
 //! - [`sequential`]: an always-valid sequential judge (mixture SPRT / normal-mixture confidence
 //!   sequences) that stops early both ways with the false-failure rate bounded over all looks
 //!   and metrics.
 //! - [`simulate`](mod@simulate): operating characteristics of the sequential judge on
 //!   simulated traffic, with the deterministic PRNG in [`rng`].
 
+pub mod interval;
 pub mod judge;
 pub mod rng;
 pub mod sequential;
 pub mod simulate;
 pub mod stats;
 
+pub use interval::{hodges_lehmann_interval, newcombe_interval};
 pub use judge::{
     judge, Counts, Direction, Effect, JudgeConfig, Metric, MetricData, MetricKind, MetricStatus,
     MetricVerdict, Outcome, Summary, TestUsed, Verdict,
