@@ -473,9 +473,40 @@ pub fn tail(path: &Path, n: usize) -> String {
 }
 
 /// Remove builds that no replica directory refers to any more.
+///
+/// Each build's lock is taken before the markers are read: a create writes its generation's
+/// `build_id` marker before it locks the build, so a marker written after this scan belongs to a
+/// create that finds the build gone and builds it again, never one that starts in a removed
+/// directory (reading the markers first raced with a create that reused a finished build).
 pub fn gc(ctx: &ProviderCtx) {
+    use std::os::fd::AsRawFd;
     let root = builds_root(ctx);
     let run = ctx.work_dir.join("run");
+    let mut ids: Vec<String> = std::fs::read_dir(&root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.trim_end_matches(".lock").to_string()
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    // Builds in progress hold their lock: leave them alone; hold the others' until done.
+    let mut held = Vec::new();
+    for id in ids {
+        let lock_path = root.join(format!("{id}.lock"));
+        match std::fs::OpenOptions::new().write(true).open(&lock_path) {
+            Ok(f) => {
+                // SAFETY: non-blocking flock on a descriptor we own.
+                if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                    held.push((id, Some((f, lock_path))));
+                }
+            }
+            Err(_) => held.push((id, None)),
+        }
+    }
     let mut used = std::collections::HashSet::new();
     // Markers sit in each app generation's directory: run/<instance>/gen-N/build_id.
     if let Ok(rd) = std::fs::read_dir(&run) {
@@ -487,24 +518,13 @@ pub fn gc(ctx: &ProviderCtx) {
             }
         }
     }
-    for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        let id = name.trim_end_matches(".lock").to_string();
+    for (id, lock) in held {
         if used.contains(&id) {
             continue;
         }
-        // A build in progress holds its lock: leave it alone.
-        let lock_path = root.join(format!("{id}.lock"));
-        if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&lock_path) {
-            use std::os::fd::AsRawFd;
-            // SAFETY: non-blocking flock on a descriptor we own.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-                continue;
-            }
-            let _ = std::fs::remove_dir_all(root.join(&id));
+        let _ = std::fs::remove_dir_all(root.join(&id));
+        if let Some((_f, lock_path)) = lock {
             let _ = std::fs::remove_file(&lock_path);
-        } else {
-            let _ = std::fs::remove_dir_all(root.join(&id));
         }
     }
     let _ = std::fs::remove_dir(&root);
