@@ -369,6 +369,16 @@ pub fn event_json(e: &Event) -> serde_json::Value {
         Event::Progress { addr, message } => {
             json!({"type": "apply_progress", "address": addr, "message": message})
         }
+        Event::Retrying {
+            addr,
+            attempt,
+            of,
+            kind,
+            delay,
+            error,
+        } => {
+            json!({"type": "apply_retry", "address": addr, "attempt": attempt, "of": of, "error_kind": kind.name(), "delay_ms": delay.as_millis() as u64, "error": error})
+        }
     }
 }
 
@@ -403,6 +413,18 @@ pub fn event_line(e: &Event) -> String {
             format!("{addr}: rolled back to its previous version (the rollout stopped)")
         }
         Event::Progress { addr, message } => format!("{addr}: {message}"),
+        Event::Retrying {
+            addr,
+            attempt,
+            of,
+            kind,
+            delay,
+            error,
+        } => format!(
+            "{addr}: attempt {attempt} of {of} in {:.1}s after a {} error: {error}",
+            delay.as_secs_f64(),
+            kind.name()
+        ),
     }
 }
 
