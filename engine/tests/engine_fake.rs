@@ -308,9 +308,12 @@ async fn cancel_during_backoff_stops_retrying() {
     env.fake.fail("thing.a", ErrorKind::Transient, 3);
     let (p, config) = env.plan(ONE).await;
     let cancel = env.fake.cancel.clone();
+    let fake = env.fake.clone();
     let watcher = tokio::spawn(async move {
-        // The retry is announced before its wait begins; cancel then.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Cancel once the first call has been made: its retry waits ten minutes.
+        while fake.count("apply", "thing.a") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         cancel.store(true, Ordering::SeqCst);
     });
     let (report, events) = env.apply_plan(&p, &config).await;
