@@ -493,3 +493,35 @@ pub fn report_text(r: &ApplyReport, st: Style, destroy: bool) -> String {
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pipeline_engine::provider::ErrorKind;
+
+    #[test]
+    fn a_retry_is_printed_with_its_attempt_kind_wait_and_error() {
+        let e = Event::Retrying {
+            addr: "service.x[0]".into(),
+            attempt: 2,
+            of: 4,
+            kind: ErrorKind::Throttled,
+            delay: std::time::Duration::from_millis(1500),
+            error: "slow down".into(),
+        };
+        assert_eq!(
+            event_line(&e),
+            "service.x[0]: attempt 2 of 4 in 1.5s after a throttled error: slow down"
+        );
+        let j = event_json(&e);
+        assert_eq!(j["type"], "apply_retry");
+        assert_eq!(j["address"], "service.x[0]");
+        assert_eq!(
+            (j["attempt"].as_u64(), j["of"].as_u64()),
+            (Some(2), Some(4))
+        );
+        assert_eq!(j["error_kind"], "throttled");
+        assert_eq!(j["delay_ms"], 1500);
+        assert_eq!(j["error"], "slow down");
+    }
+}
