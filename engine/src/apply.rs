@@ -701,7 +701,11 @@ pub async fn apply(
                 config: &old,
                 prior: Some(&current.attrs),
             };
-            match provider.apply(ctx, &req).await {
+            let rolled = retry(&c.addr).run(|| provider.apply(ctx, &req)).await;
+            while let Ok(e) = events_rx.try_recv() {
+                on_event(&e);
+            }
+            match rolled {
                 Ok(attrs) => {
                     record(
                         store,

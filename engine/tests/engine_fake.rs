@@ -511,3 +511,33 @@ async fn events_say_started_and_finished_for_each_change() {
             .any(|e| matches!(e, Event::Finished { addr, .. } if addr == a)));
     }
 }
+
+#[tokio::test]
+async fn a_transient_failure_while_rolling_back_is_retried() {
+    let env = Env::new();
+    env.apply(&counted("1")).await;
+    env.fake.set_rollout(rolling(1));
+    // s[0] updates, s[1] fails and stops the rollout; rolling s[0] back fails once, passingly.
+    env.fake.fail("thing.s[1]", ErrorKind::Fatal, 1);
+    env.fake.pass("thing.s[0]", 1);
+    env.fake.fail("thing.s[0]", ErrorKind::Transient, 1);
+    let (_, report, events) = env.apply(&counted("2")).await;
+    assert_eq!(
+        report.rolled_back,
+        vec!["thing.s[0]".to_string()],
+        "{report:?}"
+    );
+    assert_eq!(retries(&events, "thing.s[0]").len(), 1);
+    assert_eq!(env.attr("thing.s[0]", "value"), Some(json!("1")));
+}
+
+#[tokio::test]
+async fn a_pending_record_of_a_removed_block_is_deleted() {
+    let env = Env::new();
+    env.record("thing.gone", Status::Pending, json!({"id": "half"}));
+    let (p, report, _) = env.apply(ONE).await;
+    assert_eq!(action(&p, "thing.gone").0, Action::Delete);
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(env.fake.ops("delete"), vec!["thing.gone"]);
+    assert!(!env.state().resources.contains_key("thing.gone"));
+}

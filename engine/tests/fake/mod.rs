@@ -29,8 +29,8 @@ pub struct Call {
 #[derive(Default)]
 pub struct Fake {
     pub calls: Mutex<Vec<Call>>,
-    /// Per address: the kinds of the next failures of calls that change the world, in order.
-    failures: Mutex<HashMap<String, VecDeque<ErrorKind>>>,
+    /// Per address: how the next calls that change the world end (None: they succeed), in order.
+    failures: Mutex<HashMap<String, VecDeque<Option<ErrorKind>>>>,
     hang: Mutex<HashSet<String>>,
     /// Per address: what `read` answers instead of the record (None: gone).
     drift: Mutex<HashMap<String, Option<JsonMap>>>,
@@ -47,7 +47,13 @@ impl Fake {
     pub fn fail(&self, addr: &str, kind: ErrorKind, times: usize) {
         let mut f = self.failures.lock().unwrap();
         let q = f.entry(addr.to_string()).or_default();
-        q.extend(std::iter::repeat_n(kind, times));
+        q.extend(std::iter::repeat_n(Some(kind), times));
+    }
+    /// The next `times` world-changing calls for `addr` succeed (before failures queued after).
+    pub fn pass(&self, addr: &str, times: usize) {
+        let mut f = self.failures.lock().unwrap();
+        let q = f.entry(addr.to_string()).or_default();
+        q.extend(std::iter::repeat_n(None, times));
     }
     pub fn hang(&self, addr: &str) {
         self.hang.lock().unwrap().insert(addr.to_string());
@@ -106,7 +112,8 @@ impl Fake {
             .lock()
             .unwrap()
             .get_mut(addr)
-            .and_then(VecDeque::pop_front);
+            .and_then(VecDeque::pop_front)
+            .flatten();
         match kind {
             Some(k) => Err(
                 ProviderError::new(format!("{addr}: told to fail ({})", k.name()))
