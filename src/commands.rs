@@ -842,7 +842,10 @@ async fn run_apply(
             return;
         }
         match (&overall, e) {
-            (Some(_), Event::RolledBack { .. } | Event::Progress { .. }) => {
+            (
+                Some(_),
+                Event::RolledBack { .. } | Event::Progress { .. } | Event::Retrying { .. },
+            ) => {
                 let _ = multi.println(render::event_line(e));
             }
             (Some(o), Event::Started { addr, .. }) => {

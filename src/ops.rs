@@ -376,6 +376,7 @@ pub async fn apply_plan(
         &ApplyOptions {
             parallelism,
             cancel,
+            retry: Default::default(),
         },
         on_event,
     )

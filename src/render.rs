@@ -369,6 +369,16 @@ pub fn event_json(e: &Event) -> serde_json::Value {
         Event::Progress { addr, message } => {
             json!({"type": "apply_progress", "address": addr, "message": message})
         }
+        Event::Retrying {
+            addr,
+            attempt,
+            of,
+            kind,
+            delay,
+            error,
+        } => {
+            json!({"type": "apply_retry", "address": addr, "attempt": attempt, "of": of, "error_kind": kind.name(), "delay_ms": delay.as_millis() as u64, "error": error})
+        }
     }
 }
 
@@ -403,6 +413,18 @@ pub fn event_line(e: &Event) -> String {
             format!("{addr}: rolled back to its previous version (the rollout stopped)")
         }
         Event::Progress { addr, message } => format!("{addr}: {message}"),
+        Event::Retrying {
+            addr,
+            attempt,
+            of,
+            kind,
+            delay,
+            error,
+        } => format!(
+            "{addr}: attempt {attempt} of {of} in {:.1}s after a {} error: {error}",
+            delay.as_secs_f64(),
+            kind.name()
+        ),
     }
 }
 
@@ -470,4 +492,36 @@ pub fn report_text(r: &ApplyReport, st: Style, destroy: bool) -> String {
         "\nState records exactly what was done. Fix the failures and run `pipeline apply` again."
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pipeline_engine::provider::ErrorKind;
+
+    #[test]
+    fn a_retry_is_printed_with_its_attempt_kind_wait_and_error() {
+        let e = Event::Retrying {
+            addr: "service.x[0]".into(),
+            attempt: 2,
+            of: 4,
+            kind: ErrorKind::Throttled,
+            delay: std::time::Duration::from_millis(1500),
+            error: "slow down".into(),
+        };
+        assert_eq!(
+            event_line(&e),
+            "service.x[0]: attempt 2 of 4 in 1.5s after a throttled error: slow down"
+        );
+        let j = event_json(&e);
+        assert_eq!(j["type"], "apply_retry");
+        assert_eq!(j["address"], "service.x[0]");
+        assert_eq!(
+            (j["attempt"].as_u64(), j["of"].as_u64()),
+            (Some(2), Some(4))
+        );
+        assert_eq!(j["error_kind"], "throttled");
+        assert_eq!(j["delay_ms"], 1500);
+        assert_eq!(j["error"], "slow down");
+    }
 }

@@ -8,7 +8,8 @@ use crate::plan::{
     eval_attrs, instance_scope, resource_addr, state_outputs, Action, Plan, ResourceChange,
 };
 use crate::provider::{
-    Aborted, ApplyRequest, JsonMap, Progress, ProviderCtx, ProviderError, Registry, Staged,
+    Aborted, ApplyRequest, ErrorKind, JsonMap, Progress, ProviderCtx, ProviderError, Registry,
+    Staged,
 };
 use crate::value::{Value, ValueMap};
 use crate::world::{Expansion, World};
@@ -47,6 +48,15 @@ pub enum Event {
         addr: String,
         message: String,
     },
+    /// A provider call failed with a retryable error; attempt `attempt` of `of` starts after `delay`.
+    Retrying {
+        addr: String,
+        attempt: u32,
+        of: u32,
+        kind: ErrorKind,
+        delay: Duration,
+        error: String,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +79,52 @@ pub struct ApplyOptions {
     pub parallelism: usize,
     /// Set (by Ctrl-C) to start nothing new; running steps finish and are recorded.
     pub cancel: Arc<AtomicBool>,
+    /// How throttled and transient provider errors are retried.
+    pub retry: RetryPolicy,
+}
+
+/// Bounded exponential backoff with jitter for provider calls that change the world.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryPolicy {
+    /// Calls in all, the first included (1: never retry).
+    pub attempts: u32,
+    /// Wait before the second attempt; each further wait is `factor` times longer, up to `cap`.
+    pub base: Duration,
+    pub factor: u32,
+    pub cap: Duration,
+    /// A throttled error waits this many times longer than a transient one.
+    pub throttled_factor: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 4,
+            base: Duration::from_millis(200),
+            factor: 2,
+            cap: Duration::from_secs(5),
+            throttled_factor: 4,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt `failed` (1 = the first call) with an error of `kind`;
+    /// `jitter` in [0, 1) picks a point in the upper half of the backoff ("equal jitter"), so
+    /// a throttled wait is always longer than the transient one of the same attempt.
+    pub fn delay(&self, kind: ErrorKind, failed: u32, jitter: f64) -> Duration {
+        let exp = self
+            .factor
+            .max(1)
+            .saturating_pow(failed.saturating_sub(1).min(30));
+        let mult = if kind == ErrorKind::Throttled {
+            exp.saturating_mul(self.throttled_factor.max(1))
+        } else {
+            exp
+        };
+        let full = self.base.saturating_mul(mult).min(self.cap);
+        full / 2 + full.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
+    }
 }
 
 enum Outcome {
@@ -250,12 +306,23 @@ pub async fn apply(
         }
     }
     // Live progress from long steps reaches `on_event` through the main loop.
-    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    // So do the retries that steps announce.
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let progress_tx = events_tx.clone();
     let progress = move |block: String| -> Progress {
         let tx = progress_tx.clone();
-        std::sync::Arc::new(move |m: String| {
-            let _ = tx.send((block.clone(), m));
+        std::sync::Arc::new(move |message: String| {
+            let _ = tx.send(Event::Progress {
+                addr: block.clone(),
+                message,
+            });
         })
+    };
+    let retry = |addr: &str| Retry {
+        policy: opts.retry.clone(),
+        cancel: opts.cancel.clone(),
+        events: events_tx.clone(),
+        addr: addr.to_string(),
     };
     let mut queue = Queue::new(&waits);
     let mut spawn_later: Vec<(usize, Phase)> = Vec::new();
@@ -374,6 +441,7 @@ pub async fn apply(
             } else {
                 Phase::Normal
             };
+            let retry = retry(&addr);
             running.spawn(async move {
                 let r = run_step(
                     provider,
@@ -384,6 +452,7 @@ pub async fn apply(
                     prior_attrs,
                     config_now,
                     phase,
+                    retry,
                 )
                 .await;
                 (i, r)
@@ -399,8 +468,9 @@ pub async fn apply(
                 )))
             })?;
             let (ctx, kind, addr, action) = (ctx.clone(), c.kind.clone(), c.addr.clone(), c.action);
+            let retry = retry(&addr);
             running.spawn(async move {
-                let r = run_step(provider, ctx, kind, addr, action, None, None, phase).await;
+                let r = run_step(provider, ctx, kind, addr, action, None, None, phase, retry).await;
                 (i, r)
             });
         }
@@ -410,13 +480,11 @@ pub async fn apply(
         let joined = loop {
             tokio::select! {
                 j = running.join_next() => break j,
-                Some((addr, message)) = progress_rx.recv() => {
-                    on_event(&Event::Progress { addr, message });
-                }
+                Some(e) = events_rx.recv() => on_event(&e),
             }
         };
-        while let Ok((addr, message)) = progress_rx.try_recv() {
-            on_event(&Event::Progress { addr, message });
+        while let Ok(e) = events_rx.try_recv() {
+            on_event(&e);
         }
         let Some(joined) = joined else {
             break;
@@ -633,7 +701,11 @@ pub async fn apply(
                 config: &old,
                 prior: Some(&current.attrs),
             };
-            match provider.apply(ctx, &req).await {
+            let rolled = retry(&c.addr).run(|| provider.apply(ctx, &req)).await;
+            while let Ok(e) = events_rx.try_recv() {
+                on_event(&e);
+            }
+            match rolled {
                 Ok(attrs) => {
                     record(
                         store,
@@ -860,7 +932,9 @@ async fn run_step(
     prior: Option<JsonMap>,
     config: Option<ValueMap>,
     phase: Phase,
+    retry: Retry,
 ) -> Result<Outcome, ProviderError> {
+    let p = provider.as_ref();
     match phase {
         Phase::Normal => {}
         Phase::Stage => {
@@ -871,15 +945,15 @@ async fn run_step(
                 config: &cfg,
                 prior: prior.as_ref(),
             };
-            return Ok(Outcome::Staged(provider.stage(&ctx, &req).await?));
+            return Ok(Outcome::Staged(retry.run(|| p.stage(&ctx, &req)).await?));
         }
         Phase::Commit(staged) => {
             return Ok(Outcome::Applied(
-                provider.commit(&ctx, &kind, &addr, &staged).await?,
+                retry.run(|| p.commit(&ctx, &kind, &addr, &staged)).await?,
             ))
         }
         Phase::Abort(staged) => {
-            provider.abort(&ctx, &kind, &addr, &staged).await?;
+            retry.run(|| p.abort(&ctx, &kind, &addr, &staged)).await?;
             return Ok(Outcome::Aborted);
         }
         Phase::Analyze {
@@ -898,27 +972,23 @@ async fn run_step(
     }
     match action {
         Action::Delete => {
-            if let Some(p) = &prior {
-                provider.delete(&ctx, &kind, &addr, p).await?;
+            if let Some(prior) = &prior {
+                retry.run(|| p.delete(&ctx, &kind, &addr, prior)).await?;
             }
             Ok(Outcome::Deleted)
         }
         Action::Replace => {
-            if let Some(p) = &prior {
-                provider.delete(&ctx, &kind, &addr, p).await?;
+            if let Some(prior) = &prior {
+                retry.run(|| p.delete(&ctx, &kind, &addr, prior)).await?;
             }
             let cfg = config.unwrap_or_default();
-            let attrs = provider
-                .apply(
-                    &ctx,
-                    &ApplyRequest {
-                        kind: &kind,
-                        addr: &addr,
-                        config: &cfg,
-                        prior: None,
-                    },
-                )
-                .await?;
+            let req = ApplyRequest {
+                kind: &kind,
+                addr: &addr,
+                config: &cfg,
+                prior: None,
+            };
+            let attrs = retry.run(|| p.apply(&ctx, &req)).await?;
             Ok(Outcome::Applied(attrs))
         }
         Action::Create | Action::Update => {
@@ -928,21 +998,101 @@ async fn run_step(
             } else {
                 None
             };
-            let attrs = provider
-                .apply(
-                    &ctx,
-                    &ApplyRequest {
-                        kind: &kind,
-                        addr: &addr,
-                        config: &cfg,
-                        prior,
-                    },
-                )
-                .await?;
+            let req = ApplyRequest {
+                kind: &kind,
+                addr: &addr,
+                config: &cfg,
+                prior,
+            };
+            let attrs = retry.run(|| p.apply(&ctx, &req)).await?;
             Ok(Outcome::Applied(attrs))
         }
         Action::NoOp => unreachable!("no-ops are not run"),
     }
+}
+
+/// Retries of one step's provider calls: by the error's kind, never its words.
+struct Retry {
+    policy: RetryPolicy,
+    cancel: Arc<AtomicBool>,
+    events: tokio::sync::mpsc::UnboundedSender<Event>,
+    addr: String,
+}
+
+impl Retry {
+    /// Call `f` until it succeeds, fails with an error that is not retryable, runs out of
+    /// attempts, or the run is cancelled during a wait; each retry is announced first.
+    async fn run<'a, T, F>(&self, mut f: F) -> Result<T, ProviderError>
+    where
+        F: FnMut() -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, ProviderError>> + Send + 'a>,
+        >,
+    {
+        let attempts = self.policy.attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            let mut e = match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            if !e.kind.retryable() {
+                return Err(e);
+            }
+            if attempt >= attempts {
+                if attempt > 1 {
+                    e.message = format!("{} (gave up after {attempt} attempts)", e.message);
+                }
+                return Err(e);
+            }
+            let delay = self.policy.delay(e.kind, attempt, jitter());
+            let _ = self.events.send(Event::Retrying {
+                addr: self.addr.clone(),
+                attempt: attempt + 1,
+                of: attempts,
+                kind: e.kind,
+                delay,
+                error: e.message.clone(),
+            });
+            if !self.wait(delay).await {
+                e.message = format!(
+                    "{} (interrupted while waiting to retry, after {attempt} attempt{})",
+                    e.message,
+                    if attempt == 1 { "" } else { "s" }
+                );
+                return Err(e);
+            }
+            attempt += 1;
+        }
+    }
+
+    /// Sleep for `d` unless cancelled first; false when cancelled.
+    async fn wait(&self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        loop {
+            if self.cancel.load(Ordering::SeqCst) {
+                return false;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            tokio::time::sleep(left.min(Duration::from_millis(50))).await;
+        }
+    }
+}
+
+/// A number in [0, 1) that differs between calls and processes, so that many instances retrying
+/// at once spread out.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn resource_state(

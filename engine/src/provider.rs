@@ -260,8 +260,49 @@ impl Invalid {
     }
 }
 
+/// What kind of failure a provider reports: the engine decides on retries by this, never by
+/// the words of the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorKind {
+    /// The configuration cannot work as written; fix the stack.
+    InvalidConfig,
+    /// What the call is about does not exist (any more).
+    NotFound,
+    /// The host or endpoint did not answer.
+    Unreachable,
+    /// Credentials are missing, wrong or not allowed to do this.
+    Authentication,
+    /// The other side asks to slow down: retried, with longer waits.
+    Throttled,
+    /// A passing failure: retried.
+    Transient,
+    /// Anything else: not retried. The default, so an error says it is retryable on purpose.
+    #[default]
+    Fatal,
+}
+
+impl ErrorKind {
+    /// Whether the engine tries the call again.
+    pub fn retryable(self) -> bool {
+        matches!(self, ErrorKind::Throttled | ErrorKind::Transient)
+    }
+    /// In words, for reports ("after a transient error").
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidConfig => "invalid configuration",
+            ErrorKind::NotFound => "not found",
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::Authentication => "authentication",
+            ErrorKind::Throttled => "throttled",
+            ErrorKind::Transient => "transient",
+            ErrorKind::Fatal => "fatal",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderError {
+    pub kind: ErrorKind,
     pub message: String,
     pub help: Option<String>,
     /// The stack attribute the error is about, when there is one: a plan error points at it.
@@ -269,12 +310,36 @@ pub struct ProviderError {
 }
 
 impl ProviderError {
+    /// A fatal error (not retried); `with_kind` or the named constructors say otherwise.
     pub fn new(message: impl Into<String>) -> Self {
         ProviderError {
+            kind: ErrorKind::Fatal,
             message: message.into(),
             help: None,
             attr: None,
         }
+    }
+    pub fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
+    }
+    pub fn invalid_config(message: impl Into<String>) -> Self {
+        Self::new(message).with_kind(ErrorKind::InvalidConfig)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(message).with_kind(ErrorKind::NotFound)
+    }
+    pub fn unreachable(message: impl Into<String>) -> Self {
+        Self::new(message).with_kind(ErrorKind::Unreachable)
+    }
+    pub fn authentication(message: impl Into<String>) -> Self {
+        Self::new(message).with_kind(ErrorKind::Authentication)
+    }
+    pub fn throttled(message: impl Into<String>) -> Self {
+        Self::new(message).with_kind(ErrorKind::Throttled)
+    }
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::new(message).with_kind(ErrorKind::Transient)
     }
     /// The error is about this stack attribute.
     pub fn attr(mut self, attr: &str) -> Self {
