@@ -2,6 +2,7 @@
 //! CLI that started it (deadline, kill -9, Ctrl-C), through the real binary.
 
 mod common;
+use common::procfs::{alive, cmdline, ppid};
 use common::*;
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -13,31 +14,6 @@ fn marker(tag: &str) -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     format!("h4build{tag}{}n{nanos}", std::process::id())
-}
-
-fn cmdline(pid: u32) -> Option<String> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    Some(String::from_utf8_lossy(&raw).replace('\0', " "))
-}
-
-fn ppid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..]
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        !matches!(
-            s[s.rfind(')').map_or(0, |i| i + 1)..]
-                .split_whitespace()
-                .next(),
-            Some("Z") | Some("X")
-        )
-    })
 }
 
 /// Live processes whose command line holds `marker`, and every descendant of them.
@@ -111,6 +87,29 @@ fn wait_for_build(marker: &str, cli: &mut Child) -> Vec<u32> {
     procs
 }
 
+/// An apply whose build never ends, started with its output piped: the scratch dir, the build's
+/// marker, the guard that owns the CLI, and the build's processes once they run.
+fn building(tag: &str) -> (Scratch, String, Cleanup, Vec<u32>) {
+    let t = Scratch::new();
+    let m = marker(tag);
+    t.write(
+        "s.hcl",
+        &stack(&t, &format!("sleep 100000; echo {m}"), None),
+    );
+    let mut guard = Cleanup {
+        marker: m.clone(),
+        cli: Some(
+            t.cmd(&["apply", "-auto-approve", "s.hcl"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        ),
+    };
+    let procs = wait_for_build(&m, guard.cli.as_mut().unwrap());
+    (t, m, guard, procs)
+}
+
 #[test]
 fn a_build_past_its_deadline_is_stopped_and_named() {
     let t = Scratch::new();
@@ -148,23 +147,7 @@ fn a_build_past_its_deadline_is_stopped_and_named() {
 
 #[test]
 fn a_killed_cli_takes_its_build_with_it() {
-    let t = Scratch::new();
-    let m = marker("kill9");
-    t.write(
-        "s.hcl",
-        &stack(&t, &format!("sleep 100000; echo {m}"), None),
-    );
-    let mut guard = Cleanup {
-        marker: m.clone(),
-        cli: Some(
-            t.cmd(&["apply", "-auto-approve", "s.hcl"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        ),
-    };
-    let procs = wait_for_build(&m, guard.cli.as_mut().unwrap());
+    let (_t, _, mut guard, procs) = building("kill9");
     let cli = guard.cli.as_mut().unwrap();
     cli.kill().unwrap(); // SIGKILL
     cli.wait().unwrap();
@@ -179,23 +162,7 @@ fn a_killed_cli_takes_its_build_with_it() {
 
 #[test]
 fn ctrl_c_stops_a_running_build() {
-    let t = Scratch::new();
-    let m = marker("ctrlc");
-    t.write(
-        "s.hcl",
-        &stack(&t, &format!("sleep 100000; echo {m}"), None),
-    );
-    let mut guard = Cleanup {
-        marker: m.clone(),
-        cli: Some(
-            t.cmd(&["apply", "-auto-approve", "s.hcl"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        ),
-    };
-    let procs = wait_for_build(&m, guard.cli.as_mut().unwrap());
+    let (_t, m, mut guard, procs) = building("ctrlc");
     let pid = guard.cli.as_ref().unwrap().id();
     // SAFETY: SIGINT to the CLI we started, as Ctrl-C would.
     unsafe { libc::kill(pid as i32, libc::SIGINT) };

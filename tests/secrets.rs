@@ -19,6 +19,7 @@
 
 mod common;
 use common::load::free_port;
+use common::procfs::ppid;
 use common::*;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -123,16 +124,6 @@ fn environ(pid: u32) -> Option<Vec<(String, String)>> {
             })
             .collect(),
     )
-}
-
-fn ppid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// Every process pipeline started under this scratch dir (marker variable) and their

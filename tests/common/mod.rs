@@ -3,6 +3,7 @@
 
 pub mod chromium;
 pub mod load;
+pub mod procfs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -275,10 +275,6 @@ fn abs(p: &Path) -> PathBuf {
     })
 }
 
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 fn start(ctx: &ProviderCtx, addr: &str, c: &ValueMap) -> Result<JsonMap, ProviderError> {
     let dir = replica_dir(&ctx.work_dir, addr);
     if dir.exists() {
@@ -315,8 +311,8 @@ fn start(ctx: &ProviderCtx, addr: &str, c: &ValueMap) -> Result<JsonMap, Provide
         name: addr.to_string(),
         command: format!(
             "exec {} __monitor {}",
-            shell_quote(&exe.to_string_lossy()),
-            shell_quote(&dir.to_string_lossy())
+            crate::quote::shell(&exe.to_string_lossy()),
+            crate::quote::shell(&dir.to_string_lossy())
         ),
         cwd: dir.clone(),
         env: Default::default(),

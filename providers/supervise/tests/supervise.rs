@@ -342,20 +342,7 @@ fn status_rejects_an_unrelated_live_pid() {
 /// supervisors, watchdogs or apps; they get the allow-list, their spec's env and the marker.
 #[test]
 fn supervised_processes_get_only_the_allowed_environment_and_their_spec() {
-    // The documented allow-list (pipeline_supervise::private::ALLOWED_ENV).
-    const ALLOWED: &[&str] = &[
-        "PATH",
-        "HOME",
-        "USER",
-        "LOGNAME",
-        "LANG",
-        "LANGUAGE",
-        "LC_ALL",
-        "LC_CTYPE",
-        "LC_MESSAGES",
-        "TZ",
-        "TMPDIR",
-    ];
+    const ALLOWED: &[&str] = pipeline_supervise::private::ALLOWED_ENV;
     // nextest runs each test in a process of its own, so this reaches only this test.
     std::env::set_var("PIPELINE_VAR_db_password", "s3cr3t-from-the-cli");
     std::env::set_var("SOME_CI_TOKEN", "token-from-the-cli");
