@@ -583,14 +583,35 @@ async fn run_arms(
         Instant::now() + spec.duration,
         halt.clone(),
     );
-    sampler.sample();
+    // CPU and memory are sampled on their own thread and clock, so slow looks on a loaded
+    // machine do not thin them out.
+    let every = look_every(spec.duration);
+    let sampled: Arc<std::sync::Mutex<Vec<UsageSample>>> = Arc::default();
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (sampled, sampling) = (sampled.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            sampler.sample();
+            let mut next = Instant::now() + every;
+            while sampling.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                next = Instant::now().max(next + every);
+                let t = started.elapsed().as_secs_f64();
+                let [baseline, candidate] = sampler.sample();
+                sampled.lock().expect("sampler lock").push(UsageSample {
+                    t,
+                    baseline,
+                    candidate,
+                });
+            }
+        })
+    };
     // Watch as data arrives: a clear regression of the error rate or the latency (batch
     // medians, see LatencyBatches) stops the canary early. The
     // sequential test's false-alarm rate holds over every look (see engine/analysis). Each
     // look also records CPU and memory, and the fixed judge's score on the data so far.
     let mut seq = SequentialJudge::new(spec.sequential_config());
     let mut records: Vec<Record> = Vec::new();
-    let mut usage: Vec<UsageSample> = Vec::new();
     let mut looks: Vec<Look> = Vec::new();
     // (5xx, answers) per arm in what was new.
     let mut batches = pipeline_providers::canary::LatencyBatches::default();
@@ -633,18 +654,17 @@ async fn run_arms(
         counts
     };
     let mut early: Option<(Duration, String)> = None;
-    // Passing early needs every metric shown within tolerance, and 5 s of CPU/memory samples.
+    // Passing early needs every metric shown within tolerance, and enough CPU/memory samples
+    // for the fixed judge (else the early pass would end inconclusive).
     let mut passed_early: Option<Duration> = None;
     let mut scored = pipeline_providers::canary::ScoreSoFar::default();
+    let mut every = tokio::time::interval(every);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
     while !loader.is_finished() {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        every.tick().await;
         let t = started.elapsed().as_secs_f64();
-        let [baseline, candidate] = sampler.sample();
-        usage.push(UsageSample {
-            t,
-            baseline,
-            candidate,
-        });
+        let usage = sampled.lock().expect("sampler lock").clone();
         for (arm, events, total) in read_new(&mut records, &mut batches) {
             let _ = seq.observe_counts(arm, "errors", events, total);
         }
@@ -652,10 +672,7 @@ async fn run_arms(
         let (decision, evidence) = match seq.decision() {
             Decision::Continue => ("continue".to_string(), seq.evidence()),
             Decision::Pass(ev) => {
-                if early.is_none()
-                    && passed_early.is_none()
-                    && started.elapsed() >= Duration::from_secs(5)
-                {
+                if early.is_none() && passed_early.is_none() && enough_usage(&usage) {
                     passed_early = Some(started.elapsed());
                     halt.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
@@ -680,9 +697,11 @@ async fn run_arms(
             evidence,
         });
     }
-    let client = loader
-        .join()
-        .map_err(|_| anyhow!("the load generator failed"))?;
+    let client = loader.join();
+    sampling.store(false, std::sync::atomic::Ordering::SeqCst);
+    let _ = sampler.join();
+    let usage = std::mem::take(&mut *sampled.lock().expect("sampler lock"));
+    let client = client.map_err(|_| anyhow!("the load generator failed"))?;
     let ran = started.elapsed().as_secs_f64();
     if let Some((after, metric)) = &early {
         eprintln!(
@@ -1117,17 +1136,12 @@ impl Sampler {
             ));
         }
         // SAFETY: sysconf only reads configuration values.
-        let (hz, page) = unsafe {
-            (
-                libc::sysconf(libc::_SC_CLK_TCK),
-                libc::sysconf(libc::_SC_PAGESIZE),
-            )
-        };
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         Sampler {
             dirs,
             prev: Default::default(),
             prev_at: None,
-            ticks_per_sec: if hz > 0 { hz as f64 } else { 100.0 },
+            ticks_per_sec: ticks_per_sec(),
             page_bytes: if page > 0 { page as f64 } else { 4096.0 },
         }
     }
@@ -1226,20 +1240,53 @@ fn judge_config(spec: &CanarySpec) -> JudgeConfig {
     c.metrics.push(
         Metric::continuous("cpu")
             .direction(Direction::Increase)
-            // one clock tick per 0.5 s sample is 2 % of a core: no smaller shift is evidence
+            // one clock tick per sample is the finest CPU share a sample can show (2 % of a
+            // core at 0.5 s): no smaller shift is evidence
             .tolerance(0.5)
-            .abs_tolerance(2.0)
+            .abs_tolerance(100.0 / (ticks_per_sec() * look_every(spec.duration).as_secs_f64()))
             .weight(0.25)
-            .min_samples(10),
+            .min_samples(USAGE_SAMPLES),
     );
     c.metrics.push(
         Metric::continuous("memory")
             .direction(Direction::Increase)
             .tolerance(0.25)
             .weight(0.25)
-            .min_samples(10),
+            .min_samples(USAGE_SAMPLES),
     );
     c
+}
+
+/// Clock ticks per second, the unit of CPU times in /proc.
+fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
+}
+
+/// Whether both arms have the CPU and memory samples the fixed judge needs.
+fn enough_usage(usage: &[UsageSample]) -> bool {
+    let n = |f: fn(&UsageSample) -> &ArmUsage| {
+        usage
+            .iter()
+            .filter(|u| f(u).cpu_pct.is_some() && f(u).rss_mib.is_some())
+            .count() as u64
+    };
+    n(|u| &u.baseline) >= USAGE_SAMPLES && n(|u| &u.candidate) >= USAGE_SAMPLES
+}
+
+/// CPU and memory samples per arm the fixed judge needs before they are evidence.
+const USAGE_SAMPLES: u64 = 10;
+
+/// How often the canary looks (reads the log, samples CPU and memory, runs the sequential test):
+/// every 0.5 s, and more often for short canaries, so that one of 6 s still gets its
+/// `USAGE_SAMPLES` twice over when a loaded machine makes every look slow.
+fn look_every(duration: Duration) -> Duration {
+    (duration / 24).clamp(Duration::from_millis(250), Duration::from_millis(500))
 }
 
 /// Why the arms did not come up, per arm: which revision, what failed (build, exit, health),
