@@ -416,15 +416,16 @@ impl LatencyBatches {
         if n < 5 {
             return;
         }
-        for (arm, v) in [
-            (Arm::Baseline, &mut self.baseline),
-            (Arm::Candidate, &mut self.candidate),
-        ] {
+        // Both medians are of the same time window, so they share its noise (a loaded machine
+        // slows both): observed as a pair, that noise cancels.
+        let median = |v: &mut Vec<f64>| {
             let mut batch: Vec<f64> = (0..n).map(|i| v[i * v.len() / n]).collect();
             batch.sort_by(f64::total_cmp);
-            let _ = seq.observe(arm, metric, batch[n / 2] + SEQ_LATENCY_OFFSET_MS);
             v.clear();
-        }
+            batch[n / 2] + SEQ_LATENCY_OFFSET_MS
+        };
+        let (b, c) = (median(&mut self.baseline), median(&mut self.candidate));
+        let _ = seq.observe_pair(metric, b, c);
     }
 }
 

@@ -148,8 +148,16 @@ impl Welford {
 
 #[derive(Clone, Debug)]
 enum Acc {
-    Continuous { b: Welford, c: Welford },
-    Counts { b: Counts, c: Counts },
+    /// `d`: the paired differences ln c − ln b when samples come in pairs (`observe_pair`).
+    Continuous {
+        b: Welford,
+        c: Welford,
+        d: Welford,
+    },
+    Counts {
+        b: Counts,
+        c: Counts,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -194,6 +202,7 @@ impl SequentialJudge {
                     MetricKind::Continuous => Acc::Continuous {
                         b: Welford::default(),
                         c: Welford::default(),
+                        d: Welford::default(),
                     },
                     MetricKind::Proportion => Acc::Counts {
                         b: Counts::default(),
@@ -240,10 +249,37 @@ impl SequentialJudge {
     pub fn observe(&mut self, arm: Arm, metric: &str, value: f64) -> Result<(), ObserveError> {
         let i = self.index(metric)?;
         match &mut self.states[i].acc {
-            Acc::Continuous { b, c } => {
+            Acc::Continuous { b, c, .. } => {
                 if value.is_finite() {
                     let w = if arm == Arm::Baseline { b } else { c };
                     w.push(value.max(1e-12).ln());
+                }
+                Ok(())
+            }
+            Acc::Counts { .. } => Err(ObserveError(format!(
+                "{metric:?} is a proportion metric; use observe_counts"
+            ))),
+        }
+    }
+
+    /// Add one sample of each arm taken under the same conditions (e.g. batch medians of the
+    /// same time window). While every sample comes in pairs, the effect is estimated from the
+    /// paired log differences, whose variance leaves out what both arms share (a loaded
+    /// machine slows both): θ̂ = mean(ln c − ln b), V = s²_d / n. Non-finite pairs are ignored.
+    pub fn observe_pair(
+        &mut self,
+        metric: &str,
+        baseline: f64,
+        candidate: f64,
+    ) -> Result<(), ObserveError> {
+        let i = self.index(metric)?;
+        match &mut self.states[i].acc {
+            Acc::Continuous { b, c, d } => {
+                if baseline.is_finite() && candidate.is_finite() {
+                    let (lb, lc) = (baseline.max(1e-12).ln(), candidate.max(1e-12).ln());
+                    b.push(lb);
+                    c.push(lc);
+                    d.push(lc - lb);
                 }
                 Ok(())
             }
@@ -377,7 +413,7 @@ impl SequentialJudge {
             reason: String::new(),
         };
         let (fail, pass, p) = match &s.acc {
-            Acc::Continuous { b, c } => {
+            Acc::Continuous { b, c, d } => {
                 e.n_baseline = b.n;
                 e.n_candidate = c.n;
                 if b.n < min || c.n < min {
@@ -387,8 +423,13 @@ impl SequentialJudge {
                     );
                     return (e, false, false, 1.0);
                 }
-                let est = c.mean - b.mean;
-                let v = (c.var() / c.n as f64 + b.var() / b.n as f64).max(1e-12);
+                let paired = d.n == b.n && d.n == c.n;
+                let (est, v) = if paired {
+                    (d.mean, d.var() / d.n as f64)
+                } else {
+                    (c.mean - b.mean, c.var() / c.n as f64 + b.var() / b.n as f64)
+                };
+                let v = v.max(1e-12);
                 let tau = m.mixture_scale.unwrap_or((1.0 + tol).ln().max(0.05));
                 let r = mixture_radius(v, tau * tau, alpha);
                 let (lo, hi) = (est - r, est + r);
@@ -495,6 +536,50 @@ mod tests {
             .unwrap();
         j.observe_counts(Arm::Candidate, "errors", r.binomial(n as u64, pc), n as u64)
             .unwrap();
+    }
+
+    /// Batch medians of one time window share its noise (a loaded machine slows both arms):
+    /// observed in pairs, that noise cancels, and an A/A run passes and a 25 % regression fails
+    /// where the unpaired test is still undecided on the same data.
+    #[test]
+    fn pairs_cancel_noise_both_arms_share() {
+        let cfg = || JudgeConfig::with_metrics(vec![Metric::continuous("latency").tolerance(0.10)]);
+        for (factor, want_fail) in [(1.0, false), (1.25, true)] {
+            let (mut paired, mut unpaired) =
+                (SequentialJudge::new(cfg()), SequentialJudge::new(cfg()));
+            let mut r = Rng::new(7);
+            let mut decided_at = None;
+            for look in 1..=200 {
+                // the machine's load this window: a factor of 0.5 to 4 on both arms
+                let load = r.lognormal(1.0, 0.7);
+                let b = r.lognormal(10.0, 0.05) * load;
+                let c = r.lognormal(10.0 * factor, 0.05) * load;
+                paired.observe_pair("latency", b, c).unwrap();
+                unpaired.observe(Arm::Baseline, "latency", b).unwrap();
+                unpaired.observe(Arm::Candidate, "latency", c).unwrap();
+                if decided_at.is_none() && paired.decision() != Decision::Continue {
+                    decided_at = Some(look);
+                    assert_eq!(
+                        unpaired.decision(),
+                        Decision::Continue,
+                        "unpaired decided as early, factor {factor}"
+                    );
+                }
+            }
+            let d = paired.decision();
+            assert_eq!(matches!(d, Decision::Fail(..)), want_fail, "{d:?}");
+            assert_eq!(matches!(d, Decision::Pass(..)), !want_fail, "{d:?}");
+            let at = decided_at.unwrap();
+            assert!(at <= 60, "factor {factor}: decided after {at} pairs");
+        }
+    }
+
+    #[test]
+    fn a_pair_of_non_finite_values_is_ignored_and_proportions_refuse_pairs() {
+        let mut j = SequentialJudge::new(config());
+        j.observe_pair("latency", f64::NAN, 1.0).unwrap();
+        assert_eq!(j.evidence()[0].n_baseline, 0);
+        assert!(j.observe_pair("errors", 1.0, 1.0).is_err());
     }
 
     #[test]
