@@ -494,6 +494,34 @@ pub fn report_text(r: &ApplyReport, st: Style, destroy: bool) -> String {
     out
 }
 
+/// The plan's instance graph as DOT: one node per instance (its action in the label); a
+/// dependency on a block is an edge to each of its instances.
+pub fn plan_dot(plan: &Plan) -> String {
+    let mut out = String::from("digraph pipeline {\n  rankdir = \"LR\";\n  node [shape = box];\n");
+    let mut instances: std::collections::HashMap<&str, Vec<&str>> = Default::default();
+    for c in &plan.changes {
+        instances
+            .entry(pipeline_engine::plan::resource_addr(&c.addr))
+            .or_default()
+            .push(&c.addr);
+    }
+    for c in &plan.changes {
+        let _ = writeln!(
+            out,
+            "  {:?} [label = {:?}];",
+            c.addr,
+            format!("{}\n{:?}", c.addr, c.action)
+        );
+        for d in &c.deps {
+            for inst in instances.get(d.as_str()).into_iter().flatten() {
+                let _ = writeln!(out, "  {:?} -> {:?};", c.addr, inst);
+            }
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
