@@ -2,12 +2,20 @@
 //! `pipeline_ops::canary`, and the report rendered as text, JSON and an HTML file.
 
 use crate::commands::VarArgs;
-use crate::ops::{self, Workspace};
-use crate::render::Style;
-use anyhow::Result;
+use crate::ops::{self, PlanInputs, Workspace};
+use crate::render::{self, Style};
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use std::path::PathBuf;
+use pipeline_analysis::judge::Outcome;
+use pipeline_engine::apply::ApplyReport;
+use pipeline_engine::config::Config;
+use pipeline_engine::plan::{Plan, PlanOptions};
+use pipeline_ops::canary::{self, CanaryRequest};
+use pipeline_supervise::private;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 // The command line of `canary` (its help text is the variant's, in commands.rs).
 #[derive(Args)]
@@ -69,27 +77,103 @@ pub struct CanaryFlags {
 }
 
 pub async fn run(ws: &Workspace, _style: Style, f: CanaryFlags) -> Result<ExitCode> {
-    crate::canary::run(
-        ws,
-        crate::canary::CanaryArgs {
-            baseline: f.baseline,
-            candidate: f.candidate,
-            stack: f.stack,
-            service: f.service,
-            replicas: f.replicas,
-            duration: f.duration,
-            rate: f.rate,
-            method: f.method,
-            path: f.path,
-            body_file: f.body_file,
-            content_type: f.content_type,
-            latency_tolerance: f.latency_tolerance,
-            confidence: f.confidence,
-            report: Some(f.report),
-            json: f.json,
-            simulate: f.simulate.then_some(f.runs),
-            variables: ops::variables(&f.vars.vars, &f.vars.var_files)?,
-        },
-    )
-    .await
+    let variables = ops::variables(&f.vars.vars, &f.vars.var_files)?;
+    if f.simulate {
+        let sim = canary::simulate(f.runs)?;
+        if f.json {
+            println!(
+                "{}",
+                serde_json::json!({ "seed": sim.seed, "scenarios": sim.scenarios, "results": sim.results })
+            );
+        } else {
+            print!("{}", render::simulation_text(&sim));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (Some(baseline), Some(candidate)) = (f.baseline, f.candidate) else {
+        bail!("name the baseline and the candidate revision, e.g. `pipeline canary main my-branch`\n  = help: `pipeline canary --simulate` needs none");
+    };
+    let req = CanaryRequest {
+        work_dir: ws.dir.clone(),
+        stack: ws.stack(f.stack.as_deref())?,
+        baseline,
+        candidate,
+        service: f.service,
+        replicas: f.replicas,
+        duration: f.duration,
+        rate: f.rate,
+        method: f.method,
+        path: f.path,
+        body_file: f.body_file,
+        content_type: f.content_type,
+        latency_tolerance: f.latency_tolerance,
+        confidence: f.confidence,
+        variables,
+    };
+    let outcome = canary::run(&Here, &req, &mut |p| {
+        eprintln!("{}", render::canary_progress(&p))
+    })
+    .await?;
+    let rep = &outcome.report;
+    let file = std::env::current_dir()?.join(&f.report);
+    if let Some(parent) = file.parent() {
+        private::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    private::write(&file, canary::report::render_html(rep))
+        .with_context(|| format!("cannot write the report {}", file.display()))?;
+    if f.json {
+        let mut v = serde_json::to_value(rep)?;
+        v["client"] = outcome.client.to_string().into();
+        v["report_file"] = file.display().to_string().into();
+        println!("{v}");
+        eprintln!("canary: report written to {}", file.display());
+    } else {
+        print!("{}", canary::report::render_text(rep));
+        println!("Report: {}", file.display());
+    }
+    if let Some(e) = outcome.teardown_error {
+        return Err(e);
+    }
+    Ok(match rep.verdict.outcome {
+        Outcome::Pass => ExitCode::SUCCESS,
+        Outcome::Fail => ExitCode::from(1),
+        Outcome::Marginal | Outcome::Inconclusive => ExitCode::from(3),
+    })
+}
+
+/// The canary's stacks, planned and applied here as `pipeline plan` and `apply` do.
+struct Here;
+
+#[async_trait::async_trait(?Send)]
+impl canary::Stacks for Here {
+    async fn plan(&self, dir: &Path, stack: &Path, opts: PlanOptions) -> Result<(Plan, Config)> {
+        let ws = Workspace::new(Some(dir.to_path_buf()))?;
+        let inputs = PlanInputs {
+            stack: stack.to_path_buf(),
+            opts,
+        };
+        ops::make_plan(&ws, &inputs).await
+    }
+
+    async fn apply(&self, dir: &Path, stack: &Path, opts: PlanOptions) -> Result<ApplyReport> {
+        let ws = Workspace::new(Some(dir.to_path_buf()))?;
+        let parallelism = opts.parallelism;
+        let inputs = PlanInputs {
+            stack: stack.to_path_buf(),
+            opts,
+        };
+        let lock = ops::lock(&ws, "canary", &mut |_| {})?;
+        let (plan, _) = ops::make_plan(&ws, &inputs).await?;
+        let mut quiet = |_: &pipeline_engine::apply::Event| {};
+        ops::apply_plan(
+            &ws,
+            &plan,
+            &lock,
+            parallelism,
+            Arc::new(AtomicBool::new(false)),
+            &mut quiet,
+        )
+        .await
+    }
 }
