@@ -1135,6 +1135,42 @@ mod tests {
         }
     }
 
+    /// Stacks that cannot be planned: counts the calls.
+    struct Unplannable(std::cell::Cell<u32>, std::cell::Cell<u32>);
+
+    #[async_trait::async_trait(?Send)]
+    impl Stacks for Unplannable {
+        async fn plan(&self, _: &Path, _: &Path, _: PlanOptions) -> Result<(Plan, Config)> {
+            self.0.set(self.0.get() + 1);
+            bail!("no such stack")
+        }
+        async fn apply(&self, _: &Path, _: &Path, _: PlanOptions) -> Result<ApplyReport> {
+            self.1.set(self.1.get() + 1);
+            bail!("not reached")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stack_that_does_not_plan_is_an_error_before_anything_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut req = args();
+        req.work_dir = dir.path().to_path_buf();
+        let host = Unplannable(Default::default(), Default::default());
+        let mut seen = Vec::new();
+        let e = match run(&host, &req, &mut |p| seen.push(p)).await {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a verdict without a plan"),
+        };
+        assert_eq!(e, "no such stack");
+        assert_eq!(
+            (host.0.get(), host.1.get()),
+            (1, 0),
+            "planned once, applied never"
+        );
+        assert!(seen.is_empty(), "{seen:?}");
+        assert!(!dir.path().join("canary").exists(), "no canary directory");
+    }
+
     fn map(kv: &[(&str, Value)]) -> Value {
         Value::Map(kv.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
     }
