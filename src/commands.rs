@@ -11,6 +11,9 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+#[path = "cmd/mod.rs"]
+mod cmd;
+
 #[derive(Parser)]
 #[command(
     name = "pipeline",
@@ -143,62 +146,7 @@ enum Cmd {
     },
     /// Compare two revisions of a service side by side under load and judge the candidate.
     /// Exit 0 pass, 1 fail, 3 marginal or not enough evidence.
-    Canary {
-        /// The baseline revision (branch, tag or commit).
-        #[arg(required_unless_present = "simulate")]
-        baseline: Option<String>,
-        /// The candidate revision.
-        #[arg(required_unless_present = "simulate")]
-        candidate: Option<String>,
-        /// The stack that declares the service (default: as for plan).
-        #[arg(long)]
-        stack: Option<PathBuf>,
-        /// The service, when the stack has several.
-        #[arg(long)]
-        service: Option<String>,
-        /// Replicas per arm.
-        #[arg(long, default_value_t = 1)]
-        replicas: u32,
-        /// How long to send load, e.g. 30s (default: the service's `canary.duration`, else 30s).
-        #[arg(long)]
-        duration: Option<String>,
-        /// Requests per second through the balancer (default: `canary.rate`, else 100).
-        #[arg(long)]
-        rate: Option<u32>,
-        /// The request's method (default: `canary.request.method`, else GET).
-        #[arg(long)]
-        method: Option<String>,
-        /// The request's path (default: `canary.request.path`, else /).
-        #[arg(long)]
-        path: Option<String>,
-        /// A file whose content is sent as the request body (default: `canary.request.body`).
-        #[arg(long)]
-        body_file: Option<PathBuf>,
-        /// The body's Content-Type (default: `canary.request.content_type`).
-        #[arg(long)]
-        content_type: Option<String>,
-        /// Relative latency increase tolerated, e.g. 0.25 (default: `canary.latency_tolerance`).
-        #[arg(long)]
-        latency_tolerance: Option<f64>,
-        /// 1 - significance, e.g. 0.98 (default: `canary.confidence`).
-        #[arg(long)]
-        confidence: Option<f64>,
-        /// Where to write the HTML report with charts.
-        #[arg(long, default_value = ".pipeline/canary-report.html")]
-        report: PathBuf,
-        /// The verdict, its evidence and the time series as one JSON object.
-        #[arg(long)]
-        json: bool,
-        /// No revisions: simulate A/A, 0.5%->5% errors and +25% latency at 100 req/s per arm
-        /// and print how often the sequential judge fails or detects, and how fast.
-        #[arg(long, conflicts_with_all = ["baseline", "candidate"])]
-        simulate: bool,
-        /// Simulated runs per scenario.
-        #[arg(long, default_value_t = 200, requires = "simulate")]
-        runs: usize,
-        #[command(flatten)]
-        vars: VarArgs,
-    },
+    Canary(cmd::canary::CanaryFlags),
     /// Switch a service back to the generation it ran before its last blue-green deployment,
     /// or stop the canary of it that an apply is running (the candidate gets no traffic).
     Rollback {
@@ -329,329 +277,41 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
             json,
             detailed_exitcode,
             destroy,
-        } => {
-            if let Some(path) = &out {
-                check_plan_out(path)?;
-            }
-            let inputs = plan_inputs(&ws, &args, destroy)?;
-            let (plan, _) = ops::make_plan(&ws, &inputs).await?;
-            ws.remember_stack(&inputs.stack);
-            if json {
-                let mut so = std::io::stdout().lock();
-                for l in render::plan_json_lines(&plan) {
-                    writeln!(so, "{l}")?;
-                }
-            } else {
-                print!("{}", render::plan_text(&plan, style));
-            }
-            if let Some(path) = out {
-                save_plan(&plan, &path)?;
-                if !json {
-                    println!(
-                        "\nSaved the plan to {}. Apply exactly this plan with `pipeline apply {}`.",
-                        path.display(),
-                        path.display()
-                    );
-                }
-            }
-            Ok(if detailed_exitcode && plan.has_changes() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
+        } => cmd::plan::plan(&ws, style, args, out, json, detailed_exitcode, destroy).await,
         Cmd::Apply {
             args,
             auto_approve,
             json,
-        } => {
-            // `apply FILE` with a saved plan applies exactly that plan.
-            if let Some(p) = &args.stack {
-                if let Some(plan) = read_saved_plan(&ws, p)? {
-                    let lock = ops::lock(&ws, "apply", &mut stale_note)?;
-                    report_orphans(&ops::sweep_orphans(&ws, &lock).await?, json);
-                    return run_apply(&ws, plan, &lock, true, json, args.parallelism, style, false)
-                        .await;
-                }
-            }
-            // Held from planning to the last step: nobody changes the state in between.
-            let inputs = plan_inputs(&ws, &args, false)?;
-            let lock = ops::lock(&ws, "apply", &mut stale_note)?;
-            report_orphans(&ops::sweep_orphans(&ws, &lock).await?, json);
-            let (plan, _) = ops::make_plan(&ws, &inputs).await?;
-            ws.remember_stack(&inputs.stack);
-            run_apply(
-                &ws,
-                plan,
-                &lock,
-                auto_approve,
-                json,
-                args.parallelism,
-                style,
-                true,
-            )
-            .await
-        }
+        } => cmd::apply::apply(&ws, style, args, auto_approve, json).await,
         Cmd::Destroy {
             args,
             auto_approve,
             json,
-        } => {
-            let inputs = plan_inputs(&ws, &args, true)?;
-            let lock = ops::lock(&ws, "destroy", &mut stale_note)?;
-            report_orphans(&ops::sweep_orphans(&ws, &lock).await?, json);
-            let (plan, _) = ops::make_plan(&ws, &inputs).await?;
-            run_apply(
-                &ws,
-                plan,
-                &lock,
-                auto_approve,
-                json,
-                args.parallelism,
-                style,
-                true,
-            )
-            .await
-        }
-        Cmd::Validate { stack } => {
-            let stack = ws.stack(stack.as_deref())?;
-            let (config, graph) = ws.load(&stack)?;
-            let n: usize = config.modules.iter().map(|m| m.resources.len()).sum();
-            println!(
-                "{} {} ({} files, {} modules, {} resource blocks, {} graph nodes)",
-                style.green("The stack is valid:"),
-                stack.display(),
-                config.files.len(),
-                config.modules.len(),
-                n,
-                graph.graph.node_count()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Graph { stack, vars } => {
-            let inputs = plan_inputs(
-                &ws,
-                &PlanArgs {
-                    stack,
-                    vars,
-                    refresh: false,
-                    targets: vec![],
-                    replace: vec![],
-                    parallelism: 10,
-                },
-                false,
-            )?;
-            let (plan, _) = ops::make_plan(&ws, &inputs).await?;
-            println!("digraph pipeline {{\n  rankdir = \"LR\";\n  node [shape = box];");
-            // One node per instance; a dependency on a block is an edge to each of its instances.
-            let mut instances: std::collections::HashMap<&str, Vec<&str>> = Default::default();
-            for c in &plan.changes {
-                instances
-                    .entry(pipeline_engine::plan::resource_addr(&c.addr))
-                    .or_default()
-                    .push(&c.addr);
-            }
-            for c in &plan.changes {
-                println!(
-                    "  {:?} [label = {:?}];",
-                    c.addr,
-                    format!("{}\n{:?}", c.addr, c.action)
-                );
-                for d in &c.deps {
-                    for inst in instances.get(d.as_str()).into_iter().flatten() {
-                        println!("  {:?} -> {:?};", c.addr, inst);
-                    }
-                }
-            }
-            println!("}}");
-            Ok(ExitCode::SUCCESS)
-        }
+        } => cmd::apply::destroy(&ws, style, args, auto_approve, json).await,
+        Cmd::Validate { stack } => cmd::plan::validate(&ws, style, stack),
+        Cmd::Graph { stack, vars } => cmd::plan::graph(&ws, stack, vars).await,
         Cmd::State(sc) => state_cmd(&ws, sc),
-        Cmd::Output { name, json } => {
-            let state = ws.state()?;
-            match name {
-                Some(n) => {
-                    let o = state.outputs.get(&n).ok_or_else(|| {
-                        anyhow!(
-                            "no output named {n:?}\n  = help: outputs: {}",
-                            state.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
-                        )
-                    })?;
-                    if json {
-                        println!("{}", o.value);
-                    } else if let Some(s) = o.value.as_str() {
-                        println!("{s}");
-                    } else {
-                        println!("{}", serde_json::to_string_pretty(&o.value)?);
-                    }
-                }
-                None if json => {
-                    let m: serde_json::Map<String, serde_json::Value> = state
-                        .outputs
-                        .iter()
-                        .map(|(k, o)| {
-                            (
-                                k.clone(),
-                                serde_json::json!({"value": o.value, "sensitive": o.sensitive}),
-                            )
-                        })
-                        .collect();
-                    println!("{}", serde_json::Value::Object(m));
-                }
-                None => {
-                    for (k, o) in &state.outputs {
-                        let v = if o.sensitive {
-                            "(sensitive value)".to_string()
-                        } else {
-                            pipeline_engine::value::Value::from_json(&o.value).render()
-                        };
-                        println!("{k} = {v}");
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::ForceUnlock { id, force } => {
-            let info = pipeline_engine::state::force_unlock(&ws.dir, &id, force)
-                .map_err(|e| anyhow!("{e}"))?;
-            if pipeline_engine::state::owner_alive(&info) {
-                eprintln!(
-                    "warning: pid {} on {} still runs `{}`; the next run may change the state alongside it, and what either one starts may be left out of the state (the next apply or destroy stops such orphans).",
-                    info.pid, info.host, info.operation
-                );
-            }
-            println!(
-                "Removed the lock held by {}@{} (pid {}, `{}`, since {}).",
-                info.who, info.host, info.pid, info.operation, info.created
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Output { name, json } => cmd::state::output(&ws, name, json),
+        Cmd::ForceUnlock { id, force } => cmd::state::force_unlock(&ws, &id, force),
         Cmd::Status { json } => status_cmd(&ws, json, style),
         Cmd::Deploy {
             service,
             version,
-            mut args,
+            args,
             auto_approve,
             json,
         } => {
-            let block = if service.starts_with("service.") {
-                service.clone()
-            } else {
-                format!("service.{service}")
-            };
-            args.targets.push(block.clone());
-            let mut inputs = plan_inputs(&ws, &args, false)?;
-            inputs.opts.overrides.push((
-                block.clone(),
-                "revision".into(),
-                pipeline_engine::value::Value::String(version.clone()),
-            ));
-            let lock = ops::lock(&ws, "deploy", &mut stale_note)?;
-            report_orphans(&ops::sweep_orphans(&ws, &lock).await?, json);
-            let (plan, config) = ops::make_plan(&ws, &inputs).await?;
-            if !config.modules[0].resources.contains_key(&block) {
-                bail!(
-                    "the stack has no {block}\n  = help: services here: {}",
-                    config.modules[0]
-                        .resources
-                        .keys()
-                        .filter(|k| k.starts_with("service."))
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
-            let code = run_apply(
-                &ws,
-                plan,
-                &lock,
+            let f = cmd::apply::DeployFlags {
+                service,
+                version,
                 auto_approve,
                 json,
-                args.parallelism,
-                style,
-                true,
-            )
-            .await?;
-            if !json {
-                eprintln!("note: {block} now runs {version}; the stack still names its own revision, so pin {version:?} there or the next apply goes back");
-            }
-            Ok(code)
+            };
+            cmd::apply::deploy(&ws, style, args, f).await
         }
-        Cmd::Canary {
-            baseline,
-            candidate,
-            stack,
-            service,
-            replicas,
-            duration,
-            rate,
-            method,
-            path,
-            body_file,
-            content_type,
-            latency_tolerance,
-            confidence,
-            report,
-            json,
-            simulate,
-            runs,
-            vars,
-        } => {
-            crate::canary::run(
-                &ws,
-                crate::canary::CanaryArgs {
-                    baseline,
-                    candidate,
-                    stack,
-                    service,
-                    replicas,
-                    duration,
-                    rate,
-                    method,
-                    path,
-                    body_file,
-                    content_type,
-                    latency_tolerance,
-                    confidence,
-                    report: Some(report),
-                    json,
-                    simulate: simulate.then_some(runs),
-                    variables: ops::variables(&vars.vars, &vars.var_files)?,
-                },
-            )
-            .await
-        }
-        Cmd::Promote { service } => {
-            let block = service_block(&service);
-            let (step, ended) = ops::signal_canary(&ws, &block, "promote")?;
-            if ended != "promoted" {
-                anyhow::bail!("{block}: the canary at {step}% ended before the promotion: {ended}");
-            }
-            println!("{block}: the canary at {step}% was promoted; the apply running it switches every instance to the candidate.");
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Rollback { service } => {
-            let block = service_block(&service);
-            if ops::canary_running(&ws, &block) {
-                let (step, ended) = ops::signal_canary(&ws, &block, "abort")?;
-                if ended == "promoted" {
-                    anyhow::bail!("{block}: the canary at {step}% was promoted before it could be stopped; roll back with a deploy of the previous version");
-                }
-                println!("{block}: the canary was stopped at {step}% ({ended}); the candidate gets no traffic and the previous version keeps serving.");
-                return Ok(ExitCode::SUCCESS);
-            }
-            let _lock = ops::lock(&ws, "rollback", &mut stale_note)?;
-            let start = std::time::Instant::now();
-            let n = ops::rollback(&ws, &block)?;
-            println!(
-                "{block}: {n} instance(s) switched back to their previous generation in {:.0} ms.",
-                start.elapsed().as_secs_f64() * 1000.0
-            );
-            println!(
-                "The stack still names the newer version: `pipeline plan` shows the difference."
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Canary(flags) => cmd::canary::run(&ws, style, flags).await,
+        Cmd::Promote { service } => cmd::rollout::promote(&ws, &service),
+        Cmd::Rollback { service } => cmd::rollout::rollback(&ws, &service),
         Cmd::Flags(fc) => crate::flags_cmd::run(&ws, fc, style).await,
         Cmd::Logs {
             addr,
@@ -956,22 +616,15 @@ fn state_cmd(ws: &Workspace, sc: StateCmd) -> Result<ExitCode> {
             if addrs.is_empty() {
                 bail!("name at least one address\n  = help: `pipeline state list` shows them");
             }
-            let (_guard, _) = pipeline_engine::state::acquire_lock(&ws.dir, "state rm")
-                .map_err(|e| anyhow!("{e}"))?;
-            let mut store =
-                pipeline_engine::state::StateStore::open(&ws.dir).map_err(|e| anyhow!("{e}"))?;
-            for a in &addrs {
-                if !store.state().resources.contains_key(a) {
-                    bail!("{a} is not in the state (nothing was removed)\n  = help: `pipeline state list` shows what is");
+            let removed = pipeline_engine::state::forget(&ws.dir, &addrs).map_err(|e| match e {
+                pipeline_engine::state::ForgetError::NotRecorded(_) => {
+                    anyhow!("{e}\n  = help: `pipeline state list` shows what is")
                 }
-            }
-            for a in &addrs {
-                store
-                    .record(pipeline_engine::state::JournalEntry::Remove { addr: a.clone() })
-                    .map_err(|e| anyhow!("{e}"))?;
+                e => anyhow!("{e}"),
+            })?;
+            for a in removed {
                 println!("Removed {a} from the state; what it described was left as it is.");
             }
-            store.compact().map_err(|e| anyhow!("{e}"))?;
         }
     }
     Ok(ExitCode::SUCCESS)

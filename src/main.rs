@@ -2,12 +2,14 @@
 //! Exit codes: 0 success (no changes with -detailed-exitcode), 1 error, 2 changes present
 //! (-detailed-exitcode only).
 
-mod canary;
 mod commands;
 mod flags_cmd;
 mod ops;
 mod render;
 
+// The canary's operation and report model live in the library (pipeline-ops); apply renders
+// progressive canaries' reports through it.
+use pipeline_ops::canary;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

@@ -494,6 +494,152 @@ pub fn report_text(r: &ApplyReport, st: Style, destroy: bool) -> String {
     out
 }
 
+/// The plan's instance graph as DOT: one node per instance (its action in the label); a
+/// dependency on a block is an edge to each of its instances.
+pub fn plan_dot(plan: &Plan) -> String {
+    let mut out = String::from("digraph pipeline {\n  rankdir = \"LR\";\n  node [shape = box];\n");
+    let mut instances: std::collections::HashMap<&str, Vec<&str>> = Default::default();
+    for c in &plan.changes {
+        instances
+            .entry(pipeline_engine::plan::resource_addr(&c.addr))
+            .or_default()
+            .push(&c.addr);
+    }
+    for c in &plan.changes {
+        let _ = writeln!(
+            out,
+            "  {:?} [label = {:?}];",
+            c.addr,
+            format!("{}\n{:?}", c.addr, c.action)
+        );
+        for d in &c.deps {
+            for inst in instances.get(d.as_str()).into_iter().flatten() {
+                let _ = writeln!(out, "  {:?} -> {:?};", c.addr, inst);
+            }
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// `pipeline canary --simulate` as a table.
+pub fn simulation_text(sim: &pipeline_ops::canary::Simulation) -> String {
+    use pipeline_analysis::Scenario;
+    let mut out = String::new();
+    macro_rules! outln {
+        ($($a:tt)*) => {{
+            let _ = writeln!(out, $($a)*);
+        }};
+    }
+    let cfg = Scenario::standard_config();
+    let describe: Vec<String> = cfg
+        .metrics
+        .iter()
+        .map(|m| {
+            format!(
+                "{} (tolerance {}%{}{})",
+                m.name,
+                100.0 * m.tolerance,
+                if m.abs_tolerance > 0.0 {
+                    format!(" and {} pp", 100.0 * m.abs_tolerance)
+                } else {
+                    String::new()
+                },
+                if m.critical { ", critical" } else { "" }
+            )
+        })
+        .collect();
+    outln!(
+        "Sequential judge on simulated traffic: {} req/s per arm, one look a second, at most {} s a run; confidence {}; {}; seed {:#x}.\n",
+        sim.scenarios[0].rate_per_sec,
+        sim.scenarios[0].max_secs,
+        cfg.confidence,
+        describe.join(", "),
+        sim.seed
+    );
+    outln!(
+        "{:<22}{:>6}  {:>7}  {:<22}  {:>13}  {:>10}  {:>10}  {:>7}  {:>9}",
+        "scenario",
+        "runs",
+        "failed",
+        "rate",
+        "detect median",
+        "detect p95",
+        "detect max",
+        "passed",
+        "undecided"
+    );
+    for (s, oc) in sim.scenarios.iter().zip(&sim.results) {
+        let aa = s.latency_factor == 1.0 && s.baseline_error_rate == s.candidate_error_rate;
+        let rate = format!(
+            "{} {:.2}%",
+            if aa { "false failures" } else { "detected" },
+            100.0 * oc.fail_rate()
+        );
+        let q = |x: Option<u64>| x.map_or("-".to_string(), |v| v.to_string());
+        outln!(
+            "{:<22}{:>6}  {:>7}  {:<22}  {:>13}  {:>10}  {:>10}  {:>7}  {:>9}",
+            s.name,
+            oc.runs,
+            oc.failures,
+            rate,
+            q(oc.detection_quantile(0.5)),
+            q(oc.detection_quantile(0.95)),
+            q(oc.detection_quantile(1.0)),
+            oc.passes,
+            oc.undecided
+        );
+    }
+    outln!("\nTimes are seconds of traffic until the judge failed the candidate; A/A failures are false failures.");
+    for (s, oc) in sim.scenarios.iter().zip(&sim.results) {
+        if oc.passes > 0 {
+            outln!(
+                "{}: {} run(s) passed early, after {} s median, {} s p95.",
+                s.name,
+                oc.passes,
+                oc.pass_quantile(0.5).unwrap_or(0),
+                oc.pass_quantile(0.95).unwrap_or(0)
+            );
+        }
+    }
+    outln!("Simulated in {:.1} s.", sim.elapsed.as_secs_f64());
+    out
+}
+
+/// A running canary's progress line (stderr).
+pub fn canary_progress(p: &pipeline_ops::canary::Progress) -> String {
+    use pipeline_ops::canary::Progress;
+    match p {
+        Progress::Starting {
+            baseline,
+            candidate,
+            replicas,
+        } => format!(
+            "canary: building and starting {baseline} and {candidate} ({replicas} replica(s) each)..."
+        ),
+        Progress::Load {
+            method,
+            path,
+            rate,
+            duration,
+        } => format!("canary: {method} {path} at {rate} req/s for {duration:?} through the balancer..."),
+        Progress::StoppedEarly {
+            after,
+            regressed: Some(metric),
+        } => format!(
+            "canary: stopped early after {:.1}s of traffic: `{metric}` regressed (sequential test)",
+            after.as_secs_f64()
+        ),
+        Progress::StoppedEarly {
+            after,
+            regressed: None,
+        } => format!(
+            "canary: stopped early after {:.1}s of traffic: every metric is within its tolerance (sequential test)",
+            after.as_secs_f64()
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,9 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+mod forget;
 mod lock;
+pub use forget::{forget, ForgetError};
 pub use lock::{
     acquire_lock, force_unlock, format_utc, hostname, owner_alive, read_lock, LockGuard, LockInfo,
 };

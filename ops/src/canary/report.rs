@@ -1126,6 +1126,87 @@ impl Chart {
     }
 }
 
+/// The report as text for a terminal: one row per metric with its evidence, then the score.
+pub fn render_text(r: &Report) -> String {
+    let l = &r.load;
+    let mut out = format!(
+        "\nCanary of {}: {} (baseline) vs {} (candidate)\nLoad: {} {} at {} req/s for {} s; {} requests, {} answered 2xx, {} not; answers: baseline {}, candidate {}\n\n",
+        r.service,
+        r.baseline,
+        r.candidate,
+        r.request.method,
+        r.request.path,
+        l.rate,
+        num(l.ran_s),
+        l.sent,
+        l.ok_2xx,
+        l.other,
+        l.answers.baseline,
+        l.answers.candidate
+    );
+    out.push_str(&format!(
+        "{:<10} {:<36} {:<36} {:>10} {:>10}  {}\n",
+        "METRIC", "BASELINE", "CANDIDATE", "EFFECT", "P-VALUE", "VERDICT"
+    ));
+    let compact = |e: &Evidence, s: &Option<pipeline_analysis::Summary>| match s {
+        Some(pipeline_analysis::Summary::Continuous(x)) if x.n > 0 => format!(
+            "n={} p50={}{u} p99={}{u}",
+            x.n,
+            num(x.median),
+            num(x.p99),
+            u = e.unit
+        ),
+        Some(pipeline_analysis::Summary::Proportion {
+            events,
+            total,
+            rate,
+        }) => format!("{events}/{total} ({}%)", num(100.0 * rate)),
+        _ => "-".into(),
+    };
+    for (e, m) in r.evidence.iter().zip(&r.verdict.per_metric) {
+        let effect = e
+            .relative
+            .map_or("-".into(), |x| format!("{:+.1}%", x * 100.0));
+        let p = e.p_value.map_or("-".into(), |p| format!("{p:.2e}"));
+        out.push_str(&format!(
+            "{:<10} {:<36} {:<36} {:>10} {:>10}  {:?}{}\n",
+            e.name,
+            compact(e, &m.baseline),
+            compact(e, &m.candidate),
+            effect,
+            p,
+            m.status,
+            if e.critical { " (critical)" } else { "" }
+        ));
+        let mut ev = Vec::new();
+        if let Some(s) = &e.statistic {
+            ev.push(format!("{} = {}", s.name, num(s.value)));
+        }
+        if let (Some(x), Some(i)) = (e.effect, &e.interval) {
+            let k = if e.unit == "rate" { 100.0 } else { 1.0 };
+            let u = if e.unit == "rate" { "pp" } else { &e.unit };
+            ev.push(format!(
+                "shift {:+.3} {u}, {:.0}% CI [{:+.3}, {:+.3}]",
+                k * x,
+                100.0 * i.level,
+                k * i.lower,
+                k * i.upper
+            ));
+        }
+        ev.push(format!("tolerance {:.0}%", 100.0 * e.tolerance));
+        out.push_str(&format!("           {}; {}\n", ev.join(", "), e.reason));
+    }
+    out.push_str(&format!(
+        "\nScore {:.0} (pass >= {}, marginal >= {}): {:?}. {}\n",
+        r.verdict.score,
+        num(r.pass_threshold),
+        num(r.marginal_threshold),
+        r.verdict.outcome,
+        r.verdict.reason
+    ));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

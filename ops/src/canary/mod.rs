@@ -1,22 +1,26 @@
-//! `pipeline canary BASE CANDIDATE`: build both revisions of a service, run them as equal arms
-//! behind an nginx balancer at equal weight (a throwaway stack with its own state), send bounded
-//! load through the balancer, read per-arm latency and errors from nginx's access log (by
-//! upstream address), judge with the canary judge, report, and take everything away again.
-//! Exit codes: 0 pass, 1 fail (or an error), 3 marginal or not enough evidence.
+//! The canary of a service (`pipeline canary BASE CANDIDATE`): build both revisions, run them
+//! as equal arms behind an nginx balancer at equal weight (a throwaway stack with its own state),
+//! send bounded load through the balancer, read per-arm latency and errors from nginx's access
+//! log (by upstream address), judge with the canary judge, and take everything away again.
+//! A [`CanaryRequest`] goes in, [`Progress`] comes out through a callback while it runs, and a
+//! [`CanaryOutcome`] (the [`Report`] and the load generator's figures) comes back; rendering it
+//! (text, JSON, the HTML file) and the exit code are the caller's.
 
-// The report's data and rendering live beside this file (src/canary_report.rs).
-#[path = "canary_report.rs"]
-mod report;
+pub mod failure;
+pub mod report;
+mod sampler;
 
-use crate::ops::{self, PlanInputs, Workspace};
 use anyhow::{anyhow, bail, Context, Result};
+use failure::ArmsFailed;
 use indexmap::IndexMap;
 use pipeline_analysis::interval::{hodges_lehmann_interval, newcombe_interval};
 use pipeline_analysis::judge::{
     judge, Counts, Direction, JudgeConfig, Metric, MetricData, Outcome, Verdict,
 };
 use pipeline_analysis::{Arm, Decision, SequentialJudge};
-use pipeline_engine::plan::PlanOptions;
+use pipeline_engine::apply::ApplyReport;
+use pipeline_engine::config::Config;
+use pipeline_engine::plan::{Plan, PlanOptions};
 use pipeline_engine::value::{format_number, Value, ValueMap};
 use pipeline_providers::canary::LoadStats;
 use pipeline_providers::canary::{CanarySpec, LogTail, ProgressiveRecord};
@@ -25,20 +29,36 @@ use report::{
     ArmPair, ArmUsage, ArmWindow, EarlyStop, LoadInfo, Look, ProgressiveInfo, Report, RequestInfo,
     Series, UsageSample, Window,
 };
+use sampler::{ticks_per_sec, Sampler};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The command line. Unset settings come from the service's `canary = { ... }` attribute, else
-/// from [`CanarySpec`]'s defaults; each flag overrides only its own setting.
-pub struct CanaryArgs {
-    pub baseline: Option<String>,
-    pub candidate: Option<String>,
-    pub stack: Option<PathBuf>,
+/// What the canary asks of the working directories it uses (the user's, to read the service's
+/// configuration; its own throwaway one under `canary/`, to run the arms): plan and apply a
+/// stack there, as `pipeline plan` and `pipeline apply` do.
+#[async_trait::async_trait(?Send)]
+pub trait Stacks {
+    /// A plan of `stack` against the state in the working directory `dir` (nothing changes).
+    async fn plan(&self, dir: &Path, stack: &Path, opts: PlanOptions) -> Result<(Plan, Config)>;
+    /// Plan and apply `stack` in the working directory `dir` under its state lock, quietly.
+    async fn apply(&self, dir: &Path, stack: &Path, opts: PlanOptions) -> Result<ApplyReport>;
+}
+
+/// One canary. Unset settings come from the service's `canary = { ... }` attribute, else from
+/// [`CanarySpec`]'s defaults; each one given here overrides only its own setting.
+pub struct CanaryRequest {
+    /// The user's working directory (`.pipeline`): the canary's own lives in `canary/` below it.
+    pub work_dir: PathBuf,
+    /// The stack that declares the service.
+    pub stack: PathBuf,
+    pub baseline: String,
+    pub candidate: String,
+    /// The service, when the stack has several.
     pub service: Option<String>,
+    /// Replicas per arm (at least 1).
     pub replicas: u32,
     pub duration: Option<String>,
     pub rate: Option<u32>,
@@ -48,129 +68,81 @@ pub struct CanaryArgs {
     pub content_type: Option<String>,
     pub latency_tolerance: Option<f64>,
     pub confidence: Option<f64>,
-    /// Where to write the HTML report (default `.pipeline/canary-report.html`).
-    pub report: Option<PathBuf>,
-    pub json: bool,
-    /// `--simulate --runs N`: operating characteristics instead of a canary.
-    pub simulate: Option<usize>,
     /// The stack's variables (`-var`, `-var-file`, `PIPELINE_VAR_*`), as for plan.
     pub variables: IndexMap<String, Value>,
 }
 
-/// The command line with both revisions named.
-struct Revs {
-    baseline: String,
-    candidate: String,
-    args: CanaryArgs,
+/// What a running canary reports as it goes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Progress {
+    /// Building and starting both arms.
+    Starting {
+        baseline: String,
+        candidate: String,
+        replicas: u32,
+    },
+    /// The arms serve; load starts.
+    Load {
+        method: String,
+        path: String,
+        rate: u32,
+        duration: Duration,
+    },
+    /// The sequential test ended the load early: a metric regressed (`Some(metric)`) or every
+    /// metric is within its tolerance (`None`).
+    StoppedEarly {
+        after: Duration,
+        regressed: Option<String>,
+    },
 }
 
-impl std::ops::Deref for Revs {
-    type Target = CanaryArgs;
-    fn deref(&self) -> &CanaryArgs {
-        &self.args
-    }
+/// A canary that reached a verdict.
+pub struct CanaryOutcome {
+    pub report: Report,
+    /// What the load generator sent and got back.
+    pub client: LoadStats,
+    /// Taking the arms away afterwards failed: the verdict stands, the error is to be shown.
+    pub teardown_error: Option<anyhow::Error>,
+}
+
+/// `pipeline canary --simulate`: the judge's operating characteristics per scenario.
+pub struct Simulation {
+    pub seed: u64,
+    pub scenarios: Vec<pipeline_analysis::Scenario>,
+    pub results: Vec<pipeline_analysis::OperatingCharacteristics>,
+    pub elapsed: Duration,
 }
 
 /// `pipeline canary --simulate`: the sequential judge's operating characteristics on simulated
 /// traffic (engine/analysis/src/simulate.rs), as `cargo bench -p pipeline-analysis` measures
 /// them: A/A, errors 0.5 % -> 5 %, latency +25 %, 100 req/s per arm, one look a second.
-fn simulate(runs: usize, json: bool) -> Result<ExitCode> {
-    use pipeline_analysis::{simulate, Scenario};
+pub fn simulate(runs: usize) -> Result<Simulation> {
+    use pipeline_analysis::Scenario;
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
     const SEED: u64 = 0x5eed;
-    let scenarios = [
+    let scenarios = vec![
         Scenario::aa(),
         Scenario::error_regression(0.005, 0.05),
         Scenario::latency_regression(1.25),
     ];
     let started = Instant::now();
-    let results: Vec<_> = scenarios.iter().map(|s| simulate(s, runs, SEED)).collect();
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({ "seed": SEED, "scenarios": scenarios, "results": results })
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let cfg = Scenario::standard_config();
-    let describe: Vec<String> = cfg
-        .metrics
+    let results = scenarios
         .iter()
-        .map(|m| {
-            format!(
-                "{} (tolerance {}%{}{})",
-                m.name,
-                100.0 * m.tolerance,
-                if m.abs_tolerance > 0.0 {
-                    format!(" and {} pp", 100.0 * m.abs_tolerance)
-                } else {
-                    String::new()
-                },
-                if m.critical { ", critical" } else { "" }
-            )
-        })
+        .map(|s| pipeline_analysis::simulate(s, runs, SEED))
         .collect();
-    println!(
-        "Sequential judge on simulated traffic: {} req/s per arm, one look a second, at most {} s a run; confidence {}; {}; seed {SEED:#x}.\n",
-        scenarios[0].rate_per_sec,
-        scenarios[0].max_secs,
-        cfg.confidence,
-        describe.join(", ")
-    );
-    println!(
-        "{:<22}{:>6}  {:>7}  {:<22}  {:>13}  {:>10}  {:>10}  {:>7}  {:>9}",
-        "scenario",
-        "runs",
-        "failed",
-        "rate",
-        "detect median",
-        "detect p95",
-        "detect max",
-        "passed",
-        "undecided"
-    );
-    for (s, oc) in scenarios.iter().zip(&results) {
-        let aa = s.latency_factor == 1.0 && s.baseline_error_rate == s.candidate_error_rate;
-        let rate = format!(
-            "{} {:.2}%",
-            if aa { "false failures" } else { "detected" },
-            100.0 * oc.fail_rate()
-        );
-        let q = |x: Option<u64>| x.map_or("-".to_string(), |v| v.to_string());
-        println!(
-            "{:<22}{:>6}  {:>7}  {:<22}  {:>13}  {:>10}  {:>10}  {:>7}  {:>9}",
-            s.name,
-            oc.runs,
-            oc.failures,
-            rate,
-            q(oc.detection_quantile(0.5)),
-            q(oc.detection_quantile(0.95)),
-            q(oc.detection_quantile(1.0)),
-            oc.passes,
-            oc.undecided
-        );
-    }
-    println!("\nTimes are seconds of traffic until the judge failed the candidate; A/A failures are false failures.");
-    for (s, oc) in scenarios.iter().zip(&results) {
-        if oc.passes > 0 {
-            println!(
-                "{}: {} run(s) passed early, after {} s median, {} s p95.",
-                s.name,
-                oc.passes,
-                oc.pass_quantile(0.5).unwrap_or(0),
-                oc.pass_quantile(0.95).unwrap_or(0)
-            );
-        }
-    }
-    println!("Simulated in {:.1} s.", started.elapsed().as_secs_f64());
-    Ok(ExitCode::SUCCESS)
+    Ok(Simulation {
+        seed: SEED,
+        scenarios,
+        results,
+        elapsed: started.elapsed(),
+    })
 }
 
 /// The stack's `canary` settings with the command line's over them, validated as one
 /// [`CanarySpec`] (so a flag gets the same checks and messages as the attribute).
-fn settings(stack_value: Option<&Value>, a: &CanaryArgs) -> Result<CanarySpec> {
+fn settings(stack_value: Option<&Value>, a: &CanaryRequest) -> Result<CanarySpec> {
     let mut m: ValueMap = match stack_value.map(|v| v.unmarked().0) {
         Some(Value::Map(m)) => m,
         _ => ValueMap::new(),
@@ -238,21 +210,19 @@ fn hcl(v: &Value) -> Result<String> {
 
 /// The service's evaluated configuration, from a plan of the user's stack (nothing changes).
 async fn service_config(
-    ws: &Workspace,
+    host: &dyn Stacks,
+    work_dir: &Path,
     stack: &Path,
     want: Option<&str>,
     variables: &IndexMap<String, Value>,
 ) -> Result<(String, BTreeMap<String, Value>, Option<Value>)> {
-    let inputs = PlanInputs {
-        stack: stack.to_path_buf(),
-        opts: PlanOptions {
-            refresh: false,
-            parallelism: 1,
-            variables: variables.clone(),
-            ..Default::default()
-        },
+    let opts = PlanOptions {
+        refresh: false,
+        parallelism: 1,
+        variables: variables.clone(),
+        ..Default::default()
     };
-    let (plan, config) = ops::make_plan(ws, &inputs).await?;
+    let (plan, config) = host.plan(work_dir, stack, opts).await?;
     let services: Vec<&pipeline_engine::plan::ResourceChange> = plan
         .changes
         .iter()
@@ -334,28 +304,22 @@ fn arm_block(
     Ok(s)
 }
 
-pub async fn run(ws: &Workspace, a: CanaryArgs) -> Result<ExitCode> {
-    if let Some(runs) = a.simulate {
-        return simulate(runs, a.json);
-    }
-    let (Some(baseline), Some(candidate)) = (a.baseline.clone(), a.candidate.clone()) else {
-        bail!("name the baseline and the candidate revision, e.g. `pipeline canary main my-branch`\n  = help: `pipeline canary --simulate` needs none");
-    };
-    let a = Revs {
-        baseline,
-        candidate,
-        args: a,
-    };
-    let stack = ws.stack(a.stack.as_deref())?;
+/// Runs the canary of `req`: both arms up, load through the balancer, the verdict, and
+/// everything taken away again whatever happened. An error means no verdict.
+pub async fn run(
+    host: &dyn Stacks,
+    a: &CanaryRequest,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<CanaryOutcome> {
+    let stack = &a.stack;
     let (name, cfg, canary) =
-        service_config(ws, &stack, a.service.as_deref(), &a.variables).await?;
-    let spec = settings(canary.as_ref(), &a)?;
-    let dir = ws.dir.join("canary");
+        service_config(host, &a.work_dir, stack, a.service.as_deref(), &a.variables).await?;
+    let spec = settings(canary.as_ref(), a)?;
+    let dir = a.work_dir.join("canary");
     if dir.join("state.json").exists() {
         bail!("a canary seems to be running already (state in {})\n  = help: if it is not, remove that directory", dir.display());
     }
     private::create_dir_all(&dir)?;
-    let cws = Workspace::new(Some(dir.clone()))?;
     let port = pipeline_supervise::free_port("127.0.0.1")
         .context("no free port for the canary balancer")?;
     let replicas = a.replicas.max(1);
@@ -371,48 +335,46 @@ pub async fn run(ws: &Workspace, a: CanaryArgs) -> Result<ExitCode> {
     let canary_stack = dir.join("canary.hcl");
     // It holds the service's evaluated configuration, secrets included.
     private::write(&canary_stack, text)?;
-    let result = run_arms(&cws, &canary_stack, port, &a, &spec, &name).await;
-    // Whatever happened: take the arms and the balancer away.
-    let teardown = teardown(&cws, &canary_stack).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    let code = result?;
-    teardown?;
-    Ok(code)
-}
-
-async fn apply(
-    cws: &Workspace,
-    stack: &Path,
-    destroy: bool,
-) -> Result<pipeline_engine::apply::ApplyReport> {
-    let inputs = PlanInputs {
-        stack: stack.to_path_buf(),
-        opts: PlanOptions {
-            refresh: true,
-            destroy,
-            parallelism: 10,
-            ..Default::default()
-        },
+    let arms = Arms {
+        host,
+        dir: &dir,
+        stack: &canary_stack,
     };
-    let lock = ops::lock(cws, "canary", &mut |_| {})?;
-    let (plan, _) = ops::make_plan(cws, &inputs).await?;
-    let mut quiet = |_: &pipeline_engine::apply::Event| {};
-    ops::apply_plan(
-        cws,
-        &plan,
-        &lock,
-        10,
-        Arc::new(AtomicBool::new(false)),
-        &mut quiet,
-    )
-    .await
+    let result = run_arms(&arms, port, a, &spec, &name, progress).await;
+    // Whatever happened: take the arms and the balancer away.
+    let teardown = teardown(&arms).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut outcome = result?;
+    outcome.teardown_error = teardown.err();
+    Ok(outcome)
 }
 
-async fn teardown(cws: &Workspace, stack: &Path) -> Result<()> {
-    if cws.state()?.resources.is_empty() {
+/// The canary's own working directory and throwaway stack.
+struct Arms<'a> {
+    host: &'a dyn Stacks,
+    dir: &'a Path,
+    stack: &'a Path,
+}
+
+async fn apply(arms: &Arms<'_>, destroy: bool) -> Result<ApplyReport> {
+    let opts = PlanOptions {
+        refresh: true,
+        destroy,
+        parallelism: 10,
+        ..Default::default()
+    };
+    arms.host.apply(arms.dir, arms.stack, opts).await
+}
+
+async fn teardown(arms: &Arms<'_>) -> Result<()> {
+    if pipeline_state::StateStore::load(arms.dir)
+        .map_err(|e| anyhow!("{e}"))?
+        .resources
+        .is_empty()
+    {
         return Ok(());
     }
-    let r = apply(cws, stack, true).await?;
+    let r = apply(arms, true).await?;
     if !r.ok() {
         bail!("tearing the canary down failed: {:?}", r.failed);
     }
@@ -514,20 +476,19 @@ fn unix_now() -> f64 {
 }
 
 async fn run_arms(
-    cws: &Workspace,
-    stack: &Path,
+    arms: &Arms<'_>,
     port: u16,
-    a: &Revs,
+    a: &CanaryRequest,
     spec: &CanarySpec,
     service: &str,
-) -> Result<ExitCode> {
-    eprintln!(
-        "canary: building and starting {} and {} ({} replica(s) each)...",
-        a.baseline,
-        a.candidate,
-        a.replicas.max(1)
-    );
-    let report = apply(cws, stack, false).await.map_err(|e| {
+    progress: &mut dyn FnMut(Progress),
+) -> Result<CanaryOutcome> {
+    progress(Progress::Starting {
+        baseline: a.baseline.clone(),
+        candidate: a.candidate.clone(),
+        replicas: a.replicas.max(1),
+    });
+    let report = apply(arms, false).await.map_err(|e| {
         anyhow!(
             "{}\n  = note: no verdict; .pipeline/canary/canary.hcl was the canary's throwaway stack (service \"baseline\" at `{}`, service \"candidate\" at `{}`) and is removed again",
             format!("{e:#}").trim_end(),
@@ -541,9 +502,9 @@ async fn run_arms(
             .iter()
             .map(|(addr, _, e)| (addr.clone(), e.clone()))
             .collect();
-        return Err(arms_failed(a, &failed));
+        return Err(ArmsFailed::new(&a.baseline, &a.candidate, &failed).into());
     }
-    let st = cws.state()?;
+    let st = pipeline_state::StateStore::load(arms.dir).map_err(|e| anyhow!("{e}"))?;
     let arm_of: BTreeMap<String, Arm> = st
         .resources
         .iter()
@@ -564,14 +525,16 @@ async fn run_arms(
             Some((url, arm))
         })
         .collect();
-    let mut sampler = Sampler::new(cws, &st);
-    let mut tail = LogTail::at_end(&cws.dir.join("run/balancer.canary/logs/access.log"));
+    let mut sampler = Sampler::new(arms.dir, &st);
+    let mut tail = LogTail::at_end(&arms.dir.join("run/balancer.canary/logs/access.log"));
     let req = &spec.request;
     let (method, path) = req.shown();
-    eprintln!(
-        "canary: {method} {path} at {} req/s for {:?} through the balancer...",
-        spec.rate, spec.duration
-    );
+    progress(Progress::Load {
+        method,
+        path,
+        rate: spec.rate,
+        duration: spec.duration,
+    });
     let cfg = judge_config(spec);
     let halt = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -704,16 +667,16 @@ async fn run_arms(
     let client = client.map_err(|_| anyhow!("the load generator failed"))?;
     let ran = started.elapsed().as_secs_f64();
     if let Some((after, metric)) = &early {
-        eprintln!(
-            "canary: stopped early after {:.1}s of traffic: `{metric}` regressed (sequential test)",
-            after.as_secs_f64()
-        );
+        progress(Progress::StoppedEarly {
+            after: *after,
+            regressed: Some(metric.clone()),
+        });
     }
     if let Some(after) = passed_early {
-        eprintln!(
-            "canary: stopped early after {:.1}s of traffic: every metric is within its tolerance (sequential test)",
-            after.as_secs_f64()
-        );
+        progress(Progress::StoppedEarly {
+            after,
+            regressed: None,
+        });
     }
     // nginx writes its access log as requests finish.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -782,31 +745,10 @@ async fn run_arms(
         verdict,
         progressive: None,
     };
-    let file = std::env::current_dir()?.join(
-        a.report
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(".pipeline/canary-report.html")),
-    );
-    if let Some(parent) = file.parent() {
-        private::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    private::write(&file, report::render_html(&rep))
-        .with_context(|| format!("cannot write the report {}", file.display()))?;
-    if a.json {
-        let mut v = serde_json::to_value(&rep)?;
-        v["client"] = client.to_string().into();
-        v["report_file"] = file.display().to_string().into();
-        println!("{v}");
-        eprintln!("canary: report written to {}", file.display());
-    } else {
-        print!("{}", report_text(&rep));
-        println!("Report: {}", file.display());
-    }
-    Ok(match rep.verdict.outcome {
-        Outcome::Pass => ExitCode::SUCCESS,
-        Outcome::Fail => ExitCode::from(1),
-        Outcome::Marginal | Outcome::Inconclusive => ExitCode::from(3),
+    Ok(CanaryOutcome {
+        report: rep,
+        client,
+        teardown_error: None,
     })
 }
 
@@ -1107,131 +1049,6 @@ fn evidence(
         .collect()
 }
 
-/// Samples the app processes of each arm: every replica's active generation under the canary
-/// workspace (`run/<instance>/gen-N/`), i.e. its supervisor's child and all its descendants.
-struct Sampler {
-    /// Generation directories: [baseline, candidate].
-    dirs: [Vec<PathBuf>; 2],
-    /// utime + stime (clock ticks) per pid at the previous sample, per arm.
-    prev: [BTreeMap<u32, u64>; 2],
-    prev_at: Option<Instant>,
-    ticks_per_sec: f64,
-    page_bytes: f64,
-}
-
-impl Sampler {
-    fn new(cws: &Workspace, st: &pipeline_state::State) -> Sampler {
-        let mut dirs: [Vec<PathBuf>; 2] = Default::default();
-        for (addr, r) in &st.resources {
-            let i = if addr.starts_with("service.baseline") {
-                0
-            } else if addr.starts_with("service.candidate") {
-                1
-            } else {
-                continue;
-            };
-            let generation = r.attrs.get("generation").and_then(|g| g.as_u64());
-            dirs[i].push(pipeline_providers::local::generation_dir(
-                &cws.dir, addr, generation,
-            ));
-        }
-        // SAFETY: sysconf only reads configuration values.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        Sampler {
-            dirs,
-            prev: Default::default(),
-            prev_at: None,
-            ticks_per_sec: ticks_per_sec(),
-            page_bytes: if page > 0 { page as f64 } else { 4096.0 },
-        }
-    }
-
-    /// One sample of both arms: [baseline, candidate].
-    fn sample(&mut self) -> [ArmUsage; 2] {
-        let procs = all_procs();
-        let now = Instant::now();
-        let dt = self.prev_at.map(|t| now.duration_since(t).as_secs_f64());
-        self.prev_at = Some(now);
-        let mut out = [ArmUsage::default(); 2];
-        for (i, usage) in out.iter_mut().enumerate() {
-            let roots: Vec<u32> = self.dirs[i]
-                .iter()
-                .filter_map(|d| pipeline_supervise::StatusFile::read(d)?.child_pid)
-                .filter(|p| procs.contains_key(p))
-                .collect();
-            let family = descendants(&roots, &procs);
-            let mut ticks = BTreeMap::new();
-            let mut delta = 0u64;
-            let mut rss = 0f64;
-            for pid in &family {
-                let t = procs[pid].1;
-                // A process new since the last sample spent all its time since then.
-                delta += t.saturating_sub(self.prev[i].get(pid).copied().unwrap_or(0));
-                ticks.insert(*pid, t);
-                rss += statm_resident_pages(*pid) * self.page_bytes;
-            }
-            usage.processes = family.len() as u32;
-            if !family.is_empty() {
-                usage.rss_mib = Some(rss / (1024.0 * 1024.0));
-                usage.cpu_pct = dt
-                    .filter(|d| *d > 0.0)
-                    .map(|d| 100.0 * delta as f64 / self.ticks_per_sec / d);
-            }
-            self.prev[i] = ticks;
-        }
-        out
-    }
-}
-
-/// pid -> (ppid, utime + stime in clock ticks) of every process.
-fn all_procs() -> BTreeMap<u32, (u32, u64)> {
-    let mut out = BTreeMap::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid ...`: comm may hold spaces and parentheses; field n is f[n-3].
-        let Some(rest) = text.rfind(')').map(|i| &text[i + 1..]) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok());
-        if let (Some(ppid), Some(ut), Some(st)) = (num(1), num(11), num(12)) {
-            out.insert(pid, (ppid as u32, ut + st));
-        }
-    }
-    out
-}
-
-/// The roots and all their descendants (by parent pid).
-fn descendants(roots: &[u32], procs: &BTreeMap<u32, (u32, u64)>) -> Vec<u32> {
-    let mut set: std::collections::BTreeSet<u32> = roots.iter().copied().collect();
-    loop {
-        let before = set.len();
-        for (&pid, &(ppid, _)) in procs {
-            if set.contains(&ppid) {
-                set.insert(pid);
-            }
-        }
-        if set.len() == before {
-            return set.into_iter().collect();
-        }
-    }
-}
-
-fn statm_resident_pages(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/statm"))
-        .ok()
-        .and_then(|t| t.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-}
-
 /// The fixed judge: the stack's latency and error settings plus CPU and memory per arm, which
 /// weigh little and are not critical. A canary too short for 10 resource samples (5 s) per arm
 /// has no evidence about them: Inconclusive, never a pass by default.
@@ -1257,17 +1074,6 @@ fn judge_config(spec: &CanarySpec) -> JudgeConfig {
     c
 }
 
-/// Clock ticks per second, the unit of CPU times in /proc.
-fn ticks_per_sec() -> f64 {
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz > 0 {
-        hz as f64
-    } else {
-        100.0
-    }
-}
-
 /// Whether both arms have the CPU and memory samples the fixed judge needs.
 fn enough_usage(usage: &[UsageSample]) -> bool {
     let n = |f: fn(&UsageSample) -> &ArmUsage| {
@@ -1289,99 +1095,6 @@ fn look_every(duration: Duration) -> Duration {
     (duration / 24).clamp(Duration::from_millis(250), Duration::from_millis(500))
 }
 
-/// Why the arms did not come up, per arm: which revision, what failed (build, exit, health),
-/// the output that says why, and what to do. The canary's directory (build logs, replica logs)
-/// is removed afterwards, so the output is shown here rather than pointed to. Messages of the
-/// local service provider are recognised by their wording; anything else is shown as it is.
-fn arms_failed(a: &Revs, failed: &[(String, String)]) -> anyhow::Error {
-    let mut parts = Vec::new();
-    for (arm, rev) in [("baseline", &a.baseline), ("candidate", &a.candidate)] {
-        let prefix = format!("service.{arm}");
-        let Some((addr, e)) = failed.iter().find(|(addr, _)| addr.starts_with(&prefix)) else {
-            continue;
-        };
-        parts.push(arm_failure(arm, rev, addr, e));
-    }
-    if parts.is_empty() {
-        // Only the balancer (or something else) failed.
-        let why: Vec<String> = failed.iter().map(|(a, e)| format!("{a}: {e}")).collect();
-        return anyhow!(
-            "the canary's balancer did not come up, so there is no verdict:\n  {}\n  = help: the canary needs nginx (see `pipeline canary --help`); the error above says what failed",
-            why.join("\n  ")
-        );
-    }
-    anyhow!("{}", parts.join("\n"))
-}
-
-/// Indented output lines for a message.
-fn quoted(lines: &[&str]) -> String {
-    if lines.iter().all(|l| l.trim().is_empty()) {
-        return "  (it wrote nothing)".into();
-    }
-    lines
-        .iter()
-        .map(|l| format!("  | {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// The lines after the first one starting with `marker`, up to the help line.
-fn after_marker<'a>(e: &'a str, marker: &str) -> Vec<&'a str> {
-    e.lines()
-        .skip_while(|l| !l.trim_start().starts_with(marker))
-        .skip(1)
-        .take_while(|l| !l.trim_start().starts_with("= help:"))
-        .collect()
-}
-
-fn arm_failure(arm: &str, rev: &str, addr: &str, e: &str) -> String {
-    let first = e.lines().next().unwrap_or("");
-    let between = |s: &str, a: &str, b: &str| -> Option<String> {
-        let i = s.find(a)? + a.len();
-        let j = s[i..].find(b)? + i;
-        Some(s[i..j].to_string())
-    };
-    if first.contains("the build of") && first.contains(" failed") {
-        let cmd = between(first, "`", "`").unwrap_or_else(|| "the build command".into());
-        let status = between(first, "failed (", "):").unwrap_or_else(|| "failed".into());
-        let tail = after_marker(e, "--- last lines of");
-        return format!(
-            "the {arm} (revision `{rev}`) did not build, so there is no verdict:\n  `{cmd}` failed ({status}); the last lines it wrote:\n{}\n  = help: fix the build of `{rev}` (run `{cmd}` in a checkout of it to see the whole output), then run the canary again",
-            quoted(&tail)
-        );
-    }
-    // The app's own output, without the supervisor's lines.
-    let app_output = || -> Vec<&str> {
-        e.lines()
-            .skip_while(|l| !l.contains("last lines of"))
-            .skip(1)
-            .take_while(|l| l.starts_with("    "))
-            .map(|l| &l[4..])
-            .filter(|l| !l.contains("pipeline-supervise"))
-            .collect()
-    };
-    if first.contains(" before becoming healthy") {
-        // "`CMD` exited with status 3 before becoming healthy" (the command may hold anything).
-        let how = first
-            .rfind('`')
-            .and_then(|i| between(&first[i..], "` ", " before becoming healthy"))
-            .unwrap_or_else(|| "exited".into());
-        return format!(
-            "the {arm} (revision `{rev}`) exited before it became healthy, so there is no verdict:\n  {addr} {how}; its last output:\n{}\n  = help: start revision `{rev}` by hand with the service's `run` command to see why it stops: it must keep running and listen on its {{{{port}}}}",
-            quoted(&app_output())
-        );
-    }
-    if let Some(after) = between(first, "not healthy after ", "; last lines") {
-        return format!(
-            "the {arm} (revision `{rev}`) did not become healthy, so there is no verdict:\n  {addr} was not healthy after {after}; its last output:\n{}\n  = help: revision `{rev}` must listen on its {{{{port}}}} and answer the service's `health` check within `start_timeout`; raise `start_timeout` if it starts slowly",
-            quoted(&app_output())
-        );
-    }
-    format!(
-        "the {arm} (revision `{rev}`) did not come up, so there is no verdict:\n  {addr}: {e}\n  = help: paths under .pipeline/canary are gone: the canary removes its directory; run the canary again after fixing what the error says"
-    )
-}
-
 /// "404 × 200, 502 × 3": the status codes an arm answered with, most frequent first.
 fn statuses(t: &Tally) -> String {
     let mut v: Vec<(&u16, &u64)> = t.statuses.iter().collect();
@@ -1395,7 +1108,7 @@ fn statuses(t: &Tally) -> String {
 /// Refuse to judge garbage: an endpoint the baseline does not serve is a wrong canary, not a
 /// verdict on the candidate.
 fn refuse_garbage(
-    a: &Revs,
+    a: &CanaryRequest,
     spec: &CanarySpec,
     base: &Tally,
     cand: &Tally,
@@ -1439,96 +1152,16 @@ fn unit_of(metric: &str) -> &'static str {
     }
 }
 
-fn report_text(r: &Report) -> String {
-    use report::num;
-    let l = &r.load;
-    let mut out = format!(
-        "\nCanary of {}: {} (baseline) vs {} (candidate)\nLoad: {} {} at {} req/s for {} s; {} requests, {} answered 2xx, {} not; answers: baseline {}, candidate {}\n\n",
-        r.service,
-        r.baseline,
-        r.candidate,
-        r.request.method,
-        r.request.path,
-        l.rate,
-        num(l.ran_s),
-        l.sent,
-        l.ok_2xx,
-        l.other,
-        l.answers.baseline,
-        l.answers.candidate
-    );
-    out.push_str(&format!(
-        "{:<10} {:<36} {:<36} {:>10} {:>10}  {}\n",
-        "METRIC", "BASELINE", "CANDIDATE", "EFFECT", "P-VALUE", "VERDICT"
-    ));
-    let compact = |e: &report::Evidence, s: &Option<pipeline_analysis::Summary>| match s {
-        Some(pipeline_analysis::Summary::Continuous(x)) if x.n > 0 => format!(
-            "n={} p50={}{u} p99={}{u}",
-            x.n,
-            num(x.median),
-            num(x.p99),
-            u = e.unit
-        ),
-        Some(pipeline_analysis::Summary::Proportion {
-            events,
-            total,
-            rate,
-        }) => format!("{events}/{total} ({}%)", num(100.0 * rate)),
-        _ => "-".into(),
-    };
-    for (e, m) in r.evidence.iter().zip(&r.verdict.per_metric) {
-        let effect = e
-            .relative
-            .map_or("-".into(), |x| format!("{:+.1}%", x * 100.0));
-        let p = e.p_value.map_or("-".into(), |p| format!("{p:.2e}"));
-        out.push_str(&format!(
-            "{:<10} {:<36} {:<36} {:>10} {:>10}  {:?}{}\n",
-            e.name,
-            compact(e, &m.baseline),
-            compact(e, &m.candidate),
-            effect,
-            p,
-            m.status,
-            if e.critical { " (critical)" } else { "" }
-        ));
-        let mut ev = Vec::new();
-        if let Some(s) = &e.statistic {
-            ev.push(format!("{} = {}", s.name, num(s.value)));
-        }
-        if let (Some(x), Some(i)) = (e.effect, &e.interval) {
-            let k = if e.unit == "rate" { 100.0 } else { 1.0 };
-            let u = if e.unit == "rate" { "pp" } else { &e.unit };
-            ev.push(format!(
-                "shift {:+.3} {u}, {:.0}% CI [{:+.3}, {:+.3}]",
-                k * x,
-                100.0 * i.level,
-                k * i.lower,
-                k * i.upper
-            ));
-        }
-        ev.push(format!("tolerance {:.0}%", 100.0 * e.tolerance));
-        out.push_str(&format!("           {}; {}\n", ev.join(", "), e.reason));
-    }
-    out.push_str(&format!(
-        "\nScore {:.0} (pass >= {}, marginal >= {}): {:?}. {}\n",
-        r.verdict.score,
-        num(r.pass_threshold),
-        num(r.marginal_threshold),
-        r.verdict.outcome,
-        r.verdict.reason
-    ));
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn args() -> CanaryArgs {
-        CanaryArgs {
-            baseline: Some("a".into()),
-            candidate: Some("b".into()),
-            stack: None,
+    fn args() -> CanaryRequest {
+        CanaryRequest {
+            work_dir: PathBuf::from("/nonexistent"),
+            stack: PathBuf::from("s.hcl"),
+            baseline: "a".into(),
+            candidate: "b".into(),
             service: None,
             replicas: 1,
             duration: None,
@@ -1539,11 +1172,44 @@ mod tests {
             content_type: None,
             latency_tolerance: None,
             confidence: None,
-            report: None,
-            json: false,
-            simulate: None,
             variables: IndexMap::new(),
         }
+    }
+
+    /// Stacks that cannot be planned: counts the calls.
+    struct Unplannable(std::cell::Cell<u32>, std::cell::Cell<u32>);
+
+    #[async_trait::async_trait(?Send)]
+    impl Stacks for Unplannable {
+        async fn plan(&self, _: &Path, _: &Path, _: PlanOptions) -> Result<(Plan, Config)> {
+            self.0.set(self.0.get() + 1);
+            bail!("no such stack")
+        }
+        async fn apply(&self, _: &Path, _: &Path, _: PlanOptions) -> Result<ApplyReport> {
+            self.1.set(self.1.get() + 1);
+            bail!("not reached")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stack_that_does_not_plan_is_an_error_before_anything_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut req = args();
+        req.work_dir = dir.path().to_path_buf();
+        let host = Unplannable(Default::default(), Default::default());
+        let mut seen = Vec::new();
+        let e = match run(&host, &req, &mut |p| seen.push(p)).await {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a verdict without a plan"),
+        };
+        assert_eq!(e, "no such stack");
+        assert_eq!(
+            (host.0.get(), host.1.get()),
+            (1, 0),
+            "planned once, applied never"
+        );
+        assert!(seen.is_empty(), "{seen:?}");
+        assert!(!dir.path().join("canary").exists(), "no canary directory");
     }
 
     fn map(kv: &[(&str, Value)]) -> Value {
@@ -1584,58 +1250,6 @@ mod tests {
         // No attribute: the shared defaults.
         let s = settings(None, &args()).unwrap();
         assert_eq!(s, CanarySpec::default());
-    }
-
-    #[test]
-    fn the_sampler_counts_an_arm_s_process_tree() {
-        use std::process::{Command, Stdio};
-        let dir = tempfile::tempdir().unwrap();
-        // The supervisor's child waits; its own child burns a core.
-        let mut child = Command::new("sh")
-            .args(["-c", "sh -c 'while :; do :; done' & wait"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::fs::write(
-            dir.path().join(pipeline_supervise::STATUS_FILE),
-            format!("{{\"child_pid\": {}}}", child.id()),
-        )
-        .unwrap();
-        let mut s = Sampler {
-            dirs: [vec![dir.path().to_path_buf()], vec![]],
-            prev: Default::default(),
-            prev_at: None,
-            ticks_per_sec: 100.0,
-            page_bytes: 4096.0,
-        };
-        std::thread::sleep(Duration::from_millis(200));
-        let first = s.sample();
-        std::thread::sleep(Duration::from_millis(500));
-        let second = s.sample();
-        let busy = descendants(&[child.id()], &all_procs());
-        let _ = Command::new("kill")
-            .arg("-9")
-            .args(busy.iter().map(|p| p.to_string()))
-            .status();
-        let _ = child.wait();
-        assert_eq!(
-            first[0].cpu_pct, None,
-            "no interval before the first sample"
-        );
-        assert_eq!(second[0].processes, 2, "{second:?}");
-        let cpu = second[0].cpu_pct.unwrap();
-        eprintln!(
-            "a busy loop measured {cpu:.0} % of a core, {:?} MiB",
-            second[0].rss_mib
-        );
-        // A busy loop on a shared 2-core machine: most of one core, never more than two.
-        assert!(cpu > 30.0 && cpu < 210.0, "{cpu}");
-        assert!(second[0].rss_mib.unwrap() > 0.1, "{second:?}");
-        assert_eq!(
-            second[1],
-            ArmUsage::default(),
-            "an arm without processes has no figures"
-        );
     }
 
     #[test]

@@ -1,0 +1,8 @@
+//! One function per command: read its options, call one operation, render the result.
+//! A child of `commands` (it uses the command-line types and the apply/plan helpers there).
+
+pub mod apply;
+pub mod canary;
+pub mod plan;
+pub mod rollout;
+pub mod state;
