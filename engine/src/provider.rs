@@ -505,6 +505,15 @@ pub struct Registry {
     configured: Option<Vec<(String, Arc<dyn Provider>)>>,
 }
 
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("providers", &self.provider_names())
+            .field("configured", &self.configured_keys())
+            .finish()
+    }
+}
+
 /// The provider name of a configuration key: `local` of `local.west`.
 pub fn provider_name(key: &str) -> &str {
     key.split_once('.').map_or(key, |(n, _)| n)
