@@ -354,7 +354,7 @@ fn check_with(bin: &Path, text: &str, real_prefix: &Path) -> Result<(), (Option<
             &tmp.display().to_string(),
         );
         private::write(&tmp.join("conf/nginx.conf"), &text).map_err(|e| (None, e.to_string()))?;
-        let out = std::process::Command::new(&bin)
+        let out = std::process::Command::new(bin)
             .arg("-t")
             .arg("-q")
             .arg("-p")
