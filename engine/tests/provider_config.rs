@@ -758,3 +758,35 @@ fn provider_blocks_in_a_module_are_refused() {
     );
     assert!(Path::new(&d.0[0].at.as_ref().unwrap().file).ends_with("m/main.hcl"));
 }
+
+#[tokio::test]
+async fn resources_in_modules_select_the_root_configurations() {
+    let env = Env::new("CFG_TEST_TOKEN_IN_MODULE");
+    let m = env.dir.path().join("m");
+    std::fs::create_dir(&m).unwrap();
+    std::fs::write(
+        m.join("main.hcl"),
+        "widget \"w\" {\n  provider = cfg.west\n}\nwidget \"h\" {}\n",
+    )
+    .unwrap();
+    let stack = r#"
+provider "cfg" {
+  region = "home"
+  token  = "t"
+}
+provider "cfg" {
+  alias  = "west"
+  region = "west"
+  token  = "t"
+}
+module "m" { source = "./m" }
+"#;
+    env.apply(stack, &no_vars()).await;
+    let ev = env.events();
+    assert_eq!(served(&ev, "apply", "module.m.widget.w"), vec!["west"]);
+    assert_eq!(served(&ev, "apply", "module.m.widget.h"), vec!["home"]);
+    assert_eq!(
+        env.state().resources["module.m.widget.w"].provider,
+        "cfg.west"
+    );
+}
