@@ -31,6 +31,9 @@ pub struct Workspace {
     /// `.pipeline/`: state, journal, lock, running replicas, builds.
     pub dir: PathBuf,
     pub registry: Registry,
+    /// The providers configured for this run (once per run: a plan and the apply that follows
+    /// share it), keyed by the stack's hash and a digest of the variables.
+    configured: std::sync::Mutex<Option<(String, Registry)>>,
 }
 
 impl Workspace {
@@ -47,7 +50,34 @@ impl Workspace {
         Ok(Workspace {
             dir,
             registry: pipeline_providers::registry(),
+            configured: Default::default(),
         })
+    }
+
+    /// The providers configured from the stack's `provider` blocks and the variables, once per
+    /// run: a second call for the same stack and variables answers the same instances.
+    pub fn configured(
+        &self,
+        config: &Config,
+        variables: &IndexMap<String, Value>,
+        state: &State,
+    ) -> Result<Registry> {
+        // In memory only (the variables may hold secrets).
+        let key = format!(
+            "{}\0{}",
+            config.hash,
+            serde_json::to_string(variables).unwrap_or_default()
+        );
+        let mut memo = self.configured.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, r)) = memo.as_ref() {
+            if *k == key {
+                return Ok(r.clone());
+            }
+        }
+        let r = pipeline_engine::configure::configure(config, &self.registry, variables, state)
+            .map_err(diags)?;
+        *memo = Some((key, r.clone()));
+        Ok(r)
     }
 
     pub fn state(&self) -> Result<State> {
@@ -243,9 +273,10 @@ pub async fn make_plan(ws: &Workspace, inputs: &PlanInputs) -> Result<(Plan, Con
     }
     let ctx = ws.ctx(&config)?;
     let state = ws.state()?;
+    let registry = ws.configured(&config, &inputs.opts.variables, &state)?;
     let refreshed = if inputs.opts.refresh {
         Some(
-            plan::refresh(&ws.registry, &ctx, &state, inputs.opts.parallelism.max(1))
+            plan::refresh(&registry, &ctx, &state, inputs.opts.parallelism.max(1))
                 .await
                 .map_err(diags)?,
         )
@@ -255,7 +286,7 @@ pub async fn make_plan(ws: &Workspace, inputs: &PlanInputs) -> Result<(Plan, Con
     let p = plan::make_plan(
         &config,
         &graph,
-        &ws.registry,
+        &registry,
         &ctx,
         &state,
         refreshed.as_ref(),
@@ -319,10 +350,11 @@ pub async fn sweep_orphans(ws: &Workspace, _lock: &state::LockGuard) -> Result<V
         let Some(p) = ws.registry.provider(name) else {
             continue;
         };
+        // Records of every configuration of the provider (`local`, `local.west`) are its own.
         let owned: Vec<(&str, &state::ResourceState)> = st
             .resources
             .iter()
-            .filter(|(_, r)| r.provider == name)
+            .filter(|(_, r)| pipeline_engine::provider::provider_name(&r.provider) == name)
             .map(|(a, r)| (a.as_str(), r))
             .collect();
         let lines = p.sweep(&ctx, &owned).await.map_err(|e| {
@@ -367,9 +399,12 @@ pub async fn apply_plan(
         );
     }
     let ctx = ws.ctx(&config)?;
+    // A saved plan holds nothing of the provider blocks: they are evaluated again from the same
+    // stack (hash checked above) and the plan's variables, and credentials read again.
+    let registry = ws.configured(&config, &plan.variables, st)?;
     let report = pipeline_engine::apply::apply(
         &config,
-        &ws.registry,
+        &registry,
         &ctx,
         &mut store,
         plan,

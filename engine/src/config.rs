@@ -20,6 +20,42 @@ pub struct Config {
     /// sha256 over every file's path and text: a saved plan is refused when it changed.
     pub hash: String,
     pub root_path: PathBuf,
+    /// `provider "NAME" { ... }` blocks of the root stack, in the order written.
+    pub providers: Vec<ProviderBlock>,
+}
+
+/// A `provider "NAME" { alias = "..." ... }` block: settings for one configuration of a provider.
+#[derive(Debug, Clone)]
+pub struct ProviderBlock {
+    pub name: String,
+    pub alias: Option<String>,
+    /// Settings (every attribute but `alias`), checked against `Provider::config_schema`.
+    pub attrs: IndexMap<String, Expr>,
+    /// Where each setting's name is written.
+    pub keys: IndexMap<String, Location>,
+    pub loc: Location,
+}
+
+impl ProviderBlock {
+    /// `NAME` or `NAME.ALIAS`: what resources select and what the state records.
+    pub fn key(&self) -> String {
+        match &self.alias {
+            Some(a) => format!("{}.{a}", self.name),
+            None => self.name.clone(),
+        }
+    }
+    /// `provider "local"` or `provider "local" (alias "west")`, for messages.
+    pub fn describe(&self) -> String {
+        describe_provider(&self.key())
+    }
+}
+
+/// `provider "local"` or `provider "local" (alias "west")` for a configuration key.
+pub fn describe_provider(key: &str) -> String {
+    match key.split_once('.') {
+        Some((n, a)) => format!("provider \"{n}\" (alias \"{a}\")"),
+        None => format!("provider \"{key}\""),
+    }
 }
 
 #[derive(Debug)]
@@ -56,6 +92,7 @@ pub struct LocalDecl {
 pub struct ResourceDecl {
     pub kind: String,
     pub name: String,
+    /// The configuration it is bound to: `NAME` or `NAME.ALIAS` (see `ProviderBlock::key`).
     pub provider: String,
     pub count: Option<Expr>,
     pub for_each: Option<Expr>,
@@ -95,6 +132,8 @@ pub fn load(path: &Path, registry: &Registry) -> Result<Config, Diagnostics> {
         modules: Vec::new(),
         files: Vec::new(),
         diags: Diagnostics::default(),
+        providers: Vec::new(),
+        provider_refs: Vec::new(),
     };
     let root_path = path.to_path_buf();
     let meta = std::fs::metadata(path).map_err(|e| {
@@ -119,6 +158,7 @@ pub fn load(path: &Path, registry: &Registry) -> Result<Config, Diagnostics> {
         )
     };
     loader.load_module(&dir, &files, String::new(), None, &mut Vec::new());
+    loader.check_provider_refs();
     if !loader.diags.is_empty() {
         return Err(loader.diags);
     }
@@ -134,6 +174,7 @@ pub fn load(path: &Path, registry: &Registry) -> Result<Config, Diagnostics> {
         files: loader.files,
         hash: lang::funcs::hex(&h.finalize()),
         root_path,
+        providers: loader.providers,
     })
 }
 
@@ -160,6 +201,10 @@ struct Loader<'r> {
     modules: Vec<Module>,
     files: Vec<Arc<SourceFile>>,
     diags: Diagnostics,
+    providers: Vec<ProviderBlock>,
+    /// (configuration key, where a resource's `provider` selects it) for aliased selections,
+    /// checked once every file is read (the block may be in a later file).
+    provider_refs: Vec<(String, Option<Location>)>,
 }
 
 impl Loader<'_> {
@@ -381,14 +426,16 @@ impl Loader<'_> {
             })
             .collect();
         let want_labels = if kind == "locals" { 0 } else { 1 };
-        if !matches!(kind, "variable" | "locals" | "output" | "module")
-            && !self.registry.is_kind(kind)
+        if !matches!(
+            kind,
+            "variable" | "locals" | "output" | "module" | "provider"
+        ) && !self.registry.is_kind(kind)
         {
             self.diags.push(
                 Diagnostic::new(format!("unknown block type `{kind}`"))
                     .at(Some(bloc))
                     .help({
-                        let mut all = vec!["variable", "locals", "output", "module"];
+                        let mut all = vec!["variable", "locals", "output", "module", "provider"];
                         all.extend(self.registry.kind_names());
                         match did_you_mean(kind, all.iter().copied()) {
                             Some(c) => {
@@ -427,6 +474,10 @@ impl Loader<'_> {
         }
         let (attrs, keys) = self.attributes(file, &b.body, kind);
         let key_loc = |k: &str, e: &Expr| keys.get(k).cloned().or_else(|| e.location());
+        if kind == "provider" {
+            self.provider_block(m, name, attrs, keys, bloc);
+            return None;
+        }
         let module = &mut self.modules[m];
         match kind {
             "variable" => {
@@ -584,10 +635,13 @@ impl Loader<'_> {
                 }
                 let provider = attrs
                     .get("provider")
-                    .map(|e| (e.expr.as_str().map(str::to_string), e.location()));
+                    .map(|e| (provider_selection(&e.expr), e.location()));
                 let provider = match provider {
                     None => None,
                     Some((Some(p), l)) => {
+                        if p.contains('.') {
+                            self.provider_refs.push((p.clone(), l.clone()));
+                        }
                         if self.registry.schema(kind, Some(&p)).is_none() {
                             self.diags.push(
                                 Diagnostic::new(format!(
@@ -605,15 +659,19 @@ impl Loader<'_> {
                     }
                     Some((None, l)) => {
                         self.diags.push(
-                            Diagnostic::new("`provider` must be a literal string")
+                            Diagnostic::new("`provider` must name a provider configuration")
                                 .at(l)
-                                .help("write provider = \"local\""),
+                                .help("write provider = local (or \"local\"), or provider = local.ALIAS for a `provider \"local\" { alias = \"ALIAS\" }` block"),
                         );
                         return None;
                     }
                 };
                 let (pname, schema) = self.registry.schema(kind, provider.as_deref())?;
-                let pname = pname.to_string();
+                // The configuration key: the provider's name, with the alias selected.
+                let pname = match provider.as_deref().and_then(|p| p.split_once('.')) {
+                    Some((_, alias)) => format!("{pname}.{alias}"),
+                    None => pname.to_string(),
+                };
                 let mut r = ResourceDecl {
                     kind: kind.to_string(),
                     name: name.clone(),
@@ -697,6 +755,135 @@ impl Loader<'_> {
             }
         }
         None
+    }
+
+    /// A `provider "NAME" { ... }` block: known provider, root stack only, distinct aliases,
+    /// settings from the provider's `config_schema`. Values are evaluated per run (configure).
+    fn provider_block(
+        &mut self,
+        m: usize,
+        name: String,
+        mut attrs: IndexMap<String, Expr>,
+        keys: IndexMap<String, Location>,
+        bloc: Location,
+    ) {
+        let Some(p) = self.registry.registered(&name) else {
+            let all = self.registry.provider_names();
+            self.diags.push(
+                Diagnostic::new(format!("unknown provider \"{name}\""))
+                    .at(Some(bloc))
+                    .help(match did_you_mean(&name, all.iter().copied()) {
+                        Some(c) => format!("did you mean \"{c}\"? providers: {}", all.join(", ")),
+                        None => format!("providers: {}", all.join(", ")),
+                    }),
+            );
+            return;
+        };
+        if m != 0 {
+            self.diags.push(
+                Diagnostic::new(format!("provider \"{name}\" is configured inside a module"))
+                    .at(Some(bloc))
+                    .help("put `provider` blocks in the root stack; resources in modules select them the same way (provider = NAME or NAME.ALIAS)"),
+            );
+            return;
+        }
+        let alias = match attrs.shift_remove("alias") {
+            None => None,
+            Some(e) => match e.expr.as_str() {
+                Some(a) if valid_name(a) => Some(a.to_string()),
+                _ => {
+                    self.diags.push(
+                        Diagnostic::new("`alias` must be a literal name")
+                            .at(e.location())
+                            .help("write alias = \"west\" (letters, digits, `_` and `-`), then select it with provider = NAME.west"),
+                    );
+                    return;
+                }
+            },
+        };
+        let block = ProviderBlock {
+            name: name.clone(),
+            alias,
+            attrs: IndexMap::new(),
+            keys: keys.clone(),
+            loc: bloc.clone(),
+        };
+        if let Some(prev) = self.providers.iter().find(|b| b.key() == block.key()) {
+            let (summary, help) = match &block.alias {
+                None => (
+                    format!("provider \"{name}\" is configured twice without an alias"),
+                    format!("give the extra configuration a distinct alias (alias = \"west\") and select it in resources with provider = {name}.west"),
+                ),
+                Some(a) => (
+                    format!("provider \"{name}\" has two configurations with the alias \"{a}\""),
+                    "give each configuration of a provider a distinct alias".to_string(),
+                ),
+            };
+            self.diags.push(
+                Diagnostic::new(summary)
+                    .at(Some(bloc))
+                    .detail(format!("first configured at {}", prev.loc))
+                    .help(help),
+            );
+            return;
+        }
+        let schema = p.config_schema();
+        let mut settings = IndexMap::new();
+        for (k, e) in attrs.drain(..) {
+            match schema.iter().find(|a| a.name == k) {
+                Some(a) if a.settable() => {
+                    settings.insert(k, e);
+                }
+                _ => {
+                    let mut known: Vec<&str> = schema
+                        .iter()
+                        .filter(|a| a.settable())
+                        .map(|a| a.name)
+                        .collect();
+                    known.push("alias");
+                    let at = keys.get(&k).cloned().or_else(|| e.location());
+                    self.diags.push(unknown_attr(
+                        &k,
+                        &format!("provider \"{name}\""),
+                        &known,
+                        at,
+                    ));
+                }
+            }
+        }
+        self.providers.push(ProviderBlock {
+            attrs: settings,
+            ..block
+        });
+    }
+
+    /// Every `provider = NAME.ALIAS` names a declared configuration.
+    fn check_provider_refs(&mut self) {
+        for (key, at) in std::mem::take(&mut self.provider_refs) {
+            if self.providers.iter().any(|b| b.key() == key) {
+                continue;
+            }
+            let (name, alias) = key.split_once('.').unwrap_or((&key, ""));
+            let declared: Vec<String> = self
+                .providers
+                .iter()
+                .filter(|b| b.name == name)
+                .map(ProviderBlock::key)
+                .collect();
+            let mut help = format!(
+                "declare it in the root stack: provider \"{name}\" {{ alias = \"{alias}\" }}"
+            );
+            if !declared.is_empty() {
+                help = format!("{help}; declared for {name}: {}", declared.join(", "));
+            }
+            self.diags.push(
+                Diagnostic::new(format!(
+                    "no configuration of provider \"{name}\" has the alias \"{alias}\""
+                ))
+                .at(at)
+                .help(help),
+            );
+        }
     }
 
     fn attributes(
@@ -860,6 +1047,21 @@ fn parse_type(e: &Expression) -> Option<Type> {
         }
         _ => None,
     }
+}
+
+/// What a resource's `provider` selects: `local`, `local.west` (as Terraform writes them), or
+/// the same as a string (`"local"`, `"local.west"`). None: not a provider selection.
+fn provider_selection(e: &Expression) -> Option<String> {
+    let text = match e {
+        Expression::Variable(v) => v.as_str().to_string(),
+        Expression::Traversal(_) => static_address(e)?,
+        e => e.as_str()?.to_string(),
+    };
+    let ok = match text.split_once('.') {
+        Some((n, a)) => valid_name(n) && valid_name(a),
+        None => valid_name(&text),
+    };
+    ok.then_some(text)
 }
 
 /// `service.web` in depends_on → "service.web".

@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod config;
+pub mod configure;
 pub mod diag;
 pub mod format;
 pub mod graph;

@@ -394,9 +394,19 @@ pub fn make_plan(
         let (_, schema) = registry
             .schema(&decl.kind, Some(&decl.provider))
             .expect("schema checked at load");
-        let provider = registry
-            .provider(&decl.provider)
-            .expect("provider registered");
+        // The configured instance (`configure::configure`), or the registered one when the
+        // registry was not configured (no aliases then).
+        let Some(provider) = registry.provider(&decl.provider) else {
+            diags.push(
+                Diagnostic::new(format!(
+                    "{}{key}: {} is not configured for this run",
+                    module.prefix,
+                    crate::config::describe_provider(&decl.provider)
+                ))
+                .at(Some(decl.loc.clone())),
+            );
+            continue;
+        };
         let scope = world.scope(*m);
         let expansion = match expand(&world, &scope, decl) {
             Ok(e) => e,

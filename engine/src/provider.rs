@@ -478,6 +478,21 @@ pub trait Provider: Send + Sync {
         addr: &str,
         prior: &JsonMap,
     ) -> Result<(), ProviderError>;
+    /// The settings a `provider "NAME" { ... }` block may hold, typed and checked like a kind's
+    /// attributes (required, defaults, formats, sensitive). Empty: the provider takes none.
+    fn config_schema(&self) -> Vec<AttrSchema> {
+        Vec::new()
+    }
+    /// Called once per run, before anything is read or planned, with the evaluated settings of
+    /// one configuration (a block, or nothing for a provider used without one: then `config`
+    /// holds only the schema's defaults). `Ok(Some(p))`: the engine uses `p` for every resource
+    /// bound to this configuration; `Ok(None)`: this instance needs no configuration and is used
+    /// as it is. Credentials a block omits come from the provider's standard sources
+    /// (environment, files); never from state. An `Invalid` with an `attr` names the setting
+    /// that is wrong or missing; its help says what to write.
+    fn configure(&self, _config: &ValueMap) -> Result<Option<Arc<dyn Provider>>, Vec<Invalid>> {
+        Ok(None)
+    }
 }
 
 /// The providers known to this binary, and which kinds each serves.
@@ -485,6 +500,23 @@ pub trait Provider: Send + Sync {
 pub struct Registry {
     providers: Vec<Arc<dyn Provider>>,
     kinds: Vec<(String, Vec<(String, KindSchema)>)>,
+    /// After `configure`: the instance of every configuration used this run, keyed `NAME` or
+    /// `NAME.ALIAS`. None: not configured; lookups answer the registered (default) instances.
+    configured: Option<Vec<(String, Arc<dyn Provider>)>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("providers", &self.provider_names())
+            .field("configured", &self.configured_keys())
+            .finish()
+    }
+}
+
+/// The provider name of a configuration key: `local` of `local.west`.
+pub fn provider_name(key: &str) -> &str {
+    key.split_once('.').map_or(key, |(n, _)| n)
 }
 
 impl Registry {
@@ -498,8 +530,37 @@ impl Registry {
         }
         self.providers.push(p);
     }
-    pub fn provider(&self, name: &str) -> Option<&Arc<dyn Provider>> {
+    /// The instance for a configuration key (`local`, `local.west`). A configured registry
+    /// answers only the configurations it was given; an unconfigured one answers plain names with
+    /// the registered instances.
+    pub fn provider(&self, key: &str) -> Option<&Arc<dyn Provider>> {
+        match &self.configured {
+            Some(c) => c.iter().find(|(k, _)| k == key).map(|(_, p)| p),
+            None => self.registered(key),
+        }
+    }
+    /// The registered (unconfigured) instance of a provider.
+    pub fn registered(&self, name: &str) -> Option<&Arc<dyn Provider>> {
         self.providers.iter().find(|p| p.name() == name)
+    }
+    /// Names of every registered provider, in registration order.
+    pub fn provider_names(&self) -> Vec<&'static str> {
+        self.providers.iter().map(|p| p.name()).collect()
+    }
+    /// This registry with the configured instances `configure` made (keys `NAME[.ALIAS]`).
+    pub fn with_configured(&self, instances: Vec<(String, Arc<dyn Provider>)>) -> Registry {
+        Registry {
+            configured: Some(instances),
+            ..self.clone()
+        }
+    }
+    /// The configuration keys this registry was configured with (empty when unconfigured).
+    pub fn configured_keys(&self) -> Vec<&str> {
+        self.configured
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.as_str())
+            .collect()
     }
     pub fn kind_names(&self) -> Vec<&str> {
         self.kinds.iter().map(|(k, _)| k.as_str()).collect()
@@ -508,9 +569,10 @@ impl Registry {
         self.kinds.iter().any(|(k, _)| k == kind)
     }
     /// (provider, schema) for a kind; the first registered provider is the default.
+    /// `provider` may be a configuration key (`local.west`): its provider's schema.
     pub fn schema(&self, kind: &str, provider: Option<&str>) -> Option<(&str, &KindSchema)> {
         let (_, v) = self.kinds.iter().find(|(k, _)| k == kind)?;
-        match provider {
+        match provider.map(provider_name) {
             None => v.first().map(|(p, s)| (p.as_str(), s)),
             Some(want) => v
                 .iter()

@@ -15,8 +15,8 @@ use std::sync::Arc;
 pub fn registry() -> Registry {
     let mut r = Registry::default();
     r.add(Arc::new(local::Local));
-    r.add(Arc::new(nginx::Nginx));
-    r.add(Arc::new(redis::Redis));
+    r.add(Arc::new(nginx::Nginx::default()));
+    r.add(Arc::new(redis::Redis::default()));
     r.add(Arc::new(monitor::Monitor));
     r
 }

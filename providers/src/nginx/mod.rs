@@ -16,7 +16,61 @@ use pipeline_supervise::{private, HealthCheck, ReplicaSpec};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub struct Nginx;
+/// The provider; `provider "nginx" { binary = "/usr/sbin/nginx" }` configures an instance that
+/// runs that executable.
+#[derive(Default)]
+pub struct Nginx {
+    /// The nginx executable the block names; None: `PIPELINE_NGINX`, else PATH (see `nginx_bin`).
+    binary: Option<PathBuf>,
+}
+
+impl Nginx {
+    /// The executable this instance runs: the configured one, else the one found as before.
+    fn bin(&self) -> Option<PathBuf> {
+        self.binary.clone().or_else(nginx_bin)
+    }
+    fn missing(&self) -> String {
+        match &self.binary {
+            Some(b) => format!("the nginx `binary` {} is not there any more", b.display()),
+            None => "nginx is not installed (no nginx on PATH)".into(),
+        }
+    }
+}
+
+/// Where apply records which executable runs a balancer, so later `nginx -t` checks of the same
+/// prefix (the canary's shifted configs) use it too.
+const BINARY_RECORD: &str = "conf/nginx.binary";
+
+/// The `binary` setting of a `provider "nginx"` block: an absolute path to an executable file.
+fn configured_binary(config: &ValueMap) -> Result<Option<PathBuf>, Invalid> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(v) = config.get("binary").map(|v| v.unmarked().0) else {
+        return Ok(None);
+    };
+    let Some(s) = v.as_str() else {
+        return Ok(None);
+    };
+    let p = PathBuf::from(s);
+    let help = "give the absolute path of the nginx executable (e.g. binary = \"/usr/sbin/nginx\"), or remove `binary` to use the nginx on PATH";
+    let problem = if !p.is_absolute() {
+        Some("is not an absolute path")
+    } else {
+        match std::fs::metadata(&p) {
+            Err(_) => Some("does not exist"),
+            Ok(m) if !m.is_file() => Some("is not a file"),
+            Ok(m) if m.permissions().mode() & 0o111 == 0 => Some("is not executable"),
+            Ok(_) => None,
+        }
+    };
+    match problem {
+        Some(why) => Err(Invalid::new(
+            Some("binary"),
+            format!("the nginx executable {s} {why}"),
+            help,
+        )),
+        None => Ok(Some(p)),
+    }
+}
 
 const TEMPLATE: &str = include_str!("nginx.conf.hbs");
 
@@ -273,10 +327,19 @@ fn render(
 }
 
 /// `nginx -t` on `text` in a throwaway prefix; Err(attribute, message) on rejection.
+/// The executable is the one recorded for `real_prefix` by apply, else the default.
 fn check(text: &str, real_prefix: &Path) -> Result<(), (Option<String>, String)> {
-    let Some(bin) = nginx_bin() else {
+    let recorded = std::fs::read_to_string(real_prefix.join(BINARY_RECORD))
+        .ok()
+        .map(|s| PathBuf::from(s.trim_end()));
+    let Some(bin) = recorded.or_else(nginx_bin) else {
         return Err((None, "nginx is not installed (no nginx on PATH)".into()));
     };
+    check_with(&bin, text, real_prefix)
+}
+
+/// `nginx -t` with the executable `bin`.
+fn check_with(bin: &Path, text: &str, real_prefix: &Path) -> Result<(), (Option<String>, String)> {
     let tmp = std::env::temp_dir().join(format!(
         "pipeline-nginx-check-{}-{}",
         std::process::id(),
@@ -291,7 +354,7 @@ fn check(text: &str, real_prefix: &Path) -> Result<(), (Option<String>, String)>
             &tmp.display().to_string(),
         );
         private::write(&tmp.join("conf/nginx.conf"), &text).map_err(|e| (None, e.to_string()))?;
-        let out = std::process::Command::new(&bin)
+        let out = std::process::Command::new(bin)
             .arg("-t")
             .arg("-q")
             .arg("-p")
@@ -402,16 +465,33 @@ impl Provider for Nginx {
         // `listen`, sizes, durations, route paths: the schema's formats, checked by the engine.
         // Rendered with a placeholder prefix: only the values are checked here.
         let pre = Path::new("/nonexistent-pipeline-prefix");
-        if nginx_bin().is_none() {
-            return vec![invalid((
-                None,
-                "nginx is not installed (no nginx on PATH)".into(),
-            ))];
-        }
+        let Some(bin) = self.bin() else {
+            return vec![invalid((None, self.missing()))];
+        };
         match render(c, pre, Path::new("/"), true) {
             Err(e) => vec![invalid(e)],
             Ok(None) => vec![],
-            Ok(Some(text)) => check(&text, pre).err().map(invalid).into_iter().collect(),
+            Ok(Some(text)) => check_with(&bin, &text, pre)
+                .err()
+                .map(invalid)
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    fn config_schema(&self) -> Vec<AttrSchema> {
+        vec![AttrSchema::optional("binary", Type::String).format(Format::FilePath)]
+    }
+
+    fn configure(
+        &self,
+        config: &ValueMap,
+    ) -> Result<Option<std::sync::Arc<dyn Provider>>, Vec<Invalid>> {
+        match configured_binary(config).map_err(|e| vec![e])? {
+            None => Ok(None),
+            Some(binary) => Ok(Some(std::sync::Arc::new(Nginx {
+                binary: Some(binary),
+            }))),
         }
     }
 
@@ -494,7 +574,14 @@ impl Provider for Nginx {
             req.config.clone(),
             req.prior.cloned(),
         );
-        crate::blocking(move || apply_blocking(&ctx, &addr, &config, prior.as_ref())).await
+        let (bin, missing) = (self.bin(), self.missing());
+        crate::blocking(move || {
+            let bin = bin.ok_or_else(|| {
+                ProviderError::new(missing).help("install nginx (apt-get install nginx-light)")
+            })?;
+            apply_blocking(&ctx, &addr, &config, prior.as_ref(), &bin)
+        })
+        .await
     }
 
     async fn delete(
@@ -524,6 +611,7 @@ fn apply_blocking(
     addr: &str,
     c: &ValueMap,
     prior: Option<&JsonMap>,
+    bin: &Path,
 ) -> Result<JsonMap, ProviderError> {
     let pre = prefix(ctx, addr);
     let o = planned_object(ctx, addr, c).map_err(|e| {
@@ -540,7 +628,13 @@ fn apply_blocking(
             ProviderError::new(format!("cannot create {}: {e}", pre.join(d).display()))
         })?;
     }
-    check(&text, &pre).map_err(fail)?;
+    check_with(bin, &text, &pre).map_err(fail)?;
+    private::write(&pre.join(BINARY_RECORD), bin.display().to_string()).map_err(|e| {
+        ProviderError::new(format!(
+            "cannot write {}: {e}",
+            pre.join(BINARY_RECORD).display()
+        ))
+    })?;
     let conf = pre.join("conf/nginx.conf");
     let running =
         pipeline_supervise::status(&pre).filter(|s| s.supervisor_alive && s.child_pid.is_some());
@@ -563,10 +657,6 @@ fn apply_blocking(
             }
         }
         _ => {
-            let bin = nginx_bin().ok_or_else(|| {
-                ProviderError::new("nginx is not installed (no nginx on PATH)")
-                    .help("install nginx (apt-get install nginx-light)")
-            })?;
             let address = c
                 .get("address")
                 .and_then(Value::as_str)

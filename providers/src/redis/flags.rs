@@ -167,9 +167,12 @@ fn address_of(c: &ValueMap) -> String {
         .unwrap_or_else(|| "127.0.0.1".into())
 }
 
-/// redis-server on PATH.
-pub fn find_redis_server() -> Result<PathBuf, ProviderError> {
+/// The redis-server a `provider "redis" { binary = ... }` block names, else redis-server on PATH.
+pub fn find_redis_server(binary: Option<&Path>) -> Result<PathBuf, ProviderError> {
     use std::os::unix::fs::PermissionsExt;
+    if let Some(b) = binary {
+        return Ok(b.to_path_buf());
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     for d in std::env::split_paths(&path) {
         let p = d.join("redis-server");
@@ -210,8 +213,12 @@ fn url(address: &str, port: u16, password: &str) -> String {
     Url::new(address, port, Some(password)).render()
 }
 
-pub fn plan(_ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
-    find_redis_server()?;
+pub fn plan(
+    _ctx: &ProviderCtx,
+    req: &PlanRequest<'_>,
+    binary: Option<&Path>,
+) -> Result<Planned, ProviderError> {
+    find_redis_server(binary)?;
     let c = req.config;
     let mut o = c.clone();
     let given = |k: &str| c.get(k).filter(|v| !matches!(v, Value::Null));
@@ -535,14 +542,19 @@ fn stop_all(base: &Path) -> Result<(), ProviderError> {
     Ok(())
 }
 
-pub async fn apply(ctx: &ProviderCtx, req: &ApplyRequest<'_>) -> Result<JsonMap, ProviderError> {
+pub async fn apply(
+    ctx: &ProviderCtx,
+    req: &ApplyRequest<'_>,
+    binary: Option<PathBuf>,
+) -> Result<JsonMap, ProviderError> {
     let (ctx, addr, config, prior) = (
         ctx.clone(),
         req.addr.to_string(),
         req.config.clone(),
         req.prior.cloned(),
     );
-    crate::blocking(move || apply_blocking(&ctx, &addr, &config, prior.as_ref())).await
+    crate::blocking(move || apply_blocking(&ctx, &addr, &config, prior.as_ref(), binary.as_deref()))
+        .await
 }
 
 fn apply_blocking(
@@ -550,8 +562,9 @@ fn apply_blocking(
     addr: &str,
     c: &ValueMap,
     prior: Option<&JsonMap>,
+    binary: Option<&Path>,
 ) -> Result<JsonMap, ProviderError> {
-    let redis = find_redis_server()?;
+    let redis = find_redis_server(binary)?;
     let base = base_dir(&ctx.work_dir, addr);
     let address = address_of(c);
     let given = |k: &str| c.get(k).filter(|v| !matches!(v, Value::Null));

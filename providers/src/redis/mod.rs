@@ -7,13 +7,53 @@ pub mod resp;
 pub mod store;
 
 use async_trait::async_trait;
+use pipeline_engine::format::Format;
 use pipeline_engine::provider::{
-    ApplyRequest, Invalid, JsonMap, KindSchema, PlanRequest, Planned, Provider, ProviderCtx,
-    ProviderError,
+    ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned, Provider,
+    ProviderCtx, ProviderError, Type,
 };
 use pipeline_engine::value::ValueMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-pub struct Redis;
+/// The provider; `provider "redis" { binary = "/usr/bin/redis-server" }` configures an instance
+/// that runs that executable.
+#[derive(Default)]
+pub struct Redis {
+    /// The redis-server the block names; None: redis-server on PATH.
+    binary: Option<PathBuf>,
+}
+
+/// The `binary` setting: an absolute path to an executable file.
+fn configured_binary(config: &ValueMap) -> Result<Option<PathBuf>, Invalid> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(s) = config
+        .get("binary")
+        .map(|v| v.unmarked().0)
+        .and_then(|v| v.as_str().map(str::to_string))
+    else {
+        return Ok(None);
+    };
+    let p = PathBuf::from(&s);
+    let problem = if !p.is_absolute() {
+        Some("is not an absolute path")
+    } else {
+        match std::fs::metadata(&p) {
+            Err(_) => Some("does not exist"),
+            Ok(m) if !m.is_file() => Some("is not a file"),
+            Ok(m) if m.permissions().mode() & 0o111 == 0 => Some("is not executable"),
+            Ok(_) => None,
+        }
+    };
+    match problem {
+        Some(why) => Err(Invalid::new(
+            Some("binary"),
+            format!("the redis-server executable {s} {why}"),
+            "give the absolute path of redis-server (e.g. binary = \"/usr/bin/redis-server\"), or remove `binary` to use the redis-server on PATH",
+        )),
+        None => Ok(Some(p)),
+    }
+}
 
 fn unknown_kind(kind: &str) -> ProviderError {
     ProviderError::new(format!("redis does not serve {kind}"))
@@ -35,6 +75,14 @@ impl Provider for Redis {
     fn kinds(&self) -> Vec<KindSchema> {
         vec![flags::schema()]
     }
+    fn config_schema(&self) -> Vec<AttrSchema> {
+        vec![AttrSchema::optional("binary", Type::String).format(Format::FilePath)]
+    }
+    fn configure(&self, config: &ValueMap) -> Result<Option<Arc<dyn Provider>>, Vec<Invalid>> {
+        Ok(configured_binary(config)
+            .map_err(|e| vec![e])?
+            .map(|b| Arc::new(Redis { binary: Some(b) }) as Arc<dyn Provider>))
+    }
     fn validate(&self, kind: &str, config: &ValueMap) -> Vec<Invalid> {
         match kind {
             "flags" => flags::validate(config),
@@ -43,7 +91,7 @@ impl Provider for Redis {
     }
     fn plan(&self, ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
         match req.kind {
-            "flags" => flags::plan(ctx, req),
+            "flags" => flags::plan(ctx, req, self.binary.as_deref()),
             k => Err(unknown_kind(k)),
         }
     }
@@ -65,7 +113,7 @@ impl Provider for Redis {
         req: &ApplyRequest<'_>,
     ) -> Result<JsonMap, ProviderError> {
         match req.kind {
-            "flags" => flags::apply(ctx, req).await,
+            "flags" => flags::apply(ctx, req, self.binary.clone()).await,
             k => Err(unknown_kind(k)),
         }
     }
