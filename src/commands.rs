@@ -285,7 +285,11 @@ pub fn run(args: Vec<String>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(dispatch(cli, style)) {
+    let result = rt.block_on(dispatch(cli, style));
+    // A provider call the engine stopped waiting for (Ctrl-C, a deadline) may still run on a
+    // blocking thread: it does not hold the exit up for long; its record says Pending.
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
         Ok(code) => code,
         Err(e) => {
             if let Some(r) = e.downcast_ref::<Reported>() {
@@ -802,7 +806,10 @@ async fn run_apply(
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 cancel.store(true, Ordering::SeqCst);
-                eprintln!("\nInterrupt received: running steps finish and are recorded; nothing new starts.");
+                eprintln!(
+                    "\nInterrupt received: nothing new starts; running steps have {} to finish, then stop and are recorded (the next apply finishes or cleans up what they left).",
+                    pipeline_engine::step::format_duration(ops::CTRL_C_GRACE)
+                );
             }
         });
     }

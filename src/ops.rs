@@ -339,6 +339,10 @@ pub async fn sweep_orphans(ws: &Workspace, _lock: &state::LockGuard) -> Result<V
     Ok(out)
 }
 
+/// After Ctrl-C, how long running steps may go on to finish before they are told to stop: with
+/// the engine's half second for a provider to stop on its own, apply returns within 2 s.
+pub const CTRL_C_GRACE: std::time::Duration = std::time::Duration::from_millis(1200);
+
 /// Apply a plan while holding the state lock; refuses a plan made against another state.
 pub async fn apply_plan(
     ws: &Workspace,
@@ -376,6 +380,7 @@ pub async fn apply_plan(
         &ApplyOptions {
             parallelism,
             cancel,
+            grace: CTRL_C_GRACE,
             retry: Default::default(),
         },
         on_event,

@@ -487,14 +487,16 @@ impl Provider for Nginx {
         &self,
         ctx: &ProviderCtx,
         req: &ApplyRequest<'_>,
+        step: &pipeline_engine::Step,
     ) -> Result<JsonMap, ProviderError> {
-        let (ctx, addr, config, prior) = (
+        let (ctx, addr, config, prior, step) = (
             ctx.clone(),
             req.addr.to_string(),
             req.config.clone(),
             req.prior.cloned(),
+            step.clone(),
         );
-        crate::blocking(move || apply_blocking(&ctx, &addr, &config, prior.as_ref())).await
+        crate::blocking(move || apply_blocking(&ctx, &addr, &config, prior.as_ref(), &step)).await
     }
 
     async fn delete(
@@ -503,6 +505,7 @@ impl Provider for Nginx {
         _kind: &str,
         addr: &str,
         _prior: &JsonMap,
+        _step: &pipeline_engine::Step,
     ) -> Result<(), ProviderError> {
         let pre = prefix(ctx, addr);
         crate::blocking(move || {
@@ -524,6 +527,7 @@ fn apply_blocking(
     addr: &str,
     c: &ValueMap,
     prior: Option<&JsonMap>,
+    step: &pipeline_engine::Step,
 ) -> Result<JsonMap, ProviderError> {
     let pre = prefix(ctx, addr);
     let o = planned_object(ctx, addr, c).map_err(|e| {
@@ -589,13 +593,10 @@ fn apply_blocking(
             };
             pipeline_supervise::start(&ctx.exe, &pre, &spec, Duration::from_secs(10))
                 .map_err(|e| ProviderError::new(e.to_string()))?;
-            pipeline_supervise::wait_healthy(&pre, &spec, Duration::from_secs(10)).map_err(
-                |e| {
-                    let _ = pipeline_supervise::stop(&pre, Duration::from_secs(5));
-                    ProviderError::new(e.to_string())
-                        .help(format!("see {}", pre.join("logs/error.log").display()))
-                },
-            )?;
+            crate::wait_healthy(step, &pre, &spec, Duration::from_secs(10)).map_err(|e| {
+                let _ = pipeline_supervise::stop(&pre, Duration::from_secs(5));
+                ProviderError::new(e).help(format!("see {}", pre.join("logs/error.log").display()))
+            })?;
         }
     }
     Ok(o.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())

@@ -394,6 +394,7 @@ fn write_private(path: &Path, text: &str) -> Result<(), ProviderError> {
 
 struct Server<'a> {
     ctx: &'a ProviderCtx,
+    step: &'a pipeline_engine::Step,
     addr: &'a str,
     redis: &'a Path,
     address: &'a str,
@@ -442,8 +443,7 @@ impl Server<'_> {
         };
         pipeline_supervise::start(&self.ctx.exe, &dir, &spec, Duration::from_secs(10))
             .map_err(|e| fail(e.to_string()))?;
-        pipeline_supervise::wait_healthy(&dir, &spec, Duration::from_secs(15))
-            .map_err(|e| fail(e.to_string()))?;
+        crate::wait_healthy(self.step, &dir, &spec, Duration::from_secs(15)).map_err(fail)?;
         Ok(())
     }
 
@@ -535,14 +535,19 @@ fn stop_all(base: &Path) -> Result<(), ProviderError> {
     Ok(())
 }
 
-pub async fn apply(ctx: &ProviderCtx, req: &ApplyRequest<'_>) -> Result<JsonMap, ProviderError> {
-    let (ctx, addr, config, prior) = (
+pub async fn apply(
+    ctx: &ProviderCtx,
+    req: &ApplyRequest<'_>,
+    step: &pipeline_engine::Step,
+) -> Result<JsonMap, ProviderError> {
+    let (ctx, addr, config, prior, step) = (
         ctx.clone(),
         req.addr.to_string(),
         req.config.clone(),
         req.prior.cloned(),
+        step.clone(),
     );
-    crate::blocking(move || apply_blocking(&ctx, &addr, &config, prior.as_ref())).await
+    crate::blocking(move || apply_blocking(&ctx, &addr, &config, prior.as_ref(), &step)).await
 }
 
 fn apply_blocking(
@@ -550,6 +555,7 @@ fn apply_blocking(
     addr: &str,
     c: &ValueMap,
     prior: Option<&JsonMap>,
+    step: &pipeline_engine::Step,
 ) -> Result<JsonMap, ProviderError> {
     let redis = find_redis_server()?;
     let base = base_dir(&ctx.work_dir, addr);
@@ -591,6 +597,7 @@ fn apply_blocking(
     };
     let srv = Server {
         ctx,
+        step,
         addr,
         redis: &redis,
         address: &address,

@@ -63,9 +63,10 @@ impl Provider for Redis {
         &self,
         ctx: &ProviderCtx,
         req: &ApplyRequest<'_>,
+        step: &pipeline_engine::Step,
     ) -> Result<JsonMap, ProviderError> {
         match req.kind {
-            "flags" => flags::apply(ctx, req).await,
+            "flags" => flags::apply(ctx, req, step).await,
             k => Err(unknown_kind(k)),
         }
     }
@@ -75,6 +76,7 @@ impl Provider for Redis {
         kind: &str,
         addr: &str,
         _prior: &JsonMap,
+        _step: &pipeline_engine::Step,
     ) -> Result<(), ProviderError> {
         match kind {
             "flags" => flags::delete(ctx, addr).await,
