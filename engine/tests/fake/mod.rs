@@ -38,6 +38,9 @@ pub struct Fake {
     hang: Mutex<HashSet<String>>,
     /// Addresses whose calls never return and ignore their step (only the engine stops them).
     stall: Mutex<HashSet<String>>,
+    /// Addresses whose calls wait until `open` (or their step stops them).
+    gated: Mutex<HashSet<String>>,
+    pub open: AtomicBool,
     defaults: Mutex<Timeouts>,
     /// Per address: what `read` answers instead of the record (None: gone).
     drift: Mutex<HashMap<String, Option<JsonMap>>>,
@@ -65,6 +68,16 @@ impl Fake {
     }
     pub fn hang(&self, addr: &str) {
         self.hang.lock().unwrap().insert(addr.to_string());
+    }
+    /// Calls for `addr` end normally again (no more hanging, stalling or gate).
+    pub fn release(&self, addr: &str) {
+        self.hang.lock().unwrap().remove(addr);
+        self.stall.lock().unwrap().remove(addr);
+        self.gated.lock().unwrap().remove(addr);
+    }
+    /// Calls for `addr` wait until `open` is set, then succeed (unless their step stops first).
+    pub fn gate(&self, addr: &str) {
+        self.gated.lock().unwrap().insert(addr.to_string());
     }
     /// Calls for `addr` never return and ignore cancel and deadline.
     pub fn stall(&self, addr: &str) {
@@ -126,6 +139,11 @@ impl Fake {
         }
         if self.stall.lock().unwrap().contains(addr) {
             std::future::pending::<()>().await;
+        }
+        if self.gated.lock().unwrap().contains(addr) {
+            while !self.open.load(Ordering::SeqCst) {
+                step.sleep(Duration::from_millis(5)).await?;
+            }
         }
         if self.hang.lock().unwrap().contains(addr) {
             // Cooperative: ends when the step is cancelled or past its deadline.
