@@ -401,7 +401,7 @@ async fn apply(
         cws,
         &plan,
         &lock,
-        10,
+        (10, ops::CTRL_C_GRACE),
         Arc::new(AtomicBool::new(false)),
         &mut quiet,
     )

@@ -56,6 +56,15 @@ struct PlanArgs {
     /// Concurrent provider operations.
     #[arg(long, default_value_t = 10)]
     parallelism: usize,
+    /// After Ctrl-C, how long running steps may go on to finish before they are stopped
+    /// (recorded Pending; the next apply finishes or cleans up what they left).
+    #[arg(long, default_value = "1.2s", value_parser = parse_grace, value_name = "DURATION")]
+    interrupt_grace: std::time::Duration,
+}
+
+fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
+    pipeline_engine::step::parse_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration (e.g. \"1.2s\", \"500ms\", \"1m\")"))
 }
 
 #[derive(Subcommand)]
@@ -374,8 +383,17 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
                 if let Some(plan) = read_saved_plan(&ws, p)? {
                     let lock = ops::lock(&ws, "apply", &mut stale_note)?;
                     report_orphans(&ops::sweep_orphans(&ws, &lock).await?, json);
-                    return run_apply(&ws, plan, &lock, true, json, args.parallelism, style, false)
-                        .await;
+                    return run_apply(
+                        &ws,
+                        plan,
+                        &lock,
+                        true,
+                        json,
+                        (args.parallelism, args.interrupt_grace),
+                        style,
+                        false,
+                    )
+                    .await;
                 }
             }
             // Held from planning to the last step: nobody changes the state in between.
@@ -390,7 +408,7 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
                 &lock,
                 auto_approve,
                 json,
-                args.parallelism,
+                (args.parallelism, args.interrupt_grace),
                 style,
                 true,
             )
@@ -411,7 +429,7 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
                 &lock,
                 auto_approve,
                 json,
-                args.parallelism,
+                (args.parallelism, args.interrupt_grace),
                 style,
                 true,
             )
@@ -442,6 +460,7 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
                     targets: vec![],
                     replace: vec![],
                     parallelism: 10,
+                    interrupt_grace: ops::CTRL_C_GRACE,
                 },
                 false,
             )?;
@@ -571,7 +590,7 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
                 &lock,
                 auto_approve,
                 json,
-                args.parallelism,
+                (args.parallelism, args.interrupt_grace),
                 style,
                 true,
             )
@@ -772,7 +791,7 @@ async fn run_apply(
     lock: &pipeline_engine::state::LockGuard,
     auto_approve: bool,
     json: bool,
-    parallelism: usize,
+    (parallelism, grace): (usize, std::time::Duration),
     style: Style,
     show: bool,
 ) -> Result<ExitCode> {
@@ -808,7 +827,7 @@ async fn run_apply(
                 cancel.store(true, Ordering::SeqCst);
                 eprintln!(
                     "\nInterrupt received: nothing new starts; running steps have {} to finish, then stop and are recorded (the next apply finishes or cleans up what they left).",
-                    pipeline_engine::step::format_duration(ops::CTRL_C_GRACE)
+                    pipeline_engine::step::format_duration(grace)
                 );
             }
         });
@@ -881,7 +900,8 @@ async fn run_apply(
             (None, _) => eprintln!("{}", render::event_line(e)),
         }
     };
-    let report = ops::apply_plan(ws, &plan, lock, parallelism, cancel, &mut on_event).await?;
+    let report =
+        ops::apply_plan(ws, &plan, lock, (parallelism, grace), cancel, &mut on_event).await?;
     if let Some(o) = overall {
         o.finish_and_clear();
     }

@@ -24,8 +24,8 @@ fn timed_lines(t: &Scratch, args: &[&str]) -> (std::process::ExitStatus, Vec<(In
     (child.wait().expect("pipeline exits"), lines)
 }
 
-fn event<'a>(
-    lines: &'a [(Instant, String)],
+fn event(
+    lines: &[(Instant, String)],
     ty: &str,
     addr: &str,
 ) -> Option<(Instant, serde_json::Value)> {
