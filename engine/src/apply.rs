@@ -500,10 +500,16 @@ pub async fn apply(
             let (ctx, kind, addr, action) = (ctx.clone(), c.kind.clone(), c.addr.clone(), c.action);
             let retry = retry(&addr);
             let mut step = step_of(&addr, progress(addr.clone()));
-            if let Phase::Analyze { progress, .. } = &phase {
-                // A judgement, not a change in progress: Ctrl-C stops it at once, as an abort.
-                step.cancel = stop_now.clone();
-                step.progress = progress.clone();
+            match &phase {
+                Phase::Analyze { progress, .. } => {
+                    // A judgement, not a change in progress: Ctrl-C stops it at once, as an abort.
+                    step.cancel = stop_now.clone();
+                    step.progress = progress.clone();
+                }
+                // Undoing what was staged is what Ctrl-C asks for: never cancelled (its
+                // deadline still bounds it).
+                Phase::Abort(_) => step.cancel = CancelToken::new(),
+                _ => {}
             }
             let timeouts = timeouts_of(config, registry, c);
             let call = Call {
@@ -749,8 +755,12 @@ pub async fn apply(
                 config: &old,
                 prior: Some(&current.attrs),
             };
-            let step = step_of(&c.addr, progress(c.addr.clone()))
-                .bounded(Op::Update, timeouts_of(config, registry, c).update);
+            // A rollback is cleanup: Ctrl-C does not cancel it (its deadline bounds it).
+            let step = Step {
+                cancel: CancelToken::new(),
+                ..step_of(&c.addr, progress(c.addr.clone()))
+            }
+            .bounded(Op::Update, timeouts_of(config, registry, c).update);
             let rolled = retry(&c.addr)
                 .run(&step, || provider.apply(ctx, &req, &step))
                 .await;
