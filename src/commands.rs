@@ -59,6 +59,15 @@ struct PlanArgs {
     /// Concurrent provider operations.
     #[arg(long, default_value_t = 10)]
     parallelism: usize,
+    /// After Ctrl-C, how long running steps may go on to finish before they are stopped
+    /// (recorded Pending; the next apply finishes or cleans up what they left).
+    #[arg(long, default_value = "1.2s", value_parser = parse_grace, value_name = "DURATION")]
+    interrupt_grace: std::time::Duration,
+}
+
+fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
+    pipeline_engine::step::parse_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration (e.g. \"1.2s\", \"500ms\", \"1m\")"))
 }
 
 #[derive(Subcommand)]
@@ -233,7 +242,11 @@ pub fn run(args: Vec<String>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(dispatch(cli, style)) {
+    let result = rt.block_on(dispatch(cli, style));
+    // A provider call the engine stopped waiting for (Ctrl-C, a deadline) may still run on a
+    // blocking thread: it does not hold the exit up for long; its record says Pending.
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
         Ok(code) => code,
         Err(e) => {
             if let Some(r) = e.downcast_ref::<Reported>() {
@@ -428,7 +441,7 @@ async fn run_apply(
     lock: &pipeline_engine::state::LockGuard,
     auto_approve: bool,
     json: bool,
-    parallelism: usize,
+    (parallelism, grace): (usize, std::time::Duration),
     style: Style,
     show: bool,
 ) -> Result<ExitCode> {
@@ -462,7 +475,10 @@ async fn run_apply(
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 cancel.store(true, Ordering::SeqCst);
-                eprintln!("\nInterrupt received: running steps finish and are recorded; nothing new starts.");
+                eprintln!(
+                    "\nInterrupt received: nothing new starts; running steps have {} to finish, then stop and are recorded (the next apply finishes or cleans up what they left).",
+                    pipeline_engine::step::format_duration(grace)
+                );
             }
         });
     }
@@ -534,7 +550,8 @@ async fn run_apply(
             (None, _) => eprintln!("{}", render::event_line(e)),
         }
     };
-    let report = ops::apply_plan(ws, &plan, lock, parallelism, cancel, &mut on_event).await?;
+    let report =
+        ops::apply_plan(ws, &plan, lock, (parallelism, grace), cancel, &mut on_event).await?;
     if let Some(o) = overall {
         o.finish_and_clear();
     }

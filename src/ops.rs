@@ -371,12 +371,17 @@ pub async fn sweep_orphans(ws: &Workspace, _lock: &state::LockGuard) -> Result<V
     Ok(out)
 }
 
+/// After Ctrl-C, how long running steps may go on to finish before they are told to stop (the
+/// CLI's default for `-interrupt-grace`): with the engine's half second for a provider to stop
+/// on its own, apply returns within 2 s.
+pub const CTRL_C_GRACE: std::time::Duration = std::time::Duration::from_millis(1200);
+
 /// Apply a plan while holding the state lock; refuses a plan made against another state.
 pub async fn apply_plan(
     ws: &Workspace,
     plan: &Plan,
     _lock: &state::LockGuard,
-    parallelism: usize,
+    (parallelism, grace): (usize, std::time::Duration),
     cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<ApplyReport> {
@@ -411,6 +416,7 @@ pub async fn apply_plan(
         &ApplyOptions {
             parallelism,
             cancel,
+            grace,
             retry: Default::default(),
         },
         on_event,

@@ -373,8 +373,10 @@ file "after" {{
             src.display()
         ),
     );
+    // The replicas need ~2.6 s after the signal, longer than the default grace (1.2 s: a
+    // hanging create must return within 2 s): this run gives running steps 10 s.
     let child = t
-        .cmd(&["apply", "-auto-approve", "s.hcl"])
+        .cmd(&["apply", "-auto-approve", "-interrupt-grace=10s", "s.hcl"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -11,6 +11,7 @@ use crate::provider::{
     Aborted, ApplyRequest, ErrorKind, JsonMap, Progress, ProviderCtx, ProviderError, Registry,
     Staged,
 };
+use crate::step::{CancelToken, Op, Step, Stop, Timeouts};
 use crate::value::{Value, ValueMap};
 use crate::world::{Expansion, World};
 use pipeline_state::{JournalEntry, ResourceState, StateStore, Status};
@@ -77,8 +78,11 @@ impl ApplyReport {
 
 pub struct ApplyOptions {
     pub parallelism: usize,
-    /// Set (by Ctrl-C) to start nothing new; running steps finish and are recorded.
+    /// Set (by Ctrl-C) to start nothing new; running steps get `grace` to finish and are
+    /// recorded, then their `Step` is cancelled.
     pub cancel: Arc<AtomicBool>,
+    /// How long running steps may go on after `cancel` before they are told to stop.
+    pub grace: Duration,
     /// How throttled and transient provider errors are retried.
     pub retry: RetryPolicy,
 }
@@ -150,7 +154,6 @@ enum Phase {
         config: ValueMap,
         members: Vec<Staged>,
         progress: Progress,
-        cancel: Arc<AtomicBool>,
     },
 }
 
@@ -324,6 +327,32 @@ pub async fn apply(
         events: events_tx.clone(),
         addr: addr.to_string(),
     };
+    // Ctrl-C: nothing new starts at once (and analyses stop, as aborts); running steps have
+    // `grace` to finish, then their steps are cancelled and must return soon.
+    let stop_now = CancelToken::new();
+    let steps_cancel = CancelToken::new();
+    let _watcher = AbortOnDrop(tokio::spawn({
+        let (flag, stop_now, steps_cancel, grace) = (
+            opts.cancel.clone(),
+            stop_now.clone(),
+            steps_cancel.clone(),
+            opts.grace,
+        );
+        async move {
+            while !flag.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            stop_now.cancel();
+            tokio::time::sleep(grace).await;
+            steps_cancel.cancel();
+        }
+    }));
+    let step_of = |addr: &str, progress: Progress| Step {
+        addr: addr.to_string(),
+        cancel: steps_cancel.clone(),
+        deadline: None,
+        progress,
+    };
     let mut queue = Queue::new(&waits);
     let mut spawn_later: Vec<(usize, Phase)> = Vec::new();
     let mut report = ApplyReport::default();
@@ -345,7 +374,7 @@ pub async fn apply(
                     let grp = &mut groups[g];
                     grp.reported += 1;
                     grp.failed.get_or_insert_with(|| c.addr.clone());
-                    spawn_later.extend(resolve(grp, plan, &progress, &opts.cancel));
+                    spawn_later.extend(resolve(grp, plan, &progress));
                 }
             }
             if let Some(b) = queue.blocked_by[i].clone() {
@@ -391,12 +420,7 @@ pub async fn apply(
                         if let Some(g) = group_of[i].filter(|&g| groups[g].two_phase) {
                             groups[g].reported += 1;
                             groups[g].failed.get_or_insert_with(|| c.addr.clone());
-                            spawn_later.extend(resolve(
-                                &mut groups[g],
-                                plan,
-                                &progress,
-                                &opts.cancel,
-                            ));
+                            spawn_later.extend(resolve(&mut groups[g], plan, &progress));
                         }
                         continue;
                     }
@@ -442,6 +466,8 @@ pub async fn apply(
                 Phase::Normal
             };
             let retry = retry(&addr);
+            let step = step_of(&addr, progress(addr.clone()));
+            let timeouts = timeouts_of(config, registry, c);
             running.spawn(async move {
                 let r = run_step(
                     provider,
@@ -452,7 +478,11 @@ pub async fn apply(
                     prior_attrs,
                     config_now,
                     phase,
-                    retry,
+                    Call {
+                        retry,
+                        step,
+                        timeouts,
+                    },
                 )
                 .await;
                 (i, r)
@@ -469,8 +499,26 @@ pub async fn apply(
             })?;
             let (ctx, kind, addr, action) = (ctx.clone(), c.kind.clone(), c.addr.clone(), c.action);
             let retry = retry(&addr);
+            let mut step = step_of(&addr, progress(addr.clone()));
+            match &phase {
+                Phase::Analyze { progress, .. } => {
+                    // A judgement, not a change in progress: Ctrl-C stops it at once, as an abort.
+                    step.cancel = stop_now.clone();
+                    step.progress = progress.clone();
+                }
+                // Undoing what was staged is what Ctrl-C asks for: never cancelled (its
+                // deadline still bounds it).
+                Phase::Abort(_) => step.cancel = CancelToken::new(),
+                _ => {}
+            }
+            let timeouts = timeouts_of(config, registry, c);
+            let call = Call {
+                retry,
+                step,
+                timeouts,
+            };
             running.spawn(async move {
-                let r = run_step(provider, ctx, kind, addr, action, None, None, phase, retry).await;
+                let r = run_step(provider, ctx, kind, addr, action, None, None, phase, call).await;
                 (i, r)
             });
         }
@@ -548,7 +596,7 @@ pub async fn apply(
                 let g = group_of[i].expect("staged steps belong to a group");
                 groups[g].reported += 1;
                 groups[g].staged.push((i, attrs));
-                spawn_later.extend(resolve(&mut groups[g], plan, &progress, &opts.cancel));
+                spawn_later.extend(resolve(&mut groups[g], plan, &progress));
             }
             Ok(Outcome::Aborted) if group_of[i].is_some_and(|g| groups[g].progressive) => {
                 // The release is recorded as aborted: the instance runs what it ran before, and
@@ -620,7 +668,13 @@ pub async fn apply(
                 queue.finish(i, None);
             }
             Err(e) => {
-                if matches!(c.action, Action::Create | Action::Replace) {
+                // Stopped by Ctrl-C: the record stays Pending (what exists is unknown); the
+                // next plan replaces it, cleaning up first, as after a crash.
+                let Failed {
+                    error: e,
+                    interrupted,
+                } = e;
+                if matches!(c.action, Action::Create | Action::Replace) && !interrupted {
                     // Possibly half-made: the next plan replaces it, cleaning up first.
                     let attrs = store
                         .state()
@@ -644,7 +698,7 @@ pub async fn apply(
                 }) {
                     groups[g].reported += 1;
                     groups[g].failed.get_or_insert_with(|| c.addr.clone());
-                    spawn_later.extend(resolve(&mut groups[g], plan, &progress, &opts.cancel));
+                    spawn_later.extend(resolve(&mut groups[g], plan, &progress));
                 }
             }
         }
@@ -701,7 +755,15 @@ pub async fn apply(
                 config: &old,
                 prior: Some(&current.attrs),
             };
-            let rolled = retry(&c.addr).run(|| provider.apply(ctx, &req)).await;
+            // A rollback is cleanup: Ctrl-C does not cancel it (its deadline bounds it).
+            let step = Step {
+                cancel: CancelToken::new(),
+                ..step_of(&c.addr, progress(c.addr.clone()))
+            }
+            .bounded(Op::Update, timeouts_of(config, registry, c).update);
+            let rolled = retry(&c.addr)
+                .run(&step, || provider.apply(ctx, &req, &step))
+                .await;
             while let Ok(e) = events_rx.try_recv() {
                 on_event(&e);
             }
@@ -723,10 +785,13 @@ pub async fn apply(
                     &mut report,
                     on_event,
                     c,
-                    format!("rolling back failed too: {e}"),
+                    format!("rolling back failed too: {}", e.error),
                 ),
             }
         }
+    }
+    if opts.cancel.load(Ordering::SeqCst) {
+        report.interrupted = true;
     }
     for (i, d) in queue.done.iter().enumerate() {
         if !d {
@@ -766,7 +831,6 @@ fn resolve(
     g: &mut Group,
     plan: &Plan,
     progress: &dyn Fn(String) -> Progress,
-    cancel: &Arc<AtomicBool>,
 ) -> Vec<(usize, Phase)> {
     if g.reported < g.members.len() {
         return vec![];
@@ -792,7 +856,6 @@ fn resolve(
                 config: g.config.clone().unwrap_or_default(),
                 members,
                 progress: progress(block),
-                cancel: cancel.clone(),
             },
         )];
     }
@@ -932,9 +995,16 @@ async fn run_step(
     prior: Option<JsonMap>,
     config: Option<ValueMap>,
     phase: Phase,
-    retry: Retry,
-) -> Result<Outcome, ProviderError> {
+    call: Call,
+) -> Result<Outcome, Failed> {
     let p = provider.as_ref();
+    let Call {
+        retry,
+        step,
+        timeouts,
+    } = call;
+    // Each call gets its own deadline from when it starts, by what it does.
+    let bound = |op: Op| step.clone().bounded(op, timeouts.get(op));
     match phase {
         Phase::Normal => {}
         Phase::Stage => {
@@ -945,41 +1015,60 @@ async fn run_step(
                 config: &cfg,
                 prior: prior.as_ref(),
             };
-            return Ok(Outcome::Staged(retry.run(|| p.stage(&ctx, &req)).await?));
+            let s = bound(if prior.is_some() {
+                Op::Update
+            } else {
+                Op::Create
+            });
+            return Ok(Outcome::Staged(
+                retry.run(&s, || p.stage(&ctx, &req, &s)).await?,
+            ));
         }
         Phase::Commit(staged) => {
+            let s = bound(Op::Update);
             return Ok(Outcome::Applied(
-                retry.run(|| p.commit(&ctx, &kind, &addr, &staged)).await?,
-            ))
+                retry
+                    .run(&s, || p.commit(&ctx, &kind, &addr, &staged, &s))
+                    .await?,
+            ));
         }
         Phase::Abort(staged) => {
-            retry.run(|| p.abort(&ctx, &kind, &addr, &staged)).await?;
+            let s = bound(Op::Delete);
+            retry
+                .run(&s, || p.abort(&ctx, &kind, &addr, &staged, &s))
+                .await?;
             return Ok(Outcome::Aborted);
         }
         Phase::Analyze {
             block,
             config,
             members,
-            progress,
-            cancel,
+            ..
         } => {
+            // No per-resource deadline: the canary's own steps say how long it runs.
             return Ok(Outcome::Analyzed(
                 provider
-                    .analyze(&ctx, &kind, &block, &config, &members, progress, cancel)
+                    .analyze(&ctx, &kind, &block, &config, &members, &step)
                     .await,
-            ))
+            ));
         }
     }
     match action {
         Action::Delete => {
             if let Some(prior) = &prior {
-                retry.run(|| p.delete(&ctx, &kind, &addr, prior)).await?;
+                let s = bound(Op::Delete);
+                retry
+                    .run(&s, || p.delete(&ctx, &kind, &addr, prior, &s))
+                    .await?;
             }
             Ok(Outcome::Deleted)
         }
         Action::Replace => {
             if let Some(prior) = &prior {
-                retry.run(|| p.delete(&ctx, &kind, &addr, prior)).await?;
+                let s = bound(Op::Delete);
+                retry
+                    .run(&s, || p.delete(&ctx, &kind, &addr, prior, &s))
+                    .await?;
             }
             let cfg = config.unwrap_or_default();
             let req = ApplyRequest {
@@ -988,15 +1077,16 @@ async fn run_step(
                 config: &cfg,
                 prior: None,
             };
-            let attrs = retry.run(|| p.apply(&ctx, &req)).await?;
+            let s = bound(Op::Create);
+            let attrs = retry.run(&s, || p.apply(&ctx, &req, &s)).await?;
             Ok(Outcome::Applied(attrs))
         }
         Action::Create | Action::Update => {
             let cfg = config.unwrap_or_default();
-            let prior = if action == Action::Update {
-                prior.as_ref()
+            let (prior, op) = if action == Action::Update {
+                (prior.as_ref(), Op::Update)
             } else {
-                None
+                (None, Op::Create)
             };
             let req = ApplyRequest {
                 kind: &kind,
@@ -1004,10 +1094,52 @@ async fn run_step(
                 config: &cfg,
                 prior,
             };
-            let attrs = retry.run(|| p.apply(&ctx, &req)).await?;
+            let s = bound(op);
+            let attrs = retry.run(&s, || p.apply(&ctx, &req, &s)).await?;
             Ok(Outcome::Applied(attrs))
         }
         Action::NoOp => unreachable!("no-ops are not run"),
+    }
+}
+
+/// A step's failure, and whether Ctrl-C stopped it in the middle of a call (then what exists
+/// is unknown: the record stays Pending).
+struct Failed {
+    error: ProviderError,
+    interrupted: bool,
+}
+
+/// What a spawned step needs besides its request: its retries, its context, its limits.
+struct Call {
+    retry: Retry,
+    step: Step,
+    timeouts: Timeouts,
+}
+
+/// A block's `timeouts`, else its provider's defaults (also for a removed block's delete).
+fn timeouts_of(config: &Config, registry: &Registry, c: &ResourceChange) -> Timeouts {
+    let written = c
+        .module
+        .and_then(|m| config.modules.get(m)?.resources.get(&c.resource))
+        .map(|d| d.timeouts)
+        .unwrap_or_default();
+    let defaults = registry
+        .provider(&c.provider)
+        .map(|p| p.default_timeouts(&c.kind))
+        .unwrap_or_default();
+    written.or(defaults)
+}
+
+/// How long past its deadline (or its cancel) a provider call may take to stop on its own,
+/// cleaning up, before the engine stops waiting for it.
+const BACKSTOP: Duration = Duration::from_millis(500);
+
+/// Aborts a background task when the apply is over, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -1020,9 +1152,49 @@ struct Retry {
 }
 
 impl Retry {
+    /// `attempts`, bounded by `step`: a call that goes on past the step's deadline or cancel
+    /// (plus `BACKSTOP` to stop on its own) is abandoned with the step's error, and an error
+    /// that comes after the deadline names it.
+    async fn run<'a, T, F>(&self, step: &Step, f: F) -> Result<T, Failed>
+    where
+        F: FnMut() -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, ProviderError>> + Send + 'a>,
+        >,
+    {
+        let backstop = async {
+            let why = step.stop().await;
+            tokio::time::sleep(BACKSTOP).await;
+            why
+        };
+        let r = tokio::select! {
+            r = self.attempts(step, f) => r,
+            why = backstop => Err((step.error(why), true)),
+        };
+        r.map_err(|(e, in_call)| Failed {
+            // A call that ended while its step was cancelled was interrupted; a backoff wait
+            // that Ctrl-C ended was not (the failure before it stands).
+            interrupted: in_call && step.cancel.is_cancelled(),
+            error: match step.stopped() {
+                Some(Stop::Deadline) => {
+                    let d = step.error(Stop::Deadline);
+                    if e.message.contains(&d.message) {
+                        e
+                    } else {
+                        ProviderError {
+                            message: format!("{}: {}", d.message, e.message),
+                            ..d
+                        }
+                    }
+                }
+                _ => e,
+            },
+        })
+    }
+
     /// Call `f` until it succeeds, fails with an error that is not retryable, runs out of
-    /// attempts, or the run is cancelled during a wait; each retry is announced first.
-    async fn run<'a, T, F>(&self, mut f: F) -> Result<T, ProviderError>
+    /// attempts, or the run is cancelled during a wait; each retry is announced first. No
+    /// attempt starts after the step's deadline.
+    async fn attempts<'a, T, F>(&self, step: &Step, mut f: F) -> Result<T, (ProviderError, bool)>
     where
         F: FnMut() -> std::pin::Pin<
             Box<dyn std::future::Future<Output = Result<T, ProviderError>> + Send + 'a>,
@@ -1036,15 +1208,27 @@ impl Retry {
                 Err(e) => e,
             };
             if !e.kind.retryable() {
-                return Err(e);
+                return Err((e, true));
             }
             if attempt >= attempts {
                 if attempt > 1 {
                     e.message = format!("{} (gave up after {attempt} attempts)", e.message);
                 }
-                return Err(e);
+                return Err((e, true));
             }
             let delay = self.policy.delay(e.kind, attempt, jitter());
+            if let (Some(left), Some(d)) = (step.remaining(), step.deadline) {
+                if left <= delay {
+                    e.message = format!(
+                        "{} (not retried: timeouts.{} of {} ends before the next attempt; {attempt} attempt{} made)",
+                        e.message,
+                        d.op.name(),
+                        crate::step::format_duration(d.limit),
+                        if attempt == 1 { "" } else { "s" }
+                    );
+                    return Err((e, true));
+                }
+            }
             let _ = self.events.send(Event::Retrying {
                 addr: self.addr.clone(),
                 attempt: attempt + 1,
@@ -1053,23 +1237,24 @@ impl Retry {
                 delay,
                 error: e.message.clone(),
             });
-            if !self.wait(delay).await {
+            if !self.wait(step, delay).await {
                 e.message = format!(
                     "{} (interrupted while waiting to retry, after {attempt} attempt{})",
                     e.message,
                     if attempt == 1 { "" } else { "s" }
                 );
-                return Err(e);
+                return Err((e, false));
             }
             attempt += 1;
         }
     }
 
-    /// Sleep for `d` unless cancelled first; false when cancelled.
-    async fn wait(&self, d: Duration) -> bool {
+    /// Sleep for `d` unless cancelled first (a new attempt is something new: Ctrl-C ends the
+    /// wait at once); false when cancelled.
+    async fn wait(&self, step: &Step, d: Duration) -> bool {
         let until = Instant::now() + d;
         loop {
-            if self.cancel.load(Ordering::SeqCst) {
+            if self.cancel.load(Ordering::SeqCst) || step.cancel.is_cancelled() {
                 return false;
             }
             let left = until.saturating_duration_since(Instant::now());

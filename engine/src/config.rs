@@ -97,6 +97,9 @@ pub struct ResourceDecl {
     pub count: Option<Expr>,
     pub for_each: Option<Expr>,
     pub depends_on: Vec<(String, Location)>,
+    /// `timeouts = { create = "10m", update = "5m", delete = "5m" }`: what the block sets
+    /// (the provider's defaults fill the rest at apply).
+    pub timeouts: crate::step::Timeouts,
     pub attrs: IndexMap<String, Expr>,
     pub loc: Location,
     pub file: Arc<SourceFile>,
@@ -123,7 +126,7 @@ pub struct ModuleCall {
     pub loc: Location,
 }
 
-const META: &[&str] = &["count", "for_each", "depends_on", "provider"];
+const META: &[&str] = &["count", "for_each", "depends_on", "provider", "timeouts"];
 
 /// Load a stack: a file, or a directory of `*.hcl` files, plus every module it calls.
 pub fn load(path: &Path, registry: &Registry) -> Result<Config, Diagnostics> {
@@ -679,6 +682,7 @@ impl Loader<'_> {
                     count: None,
                     for_each: None,
                     depends_on: Vec::new(),
+                    timeouts: Default::default(),
                     attrs: IndexMap::new(),
                     loc: bloc.clone(),
                     file: file.clone(),
@@ -689,6 +693,7 @@ impl Loader<'_> {
                         "provider" => {}
                         "count" => r.count = Some(e),
                         "for_each" => r.for_each = Some(e),
+                        "timeouts" => r.timeouts = self.timeouts(file, &e),
                         "depends_on" => match &e.expr {
                             Expression::Array(a) => {
                                 for x in a.iter() {
@@ -928,6 +933,64 @@ impl Loader<'_> {
             }
         }
         (out, keys)
+    }
+}
+
+impl Loader<'_> {
+    /// The `timeouts` meta-argument: an object of literal durations under known keys; every
+    /// mistake is a diagnostic at the value.
+    fn timeouts(&mut self, file: &SourceFile, e: &Expr) -> crate::step::Timeouts {
+        use crate::step::{parse_duration, Timeouts};
+        use hcl_edit::expr::ObjectKey;
+        let mut out = Timeouts::default();
+        let help = "write timeouts = { create = \"10m\", update = \"5m\", delete = \"5m\" } (durations: digits with ms, s, m, h or d)";
+        let Expression::Object(o) = &e.expr else {
+            self.diags.push(
+                Diagnostic::new("`timeouts` must be an object of durations")
+                    .at(e.location())
+                    .help(help),
+            );
+            return out;
+        };
+        for (k, v) in o.iter() {
+            let key = match k {
+                ObjectKey::Ident(i) => Some(i.as_str().to_string()),
+                ObjectKey::Expression(Expression::String(s)) => Some(s.value().to_string()),
+                ObjectKey::Expression(Expression::Variable(v)) => Some(v.as_str().to_string()),
+                ObjectKey::Expression(_) => None,
+            };
+            let Some(key) = key.clone().filter(|k| Timeouts::KEYS.contains(&k.as_str())) else {
+                let written = key.unwrap_or_else(|| "this key".into());
+                self.diags.push(
+                    Diagnostic::new(format!(
+                        "`timeouts` has no `{written}`: it takes create, update and delete"
+                    ))
+                    .at(loc(file, k.span()))
+                    .help(help),
+                );
+                continue;
+            };
+            let value = match v.expr() {
+                Expression::String(s) => Some(s.value().to_string()),
+                _ => None,
+            };
+            match value.as_deref().and_then(parse_duration) {
+                Some(d) if !d.is_zero() => {
+                    out.set(&key, d);
+                }
+                _ => self.diags.push(
+                    Diagnostic::new(format!(
+                        "timeouts.{key} is not a duration{}",
+                        value
+                            .map(|v| format!(": {v:?}"))
+                            .unwrap_or_else(|| " written as a literal string".into())
+                    ))
+                    .at(loc(file, v.expr().span()))
+                    .help(help),
+                ),
+            }
+        }
+        out
     }
 }
 

@@ -12,7 +12,11 @@ pub mod graph;
 pub mod lang;
 pub mod plan;
 pub mod provider;
+pub mod step;
 pub mod value;
+pub mod wait;
 pub mod world;
 
 pub use pipeline_state as state;
+
+pub use step::{CancelToken, Step, Timeouts};

@@ -1,5 +1,6 @@
 //! The one trait through which the engine touches the world.
 
+pub use crate::step::{Step, Timeouts};
 use crate::value::{Value, ValueMap};
 use async_trait::async_trait;
 use std::path::PathBuf;
@@ -405,10 +406,12 @@ pub trait Provider: Send + Sync {
         addr: &str,
         prior: &JsonMap,
     ) -> Result<Option<JsonMap>, ProviderError>;
+    /// `step` carries the cancel, the deadline (`timeouts.create` or `.update`) and progress.
     async fn apply(
         &self,
         ctx: &ProviderCtx,
         req: &ApplyRequest<'_>,
+        step: &Step,
     ) -> Result<JsonMap, ProviderError>;
     /// How updates of a block's instances roll out (rolling, blue-green); None: all at once.
     fn rollout(&self, _kind: &str, _config: &ValueMap) -> Option<Rollout> {
@@ -419,8 +422,9 @@ pub trait Provider: Send + Sync {
         &self,
         ctx: &ProviderCtx,
         req: &ApplyRequest<'_>,
+        step: &Step,
     ) -> Result<JsonMap, ProviderError> {
-        self.apply(ctx, req).await
+        self.apply(ctx, req, step).await
     }
     /// Phase two: switch to what `stage` prepared.
     async fn commit(
@@ -429,6 +433,7 @@ pub trait Provider: Send + Sync {
         _kind: &str,
         _addr: &str,
         staged: &JsonMap,
+        _step: &Step,
     ) -> Result<JsonMap, ProviderError> {
         Ok(staged.clone())
     }
@@ -439,14 +444,15 @@ pub trait Provider: Send + Sync {
         _kind: &str,
         _addr: &str,
         _staged: &JsonMap,
+        _step: &Step,
     ) -> Result<(), ProviderError> {
         Ok(())
     }
     /// Progressive rollouts: every instance of `block` is staged; shift traffic to the staged
     /// versions step by step and judge them. Ok: promote (the engine commits every instance).
     /// Err: abort (the engine aborts every instance); by then the staged versions get no traffic.
-    /// `cancel` is set on Ctrl-C: stop soon, as an abort.
-    #[allow(clippy::too_many_arguments)]
+    /// `step.cancel` is set on Ctrl-C: stop soon, as an abort; `step.progress` takes the
+    /// canary's live lines.
     async fn analyze(
         &self,
         _ctx: &ProviderCtx,
@@ -454,8 +460,7 @@ pub trait Provider: Send + Sync {
         _block: &str,
         _config: &ValueMap,
         _members: &[Staged],
-        _progress: Progress,
-        _cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        _step: &Step,
     ) -> Result<(), Aborted> {
         Ok(())
     }
@@ -477,6 +482,7 @@ pub trait Provider: Send + Sync {
         kind: &str,
         addr: &str,
         prior: &JsonMap,
+        step: &Step,
     ) -> Result<(), ProviderError>;
     /// The settings a `provider "NAME" { ... }` block may hold, typed and checked like a kind's
     /// attributes (required, defaults, formats, sensitive). Empty: the provider takes none.
@@ -492,6 +498,11 @@ pub trait Provider: Send + Sync {
     /// that is wrong or missing; its help says what to write.
     fn configure(&self, _config: &ValueMap) -> Result<Option<Arc<dyn Provider>>, Vec<Invalid>> {
         Ok(None)
+    }
+    /// How long create, update and delete of `kind` may take when a block sets no `timeouts`
+    /// (None: unbounded). The engine stops a step at its deadline either way.
+    fn default_timeouts(&self, _kind: &str) -> Timeouts {
+        Timeouts::default()
     }
 }
 

@@ -6,7 +6,7 @@ mod fake;
 use fake::{action, retries, Env};
 use pipeline_engine::apply::{Event, RetryPolicy};
 use pipeline_engine::plan::Action;
-use pipeline_engine::provider::{ErrorKind, Rollout};
+use pipeline_engine::provider::{ErrorKind, Rollout, Timeouts};
 use pipeline_engine::state::Status;
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -540,4 +540,286 @@ async fn a_pending_record_of_a_removed_block_is_deleted() {
     assert!(report.ok(), "{report:?}");
     assert_eq!(env.fake.ops("delete"), vec!["thing.gone"]);
     assert!(!env.state().resources.contains_key("thing.gone"));
+}
+
+// Deadlines: `timeouts` on a block, provider defaults, the engine's backstop, retries.
+
+fn failure<'a>(report: &'a pipeline_engine::apply::ApplyReport, addr: &str) -> &'a str {
+    report
+        .failed
+        .iter()
+        .find(|(a, _, _)| a == addr)
+        .map(|(_, _, e)| e.as_str())
+        .unwrap_or_else(|| panic!("{addr} did not fail: {report:?}"))
+}
+
+#[tokio::test]
+async fn a_create_past_timeouts_create_fails_naming_the_address_and_the_deadline() {
+    let env = Env::new();
+    env.fake.hang("thing.a");
+    let (_, report, _) = env
+        .apply(
+            r#"thing "a" {
+  value    = "1"
+  timeouts = { create = "50ms" }
+}
+thing "b" { input = thing.a.id }
+thing "c" { value = "c" }"#,
+        )
+        .await;
+    let error = failure(&report, "thing.a");
+    assert!(
+        error.starts_with("thing.a: create did not finish within 50ms (timeouts.create)"),
+        "{error}"
+    );
+    assert_eq!(
+        env.fake.limits("apply", "thing.a"),
+        vec![Some(Duration::from_millis(50))]
+    );
+    // A deadline is a failure like any other: dependents skipped, siblings go on, the
+    // half-made instance tainted for the next plan to replace.
+    assert!(report.skipped.iter().any(|(a, _)| a == "thing.b"));
+    assert_eq!(env.status("thing.c"), Some(Status::Ready));
+    assert_eq!(env.status("thing.a"), Some(Status::Tainted));
+    assert!(!report.interrupted);
+}
+
+#[tokio::test]
+async fn a_delete_past_its_deadline_fails_and_the_record_stays() {
+    let env = Env::new();
+    env.apply(ONE).await;
+    // The block is gone from the stack, so the provider's default bounds its delete.
+    env.fake.set_default_timeouts(Timeouts {
+        delete: Some(Duration::from_millis(40)),
+        ..Timeouts::default()
+    });
+    env.fake.hang("thing.a");
+    let (p, report, _) = env.apply("").await;
+    assert_eq!(action(&p, "thing.a").0, Action::Delete);
+    let error = failure(&report, "thing.a");
+    assert!(
+        error.starts_with("thing.a: delete did not finish within 40ms (timeouts.delete)"),
+        "{error}"
+    );
+    assert_eq!(env.status("thing.a"), Some(Status::Ready));
+    // Released, the next apply deletes it.
+    env.fake.release("thing.a");
+    let (_, report, _) = env.apply("").await;
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(env.status("thing.a"), None);
+}
+
+#[tokio::test]
+async fn a_replace_bounds_its_delete_and_its_create_by_the_blocks_timeouts() {
+    let env = Env::new();
+    env.apply(r#"thing "a" { size = "s" }"#).await;
+    let (p, report, _) = env
+        .apply(
+            r#"thing "a" {
+  size     = "m"
+  timeouts = { create = "7m", delete = "3m" }
+}"#,
+        )
+        .await;
+    assert_eq!(action(&p, "thing.a").0, Action::Replace);
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(
+        env.fake.limits("delete", "thing.a"),
+        vec![Some(Duration::from_secs(180))]
+    );
+    assert_eq!(
+        env.fake.limits("apply", "thing.a"),
+        vec![None, Some(Duration::from_secs(420))]
+    );
+}
+
+#[tokio::test]
+async fn provider_default_timeouts_apply_where_the_stack_sets_none() {
+    let env = Env::new();
+    env.fake.set_default_timeouts(Timeouts {
+        create: Some(Duration::from_secs(600)),
+        update: Some(Duration::from_secs(300)),
+        delete: None,
+    });
+    let stack = |v: &str| {
+        format!(
+            r#"thing "a" {{ value = "{v}" }}
+thing "b" {{
+  value    = "{v}"
+  timeouts = {{ create = "1m" }}
+}}"#
+        )
+    };
+    let (_, report, _) = env.apply(&stack("1")).await;
+    assert!(report.ok());
+    let (_, report, _) = env.apply(&stack("2")).await;
+    assert!(report.ok());
+    let (min, ten, five) = (
+        Some(Duration::from_secs(60)),
+        Some(Duration::from_secs(600)),
+        Some(Duration::from_secs(300)),
+    );
+    // Create, then update: what the block says wins, per operation; the rest are defaults.
+    assert_eq!(env.fake.limits("apply", "thing.a"), vec![ten, five]);
+    assert_eq!(env.fake.limits("apply", "thing.b"), vec![min, five]);
+}
+
+#[tokio::test]
+async fn retries_stop_at_the_deadline() {
+    let mut env = Env::new();
+    // Each wait before a retry is longer than the whole deadline: no retry can start in time.
+    env.retry = RetryPolicy {
+        base: Duration::from_secs(2),
+        ..RetryPolicy::default()
+    };
+    env.fake.fail("thing.a", ErrorKind::Transient, 3);
+    let (_, report, events) = env
+        .apply(
+            r#"thing "a" {
+  value    = "1"
+  timeouts = { create = "1s" }
+}"#,
+        )
+        .await;
+    assert_eq!(env.fake.count("apply", "thing.a"), 1);
+    assert!(retries(&events, "thing.a").is_empty());
+    let error = failure(&report, "thing.a");
+    assert!(
+        error.contains(
+            "not retried: timeouts.create of 1s ends before the next attempt; 1 attempt made"
+        ),
+        "{error}"
+    );
+    // Without a deadline the same errors are retried.
+    let env = Env::new();
+    env.fake.fail("thing.a", ErrorKind::Transient, 2);
+    let (_, report, events) = env.apply(ONE).await;
+    assert!(report.ok());
+    assert_eq!(retries(&events, "thing.a").len(), 2);
+}
+
+#[tokio::test]
+async fn a_call_that_ignores_its_deadline_is_stopped_by_the_engine() {
+    let env = Env::new();
+    env.fake.stall("thing.a");
+    let (_, report, _) = env
+        .apply(
+            r#"thing "a" {
+  value    = "1"
+  timeouts = { create = "30ms" }
+}
+thing "c" { value = "c" }"#,
+        )
+        .await;
+    let error = failure(&report, "thing.a");
+    assert!(
+        error.starts_with("thing.a: create did not finish within 30ms (timeouts.create)"),
+        "{error}"
+    );
+    assert_eq!(env.status("thing.a"), Some(Status::Tainted));
+    assert_eq!(env.status("thing.c"), Some(Status::Ready));
+}
+
+#[tokio::test]
+async fn a_create_stopped_by_cancel_stays_pending_and_the_next_apply_replaces_it() {
+    let env = Env::new();
+    env.fake.hang("thing.a");
+    let (p, config) = env.plan(ONE).await;
+    let cancel = env.fake.cancel.clone();
+    let fake = env.fake.clone();
+    let watcher = tokio::spawn(async move {
+        while fake.count("apply", "thing.a") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        cancel.store(true, Ordering::SeqCst);
+    });
+    let (report, _) = env.apply_plan(&p, &config).await;
+    watcher.await.unwrap();
+    assert!(report.interrupted);
+    assert!(failure(&report, "thing.a").contains("interrupted"));
+    // What exists is unknown: recorded Pending, as after a crash.
+    assert_eq!(env.status("thing.a"), Some(Status::Pending));
+    env.fake.release("thing.a");
+    env.fake.cancel.store(false, Ordering::SeqCst);
+    let (p, report, _) = env.apply(ONE).await;
+    let (a, reason) = action(&p, "thing.a");
+    assert_eq!(a, Action::Replace);
+    assert!(reason.unwrap_or_default().contains("interrupted"));
+    assert!(report.ok());
+    // Cleaned up once, made once: never done twice blindly.
+    assert_eq!(env.fake.count("delete", "thing.a"), 1);
+    assert_eq!(env.fake.count("apply", "thing.a"), 2);
+    assert_eq!(env.status("thing.a"), Some(Status::Ready));
+}
+
+#[tokio::test]
+async fn a_running_step_that_ends_within_the_grace_after_a_cancel_is_recorded_ready() {
+    let mut env = Env::new();
+    env.parallelism = 1;
+    // Longer than the test: only a step that ends on its own finishes in time.
+    env.grace = Duration::from_secs(600);
+    env.fake.gate("thing.a");
+    let (p, config) = env
+        .plan(
+            r#"thing "a" { value = "1" }
+thing "b" { value = "b" }"#,
+        )
+        .await;
+    let fake = env.fake.clone();
+    let watcher = tokio::spawn(async move {
+        while fake.count("apply", "thing.a") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        fake.cancel.store(true, Ordering::SeqCst);
+        // Ctrl-C is seen (nothing new starts) before the running step ends.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        fake.open.store(true, Ordering::SeqCst);
+    });
+    let (report, _) = env.apply_plan(&p, &config).await;
+    watcher.await.unwrap();
+    assert!(report.interrupted);
+    assert_eq!(env.status("thing.a"), Some(Status::Ready));
+    // Nothing new started after the cancel: thing.b ran before thing.a or not at all.
+    assert_eq!(
+        env.fake.ops("*").last().map(String::as_str),
+        Some("thing.a")
+    );
+    if env.fake.count("apply", "thing.b") == 0 {
+        assert!(report
+            .skipped
+            .iter()
+            .any(|(a, r)| a == "thing.b" && r.contains("interrupted")));
+    }
+}
+
+#[test]
+fn a_bad_timeouts_value_is_an_error_at_its_location() {
+    let env = Env::new();
+    let err = |stack: &str| env.load(stack).expect_err("refused");
+    let e = err("thing \"a\" {\n  timeouts = { create = \"soon\" }\n}\n");
+    assert!(
+        e.contains("timeouts.create is not a duration: \"soon\""),
+        "{e}"
+    );
+    assert!(e.contains("stack.hcl:2:25"), "{e}");
+    let e = err("thing \"a\" {\n  timeouts = { read = \"1m\" }\n}\n");
+    assert!(
+        e.contains("`timeouts` has no `read`: it takes create, update and delete"),
+        "{e}"
+    );
+    assert!(e.contains("stack.hcl:2:16"), "{e}");
+    let e = err("thing \"a\" {\n  timeouts = \"1m\"\n}\n");
+    assert!(
+        e.contains("`timeouts` must be an object of durations"),
+        "{e}"
+    );
+    assert!(e.contains("stack.hcl:2:14"), "{e}");
+    let e = err("thing \"a\" {\n  timeouts = { delete = 5 }\n}\n");
+    assert!(
+        e.contains("timeouts.delete is not a duration written as a literal string"),
+        "{e}"
+    );
+    assert!(env
+        .load("thing \"a\" {\n  timeouts = { create = \"10m\", update = \"5m\", delete = \"90s\" }\n}\n")
+        .is_ok());
 }

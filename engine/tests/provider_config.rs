@@ -132,6 +132,7 @@ impl Provider for Cfg {
         &self,
         ctx: &ProviderCtx,
         req: &ApplyRequest<'_>,
+        _step: &pipeline_engine::Step,
     ) -> Result<JsonMap, ProviderError> {
         self.record("apply", req.addr);
         let journal = std::fs::read_to_string(ctx.work_dir.join(JOURNAL_FILE)).unwrap_or_default();
@@ -150,6 +151,7 @@ impl Provider for Cfg {
         _kind: &str,
         addr: &str,
         _prior: &JsonMap,
+        _step: &pipeline_engine::Step,
     ) -> Result<(), ProviderError> {
         self.record("delete", addr);
         Ok(())
@@ -202,6 +204,7 @@ impl Provider for Plain {
         &self,
         _ctx: &ProviderCtx,
         req: &ApplyRequest<'_>,
+        _step: &pipeline_engine::Step,
     ) -> Result<JsonMap, ProviderError> {
         Ok(req
             .config
@@ -215,6 +218,7 @@ impl Provider for Plain {
         _kind: &str,
         _addr: &str,
         _prior: &JsonMap,
+        _step: &pipeline_engine::Step,
     ) -> Result<(), ProviderError> {
         Ok(())
     }
@@ -324,6 +328,7 @@ impl Env {
             &ApplyOptions {
                 parallelism: 4,
                 cancel: Default::default(),
+                grace: std::time::Duration::from_secs(1),
                 retry: Default::default(),
             },
             &mut on_event,

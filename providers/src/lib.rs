@@ -30,21 +30,29 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| ProviderError::new(format!("a provider task failed: {e}")))?
 }
 
-/// "500ms", "2s", "1.5m" (a bare number is seconds); None for anything else.
+/// "500ms", "2s", "1.5m", "1h" (a bare number is seconds); None for anything else. The
+/// engine's parser, so `timeouts` and every duration attribute read the same way.
 pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(
-        s.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len()),
-    );
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" | "" => n,
-        "m" => n * 60.0,
-        _ => return None,
-    };
-    (secs.is_finite() && secs >= 0.0).then(|| std::time::Duration::from_secs_f64(secs))
+    pipeline_engine::step::parse_duration(s)
+}
+
+/// Wait until a supervised process in `dir` is healthy, bounded by `timeout` and by the step
+/// (its cancel and deadline) through the shared wait; the error in words.
+pub(crate) fn wait_healthy(
+    step: &pipeline_engine::Step,
+    dir: &std::path::Path,
+    spec: &pipeline_supervise::ReplicaSpec,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    use pipeline_engine::wait::{until_blocking, Check};
+    let mut w = pipeline_supervise::HealthWait::new(dir, spec, timeout);
+    let every = w.every();
+    until_blocking(step, every, || match w.poll() {
+        Ok(Ok(())) => Ok(Check::Done(())),
+        Ok(Err(why)) => Ok(Check::NotYet(why)),
+        Err(e) => Err(ProviderError::new(e.to_string())),
+    })
+    .map_err(|e| e.message)
 }
 
 /// The sweep of a provider whose instances each run supervised processes in one directory

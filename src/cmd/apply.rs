@@ -20,7 +20,17 @@ pub async fn apply(
         if let Some(plan) = read_saved_plan(ws, p)? {
             let lock = ops::lock(ws, "apply", &mut stale_note)?;
             report_orphans(&ops::sweep_orphans(ws, &lock).await?, json);
-            return run_apply(ws, plan, &lock, true, json, args.parallelism, style, false).await;
+            return run_apply(
+                ws,
+                plan,
+                &lock,
+                true,
+                json,
+                (args.parallelism, args.interrupt_grace),
+                style,
+                false,
+            )
+            .await;
         }
     }
     // Held from planning to the last step: nobody changes the state in between.
@@ -35,7 +45,7 @@ pub async fn apply(
         &lock,
         auto_approve,
         json,
-        args.parallelism,
+        (args.parallelism, args.interrupt_grace),
         style,
         true,
     )
@@ -59,7 +69,7 @@ pub async fn destroy(
         &lock,
         auto_approve,
         json,
-        args.parallelism,
+        (args.parallelism, args.interrupt_grace),
         style,
         true,
     )
@@ -115,7 +125,7 @@ pub async fn deploy(
         &lock,
         auto_approve,
         json,
-        args.parallelism,
+        (args.parallelism, args.interrupt_grace),
         style,
         true,
     )

@@ -170,7 +170,7 @@ impl canary::Stacks for Here {
             &ws,
             &plan,
             &lock,
-            parallelism,
+            (parallelism, ops::CTRL_C_GRACE),
             Arc::new(AtomicBool::new(false)),
             &mut quiet,
         )

@@ -74,6 +74,7 @@ pub async fn graph(ws: &Workspace, stack: Option<PathBuf>, vars: VarArgs) -> Res
             targets: vec![],
             replace: vec![],
             parallelism: 10,
+            interrupt_grace: ops::CTRL_C_GRACE,
         },
         false,
     )?;

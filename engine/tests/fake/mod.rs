@@ -1,6 +1,8 @@
-//! An in-memory provider for engine tests: no processes, no files. It records every call, and
-//! can be told per address to fail with a given kind N times, to hang until cancelled, and to
-//! report drift; plus a harness that plans and applies a stack string through the public API.
+//! An in-memory provider for engine tests: no processes, no files. It records every call (with
+//! the deadline its step carried), and can be told per address to fail with a given kind N
+//! times, to hang until its step is cancelled or past its deadline, to stall ignoring its step,
+//! and to report drift; plus a harness that plans and applies a stack string through the
+//! public API.
 #![allow(dead_code)]
 
 use async_trait::async_trait;
@@ -10,7 +12,7 @@ use pipeline_engine::graph::ConfigGraph;
 use pipeline_engine::plan::{self, Plan, PlanOptions};
 use pipeline_engine::provider::{
     ApplyRequest, AttrSchema, ErrorKind, JsonMap, KindSchema, PlanRequest, Planned, Provider,
-    ProviderCtx, ProviderError, Registry, Rollout, Type,
+    ProviderCtx, ProviderError, Registry, Rollout, Step, Timeouts, Type,
 };
 use pipeline_engine::state::{JournalEntry, ResourceState, State, StateStore, Status};
 use pipeline_engine::value::{Value, ValueMap};
@@ -24,6 +26,8 @@ use std::time::Duration;
 pub struct Call {
     pub op: &'static str,
     pub addr: String,
+    /// The limit of the step's deadline (None: unbounded; `read` has none).
+    pub limit: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -32,10 +36,17 @@ pub struct Fake {
     /// Per address: how the next calls that change the world end (None: they succeed), in order.
     failures: Mutex<HashMap<String, VecDeque<Option<ErrorKind>>>>,
     hang: Mutex<HashSet<String>>,
+    /// Addresses whose calls never return and ignore their step (only the engine stops them).
+    stall: Mutex<HashSet<String>>,
+    /// Addresses whose calls wait until `open` (or their step stops them).
+    gated: Mutex<HashSet<String>>,
+    pub open: AtomicBool,
+    defaults: Mutex<Timeouts>,
     /// Per address: what `read` answers instead of the record (None: gone).
     drift: Mutex<HashMap<String, Option<JsonMap>>>,
     rollout: Mutex<Option<Rollout>>,
-    /// What a hanging call waits for (the apply's cancel flag).
+    /// The apply's cancel flag (Ctrl-C); a hanging call waits for its step, which the engine
+    /// cancels once this is set and the grace is over.
     pub cancel: Arc<AtomicBool>,
     inflight: AtomicUsize,
     pub max_inflight: AtomicUsize,
@@ -57,6 +68,32 @@ impl Fake {
     }
     pub fn hang(&self, addr: &str) {
         self.hang.lock().unwrap().insert(addr.to_string());
+    }
+    /// Calls for `addr` end normally again (no more hanging, stalling or gate).
+    pub fn release(&self, addr: &str) {
+        self.hang.lock().unwrap().remove(addr);
+        self.stall.lock().unwrap().remove(addr);
+        self.gated.lock().unwrap().remove(addr);
+    }
+    /// Calls for `addr` wait until `open` is set, then succeed (unless their step stops first).
+    pub fn gate(&self, addr: &str) {
+        self.gated.lock().unwrap().insert(addr.to_string());
+    }
+    /// Calls for `addr` never return and ignore cancel and deadline.
+    pub fn stall(&self, addr: &str) {
+        self.stall.lock().unwrap().insert(addr.to_string());
+    }
+    /// The provider's default timeouts for every kind.
+    pub fn set_default_timeouts(&self, t: Timeouts) {
+        *self.defaults.lock().unwrap() = t;
+    }
+    /// The deadline limits the steps of `op` on `addr` carried, in call order.
+    pub fn limits(&self, op: &str, addr: &str) -> Vec<Option<Duration>> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.op == op && c.addr == addr)
+            .map(|c| c.limit)
+            .collect()
     }
     pub fn drift(&self, addr: &str, now: Option<JsonMap>) {
         self.drift.lock().unwrap().insert(addr.to_string(), now);
@@ -83,29 +120,35 @@ impl Fake {
     }
 
     /// Record the call; fail or hang when told to. Yields so that concurrent steps interleave.
-    async fn enter(&self, op: &'static str, addr: &str) -> Result<(), ProviderError> {
+    async fn enter(&self, op: &'static str, addr: &str, step: &Step) -> Result<(), ProviderError> {
         self.calls.lock().unwrap().push(Call {
             op,
             addr: addr.to_string(),
+            limit: step.deadline.map(|d| d.limit),
         });
         let now = self.inflight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_inflight.fetch_max(now, Ordering::SeqCst);
-        let r = self.step(addr).await;
+        let r = self.step(addr, step).await;
         self.inflight.fetch_sub(1, Ordering::SeqCst);
         r
     }
 
-    async fn step(&self, addr: &str) -> Result<(), ProviderError> {
+    async fn step(&self, addr: &str, step: &Step) -> Result<(), ProviderError> {
         for _ in 0..5 {
             tokio::task::yield_now().await;
         }
-        if self.hang.lock().unwrap().contains(addr) {
-            while !self.cancel.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+        if self.stall.lock().unwrap().contains(addr) {
+            std::future::pending::<()>().await;
+        }
+        if self.gated.lock().unwrap().contains(addr) {
+            while !self.open.load(Ordering::SeqCst) {
+                step.sleep(Duration::from_millis(5)).await?;
             }
-            return Err(ProviderError::new(format!(
-                "{addr}: interrupted while hanging"
-            )));
+        }
+        if self.hang.lock().unwrap().contains(addr) {
+            // Cooperative: ends when the step is cancelled or past its deadline.
+            let why = step.stop().await;
+            return Err(step.error(why));
         }
         let kind = self
             .failures
@@ -177,6 +220,7 @@ impl Provider for Fake {
         self.calls.lock().unwrap().push(Call {
             op: "read",
             addr: addr.to_string(),
+            limit: None,
         });
         Ok(match self.drift.lock().unwrap().get(addr) {
             Some(now) => now.clone(),
@@ -187,8 +231,9 @@ impl Provider for Fake {
         &self,
         _ctx: &ProviderCtx,
         req: &ApplyRequest<'_>,
+        step: &Step,
     ) -> Result<JsonMap, ProviderError> {
-        self.enter("apply", req.addr).await?;
+        self.enter("apply", req.addr, step).await?;
         Ok(self.object(req.config, req.prior))
     }
     fn rollout(&self, _kind: &str, _config: &ValueMap) -> Option<Rollout> {
@@ -198,8 +243,9 @@ impl Provider for Fake {
         &self,
         _ctx: &ProviderCtx,
         req: &ApplyRequest<'_>,
+        step: &Step,
     ) -> Result<JsonMap, ProviderError> {
-        self.enter("stage", req.addr).await?;
+        self.enter("stage", req.addr, step).await?;
         Ok(self.object(req.config, req.prior))
     }
     async fn commit(
@@ -208,8 +254,9 @@ impl Provider for Fake {
         _kind: &str,
         addr: &str,
         staged: &JsonMap,
+        step: &Step,
     ) -> Result<JsonMap, ProviderError> {
-        self.enter("commit", addr).await?;
+        self.enter("commit", addr, step).await?;
         Ok(staged.clone())
     }
     async fn abort(
@@ -218,10 +265,12 @@ impl Provider for Fake {
         _kind: &str,
         addr: &str,
         _staged: &JsonMap,
+        step: &Step,
     ) -> Result<(), ProviderError> {
         self.calls.lock().unwrap().push(Call {
             op: "abort",
             addr: addr.to_string(),
+            limit: step.deadline.map(|d| d.limit),
         });
         Ok(())
     }
@@ -231,8 +280,12 @@ impl Provider for Fake {
         _kind: &str,
         addr: &str,
         _prior: &JsonMap,
+        step: &Step,
     ) -> Result<(), ProviderError> {
-        self.enter("delete", addr).await
+        self.enter("delete", addr, step).await
+    }
+    fn default_timeouts(&self, _kind: &str) -> Timeouts {
+        *self.defaults.lock().unwrap()
     }
 }
 
@@ -243,6 +296,8 @@ pub struct Env {
     pub registry: Registry,
     pub retry: RetryPolicy,
     pub parallelism: usize,
+    /// How long running steps may go on after a cancel (tests: none).
+    pub grace: Duration,
 }
 
 impl Env {
@@ -260,6 +315,7 @@ impl Env {
                 ..RetryPolicy::default()
             },
             parallelism: 4,
+            grace: Duration::ZERO,
         }
     }
     pub fn state_dir(&self) -> std::path::PathBuf {
@@ -300,10 +356,15 @@ impl Env {
             .expect("recorded");
     }
 
-    pub async fn plan(&self, stack: &str) -> (Plan, config::Config) {
+    /// Load `stack` as the stack file: the config, or the diagnostics as text.
+    pub fn load(&self, stack: &str) -> Result<config::Config, String> {
         let path = self.dir.path().join("stack.hcl");
         std::fs::write(&path, stack).expect("stack written");
-        let config = config::load(&path, &self.registry).expect("stack loads");
+        config::load(&path, &self.registry).map_err(|d| d.to_string())
+    }
+
+    pub async fn plan(&self, stack: &str) -> (Plan, config::Config) {
+        let config = self.load(stack).expect("stack loads");
         let graph = ConfigGraph::build(&config).expect("graph builds");
         let state = self.state();
         let ctx = self.ctx();
@@ -349,6 +410,7 @@ impl Env {
             &ApplyOptions {
                 parallelism: self.parallelism,
                 cancel,
+                grace: self.grace,
                 retry: self.retry.clone(),
             },
             &mut on_event,

@@ -11,7 +11,7 @@ pub mod slot;
 use async_trait::async_trait;
 use pipeline_engine::provider::{
     Aborted, ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned,
-    Progress, Provider, ProviderCtx, ProviderError, Rollout, Staged, Type,
+    Provider, ProviderCtx, ProviderError, Rollout, Staged, Step, Type,
 };
 use pipeline_engine::value::{Value, ValueMap};
 
@@ -101,11 +101,12 @@ impl Provider for Local {
         &self,
         ctx: &ProviderCtx,
         req: &ApplyRequest<'_>,
+        step: &Step,
     ) -> Result<JsonMap, ProviderError> {
         match req.kind {
             "host" => Ok(to_json_map(&host_object(req.config))),
             "file" => file::apply(ctx, req),
-            "service" => service::apply(ctx, req).await,
+            "service" => service::apply(ctx, req, step).await,
             k => Err(ProviderError::new(format!("local does not serve {k}"))),
         }
     }
@@ -143,20 +144,28 @@ impl Provider for Local {
         block: &str,
         config: &ValueMap,
         members: &[Staged],
-        progress: Progress,
-        cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        step: &Step,
     ) -> Result<(), Aborted> {
         if kind != "service" {
             return Ok(());
         }
-        let (ctx, block, config, members) = (
+        let (ctx, block, config, members, step) = (
             ctx.clone(),
             block.to_string(),
             config.clone(),
             members.to_vec(),
+            step.clone(),
         );
         tokio::task::spawn_blocking(move || {
-            canary::analyze(&ctx, &block, &config, &members, progress, &cancel)
+            let progress = step.progress.clone();
+            canary::analyze(
+                &ctx,
+                &block,
+                &config,
+                &members,
+                progress,
+                step.cancel.flag(),
+            )
         })
         .await
         .unwrap_or_else(|e| {
@@ -171,10 +180,11 @@ impl Provider for Local {
         &self,
         ctx: &ProviderCtx,
         req: &ApplyRequest<'_>,
+        step: &Step,
     ) -> Result<JsonMap, ProviderError> {
         match req.kind {
-            "service" => service::stage(ctx, req).await,
-            _ => self.apply(ctx, req).await,
+            "service" => service::stage(ctx, req, step).await,
+            _ => self.apply(ctx, req, step).await,
         }
     }
 
@@ -184,6 +194,7 @@ impl Provider for Local {
         kind: &str,
         addr: &str,
         staged: &JsonMap,
+        _step: &Step,
     ) -> Result<JsonMap, ProviderError> {
         match kind {
             "service" => service::commit(ctx, addr, staged).await,
@@ -197,6 +208,7 @@ impl Provider for Local {
         kind: &str,
         addr: &str,
         staged: &JsonMap,
+        _step: &Step,
     ) -> Result<(), ProviderError> {
         match kind {
             "service" => service::abort(ctx, addr, staged).await,
@@ -228,6 +240,7 @@ impl Provider for Local {
         kind: &str,
         addr: &str,
         prior: &JsonMap,
+        _step: &Step,
     ) -> Result<(), ProviderError> {
         match kind {
             "host" => Ok(()),

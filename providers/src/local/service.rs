@@ -11,6 +11,7 @@ use pipeline_engine::provider::{
     ProviderError, Type,
 };
 use pipeline_engine::value::{Value, ValueMap};
+use pipeline_engine::Step;
 use pipeline_supervise::{private, HealthCheck, HealthKind, ReplicaSpec};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -363,17 +364,22 @@ fn err(e: impl std::fmt::Display) -> ProviderError {
     ProviderError::new(e.to_string())
 }
 
-pub async fn apply(ctx: &ProviderCtx, req: &ApplyRequest<'_>) -> Result<JsonMap, ProviderError> {
-    let (ctx, addr, config, prior) = (
+pub async fn apply(
+    ctx: &ProviderCtx,
+    req: &ApplyRequest<'_>,
+    step: &Step,
+) -> Result<JsonMap, ProviderError> {
+    let (ctx, addr, config, prior, step) = (
         ctx.clone(),
         req.addr.to_string(),
         req.config.clone(),
         req.prior.cloned(),
+        step.clone(),
     );
     blocking(move || match prior {
-        None => create(&ctx, &addr, &config),
+        None => create(&ctx, &addr, &config, &step),
         Some(prior) => {
-            let staged = stage_update(&ctx, &addr, &config, &prior)?;
+            let staged = stage_update(&ctx, &addr, &config, &prior, &step)?;
             commit_update(&ctx, &addr, &staged, false)
         }
     })
@@ -381,16 +387,21 @@ pub async fn apply(ctx: &ProviderCtx, req: &ApplyRequest<'_>) -> Result<JsonMap,
 }
 
 /// Blue-green, phase one: start and health-check the new generation; switch nothing.
-pub async fn stage(ctx: &ProviderCtx, req: &ApplyRequest<'_>) -> Result<JsonMap, ProviderError> {
-    let (ctx, addr, config, prior) = (
+pub async fn stage(
+    ctx: &ProviderCtx,
+    req: &ApplyRequest<'_>,
+    step: &Step,
+) -> Result<JsonMap, ProviderError> {
+    let (ctx, addr, config, prior, step) = (
         ctx.clone(),
         req.addr.to_string(),
         req.config.clone(),
         req.prior.cloned(),
+        step.clone(),
     );
     blocking(move || match prior {
-        None => create(&ctx, &addr, &config),
-        Some(prior) => stage_update(&ctx, &addr, &config, &prior),
+        None => create(&ctx, &addr, &config, &step),
+        Some(prior) => stage_update(&ctx, &addr, &config, &prior, &step),
     })
     .await
 }
@@ -514,7 +525,12 @@ pub fn rollback(
     Ok(out)
 }
 
-fn create(ctx: &ProviderCtx, addr: &str, c: &ValueMap) -> Result<JsonMap, ProviderError> {
+fn create(
+    ctx: &ProviderCtx,
+    addr: &str,
+    c: &ValueMap,
+    step: &Step,
+) -> Result<JsonMap, ProviderError> {
     let dir = replica_dir(&ctx.work_dir, addr);
     // Leftovers of an interrupted create are cleaned first.
     stop_all(ctx, addr)?;
@@ -523,8 +539,8 @@ fn create(ctx: &ProviderCtx, addr: &str, c: &ValueMap) -> Result<JsonMap, Provid
         .map_err(|e| ProviderError::new(format!("no free port on {address}: {e}")))?;
     let sdir = slot_dir(ctx, addr);
     let result = (|| {
-        start_slot(ctx, &format!("{addr} (slot)"), &sdir, &address, port)?;
-        let (generation, backend_port, build_id) = start_gen(ctx, addr, c, 1)?;
+        start_slot(ctx, &format!("{addr} (slot)"), &sdir, &address, port, step)?;
+        let (generation, backend_port, build_id) = start_gen(ctx, addr, c, 1, step)?;
         slot::switch(
             &sdir,
             Some(backend(
@@ -557,6 +573,7 @@ fn start_slot(
     sdir: &Path,
     address: &str,
     port: u16,
+    step: &Step,
 ) -> Result<(), ProviderError> {
     private::create_dir_all(sdir).map_err(err)?;
     slot::write_json(
@@ -584,7 +601,7 @@ fn start_slot(
         restart: true,
     };
     pipeline_supervise::start(&ctx.exe, sdir, &spec, Duration::from_secs(10)).map_err(err)?;
-    pipeline_supervise::wait_healthy(sdir, &spec, Duration::from_secs(10)).map_err(err)
+    crate::wait_healthy(step, sdir, &spec, Duration::from_secs(10)).map_err(err)
 }
 
 /// A canary's candidate is reached through a slot of its own, as the baseline is through the
@@ -641,6 +658,7 @@ fn start_gen(
     addr: &str,
     c: &ValueMap,
     n: u64,
+    step: &Step,
 ) -> Result<(u64, u16, String), ProviderError> {
     let dir = gen_dir(ctx, addr, n);
     stop_gen(ctx, addr, n)?;
@@ -704,9 +722,7 @@ fn start_gen(
         .unwrap_or(Duration::from_secs(60));
     let started = pipeline_supervise::start(&ctx.exe, &dir, &spec, Duration::from_secs(10))
         .map_err(|e| e.to_string())
-        .and_then(|_| {
-            pipeline_supervise::wait_healthy(&dir, &spec, timeout).map_err(|e| e.to_string())
-        });
+        .and_then(|_| crate::wait_healthy(step, &dir, &spec, timeout));
     if let Err(e) = started {
         let _ = stop_gen(ctx, addr, n);
         return Err(ProviderError::new(e).help(format!(
@@ -759,6 +775,7 @@ fn stage_update(
     addr: &str,
     c: &ValueMap,
     prior: &JsonMap,
+    step: &Step,
 ) -> Result<JsonMap, ProviderError> {
     let active = num(prior, "generation").unwrap_or(0);
     let standby = num(prior, "standby_generation");
@@ -791,7 +808,7 @@ fn stage_update(
         .unwrap_or(active)
         .max(active)
         + 1;
-    let (generation, backend_port, build_id) = start_gen(ctx, addr, c, next)?;
+    let (generation, backend_port, build_id) = start_gen(ctx, addr, c, next, step)?;
     let mut out = instance_attrs(c, &build_id, &address, backend_port, active);
     for k in ["port", "url", "backend_port"] {
         if let Some(v) = prior.get(k) {
@@ -809,8 +826,15 @@ fn stage_update(
         let port = pipeline_supervise::free_port(&address)
             .map_err(|e| ProviderError::new(format!("no free port on {address}: {e}")))?;
         let cdir = canary_slot_dir(ctx, addr);
-        let started = start_slot(ctx, &format!("{addr} (canary slot)"), &cdir, &address, port)
-            .and_then(|_| slot::switch(&cdir, Some(target), Duration::from_secs(5)).map_err(err));
+        let started = start_slot(
+            ctx,
+            &format!("{addr} (canary slot)"),
+            &cdir,
+            &address,
+            port,
+            step,
+        )
+        .and_then(|_| slot::switch(&cdir, Some(target), Duration::from_secs(5)).map_err(err));
         if let Err(e) = started {
             let _ = stop_canary_slot(ctx, addr);
             let _ = stop_gen(ctx, addr, generation);

@@ -275,7 +275,12 @@ fn abs(p: &Path) -> PathBuf {
     })
 }
 
-fn start(ctx: &ProviderCtx, addr: &str, c: &ValueMap) -> Result<JsonMap, ProviderError> {
+fn start(
+    ctx: &ProviderCtx,
+    addr: &str,
+    c: &ValueMap,
+    step: &pipeline_engine::Step,
+) -> Result<JsonMap, ProviderError> {
     let dir = replica_dir(&ctx.work_dir, addr);
     if dir.exists() {
         pipeline_supervise::stop(&dir, Duration::from_secs(10))
@@ -327,9 +332,8 @@ fn start(ctx: &ProviderCtx, addr: &str, c: &ValueMap) -> Result<JsonMap, Provide
     };
     pipeline_supervise::start(&exe, &dir, &spec, Duration::from_secs(10))
         .map_err(|e| ProviderError::new(cleanup(e.to_string())))?;
-    pipeline_supervise::wait_healthy(&dir, &spec, Duration::from_secs(15)).map_err(|e| {
-        ProviderError::new(cleanup(e.to_string()))
-            .help(format!("see the log with `pipeline logs {addr}`"))
+    crate::wait_healthy(step, &dir, &spec, Duration::from_secs(15)).map_err(|e| {
+        ProviderError::new(cleanup(e)).help(format!("see the log with `pipeline logs {addr}`"))
     })?;
     let mut out: JsonMap = c.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
     let base = format!("http://{}:{listen}/", url_host(&address));
@@ -393,6 +397,7 @@ impl Provider for Monitor {
         &self,
         ctx: &ProviderCtx,
         req: &ApplyRequest<'_>,
+        step: &pipeline_engine::Step,
     ) -> Result<JsonMap, ProviderError> {
         if req.kind != "monitor" {
             return Err(ProviderError::new(format!(
@@ -400,8 +405,13 @@ impl Provider for Monitor {
                 req.kind
             )));
         }
-        let (ctx, addr, config) = (ctx.clone(), req.addr.to_string(), req.config.clone());
-        crate::blocking(move || start(&ctx, &addr, &config)).await
+        let (ctx, addr, config, step) = (
+            ctx.clone(),
+            req.addr.to_string(),
+            req.config.clone(),
+            step.clone(),
+        );
+        crate::blocking(move || start(&ctx, &addr, &config, &step)).await
     }
     async fn delete(
         &self,
@@ -409,6 +419,7 @@ impl Provider for Monitor {
         kind: &str,
         addr: &str,
         _prior: &JsonMap,
+        _step: &pipeline_engine::Step,
     ) -> Result<(), ProviderError> {
         if kind != "monitor" {
             return Err(ProviderError::new(format!("monitor does not serve {kind}")));

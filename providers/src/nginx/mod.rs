@@ -567,19 +567,21 @@ impl Provider for Nginx {
         &self,
         ctx: &ProviderCtx,
         req: &ApplyRequest<'_>,
+        step: &pipeline_engine::Step,
     ) -> Result<JsonMap, ProviderError> {
-        let (ctx, addr, config, prior) = (
+        let (ctx, addr, config, prior, step) = (
             ctx.clone(),
             req.addr.to_string(),
             req.config.clone(),
             req.prior.cloned(),
+            step.clone(),
         );
         let (bin, missing) = (self.bin(), self.missing());
         crate::blocking(move || {
             let bin = bin.ok_or_else(|| {
                 ProviderError::new(missing).help("install nginx (apt-get install nginx-light)")
             })?;
-            apply_blocking(&ctx, &addr, &config, prior.as_ref(), &bin)
+            apply_blocking(&ctx, &addr, &config, prior.as_ref(), &bin, &step)
         })
         .await
     }
@@ -590,6 +592,7 @@ impl Provider for Nginx {
         _kind: &str,
         addr: &str,
         _prior: &JsonMap,
+        _step: &pipeline_engine::Step,
     ) -> Result<(), ProviderError> {
         let pre = prefix(ctx, addr);
         crate::blocking(move || {
@@ -612,6 +615,7 @@ fn apply_blocking(
     c: &ValueMap,
     prior: Option<&JsonMap>,
     bin: &Path,
+    step: &pipeline_engine::Step,
 ) -> Result<JsonMap, ProviderError> {
     let pre = prefix(ctx, addr);
     let o = planned_object(ctx, addr, c).map_err(|e| {
@@ -679,13 +683,10 @@ fn apply_blocking(
             };
             pipeline_supervise::start(&ctx.exe, &pre, &spec, Duration::from_secs(10))
                 .map_err(|e| ProviderError::new(e.to_string()))?;
-            pipeline_supervise::wait_healthy(&pre, &spec, Duration::from_secs(10)).map_err(
-                |e| {
-                    let _ = pipeline_supervise::stop(&pre, Duration::from_secs(5));
-                    ProviderError::new(e.to_string())
-                        .help(format!("see {}", pre.join("logs/error.log").display()))
-                },
-            )?;
+            crate::wait_healthy(step, &pre, &spec, Duration::from_secs(10)).map_err(|e| {
+                let _ = pipeline_supervise::stop(&pre, Duration::from_secs(5));
+                ProviderError::new(e).help(format!("see {}", pre.join("logs/error.log").display()))
+            })?;
         }
     }
     Ok(o.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())

@@ -401,6 +401,7 @@ fn write_private(path: &Path, text: &str) -> Result<(), ProviderError> {
 
 struct Server<'a> {
     ctx: &'a ProviderCtx,
+    step: &'a pipeline_engine::Step,
     addr: &'a str,
     redis: &'a Path,
     address: &'a str,
@@ -449,8 +450,7 @@ impl Server<'_> {
         };
         pipeline_supervise::start(&self.ctx.exe, &dir, &spec, Duration::from_secs(10))
             .map_err(|e| fail(e.to_string()))?;
-        pipeline_supervise::wait_healthy(&dir, &spec, Duration::from_secs(15))
-            .map_err(|e| fail(e.to_string()))?;
+        crate::wait_healthy(self.step, &dir, &spec, Duration::from_secs(15)).map_err(fail)?;
         Ok(())
     }
 
@@ -546,15 +546,26 @@ pub async fn apply(
     ctx: &ProviderCtx,
     req: &ApplyRequest<'_>,
     binary: Option<PathBuf>,
+    step: &pipeline_engine::Step,
 ) -> Result<JsonMap, ProviderError> {
-    let (ctx, addr, config, prior) = (
+    let (ctx, addr, config, prior, step) = (
         ctx.clone(),
         req.addr.to_string(),
         req.config.clone(),
         req.prior.cloned(),
+        step.clone(),
     );
-    crate::blocking(move || apply_blocking(&ctx, &addr, &config, prior.as_ref(), binary.as_deref()))
-        .await
+    crate::blocking(move || {
+        apply_blocking(
+            &ctx,
+            &addr,
+            &config,
+            prior.as_ref(),
+            binary.as_deref(),
+            &step,
+        )
+    })
+    .await
 }
 
 fn apply_blocking(
@@ -563,6 +574,7 @@ fn apply_blocking(
     c: &ValueMap,
     prior: Option<&JsonMap>,
     binary: Option<&Path>,
+    step: &pipeline_engine::Step,
 ) -> Result<JsonMap, ProviderError> {
     let redis = find_redis_server(binary)?;
     let base = base_dir(&ctx.work_dir, addr);
@@ -604,6 +616,7 @@ fn apply_blocking(
     };
     let srv = Server {
         ctx,
+        step,
         addr,
         redis: &redis,
         address: &address,

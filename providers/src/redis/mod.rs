@@ -111,9 +111,10 @@ impl Provider for Redis {
         &self,
         ctx: &ProviderCtx,
         req: &ApplyRequest<'_>,
+        step: &pipeline_engine::Step,
     ) -> Result<JsonMap, ProviderError> {
         match req.kind {
-            "flags" => flags::apply(ctx, req, self.binary.clone()).await,
+            "flags" => flags::apply(ctx, req, self.binary.clone(), step).await,
             k => Err(unknown_kind(k)),
         }
     }
@@ -123,6 +124,7 @@ impl Provider for Redis {
         kind: &str,
         addr: &str,
         _prior: &JsonMap,
+        _step: &pipeline_engine::Step,
     ) -> Result<(), ProviderError> {
         match kind {
             "flags" => flags::delete(ctx, addr).await,

@@ -603,36 +603,71 @@ pub fn stop(dir: &Path, timeout: Duration) -> Result<(), SuperviseError> {
 /// DIR/replica.log.
 ///
 /// Differs from the original sketch by taking `dir`: the log tail and the child's liveness
-/// live there.
+/// live there. Callers that must also honour a cancel or a deadline poll a [`HealthWait`].
 pub fn wait_healthy(
     dir: &Path,
     spec: &ReplicaSpec,
     timeout: Duration,
 ) -> Result<(), SuperviseError> {
-    let dir = util::abs_dir(dir);
-    let dir = dir.as_path();
-    let started = Instant::now();
-    let poll = Duration::from_millis(spec.health.interval_ms.clamp(10, 100));
-    let initial_restarts = status(dir).map(|s| s.restarts);
-    let child_exited = |st: Option<&ReplicaStatus>| SuperviseError::ChildExited {
-        name: spec.name.clone(),
-        dir: dir.to_path_buf(),
-        command: spec.command.clone(),
-        exit: st
-            .and_then(|s| s.last_exit.clone())
-            .unwrap_or_else(|| "exited".to_string()),
-        log_tail: replica_tail(dir),
-    };
+    let mut w = HealthWait::new(dir, spec, timeout);
     loop {
+        if w.poll()?.is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(w.every());
+    }
+}
+
+/// One health wait, polled: each `poll` looks once. The caller decides how to wait between
+/// looks and when to give up besides `timeout` (a step's cancel or deadline).
+pub struct HealthWait<'a> {
+    dir: PathBuf,
+    spec: &'a ReplicaSpec,
+    timeout: Duration,
+    started: Instant,
+    initial_restarts: Option<u32>,
+}
+
+impl<'a> HealthWait<'a> {
+    pub fn new(dir: &Path, spec: &'a ReplicaSpec, timeout: Duration) -> Self {
+        let dir = util::abs_dir(dir);
+        let initial_restarts = status(&dir).map(|s| s.restarts);
+        HealthWait {
+            dir,
+            spec,
+            timeout,
+            started: Instant::now(),
+            initial_restarts,
+        }
+    }
+
+    /// How often to look: the health check's interval, between 10 and 100 ms.
+    pub fn every(&self) -> Duration {
+        Duration::from_millis(self.spec.health.interval_ms.clamp(10, 100))
+    }
+
+    /// Ok(Ok): healthy. Ok(Err(why)): not yet. Err: it never will be (the child exited, the
+    /// supervisor is gone, or `timeout` passed).
+    pub fn poll(&mut self) -> Result<Result<(), String>, SuperviseError> {
+        let (dir, spec) = (self.dir.as_path(), self.spec);
+        let child_exited = |st: Option<&ReplicaStatus>| SuperviseError::ChildExited {
+            name: spec.name.clone(),
+            dir: dir.to_path_buf(),
+            command: spec.command.clone(),
+            exit: st
+                .and_then(|s| s.last_exit.clone())
+                .unwrap_or_else(|| "exited".to_string()),
+            log_tail: replica_tail(dir),
+        };
         let last_error = match check_once(&spec.address, spec.port, &spec.health) {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(Ok(())),
             Err(e) => e,
         };
         let st = status(dir);
         match &st {
             None => return Err(child_exited(None)),
             Some(s) => {
-                let restarted = initial_restarts.is_some_and(|r| s.restarts > r);
+                let restarted = self.initial_restarts.is_some_and(|r| s.restarts > r);
                 // The marker check reads /proc/PID/environ, which can fail for an instant while
                 // the child execs its program: a death is confirmed by the pid itself.
                 let gone = !s.child_alive && !s.child_pid.is_some_and(util::pid_running);
@@ -661,16 +696,16 @@ pub fn wait_healthy(
                 }
             }
         }
-        if started.elapsed() >= timeout {
+        if self.started.elapsed() >= self.timeout {
             return Err(SuperviseError::Unhealthy {
                 name: spec.name.clone(),
                 dir: dir.to_path_buf(),
-                waited: timeout,
+                waited: self.timeout,
                 last_error,
                 log_tail: replica_tail(dir),
             });
         }
-        std::thread::sleep(poll);
+        Ok(Err(last_error))
     }
 }
 
