@@ -507,7 +507,13 @@ pub trait Provider: Send + Sync {
         name: &str,
         _args: &JsonMap,
     ) -> Result<ActionOutput, ProviderError> {
-        Err(unknown_action(self.name(), kind, addr, name, &self.actions(kind)))
+        Err(unknown_action(
+            self.name(),
+            kind,
+            addr,
+            name,
+            &self.actions(kind),
+        ))
     }
 }
 
@@ -561,8 +567,10 @@ impl Registry {
 impl Registry {
     /// The provider that recorded `rs` (its `provider` field), for `describe` and `action`.
     pub fn provider_of(&self, rs: &crate::state::ResourceState) -> Option<&Arc<dyn Provider>> {
-        self.provider(&rs.provider)
-            .or_else(|| self.schema(&rs.kind, None).and_then(|(p, _)| self.provider(p)))
+        self.provider(&rs.provider).or_else(|| {
+            self.schema(&rs.kind, None)
+                .and_then(|(p, _)| self.provider(p))
+        })
     }
 }
 

@@ -3,10 +3,12 @@
 //! rates. Its output is a [`Status`], published after every tick.
 
 use super::DaemonConfig;
-use crate::local::replica_dir;
+use pipeline_host::names::run_dir as replica_dir;
+use pipeline_host::procfs::{all_procs, family, rss_bytes};
+use pipeline_host::tail::Tail;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -609,81 +611,6 @@ fn probe_all(probes: &[Probe]) -> Vec<ProbeResult> {
 // ------------------------------------------------------------------------------------------------
 // Processes.
 
-#[derive(Clone, Copy, Debug)]
-struct ProcStat {
-    ppid: u32,
-    pgrp: u32,
-    /// utime + stime, in clock ticks.
-    ticks: u64,
-}
-
-fn parse_stat(text: &str) -> Option<ProcStat> {
-    // `pid (comm) state ppid pgrp ...`; comm may contain spaces and parentheses.
-    let rest = &text[text.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // f[0] = state (field 3), so field n is f[n - 3].
-    Some(ProcStat {
-        ppid: f.get(1)?.parse().ok()?,
-        pgrp: f.get(2)?.parse().ok()?,
-        ticks: f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
-    })
-}
-
-fn all_procs() -> HashMap<u32, ProcStat> {
-    let mut out = HashMap::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if let Some(st) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|t| parse_stat(&t))
-        {
-            out.insert(pid, st);
-        }
-    }
-    out
-}
-
-fn rss_bytes(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-/// The children's processes: their process groups and all their descendants.
-fn family(children: &[u32], procs: &HashMap<u32, ProcStat>) -> Vec<u32> {
-    let mut set: BTreeSet<u32> = children
-        .iter()
-        .copied()
-        .filter(|p| procs.contains_key(p))
-        .collect();
-    if set.is_empty() {
-        return vec![];
-    }
-    for (&pid, st) in procs {
-        if children.contains(&st.pgrp) {
-            set.insert(pid);
-        }
-    }
-    loop {
-        let before = set.len();
-        for (&pid, st) in procs {
-            if set.contains(&st.ppid) {
-                set.insert(pid);
-            }
-        }
-        if set.len() == before {
-            break;
-        }
-    }
-    set.into_iter().collect()
-}
-
 #[derive(Clone, Debug, Default)]
 struct ProcInfo {
     pids: Vec<u32>,
@@ -721,87 +648,8 @@ fn supervised_dirs(dir: &Path) -> Vec<PathBuf> {
 // ------------------------------------------------------------------------------------------------
 // Access logs.
 
-/// One parsed line of `$msec $status $request_time $upstream_addr $upstream_status`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LogLine {
-    pub at: f64,
-    pub status: u16,
-    /// (upstream address, its status) per attempt.
-    pub upstreams: Vec<(String, Option<u16>)>,
-}
-
-pub fn parse_log_line(line: &str) -> Option<LogLine> {
-    let mut it = line.split_whitespace();
-    let at: f64 = it.next()?.parse().ok()?;
-    let status: u16 = it.next()?.parse().ok()?;
-    let _request_time = it.next()?;
-    // `$upstream_addr` and `$upstream_status` list attempts separated by ", " (and " : " across
-    // internal redirects): as many addresses as statuses.
-    let rest: Vec<&str> = it
-        .map(|t| t.trim_end_matches(','))
-        .filter(|t| !t.is_empty() && *t != ":")
-        .collect();
-    let n = rest.len() / 2;
-    let upstreams = rest[..n]
-        .iter()
-        .zip(&rest[n..2 * n])
-        .filter(|(a, _)| **a != "-")
-        .map(|(a, s)| (a.to_string(), s.parse().ok()))
-        .collect();
-    Some(LogLine {
-        at,
-        status,
-        upstreams,
-    })
-}
-
-#[derive(Default)]
-struct LogTail {
-    offset: u64,
-    inode: u64,
-    partial: Vec<u8>,
-    started: bool,
-}
-
-impl LogTail {
-    /// New complete lines since the last call (handles truncation and rotation).
-    fn read_new(&mut self, path: &Path) -> Vec<String> {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(mut f) = std::fs::File::open(path) else {
-            return vec![];
-        };
-        let Ok(meta) = f.metadata() else {
-            return vec![];
-        };
-        if !self.started {
-            self.started = true;
-            self.offset = meta.len().saturating_sub(LOG_BACKLOG);
-            self.inode = meta.ino();
-        }
-        if meta.ino() != self.inode || meta.len() < self.offset {
-            self.inode = meta.ino();
-            self.offset = 0;
-            self.partial.clear();
-        }
-        if meta.len() == self.offset || f.seek(SeekFrom::Start(self.offset)).is_err() {
-            return vec![];
-        }
-        let mut buf = Vec::new();
-        let Ok(n) = (&mut f).take(8 << 20).read_to_end(&mut buf) else {
-            return vec![];
-        };
-        self.offset += n as u64;
-        self.partial.extend_from_slice(&buf);
-        let Some(last_nl) = self.partial.iter().rposition(|&b| b == b'\n') else {
-            return vec![];
-        };
-        let complete: Vec<u8> = self.partial.drain(..=last_nl).collect();
-        String::from_utf8_lossy(&complete)
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-}
+/// One parsed line of the access log (`pipeline_host::access_log`).
+use pipeline_host::access_log::parse as parse_log_line;
 
 /// Events (time in unix seconds, error?) in a sliding window.
 #[derive(Default, Clone, Debug)]
@@ -861,7 +709,7 @@ pub struct Collector {
     state_error: Option<String>,
     replicas: HashMap<String, ReplicaState>,
     endpoints: HashMap<String, EndpointState>,
-    tails: HashMap<PathBuf, LogTail>,
+    tails: HashMap<PathBuf, Tail>,
     /// Per upstream `address:port`.
     upstreams: HashMap<String, Window>,
     /// Per balancer address, over all its requests.
@@ -997,8 +845,7 @@ impl Collector {
         let elapsed = self
             .cpu_prev_at
             .map(|t| now.duration_since(t).as_secs_f64());
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let hz = pipeline_host::procfs::ticks_per_sec();
         let mut seen = HashMap::new();
         for r in &self.targets.replicas {
             let dir = replica_dir(&self.cfg.state_dir, &r.addr);
@@ -1052,9 +899,12 @@ impl Collector {
     fn read_logs(&mut self) {
         for b in &self.targets.balancers {
             let Some(path) = &b.access_log else { continue };
-            let tail = self.tails.entry(path.clone()).or_default();
+            let tail = self
+                .tails
+                .entry(path.clone())
+                .or_insert_with(|| Tail::with_backlog(path, LOG_BACKLOG));
             let bw = self.balancer_windows.entry(b.addr.clone()).or_default();
-            for line in tail.read_new(path) {
+            for line in tail.read_lines() {
                 let Some(l) = parse_log_line(&line) else {
                     continue;
                 };
@@ -1212,29 +1062,6 @@ mod tests {
         assert!((err - 0.25).abs() < 1e-9, "{err}");
         w.prune(1015.0);
         assert_eq!(w.rates(1015.0).2, 50);
-    }
-
-    #[test]
-    fn log_tail_reads_appended_lines_and_survives_truncation() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("access.log");
-        std::fs::write(&p, "1 200 0 a:1 200\n").unwrap();
-        let mut t = LogTail::default();
-        assert_eq!(t.read_new(&p), vec!["1 200 0 a:1 200"]);
-        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
-        f.write_all(b"2 500 0 a:1 500\n3 200 0 a").unwrap();
-        assert_eq!(t.read_new(&p), vec!["2 500 0 a:1 500"]);
-        f.write_all(b":1 200\n").unwrap();
-        assert_eq!(t.read_new(&p), vec!["3 200 0 a:1 200"]);
-        std::fs::write(&p, "4 200 0 b:2 200\n").unwrap();
-        assert_eq!(t.read_new(&p), vec!["4 200 0 b:2 200"]);
-    }
-
-    #[test]
-    fn stat_lines_parse_with_odd_command_names() {
-        let s = "42 (my (odd) prog) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 100 1000 50";
-        let st = parse_stat(s).unwrap();
-        assert_eq!((st.ppid, st.pgrp, st.ticks), (1, 42, 10));
     }
 
     #[test]

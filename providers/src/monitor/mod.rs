@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::local::replica_dir;
+use pipeline_host::names::run_dir as replica_dir;
 
 pub struct Monitor;
 
