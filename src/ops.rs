@@ -462,3 +462,71 @@ pub fn signal_canary(ws: &Workspace, block: &str, what: &str) -> Result<(u64, St
     let _ = std::fs::remove_file(result_file(&ws.dir, block));
     Ok((step, ended))
 }
+
+/// The context for provider calls about what the state records (no stack loaded).
+pub fn recorded_ctx(ws: &Workspace) -> Result<ProviderCtx> {
+    Ok(ProviderCtx {
+        work_dir: ws.dir.clone(),
+        stack_dir: std::env::current_dir()?,
+        exe: std::env::current_exe().context("cannot find the pipeline binary")?,
+    })
+}
+
+/// Every recorded instance with what its provider says runs for it (`Provider::describe`),
+/// described concurrently, in state order. An instance whose provider cannot describe it is
+/// shown with health unknown and the error as the reason.
+pub async fn describe_all(
+    ws: &Workspace,
+) -> Result<
+    Vec<(
+        String,
+        state::ResourceState,
+        pipeline_engine::provider::Description,
+    )>,
+> {
+    use pipeline_engine::provider::{Description, Health, HealthState};
+    let st = ws.state()?;
+    let ctx = recorded_ctx(ws)?;
+    let mut tasks = Vec::new();
+    for (addr, rs) in &st.resources {
+        let Some(p) = ws.registry.provider_of(rs).cloned() else {
+            continue;
+        };
+        let (ctx, addr, rs) = (ctx.clone(), addr.clone(), rs.clone());
+        tasks.push(tokio::spawn(async move {
+            let d = p
+                .describe(&ctx, &rs.kind, &addr, &rs.attrs)
+                .await
+                .unwrap_or_else(|e| Description {
+                    health: Health::new(HealthState::Unknown, Some(e.message)),
+                    ..Default::default()
+                });
+            (addr, rs, d)
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await?);
+    }
+    Ok(out)
+}
+
+/// One recorded instance and its description; the error names what the state has.
+pub async fn describe_one(
+    ws: &Workspace,
+    addr: &str,
+) -> Result<(state::ResourceState, pipeline_engine::provider::Description)> {
+    let st = ws.state()?;
+    let rs = st.resources.get(addr).cloned().ok_or_else(|| {
+        anyhow!("{addr} is not in the state\n  = help: `pipeline state list` shows what is")
+    })?;
+    let p = ws
+        .registry
+        .provider_of(&rs)
+        .ok_or_else(|| anyhow!("{addr}: no provider `{}` in this binary", rs.provider))?;
+    let d = p
+        .describe(&recorded_ctx(ws)?, &rs.kind, addr, &rs.attrs)
+        .await
+        .map_err(|e| anyhow!("{addr}: {e}"))?;
+    Ok((rs, d))
+}

@@ -10,4 +10,5 @@ pub mod nginx;
 pub mod nginx_canary;
 pub mod on;
 pub mod procfs;
+pub mod supervised;
 pub mod tail;

@@ -3,6 +3,7 @@
 
 mod build;
 pub mod canary;
+mod describe;
 mod file;
 mod netns;
 mod service;
@@ -10,8 +11,8 @@ pub mod slot;
 
 use async_trait::async_trait;
 use pipeline_engine::provider::{
-    Aborted, ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned,
-    Progress, Provider, ProviderCtx, ProviderError, Rollout, Staged, Type,
+    Aborted, ApplyRequest, AttrSchema, Description, Invalid, JsonMap, KindSchema, PlanRequest,
+    Planned, Progress, Provider, ProviderCtx, ProviderError, Rollout, Staged, Type,
 };
 use pipeline_engine::value::{Value, ValueMap};
 
@@ -234,6 +235,22 @@ impl Provider for Local {
             "file" => file::delete(ctx, prior),
             "service" => service::delete(ctx, addr).await,
             k => Err(ProviderError::new(format!("local does not serve {k}"))),
+        }
+    }
+
+    async fn describe(
+        &self,
+        ctx: &ProviderCtx,
+        kind: &str,
+        addr: &str,
+        record: &JsonMap,
+    ) -> Result<Description, ProviderError> {
+        match kind {
+            "service" => {
+                let (w, a, r) = (ctx.work_dir.clone(), addr.to_string(), record.clone());
+                crate::blocking(move || Ok(describe::service(&w, &a, &r))).await
+            }
+            _ => Ok(Description::default()),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! | `/healthz`    | `ok` (the supervisor's health check)                              |
 
 mod collect;
+mod describe;
 mod server;
 
 use crate::parse_duration;
@@ -415,5 +416,15 @@ impl Provider for Monitor {
         }
         let (ctx, addr) = (ctx.clone(), addr.to_string());
         crate::blocking(move || stop(&ctx, &addr)).await
+    }
+    async fn describe(
+        &self,
+        ctx: &ProviderCtx,
+        _kind: &str,
+        addr: &str,
+        record: &JsonMap,
+    ) -> Result<pipeline_engine::provider::Description, ProviderError> {
+        let (dir, r) = (replica_dir(&ctx.work_dir, addr), record.clone());
+        crate::blocking(move || Ok(describe::monitor(&dir, &r))).await
     }
 }

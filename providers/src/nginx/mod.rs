@@ -3,6 +3,8 @@
 //! when the rendered config really changes. Upstreams point at service slots, whose addresses
 //! never change through updates, so rollouts need no reload at all.
 
+mod describe;
+
 use async_trait::async_trait;
 use pipeline_engine::format::Format;
 use pipeline_engine::provider::{
@@ -423,6 +425,17 @@ impl Provider for Nginx {
             Ok(())
         })
         .await
+    }
+
+    async fn describe(
+        &self,
+        ctx: &ProviderCtx,
+        _kind: &str,
+        addr: &str,
+        record: &JsonMap,
+    ) -> Result<pipeline_engine::provider::Description, ProviderError> {
+        let (work, pre, r) = (ctx.work_dir.clone(), prefix(ctx, addr), record.clone());
+        crate::blocking(move || Ok(describe::balancer(&work, &pre, &r))).await
     }
 }
 

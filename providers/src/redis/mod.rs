@@ -2,6 +2,7 @@
 //! (read-only replica) per host that runs instances. See [`flags`] for the kind, [`store`] for
 //! how a flag is kept in redis, and [`resp`] for the small client everything uses.
 
+mod describe;
 pub mod flags;
 pub mod resp;
 pub mod store;
@@ -80,5 +81,15 @@ impl Provider for Redis {
             "flags" => flags::delete(ctx, addr).await,
             k => Err(unknown_kind(k)),
         }
+    }
+    async fn describe(
+        &self,
+        ctx: &ProviderCtx,
+        _kind: &str,
+        addr: &str,
+        record: &JsonMap,
+    ) -> Result<pipeline_engine::provider::Description, ProviderError> {
+        let (base, r) = (flags::base_dir(&ctx.work_dir, addr), record.clone());
+        crate::blocking(move || Ok(describe::flags(&base, &r))).await
     }
 }
