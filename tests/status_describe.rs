@@ -40,7 +40,12 @@ file "note" {{
     );
 }
 
-const RUNNING: [&str; 4] = ["balancer.front", "flags.ui", "service.web[0]", "service.web[1]"];
+const RUNNING: [&str; 4] = [
+    "balancer.front",
+    "flags.ui",
+    "service.web[0]",
+    "service.web[1]",
+];
 
 fn rows(t: &Scratch) -> Vec<serde_json::Value> {
     serde_json::from_str(&t.ok(&["status", "-json"])).expect("status -json is a JSON array")
@@ -133,5 +138,9 @@ fn status_shows_every_instance_healthy_and_a_stopped_nginx_down() {
     assert!(err.contains("balancer.front"), "{err}");
 
     t.ok(&["destroy", "-auto-approve", "s.hcl"]);
-    assert!(t.processes().is_empty(), "left running: {:?}", t.processes());
+    assert!(
+        t.processes().is_empty(),
+        "left running: {:?}",
+        t.processes()
+    );
 }
