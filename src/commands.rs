@@ -623,7 +623,7 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
         }
         Cmd::Promote { service } => {
             let block = service_block(&service);
-            let (step, ended) = ops::signal_canary(&ws, &block, "promote")?;
+            let (step, ended) = ops::signal_canary(&ws, &block, "promote").await?;
             if ended != "promoted" {
                 anyhow::bail!("{block}: the canary at {step}% ended before the promotion: {ended}");
             }
@@ -632,8 +632,8 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
         }
         Cmd::Rollback { service } => {
             let block = service_block(&service);
-            if ops::canary_running(&ws, &block) {
-                let (step, ended) = ops::signal_canary(&ws, &block, "abort")?;
+            if ops::canary_running(&ws, &block).await {
+                let (step, ended) = ops::signal_canary(&ws, &block, "abort").await?;
                 if ended == "promoted" {
                     anyhow::bail!("{block}: the canary at {step}% was promoted before it could be stopped; roll back with a deploy of the previous version");
                 }
@@ -642,7 +642,7 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
             }
             let _lock = ops::lock(&ws, "rollback", &mut stale_note)?;
             let start = std::time::Instant::now();
-            let n = ops::rollback(&ws, &block)?;
+            let n = ops::rollback(&ws, &block).await?;
             println!(
                 "{block}: {n} instance(s) switched back to their previous generation in {:.0} ms.",
                 start.elapsed().as_secs_f64() * 1000.0

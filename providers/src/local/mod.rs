@@ -1,6 +1,7 @@
 //! The `local` provider, the embedded default: this machine as a host, files, and services run
 //! as supervised processes on loopback. No cloud, no root, no container engine.
 
+mod actions;
 mod build;
 pub mod canary;
 mod describe;
@@ -252,5 +253,36 @@ impl Provider for Local {
             }
             _ => Ok(Description::default()),
         }
+    }
+
+    fn actions(&self, kind: &str) -> Vec<pipeline_engine::provider::ActionSchema> {
+        actions::schemas(kind)
+    }
+
+    async fn action(
+        &self,
+        ctx: &ProviderCtx,
+        kind: &str,
+        addr: &str,
+        record: &JsonMap,
+        name: &str,
+        _args: &JsonMap,
+    ) -> Result<pipeline_engine::provider::ActionOutput, ProviderError> {
+        if kind != "service" {
+            return Err(pipeline_engine::provider::unknown_action(
+                "local",
+                kind,
+                addr,
+                name,
+                &[],
+            ));
+        }
+        let (ctx, addr, record, name) = (
+            ctx.clone(),
+            addr.to_string(),
+            record.clone(),
+            name.to_string(),
+        );
+        crate::blocking(move || actions::run(&ctx, &addr, &record, &name)).await
     }
 }
