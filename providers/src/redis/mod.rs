@@ -2,6 +2,7 @@
 //! (read-only replica) per host that runs instances. See [`flags`] for the kind, [`store`] for
 //! how a flag is kept in redis, and [`resp`] for the small client everything uses.
 
+mod actions;
 mod describe;
 pub mod flags;
 pub mod resp;
@@ -91,5 +92,28 @@ impl Provider for Redis {
     ) -> Result<pipeline_engine::provider::Description, ProviderError> {
         let (base, r) = (flags::base_dir(&ctx.work_dir, addr), record.clone());
         crate::blocking(move || Ok(describe::flags(&base, &r))).await
+    }
+    fn actions(&self, kind: &str) -> Vec<pipeline_engine::provider::ActionSchema> {
+        actions::schemas(kind)
+    }
+    async fn action(
+        &self,
+        _ctx: &ProviderCtx,
+        kind: &str,
+        addr: &str,
+        record: &JsonMap,
+        name: &str,
+        args: &JsonMap,
+    ) -> Result<pipeline_engine::provider::ActionOutput, ProviderError> {
+        if kind != "flags" {
+            return Err(unknown_kind(kind));
+        }
+        let (addr, record, name, args) = (
+            addr.to_string(),
+            record.clone(),
+            name.to_string(),
+            args.clone(),
+        );
+        crate::blocking(move || actions::run(&addr, &record, &name, &args)).await
     }
 }
