@@ -634,6 +634,9 @@ pub struct ProcessInfo {
     pub started_at: Option<u64>,
     pub restarts: u32,
     pub port: Option<u16>,
+    /// What its supervisor says (`running`, `backoff`, `gone`), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor: Option<String>,
     /// The version it runs (a service's generation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,

@@ -18,6 +18,11 @@ pub fn process(dir: &Path, role: &str) -> Option<ProcessInfo> {
         started_at: (s.started_at > 0).then_some(s.started_at),
         restarts: s.restarts,
         port: (s.port > 0).then_some(s.port),
+        supervisor: Some(if s.supervisor_alive {
+            s.state.clone()
+        } else {
+            "gone".into()
+        }),
         generation: None,
         log_dropped_bytes: s.log_dropped_bytes,
         log_error: s.log_error,

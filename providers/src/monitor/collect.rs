@@ -3,7 +3,6 @@
 //! rates. Its output is a [`Status`], published after every tick.
 
 use super::DaemonConfig;
-use pipeline_host::names::run_dir as replica_dir;
 use pipeline_host::procfs::{all_procs, family, rss_bytes};
 use pipeline_host::tail::Tail;
 use serde::Serialize;
@@ -161,6 +160,10 @@ fn hostport(host: &str, port: u16) -> String {
 
 #[derive(Clone, Debug)]
 struct Replica {
+    /// The instance as recorded: its provider describes its processes.
+    kind: String,
+    provider: String,
+    attrs: Attrs,
     addr: String,
     block: String,
     name: String,
@@ -365,6 +368,9 @@ fn discover(state: &pipeline_state::State, watch: &mut Watch, base: &Path) -> Ta
                     endpoint: endpoint_of(a),
                     probe: replica_probe(a),
                     record: record_name(r.status).into(),
+                    kind: r.kind.clone(),
+                    provider: r.provider.clone(),
+                    attrs: a.clone(),
                 };
                 if watch.matches(&rep) {
                     t.replicas.push(rep);
@@ -621,30 +627,6 @@ struct ProcInfo {
     memory_bytes: Option<u64>,
 }
 
-/// Supervised directories of a replica: DIR itself and its immediate subdirectories holding a
-/// supervisor's `status.json` (a slot with the app behind it in a subdirectory).
-fn supervised_dirs(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![];
-    let has = |d: &Path| {
-        d.join(pipeline_supervise::STATUS_FILE).exists()
-            || d.join(pipeline_supervise::SUPERVISOR_PID_FILE).exists()
-    };
-    if has(dir) {
-        out.push(dir.to_path_buf());
-    }
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        let mut subs: Vec<PathBuf> = rd
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.path())
-            .filter(|p| has(p))
-            .collect();
-        subs.sort();
-        out.extend(subs);
-    }
-    out
-}
-
 // ------------------------------------------------------------------------------------------------
 // Access logs.
 
@@ -718,6 +700,9 @@ pub struct Collector {
     cpu_prev_at: Option<Instant>,
     last_discovery: Option<Instant>,
     last_procs: Option<Instant>,
+    /// The providers, which describe what runs for a replica (processes, restarts).
+    registry: pipeline_engine::provider::Registry,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Collector {
@@ -737,6 +722,8 @@ impl Collector {
             cpu_prev_at: None,
             last_discovery: None,
             last_procs: None,
+            registry: crate::registry(),
+            runtime: tokio::runtime::Builder::new_current_thread().build().ok(),
         }
     }
 
@@ -848,30 +835,17 @@ impl Collector {
         let hz = pipeline_host::procfs::ticks_per_sec();
         let mut seen = HashMap::new();
         for r in &self.targets.replicas {
-            let dir = replica_dir(&self.cfg.state_dir, &r.addr);
             let mut info = ProcInfo::default();
             let mut children = vec![];
-            for d in supervised_dirs(&dir) {
-                let Some(s) = pipeline_supervise::status(&d) else {
-                    continue;
-                };
-                info.restarts += s.restarts;
-                if info.supervisor.is_none() || d == dir {
-                    info.supervisor = Some(if s.supervisor_alive {
-                        s.state.clone()
-                    } else {
-                        "gone".into()
-                    });
+            for p in self.describe(r).processes {
+                info.restarts += p.restarts;
+                if info.supervisor.is_none() {
+                    info.supervisor = p.supervisor.clone();
                 }
-                if s.child_alive {
-                    if let Some(c) = s.child_pid {
-                        children.push(c);
-                        if s.started_at > 0 {
-                            info.started_at = Some(
-                                info.started_at
-                                    .map_or(s.started_at, |t| t.max(s.started_at)),
-                            );
-                        }
+                if let (true, Some(c)) = (p.running, p.pid) {
+                    children.push(c);
+                    if let Some(t) = p.started_at {
+                        info.started_at = Some(info.started_at.map_or(t, |s| s.max(t)));
                     }
                 }
             }
@@ -894,6 +868,20 @@ impl Collector {
         }
         self.cpu_prev = seen;
         self.cpu_prev_at = Some(now);
+    }
+
+    /// What the replica's provider says runs for it; nothing when it cannot say.
+    fn describe(&self, r: &Replica) -> pipeline_engine::provider::Description {
+        let (Some(p), Some(rt)) = (self.registry.provider(&r.provider), &self.runtime) else {
+            return Default::default();
+        };
+        let ctx = pipeline_engine::provider::ProviderCtx {
+            work_dir: self.cfg.state_dir.clone(),
+            stack_dir: self.cfg.state_dir.clone(),
+            exe: std::env::current_exe().unwrap_or_default(),
+        };
+        rt.block_on(p.describe(&ctx, &r.kind, &r.addr, &r.attrs))
+            .unwrap_or_default()
     }
 
     fn read_logs(&mut self) {
