@@ -306,7 +306,7 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
         Cmd::State(sc) => state_cmd(&ws, sc),
         Cmd::Output { name, json } => cmd::state::output(&ws, name, json),
         Cmd::ForceUnlock { id, force } => cmd::state::force_unlock(&ws, &id, force),
-        Cmd::Status { json } => status_cmd(&ws, json, style),
+        Cmd::Status { json } => status_cmd(&ws, json, style).await,
         Cmd::Deploy {
             service,
             version,
@@ -323,8 +323,8 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
             cmd::apply::deploy(&ws, style, args, f).await
         }
         Cmd::Canary(flags) => cmd::canary::run(&ws, style, flags).await,
-        Cmd::Promote { service } => cmd::rollout::promote(&ws, &service),
-        Cmd::Rollback { service } => cmd::rollout::rollback(&ws, &service),
+        Cmd::Promote { service } => cmd::rollout::promote(&ws, &service).await,
+        Cmd::Rollback { service } => cmd::rollout::rollback(&ws, &service).await,
         Cmd::Flags(fc) => crate::flags_cmd::run(&ws, fc, style).await,
         Cmd::Logs {
             addr,
@@ -647,42 +647,30 @@ fn state_cmd(ws: &Workspace, sc: StateCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
-    let st = ws.state()?;
+async fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
+    use pipeline_engine::provider::HealthState;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut rows = Vec::new();
     let mut notes = Vec::new();
-    for (addr, rs) in &st.resources {
-        let Some(dir) = process_dir(ws, addr, rs) else {
+    // What each instance's provider says runs for it; instances that run nothing (a file, a
+    // host) have no row.
+    for (addr, rs, d) in ops::describe_all(ws).await? {
+        let Some(main) = d.main() else {
             continue;
         };
-        let generation = rs.attrs.get("generation").and_then(|g| g.as_u64());
-        let s = pipeline_supervise::status(&dir);
-        let dropped = s.as_ref().map_or(0, |s| s.log_dropped_bytes);
-        if dropped > 0 {
+        if main.log_dropped_bytes > 0 {
             notes.push(format!(
-                "{addr}: {dropped} bytes of output dropped (its log could not be written{})",
-                s.as_ref()
-                    .and_then(|s| s.log_error.as_deref())
+                "{addr}: {} bytes of output dropped (its log could not be written{})",
+                main.log_dropped_bytes,
+                main.log_error
+                    .as_deref()
                     .map(|e| format!("; now: {e}"))
                     .unwrap_or_else(|| ", see `pipeline logs`".into())
             ));
         }
-        let (pid, alive, health, uptime, restarts) = match &s {
-            Some(s) => (
-                s.child_pid,
-                s.supervisor_alive && s.child_alive,
-                // No check recorded yet (just started): look now.
-                s.healthy
-                    .or_else(|| live_check(&dir, s.supervisor_alive && s.child_alive)),
-                now.saturating_sub(s.started_at),
-                s.restarts,
-            ),
-            None => (None, false, None, 0, 0),
-        };
         // A recorded attribute as status may show it: secrets (a URL with a password) masked.
         let attr = |k: &str| match rs.attrs.get(k) {
             Some(_) if rs.sensitive.iter().any(|s| s == k) => {
@@ -690,12 +678,29 @@ fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
             }
             v => v.cloned(),
         };
-        let port = attr("port").or_else(|| attr("listen"));
-        rows.push(serde_json::json!({"address": addr, "kind": rs.kind, "pid": pid, "port": port, "url": attr("url"),
+        let healthy = match d.health.state {
+            HealthState::Healthy => Some(true),
+            HealthState::Unhealthy => Some(false),
+            _ => main.healthy,
+        };
+        let port = main
+            .port
+            .map(serde_json::Value::from)
+            .or_else(|| attr("port"));
+        let generation = main
+            .generation
+            .or_else(|| rs.attrs.get("generation").and_then(|g| g.as_u64()));
+        rows.push(serde_json::json!({"address": addr, "kind": rs.kind, "pid": main.pid, "port": port, "url": attr("url"),
             "generation": generation, "standby_generation": attr("standby_generation"), "build_id": attr("build_id"),
-            "running": alive, "healthy": health, "uptime_s": uptime, "restarts": restarts, "log_dropped_bytes": dropped}));
-        if rs.kind == "service" {
-            rows.extend(canary_rows(ws, addr, rs, now));
+            "running": main.running, "healthy": healthy, "health": d.health.state.name(), "health_reason": d.health.reason,
+            "uptime_s": main.started_at.map_or(0, |t| now.saturating_sub(t)), "restarts": main.restarts,
+            "log_dropped_bytes": main.log_dropped_bytes}));
+        // A running canary's candidates: one row per candidate generation.
+        for c in d.processes.iter().filter(|p| p.role == "candidate") {
+            rows.push(serde_json::json!({"address": addr, "kind": rs.kind, "canary": true, "generation": c.generation,
+                "pid": c.pid, "port": c.port, "running": c.running, "healthy": c.healthy,
+                "health": if !c.running { "down" } else { match c.healthy { Some(true) => "healthy", Some(false) => "unhealthy", None => "starting" } },
+                "uptime_s": c.started_at.map_or(0, |t| now.saturating_sub(t)), "restarts": c.restarts}));
         }
     }
     if json {
@@ -719,14 +724,13 @@ fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
             )
             .into();
         }
-        let health = match (r["running"].as_bool(), r["healthy"].as_bool()) {
-            (Some(false), _) => style.red("down"),
-            (_, Some(true)) => style.green("healthy"),
-            (_, Some(false)) => style.red("unhealthy"),
-            _ => "starting".into(),
+        let health = match r["health"].as_str().unwrap_or("unknown") {
+            "healthy" => style.green("healthy"),
+            h @ ("starting" | "unknown") => h.to_string(),
+            h => style.red(h),
         };
         // Pad before colouring so escape codes do not skew the columns.
-        let pad = 10usize.saturating_sub(r["running"].as_bool().map_or(0, |_| strip_len(&health)));
+        let pad = 10usize.saturating_sub(strip_len(&health));
         println!(
             "{:<32} {:>8} {:>6} {}{} {:>8} {:>8}",
             r["address"].as_str().unwrap_or(""),
@@ -744,58 +748,6 @@ fn status_cmd(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A running canary's candidates of a service instance: one row per candidate generation.
-fn canary_rows(
-    ws: &Workspace,
-    addr: &str,
-    rs: &pipeline_engine::state::ResourceState,
-    now: u64,
-) -> Vec<serde_json::Value> {
-    pipeline_providers::local::canary_candidates(&ws.dir, addr, &rs.attrs)
-        .into_iter()
-        .map(|(g, dir)| {
-            let s = pipeline_supervise::status(&dir);
-            let running = s
-                .as_ref()
-                .is_some_and(|s| s.supervisor_alive && s.child_alive);
-            serde_json::json!({"address": addr, "kind": rs.kind, "canary": true, "generation": g,
-                "pid": s.as_ref().and_then(|s| s.child_pid), "port": s.as_ref().map(|s| s.port),
-                "running": running, "healthy": s.as_ref().and_then(|s| s.healthy),
-                "uptime_s": s.as_ref().map_or(0, |s| now.saturating_sub(s.started_at)),
-                "restarts": s.as_ref().map_or(0, |s| s.restarts)})
-        })
-        .collect()
-}
-
-/// Where the main supervised process of a recorded instance lives: a service's active
-/// generation, a flag store's primary, a balancer's nginx, a monitor's daemon.
-fn process_dir(
-    ws: &Workspace,
-    addr: &str,
-    rs: &pipeline_engine::state::ResourceState,
-) -> Option<std::path::PathBuf> {
-    let base = pipeline_providers::local::replica_dir(&ws.dir, addr);
-    match rs.kind.as_str() {
-        "service" => Some(pipeline_providers::local::generation_dir(
-            &ws.dir,
-            addr,
-            rs.attrs.get("generation").and_then(|g| g.as_u64()),
-        )),
-        "flags" => Some(base.join("primary")),
-        "balancer" | "monitor" => Some(base),
-        _ => None,
-    }
-}
-
-fn live_check(dir: &std::path::Path, running: bool) -> Option<bool> {
-    if !running {
-        return None;
-    }
-    let text = std::fs::read_to_string(dir.join(pipeline_supervise::SPEC_FILE)).ok()?;
-    let spec: pipeline_supervise::ReplicaSpec = serde_json::from_str(&text).ok()?;
-    Some(pipeline_supervise::check_once(&spec.address, spec.port, &spec.health).is_ok())
-}
-
 fn strip_len(s: &str) -> usize {
     let mut n = 0;
     let mut esc = false;
@@ -811,33 +763,56 @@ fn strip_len(s: &str) -> usize {
 }
 
 async fn logs_cmd(ws: &Workspace, addr: &str, lines: usize, follow: bool) -> Result<ExitCode> {
-    let st = ws.state()?;
-    let dir = st
-        .resources
-        .get(addr)
-        .and_then(|rs| process_dir(ws, addr, rs))
-        .unwrap_or_else(|| pipeline_providers::local::replica_dir(&ws.dir, addr));
-    let path = dir.join(pipeline_supervise::REPLICA_LOG);
-    if !path.exists() {
-        let st = ws.state()?;
-        let replicas: Vec<&String> = st
-            .resources
-            .iter()
-            .filter(|(a, r)| process_dir(ws, a, r).is_some())
-            .map(|(a, _)| a)
+    use pipeline_engine::provider::LogSource;
+    let with_logs = || async {
+        let all = ops::describe_all(ws).await.unwrap_or_default();
+        let names: Vec<String> = all
+            .into_iter()
+            .filter(|(_, _, d)| !d.logs.is_empty())
+            .map(|(a, _, _)| a)
             .collect();
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    };
+    let described = match ops::describe_one(ws, addr).await {
+        Ok((_, d)) => d,
+        Err(e) => bail!(
+            "{e:#}\n  = help: instances with logs here: {}",
+            with_logs().await
+        ),
+    };
+    // The main process's log comes first.
+    let Some(source) = described.logs.first() else {
+        bail!(
+            "{addr} runs no process whose log could be shown\n  = help: instances with logs here: {}",
+            with_logs().await
+        );
+    };
+    let path = match source {
+        LogSource::File { path, .. } => path.clone(),
+        LogSource::Command { argv, .. } => {
+            let (prog, args) = argv
+                .split_first()
+                .ok_or_else(|| anyhow!("{addr}: its provider names an empty log command"))?;
+            let status = std::process::Command::new(prog).args(args).status()?;
+            return Ok(if status.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+        LogSource::Remote { what, .. } => {
+            bail!("{addr}: its log is {what}, which this command cannot read from here")
+        }
+    };
+    if !path.exists() {
         bail!(
             "no log for {addr} at {}\n  = help: instances with logs here: {}",
             path.display(),
-            if replicas.is_empty() {
-                "none".into()
-            } else {
-                replicas
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
+            with_logs().await
         );
     }
     let text = std::fs::read_to_string(&path)?;
@@ -846,22 +821,16 @@ async fn logs_cmd(ws: &Workspace, addr: &str, lines: usize, follow: bool) -> Res
         println!("{l}");
     }
     if follow {
-        let mut pos = text.len() as u64;
+        let mut tail = pipeline_host::tail::Tail::at_end(&path);
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            let Ok(meta) = std::fs::metadata(&path) else {
+            if !path.exists() {
                 break;
-            };
-            if meta.len() > pos {
-                use std::io::{Read, Seek, SeekFrom};
-                let mut f = std::fs::File::open(&path)?;
-                f.seek(SeekFrom::Start(pos))?;
-                let mut buf = String::new();
-                f.read_to_string(&mut buf)?;
-                print!("{buf}");
-                std::io::stdout().flush()?;
-                pos = meta.len();
             }
+            for l in tail.read_lines() {
+                println!("{l}");
+            }
+            std::io::stdout().flush()?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,22 +1,14 @@
-//! `pipeline flags`: read and flip feature flags in a `flags` store (redis provider).
-//!
-//! The store's addresses and password come from the recorded state (`url`, `mirror_urls` of a
-//! `flags` instance). Writes go to the primary; `set` then waits (at most 2 s) until every
-//! mirror shows the new value and says how long that took. Reads go to the primary; when the
-//! primary does not answer, `get` and `list` say so on stderr and show what the first mirror
-//! that answers has (the last values it received), so an outage does not hide the flags.
+//! `pipeline flags`: read and flip feature flags in a flag store. The store is any recorded
+//! instance whose provider has the `flags_list`, `flag_get` and `flag_set` actions (the redis
+//! provider's `flags`); the provider talks to it and says where an answer came from (the
+//! primary, or a mirror while the primary is down, with a warning on stderr).
 
 use crate::ops::Workspace;
 use crate::render::Style;
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use pipeline_providers::redis::resp::{Conn, Error as RespError, Url};
-use pipeline_providers::redis::store::{self, FlagValue};
+use pipeline_engine::provider::JsonMap;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const MIRROR_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Args, Clone, Default)]
 pub struct StoreArg {
@@ -60,42 +52,24 @@ pub enum OnOff {
     Off,
 }
 
-/// A `flags` instance as recorded in the state.
+/// A flag store as recorded in the state.
 struct Store {
     addr: String,
-    primary: Url,
-    mirrors: Vec<Url>,
+    rs: pipeline_engine::state::ResourceState,
 }
 
 fn stores(ws: &Workspace) -> Result<Vec<Store>> {
     let state = ws.state()?;
-    let mut out = Vec::new();
-    for (addr, rs) in &state.resources {
-        if rs.kind != "flags" {
-            continue;
-        }
-        let Some(primary) = rs.attrs.get("url").and_then(|v| v.as_str()) else {
-            continue;
-        };
-        let primary =
-            Url::parse(primary).map_err(|e| anyhow!("{addr}: the recorded url is bad: {e}"))?;
-        let mirrors = rs
-            .attrs
-            .get("mirror_urls")
-            .and_then(|v| v.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|u| u.as_str().and_then(|u| Url::parse(u).ok()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.push(Store {
-            addr: addr.clone(),
-            primary,
-            mirrors,
-        });
-    }
-    Ok(out)
+    Ok(state
+        .resources
+        .into_iter()
+        .filter(|(_, rs)| {
+            ws.registry
+                .provider_of(rs)
+                .is_some_and(|p| p.actions(&rs.kind).iter().any(|a| a.name == "flag_set"))
+        })
+        .map(|(addr, rs)| Store { addr, rs })
+        .collect())
 }
 
 fn pick(ws: &Workspace, arg: &StoreArg) -> Result<Store> {
@@ -108,12 +82,11 @@ fn pick(ws: &Workspace, arg: &StoreArg) -> Result<Store> {
     };
     match &arg.store {
         Some(want) => {
-            let full = if want.starts_with("flags.") {
-                want.clone()
-            } else {
-                format!("flags.{want}")
-            };
-            match all.iter().position(|s| s.addr == full || s.addr == *want) {
+            let suffix = format!(".{want}");
+            match all
+                .iter()
+                .position(|s| s.addr == *want || s.addr.ends_with(&suffix))
+            {
                 Some(i) => Ok(all.swap_remove(i)),
                 None if all.is_empty() => bail!(no_store(ws)),
                 None => bail!(
@@ -143,104 +116,63 @@ fn no_store(ws: &Workspace) -> String {
     )
 }
 
-fn auth_error(st: &Store, e: &RespError) -> anyhow::Error {
-    anyhow!(
-        "{}: the primary at {} refused the password ({e}): the password in the state does not \
-         match the running store\n  = help: if its password was changed by hand, change it back \
-         (CONFIG SET requirepass); or make a new store with `pipeline apply -replace {}` (flags go \
-         back to the seed values)",
-        st.addr,
-        st.primary,
-        st.addr
-    )
-}
-
-fn connect_primary(st: &Store) -> std::result::Result<Conn, RespError> {
-    Conn::connect(&st.primary, CONNECT_TIMEOUT)
-}
-
-fn primary_down(st: &Store, e: &RespError) -> anyhow::Error {
-    anyhow!(
-        "{}: the primary at {} does not answer ({e})\n  = help: `pipeline plan` shows whether it \
-         is gone; `pipeline apply` starts it again (mirrors keep serving the last values meanwhile)",
-        st.addr,
-        st.primary
-    )
-}
-
-/// Where reads come from: the primary, or (when it is down) the first mirror that answers.
-fn read_conn(st: &Store) -> Result<(Conn, String)> {
-    match connect_primary(st) {
-        Ok(c) => Ok((c, "primary".into())),
-        Err(e) if e.is_auth() => Err(auth_error(st, &e)),
-        Err(e) => {
-            for (i, m) in st.mirrors.iter().enumerate() {
-                match Conn::connect(m, CONNECT_TIMEOUT) {
-                    Ok(c) => {
-                        eprintln!(
-                            "warning: {}: the primary at {} does not answer ({e}); showing \
-                             mirror-{i} ({m}), which keeps the last values it received\n  = help: \
-                             `pipeline apply` starts the primary again; `flags set` needs it",
-                            st.addr, st.primary
-                        );
-                        return Ok((c, format!("mirror-{i}")));
-                    }
-                    Err(me) if me.is_auth() => return Err(auth_error(st, &me)),
-                    Err(_) => continue,
-                }
-            }
-            Err(anyhow!(
-                "{}: neither the primary at {} ({e}) nor any of its {} mirrors answers\n  = help: \
-                 `pipeline plan` shows what is gone; `pipeline apply` starts it again",
-                st.addr,
-                st.primary,
-                st.mirrors.len()
-            ))
-        }
+/// Run a flag action of the store's provider; its warnings go to stderr.
+async fn action(ws: &Workspace, st: &Store, name: &str, args: JsonMap) -> Result<JsonMap> {
+    let p = ws.registry.provider_of(&st.rs).ok_or_else(|| {
+        anyhow!(
+            "{}: no provider `{}` in this binary",
+            st.addr,
+            st.rs.provider
+        )
+    })?;
+    let out = p
+        .action(
+            &crate::ops::recorded_ctx(ws)?,
+            &st.rs.kind,
+            &st.addr,
+            &st.rs.attrs,
+            name,
+            &args,
+        )
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    for w in &out.warnings {
+        eprintln!("warning: {w}");
     }
+    Ok(out.output)
 }
 
-fn redis_err(st: &Store, e: RespError) -> anyhow::Error {
-    if e.is_auth() {
-        auth_error(st, &e)
-    } else {
-        anyhow!("{}: {e}", st.addr)
-    }
-}
-
-fn check_name(name: &str) -> Result<()> {
-    if !store::valid_name(name) {
-        bail!(
-            "{name:?} is not a flag name\n  = help: flag names are letters, digits, `_`, `-` and `.`"
-        );
-    }
-    Ok(())
+fn str_of<'a>(m: &'a JsonMap, k: &str) -> &'a str {
+    m.get(k).and_then(|v| v.as_str()).unwrap_or_default()
 }
 
 pub async fn run(ws: &Workspace, cmd: FlagsCmd, _style: Style) -> Result<ExitCode> {
     match cmd {
         FlagsCmd::List { json, store: arg } => {
             let st = pick(ws, &arg)?;
-            let (mut c, source) = read_conn(&st)?;
-            let flags = store::list(&mut c).map_err(|e| redis_err(&st, e))?;
+            let out = action(ws, &st, "flags_list", JsonMap::new()).await?;
+            let flags = out.get("flags").cloned().unwrap_or_default();
             if json {
-                let m: serde_json::Map<String, serde_json::Value> = flags
-                    .iter()
-                    .map(|(n, v)| (n.clone(), v.to_json()))
-                    .collect();
                 println!(
                     "{}",
-                    serde_json::json!({"store": st.addr, "source": source, "flags": m})
+                    serde_json::json!({"store": st.addr, "source": str_of(&out, "source"), "flags": flags})
                 );
-            } else if flags.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let described = out
+                .get("described")
+                .and_then(|d| d.as_object())
+                .cloned()
+                .unwrap_or_default();
+            if described.is_empty() {
                 println!(
                     "No flags in {} yet; set one with `pipeline flags set NAME on`.",
                     st.addr
                 );
             } else {
-                let w = flags.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
-                for (n, v) in &flags {
-                    println!("{n:<w$} = {}", v.describe());
+                let w = described.keys().map(String::len).max().unwrap_or(0);
+                for (n, v) in &described {
+                    println!("{n:<w$} = {}", v.as_str().unwrap_or_default());
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -250,28 +182,18 @@ pub async fn run(ws: &Workspace, cmd: FlagsCmd, _style: Style) -> Result<ExitCod
             json,
             store: arg,
         } => {
-            check_name(&name)?;
             let st = pick(ws, &arg)?;
-            let (mut c, source) = read_conn(&st)?;
-            let Some(v) = store::get(&mut c, &name).map_err(|e| redis_err(&st, e))? else {
-                let known = store::list(&mut c)
-                    .map(|l| l.into_iter().map(|(n, _)| n).collect::<Vec<_>>().join(", "))
-                    .unwrap_or_default();
-                bail!(
-                    "there is no flag `{name}` in {}{}\n  = help: set it with `pipeline flags set {name} on`{}",
-                    st.addr,
-                    if source == "primary" { String::new() } else { format!(" ({source})") },
-                    if known.is_empty() { String::new() } else { format!("; flags there: {known}") }
-                );
-            };
+            let mut args = JsonMap::new();
+            args.insert("name".into(), name.clone().into());
+            let out = action(ws, &st, "flag_get", args).await?;
             if json {
-                let mut o = v.to_json();
+                let mut o = out.get("value").cloned().unwrap_or_default();
                 o["name"] = name.clone().into();
                 o["store"] = st.addr.clone().into();
-                o["source"] = source.into();
+                o["source"] = str_of(&out, "source").into();
                 println!("{o}");
             } else {
-                println!("{name} = {}", v.describe());
+                println!("{name} = {}", str_of(&out, "described"));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -281,102 +203,35 @@ pub async fn run(ws: &Workspace, cmd: FlagsCmd, _style: Style) -> Result<ExitCod
             percent,
             store: arg,
         } => {
-            check_name(&name)?;
-            let v = match (value, percent) {
-                (OnOff::On, p) => FlagValue {
-                    enabled: true,
-                    percent: p.unwrap_or(100),
-                },
-                (OnOff::Off, None) => FlagValue::OFF,
+            let enabled = match (value, percent) {
+                (OnOff::On, _) => true,
+                (OnOff::Off, None) => false,
                 (OnOff::Off, Some(_)) => bail!(
                     "--percent goes with `on`\n  = help: `pipeline flags set {name} on --percent 25` turns it on for a quarter of requests; `off` turns it off for all"
                 ),
             };
             let st = pick(ws, &arg)?;
-            // Connect to every mirror first, so the time measured is the flip alone.
-            let mut mirrors: Vec<(usize, &Url, std::result::Result<Conn, RespError>)> = st
-                .mirrors
-                .iter()
-                .enumerate()
-                .map(|(i, m)| (i, m, Conn::connect(m, CONNECT_TIMEOUT)))
-                .collect();
-            let mut p = match connect_primary(&st) {
-                Ok(c) => c,
-                Err(e) if e.is_auth() => return Err(auth_error(&st, &e)),
-                Err(e) => return Err(primary_down(&st, &e)),
-            };
-            let t0 = Instant::now();
-            store::set(&mut p, &name, v).map_err(|e| redis_err(&st, e))?;
-            let mut behind: Vec<String> = Vec::new();
-            let mut pending: Vec<usize> = (0..mirrors.len()).collect();
-            let mut last_err: std::collections::HashMap<usize, String> = Default::default();
-            while !pending.is_empty() {
-                pending.retain(|&k| {
-                    let (_, _, c) = &mut mirrors[k];
-                    match c {
-                        Ok(c) => match store::get(c, &name) {
-                            Ok(Some(got)) if got == v => false,
-                            Ok(got) => {
-                                last_err.insert(
-                                    k,
-                                    format!(
-                                        "it still shows {}",
-                                        got.map_or("no value".into(), |g| g.describe())
-                                    ),
-                                );
-                                true
-                            }
-                            Err(e) => {
-                                last_err.insert(k, e.to_string());
-                                true
-                            }
-                        },
-                        Err(e) => {
-                            last_err.insert(k, format!("cannot connect: {e}"));
-                            true
-                        }
-                    }
-                });
-                if pending.is_empty() || t0.elapsed() >= MIRROR_WAIT {
-                    break;
-                }
-                // Reconnect mirrors that were not reachable, at a gentler pace.
-                for &k in &pending {
-                    if mirrors[k].2.is_err() {
-                        std::thread::sleep(Duration::from_millis(20));
-                        mirrors[k].2 = Conn::connect(mirrors[k].1, CONNECT_TIMEOUT);
-                    }
-                }
+            let mut args = JsonMap::new();
+            args.insert("name".into(), name.clone().into());
+            args.insert("enabled".into(), enabled.into());
+            if let Some(p) = percent {
+                args.insert("percent".into(), p.into());
             }
-            let took = t0.elapsed();
-            for &k in &pending {
-                let (i, m, _) = &mirrors[k];
-                behind.push(format!(
-                    "mirror-{i} ({m}): {}",
-                    last_err.get(&k).cloned().unwrap_or_default()
-                ));
-            }
-            let ms = took.as_secs_f64() * 1000.0;
-            if behind.is_empty() {
-                println!(
-                    "{name} = {} (all {} mirrors in {ms:.1} ms)",
-                    v.describe(),
-                    mirrors.len()
-                );
-                Ok(ExitCode::SUCCESS)
-            } else {
-                println!("{name} = {} (on the primary)", v.describe());
-                bail!(
-                    "{}: {} of {} mirrors did not show {name} = {} within {} s:\n  {}\n  = help: \
-                     instances that read those mirrors still see the old value; `pipeline plan` \
-                     shows what is gone and `pipeline apply` starts it again",
-                    st.addr,
-                    behind.len(),
-                    mirrors.len(),
-                    v.describe(),
-                    MIRROR_WAIT.as_secs(),
-                    behind.join("\n  ")
-                )
+            let out = action(ws, &st, "flag_set", args).await?;
+            let described = str_of(&out, "described");
+            match out.get("error").and_then(|e| e.as_str()) {
+                None => {
+                    println!(
+                        "{name} = {described} (all {} mirrors in {:.1} ms)",
+                        out.get("mirrors").and_then(|m| m.as_u64()).unwrap_or(0),
+                        out.get("ms").and_then(|m| m.as_f64()).unwrap_or(0.0)
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(e) => {
+                    println!("{name} = {described} (on the primary)");
+                    bail!("{e}")
+                }
             }
         }
     }

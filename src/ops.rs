@@ -432,8 +432,9 @@ pub async fn apply_plan(
     Ok(report)
 }
 
-/// Switch every instance of `block` to its standby generation and record it. Holds no lock itself.
-pub fn rollback(ws: &Workspace, block: &str) -> Result<usize> {
+/// Switch every instance of `block` to its standby generation (its provider's `rollback`
+/// action) and record it. Holds no lock itself.
+pub async fn rollback(ws: &Workspace, block: &str) -> Result<usize> {
     let mut store = StateStore::open(&ws.dir).map_err(|e| anyhow!("{e}"))?;
     let addrs: Vec<String> = store
         .state()
@@ -445,15 +446,28 @@ pub fn rollback(ws: &Workspace, block: &str) -> Result<usize> {
     if addrs.is_empty() {
         bail!("{block} is not in the state\n  = help: `pipeline state list` shows what is");
     }
-    let ctx = ProviderCtx {
-        work_dir: ws.dir.clone(),
-        stack_dir: std::env::current_dir()?,
-        exe: std::env::current_exe()?,
-    };
+    let ctx = recorded_ctx(ws)?;
     for a in &addrs {
         let mut rs = store.state().resources[a].clone();
-        rs.attrs = pipeline_providers::local::rollback(&ctx, a, &rs.attrs)
+        let p = ws
+            .registry
+            .provider_of(&rs)
+            .ok_or_else(|| anyhow!("{a}: no provider `{}` in this binary", rs.provider))?;
+        let out = p
+            .action(
+                &ctx,
+                &rs.kind,
+                a,
+                &rs.attrs,
+                "rollback",
+                &Default::default(),
+            )
+            .await
             .map_err(|e| anyhow!("{a}: {e}"))?;
+        let Some(record) = out.record else {
+            continue;
+        };
+        rs.attrs = record;
         store
             .record(state::JournalEntry::Set {
                 addr: a.clone(),
@@ -465,41 +479,128 @@ pub fn rollback(ws: &Workspace, block: &str) -> Result<usize> {
     Ok(addrs.len())
 }
 
+/// Run a named action of `block`'s provider on its first recorded instance (a canary's
+/// `canary`, `promote`, `abort` are about the whole block). None: the state has no instance.
+async fn block_action(
+    ws: &Workspace,
+    block: &str,
+    name: &str,
+) -> Result<Option<pipeline_engine::provider::ActionOutput>> {
+    let st = ws.state()?;
+    let Some((addr, rs)) = st
+        .resources
+        .iter()
+        .find(|(a, _)| pipeline_engine::plan::resource_addr(a) == block)
+    else {
+        return Ok(None);
+    };
+    let p = ws
+        .registry
+        .provider_of(rs)
+        .ok_or_else(|| anyhow!("{addr}: no provider `{}` in this binary", rs.provider))?;
+    p.action(
+        &recorded_ctx(ws)?,
+        &rs.kind,
+        addr,
+        &rs.attrs,
+        name,
+        &Default::default(),
+    )
+    .await
+    .map(Some)
+    .map_err(|e| anyhow!("{e}"))
+}
+
 /// Is an apply running a canary of `block` now?
-pub fn canary_running(ws: &Workspace, block: &str) -> bool {
-    let ctl = pipeline_providers::local::canary::control_file(&ws.dir, block);
-    std::fs::read_to_string(ctl)
+pub async fn canary_running(ws: &Workspace, block: &str) -> bool {
+    block_action(ws, block, "canary")
+        .await
         .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["pid"].as_u64())
-        // SAFETY: signal 0 only asks whether the process exists.
-        .is_some_and(|pid| unsafe { libc::kill(pid as i32, 0) } == 0)
+        .flatten()
+        .is_some_and(|o| o.output.get("running") == Some(&serde_json::Value::Bool(true)))
 }
 
 /// Tell the apply running a canary of `block` to `promote` or `abort` it, and wait until it
-/// has (the control file goes when the analysis ends). Returns the step it was at and how the
-/// canary ended (it may have been aborted by its judge in the same look).
-pub fn signal_canary(ws: &Workspace, block: &str, what: &str) -> Result<(u64, String)> {
-    use pipeline_providers::local::canary::{command_file, control_file, result_file};
-    let ctl = control_file(&ws.dir, block);
-    if !canary_running(ws, block) {
-        anyhow::bail!("no canary of {block} is running\n  = help: a canary runs during `pipeline apply` of a service with update = {{ strategy = \"canary\" }}");
+/// has. Returns the step it was at and how the canary ended (it may have been aborted by its
+/// judge in the same look).
+pub async fn signal_canary(ws: &Workspace, block: &str, what: &str) -> Result<(u64, String)> {
+    let out = block_action(ws, block, what).await?.ok_or_else(|| {
+        anyhow!("no canary of {block} is running\n  = help: a canary runs during `pipeline apply` of a service with update = {{ strategy = \"canary\" }}")
+    })?;
+    Ok((
+        out.output.get("step").and_then(|s| s.as_u64()).unwrap_or(0),
+        out.output
+            .get("ended")
+            .and_then(|s| s.as_str())
+            .unwrap_or_default()
+            .to_string(),
+    ))
+}
+
+/// The context for provider calls about what the state records (no stack loaded).
+pub fn recorded_ctx(ws: &Workspace) -> Result<ProviderCtx> {
+    Ok(ProviderCtx {
+        work_dir: ws.dir.clone(),
+        stack_dir: std::env::current_dir()?,
+        exe: std::env::current_exe().context("cannot find the pipeline binary")?,
+    })
+}
+
+/// Every recorded instance with what its provider says runs for it (`Provider::describe`),
+/// described concurrently, in state order. An instance whose provider cannot describe it is
+/// shown with health unknown and the error as the reason.
+pub async fn describe_all(
+    ws: &Workspace,
+) -> Result<
+    Vec<(
+        String,
+        state::ResourceState,
+        pipeline_engine::provider::Description,
+    )>,
+> {
+    use pipeline_engine::provider::{Description, Health, HealthState};
+    let st = ws.state()?;
+    let ctx = recorded_ctx(ws)?;
+    let mut tasks = Vec::new();
+    for (addr, rs) in &st.resources {
+        let Some(p) = ws.registry.provider_of(rs).cloned() else {
+            continue;
+        };
+        let (ctx, addr, rs) = (ctx.clone(), addr.clone(), rs.clone());
+        tasks.push(tokio::spawn(async move {
+            let d = p
+                .describe(&ctx, &rs.kind, &addr, &rs.attrs)
+                .await
+                .unwrap_or_else(|e| Description {
+                    health: Health::new(HealthState::Unknown, Some(e.message)),
+                    ..Default::default()
+                });
+            (addr, rs, d)
+        }));
     }
-    let step = std::fs::read_to_string(&ctl)
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["step"].as_u64())
-        .unwrap_or(0);
-    let _ = std::fs::remove_file(result_file(&ws.dir, block));
-    std::fs::write(command_file(&ws.dir, block), what)?;
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while ctl.exists() && std::time::Instant::now() < until {
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await?);
     }
-    if ctl.exists() {
-        anyhow::bail!("the canary of {block} did not answer within 30 s; its apply may be stuck");
-    }
-    let ended = std::fs::read_to_string(result_file(&ws.dir, block)).unwrap_or_default();
-    let _ = std::fs::remove_file(result_file(&ws.dir, block));
-    Ok((step, ended))
+    Ok(out)
+}
+
+/// One recorded instance and its description; the error names what the state has.
+pub async fn describe_one(
+    ws: &Workspace,
+    addr: &str,
+) -> Result<(state::ResourceState, pipeline_engine::provider::Description)> {
+    let st = ws.state()?;
+    let rs = st.resources.get(addr).cloned().ok_or_else(|| {
+        anyhow!("{addr} is not in the state\n  = help: `pipeline state list` shows what is")
+    })?;
+    let p = ws
+        .registry
+        .provider_of(&rs)
+        .ok_or_else(|| anyhow!("{addr}: no provider `{}` in this binary", rs.provider))?;
+    let d = p
+        .describe(&recorded_ctx(ws)?, &rs.kind, addr, &rs.attrs)
+        .await
+        .map_err(|e| anyhow!("{addr}: {e}"))?;
+    Ok((rs, d))
 }

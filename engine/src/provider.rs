@@ -504,6 +504,43 @@ pub trait Provider: Send + Sync {
     fn default_timeouts(&self, _kind: &str) -> Timeouts {
         Timeouts::default()
     }
+    /// What runs for a recorded instance (`record`: its recorded attributes): its processes,
+    /// endpoints, health, where its logs are and where its metrics come from. Read-only; what
+    /// `status`, `logs`, the monitor and the canary's sampler show. Default: nothing runs (a
+    /// file, a host).
+    async fn describe(
+        &self,
+        _ctx: &ProviderCtx,
+        _kind: &str,
+        _addr: &str,
+        _record: &JsonMap,
+    ) -> Result<Description, ProviderError> {
+        Ok(Description::default())
+    }
+    /// The named actions `action` runs for instances of `kind` (rollback, promote, flag get/set).
+    fn actions(&self, _kind: &str) -> Vec<ActionSchema> {
+        Vec::new()
+    }
+    /// Run the named action on a recorded instance. The caller holds the state lock when the
+    /// action's schema says it changes the record, and journals `ActionOutput::record`.
+    #[allow(clippy::too_many_arguments)]
+    async fn action(
+        &self,
+        _ctx: &ProviderCtx,
+        kind: &str,
+        addr: &str,
+        _record: &JsonMap,
+        name: &str,
+        _args: &JsonMap,
+    ) -> Result<ActionOutput, ProviderError> {
+        Err(unknown_action(
+            self.name(),
+            kind,
+            addr,
+            name,
+            &self.actions(kind),
+        ))
+    }
 }
 
 /// The providers known to this binary, and which kinds each serves.
@@ -598,4 +635,215 @@ impl Registry {
             .map(|(_, v)| v.iter().map(|(p, _)| p.as_str()).collect())
             .unwrap_or_default()
     }
+}
+
+impl Registry {
+    /// The provider that recorded `rs` (its `provider` field), for `describe` and `action`.
+    pub fn provider_of(&self, rs: &crate::state::ResourceState) -> Option<&Arc<dyn Provider>> {
+        self.provider(&rs.provider).or_else(|| {
+            self.schema(&rs.kind, None)
+                .and_then(|(p, _)| self.provider(p))
+        })
+    }
+}
+
+/// Health of a described instance, as `status` shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    /// Runs and passes its check.
+    Healthy,
+    /// Runs, fails its check.
+    Unhealthy,
+    /// Runs, not checked yet.
+    Starting,
+    /// Not running (or not answering at all).
+    Down,
+    /// Nothing to check, or it cannot be known from here.
+    #[default]
+    Unknown,
+}
+
+impl HealthState {
+    pub fn name(self) -> &'static str {
+        match self {
+            HealthState::Healthy => "healthy",
+            HealthState::Unhealthy => "unhealthy",
+            HealthState::Starting => "starting",
+            HealthState::Down => "down",
+            HealthState::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Health {
+    pub state: HealthState,
+    /// Why it is not healthy (the check's error, "its supervisor is not running").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Health {
+    pub fn new(state: HealthState, reason: Option<String>) -> Self {
+        Health { state, reason }
+    }
+}
+
+/// One process of an instance.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessInfo {
+    /// What it is for the instance: `app`, `slot`, `nginx`, `primary`, `mirror-0`, `daemon`,
+    /// `candidate` (a canary's new version while it is judged).
+    pub role: String,
+    pub pid: Option<u32>,
+    /// Where it runs: None is this machine; otherwise a host name (an SSH host, a pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub running: bool,
+    /// Its last health check: None when none was made yet.
+    pub healthy: Option<bool>,
+    /// Unix seconds.
+    pub started_at: Option<u64>,
+    pub restarts: u32,
+    pub port: Option<u16>,
+    /// What its supervisor says (`running`, `backoff`, `gone`), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor: Option<String>,
+    /// The version it runs (a service's generation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// Output lost because its log could not be written, and why (while it lasts).
+    #[serde(default)]
+    pub log_dropped_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_error: Option<String>,
+}
+
+/// An address the instance serves at.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Endpoint {
+    /// `serve` (what clients use), `health` (what a probe asks), `primary`, `mirror-0`.
+    pub role: String,
+    /// `http://host:port/path`, `tcp://host:port`, `redis://host:port`.
+    pub url: String,
+    /// The password a probe needs (a flag store's), when there is one: never shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// For an HTTP health endpoint: the status that counts as healthy (None: any below 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<u16>,
+}
+
+/// Where one process's output can be read.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LogSource {
+    /// A file on this machine.
+    File { role: String, path: PathBuf },
+    /// A command whose output is the log (`kubectl logs POD`, `ssh HOST journalctl -u UNIT`).
+    Command { role: String, argv: Vec<String> },
+    /// Elsewhere, readable only by the provider (`action "logs"`): what it is, in words.
+    Remote { role: String, what: String },
+}
+
+impl LogSource {
+    pub fn role(&self) -> &str {
+        match self {
+            LogSource::File { role, .. }
+            | LogSource::Command { role, .. }
+            | LogSource::Remote { role, .. } => role,
+        }
+    }
+}
+
+/// Where figures about the instance come from.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MetricSource {
+    /// An access log of its requests; `format` names the line format (`nginx-timed`: `$msec
+    /// $status $request_time $upstream_addr $upstream_status`).
+    AccessLog { path: PathBuf, format: String },
+    /// A process tree to sample in /proc (CPU, memory): the root and its descendants.
+    Procfs {
+        role: String,
+        pid: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
+    },
+    /// A metrics endpoint (Prometheus text).
+    Url { url: String },
+}
+
+/// What runs for one recorded instance (`Provider::describe`). Plain data: it holds nothing a
+/// local machine alone would have (a log may be a command or remote, a process has a host).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Description {
+    /// The processes, the main one first; empty when nothing runs (a file, a host).
+    pub processes: Vec<ProcessInfo>,
+    pub endpoints: Vec<Endpoint>,
+    /// Of the instance as a whole.
+    pub health: Health,
+    pub logs: Vec<LogSource>,
+    pub metrics: Vec<MetricSource>,
+}
+
+impl Description {
+    /// The main process (the first that is not a candidate).
+    pub fn main(&self) -> Option<&ProcessInfo> {
+        self.processes.iter().find(|p| p.role != "candidate")
+    }
+    pub fn endpoint(&self, role: &str) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.role == role)
+    }
+}
+
+/// One named action of a kind (`Provider::actions`).
+#[derive(Clone, Debug)]
+pub struct ActionSchema {
+    pub name: &'static str,
+    /// One line, for help and errors.
+    pub about: &'static str,
+    pub args: Vec<AttrSchema>,
+    /// It changes the instance's record (the caller takes the lock and journals the result).
+    pub changes_record: bool,
+}
+
+/// What an action answered.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ActionOutput {
+    /// The answer, for the CLI to render.
+    pub output: JsonMap,
+    /// The instance's new recorded attributes, when the action changed them.
+    pub record: Option<JsonMap>,
+    /// Things to tell the operator on stderr (a store answering from a mirror).
+    pub warnings: Vec<String>,
+}
+
+impl ActionOutput {
+    pub fn output(output: JsonMap) -> Self {
+        ActionOutput {
+            output,
+            ..Default::default()
+        }
+    }
+}
+
+/// The error of an action a provider does not have, naming the ones it has.
+pub fn unknown_action(
+    provider: &str,
+    kind: &str,
+    addr: &str,
+    name: &str,
+    have: &[ActionSchema],
+) -> ProviderError {
+    let names: Vec<&str> = have.iter().map(|a| a.name).collect();
+    ProviderError::invalid_config(format!(
+        "{addr}: the {provider} provider has no action `{name}` for {kind}"
+    ))
+    .help(if names.is_empty() {
+        format!("{kind} has no actions")
+    } else {
+        format!("{kind} has: {}", names.join(", "))
+    })
 }

@@ -445,78 +445,38 @@ pub struct Answer {
     pub failed_attempts: Vec<(String, u16)>,
 }
 
-/// A line of `$msec $status $request_time $upstream_addr $upstream_status`.
+/// A line of the balancer's access log (`pipeline_host::access_log`) as an answer: the
+/// upstream that finally answered, and the attempts before it (502 where nginx had no status).
+/// None when no upstream answered.
 pub fn parse_access_line(line: &str) -> Option<Answer> {
-    let f: Vec<&str> = line.split_whitespace().collect();
-    if f.len() < 4 {
-        return None;
-    }
-    // `$upstream_addr` lists every upstream tried (`a, b`); `$upstream_status` follows (`502, 200`).
-    let addrs: Vec<&str> = f[3..]
-        .iter()
-        .map(|t| t.trim_end_matches(','))
-        .take_while(|t| t.contains(':') && *t != ":")
-        .collect();
-    let statuses: Vec<u16> = f[3 + addrs.len()..]
-        .iter()
-        .map(|t| t.trim_end_matches(',').parse().unwrap_or(502))
-        .collect();
-    let (&last, earlier) = addrs.split_last()?;
-    if last.is_empty() || last == "-" {
-        return None;
-    }
+    let l = pipeline_host::access_log::parse(line)?;
+    let ((last, _), earlier) = l.upstreams.split_last()?;
     Some(Answer {
-        at: f[0].parse().ok()?,
-        status: f[1].parse().ok()?,
-        secs: f[2].parse().unwrap_or(f64::NAN),
-        upstream: last.to_string(),
+        at: l.at,
+        status: l.status,
+        secs: l.secs,
+        upstream: last.clone(),
         failed_attempts: earlier
             .iter()
-            .enumerate()
-            .map(|(i, a)| (a.to_string(), statuses.get(i).copied().unwrap_or(502)))
+            .map(|(a, s)| (a.clone(), s.unwrap_or(502)))
             .collect(),
     })
 }
 
-/// Follows a growing log file from an offset, yielding whole lines only.
-pub struct LogTail {
-    path: std::path::PathBuf,
-    pos: u64,
-}
+/// Follows the balancer's access log from its end (`pipeline_host::tail`), as answers.
+pub struct LogTail(pipeline_host::tail::Tail);
 
 impl LogTail {
     /// Starts at the current end of the file (what was logged before is not ours).
     pub fn at_end(path: &std::path::Path) -> LogTail {
-        let pos = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        LogTail {
-            path: path.to_path_buf(),
-            pos,
-        }
+        LogTail(pipeline_host::tail::Tail::at_end(path))
     }
-    /// The whole lines written since the last call.
+    /// The answers logged since the last call.
     pub fn read_new(&mut self) -> Vec<Answer> {
-        use std::io::{Read, Seek, SeekFrom};
-        let Ok(mut f) = std::fs::File::open(&self.path) else {
-            return vec![];
-        };
-        // A truncated or replaced log starts again from its beginning.
-        if f.metadata().is_ok_and(|m| m.len() < self.pos) {
-            self.pos = 0;
-        }
-        if f.seek(SeekFrom::Start(self.pos)).is_err() {
-            return vec![];
-        }
-        let mut buf = Vec::new();
-        if f.read_to_end(&mut buf).is_err() {
-            return vec![];
-        }
-        let Some(end) = buf.iter().rposition(|&c| c == b'\n') else {
-            return vec![];
-        };
-        self.pos += end as u64 + 1;
-        String::from_utf8_lossy(&buf[..=end])
-            .lines()
-            .filter_map(parse_access_line)
+        self.0
+            .read_lines()
+            .iter()
+            .filter_map(|l| parse_access_line(l))
             .collect()
     }
 }

@@ -65,8 +65,10 @@ pub(crate) async fn sweep_run_dirs(
     is_kind: fn(&std::path::Path) -> bool,
 ) -> Result<Vec<String>, ProviderError> {
     let run = ctx.work_dir.join("run");
-    let names: std::collections::HashSet<String> =
-        owned.iter().map(|(a, _)| local::sanitize(a)).collect();
+    let names: std::collections::HashSet<String> = owned
+        .iter()
+        .map(|(a, _)| pipeline_host::names::sanitize(a))
+        .collect();
     blocking(move || {
         let mut report = Vec::new();
         let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir(&run)

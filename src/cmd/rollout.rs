@@ -5,9 +5,9 @@ use crate::ops::{self, Workspace};
 use anyhow::{bail, Result};
 use std::process::ExitCode;
 
-pub fn promote(ws: &Workspace, service: &str) -> Result<ExitCode> {
+pub async fn promote(ws: &Workspace, service: &str) -> Result<ExitCode> {
     let block = service_block(service);
-    let (step, ended) = ops::signal_canary(ws, &block, "promote")?;
+    let (step, ended) = ops::signal_canary(ws, &block, "promote").await?;
     if ended != "promoted" {
         bail!("{block}: the canary at {step}% ended before the promotion: {ended}");
     }
@@ -15,10 +15,10 @@ pub fn promote(ws: &Workspace, service: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn rollback(ws: &Workspace, service: &str) -> Result<ExitCode> {
+pub async fn rollback(ws: &Workspace, service: &str) -> Result<ExitCode> {
     let block = service_block(service);
-    if ops::canary_running(ws, &block) {
-        let (step, ended) = ops::signal_canary(ws, &block, "abort")?;
+    if ops::canary_running(ws, &block).await {
+        let (step, ended) = ops::signal_canary(ws, &block, "abort").await?;
         if ended == "promoted" {
             bail!("{block}: the canary at {step}% was promoted before it could be stopped; roll back with a deploy of the previous version");
         }
@@ -27,7 +27,7 @@ pub fn rollback(ws: &Workspace, service: &str) -> Result<ExitCode> {
     }
     let _lock = ops::lock(ws, "rollback", &mut stale_note)?;
     let start = std::time::Instant::now();
-    let n = ops::rollback(ws, &block)?;
+    let n = ops::rollback(ws, &block).await?;
     println!(
         "{block}: {n} instance(s) switched back to their previous generation in {:.0} ms.",
         start.elapsed().as_secs_f64() * 1000.0

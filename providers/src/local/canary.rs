@@ -22,11 +22,11 @@ use crate::canary::{
     start_load, AnswerRecord, CanarySpec, LatencyBatches, LoadSummary, LogTail, LookRecord,
     ProgressiveRecord, SequentialStop, StepMark, MAX_ANSWERS,
 };
-use crate::nginx::canary::{balancers_routing_to, shift, Shifted};
 use pipeline_analysis::judge::{judge, Counts, JudgeConfig, MetricData, Outcome, Verdict};
 use pipeline_analysis::{Arm, Decision, SequentialJudge};
 use pipeline_engine::provider::{Aborted, JsonMap, Progress, ProviderCtx, Staged};
 use pipeline_engine::value::ValueMap;
+use pipeline_host::nginx_canary::{balancers_routing_to, shift, Shifted};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;

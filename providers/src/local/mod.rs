@@ -1,8 +1,10 @@
 //! The `local` provider, the embedded default: this machine as a host, files, and services run
 //! as supervised processes on loopback. No cloud, no root, no container engine.
 
+mod actions;
 mod build;
 pub mod canary;
+mod describe;
 mod file;
 mod netns;
 mod service;
@@ -10,8 +12,8 @@ pub mod slot;
 
 use async_trait::async_trait;
 use pipeline_engine::provider::{
-    Aborted, ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned,
-    Provider, ProviderCtx, ProviderError, Rollout, Staged, Step, Type,
+    Aborted, ApplyRequest, AttrSchema, Description, Invalid, JsonMap, KindSchema, PlanRequest,
+    Planned, Provider, ProviderCtx, ProviderError, Rollout, Staged, Step, Type,
 };
 use pipeline_engine::value::{Value, ValueMap};
 
@@ -248,5 +250,52 @@ impl Provider for Local {
             "service" => service::delete(ctx, addr).await,
             k => Err(ProviderError::new(format!("local does not serve {k}"))),
         }
+    }
+
+    async fn describe(
+        &self,
+        ctx: &ProviderCtx,
+        kind: &str,
+        addr: &str,
+        record: &JsonMap,
+    ) -> Result<Description, ProviderError> {
+        match kind {
+            "service" => {
+                let (w, a, r) = (ctx.work_dir.clone(), addr.to_string(), record.clone());
+                crate::blocking(move || Ok(describe::service(&w, &a, &r))).await
+            }
+            _ => Ok(Description::default()),
+        }
+    }
+
+    fn actions(&self, kind: &str) -> Vec<pipeline_engine::provider::ActionSchema> {
+        actions::schemas(kind)
+    }
+
+    async fn action(
+        &self,
+        ctx: &ProviderCtx,
+        kind: &str,
+        addr: &str,
+        record: &JsonMap,
+        name: &str,
+        _args: &JsonMap,
+    ) -> Result<pipeline_engine::provider::ActionOutput, ProviderError> {
+        if kind != "service" {
+            return Err(pipeline_engine::provider::unknown_action(
+                "local",
+                kind,
+                addr,
+                name,
+                &[],
+            ));
+        }
+        let (ctx, addr, record, name) = (
+            ctx.clone(),
+            addr.to_string(),
+            record.clone(),
+            name.to_string(),
+        );
+        crate::blocking(move || actions::run(&ctx, &addr, &record, &name)).await
     }
 }

@@ -66,21 +66,7 @@ pub fn schema() -> KindSchema {
     }
 }
 
-pub fn sanitize(addr: &str) -> String {
-    addr.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-pub fn replica_dir(work_dir: &Path, addr: &str) -> PathBuf {
-    work_dir.join("run").join(sanitize(addr))
-}
+pub use pipeline_host::names::{run_dir as replica_dir, sanitize};
 
 fn health_of(c: &ValueMap) -> Result<HealthCheck, String> {
     let Some(Value::Map(h)) = c.get("health").map(|v| v.unmarked().0) else {
@@ -154,16 +140,7 @@ fn build_spec(ctx: &ProviderCtx, c: &ValueMap) -> BuildSpec {
     }
 }
 
-fn address_of(c: &ValueMap) -> String {
-    c.get("on")
-        .and_then(|on| match on.unmarked().0 {
-            Value::List(l) => l
-                .first()
-                .and_then(|h| h.get("address").and_then(Value::as_str).map(str::to_string)),
-            v => v.get("address").and_then(Value::as_str).map(str::to_string),
-        })
-        .unwrap_or_else(|| "127.0.0.1".into())
-}
+use pipeline_host::on::address as address_of;
 
 /// How updates of a service's instances roll out.
 #[derive(Clone, Debug, PartialEq)]
@@ -422,7 +399,7 @@ pub async fn commit(
             // recorded whatever happens here: a balancer left shifted shows as drift on the
             // next plan, and the next stage puts its stack config back.
             if let Some(c) = candidate_addr(&staged) {
-                let _ = crate::nginx::canary::remove_candidate(&ctx.work_dir, &c);
+                let _ = pipeline_host::nginx_canary::remove_candidate(&ctx.work_dir, &c);
                 retire_canary_slot(&ctx, &addr);
             }
             Ok(out)
@@ -440,7 +417,7 @@ pub async fn abort(ctx: &ProviderCtx, addr: &str, staged: &JsonMap) -> Result<()
         // An aborted canary's candidate gets no traffic before it stops; it stops even if a
         // balancer could not be rewritten (nginx then retries its other servers).
         let removed = match candidate_addr(&staged) {
-            Some(c) => crate::nginx::canary::remove_candidate(&ctx.work_dir, &c),
+            Some(c) => pipeline_host::nginx_canary::remove_candidate(&ctx.work_dir, &c),
             None => Ok(()),
         };
         stop_canary_slot(&ctx, &addr)?;
@@ -794,7 +771,7 @@ fn stage_update(
     }
     // A canary killed mid-way may have left balancers shifted to its candidates: put them back
     // before the leftovers stop.
-    crate::nginx::canary::restore_orphaned(&ctx.work_dir).map_err(err)?;
+    pipeline_host::nginx_canary::restore_orphaned(&ctx.work_dir).map_err(err)?;
     stop_canary_slot(ctx, addr)?;
     // Generations that are neither serving nor kept as standby are leftovers.
     for g in generations(ctx, addr) {
@@ -1025,7 +1002,7 @@ pub fn sweep_orphans(
 ) -> Result<Vec<String>, ProviderError> {
     use pipeline_engine::state::Status;
     let mut report = Vec::new();
-    for prefix in crate::nginx::canary::restore_orphaned(&ctx.work_dir).map_err(err)? {
+    for prefix in pipeline_host::nginx_canary::restore_orphaned(&ctx.work_dir).map_err(err)? {
         report.push(format!(
             "{}: the stack's config is back (a canary that shifted its traffic was killed)",
             prefix

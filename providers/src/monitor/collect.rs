@@ -3,10 +3,11 @@
 //! rates. Its output is a [`Status`], published after every tick.
 
 use super::DaemonConfig;
-use crate::local::replica_dir;
+use pipeline_host::procfs::{all_procs, family, rss_bytes};
+use pipeline_host::tail::Tail;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -159,6 +160,10 @@ fn hostport(host: &str, port: u16) -> String {
 
 #[derive(Clone, Debug)]
 struct Replica {
+    /// The instance as recorded: its provider describes its processes.
+    kind: String,
+    provider: String,
+    attrs: Attrs,
     addr: String,
     block: String,
     name: String,
@@ -363,6 +368,9 @@ fn discover(state: &pipeline_state::State, watch: &mut Watch, base: &Path) -> Ta
                     endpoint: endpoint_of(a),
                     probe: replica_probe(a),
                     record: record_name(r.status).into(),
+                    kind: r.kind.clone(),
+                    provider: r.provider.clone(),
+                    attrs: a.clone(),
                 };
                 if watch.matches(&rep) {
                     t.replicas.push(rep);
@@ -609,81 +617,6 @@ fn probe_all(probes: &[Probe]) -> Vec<ProbeResult> {
 // ------------------------------------------------------------------------------------------------
 // Processes.
 
-#[derive(Clone, Copy, Debug)]
-struct ProcStat {
-    ppid: u32,
-    pgrp: u32,
-    /// utime + stime, in clock ticks.
-    ticks: u64,
-}
-
-fn parse_stat(text: &str) -> Option<ProcStat> {
-    // `pid (comm) state ppid pgrp ...`; comm may contain spaces and parentheses.
-    let rest = &text[text.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // f[0] = state (field 3), so field n is f[n - 3].
-    Some(ProcStat {
-        ppid: f.get(1)?.parse().ok()?,
-        pgrp: f.get(2)?.parse().ok()?,
-        ticks: f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
-    })
-}
-
-fn all_procs() -> HashMap<u32, ProcStat> {
-    let mut out = HashMap::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if let Some(st) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|t| parse_stat(&t))
-        {
-            out.insert(pid, st);
-        }
-    }
-    out
-}
-
-fn rss_bytes(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-/// The children's processes: their process groups and all their descendants.
-fn family(children: &[u32], procs: &HashMap<u32, ProcStat>) -> Vec<u32> {
-    let mut set: BTreeSet<u32> = children
-        .iter()
-        .copied()
-        .filter(|p| procs.contains_key(p))
-        .collect();
-    if set.is_empty() {
-        return vec![];
-    }
-    for (&pid, st) in procs {
-        if children.contains(&st.pgrp) {
-            set.insert(pid);
-        }
-    }
-    loop {
-        let before = set.len();
-        for (&pid, st) in procs {
-            if set.contains(&st.ppid) {
-                set.insert(pid);
-            }
-        }
-        if set.len() == before {
-            break;
-        }
-    }
-    set.into_iter().collect()
-}
-
 #[derive(Clone, Debug, Default)]
 struct ProcInfo {
     pids: Vec<u32>,
@@ -694,114 +627,11 @@ struct ProcInfo {
     memory_bytes: Option<u64>,
 }
 
-/// Supervised directories of a replica: DIR itself and its immediate subdirectories holding a
-/// supervisor's `status.json` (a slot with the app behind it in a subdirectory).
-fn supervised_dirs(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![];
-    let has = |d: &Path| {
-        d.join(pipeline_supervise::STATUS_FILE).exists()
-            || d.join(pipeline_supervise::SUPERVISOR_PID_FILE).exists()
-    };
-    if has(dir) {
-        out.push(dir.to_path_buf());
-    }
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        let mut subs: Vec<PathBuf> = rd
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.path())
-            .filter(|p| has(p))
-            .collect();
-        subs.sort();
-        out.extend(subs);
-    }
-    out
-}
-
 // ------------------------------------------------------------------------------------------------
 // Access logs.
 
-/// One parsed line of `$msec $status $request_time $upstream_addr $upstream_status`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LogLine {
-    pub at: f64,
-    pub status: u16,
-    /// (upstream address, its status) per attempt.
-    pub upstreams: Vec<(String, Option<u16>)>,
-}
-
-pub fn parse_log_line(line: &str) -> Option<LogLine> {
-    let mut it = line.split_whitespace();
-    let at: f64 = it.next()?.parse().ok()?;
-    let status: u16 = it.next()?.parse().ok()?;
-    let _request_time = it.next()?;
-    // `$upstream_addr` and `$upstream_status` list attempts separated by ", " (and " : " across
-    // internal redirects): as many addresses as statuses.
-    let rest: Vec<&str> = it
-        .map(|t| t.trim_end_matches(','))
-        .filter(|t| !t.is_empty() && *t != ":")
-        .collect();
-    let n = rest.len() / 2;
-    let upstreams = rest[..n]
-        .iter()
-        .zip(&rest[n..2 * n])
-        .filter(|(a, _)| **a != "-")
-        .map(|(a, s)| (a.to_string(), s.parse().ok()))
-        .collect();
-    Some(LogLine {
-        at,
-        status,
-        upstreams,
-    })
-}
-
-#[derive(Default)]
-struct LogTail {
-    offset: u64,
-    inode: u64,
-    partial: Vec<u8>,
-    started: bool,
-}
-
-impl LogTail {
-    /// New complete lines since the last call (handles truncation and rotation).
-    fn read_new(&mut self, path: &Path) -> Vec<String> {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(mut f) = std::fs::File::open(path) else {
-            return vec![];
-        };
-        let Ok(meta) = f.metadata() else {
-            return vec![];
-        };
-        if !self.started {
-            self.started = true;
-            self.offset = meta.len().saturating_sub(LOG_BACKLOG);
-            self.inode = meta.ino();
-        }
-        if meta.ino() != self.inode || meta.len() < self.offset {
-            self.inode = meta.ino();
-            self.offset = 0;
-            self.partial.clear();
-        }
-        if meta.len() == self.offset || f.seek(SeekFrom::Start(self.offset)).is_err() {
-            return vec![];
-        }
-        let mut buf = Vec::new();
-        let Ok(n) = (&mut f).take(8 << 20).read_to_end(&mut buf) else {
-            return vec![];
-        };
-        self.offset += n as u64;
-        self.partial.extend_from_slice(&buf);
-        let Some(last_nl) = self.partial.iter().rposition(|&b| b == b'\n') else {
-            return vec![];
-        };
-        let complete: Vec<u8> = self.partial.drain(..=last_nl).collect();
-        String::from_utf8_lossy(&complete)
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-}
+/// One parsed line of the access log (`pipeline_host::access_log`).
+use pipeline_host::access_log::parse as parse_log_line;
 
 /// Events (time in unix seconds, error?) in a sliding window.
 #[derive(Default, Clone, Debug)]
@@ -861,7 +691,7 @@ pub struct Collector {
     state_error: Option<String>,
     replicas: HashMap<String, ReplicaState>,
     endpoints: HashMap<String, EndpointState>,
-    tails: HashMap<PathBuf, LogTail>,
+    tails: HashMap<PathBuf, Tail>,
     /// Per upstream `address:port`.
     upstreams: HashMap<String, Window>,
     /// Per balancer address, over all its requests.
@@ -870,6 +700,9 @@ pub struct Collector {
     cpu_prev_at: Option<Instant>,
     last_discovery: Option<Instant>,
     last_procs: Option<Instant>,
+    /// The providers, which describe what runs for a replica (processes, restarts).
+    registry: pipeline_engine::provider::Registry,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Collector {
@@ -889,6 +722,8 @@ impl Collector {
             cpu_prev_at: None,
             last_discovery: None,
             last_procs: None,
+            registry: crate::registry(),
+            runtime: tokio::runtime::Builder::new_current_thread().build().ok(),
         }
     }
 
@@ -997,34 +832,20 @@ impl Collector {
         let elapsed = self
             .cpu_prev_at
             .map(|t| now.duration_since(t).as_secs_f64());
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let hz = pipeline_host::procfs::ticks_per_sec();
         let mut seen = HashMap::new();
         for r in &self.targets.replicas {
-            let dir = replica_dir(&self.cfg.state_dir, &r.addr);
             let mut info = ProcInfo::default();
             let mut children = vec![];
-            for d in supervised_dirs(&dir) {
-                let Some(s) = pipeline_supervise::status(&d) else {
-                    continue;
-                };
-                info.restarts += s.restarts;
-                if info.supervisor.is_none() || d == dir {
-                    info.supervisor = Some(if s.supervisor_alive {
-                        s.state.clone()
-                    } else {
-                        "gone".into()
-                    });
+            for p in self.describe(r).processes {
+                info.restarts += p.restarts;
+                if info.supervisor.is_none() {
+                    info.supervisor = p.supervisor.clone();
                 }
-                if s.child_alive {
-                    if let Some(c) = s.child_pid {
-                        children.push(c);
-                        if s.started_at > 0 {
-                            info.started_at = Some(
-                                info.started_at
-                                    .map_or(s.started_at, |t| t.max(s.started_at)),
-                            );
-                        }
+                if let (true, Some(c)) = (p.running, p.pid) {
+                    children.push(c);
+                    if let Some(t) = p.started_at {
+                        info.started_at = Some(info.started_at.map_or(t, |s| s.max(t)));
                     }
                 }
             }
@@ -1049,12 +870,29 @@ impl Collector {
         self.cpu_prev_at = Some(now);
     }
 
+    /// What the replica's provider says runs for it; nothing when it cannot say.
+    fn describe(&self, r: &Replica) -> pipeline_engine::provider::Description {
+        let (Some(p), Some(rt)) = (self.registry.provider(&r.provider), &self.runtime) else {
+            return Default::default();
+        };
+        let ctx = pipeline_engine::provider::ProviderCtx {
+            work_dir: self.cfg.state_dir.clone(),
+            stack_dir: self.cfg.state_dir.clone(),
+            exe: std::env::current_exe().unwrap_or_default(),
+        };
+        rt.block_on(p.describe(&ctx, &r.kind, &r.addr, &r.attrs))
+            .unwrap_or_default()
+    }
+
     fn read_logs(&mut self) {
         for b in &self.targets.balancers {
             let Some(path) = &b.access_log else { continue };
-            let tail = self.tails.entry(path.clone()).or_default();
+            let tail = self
+                .tails
+                .entry(path.clone())
+                .or_insert_with(|| Tail::with_backlog(path, LOG_BACKLOG));
             let bw = self.balancer_windows.entry(b.addr.clone()).or_default();
-            for line in tail.read_new(path) {
+            for line in tail.read_lines() {
                 let Some(l) = parse_log_line(&line) else {
                     continue;
                 };
@@ -1212,29 +1050,6 @@ mod tests {
         assert!((err - 0.25).abs() < 1e-9, "{err}");
         w.prune(1015.0);
         assert_eq!(w.rates(1015.0).2, 50);
-    }
-
-    #[test]
-    fn log_tail_reads_appended_lines_and_survives_truncation() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("access.log");
-        std::fs::write(&p, "1 200 0 a:1 200\n").unwrap();
-        let mut t = LogTail::default();
-        assert_eq!(t.read_new(&p), vec!["1 200 0 a:1 200"]);
-        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
-        f.write_all(b"2 500 0 a:1 500\n3 200 0 a").unwrap();
-        assert_eq!(t.read_new(&p), vec!["2 500 0 a:1 500"]);
-        f.write_all(b":1 200\n").unwrap();
-        assert_eq!(t.read_new(&p), vec!["3 200 0 a:1 200"]);
-        std::fs::write(&p, "4 200 0 b:2 200\n").unwrap();
-        assert_eq!(t.read_new(&p), vec!["4 200 0 b:2 200"]);
-    }
-
-    #[test]
-    fn stat_lines_parse_with_odd_command_names() {
-        let s = "42 (my (odd) prog) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 100 1000 50";
-        let st = parse_stat(s).unwrap();
-        assert_eq!((st.ppid, st.pgrp, st.ticks), (1, 42, 10));
     }
 
     #[test]

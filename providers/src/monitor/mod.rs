@@ -12,6 +12,7 @@
 //! | `/healthz`    | `ok` (the supervisor's health check)                              |
 
 mod collect;
+mod describe;
 mod server;
 
 use crate::parse_duration;
@@ -26,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::local::replica_dir;
+use pipeline_host::names::run_dir as replica_dir;
 
 pub struct Monitor;
 
@@ -426,5 +427,15 @@ impl Provider for Monitor {
         }
         let (ctx, addr) = (ctx.clone(), addr.to_string());
         crate::blocking(move || stop(&ctx, &addr)).await
+    }
+    async fn describe(
+        &self,
+        ctx: &ProviderCtx,
+        _kind: &str,
+        addr: &str,
+        record: &JsonMap,
+    ) -> Result<pipeline_engine::provider::Description, ProviderError> {
+        let (dir, r) = (replica_dir(&ctx.work_dir, addr), record.clone());
+        crate::blocking(move || Ok(describe::monitor(&dir, &r))).await
     }
 }

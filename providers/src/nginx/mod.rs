@@ -3,7 +3,7 @@
 //! when the rendered config really changes. Upstreams point at service slots, whose addresses
 //! never change through updates, so rollouts need no reload at all.
 
-pub mod canary;
+mod describe;
 
 use async_trait::async_trait;
 use pipeline_engine::format::Format;
@@ -12,6 +12,7 @@ use pipeline_engine::provider::{
     ProviderCtx, ProviderError, Type,
 };
 use pipeline_engine::value::{Value, ValueMap};
+use pipeline_host::nginx::nginx_bin;
 use pipeline_supervise::{private, HealthCheck, ReplicaSpec};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -39,7 +40,7 @@ impl Nginx {
 
 /// Where apply records which executable runs a balancer, so later `nginx -t` checks of the same
 /// prefix (the canary's shifted configs) use it too.
-const BINARY_RECORD: &str = "conf/nginx.binary";
+use pipeline_host::nginx::{check_with, BINARY_RECORD};
 
 /// The `binary` setting of a `provider "nginx"` block: an absolute path to an executable file.
 fn configured_binary(config: &ValueMap) -> Result<Option<PathBuf>, Invalid> {
@@ -112,39 +113,8 @@ fn schema() -> KindSchema {
     }
 }
 
-/// Which stack attribute a rendered line comes from, so an `nginx -t` error points at the stack.
-fn attr_of_line(line: &str) -> Option<&'static str> {
-    let l = line.trim_start();
-    [
-        ("client_max_body_size", "client_max_body_size"),
-        ("keepalive_timeout", "keepalive_timeout"),
-        ("listen", "listen"),
-        ("server ", "routes"),
-        ("location", "routes"),
-        ("alias", "routes"),
-        ("proxy_pass", "routes"),
-    ]
-    .iter()
-    .find(|(p, _)| l.starts_with(p))
-    .map(|(_, a)| *a)
-}
-
-fn nginx_bin() -> Option<PathBuf> {
-    // An explicit choice wins (and is reported as missing if it is not there).
-    if let Some(p) = std::env::var_os("PIPELINE_NGINX") {
-        let p = PathBuf::from(p);
-        return p.is_file().then_some(p);
-    }
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .chain(["/usr/sbin", "/sbin"])
-        .map(|d| Path::new(d).join("nginx"))
-        .find(|p| p.is_file())
-}
-
 fn prefix(ctx: &ProviderCtx, addr: &str) -> PathBuf {
-    crate::local::replica_dir(&ctx.work_dir, addr)
+    pipeline_host::names::run_dir(&ctx.work_dir, addr)
 }
 
 /// `host:port` of every backend a route names, with its weight.
@@ -324,76 +294,6 @@ fn render(
     hb.render_template(TEMPLATE, &vars)
         .map(Some)
         .map_err(|e| (None, format!("cannot render the nginx config: {e}")))
-}
-
-/// `nginx -t` on `text` in a throwaway prefix; Err(attribute, message) on rejection.
-/// The executable is the one recorded for `real_prefix` by apply, else the default.
-fn check(text: &str, real_prefix: &Path) -> Result<(), (Option<String>, String)> {
-    let recorded = std::fs::read_to_string(real_prefix.join(BINARY_RECORD))
-        .ok()
-        .map(|s| PathBuf::from(s.trim_end()));
-    let Some(bin) = recorded.or_else(nginx_bin) else {
-        return Err((None, "nginx is not installed (no nginx on PATH)".into()));
-    };
-    check_with(&bin, text, real_prefix)
-}
-
-/// `nginx -t` with the executable `bin`.
-fn check_with(bin: &Path, text: &str, real_prefix: &Path) -> Result<(), (Option<String>, String)> {
-    let tmp = std::env::temp_dir().join(format!(
-        "pipeline-nginx-check-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    let result = (|| {
-        for d in ["conf", "logs", "tmp"] {
-            private::create_dir_all(&tmp.join(d)).map_err(|e| (None, e.to_string()))?;
-        }
-        let text = text.replace(
-            &real_prefix.display().to_string(),
-            &tmp.display().to_string(),
-        );
-        private::write(&tmp.join("conf/nginx.conf"), &text).map_err(|e| (None, e.to_string()))?;
-        let out = std::process::Command::new(bin)
-            .arg("-t")
-            .arg("-q")
-            .arg("-p")
-            .arg(&tmp)
-            .args(["-c", "conf/nginx.conf", "-e", "logs/error.log"])
-            .output()
-            .map_err(|e| (None, format!("cannot run {}: {e}", bin.display())))?;
-        if out.status.success() {
-            return Ok(());
-        }
-        let err = String::from_utf8_lossy(&out.stderr);
-        let line = err
-            .lines()
-            .find(|l| l.contains("[emerg]"))
-            .unwrap_or(err.trim())
-            .to_string();
-        let msg = line.split("[emerg] ").nth(1).unwrap_or(&line);
-        // "... in /tmp/x/conf/nginx.conf:12" → the stack attribute that produced line 12.
-        let (msg, attr) = match msg.rsplit_once(" in ") {
-            Some((m, place)) => {
-                let n: Option<usize> = place.rsplit(':').next().and_then(|n| n.trim().parse().ok());
-                let attr = n
-                    .and_then(|n| text.lines().nth(n - 1))
-                    .and_then(attr_of_line);
-                (m.to_string(), attr.map(str::to_string))
-            }
-            None => (msg.to_string(), None),
-        };
-        Err((attr, format!("nginx rejects the config: {msg}")))
-    })();
-    let _ = std::fs::remove_dir_all(&tmp);
-    result
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0)
 }
 
 fn port_free(address: &str, port: u16) -> bool {
@@ -606,6 +506,17 @@ impl Provider for Nginx {
             Ok(())
         })
         .await
+    }
+
+    async fn describe(
+        &self,
+        ctx: &ProviderCtx,
+        _kind: &str,
+        addr: &str,
+        record: &JsonMap,
+    ) -> Result<pipeline_engine::provider::Description, ProviderError> {
+        let (work, pre, r) = (ctx.work_dir.clone(), prefix(ctx, addr), record.clone());
+        crate::blocking(move || Ok(describe::balancer(&work, &pre, &r))).await
     }
 }
 

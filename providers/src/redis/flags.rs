@@ -14,13 +14,13 @@
 
 use super::resp::{Conn, Url};
 use super::store::{self, FlagValue};
-use crate::local::sanitize;
 use pipeline_engine::format::Format;
 use pipeline_engine::provider::{
     ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned, ProviderCtx,
     ProviderError, Type,
 };
 use pipeline_engine::value::{Value, ValueMap};
+use pipeline_host::names::sanitize;
 use pipeline_supervise::{HealthCheck, ReplicaSpec};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -155,17 +155,8 @@ pub fn validate(c: &ValueMap) -> Vec<Invalid> {
     out
 }
 
-/// The address of the primary: `on`'s (first) host address, else 127.0.0.1.
-fn address_of(c: &ValueMap) -> String {
-    c.get("on")
-        .and_then(|on| match on.unmarked().0 {
-            Value::List(l) => l
-                .first()
-                .and_then(|h| h.get("address").and_then(Value::as_str).map(str::to_string)),
-            v => v.get("address").and_then(Value::as_str).map(str::to_string),
-        })
-        .unwrap_or_else(|| "127.0.0.1".into())
-}
+// The address of the primary: `on`'s (first) host address, else 127.0.0.1.
+use pipeline_host::on::address as address_of;
 
 /// The redis-server a `provider "redis" { binary = ... }` block names, else redis-server on PATH.
 pub fn find_redis_server(binary: Option<&Path>) -> Result<PathBuf, ProviderError> {

@@ -2,6 +2,8 @@
 //! (read-only replica) per host that runs instances. See [`flags`] for the kind, [`store`] for
 //! how a flag is kept in redis, and [`resp`] for the small client everything uses.
 
+mod actions;
+mod describe;
 pub mod flags;
 pub mod resp;
 pub mod store;
@@ -130,5 +132,38 @@ impl Provider for Redis {
             "flags" => flags::delete(ctx, addr).await,
             k => Err(unknown_kind(k)),
         }
+    }
+    async fn describe(
+        &self,
+        ctx: &ProviderCtx,
+        _kind: &str,
+        addr: &str,
+        record: &JsonMap,
+    ) -> Result<pipeline_engine::provider::Description, ProviderError> {
+        let (base, r) = (flags::base_dir(&ctx.work_dir, addr), record.clone());
+        crate::blocking(move || Ok(describe::flags(&base, &r))).await
+    }
+    fn actions(&self, kind: &str) -> Vec<pipeline_engine::provider::ActionSchema> {
+        actions::schemas(kind)
+    }
+    async fn action(
+        &self,
+        _ctx: &ProviderCtx,
+        kind: &str,
+        addr: &str,
+        record: &JsonMap,
+        name: &str,
+        args: &JsonMap,
+    ) -> Result<pipeline_engine::provider::ActionOutput, ProviderError> {
+        if kind != "flags" {
+            return Err(unknown_kind(kind));
+        }
+        let (addr, record, name, args) = (
+            addr.to_string(),
+            record.clone(),
+            name.to_string(),
+            args.clone(),
+        );
+        crate::blocking(move || actions::run(&addr, &record, &name, &args)).await
     }
 }

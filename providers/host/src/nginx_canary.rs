@@ -8,7 +8,7 @@
 //! then sees a config that differs from the recorded one (drift), and the next apply renders
 //! the stack's config again.
 
-use super::{check, nginx_bin};
+use crate::nginx::{check, nginx_bin};
 use std::path::{Path, PathBuf};
 
 /// A running balancer some of whose upstreams route to the baseline.
