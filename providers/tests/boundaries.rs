@@ -110,6 +110,7 @@ fn defining(pattern: &str) -> Vec<String> {
         "providers/host/src",
         "providers/supervise/src",
         "src",
+        "ops/src",
     ] {
         for (path, code) in sources(&repo.join(dir)) {
             if code.contains(pattern) {
@@ -138,9 +139,7 @@ fn shared_code_exists_once() {
         .filter(|f| !f.starts_with("providers/supervise/"))
         .collect();
     assert_eq!(seekers, vec!["providers/host/src/tail.rs"]);
-    // One /proc sampler: the only code that reads a process's CPU ticks from `/proc/PID/stat`
-    // apart from src/canary.rs, whose sampler `pipeline_host::procfs::Sampler` replaces (it
-    // moves out of src/ in another change; then this list is one long).
+    // One /proc sampler: the only code that reads a process's CPU ticks from `/proc/PID/stat`.
     let stat_readers: Vec<String> = defining(".get(11)")
         .into_iter()
         .chain(defining("num(11)"))
@@ -148,7 +147,7 @@ fn shared_code_exists_once() {
     assert!(
         stat_readers
             .iter()
-            .all(|f| f == "providers/host/src/procfs.rs" || f == "src/canary.rs"),
+            .all(|f| f == "providers/host/src/procfs.rs"),
         "{stat_readers:?}"
     );
     assert!(stat_readers.contains(&"providers/host/src/procfs.rs".to_string()));
