@@ -99,8 +99,9 @@ mod tests {
             "a busy loop measured {cpu:.0} % of a core, {:?} MiB",
             second[0].rss_mib
         );
-        // A busy loop on a shared 2-core machine: most of one core, never more than two.
-        assert!(cpu > 30.0 && cpu < 210.0, "{cpu}");
+        // A busy loop gets most of a core on a quiet machine but a tenth or less while a whole
+        // test suite runs on 2 cores (16 % was measured): it shows up, and never above two cores.
+        assert!(cpu > 2.0 && cpu < 210.0, "{cpu}");
         assert!(second[0].rss_mib.unwrap() > 0.1, "{second:?}");
         assert_eq!(
             second[1],

@@ -10,5 +10,6 @@ pub mod nginx;
 pub mod nginx_canary;
 pub mod on;
 pub mod procfs;
+pub mod settings;
 pub mod supervised;
 pub mod tail;

@@ -44,33 +44,7 @@ use pipeline_host::nginx::{check_with, BINARY_RECORD};
 
 /// The `binary` setting of a `provider "nginx"` block: an absolute path to an executable file.
 fn configured_binary(config: &ValueMap) -> Result<Option<PathBuf>, Invalid> {
-    use std::os::unix::fs::PermissionsExt;
-    let Some(v) = config.get("binary").map(|v| v.unmarked().0) else {
-        return Ok(None);
-    };
-    let Some(s) = v.as_str() else {
-        return Ok(None);
-    };
-    let p = PathBuf::from(s);
-    let help = "give the absolute path of the nginx executable (e.g. binary = \"/usr/sbin/nginx\"), or remove `binary` to use the nginx on PATH";
-    let problem = if !p.is_absolute() {
-        Some("is not an absolute path")
-    } else {
-        match std::fs::metadata(&p) {
-            Err(_) => Some("does not exist"),
-            Ok(m) if !m.is_file() => Some("is not a file"),
-            Ok(m) if m.permissions().mode() & 0o111 == 0 => Some("is not executable"),
-            Ok(_) => None,
-        }
-    };
-    match problem {
-        Some(why) => Err(Invalid::new(
-            Some("binary"),
-            format!("the nginx executable {s} {why}"),
-            help,
-        )),
-        None => Ok(Some(p)),
-    }
+    pipeline_host::settings::executable(config, "nginx", "/usr/sbin/nginx")
 }
 
 const TEMPLATE: &str = include_str!("nginx.conf.hbs");

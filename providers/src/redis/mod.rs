@@ -28,33 +28,7 @@ pub struct Redis {
 
 /// The `binary` setting: an absolute path to an executable file.
 fn configured_binary(config: &ValueMap) -> Result<Option<PathBuf>, Invalid> {
-    use std::os::unix::fs::PermissionsExt;
-    let Some(s) = config
-        .get("binary")
-        .map(|v| v.unmarked().0)
-        .and_then(|v| v.as_str().map(str::to_string))
-    else {
-        return Ok(None);
-    };
-    let p = PathBuf::from(&s);
-    let problem = if !p.is_absolute() {
-        Some("is not an absolute path")
-    } else {
-        match std::fs::metadata(&p) {
-            Err(_) => Some("does not exist"),
-            Ok(m) if !m.is_file() => Some("is not a file"),
-            Ok(m) if m.permissions().mode() & 0o111 == 0 => Some("is not executable"),
-            Ok(_) => None,
-        }
-    };
-    match problem {
-        Some(why) => Err(Invalid::new(
-            Some("binary"),
-            format!("the redis-server executable {s} {why}"),
-            "give the absolute path of redis-server (e.g. binary = \"/usr/bin/redis-server\"), or remove `binary` to use the redis-server on PATH",
-        )),
-        None => Ok(Some(p)),
-    }
+    pipeline_host::settings::executable(config, "redis-server", "/usr/bin/redis-server")
 }
 
 fn unknown_kind(kind: &str) -> ProviderError {
