@@ -447,33 +447,56 @@ pub async fn rollback(ws: &Workspace, block: &str) -> Result<usize> {
         bail!("{block} is not in the state\n  = help: `pipeline state list` shows what is");
     }
     let ctx = recorded_ctx(ws)?;
-    for a in &addrs {
-        let mut rs = store.state().resources[a].clone();
+    // Every instance switches back at once: a block of five takes one switch's time, not five.
+    let mut switching = tokio::task::JoinSet::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let rs = store.state().resources[a].clone();
         let p = ws
             .registry
             .provider_of(&rs)
-            .ok_or_else(|| anyhow!("{a}: no provider `{}` in this binary", rs.provider))?;
-        let out = p
-            .action(
-                &ctx,
-                &rs.kind,
-                a,
-                &rs.attrs,
-                "rollback",
-                &Default::default(),
-            )
-            .await
-            .map_err(|e| anyhow!("{a}: {e}"))?;
-        let Some(record) = out.record else {
-            continue;
-        };
-        rs.attrs = record;
-        store
-            .record(state::JournalEntry::Set {
-                addr: a.clone(),
-                resource: rs,
-            })
-            .map_err(|e| anyhow!("{e}"))?;
+            .ok_or_else(|| anyhow!("{a}: no provider `{}` in this binary", rs.provider))?
+            .clone();
+        let (ctx, a) = (ctx.clone(), a.clone());
+        switching.spawn(async move {
+            let out = p
+                .action(
+                    &ctx,
+                    &rs.kind,
+                    &a,
+                    &rs.attrs,
+                    "rollback",
+                    &Default::default(),
+                )
+                .await;
+            (i, rs, out)
+        });
+    }
+    let mut done: Vec<_> = switching.join_all().await;
+    done.sort_by_key(|(i, _, _)| *i);
+    // Record every switch that happened before reporting one that did not.
+    let mut first_error = None;
+    for (i, mut rs, out) in done {
+        match out {
+            Ok(out) => {
+                let Some(record) = out.record else {
+                    continue;
+                };
+                rs.attrs = record;
+                store
+                    .record(state::JournalEntry::Set {
+                        addr: addrs[i].clone(),
+                        resource: rs,
+                    })
+                    .map_err(|e| anyhow!("{e}"))?;
+            }
+            Err(e) => {
+                first_error.get_or_insert_with(|| anyhow!("{}: {e}", addrs[i]));
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        store.compact().map_err(|e| anyhow!("{e}"))?;
+        return Err(e);
     }
     store.compact().map_err(|e| anyhow!("{e}"))?;
     Ok(addrs.len())
