@@ -233,6 +233,9 @@ impl CanarySpec {
             Metric::continuous("latency")
                 .direction(Direction::Increase)
                 .tolerance(self.latency_tolerance)
+                // nginx logs request times in whole milliseconds: a shift of a step or two is
+                // no evidence (a fast service's arms sat at 1 ms and 2 ms for a whole CI run)
+                .abs_tolerance(LATENCY_ABS_TOLERANCE_MS)
                 .min_samples(self.min_requests),
             Metric::proportion("errors")
                 .direction(Direction::Increase)
@@ -387,6 +390,9 @@ impl ScoreSoFar {
 /// nginx times requests to the millisecond, so a fast answer is logged as 0.000: the sequential
 /// test compares log-latencies, and half a resolution step keeps those finite and comparable.
 pub const SEQ_LATENCY_OFFSET_MS: f64 = 0.5;
+
+/// Latency shifts of up to two steps of nginx's `$request_time` resolution (1 ms) are not judged.
+pub const LATENCY_ABS_TOLERANCE_MS: f64 = 2.0;
 
 /// Latency for the sequential test as batch medians: one observation per arm per look (of at
 /// least 5 answers). Single requests are not independent (a busy CPU slows a burst of them

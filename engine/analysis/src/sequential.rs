@@ -436,10 +436,18 @@ impl SequentialJudge {
                 e.estimate = est.exp() - 1.0;
                 e.lower = lo.exp() - 1.0;
                 e.upper = hi.exp() - 1.0;
-                let fail =
-                    (up && lo > 0.0 && e.estimate > tol) || (down && hi < 0.0 && e.estimate < -tol);
-                let up_ok = !up || hi < (1.0 + tol).ln();
-                let down_ok = !down || tol >= 1.0 || lo > (1.0 - tol).ln();
+                // The shift in the metric's own unit at the baseline's geometric mean: an effect
+                // within `abs_tolerance` (a measurement's resolution, say) is no regression.
+                let base = b.mean.exp();
+                let abs_shift = |log_ratio: f64| base * (log_ratio.exp() - 1.0);
+                let beyond_abs = |log_ratio: f64| abs_shift(log_ratio).abs() > m.abs_tolerance;
+                let fail = (up && lo > 0.0 && e.estimate > tol && beyond_abs(est))
+                    || (down && hi < 0.0 && e.estimate < -tol && beyond_abs(est));
+                let up_ok = !up || hi < (1.0 + tol).ln() || abs_shift(hi) < m.abs_tolerance;
+                let down_ok = !down
+                    || tol >= 1.0
+                    || lo > (1.0 - tol).ln()
+                    || -abs_shift(lo) < m.abs_tolerance;
                 (fail, up_ok && down_ok, mixture_p_value(est, v, tau * tau))
             }
             Acc::Counts { b, c } => {
@@ -571,6 +579,39 @@ mod tests {
             assert_eq!(matches!(d, Decision::Pass(..)), !want_fail, "{d:?}");
             let at = decided_at.unwrap();
             assert!(at <= 60, "factor {factor}: decided after {at} pairs");
+        }
+    }
+
+    /// A shift within the metric's absolute tolerance is no regression, however steady: medians
+    /// of 1 ms against 2 ms (one step of nginx's resolution) pass with a 2 ms tolerance and fail
+    /// without one.
+    #[test]
+    fn a_steady_shift_within_the_absolute_tolerance_is_no_regression() {
+        for (abs, want_fail) in [(2.0, false), (0.0, true)] {
+            let mut j = SequentialJudge::new(JudgeConfig::with_metrics(vec![Metric::continuous(
+                "latency",
+            )
+            .tolerance(0.25)
+            .abs_tolerance(abs)
+            .min_samples(10)]));
+            let mut d = Decision::Continue;
+            for _ in 0..40 {
+                j.observe_pair("latency", 1.5, 2.5).unwrap();
+                d = j.decision();
+                if d != Decision::Continue {
+                    break;
+                }
+            }
+            assert_eq!(
+                matches!(d, Decision::Fail(..)),
+                want_fail,
+                "abs {abs}: {d:?}"
+            );
+            assert_eq!(
+                matches!(d, Decision::Pass(..)),
+                !want_fail,
+                "abs {abs}: {d:?}"
+            );
         }
     }
 
