@@ -268,6 +268,7 @@ impl CanarySpec {
             Metric::continuous("latency")
                 .direction(Direction::Increase)
                 .tolerance(self.latency_tolerance)
+                .abs_tolerance(LATENCY_ABS_TOLERANCE_MS)
                 .min_samples(10),
         ]);
         c.confidence = self.confidence;
