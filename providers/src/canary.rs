@@ -314,6 +314,34 @@ pub struct ProgressiveRecord {
     pub verdict: Option<Verdict>,
     /// `promoted`, or `aborted at N%: reason`.
     pub result: String,
+    /// The arms' median latencies of each look's window in which both answered, (baseline,
+    /// candidate), as [`LatencyBatches::flush`] observed them: what the fixed judge compares
+    /// ([`progressive_latency`]).
+    #[serde(default)]
+    pub latency_windows: Vec<(f64, f64)>,
+}
+
+/// The latency data of a progressive canary's fixed judge: the windows' paired medians once
+/// there are [`pipeline_analysis::judge::MIN_PAIRS`], answer against answer before that. The
+/// candidate's answers come mostly from the later, bigger steps and the baseline's from all of
+/// them, so answer against answer compares one moment of the machine with another (a loaded CI
+/// machine slowed a 50 % step and so failed an A/A canary); paired windows do not.
+pub fn progressive_latency(
+    baseline_ms: &[f64],
+    candidate_ms: &[f64],
+    windows: &[(f64, f64)],
+) -> pipeline_analysis::MetricData {
+    if windows.len() >= pipeline_analysis::judge::MIN_PAIRS {
+        pipeline_analysis::MetricData::Paired {
+            baseline: windows.iter().map(|w| w.0).collect(),
+            candidate: windows.iter().map(|w| w.1).collect(),
+        }
+    } else {
+        pipeline_analysis::MetricData::Continuous {
+            baseline: baseline_ms.to_vec(),
+            candidate: candidate_ms.to_vec(),
+        }
+    }
 }
 
 /// Bounds a progressive record's memory (about 40 bytes an answer).
@@ -418,10 +446,15 @@ impl LatencyBatches {
     /// anew. The medians are of equally many answers (the bigger arm's evenly thinned in time),
     /// since a median's bias and spread depend on how many it is of: at a 5 % step the candidate
     /// has a twentieth of the baseline's answers.
-    pub fn flush(&mut self, seq: &mut pipeline_analysis::SequentialJudge, metric: &str) {
+    /// Returns the pair it observed, for a fixed-horizon judge of the same windows.
+    pub fn flush(
+        &mut self,
+        seq: &mut pipeline_analysis::SequentialJudge,
+        metric: &str,
+    ) -> Option<(f64, f64)> {
         let n = self.baseline.len().min(self.candidate.len());
         if n < 5 {
-            return;
+            return None;
         }
         // Both medians are of the same time window, so they share its noise (a loaded machine
         // slows both): observed as a pair, that noise cancels.
@@ -433,6 +466,7 @@ impl LatencyBatches {
         };
         let (b, c) = (median(&mut self.baseline), median(&mut self.candidate));
         let _ = seq.observe_pair(metric, b, c);
+        Some((b, c))
     }
 }
 

@@ -18,8 +18,8 @@
 //! `Marginal` (score ≥ `marginal_threshold`) or `Fail`.
 
 use crate::stats::{
-    fisher_exact, hodges_lehmann, mann_whitney, summarize, two_proportion_z, Alternative,
-    SampleSummary,
+    fisher_exact, hodges_lehmann, hodges_lehmann_paired, mann_whitney, summarize, two_proportion_z,
+    wilcoxon_signed_rank, Alternative, SampleSummary,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -186,7 +186,21 @@ pub enum MetricData {
         baseline: Counts,
         candidate: Counts,
     },
+    /// A continuous metric observed as pairs taken under the same conditions: `baseline[i]` and
+    /// `candidate[i]` are, e.g., the two arms' median latencies of the same time window. Judged
+    /// by the Wilcoxon signed-rank test of the log ratios, so what both arms share (a loaded
+    /// machine, a burst) cancels and an arm whose samples come from a different moment (a 5 %
+    /// canary) is not compared with another moment. Values must be positive; pairs with a value
+    /// that is not are ignored. Needs [`MIN_PAIRS`] pairs.
+    Paired {
+        baseline: Vec<f64>,
+        candidate: Vec<f64>,
+    },
 }
+
+/// The fewest pairs a [`MetricData::Paired`] metric is judged on: with 6 pairs all worse, the
+/// one-sided signed-rank test reaches p = 0.014.
+pub const MIN_PAIRS: usize = 6;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -214,6 +228,7 @@ pub struct Effect {
 #[serde(rename_all = "kebab-case")]
 pub enum TestUsed {
     MannWhitney,
+    WilcoxonSignedRank,
     TwoProportionZ,
     FisherExact,
     None,
@@ -454,6 +469,43 @@ fn judge_metric(m: &Metric, data: Option<&MetricData>, alpha: f64) -> MetricVerd
             )
         }
         (
+            MetricKind::Continuous,
+            Some(MetricData::Paired {
+                baseline,
+                candidate,
+            }),
+        ) => {
+            let (b, c): (Vec<f64>, Vec<f64>) = baseline
+                .iter()
+                .zip(candidate)
+                .filter(|(b, c)| b.is_finite() && c.is_finite() && **b > 0.0 && **c > 0.0)
+                .map(|(b, c)| (*b, *c))
+                .unzip();
+            let (sb, sc) = (summarize(&b), summarize(&c));
+            if b.len() < MIN_PAIRS {
+                let mut v = not_enough(m, alpha, format!("{} pairs; need {MIN_PAIRS}", b.len()));
+                v.baseline = Some(Summary::Continuous(sb));
+                v.candidate = Some(Summary::Continuous(sc));
+                return v;
+            }
+            let log_ratios: Vec<f64> = b.iter().zip(&c).map(|(b, c)| (c / b).ln()).collect();
+            let differences: Vec<f64> = b.iter().zip(&c).map(|(b, c)| c - b).collect();
+            let sr = wilcoxon_signed_rank(&log_ratios, alternative(m.direction));
+            let effect = Effect {
+                shift: hodges_lehmann_paired(&differences),
+                relative: hodges_lehmann_paired(&log_ratios).exp_m1(),
+            };
+            // All pairs equal: no evidence of any difference.
+            let p = if sr.n == 0 { 1.0 } else { sr.p_value };
+            (
+                Summary::Continuous(sb),
+                Summary::Continuous(sc),
+                effect,
+                TestUsed::WilcoxonSignedRank,
+                p,
+            )
+        }
+        (
             MetricKind::Proportion,
             Some(MetricData::Counts {
                 baseline,
@@ -561,6 +613,81 @@ mod tests {
     fn lognormal(seed: u64, n: usize, median: f64) -> Vec<f64> {
         let mut r = Rng::new(seed);
         (0..n).map(|_| r.lognormal(median, 0.5)).collect()
+    }
+
+    /// A progressive canary's arms: 20 windows in which the machine grows slower (3 ms to 12
+    /// ms); the baseline answers 40 requests a window, the candidate 2 early on and 40 late
+    /// (its share grows step by step). `factor` is the candidate's real slowdown.
+    fn drifting_windows(factor: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let mut r = Rng::new(11);
+        let (mut b, mut c, mut bm, mut cm) = (vec![], vec![], vec![], vec![]);
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        for w in 0..20 {
+            let load = 3.0 + 9.0 * w as f64 / 19.0;
+            let nb: Vec<f64> = (0..40).map(|_| r.lognormal(load, 0.3)).collect();
+            let nc: Vec<f64> = (0..if w < 10 { 2 } else { 40 })
+                .map(|_| r.lognormal(load * factor, 0.3))
+                .collect();
+            bm.push(median(nb.clone()));
+            cm.push(median(nc.clone()));
+            b.extend(nb);
+            c.extend(nc);
+        }
+        (b, c, bm, cm)
+    }
+
+    fn latency_only(data: MetricData) -> MetricVerdict {
+        let cfg = JudgeConfig::with_metrics(vec![Metric::continuous("latency")
+            .direction(Direction::Increase)
+            .tolerance(0.25)]);
+        let mut d = BTreeMap::new();
+        d.insert("latency".to_string(), data);
+        judge(&cfg, &d).per_metric.remove(0)
+    }
+
+    #[test]
+    fn paired_windows_do_not_blame_the_candidate_for_the_moment_it_ran_in() {
+        let (b, c, bm, cm) = drifting_windows(1.0);
+        let per_request = latency_only(MetricData::Continuous {
+            baseline: b,
+            candidate: c,
+        });
+        assert_eq!(per_request.status, MetricStatus::Fail, "{per_request:?}");
+        let paired = latency_only(MetricData::Paired {
+            baseline: bm,
+            candidate: cm,
+        });
+        assert_eq!(paired.status, MetricStatus::Pass, "{paired:?}");
+        assert_eq!(paired.test, TestUsed::WilcoxonSignedRank);
+    }
+
+    #[test]
+    fn paired_windows_still_catch_a_real_slowdown() {
+        let (_, _, bm, cm) = drifting_windows(1.5);
+        let v = latency_only(MetricData::Paired {
+            baseline: bm,
+            candidate: cm,
+        });
+        assert_eq!(v.status, MetricStatus::Fail, "{v:?}");
+        let e = v.effect.unwrap();
+        assert!((0.3..0.8).contains(&e.relative), "{e:?}");
+    }
+
+    #[test]
+    fn too_few_pairs_are_not_enough_data() {
+        let v = latency_only(MetricData::Paired {
+            baseline: vec![1.0; MIN_PAIRS - 1],
+            candidate: vec![9.0; MIN_PAIRS - 1],
+        });
+        assert_eq!(v.status, MetricStatus::NotEnoughData, "{v:?}");
+        let v = latency_only(MetricData::Paired {
+            baseline: vec![1.0; MIN_PAIRS],
+            candidate: vec![9.0; MIN_PAIRS],
+        });
+        assert_eq!(v.status, MetricStatus::Fail, "{v:?}");
     }
 
     fn config() -> JudgeConfig {

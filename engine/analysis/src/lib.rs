@@ -27,7 +27,10 @@ pub use judge::{
 };
 pub use sequential::{Arm, Decision, MetricEvidence, SeqStatus, SequentialJudge};
 pub use simulate::{simulate, OperatingCharacteristics, Scenario};
-pub use stats::{hodges_lehmann, mann_whitney, mann_whitney_with, Alternative, MwMethod, MwResult};
+pub use stats::{
+    hodges_lehmann, hodges_lehmann_paired, mann_whitney, mann_whitney_with, wilcoxon_signed_rank,
+    Alternative, MwMethod, MwResult, SrResult,
+};
 
 /// JSON has no NaN: serde_json writes it as `null`. Fields that can be NaN (a summary of no
 /// samples, an effect not estimated) read `null` back as NaN, so a serialised verdict or

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Reference values from scipy for the judge's tests.
 
-Prints JSON: Mann-Whitney U cases (scipy.stats.mannwhitneyu, asymptotic with continuity
+Prints JSON: Wilcoxon signed-rank cases (scipy.stats.wilcoxon, approx, zeros dropped) with
+the median of Walsh averages (the one-sample Hodges-Lehmann estimate), Mann-Whitney U cases (scipy.stats.mannwhitneyu, asymptotic with continuity
 correction for every data set and alternative, exact for small tie-free data sets) and Fisher
 exact cases (scipy.stats.fisher_exact). The data sets are generated here by a fixed LCG so the
 JSON carries everything the Rust test needs.
@@ -12,7 +13,7 @@ import json
 import math
 
 import scipy
-from scipy.stats import fisher_exact, mannwhitneyu
+from scipy.stats import fisher_exact, mannwhitneyu, wilcoxon
 
 
 class Lcg:
@@ -55,6 +56,25 @@ def datasets():
     ]
 
 
+def paired_datasets():
+    """Paired differences (candidate - baseline): ties, zeros, shifts, log ratios."""
+    r = Lcg(7)
+    return [
+        ("diff-ties-zeros", ints(r, 30, -3, 3)),
+        ("diff-shifted", ints(r, 40, -2, 5)),
+        ("diff-small", [0.4, -1.2, 2.5, 3.1, -0.3, 1.7]),
+        ("diff-log-ratios", [round(math.log(a / b), 6) for a, b in zip(reals(r, 60, 10.0, 0.5), reals(r, 60, 10.0))]),
+        ("diff-all-positive", [round(x, 6) for x in reals(r, 12, 1.0)]),
+        ("diff-one-tie-group", [1.0, 1.0, 1.0, -1.0, 2.0, -2.0, 2.0, 3.0]),
+    ]
+
+
+def walsh_median(d):
+    w = sorted((d[i] + d[j]) / 2.0 for i in range(len(d)) for j in range(i, len(d)))
+    n = len(w)
+    return w[n // 2] if n % 2 else 0.5 * (w[n // 2 - 1] + w[n // 2])
+
+
 def main():
     cases = []
     for name, x, y in datasets():
@@ -78,12 +98,22 @@ def main():
         for alt in ["two-sided", "less", "greater"]:
             fisher.append({"table": table, "alternative": alt,
                            "pvalue": float(fisher_exact(table, alternative=alt).pvalue)})
+    paired = []
+    for name, d in paired_datasets():
+        for alt in ["two-sided", "less", "greater"]:
+            res = wilcoxon(d, alternative=alt, method="approx")
+            paired.append({"name": name, "d": d, "alternative": alt,
+                           "statistic": float(res.statistic), "pvalue": float(res.pvalue),
+                           "walsh_median": walsh_median(d)})
     # one case per line keeps the checked-in fixture diffable
     lines = ['{"scipy": %s,' % json.dumps(scipy.__version__), ' "mannwhitneyu": [']
     lines.append(",\n".join("  " + json.dumps(c) for c in cases))
     lines.append(' ],')
     lines.append(' "fisher_exact": [')
     lines.append(",\n".join("  " + json.dumps(c) for c in fisher))
+    lines.append(' ],')
+    lines.append(' "wilcoxon": [')
+    lines.append(",\n".join("  " + json.dumps(c) for c in paired))
     lines.append(' ]}')
     print("\n".join(lines))
 

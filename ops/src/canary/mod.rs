@@ -769,7 +769,19 @@ pub fn progressive_report(p: &ProgressiveRecord) -> Report {
             ms: a.ms,
         })
         .collect();
-    let data = judge_data(&records, &[]);
+    let mut data = judge_data(&records, &[]);
+    let (base, cand) = (
+        tally(&records, Arm::Baseline),
+        tally(&records, Arm::Candidate),
+    );
+    data.insert(
+        "latency".into(),
+        pipeline_providers::canary::progressive_latency(
+            &base.latency,
+            &cand.latency,
+            &p.latency_windows,
+        ),
+    );
     // The verdict the canary acted on; a record without one is judged again here.
     let verdict = p.verdict.clone().unwrap_or_else(|| judge(&cfg, &data));
     let looks: Vec<Look> = p
@@ -783,10 +795,6 @@ pub fn progressive_report(p: &ProgressiveRecord) -> Report {
             evidence: l.evidence.clone(),
         })
         .collect();
-    let (base, cand) = (
-        tally(&records, Arm::Baseline),
-        tally(&records, Arm::Candidate),
-    );
     let client = p.load_stats.clone().unwrap_or_default();
     Report {
         service: p.block.clone(),
@@ -1007,6 +1015,31 @@ fn evidence(
                                 method: "Hodges–Lehmann / Moses".into(),
                             },
                         );
+                    }
+                }
+                // (`pipeline canary` judges answer against answer; pairs are the progressive
+                // canary's.)
+                Some(MetricData::Paired {
+                    baseline,
+                    candidate,
+                }) => {
+                    e.n = ArmPair {
+                        baseline: baseline.len() as u64,
+                        candidate: candidate.len() as u64,
+                    };
+                    if mv.test == TestUsed::WilcoxonSignedRank {
+                        let d: Vec<f64> = baseline
+                            .iter()
+                            .zip(candidate)
+                            .filter(|(b, c)| **b > 0.0 && **c > 0.0)
+                            .map(|(b, c)| (c / b).ln())
+                            .collect();
+                        let sr = pipeline_analysis::wilcoxon_signed_rank(&d, alt);
+                        e.statistic = Some(report::Statistic {
+                            name: "W+".into(),
+                            value: sr.r_plus,
+                            z: Some(sr.z),
+                        });
                     }
                 }
                 Some(MetricData::Counts {

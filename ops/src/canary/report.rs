@@ -229,6 +229,7 @@ fn status_word(s: MetricStatus) -> &'static str {
 fn test_word(t: TestUsed) -> &'static str {
     match t {
         TestUsed::MannWhitney => "Mann-Whitney U",
+        TestUsed::WilcoxonSignedRank => "Wilcoxon signed-rank",
         TestUsed::TwoProportionZ => "two-proportion z",
         TestUsed::FisherExact => "Fisher exact",
         TestUsed::None => "–",

@@ -19,8 +19,8 @@
 
 use super::service::{generation_dir, sanitize};
 use crate::canary::{
-    start_load, AnswerRecord, CanarySpec, LatencyBatches, LoadSummary, LogTail, LookRecord,
-    ProgressiveRecord, SequentialStop, StepMark, MAX_ANSWERS,
+    progressive_latency, start_load, AnswerRecord, CanarySpec, LatencyBatches, LoadSummary,
+    LogTail, LookRecord, ProgressiveRecord, SequentialStop, StepMark, MAX_ANSWERS,
 };
 use pipeline_analysis::judge::{judge, Counts, JudgeConfig, MetricData, Outcome, Verdict};
 use pipeline_analysis::{Arm, Decision, SequentialJudge};
@@ -318,7 +318,7 @@ fn write_record(
     mut rec: Recording,
     result: &Result<(), Aborted>,
 ) -> std::io::Result<PathBuf> {
-    let mut verdict = judge_arms(&rec.fixed, &rec.b, &rec.c);
+    let mut verdict = judge_arms(&rec.fixed, &rec);
     match result {
         Ok(()) => rec.rec.result = "promoted".into(),
         Err(a) => {
@@ -440,12 +440,14 @@ impl Run<'_> {
                         }
                     }
                 }
-                batches.flush(&mut seq, "latency");
+                if let Some(pair) = batches.flush(&mut seq, "latency") {
+                    rec.rec.latency_windows.push(pair);
+                }
                 let _ = seq.observe_counts(Arm::Baseline, "errors", nb.0, nb.1);
                 let _ = seq.observe_counts(Arm::Candidate, "errors", nc.0, nc.1);
                 let decision = seq.decision();
                 let so_far = scored.at(rec.b.total + rec.c.total, rec.rec.looks.len(), || {
-                    judge_arms(&fixed, &rec.b, &rec.c)
+                    judge_arms(&fixed, rec)
                 });
                 let (word, evidence) = match &decision {
                     Decision::Continue => ("continue".to_string(), seq.evidence()),
@@ -541,7 +543,7 @@ impl Run<'_> {
                 }
             }
             let (b, c) = (&rec.b, &rec.c);
-            let verdict = judge_arms(&fixed, b, c);
+            let verdict = judge_arms(&fixed, rec);
             (self.progress)(format!(
                 "canary step {p}%: baseline {}; candidate {}; score {:.0}: {:?}",
                 b.line(),
@@ -588,7 +590,7 @@ impl Run<'_> {
                 ),
             });
         }
-        let verdict = judge_arms(&fixed, b, c);
+        let verdict = judge_arms(&fixed, rec);
         if verdict.outcome != Outcome::Pass {
             return Err(Aborted {
                 step: last,
@@ -606,15 +608,14 @@ impl Run<'_> {
     }
 }
 
-/// The fixed-horizon judge on the answers so far: latency, the 5xx and the 4xx share.
-fn judge_arms(cfg: &JudgeConfig, b: &ArmData, c: &ArmData) -> Verdict {
+/// The fixed-horizon judge on the answers so far: latency (`progressive_latency`: paired
+/// window medians once there are enough), the 5xx and the 4xx share.
+fn judge_arms(cfg: &JudgeConfig, rec: &Recording) -> Verdict {
+    let (b, c) = (&rec.b, &rec.c);
     let mut data = std::collections::BTreeMap::new();
     data.insert(
         "latency".to_string(),
-        MetricData::Continuous {
-            baseline: b.latency_ms.clone(),
-            candidate: c.latency_ms.clone(),
-        },
+        progressive_latency(&b.latency_ms, &c.latency_ms, &rec.rec.latency_windows),
     );
     data.insert(
         "errors".to_string(),
