@@ -244,6 +244,7 @@ pub struct Lab {
     key: PathBuf,
     known_hosts: PathBuf,
     apt_cache: Option<Child>,
+    apt_cache_lock: Option<std::fs::File>,
 }
 
 impl Lab {
@@ -274,6 +275,7 @@ impl Lab {
             key,
             known_hosts,
             apt_cache: None,
+            apt_cache_lock: None,
         };
 
         run(Command::new("ssh-keygen")
@@ -453,28 +455,46 @@ impl Lab {
         c
     }
 
-    fn start_apt_cache(&self) -> Result<Child> {
-        let cache = std::env::var("LAB_CACHE").unwrap_or_else(|_| "/var/cache/pipeline-lab".into());
-        let cache_dir = Path::new(&cache).join("apt-cacher-ng");
-        let log_dir = self.dir.path().join("apt-cacher-ng-log");
+    /// apt-cacher-ng on the bridge address. Its cache is shared by the labs of this machine
+    /// (under LAB_CACHE) while one lab at a time holds it; a lab that finds it held caches in
+    /// its own directory rather than share one cache between two servers.
+    fn start_apt_cache(&mut self) -> Result<Child> {
+        let shared = Path::new(
+            &std::env::var("LAB_CACHE").unwrap_or_else(|_| "/var/cache/pipeline-lab".into()),
+        )
+        .join("apt-cacher-ng");
+        std::fs::create_dir_all(&shared)?;
+        let lock = std::fs::File::create(shared.join(".lab-lock"))?;
+        let cache_dir = match lock.try_lock() {
+            Ok(()) => {
+                self.apt_cache_lock = Some(lock);
+                shared
+            }
+            Err(_) => self.dir.path().join("apt-cacher-ng-cache"),
+        };
+        let conf_dir = self.dir.path().join("apt-cacher-ng");
+        let log_dir = conf_dir.join("log");
         std::fs::create_dir_all(&cache_dir)?;
         std::fs::create_dir_all(&log_dir)?;
+        // A config of our own: the packaged one remaps Debian URLs onto a mirror list whose
+        // hosts need not resolve here; without remapping, the hosts' own mirror URL is fetched.
+        let d = &conf_dir;
+        std::fs::write(
+            d.join("acng.conf"),
+            format!(
+                "CacheDir: {}\nLogDir: {}\nSupportDir: /usr/lib/apt-cacher-ng\nBindAddress: {}\nPort: {APT_CACHE_PORT}\n\
+                 ForeGround: 1\nSocketPath: {}\nPidFile: {}\nExThreshold: 4\n",
+                cache_dir.display(),
+                log_dir.display(),
+                self.net.bridge_addr(),
+                d.join("socket").display(),
+                d.join("pid").display()
+            ),
+        )?;
         let child = Command::new("/usr/sbin/apt-cacher-ng")
             .arg("-c")
-            .arg("/etc/apt-cacher-ng")
-            .arg(format!("BindAddress={}", self.net.bridge_addr()))
-            .arg(format!("Port={APT_CACHE_PORT}"))
-            .arg(format!("CacheDir={}", cache_dir.display()))
-            .arg(format!("LogDir={}", log_dir.display()))
-            .arg(format!(
-                "SocketPath={}",
-                self.dir.path().join("acng.socket").display()
-            ))
-            .arg(format!(
-                "PidFile={}",
-                self.dir.path().join("acng.pid").display()
-            ))
-            .arg("ForeGround=1")
+            .arg(d)
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -176,3 +176,40 @@ fn a_panicking_test_leaves_nothing_behind() {
         "a panic left the lab behind"
     );
 }
+
+#[test]
+fn apt_on_a_host_goes_through_the_cache_on_the_bridge() {
+    if !pipeline_lab::require() {
+        return;
+    }
+    let opts = pipeline_lab::LabOptions { apt_cache: true };
+    let lab = Lab::with_options(1, opts).unwrap_or_else(|e| panic!("{e:#}"));
+    let h = lab.host(0);
+    let t = Instant::now();
+    let out = h
+        .ssh(&["apt-get -q update && apt-get install -y -q --no-install-recommends hello && hello"])
+        .output()
+        .unwrap();
+    eprintln!(
+        "apt-get update + install hello through the cache: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        out.status.success(),
+        "apt through the cache failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Hello, world!"));
+    // Without the proxy the host reaches nothing: the mirror is beyond the bridge.
+    let direct = h
+        .ssh(&["apt-get -q -o Acquire::http::Proxy=false -o Acquire::Retries=0 update"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&direct.stdout).into_owned()
+        + &String::from_utf8_lossy(&direct.stderr);
+    assert!(
+        text.contains("Err") || text.contains("unreachable") || text.contains("resolve"),
+        "a lab host reached a mirror without the cache: {text}"
+    );
+}
