@@ -551,3 +551,37 @@ fn set_mode(p: &Path, mode: u32) -> Result<()> {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("chmod {mode:o} {}", p.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // One test, so no other test of this binary sees the environment it changes.
+    #[test]
+    fn a_missing_image_skips_only_outside_ci_and_without_pipeline_lab() {
+        std::env::set_var("PIPELINE_LAB_IMAGE", "localhost/pipeline-lab-absent:none");
+        std::env::remove_var("PIPELINE_LAB");
+        std::env::set_var("CI", "false");
+        assert!(!image_present());
+        assert!(!require(), "a missing image outside CI is a skip");
+
+        std::env::set_var("CI", "true");
+        assert!(
+            std::panic::catch_unwind(require).is_err(),
+            "CI=true: a missing image fails"
+        );
+
+        std::env::remove_var("CI");
+        std::env::set_var("PIPELINE_LAB", "1");
+        assert!(
+            std::panic::catch_unwind(require).is_err(),
+            "PIPELINE_LAB: a missing image fails"
+        );
+
+        let err = Lab::new(1)
+            .err()
+            .expect("no lab without its image")
+            .to_string();
+        assert!(err.contains("scripts/lab-image"), "{err}");
+    }
+}
