@@ -126,7 +126,29 @@ fn three_hosts_answer_ssh_and_ansible_and_leave_nothing_behind() {
 
     // Off for real: ssh gives up, and quickly.
     let victim = lab.host(1);
+    // A session open when the host goes off ends too (keepalives), instead of hanging.
+    let mut session = victim.ssh(&["sleep", "120"]).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500)); // let it log in
+    let t = Instant::now();
     victim.off().unwrap();
+    eprintln!("host.off(): {:.1} s", t.elapsed().as_secs_f64());
+    let ended = loop {
+        if let Some(status) = session.try_wait().unwrap() {
+            break Some(status);
+        }
+        if t.elapsed().as_secs() >= 30 {
+            let _ = session.kill();
+            let _ = session.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let status = ended.expect("an open ssh session outlived its host by 30 s");
+    assert!(!status.success());
+    eprintln!(
+        "an open session ended {:.1} s after host.off() was called",
+        t.elapsed().as_secs_f64()
+    );
     let t = Instant::now();
     let out = victim.ssh(&["true"]).output().unwrap();
     let took = t.elapsed();
