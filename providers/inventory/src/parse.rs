@@ -752,8 +752,11 @@ fn resolve(inv: &Inventory, h: usize, lines: &[&str]) -> Result<Host, InventoryE
     keyed.sort();
     let mut vars: BTreeMap<String, &Var> = BTreeMap::new();
     for (_, g) in &keyed {
+        // The priority orders groups; ansible does not hand it on as a variable.
         for (k, v) in &inv.groups[*g].vars {
-            vars.insert(k.clone(), v);
+            if k != "ansible_group_priority" {
+                vars.insert(k.clone(), v);
+            }
         }
     }
     for (k, v) in &inv.hosts[h].vars {
