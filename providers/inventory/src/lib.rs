@@ -29,7 +29,7 @@ use std::path::Path;
 pub use error::{ErrorKind, InventoryError};
 pub use pattern::MAX_EXPANSION;
 pub use serde_json::Value;
-pub use write::{InventoryWriter, WriteError};
+pub use write::{safe_group_name, InventoryWriter, WriteError};
 
 /// One host as a connection needs it: its effective variables and the connection settings
 /// ansible's ssh connection takes from them.
