@@ -591,3 +591,82 @@ fn key_text(k: &Value) -> Option<String> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Each text as ansible-core 2.19 gave it back (`ansible-inventory --host`), checked by hand.
+    #[test]
+    fn values_as_ansible_reads_them() {
+        let cases: &[(&str, Value)] = &[
+            ("1e5", json!(100000.0)),
+            (".5", json!(0.5)),
+            ("1.", json!(1.0)),
+            ("0b101", json!(5)),
+            ("0o17", json!(15)),
+            ("0x_1f", json!(31)),
+            ("0_0", json!(0)),
+            ("1__0", json!("1__0")),
+            ("0x", json!("0x")),
+            ("007", json!("007")),
+            ("r'a\\nb'", json!("a\\nb")),
+            ("u'x'", json!("x")),
+            ("'''t'''", json!("t")),
+            ("'\\u00e9'", json!("é")),
+            ("'\\x41\\101'", json!("AA")),
+            ("'a\\qb'", json!("a\\qb")),
+            ("'a' 'b'", json!("ab")),
+            ("f'x'", json!("f'x'")),
+            ("--5", json!("--5")),
+            ("-True", json!("-True")),
+            ("- 5", json!(-5)),
+            ("+7", json!(7)),
+            ("1+2", json!("1+2")),
+            ("{1, 2}", json!([1, 2])),
+            ("(1,)", json!([1])),
+            ("()", json!([])),
+            ("[1,]", json!([1])),
+            ("{'a':1,}", json!({"a": 1})),
+            ("[1, [2, (3,)]]", json!([1, [2, [3]]])),
+            ("1 # c", json!(1)),
+            ("'a' # c", json!("a")),
+            ("a # c", json!("a # c")),
+            ("Ellipsis", json!("Ellipsis")),
+            ("...", json!("...")),
+            ("-0.0", json!(-0.0)),
+            ("1_000.5", json!(1000.5)),
+            ("1j", json!("1j")),
+            ("True", json!(true)),
+            ("true", json!("true")),
+            ("None", Value::Null),
+            ("", json!("")),
+        ];
+        for (text, want) in cases {
+            assert_eq!(&value(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn host_lines_split_as_posix_shlex() {
+        let words =
+            |s: &str| -> Vec<String> { split(s).unwrap().into_iter().map(|w| w.text).collect() };
+        assert_eq!(
+            words(r#"h k="a b" j='c d' l=e\ f"#),
+            ["h", "k=a b", "j=c d", "l=e f"]
+        );
+        assert_eq!(words(r#"h k="x\"y\z" # comment"#), ["h", r#"k=x"y\z"#]);
+        assert_eq!(words("h k=ab#cd e=f"), ["h", "k=ab"]);
+        assert_eq!(words(r#"h k="""#), ["h", "k="]);
+        assert_eq!(
+            split("h k='x").unwrap_err(),
+            SplitError::Unclosed { quote: '\'', at: 4 }
+        );
+        assert_eq!(
+            split("h k\\").unwrap_err(),
+            SplitError::TrailingBackslash { at: 3 }
+        );
+        assert_eq!(split("  web1 a=1").unwrap()[1].start, 7);
+    }
+}
