@@ -198,10 +198,11 @@ impl Inventory {
             }
             i += 1;
         }
+        let mut seen = std::collections::HashSet::new();
         let mut hosts = Vec::new();
         for g in order {
             for &h in &self.groups[g].hosts {
-                if !hosts.contains(&h) {
+                if seen.insert(h) {
                     hosts.push(h);
                 }
             }

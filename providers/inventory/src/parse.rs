@@ -63,6 +63,8 @@ struct Parser<'a> {
     file: &'a str,
     groups: Vec<GroupData>,
     hosts: Vec<HostData>,
+    /// Host name -> index.
+    host_index: HashMap<String, usize>,
     /// (group, host) -> the line that listed the host in the group.
     listed: HashMap<(usize, usize), usize>,
     edges: Vec<Edge>,
@@ -76,6 +78,7 @@ pub(crate) fn parse(text: &str, file: &str) -> Result<Inventory, InventoryError>
         file,
         groups: Vec::new(),
         hosts: Vec::new(),
+        host_index: HashMap::new(),
         listed: HashMap::new(),
         edges: Vec::new(),
         vars_sections: Vec::new(),
@@ -358,9 +361,10 @@ impl Parser<'_> {
             vars.push((k.to_string(), lex::value(v), col));
         }
         for name in names {
-            let h = match self.hosts.iter().position(|h| h.name == name) {
-                Some(h) => h,
+            let h = match self.host_index.get(&name) {
+                Some(&h) => h,
                 None => {
+                    self.host_index.insert(name.clone(), self.hosts.len());
                     self.hosts.push(HostData {
                         name: name.clone(),
                         vars: BTreeMap::new(),
@@ -624,19 +628,31 @@ impl Parser<'_> {
             }
         }
         // `ungrouped` holds exactly the hosts no other group (but `all`) lists.
-        for h in 0..self.hosts.len() {
-            let elsewhere = self
-                .groups
-                .iter()
-                .enumerate()
-                .any(|(g, d)| g != ALL && g != UNGROUPED && d.hosts.contains(&h));
-            let hosts = &mut self.groups[UNGROUPED].hosts;
-            if elsewhere {
-                hosts.retain(|&x| x != h);
-            } else if !hosts.contains(&h) {
-                hosts.push(h);
+        let mut direct: Vec<Vec<usize>> = vec![Vec::new(); self.hosts.len()];
+        for (g, d) in self.groups.iter().enumerate() {
+            for &h in &d.hosts {
+                direct[h].push(g);
             }
         }
+        let elsewhere: Vec<bool> = direct
+            .iter()
+            .map(|gs| gs.iter().any(|&g| g != ALL && g != UNGROUPED))
+            .collect();
+        let mut ungrouped: Vec<usize> = self.groups[UNGROUPED]
+            .hosts
+            .iter()
+            .copied()
+            .filter(|&h| !elsewhere[h])
+            .collect();
+        for (h, gs) in direct.iter_mut().enumerate() {
+            if elsewhere[h] {
+                gs.retain(|&g| g != UNGROUPED);
+            } else if !gs.contains(&UNGROUPED) {
+                ungrouped.push(h);
+                gs.push(UNGROUPED);
+            }
+        }
+        self.groups[UNGROUPED].hosts = ungrouped;
         let mut depth = vec![None; self.groups.len()];
         for g in 0..self.groups.len() {
             self.depth(g, &mut depth);
@@ -652,7 +668,7 @@ impl Parser<'_> {
             resolved: Vec::new(),
         };
         let resolved = (0..inv.hosts.len())
-            .map(|h| resolve(&inv, h, lines))
+            .map(|h| resolve(&inv, h, &direct[h], lines))
             .collect::<Result<Vec<_>, _>>()?;
         inv.resolved = resolved;
         Ok(inv)
@@ -706,12 +722,15 @@ fn var_error(
 }
 
 /// A host's groups (direct and inherited), its combined variables and connection settings.
-fn resolve(inv: &Inventory, h: usize, lines: &[&str]) -> Result<Host, InventoryError> {
+fn resolve(
+    inv: &Inventory,
+    h: usize,
+    direct: &[usize],
+    lines: &[&str],
+) -> Result<Host, InventoryError> {
     let name = inv.hosts[h].name.clone();
     let mut member: Vec<usize> = Vec::new();
-    let mut stack: Vec<usize> = (0..inv.groups.len())
-        .filter(|&g| inv.groups[g].hosts.contains(&h))
-        .collect();
+    let mut stack: Vec<usize> = direct.to_vec();
     while let Some(g) = stack.pop() {
         if !member.contains(&g) {
             member.push(g);

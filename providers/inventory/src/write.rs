@@ -2,7 +2,7 @@
 //! order added, a host's variables on its first line only, and every value spelled so that
 //! ansible-core (and this crate's parser) reads back exactly the value written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use serde_json::Value;
 
@@ -23,6 +23,7 @@ fn write_error(message: String) -> WriteError {
 #[derive(Debug, Clone, Default)]
 struct WGroup {
     hosts: Vec<String>,
+    members: HashSet<String>,
     children: Vec<String>,
     vars: BTreeMap<String, Value>,
 }
@@ -92,7 +93,7 @@ impl InventoryWriter {
             )));
         }
         let g = self.group_mut(group);
-        if !g.hosts.iter().any(|h| h == name) {
+        if g.members.insert(name.to_string()) {
             g.hosts.push(name.to_string());
         }
         let mut conflicts = Vec::new();
@@ -171,7 +172,7 @@ impl InventoryWriter {
             order.insert(0, all);
         }
         let mut out = String::new();
-        let mut written: Vec<&str> = Vec::new();
+        let mut written: HashSet<&str> = HashSet::new();
         for name in order {
             let g = &self.groups[name];
             if name != "all" || !g.hosts.is_empty() {
@@ -179,8 +180,7 @@ impl InventoryWriter {
             }
             for h in &g.hosts {
                 out.push_str(h);
-                if !written.contains(&h.as_str()) {
-                    written.push(h);
+                if written.insert(h) {
                     for (k, v) in self.host_vars.get(h).into_iter().flatten() {
                         out.push(' ');
                         out.push_str(&host_var(k, v)?);

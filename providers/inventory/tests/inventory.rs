@@ -635,3 +635,23 @@ fn errors_escape_what_would_act_on_a_terminal() {
     assert!(!text.contains('\u{1b}'), "{text}");
     assert!(text.contains("x\\u{1b}[31m"), "{text}");
 }
+
+#[test]
+fn a_large_range_expands_and_one_beyond_the_limit_is_refused() {
+    let inv = Inventory::parse("[big]\nn[00001:20000]\n", "big.ini").unwrap();
+    let hosts = inv.hosts_of("big").unwrap();
+    assert_eq!(hosts.len(), 20_000);
+    assert_eq!(
+        (hosts[0].name.as_str(), hosts[19_999].name.as_str()),
+        ("n00001", "n20000")
+    );
+    let e = Inventory::parse("[big]\nn[1:99999999]\n", "big.ini").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Range);
+    assert_eq!(
+        e.message(),
+        format!(
+            "range [1:99999999] gives more than {} hosts",
+            pipeline_inventory::MAX_EXPANSION
+        )
+    );
+}
