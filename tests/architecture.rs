@@ -54,8 +54,8 @@ fn workspace_deps() -> BTreeMap<String, BTreeSet<String>> {
 /// D1–D5: what each crate may depend on inside the workspace.
 fn allowed(package: &str) -> Option<&'static [&'static str]> {
     Some(match package {
-        // D1: pure crates: statistics, and the state store.
-        "pipeline-analysis" | "pipeline-state" => &[],
+        // D1: pure crates: statistics, the state store, and the Ansible inventory.
+        "pipeline-analysis" | "pipeline-state" | "pipeline-inventory" => &[],
         // D2: the supervisor is a leaf, so supervised processes carry nothing else.
         "pipeline-supervise" => &[],
         // D3: the engine knows providers only through its own trait.
