@@ -211,7 +211,7 @@ impl Provider for Svc {
     fn plan(&self, _ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
         let mut object = req.config.clone();
         object.insert("answer".into(), Value::Unknown);
-        object.insert("url".into(), Value::str(&format!("svc://{}", req.addr)));
+        object.insert("url".into(), Value::str(format!("svc://{}", req.addr)));
         Ok(Planned {
             object,
             requires_replace: vec![],
