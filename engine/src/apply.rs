@@ -347,11 +347,42 @@ pub async fn apply(
             steps_cancel.cancel();
         }
     }));
-    let step_of = |addr: &str, progress: Progress| Step {
-        addr: addr.to_string(),
-        cancel: steps_cancel.clone(),
-        deadline: None,
-        progress,
+    // Steps reach the resources joined to theirs through the engine (`Step::peers`); the
+    // main loop answers from the state and journals what their actions change.
+    let deps_by_block = block_deps(plan, store);
+    let (peer_tx, mut peer_rx) = tokio::sync::mpsc::unbounded_channel::<PeerRequest>();
+    let shared_registry = Arc::new(registry.clone());
+    let step_of = |addr: &str, progress: Progress| {
+        let block = resource_addr(addr).to_string();
+        let router = Router {
+            of: addr.to_string(),
+            blocks: neighbours(&deps_by_block, &block),
+            block,
+            registry: shared_registry.clone(),
+            ctx: ctx.clone(),
+            tx: peer_tx.clone(),
+        };
+        Step {
+            addr: addr.to_string(),
+            cancel: steps_cancel.clone(),
+            deadline: None,
+            progress,
+            peers: crate::step::Peers::new(addr, Arc::new(router)),
+        }
+    };
+    // What a peer's action changed is what references see from now on.
+    let on_journal = |addr: &str, rs: &ResourceState| {
+        if let Some(c) = plan.changes.iter().find(|c| c.addr == addr) {
+            if let Some(m) = c.module {
+                world.set_instance(
+                    m,
+                    &c.resource,
+                    &exp_of[&(m, c.resource.clone())],
+                    c.key.clone(),
+                    state_value(registry, rs),
+                );
+            }
+        }
     };
     let mut queue = Queue::new(&waits);
     let mut spawn_later: Vec<(usize, Phase)> = Vec::new();
@@ -529,6 +560,7 @@ pub async fn apply(
             tokio::select! {
                 j = running.join_next() => break j,
                 Some(e) = events_rx.recv() => on_event(&e),
+                Some(q) = peer_rx.recv() => serve_peer(q, store, &mut |a, rs| on_journal(a, rs)),
             }
         };
         while let Ok(e) = events_rx.try_recv() {
@@ -761,9 +793,15 @@ pub async fn apply(
                 ..step_of(&c.addr, progress(c.addr.clone()))
             }
             .bounded(Op::Update, timeouts_of(config, registry, c).update);
-            let rolled = retry(&c.addr)
-                .run(&step, || provider.apply(ctx, &req, &step))
-                .await;
+            let retrying = retry(&c.addr);
+            let rolling_back = retrying.run(&step, || provider.apply(ctx, &req, &step));
+            tokio::pin!(rolling_back);
+            let rolled = loop {
+                tokio::select! {
+                    r = &mut rolling_back => break r,
+                    Some(q) = peer_rx.recv() => serve_peer(q, store, &mut |a, rs| on_journal(a, rs)),
+                }
+            };
             while let Ok(e) = events_rx.try_recv() {
                 on_event(&e);
             }
@@ -1328,4 +1366,236 @@ fn record(store: &mut StateStore, e: JournalEntry) -> Result<(), Diagnostics> {
 
 pub fn state_err(e: pipeline_state::StateError) -> Diagnostics {
     Diagnostic::new(format!("{e}")).into()
+}
+
+/// What a step's [`Peers`](crate::step::Peers) ask of the apply's main loop, which alone holds
+/// the state: the records of some blocks, or a record an action changed, to journal.
+enum PeerRequest {
+    Records {
+        blocks: Vec<String>,
+        reply: tokio::sync::oneshot::Sender<Vec<(String, ResourceState)>>,
+    },
+    Journal {
+        addr: String,
+        attrs: JsonMap,
+        reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// Which blocks each block depends on, from the plan and the state (a targeted plan leaves
+/// some out; the state's recorded `deps` still name them).
+fn block_deps(plan: &Plan, store: &StateStore) -> HashMap<String, HashSet<String>> {
+    let mut out: HashMap<String, HashSet<String>> = HashMap::new();
+    let from_plan = plan.changes.iter().map(|c| (c.addr.as_str(), &c.deps));
+    let from_state = store
+        .state()
+        .resources
+        .iter()
+        .map(|(a, r)| (a.as_str(), &r.deps));
+    for (addr, deps) in from_plan.chain(from_state) {
+        let block = resource_addr(addr);
+        let set = out.entry(block.to_string()).or_default();
+        set.extend(
+            deps.iter()
+                .map(|d| resource_addr(d).to_string())
+                .filter(|d| d != block),
+        );
+    }
+    out
+}
+
+/// The blocks joined to `block` by an edge of the graph: (block, whether `block` depends on it).
+fn neighbours(deps: &HashMap<String, HashSet<String>>, block: &str) -> Vec<(String, bool)> {
+    let mut out: Vec<(String, bool)> = deps
+        .get(block)
+        .into_iter()
+        .flatten()
+        .map(|d| (d.clone(), true))
+        .collect();
+    for (b, ds) in deps {
+        if ds.contains(block) && !out.iter().any(|(o, _)| o == b) {
+            out.push((b.clone(), false));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The engine's side of [`Peers`](crate::step::Peers) for one step: resolves an address to
+/// the provider configuration that recorded it and calls it there.
+struct Router {
+    /// The step's address and block.
+    of: String,
+    block: String,
+    blocks: Vec<(String, bool)>,
+    registry: Arc<Registry>,
+    ctx: ProviderCtx,
+    tx: tokio::sync::mpsc::UnboundedSender<PeerRequest>,
+}
+
+impl Router {
+    async fn records(&self, blocks: Vec<String>) -> Vec<(String, ResourceState)> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if self
+            .tx
+            .send(PeerRequest::Records { blocks, reply })
+            .is_err()
+        {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// The record of `addr` and its provider, if this step may address it.
+    async fn resolve(
+        &self,
+        addr: &str,
+    ) -> Result<(ResourceState, Arc<dyn crate::provider::Provider>), ProviderError> {
+        let block = resource_addr(addr);
+        if !self.blocks.iter().any(|(b, _)| b == block) {
+            return Err(ProviderError::invalid_config(format!(
+                "{}: cannot address {addr}: {} does not depend on it, nor does it depend on {}",
+                self.of, self.block, self.block
+            ))
+            .help(format!(
+                "a provider addresses only resources joined to its own by the graph: reference {block} from {} (or add depends_on), or reference {} from {block}",
+                self.block, self.block
+            )));
+        }
+        let rs = self
+            .records(vec![block.to_string()])
+            .await
+            .into_iter()
+            .find(|(a, _)| a == addr)
+            .map(|(_, r)| r)
+            .ok_or_else(|| {
+                ProviderError::new(format!(
+                    "{}: {addr} is not recorded (not created yet, or deleted)",
+                    self.of
+                ))
+                .with_kind(ErrorKind::NotFound)
+            })?;
+        let p = self.registry.provider_of(&rs).cloned().ok_or_else(|| {
+            ProviderError::new(format!(
+                "{}: {addr} was recorded by the provider configuration {}, which this run does not have",
+                self.of, rs.provider
+            ))
+        })?;
+        Ok((rs, p))
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::step::PeerRouter for Router {
+    async fn peers(&self) -> Vec<crate::step::Peer> {
+        let blocks = self.blocks.iter().map(|(b, _)| b.clone()).collect();
+        let mut out: Vec<crate::step::Peer> = self
+            .records(blocks)
+            .await
+            .into_iter()
+            .map(|(addr, rs)| {
+                let dependency = self
+                    .blocks
+                    .iter()
+                    .any(|(b, d)| *d && b == resource_addr(&addr));
+                let actions = self
+                    .registry
+                    .provider_of(&rs)
+                    .map(|p| p.actions(&rs.kind).iter().map(|a| a.name.into()).collect())
+                    .unwrap_or_default();
+                crate::step::Peer {
+                    addr,
+                    kind: rs.kind,
+                    provider: rs.provider,
+                    dependency,
+                    actions,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.addr.cmp(&b.addr));
+        out
+    }
+
+    async fn describe(&self, addr: &str) -> Result<crate::provider::Description, ProviderError> {
+        let (rs, p) = self.resolve(addr).await?;
+        p.describe(&self.ctx, &rs.kind, addr, &rs.attrs).await
+    }
+
+    async fn action(
+        &self,
+        addr: &str,
+        name: &str,
+        args: &JsonMap,
+    ) -> Result<crate::provider::ActionOutput, ProviderError> {
+        let (rs, p) = self.resolve(addr).await?;
+        let schemas = p.actions(&rs.kind);
+        let Some(schema) = schemas.iter().find(|a| a.name == name) else {
+            return Err(crate::provider::unknown_action(
+                p.name(),
+                &rs.kind,
+                addr,
+                name,
+                &schemas,
+            ));
+        };
+        let out = p
+            .action(&self.ctx, &rs.kind, addr, &rs.attrs, name, args)
+            .await?;
+        if let (true, Some(attrs)) = (schema.changes_record, &out.record) {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            let sent = self.tx.send(PeerRequest::Journal {
+                addr: addr.to_string(),
+                attrs: attrs.clone(),
+                reply,
+            });
+            let done = match sent {
+                Ok(()) => rx.await.unwrap_or_else(|_| Err("the apply is over".into())),
+                Err(_) => Err("the apply is over".into()),
+            };
+            done.map_err(|e| {
+                ProviderError::new(format!(
+                    "{}: {addr}'s `{name}` changed its record, which could not be journaled: {e}",
+                    self.of
+                ))
+            })?;
+        }
+        Ok(out)
+    }
+}
+
+/// Answer a step's peer request from the state (the main loop holds it, and the lock).
+fn serve_peer(
+    q: PeerRequest,
+    store: &mut StateStore,
+    on_journal: &mut dyn FnMut(&str, &ResourceState),
+) {
+    match q {
+        PeerRequest::Records { blocks, reply } => {
+            let recs = store
+                .state()
+                .resources
+                .iter()
+                .filter(|(a, _)| blocks.iter().any(|b| b == resource_addr(a)))
+                .map(|(a, r)| (a.clone(), r.clone()))
+                .collect();
+            let _ = reply.send(recs);
+        }
+        PeerRequest::Journal { addr, attrs, reply } => {
+            let Some(rec) = store.state().resources.get(&addr).cloned() else {
+                let _ = reply.send(Err(format!("{addr} is no longer recorded")));
+                return;
+            };
+            let rs = ResourceState { attrs, ..rec };
+            let r = store
+                .record(JournalEntry::Set {
+                    addr: addr.clone(),
+                    resource: rs.clone(),
+                })
+                .map_err(|e| e.to_string());
+            if r.is_ok() {
+                on_journal(&addr, &rs);
+            }
+            let _ = reply.send(r);
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! The engine makes one `Step` per call; providers read it cooperatively (`check`, the waits
 //! in `crate::wait`) and the engine enforces the deadline as a backstop around the call.
 
-use crate::provider::{ErrorKind, Progress, ProviderError};
+use crate::provider::{ActionOutput, Description, ErrorKind, JsonMap, Progress, ProviderError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -136,6 +136,10 @@ pub struct Step {
     pub cancel: CancelToken,
     pub deadline: Option<Deadline>,
     pub progress: Progress,
+    /// The recorded resources joined to this one in the graph, whose actions and descriptions
+    /// the engine routes to their own providers (a service's canary asks the balancer in front
+    /// of it to split traffic). Empty outside an apply.
+    pub peers: Peers,
 }
 
 impl std::fmt::Debug for Step {
@@ -157,6 +161,7 @@ impl Step {
             cancel: CancelToken::new(),
             deadline: None,
             progress: Arc::new(|_| {}),
+            peers: Peers::default(),
         }
     }
     /// This step bounded by `limit` for `op` from now (None: unbounded).
@@ -248,6 +253,125 @@ impl Step {
             }
             std::thread::sleep(left.min(Duration::from_millis(50)));
         }
+    }
+}
+
+/// A recorded resource a step may address through [`Peers`]: one joined to the step's own
+/// resource by an edge of the graph (a reference or `depends_on`), either way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub addr: String,
+    pub kind: String,
+    /// Its configuration key (`nginx`, `nginx.west`).
+    pub provider: String,
+    /// The step's resource depends on it (true), or it depends on the step's (false: a
+    /// balancer whose routes name the service).
+    pub dependency: bool,
+    /// The actions its provider runs for it (`Provider::actions`).
+    pub actions: Vec<String>,
+}
+
+/// What the engine does for [`Peers`]: apply implements it over its state and registry.
+#[async_trait::async_trait]
+pub trait PeerRouter: Send + Sync {
+    /// The recorded resources the step may address, in address order.
+    async fn peers(&self) -> Vec<Peer>;
+    /// `Provider::describe` of a peer, by its provider (the configuration that recorded it).
+    async fn describe(&self, addr: &str) -> Result<Description, ProviderError>;
+    /// `Provider::action` of a peer, by its provider; a record the action changes (its schema
+    /// says `changes_record`) is journaled before this returns.
+    async fn action(
+        &self,
+        addr: &str,
+        name: &str,
+        args: &JsonMap,
+    ) -> Result<ActionOutput, ProviderError>;
+}
+
+/// A step's way to other resources: providers cooperate through the engine and the graph,
+/// never through each other's files. Cheap to clone; async and blocking forms of each call
+/// (blocking ones for provider code on a blocking thread, never on a runtime thread).
+#[derive(Clone, Default)]
+pub struct Peers {
+    router: Option<(Arc<dyn PeerRouter>, tokio::runtime::Handle)>,
+    /// The step's own address, for messages.
+    of: String,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Peers({}, {})", self.of, self.router.is_some())
+    }
+}
+
+impl Peers {
+    /// Peers of the step on `of`, answered by `router` (apply makes one per step). Call from
+    /// within the runtime the blocking forms will use.
+    pub fn new(of: &str, router: Arc<dyn PeerRouter>) -> Peers {
+        Peers {
+            router: tokio::runtime::Handle::try_current()
+                .ok()
+                .map(|rt| (router, rt)),
+            of: of.to_string(),
+        }
+    }
+    fn router(&self) -> Result<&Arc<dyn PeerRouter>, ProviderError> {
+        self.router.as_ref().map(|(r, _)| r).ok_or_else(|| {
+            ProviderError::invalid_config(format!(
+                "{}: no other resource can be addressed outside an apply",
+                self.of
+            ))
+        })
+    }
+    /// The recorded resources this step may address (none outside an apply).
+    pub async fn list(&self) -> Vec<Peer> {
+        match self.router() {
+            Ok(r) => r.peers().await,
+            Err(_) => Vec::new(),
+        }
+    }
+    /// Peers whose provider runs the action `name` for them.
+    pub async fn with_action(&self, name: &str) -> Vec<Peer> {
+        let mut l = self.list().await;
+        l.retain(|p| p.actions.iter().any(|a| a == name));
+        l
+    }
+    pub async fn describe(&self, addr: &str) -> Result<Description, ProviderError> {
+        self.router()?.describe(addr).await
+    }
+    pub async fn action(
+        &self,
+        addr: &str,
+        name: &str,
+        args: &JsonMap,
+    ) -> Result<ActionOutput, ProviderError> {
+        self.router()?.action(addr, name, args).await
+    }
+    fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> Option<T> {
+        self.router.as_ref().map(|(_, rt)| rt.block_on(f))
+    }
+    /// `list` from a blocking thread.
+    pub fn list_blocking(&self) -> Vec<Peer> {
+        self.block_on(self.list()).unwrap_or_default()
+    }
+    /// `with_action` from a blocking thread.
+    pub fn with_action_blocking(&self, name: &str) -> Vec<Peer> {
+        self.block_on(self.with_action(name)).unwrap_or_default()
+    }
+    /// `describe` from a blocking thread.
+    pub fn describe_blocking(&self, addr: &str) -> Result<Description, ProviderError> {
+        self.block_on(self.describe(addr))
+            .unwrap_or_else(|| Err(self.router().err().expect("no router")))
+    }
+    /// `action` from a blocking thread.
+    pub fn action_blocking(
+        &self,
+        addr: &str,
+        name: &str,
+        args: &JsonMap,
+    ) -> Result<ActionOutput, ProviderError> {
+        self.block_on(self.action(addr, name, args))
+            .unwrap_or_else(|| Err(self.router().err().expect("no router")))
     }
 }
 

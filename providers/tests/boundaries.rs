@@ -152,3 +152,54 @@ fn shared_code_exists_once() {
     );
     assert!(stat_readers.contains(&"providers/host/src/procfs.rs".to_string()));
 }
+
+/// What would tell that code knows a balancer's files: nginx's configuration and log paths, the
+/// canary split's own files, the shared code that once wrote them.
+const BALANCER_INSIDES: [&str; 9] = [
+    "nginx_canary",
+    "pipeline_host::nginx",
+    "nginx.conf",
+    "conf/",
+    "logs/access",
+    "access.log",
+    "canary.owner",
+    "canary.lock",
+    "balancer.",
+];
+
+/// The patterns of `BALANCER_INSIDES` in `code`.
+fn balancer_insides(code: &str) -> Vec<&'static str> {
+    BALANCER_INSIDES
+        .iter()
+        .copied()
+        .filter(|p| code.contains(p))
+        .collect()
+}
+
+#[test]
+fn the_local_provider_knows_no_balancer_files() {
+    // Its progressive canary asks the balancer through the engine (`Step::peers`): the actions
+    // `canary_weights` / `canary_clear` and the access log its `describe` names.
+    let mut bad = Vec::new();
+    for (path, code) in sources(&root().join("src/local")) {
+        for p in balancer_insides(&code) {
+            bad.push(format!("{}: {p}", path.display()));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "the local provider reaches into a balancer's files (ask it through Step::peers):\n{}",
+        bad.join("\n")
+    );
+    // And the check sees what it looks for (the nginx provider does know its own files).
+    let nginx: String = sources(&root().join("src/nginx"))
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    assert!(balancer_insides(&nginx).contains(&"nginx.conf"));
+    assert!(balancer_insides(&nginx).contains(&"canary.owner"));
+    assert_eq!(
+        balancer_insides("use pipeline_host::nginx_canary::shift;"),
+        vec!["nginx_canary", "pipeline_host::nginx"]
+    );
+}

@@ -7,7 +7,6 @@
 pub mod access_log;
 pub mod names;
 pub mod nginx;
-pub mod nginx_canary;
 pub mod on;
 pub mod procfs;
 pub mod settings;

@@ -1,5 +1,5 @@
-//! nginx as a tool: where its binary is and `nginx -t` of a rendered config. Shared by the
-//! nginx provider (render, apply) and the progressive canary's traffic shift (`nginx_canary`).
+//! nginx as a tool: where its binary is and `nginx -t` of a rendered config. Used by the
+//! nginx provider: render, apply, and the canary traffic shift its actions make.
 
 use pipeline_supervise::private;
 use std::path::{Path, PathBuf};

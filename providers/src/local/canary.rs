@@ -9,10 +9,15 @@
 //! - at the end of each step: the fixed-horizon judge on everything so far (latency and errors),
 //!   its significance split over the steps (Bonferroni).
 //!
+//! The balancers are the resources joined to the service in the graph (their routes name it)
+//! whose provider runs the action `canary_weights`; the canary asks them, through the engine
+//! (`Step::peers`), to split traffic, and reads each one's access log where its `describe` says
+//! it is. It never touches their files.
+//!
 //! A failure shifts the traffic back at once (the candidate gets 0 %) before anything else; the
 //! engine then stops the candidates and records the aborted release. A pass leaves the shifted
 //! traffic in place: the engine commits every instance (its slot switches to the candidate),
-//! and each commit takes its candidate's line out of the balancers.
+//! and each commit takes its candidate out of the balancers (`canary_clear`).
 //!
 //! Either way, what the canary saw (every answer, every look, the steps, the verdict) is written
 //! as a [`ProgressiveRecord`] to `reports/<block>-<unix seconds>.json`, for its HTML report.
@@ -24,9 +29,10 @@ use crate::canary::{
 };
 use pipeline_analysis::judge::{judge, Counts, JudgeConfig, MetricData, Outcome, Verdict};
 use pipeline_analysis::{Arm, Decision, SequentialJudge};
+use pipeline_engine::provider::MetricSource;
 use pipeline_engine::provider::{Aborted, JsonMap, Progress, ProviderCtx, Staged};
+use pipeline_engine::step::Peers;
 use pipeline_engine::value::ValueMap;
-use pipeline_host::nginx_canary::{balancers_routing_to, shift, Shifted};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -34,6 +40,99 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const LOOK: Duration = Duration::from_millis(500);
+
+/// The actions a balancer in front of the service runs for its canary (whoever provides it).
+const WEIGHTS: &str = "canary_weights";
+const CLEAR: &str = "canary_clear";
+
+/// A balancer that routes to the service, as the canary knows it: an address in the graph.
+struct Balancer {
+    addr: String,
+    /// Its access log (its `describe`'s metric source), for the judge.
+    access_log: Option<PathBuf>,
+    /// Where it serves (`address:port`), for synthetic load.
+    listen: Option<String>,
+}
+
+fn json_args(v: serde_json::Value) -> JsonMap {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+/// Ask the balancer at `addr` to give `candidate` `percent` % of its traffic to `baseline`;
+/// how many of its upstreams route to `baseline`.
+fn shift(
+    peers: &Peers,
+    addr: &str,
+    baseline: &[String],
+    candidate: &[String],
+    percent: u32,
+) -> Result<u64, String> {
+    let args = json_args(serde_json::json!({
+        "stable": baseline,
+        "canary": candidate,
+        "weight": percent,
+    }));
+    let out = peers
+        .action_blocking(addr, WEIGHTS, &args)
+        .map_err(|e| e.message)?;
+    Ok(out
+        .output
+        .get("upstreams")
+        .and_then(|u| u.as_u64())
+        .unwrap_or(0))
+}
+
+/// The balancers joined to the service that route to `baseline`: asked with weight 0 (a
+/// change for none of them) how many of their upstreams do.
+fn balancers_routing_to(
+    peers: &Peers,
+    baseline: &[String],
+    candidate: &[String],
+    progress: &Progress,
+) -> Vec<Balancer> {
+    let mut out = Vec::new();
+    for p in peers.with_action_blocking(WEIGHTS) {
+        match shift(peers, &p.addr, baseline, candidate, 0) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(e) => {
+                progress(format!("{}: {e}", p.addr));
+                continue;
+            }
+        }
+        let d = peers.describe_blocking(&p.addr).unwrap_or_default();
+        let access_log = d.metrics.iter().find_map(|m| match m {
+            MetricSource::AccessLog { path, .. } => Some(path.clone()),
+            _ => None,
+        });
+        let listen = d.endpoint("serve").map(|e| {
+            let u = e.url.split_once("://").map_or(e.url.as_str(), |(_, r)| r);
+            u.split('/').next().unwrap_or(u).to_string()
+        });
+        out.push(Balancer {
+            addr: p.addr,
+            access_log,
+            listen,
+        });
+    }
+    out
+}
+
+/// Promoted or aborted candidates leave every balancer joined to the service that has them.
+pub fn clear_candidates(peers: &Peers, candidates: &[String]) -> Result<(), String> {
+    let args = json_args(serde_json::json!({ "canary": candidates }));
+    let mut errors = Vec::new();
+    for p in peers.with_action_blocking(CLEAR) {
+        if let Err(e) = peers.action_blocking(&p.addr, CLEAR, &args) {
+            errors.push(e.message);
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
 
 /// `.pipeline/run/<block>.canary`: present while a canary of `block` runs (its pid and step);
 /// `pipeline promote` / `rollback` write `promote` or `abort` into `<block>.canary.command`.
@@ -165,6 +264,7 @@ pub fn analyze(
     members: &[Staged],
     progress: Progress,
     cancel: &AtomicBool,
+    peers: &Peers,
 ) -> Result<(), Aborted> {
     let abort = |step: u32, reason: String| Aborted { step, reason };
     let spec = CanarySpec::from_value(
@@ -190,7 +290,7 @@ pub fn analyze(
         // Nothing new was started (the update changed nothing the app runs): no canary needed.
         return Ok(());
     }
-    let balancers = balancers_routing_to(&ctx.work_dir, &baseline);
+    let balancers = balancers_routing_to(peers, &baseline, &candidate, &progress);
     if balancers.is_empty() {
         return Err(abort(0, format!("no running balancer routes to {block}, and a canary shifts a balancer's traffic; add a balancer whose routes include {block}, or use update = {{ strategy = \"rolling\" }}")));
     }
@@ -245,6 +345,7 @@ pub fn analyze(
         block,
         members,
         balancers: &balancers,
+        peers,
         baseline: &baseline,
         candidate: &candidate,
         progress: &progress,
@@ -256,11 +357,8 @@ pub fn analyze(
     if let Err(a) = &result {
         // First of all: the candidate gets no more traffic.
         for b in &balancers {
-            if let Err(e) = shift(b, &baseline, &candidate, 0) {
-                progress(format!(
-                    "{}: could not shift the traffic back: {e}",
-                    b.name()
-                ));
+            if let Err(e) = shift(peers, &b.addr, &baseline, &candidate, 0) {
+                progress(format!("{}: could not shift the traffic back: {e}", b.addr));
             }
         }
         progress(format!(
@@ -350,7 +448,8 @@ struct Run<'a> {
     spec: &'a CanarySpec,
     block: &'a str,
     members: &'a [Staged],
-    balancers: &'a [Shifted],
+    balancers: &'a [Balancer],
+    peers: &'a Peers,
     baseline: &'a [String],
     candidate: &'a [String],
     progress: &'a Progress,
@@ -368,7 +467,7 @@ impl Run<'_> {
         let mut tails: Vec<LogTail> = self
             .balancers
             .iter()
-            .map(|b| LogTail::at_end(&b.access_log()))
+            .filter_map(|b| b.access_log.as_deref().map(LogTail::at_end))
             .collect();
         let mut seq = SequentialJudge::new(spec.sequential_config());
         let mut batches = LatencyBatches::default();
@@ -377,9 +476,11 @@ impl Run<'_> {
         let (t0, started) = (rec.rec.started_unix, rec.started);
         for (k, &p) in steps.iter().enumerate() {
             for bal in self.balancers {
-                shift(bal, self.baseline, self.candidate, p).map_err(|e| Aborted {
-                    step: p,
-                    reason: format!("cannot shift {}'s traffic: {e}", bal.name()),
+                shift(self.peers, &bal.addr, self.baseline, self.candidate, p).map_err(|e| {
+                    Aborted {
+                        step: p,
+                        reason: format!("cannot shift {}'s traffic: {e}", bal.addr),
+                    }
                 })?;
             }
             let now = rec.t();

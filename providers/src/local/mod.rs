@@ -167,6 +167,7 @@ impl Provider for Local {
                 &members,
                 progress,
                 step.cancel.flag(),
+                &step.peers,
             )
         })
         .await
@@ -196,10 +197,10 @@ impl Provider for Local {
         kind: &str,
         addr: &str,
         staged: &JsonMap,
-        _step: &Step,
+        step: &Step,
     ) -> Result<JsonMap, ProviderError> {
         match kind {
-            "service" => service::commit(ctx, addr, staged).await,
+            "service" => service::commit(ctx, addr, staged, &step.peers).await,
             _ => Ok(staged.clone()),
         }
     }
@@ -210,10 +211,10 @@ impl Provider for Local {
         kind: &str,
         addr: &str,
         staged: &JsonMap,
-        _step: &Step,
+        step: &Step,
     ) -> Result<(), ProviderError> {
         match kind {
-            "service" => service::abort(ctx, addr, staged).await,
+            "service" => service::abort(ctx, addr, staged, &step.peers).await,
             _ => Ok(()),
         }
     }

@@ -10,6 +10,7 @@ use pipeline_engine::provider::{
     ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned, ProviderCtx,
     ProviderError, Type,
 };
+use pipeline_engine::step::Peers;
 use pipeline_engine::value::{Value, ValueMap};
 use pipeline_engine::Step;
 use pipeline_supervise::{private, HealthCheck, HealthKind, ReplicaSpec};
@@ -388,8 +389,9 @@ pub async fn commit(
     ctx: &ProviderCtx,
     addr: &str,
     staged: &JsonMap,
+    peers: &Peers,
 ) -> Result<JsonMap, ProviderError> {
-    let (ctx, addr, staged) = (ctx.clone(), addr.to_string(), staged.clone());
+    let (ctx, addr, staged, peers) = (ctx.clone(), addr.to_string(), staged.clone(), peers.clone());
     blocking(move || {
         if staged.contains_key("staged_generation") {
             let canary = update_policy_of(&staged).canary;
@@ -399,7 +401,7 @@ pub async fn commit(
             // recorded whatever happens here: a balancer left shifted shows as drift on the
             // next plan, and the next stage puts its stack config back.
             if let Some(c) = candidate_addr(&staged) {
-                let _ = pipeline_host::nginx_canary::remove_candidate(&ctx.work_dir, &c);
+                let _ = super::canary::clear_candidates(&peers, std::slice::from_ref(&c));
                 retire_canary_slot(&ctx, &addr);
             }
             Ok(out)
@@ -411,13 +413,18 @@ pub async fn commit(
 }
 
 /// Blue-green failed elsewhere: stop what this instance staged; the old generation keeps serving.
-pub async fn abort(ctx: &ProviderCtx, addr: &str, staged: &JsonMap) -> Result<(), ProviderError> {
-    let (ctx, addr, staged) = (ctx.clone(), addr.to_string(), staged.clone());
+pub async fn abort(
+    ctx: &ProviderCtx,
+    addr: &str,
+    staged: &JsonMap,
+    peers: &Peers,
+) -> Result<(), ProviderError> {
+    let (ctx, addr, staged, peers) = (ctx.clone(), addr.to_string(), staged.clone(), peers.clone());
     blocking(move || {
         // An aborted canary's candidate gets no traffic before it stops; it stops even if a
         // balancer could not be rewritten (nginx then retries its other servers).
         let removed = match candidate_addr(&staged) {
-            Some(c) => pipeline_host::nginx_canary::remove_candidate(&ctx.work_dir, &c),
+            Some(c) => super::canary::clear_candidates(&peers, std::slice::from_ref(&c)),
             None => Ok(()),
         };
         stop_canary_slot(&ctx, &addr)?;
@@ -769,9 +776,8 @@ fn stage_update(
             slot::switch(&sdir, Some(want), Duration::from_secs(5)).map_err(err)?;
         }
     }
-    // A canary killed mid-way may have left balancers shifted to its candidates: put them back
-    // before the leftovers stop.
-    pipeline_host::nginx_canary::restore_orphaned(&ctx.work_dir).map_err(err)?;
+    // (A canary killed mid-way may have left balancers shifted to its candidates: their
+    // provider's sweep, at the start of this apply, put them back.)
     stop_canary_slot(ctx, addr)?;
     // Generations that are neither serving nor kept as standby are leftovers.
     for g in generations(ctx, addr) {
@@ -994,23 +1000,14 @@ enum Owned {
 /// local provider's records) does not account for: instances it no longer names (a concurrent
 /// apply's, a crashed create's), generations of recorded instances that are neither serving nor
 /// standby (a killed canary's candidates, an interrupted update's), canary slots with no canary
-/// running, processes whose directory is gone, namespaces of none of these. Balancers a killed
-/// canary left shifted get the stack's config back first, so no traffic goes to what stops.
+/// running, processes whose directory is gone, namespaces of none of these. (Balancers a killed
+/// canary left shifted are their own provider's to put back, in its sweep.)
 pub fn sweep_orphans(
     ctx: &ProviderCtx,
     owned: &[(&str, &pipeline_engine::state::ResourceState)],
 ) -> Result<Vec<String>, ProviderError> {
     use pipeline_engine::state::Status;
     let mut report = Vec::new();
-    for prefix in pipeline_host::nginx_canary::restore_orphaned(&ctx.work_dir).map_err(err)? {
-        report.push(format!(
-            "{}: the stack's config is back (a canary that shifted its traffic was killed)",
-            prefix
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ));
-    }
     let instances: Vec<(String, Owned)> = owned
         .iter()
         .filter(|(_, r)| r.kind == "service")

@@ -3,13 +3,14 @@
 //! when the rendered config really changes. Upstreams point at service slots, whose addresses
 //! never change through updates, so rollouts need no reload at all.
 
+mod canary;
 mod describe;
 
 use async_trait::async_trait;
 use pipeline_engine::format::Format;
 use pipeline_engine::provider::{
-    ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema, PlanRequest, Planned, Provider,
-    ProviderCtx, ProviderError, Type,
+    ActionOutput, ActionSchema, ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema,
+    PlanRequest, Planned, Provider, ProviderCtx, ProviderError, Type,
 };
 use pipeline_engine::value::{Value, ValueMap};
 use pipeline_host::nginx::nginx_bin;
@@ -328,7 +329,26 @@ impl Provider for Nginx {
         ctx: &ProviderCtx,
         owned: &[(&str, &pipeline_engine::state::ResourceState)],
     ) -> Result<Vec<String>, ProviderError> {
-        crate::sweep_run_dirs(ctx, owned, |d| d.join("conf/nginx.conf").exists()).await
+        // First the traffic a killed canary left shifted goes back to the stack's servers.
+        let work = ctx.work_dir.clone();
+        let mut report: Vec<String> =
+            crate::blocking(move || canary::restore_orphaned(&work).map_err(ProviderError::new))
+                .await?
+                .iter()
+                .map(|prefix| {
+                    format!(
+                "{}: the stack's config is back (a canary that shifted its traffic was killed)",
+                prefix
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            )
+                })
+                .collect();
+        report.extend(
+            crate::sweep_run_dirs(ctx, owned, |d| d.join("conf/nginx.conf").exists()).await?,
+        );
+        Ok(report)
     }
 
     fn kinds(&self) -> Vec<KindSchema> {
@@ -492,7 +512,110 @@ impl Provider for Nginx {
         let (work, pre, r) = (ctx.work_dir.clone(), prefix(ctx, addr), record.clone());
         crate::blocking(move || Ok(describe::balancer(&work, &pre, &r))).await
     }
+
+    fn actions(&self, kind: &str) -> Vec<ActionSchema> {
+        if kind != "balancer" {
+            return vec![];
+        }
+        let list =
+            |name: &'static str| AttrSchema::optional(name, Type::List(Box::new(Type::String)));
+        vec![
+            ActionSchema {
+                name: CANARY_WEIGHTS,
+                about: "give the `canary` servers `weight` % of every upstream's traffic to the `stable` ones (0: none); answers `upstreams`, how many route to `stable`",
+                args: vec![
+                    list("stable"),
+                    list("canary"),
+                    AttrSchema::required("weight", Type::Number),
+                ],
+                changes_record: false,
+            },
+            ActionSchema {
+                name: CANARY_CLEAR,
+                about: "take the `canary` servers (all when none are named) out of the balancer; with the last one the stack's config is back",
+                args: vec![list("canary")],
+                changes_record: false,
+            },
+        ]
+    }
+
+    async fn action(
+        &self,
+        ctx: &ProviderCtx,
+        kind: &str,
+        addr: &str,
+        _record: &JsonMap,
+        name: &str,
+        args: &JsonMap,
+    ) -> Result<ActionOutput, ProviderError> {
+        if kind != "balancer" || ![CANARY_WEIGHTS, CANARY_CLEAR].contains(&name) {
+            return Err(pipeline_engine::provider::unknown_action(
+                "nginx",
+                kind,
+                addr,
+                name,
+                &self.actions(kind),
+            ));
+        }
+        let strings = |k: &str| -> Result<Vec<String>, ProviderError> {
+            match args.get(k) {
+                None | Some(serde_json::Value::Null) => Ok(vec![]),
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        ProviderError::invalid_config(format!(
+                            "{addr}: `{k}` must be a list of ADDRESS:PORT strings"
+                        ))
+                    }),
+                Some(_) => Err(ProviderError::invalid_config(format!(
+                    "{addr}: `{k}` must be a list of ADDRESS:PORT strings"
+                ))),
+            }
+        };
+        let (pre, addr) = (prefix(ctx, addr), addr.to_string());
+        let canary_servers = strings("canary")?;
+        if name == CANARY_CLEAR {
+            return crate::blocking(move || {
+                let changed = canary::remove(&pre, &canary_servers)
+                    .map_err(|e| ProviderError::new(format!("{addr}: {e}")))?;
+                Ok(ActionOutput::output(
+                    serde_json::json!({ "changed": changed })
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default(),
+                ))
+            })
+            .await;
+        }
+        let stable_servers = strings("stable")?;
+        let weight = args
+            .get("weight")
+            .and_then(|w| w.as_u64())
+            .filter(|w| *w <= 100)
+            .ok_or_else(|| {
+                ProviderError::invalid_config(format!(
+                    "{addr}: `weight` must be a whole percentage from 0 to 100"
+                ))
+            })? as u32;
+        crate::blocking(move || {
+            let upstreams = canary::shift(&pre, &stable_servers, &canary_servers, weight)
+                .map_err(|e| ProviderError::new(format!("{addr}: {e}")))?;
+            Ok(ActionOutput::output(
+                serde_json::json!({ "upstreams": upstreams })
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            ))
+        })
+        .await
+    }
 }
+
+/// The canary split's actions (see `canary`).
+pub const CANARY_WEIGHTS: &str = "canary_weights";
+pub const CANARY_CLEAR: &str = "canary_clear";
 
 fn apply_blocking(
     ctx: &ProviderCtx,

@@ -1,36 +1,17 @@
-//! Traffic shifting for a progressive canary: the candidate's servers are added to every
-//! upstream of a running balancer that routes to the baseline's slots, with weights that give
-//! the candidate `percent` % of that upstream's requests. The config the stack rendered is kept
-//! beside (`nginx.conf.stable`) and put back when the canary ends; every change is checked with
-//! `nginx -t` and applied with a graceful reload.
+//! The canary traffic split of a balancer, its actions `canary_weights` and `canary_clear`:
+//! candidate servers are added to every upstream of the running balancer that routes to the
+//! stable (baseline) servers, with weights that give the candidates `weight` % of that
+//! upstream's requests. The config the stack rendered is kept beside (`nginx.conf.stable`) and
+//! put back when no candidate is left; every change is checked with `nginx -t` and applied with
+//! a graceful reload. Whoever asks (a service's progressive canary, through the engine) knows
+//! only addresses; the files are this provider's.
 //!
-//! A canary interrupted by a crash leaves the shifted config in place; the balancer's `read`
-//! then sees a config that differs from the recorded one (drift), and the next apply renders
-//! the stack's config again.
+//! A canary interrupted by a crash leaves the shifted config in place, owned by a process that
+//! is gone: the provider's sweep puts the stack's config back (`restore_orphaned`); until then
+//! the balancer's `read` sees a config that differs from the recorded one (drift).
 
-use crate::nginx::{check, nginx_bin};
+use pipeline_host::nginx::{check, nginx_bin};
 use std::path::{Path, PathBuf};
-
-/// A running balancer some of whose upstreams route to the baseline.
-#[derive(Clone, Debug)]
-pub struct Shifted {
-    /// The balancer's prefix (`.pipeline/run/balancer.NAME`).
-    pub prefix: PathBuf,
-    /// Where the balancer listens (`address:port`), for synthetic load.
-    pub listen: Option<String>,
-}
-
-impl Shifted {
-    pub fn access_log(&self) -> PathBuf {
-        self.prefix.join("logs/access.log")
-    }
-    pub fn name(&self) -> String {
-        self.prefix
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    }
-}
 
 fn server_addr(line: &str) -> Option<&str> {
     let t = line.trim_start();
@@ -73,9 +54,8 @@ fn shifted(work_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Balancers still shifted by a canary whose process is gone (a crash, a kill): their stack
-/// config goes back before anything new is staged, so nginx never keeps sending traffic to a
-/// candidate that no longer runs (or to whatever reuses its port later). Returns the prefixes
-/// it put back.
+/// config goes back, so nginx never keeps sending traffic to a candidate that no longer runs
+/// (or to whatever reuses its port later). Returns the prefixes it put back.
 pub fn restore_orphaned(work_dir: &Path) -> Result<Vec<PathBuf>, String> {
     let mut restored = Vec::new();
     for prefix in shifted(work_dir) {
@@ -93,31 +73,27 @@ pub fn restore_orphaned(work_dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(restored)
 }
 
-/// Every running balancer under `work_dir` with an upstream that names one of `baseline`.
-pub fn balancers_routing_to(work_dir: &Path, baseline: &[String]) -> Vec<Shifted> {
-    let Ok(rd) = std::fs::read_dir(work_dir.join("run")) else {
-        return vec![];
-    };
-    let mut out = Vec::new();
-    for e in rd.flatten() {
-        let prefix = e.path();
-        let text = std::fs::read_to_string(stable(&prefix))
-            .or_else(|_| std::fs::read_to_string(conf(&prefix)));
-        let Ok(text) = text else { continue };
-        if !text
-            .lines()
-            .any(|l| server_addr(l).is_some_and(|a| baseline.iter().any(|b| b == a)))
+/// How many upstreams of `text` route to one of `stable`.
+fn upstreams_routing_to(text: &str, stable: &[String]) -> usize {
+    let mut n = 0;
+    let mut inside = false;
+    let mut counted = false;
+    for l in text.lines() {
+        let t = l.trim();
+        if t.starts_with("upstream ") && t.ends_with('{') {
+            (inside, counted) = (true, false);
+        } else if inside && t == "}" {
+            inside = false;
+        } else if inside
+            && !counted
+            && !l.ends_with("# canary")
+            && server_addr(l).is_some_and(|a| stable.iter().any(|s| s == a))
         {
-            continue;
+            n += 1;
+            counted = true;
         }
-        let listen = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("listen "))
-            .map(|l| l.trim_end_matches(';').trim().to_string());
-        out.push(Shifted { prefix, listen });
     }
-    out.sort_by(|a, b| a.prefix.cmp(&b.prefix));
-    out
+    n
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
@@ -295,61 +271,74 @@ fn reload(prefix: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Give the candidate `percent` % of the balancer's traffic to the baseline (0: none, and the
-/// stack's config is back).
+/// Give the candidates `percent` % of the balancer's (at `prefix`) traffic to the stable
+/// servers (0: none: their lines go, and with the last one the stack's config is back). Returns
+/// how many upstreams route to the stable servers: 0, and nothing was changed.
 pub fn shift(
-    b: &Shifted,
+    prefix: &Path,
     baseline: &[String],
     candidate: &[String],
     percent: u32,
-) -> Result<(), String> {
+) -> Result<usize, String> {
     // Candidates become server lines of their own: each must be one ADDRESS:PORT token.
     for c in candidate {
         pipeline_engine::format::Format::HostPort
             .check_str(c)
             .map_err(|e| format!("candidate address {c:?} is not ADDRESS:PORT ({e})"))?;
     }
-    let _lock = ConfLock::take(&b.prefix).map_err(|e| e.to_string())?;
-    let st = stable(&b.prefix);
     if percent == 0 || candidate.is_empty() {
-        if st.exists() {
-            restore(&b.prefix)?;
-        }
-        return Ok(());
+        remove(prefix, candidate)?;
+        let text = std::fs::read_to_string(conf(prefix)).unwrap_or_default();
+        return Ok(upstreams_routing_to(&text, baseline));
+    }
+    let _lock = ConfLock::take(prefix).map_err(|e| e.to_string())?;
+    let st = stable(prefix);
+    let source = if st.exists() {
+        st.clone()
+    } else {
+        conf(prefix)
+    };
+    let text = std::fs::read_to_string(&source).map_err(|e| e.to_string())?;
+    let routes = upstreams_routing_to(&text, baseline);
+    if routes == 0 {
+        return Ok(0);
     }
     if !st.exists() {
-        std::fs::copy(conf(&b.prefix), &st).map_err(|e| e.to_string())?;
+        std::fs::copy(conf(prefix), &st).map_err(|e| e.to_string())?;
     }
-    std::fs::write(owner(&b.prefix), std::process::id().to_string()).map_err(|e| e.to_string())?;
-    let text = std::fs::read_to_string(&st).map_err(|e| e.to_string())?;
-    write_and_reload(
-        &b.prefix,
-        &shifted_config(&text, baseline, candidate, percent),
-    )
+    std::fs::write(owner(prefix), std::process::id().to_string()).map_err(|e| e.to_string())?;
+    write_and_reload(prefix, &shifted_config(&text, baseline, candidate, percent))?;
+    Ok(routes)
 }
 
-/// A promoted or aborted candidate server leaves every balancer: its line is dropped from the
-/// shifted config; when no candidate is left the stack's config is back.
-pub fn remove_candidate(work_dir: &Path, candidate: &str) -> Result<(), String> {
-    for prefix in shifted(work_dir) {
-        let _lock = ConfLock::take(&prefix).map_err(|e| e.to_string())?;
-        let Ok(text) = std::fs::read_to_string(conf(&prefix)) else {
-            continue;
-        };
-        let mine = |l: &str| l.ends_with("# canary") && server_addr(l) == Some(candidate);
-        if !text.lines().any(mine) {
-            continue;
-        }
-        let left: Vec<&str> = text.lines().filter(|l| !mine(l)).collect();
-        if left.iter().any(|l| l.ends_with("# canary")) {
-            let mut s = left.join("\n");
-            s.push('\n');
-            write_and_reload(&prefix, &s)?;
-        } else {
-            restore(&prefix)?;
-        }
+/// Promoted or aborted candidates leave the balancer: their lines are dropped from the shifted
+/// config (every candidate's when `candidates` is empty); when no candidate is left the stack's
+/// config is back. Returns whether anything changed.
+pub fn remove(prefix: &Path, candidates: &[String]) -> Result<bool, String> {
+    if !stable(prefix).exists() {
+        return Ok(false);
     }
-    Ok(())
+    let _lock = ConfLock::take(prefix).map_err(|e| e.to_string())?;
+    let Ok(text) = std::fs::read_to_string(conf(prefix)) else {
+        return Ok(false);
+    };
+    let mine = |l: &str| {
+        l.ends_with("# canary")
+            && (candidates.is_empty()
+                || server_addr(l).is_some_and(|a| candidates.iter().any(|c| c == a)))
+    };
+    if !text.lines().any(mine) && text.lines().any(|l| l.ends_with("# canary")) {
+        return Ok(false);
+    }
+    let left: Vec<&str> = text.lines().filter(|l| !mine(l)).collect();
+    if left.iter().any(|l| l.ends_with("# canary")) {
+        let mut s = left.join("\n");
+        s.push('\n');
+        write_and_reload(prefix, &s)?;
+    } else {
+        restore(prefix)?;
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -357,12 +346,8 @@ mod tests {
     #[test]
     fn a_candidate_that_is_not_one_address_cannot_become_a_server_line() {
         let dir = tempfile::tempdir().unwrap();
-        let b = Shifted {
-            prefix: dir.path().to_path_buf(),
-            listen: None,
-        };
         let err = shift(
-            &b,
+            dir.path(),
             &["127.0.0.1:4001".into()],
             &["127.0.0.1:1; } server { listen 0.0.0.0:81".into()],
             5,
@@ -393,6 +378,32 @@ mod tests {
                 Some((a.to_string(), w, l.contains(" down")))
             })
             .collect()
+    }
+
+    #[test]
+    fn upstreams_routing_to_the_stable_servers_are_counted_once_each() {
+        let base = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(upstreams_routing_to(CONF, &base(&["127.0.0.1:4001"])), 1);
+        assert_eq!(
+            upstreams_routing_to(CONF, &base(&["127.0.0.1:4001", "127.0.0.1:4002"])),
+            1
+        );
+        assert_eq!(
+            upstreams_routing_to(CONF, &base(&["127.0.0.1:4002", "127.0.0.1:5001"])),
+            2
+        );
+        assert_eq!(upstreams_routing_to(CONF, &base(&["127.0.0.1:9"])), 0);
+        // A candidate's own line is not a route to it.
+        let shifted = shifted_config(
+            CONF,
+            &base(&["127.0.0.1:5001"]),
+            &base(&["127.0.0.1:6001"]),
+            5,
+        );
+        assert_eq!(
+            upstreams_routing_to(&shifted, &base(&["127.0.0.1:6001"])),
+            0
+        );
     }
 
     #[test]
