@@ -64,6 +64,18 @@ struct PlanArgs {
     interrupt_grace: std::time::Duration,
 }
 
+#[derive(Args, Clone)]
+struct ApplyArgs {
+    #[command(flatten)]
+    args: PlanArgs,
+    /// Do not ask before applying.
+    #[arg(long)]
+    auto_approve: bool,
+    /// JSON lines of progress.
+    #[arg(long)]
+    json: bool,
+}
+
 fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
     pipeline_engine::step::parse_duration(s)
         .ok_or_else(|| format!("{s:?} is not a duration (e.g. \"1.2s\", \"500ms\", \"1m\")"))
@@ -89,25 +101,9 @@ enum Cmd {
         destroy: bool,
     },
     /// Make it so: apply a stack (after showing its plan) or a saved plan file.
-    Apply {
-        #[command(flatten)]
-        args: PlanArgs,
-        /// Do not ask before applying.
-        #[arg(long)]
-        auto_approve: bool,
-        /// JSON lines of progress.
-        #[arg(long)]
-        json: bool,
-    },
+    Apply(ApplyArgs),
     /// Take everything in the state away, in reverse dependency order.
-    Destroy {
-        #[command(flatten)]
-        args: PlanArgs,
-        #[arg(long)]
-        auto_approve: bool,
-        #[arg(long)]
-        json: bool,
-    },
+    Destroy(ApplyArgs),
     /// Check a stack without looking at state or providers.
     Validate { stack: Option<PathBuf> },
     /// Print the resource instance graph as DOT.
@@ -146,11 +142,7 @@ enum Cmd {
         #[arg(long)]
         version: String,
         #[command(flatten)]
-        args: PlanArgs,
-        #[arg(long)]
-        auto_approve: bool,
-        #[arg(long)]
-        json: bool,
+        apply: ApplyArgs,
     },
     /// Compare two revisions of a service side by side under load and judge the candidate.
     /// Exit 0 pass, 1 fail, 3 marginal or not enough evidence.
@@ -290,16 +282,8 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
             detailed_exitcode,
             destroy,
         } => cmd::plan::plan(&ws, style, args, out, json, detailed_exitcode, destroy).await,
-        Cmd::Apply {
-            args,
-            auto_approve,
-            json,
-        } => cmd::apply::apply(&ws, style, args, auto_approve, json).await,
-        Cmd::Destroy {
-            args,
-            auto_approve,
-            json,
-        } => cmd::apply::destroy(&ws, style, args, auto_approve, json).await,
+        Cmd::Apply(a) => cmd::apply::apply(&ws, style, a).await,
+        Cmd::Destroy(a) => cmd::apply::destroy(&ws, style, a).await,
         Cmd::Validate { stack } => cmd::plan::validate(&ws, style, stack),
         Cmd::Graph { stack, vars } => cmd::plan::graph(&ws, stack, vars).await,
         Cmd::State(sc) => cmd::state::state(&ws, sc),
@@ -309,18 +293,8 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
         Cmd::Deploy {
             service,
             version,
-            args,
-            auto_approve,
-            json,
-        } => {
-            let f = cmd::apply::DeployFlags {
-                service,
-                version,
-                auto_approve,
-                json,
-            };
-            cmd::apply::deploy(&ws, style, args, f).await
-        }
+            apply,
+        } => cmd::apply::deploy(&ws, style, &service, &version, apply).await,
         Cmd::Canary(flags) => cmd::canary::run(&ws, flags).await,
         Cmd::Promote { service } => cmd::rollout::promote(&ws, &service).await,
         Cmd::Rollback { service } => cmd::rollout::rollback(&ws, &service).await,

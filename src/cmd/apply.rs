@@ -1,7 +1,7 @@
 //! `apply`, `destroy`, `deploy`: one operation (`pipeline_ops::apply::run`: lock, sweep, plan,
 //! review, apply); here the plan is shown, approval asked, and progress drawn.
 
-use crate::commands::{plan_inputs, PlanArgs};
+use crate::commands::{plan_inputs, ApplyArgs};
 use crate::render::{self, Style};
 use anyhow::{bail, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -18,87 +18,60 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub async fn apply(
-    ws: &Workspace,
-    style: Style,
-    args: PlanArgs,
-    auto_approve: bool,
-    json: bool,
-) -> Result<ExitCode> {
-    // `apply FILE` with a saved plan applies exactly that plan, without asking again.
-    if let Some(plan) = match &args.stack {
+pub async fn apply(ws: &Workspace, style: Style, a: ApplyArgs) -> Result<ExitCode> {
+    // `apply FILE` with a saved plan applies exactly that plan, without showing or asking.
+    if let Some(plan) = match &a.args.stack {
         Some(p) => read_saved_plan(ws, p)?,
         None => None,
     } {
-        let view = Terminal::new(style, json, (false, true), args.interrupt_grace);
-        return run(ws, &args, Source::Saved(plan), view).await;
+        return run(ws, style, &a, Source::Saved(plan)).await;
     }
-    let inputs = plan_inputs(ws, &args, false)?;
-    let view = Terminal::new(style, json, (true, auto_approve), args.interrupt_grace);
-    let source = Source::Stack {
-        inputs,
-        remember: true,
-    };
-    run(ws, &args, source, view).await
+    let inputs = plan_inputs(ws, &a.args, false)?;
+    let remember = true;
+    run(ws, style, &a, Source::Stack { inputs, remember }).await
 }
 
-pub async fn destroy(
-    ws: &Workspace,
-    style: Style,
-    args: PlanArgs,
-    auto_approve: bool,
-    json: bool,
-) -> Result<ExitCode> {
-    let inputs = plan_inputs(ws, &args, true)?;
-    let view = Terminal::new(style, json, (true, auto_approve), args.interrupt_grace);
-    let source = Source::Stack {
-        inputs,
-        remember: false,
-    };
-    run(ws, &args, source, view).await
-}
-
-/// What `deploy` was asked for beyond the plan's own options.
-pub struct DeployFlags {
-    pub service: String,
-    pub version: String,
-    pub auto_approve: bool,
-    pub json: bool,
+pub async fn destroy(ws: &Workspace, style: Style, a: ApplyArgs) -> Result<ExitCode> {
+    let inputs = plan_inputs(ws, &a.args, true)?;
+    let remember = false;
+    run(ws, style, &a, Source::Stack { inputs, remember }).await
 }
 
 pub async fn deploy(
     ws: &Workspace,
     style: Style,
-    args: PlanArgs,
-    f: DeployFlags,
+    service: &str,
+    version: &str,
+    a: ApplyArgs,
 ) -> Result<ExitCode> {
-    let mut inputs = plan_inputs(ws, &args, false)?;
-    let block = pipeline_ops::apply::deploy_inputs(&mut inputs, &f.service, &f.version);
-    let view = Terminal::new(style, f.json, (true, f.auto_approve), args.interrupt_grace);
+    let mut inputs = plan_inputs(ws, &a.args, false)?;
+    let block = pipeline_ops::apply::deploy_inputs(&mut inputs, service, version);
     let source = Source::Deploy {
         inputs,
         block: block.clone(),
     };
-    let code = run(ws, &args, source, view).await?;
-    if !f.json {
-        let version = &f.version;
+    let code = run(ws, style, &a, source).await?;
+    if !a.json {
         eprintln!("note: {block} now runs {version}; the stack still names its own revision, so pin {version:?} there or the next apply goes back");
     }
     Ok(code)
 }
 
 /// The one path of apply, destroy and deploy: run the operation, then render its outcome.
-async fn run(
-    ws: &Workspace,
-    args: &PlanArgs,
-    source: Source,
-    mut view: Terminal,
-) -> Result<ExitCode> {
-    let (style, json) = (view.style, view.json);
+async fn run(ws: &Workspace, style: Style, a: &ApplyArgs, source: Source) -> Result<ExitCode> {
+    let json = a.json;
+    // A saved plan was reviewed when it was made: it is applied without showing or asking.
+    let saved = matches!(source, Source::Saved(_));
+    let mut view = Terminal::new(
+        style,
+        json,
+        (!saved, a.auto_approve || saved),
+        a.args.interrupt_grace,
+    );
     let req = ApplyRequest {
         source,
-        parallelism: args.parallelism,
-        grace: args.interrupt_grace,
+        parallelism: a.args.parallelism,
+        grace: a.args.interrupt_grace,
         cancel: view.cancel.clone(),
     };
     let (plan, report, outputs) = match pipeline_ops::apply::run(ws, req, &mut view).await? {
