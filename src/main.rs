@@ -3,8 +3,6 @@
 //! (-detailed-exitcode only).
 
 mod commands;
-mod flags_cmd;
-mod ops;
 mod render;
 
 // The canary's operation and report model live in the library (pipeline-ops); apply renders

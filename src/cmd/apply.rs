@@ -1,137 +1,277 @@
-//! `apply`, `destroy`, `deploy`: plan under the state lock, then apply.
+//! `apply`, `destroy`, `deploy`: one operation (`pipeline_ops::apply::run`: lock, sweep, plan,
+//! review, apply); here the plan is shown, approval asked, and progress drawn.
 
-use crate::commands::{
-    plan_inputs, read_saved_plan, report_orphans, run_apply, service_block, stale_note, PlanArgs,
-};
-use crate::ops::{self, Workspace};
-use crate::render::Style;
+use crate::commands::{plan_inputs, ApplyArgs};
+use crate::render::{self, Style};
 use anyhow::{bail, Result};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use pipeline_engine::apply::Event;
+use pipeline_engine::plan::Plan;
+use pipeline_engine::state::LockInfo;
+use pipeline_ops::apply::{ApplyOutcome, ApplyRequest, ApplyView, Source};
+use pipeline_ops::{plan::read_saved_plan, Workspace};
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
-pub async fn apply(
-    ws: &Workspace,
-    style: Style,
-    args: PlanArgs,
-    auto_approve: bool,
-    json: bool,
-) -> Result<ExitCode> {
-    // `apply FILE` with a saved plan applies exactly that plan.
-    if let Some(p) = &args.stack {
-        if let Some(plan) = read_saved_plan(ws, p)? {
-            let lock = ops::lock(ws, "apply", &mut stale_note)?;
-            report_orphans(&ops::sweep_orphans(ws, &lock).await?, json);
-            return run_apply(
-                ws,
-                plan,
-                &lock,
-                true,
-                json,
-                (args.parallelism, args.interrupt_grace),
-                style,
-                false,
-            )
-            .await;
-        }
+pub async fn apply(ws: &Workspace, style: Style, a: ApplyArgs) -> Result<ExitCode> {
+    // `apply FILE` with a saved plan applies exactly that plan, without showing or asking.
+    if let Some(plan) = match &a.args.stack {
+        Some(p) => read_saved_plan(ws, p)?,
+        None => None,
+    } {
+        return run(ws, style, &a, Source::Saved(plan)).await;
     }
-    // Held from planning to the last step: nobody changes the state in between.
-    let inputs = plan_inputs(ws, &args, false)?;
-    let lock = ops::lock(ws, "apply", &mut stale_note)?;
-    report_orphans(&ops::sweep_orphans(ws, &lock).await?, json);
-    let (plan, _) = ops::make_plan(ws, &inputs).await?;
-    ws.remember_stack(&inputs.stack);
-    run_apply(
-        ws,
-        plan,
-        &lock,
-        auto_approve,
-        json,
-        (args.parallelism, args.interrupt_grace),
-        style,
-        true,
-    )
-    .await
+    let inputs = plan_inputs(ws, &a.args, false)?;
+    let remember = true;
+    run(ws, style, &a, Source::Stack { inputs, remember }).await
 }
 
-pub async fn destroy(
-    ws: &Workspace,
-    style: Style,
-    args: PlanArgs,
-    auto_approve: bool,
-    json: bool,
-) -> Result<ExitCode> {
-    let inputs = plan_inputs(ws, &args, true)?;
-    let lock = ops::lock(ws, "destroy", &mut stale_note)?;
-    report_orphans(&ops::sweep_orphans(ws, &lock).await?, json);
-    let (plan, _) = ops::make_plan(ws, &inputs).await?;
-    run_apply(
-        ws,
-        plan,
-        &lock,
-        auto_approve,
-        json,
-        (args.parallelism, args.interrupt_grace),
-        style,
-        true,
-    )
-    .await
-}
-
-/// What `deploy` was asked for beyond the plan's own options.
-pub struct DeployFlags {
-    pub service: String,
-    pub version: String,
-    pub auto_approve: bool,
-    pub json: bool,
+pub async fn destroy(ws: &Workspace, style: Style, a: ApplyArgs) -> Result<ExitCode> {
+    let inputs = plan_inputs(ws, &a.args, true)?;
+    let remember = false;
+    run(ws, style, &a, Source::Stack { inputs, remember }).await
 }
 
 pub async fn deploy(
     ws: &Workspace,
     style: Style,
-    mut args: PlanArgs,
-    f: DeployFlags,
+    service: &str,
+    version: &str,
+    a: ApplyArgs,
 ) -> Result<ExitCode> {
-    let DeployFlags {
-        service,
-        version,
-        auto_approve,
-        json,
-    } = f;
-    let block = service_block(&service);
-    args.targets.push(block.clone());
-    let mut inputs = plan_inputs(ws, &args, false)?;
-    inputs.opts.overrides.push((
-        block.clone(),
-        "revision".into(),
-        pipeline_engine::value::Value::String(version.clone()),
-    ));
-    let lock = ops::lock(ws, "deploy", &mut stale_note)?;
-    report_orphans(&ops::sweep_orphans(ws, &lock).await?, json);
-    let (plan, config) = ops::make_plan(ws, &inputs).await?;
-    if !config.modules[0].resources.contains_key(&block) {
-        bail!(
-            "the stack has no {block}\n  = help: services here: {}",
-            config.modules[0]
-                .resources
-                .keys()
-                .filter(|k| k.starts_with("service."))
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    let code = run_apply(
-        ws,
-        plan,
-        &lock,
-        auto_approve,
-        json,
-        (args.parallelism, args.interrupt_grace),
-        style,
-        true,
-    )
-    .await?;
-    if !json {
+    let mut inputs = plan_inputs(ws, &a.args, false)?;
+    let block = pipeline_ops::apply::deploy_inputs(&mut inputs, service, version);
+    let source = Source::Deploy {
+        inputs,
+        block: block.clone(),
+    };
+    let code = run(ws, style, &a, source).await?;
+    if !a.json {
         eprintln!("note: {block} now runs {version}; the stack still names its own revision, so pin {version:?} there or the next apply goes back");
     }
     Ok(code)
+}
+
+/// The one path of apply, destroy and deploy: run the operation, then render its outcome.
+async fn run(ws: &Workspace, style: Style, a: &ApplyArgs, source: Source) -> Result<ExitCode> {
+    let json = a.json;
+    // A saved plan was reviewed when it was made: it is applied without showing or asking.
+    let saved = matches!(source, Source::Saved(_));
+    let mut view = Terminal::new(
+        style,
+        json,
+        (!saved, a.auto_approve || saved),
+        a.args.interrupt_grace,
+    );
+    let req = ApplyRequest {
+        source,
+        parallelism: a.args.parallelism,
+        grace: a.args.interrupt_grace,
+        cancel: view.cancel.clone(),
+    };
+    let (plan, report, outputs) = match pipeline_ops::apply::run(ws, req, &mut view).await? {
+        ApplyOutcome::NoChanges(_) => return Ok(ExitCode::SUCCESS),
+        ApplyOutcome::Cancelled(_) => return Ok(ExitCode::from(1)),
+        ApplyOutcome::Applied {
+            plan,
+            report,
+            outputs,
+        } => (plan, report, outputs),
+    };
+    if let Some(o) = view.overall.take() {
+        o.finish_and_clear();
+    }
+    let mut canary_reports = Vec::new();
+    for rec in &view.canary_records {
+        match crate::canary::write_progressive_report(rec) {
+            Ok(html) => canary_reports.push(html),
+            Err(e) => eprintln!("warning: no canary report: {e:#}"),
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"type": "apply_summary", "ok": report.ok(), "succeeded": report.succeeded.len(), "failed": report.failed.len(), "skipped": report.skipped.len(), "interrupted": report.interrupted})
+        );
+        for html in &canary_reports {
+            println!(
+                "{}",
+                serde_json::json!({"type": "canary_report", "path": html.display().to_string()})
+            );
+        }
+    } else {
+        print!("\n{}", render::report_text(&report, style, plan.destroy));
+        for html in &canary_reports {
+            println!("Canary report: {}", html.display());
+        }
+        if report.ok() && !plan.destroy && !outputs.is_empty() {
+            println!("\nOutputs:\n");
+            super::state::print_outputs(&outputs);
+        }
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The apply as the terminal shows it: the plan, the question, a bar per running step (or a
+/// line per event when not on a terminal, JSON lines with -json).
+struct Terminal {
+    style: Style,
+    json: bool,
+    /// Show the plan before applying it; apply without asking.
+    show: bool,
+    auto_approve: bool,
+    grace: Duration,
+    cancel: Arc<AtomicBool>,
+    multi: MultiProgress,
+    overall: Option<ProgressBar>,
+    lines: HashMap<String, ProgressBar>,
+    /// Records of progressive canaries, rendered as HTML reports once the apply is over.
+    canary_records: Vec<PathBuf>,
+}
+
+impl Terminal {
+    fn new(style: Style, json: bool, (show, auto_approve): (bool, bool), grace: Duration) -> Self {
+        Terminal {
+            style,
+            json,
+            show,
+            auto_approve,
+            grace,
+            cancel: Arc::new(AtomicBool::new(false)),
+            multi: MultiProgress::new(),
+            overall: None,
+            lines: HashMap::new(),
+            canary_records: Vec::new(),
+        }
+    }
+}
+
+impl ApplyView for Terminal {
+    fn stale_lock(&mut self, info: &LockInfo) {
+        stale_note(info)
+    }
+
+    /// What the sweep stopped (left by a crashed or concurrent run), before the plan.
+    fn orphans(&mut self, stopped: &[String]) {
+        if self.json {
+            for l in stopped {
+                println!(
+                    "{}",
+                    serde_json::json!({"type": "orphan_stopped", "message": l})
+                );
+            }
+        } else if !stopped.is_empty() {
+            println!("Stopped what no state record names (left by a crashed or concurrent run):");
+            for l in stopped {
+                println!("  - {l}");
+            }
+            println!();
+        }
+    }
+
+    fn review(&mut self, plan: &Plan) -> Result<bool> {
+        if self.show && !self.json {
+            print!("{}", render::plan_text(plan, self.style));
+        }
+        if !plan.has_changes() || self.auto_approve || pipeline_ops::apply::steps(plan) == 0 {
+            return Ok(true);
+        }
+        if !std::io::stdin().is_terminal() {
+            bail!("cannot ask for approval: standard input is not a terminal\n  = help: review the plan, then run again with -auto-approve");
+        }
+        print!("\nDo you want to perform these actions? Only 'yes' will be accepted: ");
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if answer.trim() != "yes" {
+            println!("Cancelled; nothing was changed.");
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn applying(&mut self, plan: &Plan) {
+        let (cancel, grace) = (self.cancel.clone(), self.grace);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.store(true, Ordering::SeqCst);
+                eprintln!(
+                    "\nInterrupt received: nothing new starts; running steps have {} to finish, then stop and are recorded (the next apply finishes or cleans up what they left).",
+                    pipeline_engine::step::format_duration(grace)
+                );
+            }
+        });
+        if std::io::stderr().is_terminal() && !self.json {
+            let total = pipeline_ops::apply::steps(plan);
+            let pb = self.multi.add(ProgressBar::new(total as u64));
+            pb.set_style(
+                ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            pb.enable_steady_tick(Duration::from_millis(200));
+            self.overall = Some(pb);
+        }
+    }
+
+    fn event(&mut self, e: &Event) {
+        let (json, overall, multi) = (self.json, &self.overall, &self.multi);
+        let (lines, canary_records) = (&mut self.lines, &mut self.canary_records);
+        if let Event::Progress { message, .. } = e {
+            if let Some(p) = message.strip_prefix(pipeline_providers::local::canary::RECORD_LINE) {
+                canary_records.push(p.into());
+            }
+        }
+        if json {
+            println!("{}", render::event_json(e));
+            return;
+        }
+        match (overall, e) {
+            (
+                Some(_),
+                Event::RolledBack { .. } | Event::Progress { .. } | Event::Retrying { .. },
+            ) => {
+                let _ = multi.println(render::event_line(e));
+            }
+            (Some(o), Event::Started { addr, .. }) => {
+                let pb = multi.insert_before(o, ProgressBar::new_spinner());
+                pb.set_style(
+                    ProgressStyle::with_template("  {spinner} {msg} ({elapsed})")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                pb.set_message(render::event_line(e));
+                pb.enable_steady_tick(Duration::from_millis(120));
+                lines.insert(addr.clone(), pb);
+            }
+            (
+                Some(o),
+                Event::Finished { addr, .. }
+                | Event::Failed { addr, .. }
+                | Event::Skipped { addr, .. },
+            ) => {
+                if let Some(pb) = lines.remove(addr) {
+                    pb.finish_and_clear();
+                    multi.remove(&pb);
+                }
+                let _ = multi.println(render::event_line(e));
+                o.inc(1);
+            }
+            (None, _) => eprintln!("{}", render::event_line(e)),
+        }
+    }
+}
+
+pub fn stale_note(info: &LockInfo) {
+    eprintln!(
+        "note: broke a stale lock held by pid {} on {} (`{}` since {}); that process is gone",
+        info.pid, info.host, info.operation, info.created
+    );
 }

@@ -2,20 +2,15 @@
 //! `pipeline_ops::canary`, and the report rendered as text, JSON and an HTML file.
 
 use crate::commands::VarArgs;
-use crate::ops::{self, PlanInputs, Workspace};
-use crate::render::{self, Style};
+use crate::render;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use pipeline_analysis::judge::Outcome;
-use pipeline_engine::apply::ApplyReport;
-use pipeline_engine::config::Config;
-use pipeline_engine::plan::{Plan, PlanOptions};
 use pipeline_ops::canary::{self, CanaryRequest};
+use pipeline_ops::{LocalStacks, Workspace};
 use pipeline_supervise::private;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 // The command line of `canary` (its help text is the variant's, in commands.rs).
 #[derive(Args)]
@@ -76,8 +71,8 @@ pub struct CanaryFlags {
     pub vars: VarArgs,
 }
 
-pub async fn run(ws: &Workspace, _style: Style, f: CanaryFlags) -> Result<ExitCode> {
-    let variables = ops::variables(&f.vars.vars, &f.vars.var_files)?;
+pub async fn run(ws: &Workspace, f: CanaryFlags) -> Result<ExitCode> {
+    let variables = pipeline_ops::variables(&f.vars.vars, &f.vars.var_files)?;
     if f.simulate {
         let sim = canary::simulate(f.runs)?;
         if f.json {
@@ -110,7 +105,7 @@ pub async fn run(ws: &Workspace, _style: Style, f: CanaryFlags) -> Result<ExitCo
         confidence: f.confidence,
         variables,
     };
-    let outcome = canary::run(&Here, &req, &mut |p| {
+    let outcome = canary::run(&LocalStacks, &req, &mut |p| {
         eprintln!("{}", render::canary_progress(&p))
     })
     .await?;
@@ -140,40 +135,4 @@ pub async fn run(ws: &Workspace, _style: Style, f: CanaryFlags) -> Result<ExitCo
         Outcome::Fail => ExitCode::from(1),
         Outcome::Marginal | Outcome::Inconclusive => ExitCode::from(3),
     })
-}
-
-/// The canary's stacks, planned and applied here as `pipeline plan` and `apply` do.
-struct Here;
-
-#[async_trait::async_trait(?Send)]
-impl canary::Stacks for Here {
-    async fn plan(&self, dir: &Path, stack: &Path, opts: PlanOptions) -> Result<(Plan, Config)> {
-        let ws = Workspace::new(Some(dir.to_path_buf()))?;
-        let inputs = PlanInputs {
-            stack: stack.to_path_buf(),
-            opts,
-        };
-        ops::make_plan(&ws, &inputs).await
-    }
-
-    async fn apply(&self, dir: &Path, stack: &Path, opts: PlanOptions) -> Result<ApplyReport> {
-        let ws = Workspace::new(Some(dir.to_path_buf()))?;
-        let parallelism = opts.parallelism;
-        let inputs = PlanInputs {
-            stack: stack.to_path_buf(),
-            opts,
-        };
-        let lock = ops::lock(&ws, "canary", &mut |_| {})?;
-        let (plan, _) = ops::make_plan(&ws, &inputs).await?;
-        let mut quiet = |_: &pipeline_engine::apply::Event| {};
-        ops::apply_plan(
-            &ws,
-            &plan,
-            &lock,
-            (parallelism, ops::CTRL_C_GRACE),
-            Arc::new(AtomicBool::new(false)),
-            &mut quiet,
-        )
-        .await
-    }
 }

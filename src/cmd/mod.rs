@@ -3,6 +3,8 @@
 
 pub mod apply;
 pub mod canary;
+pub mod flags;
 pub mod plan;
 pub mod rollout;
 pub mod state;
+pub mod status;

@@ -1,9 +1,10 @@
 //! `plan`, `validate`, `graph`.
 
-use crate::commands::{check_plan_out, plan_inputs, save_plan, PlanArgs, VarArgs};
-use crate::ops::{self, Workspace};
+use crate::commands::{plan_inputs, PlanArgs, VarArgs};
 use crate::render::{self, Style};
 use anyhow::Result;
+use pipeline_ops::plan::{check_plan_out, make_plan, save_plan};
+use pipeline_ops::Workspace;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,7 +22,7 @@ pub async fn plan(
         check_plan_out(path)?;
     }
     let inputs = plan_inputs(ws, &args, destroy)?;
-    let (plan, _) = ops::make_plan(ws, &inputs).await?;
+    let (plan, _) = make_plan(ws, &inputs).await?;
     ws.remember_stack(&inputs.stack);
     if json {
         let mut so = std::io::stdout().lock();
@@ -74,11 +75,11 @@ pub async fn graph(ws: &Workspace, stack: Option<PathBuf>, vars: VarArgs) -> Res
             targets: vec![],
             replace: vec![],
             parallelism: 10,
-            interrupt_grace: ops::CTRL_C_GRACE,
+            interrupt_grace: pipeline_ops::apply::CTRL_C_GRACE,
         },
         false,
     )?;
-    let (plan, _) = ops::make_plan(ws, &inputs).await?;
+    let (plan, _) = make_plan(ws, &inputs).await?;
     print!("{}", render::plan_dot(&plan));
     Ok(ExitCode::SUCCESS)
 }

@@ -1,8 +1,63 @@
-//! `output`, `force-unlock`: read the recorded outputs, release a lock.
+//! `state`, `output`, `force-unlock`: the recorded state shown, instances forgotten, the
+//! outputs read, a lock released.
 
-use crate::ops::Workspace;
+use crate::commands::StateCmd;
 use anyhow::{anyhow, Result};
+use pipeline_engine::state::{OutputState, Status};
+use pipeline_engine::value::Value;
+use pipeline_ops::Workspace;
+use std::collections::BTreeMap;
 use std::process::ExitCode;
+
+pub fn state(ws: &Workspace, sc: StateCmd) -> Result<ExitCode> {
+    match sc {
+        StateCmd::List => {
+            for (addr, rs) in &ws.state()?.resources {
+                match rs.status {
+                    Status::Ready => println!("{addr}"),
+                    s => println!("{addr} ({s:?})"),
+                }
+            }
+        }
+        StateCmd::Show { addr } => {
+            let st = ws.state()?;
+            let rs = st.resources.get(&addr).ok_or_else(|| {
+                anyhow!("{addr} is not in the state\n  = help: `pipeline state list` shows what is")
+            })?;
+            println!("# {addr} ({} by {}, {:?})", rs.kind, rs.provider, rs.status);
+            let w = rs.attrs.keys().map(String::len).max().unwrap_or(0);
+            for (k, v) in &rs.attrs {
+                let shown = if rs.sensitive.contains(k) {
+                    "(sensitive value)".into()
+                } else {
+                    Value::from_json(v).render()
+                };
+                println!("  {k:w$} = {}", shown.replace('\n', "\n  "));
+            }
+            if !rs.deps.is_empty() {
+                println!("  # depends on: {}", rs.deps.join(", "));
+            }
+        }
+        StateCmd::Rm { addrs } => {
+            for a in pipeline_ops::workspace::forget(ws, &addrs)? {
+                println!("Removed {a} from the state; what it described was left as it is.");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `NAME = VALUE` a line, secrets masked.
+pub fn print_outputs(outputs: &BTreeMap<String, OutputState>) {
+    for (k, o) in outputs {
+        let v = if o.sensitive {
+            "(sensitive value)".to_string()
+        } else {
+            Value::from_json(&o.value).render()
+        };
+        println!("{k} = {v}");
+    }
+}
 
 pub fn output(ws: &Workspace, name: Option<String>, json: bool) -> Result<ExitCode> {
     let state = ws.state()?;
@@ -35,16 +90,7 @@ pub fn output(ws: &Workspace, name: Option<String>, json: bool) -> Result<ExitCo
                 .collect();
             println!("{}", serde_json::Value::Object(m));
         }
-        None => {
-            for (k, o) in &state.outputs {
-                let v = if o.sensitive {
-                    "(sensitive value)".to_string()
-                } else {
-                    pipeline_engine::value::Value::from_json(&o.value).render()
-                };
-                println!("{k} = {v}");
-            }
-        }
+        None => print_outputs(&state.outputs),
     }
     Ok(ExitCode::SUCCESS)
 }
