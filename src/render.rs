@@ -471,8 +471,13 @@ pub fn report_text(r: &ApplyReport, st: Style, destroy: bool) -> String {
     }
     if !r.failed.is_empty() {
         let _ = writeln!(out, "\nFailed:");
-        for (a, _, e) in &r.failed {
-            let _ = writeln!(out, "  {}: {}", st.red(a), e.replace('\n', "\n    "));
+        for f in &r.failed {
+            let _ = writeln!(
+                out,
+                "  {}: {}",
+                st.red(&f.addr),
+                f.error.to_string().replace('\n', "\n    ")
+            );
         }
     }
     if !r.rolled_back.is_empty() {

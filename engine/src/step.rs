@@ -4,7 +4,7 @@
 //! The engine makes one `Step` per call; providers read it cooperatively (`check`, the waits
 //! in `crate::wait`) and the engine enforces the deadline as a backstop around the call.
 
-use crate::provider::{ErrorKind, Progress, ProviderError};
+use crate::provider::{Cause, ErrorKind, Progress, ProviderError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -201,6 +201,7 @@ impl Step {
                 d.op.name()
             ))
             .with_kind(ErrorKind::Fatal)
+            .cause(Cause::Deadline)
             .help(format!(
                 "raise it with `timeouts = {{ {} = \"...\" }}` on the block if it needs longer; what half-exists is cleaned up by the next apply",
                 d.op.name()

@@ -37,22 +37,48 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
 }
 
 /// Wait until a supervised process in `dir` is healthy, bounded by `timeout` and by the step
-/// (its cancel and deadline) through the shared wait; the error in words.
+/// (its cancel and deadline) through the shared wait. An app that exited first or never became
+/// healthy says so in the error's `cause`.
 pub(crate) fn wait_healthy(
     step: &pipeline_engine::Step,
     dir: &std::path::Path,
     spec: &pipeline_supervise::ReplicaSpec,
     timeout: std::time::Duration,
-) -> Result<(), String> {
+) -> Result<(), ProviderError> {
     use pipeline_engine::wait::{until_blocking, Check};
     let mut w = pipeline_supervise::HealthWait::new(dir, spec, timeout);
     let every = w.every();
     until_blocking(step, every, || match w.poll() {
         Ok(Ok(())) => Ok(Check::Done(())),
         Ok(Err(why)) => Ok(Check::NotYet(why)),
-        Err(e) => Err(ProviderError::new(e.to_string())),
+        Err(e) => Err(supervise_error(e)),
     })
-    .map_err(|e| e.message)
+}
+
+/// A supervisor's error as a provider error, its words unchanged, with what failed as data.
+pub(crate) fn supervise_error(e: pipeline_supervise::SuperviseError) -> ProviderError {
+    use pipeline_engine::provider::Cause;
+    use pipeline_supervise::SuperviseError as S;
+    let output = e.child_output().unwrap_or_default();
+    let cause = match &e {
+        S::ChildExited { exit, .. } => Some(Cause::ExitedBeforeHealthy {
+            how: exit.clone(),
+            output,
+        }),
+        S::Unhealthy {
+            waited, last_error, ..
+        } => Some(Cause::NeverHealthy {
+            after: format!("{waited:?}"),
+            last_check: last_error.clone(),
+            output,
+        }),
+        _ => None,
+    };
+    let error = ProviderError::new(e.to_string());
+    match cause {
+        Some(c) => error.cause(c),
+        None => error,
+    }
 }
 
 /// The sweep of a provider whose instances each run supervised processes in one directory
@@ -114,4 +140,54 @@ fn supervised_dirs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pipeline_engine::provider::Cause;
+    use pipeline_supervise::SuperviseError;
+
+    #[test]
+    fn a_supervisor_error_keeps_its_words_and_says_what_failed() {
+        let tail = "fatal: cannot read config.toml\n--- 12:00:00 pipeline-supervise web: child exited with status 3";
+        let e = SuperviseError::ChildExited {
+            name: "web".into(),
+            dir: "/d".into(),
+            command: "./app".into(),
+            exit: "exited with status 3".into(),
+            log_tail: tail.into(),
+        };
+        let words = e.to_string();
+        let p = supervise_error(e);
+        assert_eq!(p.message, words);
+        assert_eq!(
+            p.cause.as_deref(),
+            Some(&Cause::ExitedBeforeHealthy {
+                how: "exited with status 3".into(),
+                output: vec!["fatal: cannot read config.toml".into()],
+            })
+        );
+        let p = supervise_error(SuperviseError::Unhealthy {
+            name: "web".into(),
+            dir: "/d".into(),
+            waited: std::time::Duration::from_secs(3),
+            last_error: "connection refused".into(),
+            log_tail: String::new(),
+        });
+        assert_eq!(
+            p.cause.as_deref(),
+            Some(&Cause::NeverHealthy {
+                after: "3s".into(),
+                last_check: "connection refused".into(),
+                output: vec![],
+            })
+        );
+        let p = supervise_error(SuperviseError::StopFailed {
+            name: "web".into(),
+            dir: "/d".into(),
+            pids: vec![1],
+        });
+        assert!(p.cause.is_none());
+    }
 }

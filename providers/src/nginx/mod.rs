@@ -570,7 +570,7 @@ fn apply_blocking(
                 .map_err(|e| ProviderError::new(e.to_string()))?;
             crate::wait_healthy(step, &pre, &spec, Duration::from_secs(10)).map_err(|e| {
                 let _ = pipeline_supervise::stop(&pre, Duration::from_secs(5));
-                ProviderError::new(e).help(format!("see {}", pre.join("logs/error.log").display()))
+                e.help(format!("see {}", pre.join("logs/error.log").display()))
             })?;
         }
     }
