@@ -55,6 +55,40 @@ pub(crate) fn wait_healthy(
     })
 }
 
+/// Just before a server this provider starts binds `port` on `address`: can it? A port another
+/// program took since it was chosen (at plan, or by `free_port`) is a passing failure the
+/// engine retries (`Transient`: the other program may be gone a moment later, and a retried
+/// service create chooses a new port); an address this host does not have is the stack's
+/// mistake (`InvalidConfig`). Decided by the OS error's kind, not its words.
+pub(crate) fn bindable(address: &str, port: u16) -> Result<(), ProviderError> {
+    match std::net::TcpListener::bind((address, port)) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(bind_error(address, port, e.kind(), &e)),
+    }
+}
+
+fn bind_error(
+    address: &str,
+    port: u16,
+    kind: std::io::ErrorKind,
+    e: &dyn std::fmt::Display,
+) -> ProviderError {
+    use std::io::ErrorKind as Io;
+    match kind {
+        Io::AddrInUse => ProviderError::transient(format!(
+            "port {port} on {address} was taken by another program before it could be bound"
+        ))
+        .help(format!(
+            "stop what listens there (see `ss -ltnp 'sport = :{port}'`) or choose another port"
+        )),
+        Io::AddrNotAvailable => ProviderError::invalid_config(format!(
+            "cannot listen on {address}:{port}: this host has no address {address}"
+        ))
+        .help("use an address of this host (e.g. 127.0.0.1)"),
+        _ => ProviderError::new(format!("cannot listen on {address}:{port}: {e}")),
+    }
+}
+
 /// A supervisor's error as a provider error, its words unchanged, with what failed as data.
 pub(crate) fn supervise_error(e: pipeline_supervise::SuperviseError) -> ProviderError {
     use pipeline_engine::provider::Cause;
@@ -147,6 +181,22 @@ mod tests {
     use super::*;
     use pipeline_engine::provider::Cause;
     use pipeline_supervise::SuperviseError;
+
+    #[test]
+    fn a_port_taken_before_binding_is_transient_and_a_foreign_address_is_invalid_config() {
+        use pipeline_engine::provider::ErrorKind;
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let e = bindable("127.0.0.1", port).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Transient, "{e}");
+        assert!(e.kind.retryable());
+        drop(taken);
+        assert!(bindable("127.0.0.1", port).is_ok());
+        // 192.0.2.0/24 is documentation space: no host has it.
+        let e = bindable("192.0.2.1", port).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidConfig, "{e}");
+        assert!(!e.kind.retryable());
+    }
 
     #[test]
     fn a_supervisor_error_keeps_its_words_and_says_what_failed() {

@@ -552,6 +552,8 @@ fn apply_blocking(
                 .unwrap_or("127.0.0.1")
                 .to_string();
             let listen = c.get("listen").and_then(Value::as_f64).unwrap_or(0.0) as u16;
+            // The plan found the port free; another program may have taken it since.
+            crate::bindable(&address, listen)?;
             let spec = ReplicaSpec {
                 name: format!("{addr} (nginx)"),
                 command: format!(
