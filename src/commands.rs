@@ -508,10 +508,13 @@ async fn run_apply(
     let mut canary_records: Vec<std::path::PathBuf> = Vec::new();
     let mut on_event = |e: &pipeline_engine::apply::Event| {
         use pipeline_engine::apply::Event;
-        if let Event::Progress { message, .. } = e {
-            if let Some(p) = message.strip_prefix(pipeline_providers::local::canary::RECORD_LINE) {
-                canary_records.push(p.into());
-            }
+        if let Event::Artifact {
+            kind: pipeline_engine::provider::ArtifactKind::CanaryRecord,
+            path,
+            ..
+        } = e
+        {
+            canary_records.push(path.clone());
         }
         if json {
             println!("{}", render::event_json(e));
@@ -520,7 +523,10 @@ async fn run_apply(
         match (&overall, e) {
             (
                 Some(_),
-                Event::RolledBack { .. } | Event::Progress { .. } | Event::Retrying { .. },
+                Event::RolledBack { .. }
+                | Event::Progress { .. }
+                | Event::Artifact { .. }
+                | Event::Retrying { .. },
             ) => {
                 let _ = multi.println(render::event_line(e));
             }

@@ -369,6 +369,10 @@ pub fn event_json(e: &Event) -> serde_json::Value {
         Event::Progress { addr, message } => {
             json!({"type": "apply_progress", "address": addr, "message": message})
         }
+        // The same line as before artifacts were typed: "canary evidence written to PATH".
+        Event::Artifact { addr, kind, path } => {
+            json!({"type": "apply_progress", "address": addr, "message": format!("{} written to {}", kind.name(), path.display())})
+        }
         Event::Retrying {
             addr,
             attempt,
@@ -413,6 +417,9 @@ pub fn event_line(e: &Event) -> String {
             format!("{addr}: rolled back to its previous version (the rollout stopped)")
         }
         Event::Progress { addr, message } => format!("{addr}: {message}"),
+        Event::Artifact { addr, kind, path } => {
+            format!("{addr}: {} written to {}", kind.name(), path.display())
+        }
         Event::Retrying {
             addr,
             attempt,

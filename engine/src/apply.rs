@@ -8,8 +8,8 @@ use crate::plan::{
     eval_attrs, instance_scope, resource_addr, state_outputs, Action, Plan, ResourceChange,
 };
 use crate::provider::{
-    Aborted, ApplyRequest, Cause, ErrorKind, JsonMap, Progress, ProviderCtx, ProviderError,
-    Registry, Staged,
+    Aborted, ApplyRequest, ArtifactKind, Cause, ErrorKind, JsonMap, Note, Progress, ProviderCtx,
+    ProviderError, Registry, Staged,
 };
 use crate::step::{CancelToken, Op, Step, Stop, Timeouts};
 use crate::value::{Value, ValueMap};
@@ -48,6 +48,12 @@ pub enum Event {
     Progress {
         addr: String,
         message: String,
+    },
+    /// A long step wrote a file the caller may render (a progressive canary's evidence).
+    Artifact {
+        addr: String,
+        kind: ArtifactKind,
+        path: std::path::PathBuf,
     },
     /// A provider call failed with a retryable error; attempt `attempt` of `of` starts after `delay`.
     Retrying {
@@ -322,10 +328,17 @@ pub async fn apply(
     let progress_tx = events_tx.clone();
     let progress = move |block: String| -> Progress {
         let tx = progress_tx.clone();
-        std::sync::Arc::new(move |message: String| {
-            let _ = tx.send(Event::Progress {
-                addr: block.clone(),
-                message,
+        std::sync::Arc::new(move |note: Note| {
+            let _ = tx.send(match note {
+                Note::Line(message) => Event::Progress {
+                    addr: block.clone(),
+                    message,
+                },
+                Note::Artifact { kind, path } => Event::Artifact {
+                    addr: block.clone(),
+                    kind,
+                    path,
+                },
             });
         })
     };

@@ -230,7 +230,37 @@ pub struct Aborted {
 }
 
 /// Live progress lines from a long provider step (a canary's steps and figures).
-pub type Progress = std::sync::Arc<dyn Fn(String) + Send + Sync>;
+pub type Progress = std::sync::Arc<dyn Fn(Note) + Send + Sync>;
+
+/// What a long step reports while it runs: a line for the user, or a file it wrote that the
+/// caller may render (typed, so no caller recognises it by its words).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Note {
+    Line(String),
+    Artifact { kind: ArtifactKind, path: PathBuf },
+}
+
+/// What kind of file a step wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArtifactKind {
+    /// A progressive canary's evidence (JSON), which the CLI renders as an HTML report.
+    CanaryRecord,
+}
+
+impl ArtifactKind {
+    /// In words: "canary evidence".
+    pub fn name(self) -> &'static str {
+        match self {
+            ArtifactKind::CanaryRecord => "canary evidence",
+        }
+    }
+}
+
+impl From<String> for Note {
+    fn from(line: String) -> Note {
+        Note::Line(line)
+    }
+}
 
 /// Where providers keep what they run and build, and how to re-invoke this binary.
 #[derive(Clone, Debug)]

@@ -4,7 +4,7 @@
 //! The engine makes one `Step` per call; providers read it cooperatively (`check`, the waits
 //! in `crate::wait`) and the engine enforces the deadline as a backstop around the call.
 
-use crate::provider::{Cause, ErrorKind, Progress, ProviderError};
+use crate::provider::{Cause, ErrorKind, Note, Progress, ProviderError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -212,7 +212,7 @@ impl Step {
     }
     /// A line of live progress about this step.
     pub fn progress(&self, message: impl Into<String>) {
-        (self.progress)(message.into())
+        (self.progress)(Note::Line(message.into()))
     }
     /// Resolves when the step must stop (cancelled or past its deadline), saying why.
     pub async fn stop(&self) -> Stop {
