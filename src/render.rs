@@ -369,6 +369,10 @@ pub fn event_json(e: &Event) -> serde_json::Value {
         Event::Progress { addr, message } => {
             json!({"type": "apply_progress", "address": addr, "message": message})
         }
+        // The same line as before artifacts were typed: "canary evidence written to PATH".
+        Event::Artifact { addr, kind, path } => {
+            json!({"type": "apply_progress", "address": addr, "message": format!("{} written to {}", kind.name(), path.display())})
+        }
         Event::Retrying {
             addr,
             attempt,
@@ -413,6 +417,9 @@ pub fn event_line(e: &Event) -> String {
             format!("{addr}: rolled back to its previous version (the rollout stopped)")
         }
         Event::Progress { addr, message } => format!("{addr}: {message}"),
+        Event::Artifact { addr, kind, path } => {
+            format!("{addr}: {} written to {}", kind.name(), path.display())
+        }
         Event::Retrying {
             addr,
             attempt,
@@ -471,8 +478,13 @@ pub fn report_text(r: &ApplyReport, st: Style, destroy: bool) -> String {
     }
     if !r.failed.is_empty() {
         let _ = writeln!(out, "\nFailed:");
-        for (a, _, e) in &r.failed {
-            let _ = writeln!(out, "  {}: {}", st.red(a), e.replace('\n', "\n    "));
+        for f in &r.failed {
+            let _ = writeln!(
+                out,
+                "  {}: {}",
+                st.red(&f.addr),
+                f.error.to_string().replace('\n', "\n    ")
+            );
         }
     }
     if !r.rolled_back.is_empty() {

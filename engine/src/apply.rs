@@ -8,8 +8,8 @@ use crate::plan::{
     eval_attrs, instance_scope, resource_addr, state_outputs, Action, Plan, ResourceChange,
 };
 use crate::provider::{
-    Aborted, ApplyRequest, ErrorKind, JsonMap, Progress, ProviderCtx, ProviderError, Registry,
-    Staged,
+    Aborted, ApplyRequest, ArtifactKind, Cause, ErrorKind, JsonMap, Note, Progress, ProviderCtx,
+    ProviderError, Registry, Staged,
 };
 use crate::step::{CancelToken, Op, Step, Stop, Timeouts};
 use crate::value::{Value, ValueMap};
@@ -49,6 +49,12 @@ pub enum Event {
         addr: String,
         message: String,
     },
+    /// A long step wrote a file the caller may render (a progressive canary's evidence).
+    Artifact {
+        addr: String,
+        kind: ArtifactKind,
+        path: std::path::PathBuf,
+    },
     /// A provider call failed with a retryable error; attempt `attempt` of `of` starts after `delay`.
     Retrying {
         addr: String,
@@ -60,10 +66,18 @@ pub enum Event {
     },
 }
 
+/// One instance whose step failed: the provider's error itself (its kind and cause), not its text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub addr: String,
+    pub action: Action,
+    pub error: ProviderError,
+}
+
 #[derive(Debug, Default)]
 pub struct ApplyReport {
     pub succeeded: Vec<(String, Action)>,
-    pub failed: Vec<(String, Action, String)>,
+    pub failed: Vec<Failure>,
     pub skipped: Vec<(String, String)>,
     /// Instances a stopped rollout returned to their previous version.
     pub rolled_back: Vec<String>,
@@ -314,10 +328,17 @@ pub async fn apply(
     let progress_tx = events_tx.clone();
     let progress = move |block: String| -> Progress {
         let tx = progress_tx.clone();
-        std::sync::Arc::new(move |message: String| {
-            let _ = tx.send(Event::Progress {
-                addr: block.clone(),
-                message,
+        std::sync::Arc::new(move |note: Note| {
+            let _ = tx.send(match note {
+                Note::Line(message) => Event::Progress {
+                    addr: block.clone(),
+                    message,
+                },
+                Note::Artifact { kind, path } => Event::Artifact {
+                    addr: block.clone(),
+                    kind,
+                    path,
+                },
             });
         })
     };
@@ -445,7 +466,7 @@ pub async fn apply(
                         Some(v)
                     }
                     Err(e) => {
-                        note_failed(&mut report, on_event, c, e);
+                        note_failed(&mut report, on_event, c, ProviderError::new(e));
                         queue.finish(i, Some(&c.addr));
                         // A two-phase group waits for every member: this one is done (failed).
                         if let Some(g) = group_of[i].filter(|&g| groups[g].two_phase) {
@@ -674,7 +695,7 @@ pub async fn apply(
                 } else {
                     format!("canary aborted at {}% of the traffic: {}; the candidate gets no traffic and was stopped, the previous version keeps serving", a.step, a.reason)
                 };
-                note_failed(&mut report, on_event, c, msg);
+                note_failed(&mut report, on_event, c, ProviderError::new(msg));
                 queue.finish(i, Some(&c.addr));
             }
             Ok(Outcome::Aborted) => {
@@ -722,8 +743,7 @@ pub async fn apply(
                         },
                     )?;
                 }
-                let msg = e.to_string();
-                note_failed(&mut report, on_event, c, msg);
+                note_failed(&mut report, on_event, c, e);
                 queue.finish(i, Some(&c.addr));
                 if let Some(g) = group_of[i].filter(|&g| {
                     groups[g].two_phase && !groups[g].staged.iter().any(|(j, _)| *j == i)
@@ -738,11 +758,7 @@ pub async fn apply(
     // A rolling update that stopped on a failure returns the instances it already changed.
     for g in groups.iter().filter(|g| !g.two_phase) {
         let failed = g.members.iter().any(|&i| {
-            report
-                .failed
-                .iter()
-                .any(|(a, _, _)| *a == plan.changes[i].addr)
-                || !queue.done[i]
+            report.failed.iter().any(|f| f.addr == plan.changes[i].addr) || !queue.done[i]
         });
         let stopped = failed
             || g.members.iter().any(|&i| {
@@ -819,11 +835,14 @@ pub async fn apply(
                     });
                     report.rolled_back.push(c.addr.clone());
                 }
-                Err(e) => note_failed(
+                Err(Failed { error, .. }) => note_failed(
                     &mut report,
                     on_event,
                     c,
-                    format!("rolling back failed too: {}", e.error),
+                    ProviderError {
+                        message: format!("rolling back failed too: {}", error.message),
+                        ..error
+                    },
                 ),
             }
         }
@@ -929,14 +948,18 @@ fn note_failed(
     report: &mut ApplyReport,
     on_event: &mut dyn FnMut(&Event),
     c: &ResourceChange,
-    error: String,
+    error: ProviderError,
 ) {
     on_event(&Event::Failed {
         addr: c.addr.clone(),
         action: c.action,
-        error: error.clone(),
+        error: error.to_string(),
     });
-    report.failed.push((c.addr.clone(), c.action, error));
+    report.failed.push(Failure {
+        addr: c.addr.clone(),
+        action: c.action,
+        error,
+    });
 }
 
 /// Which nodes are ready, which wait for how many others, and which are blocked by a failure.
@@ -1215,7 +1238,8 @@ impl Retry {
             error: match step.stopped() {
                 Some(Stop::Deadline) => {
                     let d = step.error(Stop::Deadline);
-                    if e.message.contains(&d.message) {
+                    // Already the deadline's own error (the shared wait gave it): once is enough.
+                    if e.cause.as_deref() == Some(&Cause::Deadline) {
                         e
                     } else {
                         ProviderError {

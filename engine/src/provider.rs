@@ -230,7 +230,37 @@ pub struct Aborted {
 }
 
 /// Live progress lines from a long provider step (a canary's steps and figures).
-pub type Progress = std::sync::Arc<dyn Fn(String) + Send + Sync>;
+pub type Progress = std::sync::Arc<dyn Fn(Note) + Send + Sync>;
+
+/// What a long step reports while it runs: a line for the user, or a file it wrote that the
+/// caller may render (typed, so no caller recognises it by its words).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Note {
+    Line(String),
+    Artifact { kind: ArtifactKind, path: PathBuf },
+}
+
+/// What kind of file a step wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArtifactKind {
+    /// A progressive canary's evidence (JSON), which the CLI renders as an HTML report.
+    CanaryRecord,
+}
+
+impl ArtifactKind {
+    /// In words: "canary evidence".
+    pub fn name(self) -> &'static str {
+        match self {
+            ArtifactKind::CanaryRecord => "canary evidence",
+        }
+    }
+}
+
+impl From<String> for Note {
+    fn from(line: String) -> Note {
+        Note::Line(line)
+    }
+}
 
 /// Where providers keep what they run and build, and how to re-invoke this binary.
 #[derive(Clone, Debug)]
@@ -308,6 +338,42 @@ pub struct ProviderError {
     pub help: Option<String>,
     /// The stack attribute the error is about, when there is one: a plan error points at it.
     pub attr: Option<String>,
+    /// What failed, as data, when the provider knows: callers decide by this (and `kind`),
+    /// never by the words of `message`. Boxed: errors travel in every `Result`.
+    pub cause: Option<Box<Cause>>,
+}
+
+/// Why a service did not come up, in terms every provider that builds and runs an app can
+/// report (a local process, one over SSH, a Kubernetes pod), so that advice is chosen by data.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "cause", rename_all = "snake_case")]
+pub enum Cause {
+    /// The build command ended unsuccessfully.
+    Build {
+        command: String,
+        /// How it ended: "exit status: 1".
+        status: String,
+        /// Its last lines of output.
+        output: Vec<String>,
+    },
+    /// The app exited before its health check passed.
+    ExitedBeforeHealthy {
+        /// "exited with status 3".
+        how: String,
+        /// The app's own last output (no lines of whatever supervises it).
+        output: Vec<String>,
+    },
+    /// The app kept running but its health check did not pass in time.
+    NeverHealthy {
+        /// How long it was given: "3s".
+        after: String,
+        /// What the last check saw: "connection refused".
+        last_check: String,
+        /// The app's own last output.
+        output: Vec<String>,
+    },
+    /// The step's deadline (`timeouts.OP`) passed: the message names the address and the limit.
+    Deadline,
 }
 
 impl ProviderError {
@@ -318,7 +384,18 @@ impl ProviderError {
             message: message.into(),
             help: None,
             attr: None,
+            cause: None,
         }
+    }
+    /// The same error (kind, cause, help) in other words: for a caller that adds context.
+    pub fn map_message(mut self, f: impl FnOnce(String) -> String) -> Self {
+        self.message = f(std::mem::take(&mut self.message));
+        self
+    }
+    /// What failed, as data.
+    pub fn cause(mut self, cause: Cause) -> Self {
+        self.cause = Some(Box::new(cause));
+        self
     }
     pub fn with_kind(mut self, kind: ErrorKind) -> Self {
         self.kind = kind;

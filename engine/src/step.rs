@@ -4,7 +4,9 @@
 //! The engine makes one `Step` per call; providers read it cooperatively (`check`, the waits
 //! in `crate::wait`) and the engine enforces the deadline as a backstop around the call.
 
-use crate::provider::{ActionOutput, Description, ErrorKind, JsonMap, Progress, ProviderError};
+use crate::provider::{
+    ActionOutput, Cause, Description, ErrorKind, JsonMap, Note, Progress, ProviderError,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -206,6 +208,7 @@ impl Step {
                 d.op.name()
             ))
             .with_kind(ErrorKind::Fatal)
+            .cause(Cause::Deadline)
             .help(format!(
                 "raise it with `timeouts = {{ {} = \"...\" }}` on the block if it needs longer; what half-exists is cleaned up by the next apply",
                 d.op.name()
@@ -216,7 +219,7 @@ impl Step {
     }
     /// A line of live progress about this step.
     pub fn progress(&self, message: impl Into<String>) {
-        (self.progress)(message.into())
+        (self.progress)(Note::Line(message.into()))
     }
     /// Resolves when the step must stop (cancelled or past its deadline), saying why.
     pub async fn stop(&self) -> Stop {

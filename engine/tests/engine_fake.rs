@@ -150,7 +150,7 @@ async fn a_failure_skips_its_dependents_and_siblings_still_apply() {
     env.fake.fail("thing.a", ErrorKind::Fatal, 1);
     let (_, report, _) = env.apply(THREE).await;
     assert_eq!(report.failed.len(), 1);
-    assert_eq!(report.failed[0].0, "thing.a");
+    assert_eq!(report.failed[0].addr, "thing.a");
     assert!(report
         .skipped
         .iter()
@@ -224,7 +224,7 @@ async fn transient_every_time_gives_up_after_the_bound_and_says_so() {
     let (_, report, events) = env.apply(ONE).await;
     assert_eq!(env.fake.count("apply", "thing.a"), 4);
     assert_eq!(retries(&events, "thing.a").len(), 3);
-    let (_, _, error) = &report.failed[0];
+    let error = report.failed[0].error.to_string();
     assert!(error.contains("4 attempts"), "{error}");
     assert_eq!(env.status("thing.a"), Some(Status::Tainted));
 }
@@ -320,7 +320,7 @@ async fn cancel_during_backoff_stops_retrying() {
     watcher.await.unwrap();
     assert_eq!(env.fake.count("apply", "thing.a"), 1);
     assert_eq!(retries(&events, "thing.a").len(), 1);
-    let (_, _, error) = &report.failed[0];
+    let error = report.failed[0].error.to_string();
     assert!(error.contains("interrupted"), "{error}");
     assert_eq!(env.status("thing.a"), Some(Status::Tainted));
 }
@@ -358,7 +358,7 @@ thing "c" { value = "c" }"#,
             .iter()
             .any(|(a, r)| a == "thing.c" && r.contains("interrupted")));
     }
-    assert!(report.failed.iter().any(|(a, _, _)| a == "thing.a"));
+    assert!(report.failed.iter().any(|f| f.addr == "thing.a"));
     // Never forgotten: the half-made instance is recorded, and the next plan replaces it.
     assert_ne!(env.status("thing.a"), Some(Status::Ready));
     assert!(env.status("thing.a").is_some());
@@ -433,7 +433,7 @@ async fn a_rolling_update_that_fails_stops_and_rolls_back_what_it_changed() {
     env.fake.set_rollout(rolling(1));
     env.fake.fail("thing.s[1]", ErrorKind::Fatal, 1);
     let (_, report, _) = env.apply(&counted("2")).await;
-    assert!(report.failed.iter().any(|(a, _, _)| a == "thing.s[1]"));
+    assert!(report.failed.iter().any(|f| f.addr == "thing.s[1]"));
     assert_eq!(report.rolled_back, vec!["thing.s[0]".to_string()]);
     assert_eq!(env.fake.count("apply", "thing.s[2]"), 1, "only its create");
     assert_eq!(env.attr("thing.s[0]", "value"), Some(json!("1")));
@@ -544,12 +544,12 @@ async fn a_pending_record_of_a_removed_block_is_deleted() {
 
 // Deadlines: `timeouts` on a block, provider defaults, the engine's backstop, retries.
 
-fn failure<'a>(report: &'a pipeline_engine::apply::ApplyReport, addr: &str) -> &'a str {
+fn failure(report: &pipeline_engine::apply::ApplyReport, addr: &str) -> String {
     report
         .failed
         .iter()
-        .find(|(a, _, _)| a == addr)
-        .map(|(_, _, e)| e.as_str())
+        .find(|f| f.addr == addr)
+        .map(|f| f.error.to_string())
         .unwrap_or_else(|| panic!("{addr} did not fail: {report:?}"))
 }
 

@@ -476,12 +476,13 @@ svc "a" {{
 "#
     );
     let report = env.apply(&stack).await;
-    let (addr, _, error) = report
+    let failure = report
         .failed
         .iter()
-        .find(|(a, _, _)| a == "svc.a")
+        .find(|f| f.addr == "svc.a")
         .cloned()
         .expect("svc.a failed");
+    let (addr, error) = (failure.addr, failure.error.to_string());
     assert_eq!(addr, "svc.a");
     assert!(
         error.contains(
@@ -510,7 +511,7 @@ svc "a" {{
 "#
     );
     let report = env.apply(&stack).await;
-    let error = &report.failed.first().expect("failed").2;
+    let error = &report.failed.first().expect("failed").error.to_string();
     assert!(
         error.contains("the lb provider has no action `split` for lb")
             && error.contains("weights, bump"),
@@ -567,7 +568,7 @@ lb "front" {{ value = svc.web.url }}
     };
     // Created first (the balancer waits for it): nothing to address yet.
     let report = env.apply(&stack("v1")).await;
-    let error = &report.failed.first().expect("failed").2;
+    let error = &report.failed.first().expect("failed").error.to_string();
     assert!(error.contains("lb.front is not recorded"), "{error}");
     let report = env
         .apply(

@@ -37,22 +37,82 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
 }
 
 /// Wait until a supervised process in `dir` is healthy, bounded by `timeout` and by the step
-/// (its cancel and deadline) through the shared wait; the error in words.
+/// (its cancel and deadline) through the shared wait. An app that exited first or never became
+/// healthy says so in the error's `cause`.
 pub(crate) fn wait_healthy(
     step: &pipeline_engine::Step,
     dir: &std::path::Path,
     spec: &pipeline_supervise::ReplicaSpec,
     timeout: std::time::Duration,
-) -> Result<(), String> {
+) -> Result<(), ProviderError> {
     use pipeline_engine::wait::{until_blocking, Check};
     let mut w = pipeline_supervise::HealthWait::new(dir, spec, timeout);
     let every = w.every();
     until_blocking(step, every, || match w.poll() {
         Ok(Ok(())) => Ok(Check::Done(())),
         Ok(Err(why)) => Ok(Check::NotYet(why)),
-        Err(e) => Err(ProviderError::new(e.to_string())),
+        Err(e) => Err(supervise_error(e)),
     })
-    .map_err(|e| e.message)
+}
+
+/// Just before a server this provider starts binds `port` on `address`: can it? A port another
+/// program took since it was chosen (at plan, or by `free_port`) is a passing failure the
+/// engine retries (`Transient`: the other program may be gone a moment later, and a retried
+/// service create chooses a new port); an address this host does not have is the stack's
+/// mistake (`InvalidConfig`). Decided by the OS error's kind, not its words.
+pub(crate) fn bindable(address: &str, port: u16) -> Result<(), ProviderError> {
+    match std::net::TcpListener::bind((address, port)) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(bind_error(address, port, e.kind(), &e)),
+    }
+}
+
+fn bind_error(
+    address: &str,
+    port: u16,
+    kind: std::io::ErrorKind,
+    e: &dyn std::fmt::Display,
+) -> ProviderError {
+    use std::io::ErrorKind as Io;
+    match kind {
+        Io::AddrInUse => ProviderError::transient(format!(
+            "port {port} on {address} was taken by another program before it could be bound"
+        ))
+        .help(format!(
+            "stop what listens there (see `ss -ltnp 'sport = :{port}'`) or choose another port"
+        )),
+        Io::AddrNotAvailable => ProviderError::invalid_config(format!(
+            "cannot listen on {address}:{port}: this host has no address {address}"
+        ))
+        .help("use an address of this host (e.g. 127.0.0.1)"),
+        _ => ProviderError::new(format!("cannot listen on {address}:{port}: {e}")),
+    }
+}
+
+/// A supervisor's error as a provider error, its words unchanged, with what failed as data.
+pub(crate) fn supervise_error(e: pipeline_supervise::SuperviseError) -> ProviderError {
+    use pipeline_engine::provider::Cause;
+    use pipeline_supervise::SuperviseError as S;
+    let output = e.child_output().unwrap_or_default();
+    let cause = match &e {
+        S::ChildExited { exit, .. } => Some(Cause::ExitedBeforeHealthy {
+            how: exit.clone(),
+            output,
+        }),
+        S::Unhealthy {
+            waited, last_error, ..
+        } => Some(Cause::NeverHealthy {
+            after: format!("{waited:?}"),
+            last_check: last_error.clone(),
+            output,
+        }),
+        _ => None,
+    };
+    let error = ProviderError::new(e.to_string());
+    match cause {
+        Some(c) => error.cause(c),
+        None => error,
+    }
 }
 
 /// The sweep of a provider whose instances each run supervised processes in one directory
@@ -114,4 +174,70 @@ fn supervised_dirs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pipeline_engine::provider::Cause;
+    use pipeline_supervise::SuperviseError;
+
+    #[test]
+    fn a_port_taken_before_binding_is_transient_and_a_foreign_address_is_invalid_config() {
+        use pipeline_engine::provider::ErrorKind;
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let e = bindable("127.0.0.1", port).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Transient, "{e}");
+        assert!(e.kind.retryable());
+        drop(taken);
+        assert!(bindable("127.0.0.1", port).is_ok());
+        // 192.0.2.0/24 is documentation space: no host has it.
+        let e = bindable("192.0.2.1", port).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidConfig, "{e}");
+        assert!(!e.kind.retryable());
+    }
+
+    #[test]
+    fn a_supervisor_error_keeps_its_words_and_says_what_failed() {
+        let tail = "fatal: cannot read config.toml\n--- 12:00:00 pipeline-supervise web: child exited with status 3";
+        let e = SuperviseError::ChildExited {
+            name: "web".into(),
+            dir: "/d".into(),
+            command: "./app".into(),
+            exit: "exited with status 3".into(),
+            log_tail: tail.into(),
+        };
+        let words = e.to_string();
+        let p = supervise_error(e);
+        assert_eq!(p.message, words);
+        assert_eq!(
+            p.cause.as_deref(),
+            Some(&Cause::ExitedBeforeHealthy {
+                how: "exited with status 3".into(),
+                output: vec!["fatal: cannot read config.toml".into()],
+            })
+        );
+        let p = supervise_error(SuperviseError::Unhealthy {
+            name: "web".into(),
+            dir: "/d".into(),
+            waited: std::time::Duration::from_secs(3),
+            last_error: "connection refused".into(),
+            log_tail: String::new(),
+        });
+        assert_eq!(
+            p.cause.as_deref(),
+            Some(&Cause::NeverHealthy {
+                after: "3s".into(),
+                last_check: "connection refused".into(),
+                output: vec![],
+            })
+        );
+        let p = supervise_error(SuperviseError::StopFailed {
+            name: "web".into(),
+            dir: "/d".into(),
+            pids: vec![1],
+        });
+        assert!(p.cause.is_none());
+    }
 }

@@ -225,10 +225,13 @@ impl ApplyView for Terminal {
     fn event(&mut self, e: &Event) {
         let (json, overall, multi) = (self.json, &self.overall, &self.multi);
         let (lines, canary_records) = (&mut self.lines, &mut self.canary_records);
-        if let Event::Progress { message, .. } = e {
-            if let Some(p) = message.strip_prefix(pipeline_providers::local::canary::RECORD_LINE) {
-                canary_records.push(p.into());
-            }
+        if let Event::Artifact {
+            kind: pipeline_engine::provider::ArtifactKind::CanaryRecord,
+            path,
+            ..
+        } = e
+        {
+            canary_records.push(path.clone());
         }
         if json {
             println!("{}", render::event_json(e));
@@ -237,7 +240,10 @@ impl ApplyView for Terminal {
         match (overall, e) {
             (
                 Some(_),
-                Event::RolledBack { .. } | Event::Progress { .. } | Event::Retrying { .. },
+                Event::RolledBack { .. }
+                | Event::Progress { .. }
+                | Event::Artifact { .. }
+                | Event::Retrying { .. },
             ) => {
                 let _ = multi.println(render::event_line(e));
             }

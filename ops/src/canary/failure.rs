@@ -4,11 +4,13 @@
 //! directory (build logs, replica logs) is removed afterwards, so the output is carried here
 //! rather than pointed to.
 //!
-//! Where the facts come from: the apply report carries each failure as the provider's message
-//! only (engine `ApplyReport::failed`), so [`ArmFailure::from_message`] is the one place that
-//! reads the local service provider's wording (its build and supervisor errors). It goes once
-//! the provider's error carries its cause as data; nothing else here looks at message text.
+//! Where the facts come from: the apply report carries each failure as the provider's error
+//! (engine `ApplyReport::failed`), whose `cause` says what failed as data
+//! ([`pipeline_engine::provider::Cause`]); [`ArmFailure::from_error`] maps it. Nothing here
+//! reads message text.
 
+use pipeline_engine::apply::Failure;
+use pipeline_engine::provider::{Cause, ProviderError};
 use std::fmt;
 
 /// What failed in one arm.
@@ -33,6 +35,8 @@ pub enum ArmFailure {
     Unhealthy {
         /// "3s".
         after: String,
+        /// What the last check saw: "connection refused".
+        last_check: String,
         output: Vec<String>,
     },
     /// Anything else, as the provider said it.
@@ -40,56 +44,34 @@ pub enum ArmFailure {
 }
 
 impl ArmFailure {
-    /// The failure the local service provider reported as `e` (see the module's note).
-    pub fn from_message(e: &str) -> ArmFailure {
-        let first = e.lines().next().unwrap_or("");
-        let between = |s: &str, a: &str, b: &str| -> Option<String> {
-            let i = s.find(a)? + a.len();
-            let j = s[i..].find(b)? + i;
-            Some(s[i..j].to_string())
-        };
-        // The app's own output, without the supervisor's lines.
-        let app_output = || -> Vec<String> {
-            e.lines()
-                .skip_while(|l| !l.contains("last lines of"))
-                .skip(1)
-                .take_while(|l| l.starts_with("    "))
-                .map(|l| &l[4..])
-                .filter(|l| !l.contains("pipeline-supervise"))
-                .map(String::from)
-                .collect()
-        };
-        if first.contains("the build of") && first.contains(" failed") {
-            return ArmFailure::Build {
-                command: between(first, "`", "`").unwrap_or_else(|| "the build command".into()),
-                status: between(first, "failed (", "):").unwrap_or_else(|| "failed".into()),
-                output: e
-                    .lines()
-                    .skip_while(|l| !l.trim_start().starts_with("--- last lines of"))
-                    .skip(1)
-                    .take_while(|l| !l.trim_start().starts_with("= help:"))
-                    .map(String::from)
-                    .collect(),
-            };
-        }
-        if first.contains(" before becoming healthy") {
-            // "`CMD` exited with status 3 before becoming healthy" (the command may hold anything).
-            return ArmFailure::Exited {
-                how: first
-                    .rfind('`')
-                    .and_then(|i| between(&first[i..], "` ", " before becoming healthy"))
-                    .unwrap_or_else(|| "exited".into()),
-                output: app_output(),
-            };
-        }
-        if let Some(after) = between(first, "not healthy after ", "; last lines") {
-            return ArmFailure::Unhealthy {
+    /// What the provider's error says failed: its cause when it has one, else its words.
+    pub fn from_error(e: &ProviderError) -> ArmFailure {
+        match e.cause.as_deref() {
+            Some(Cause::Build {
+                command,
+                status,
+                output,
+            }) => ArmFailure::Build {
+                command: command.clone(),
+                status: status.clone(),
+                output: output.clone(),
+            },
+            Some(Cause::ExitedBeforeHealthy { how, output }) => ArmFailure::Exited {
+                how: how.clone(),
+                output: output.clone(),
+            },
+            Some(Cause::NeverHealthy {
                 after,
-                output: app_output(),
-            };
-        }
-        ArmFailure::Other {
-            message: e.to_string(),
+                last_check,
+                output,
+            }) => ArmFailure::Unhealthy {
+                after: after.clone(),
+                last_check: last_check.clone(),
+                output: output.clone(),
+            },
+            Some(Cause::Deadline) | None => ArmFailure::Other {
+                message: e.to_string(),
+            },
         }
     }
 }
@@ -115,24 +97,33 @@ pub struct ArmsFailed {
 }
 
 impl ArmsFailed {
-    /// From the apply's failures, `(address, message)`.
-    pub fn new(baseline: &str, candidate: &str, failed: &[(String, String)]) -> ArmsFailed {
+    /// From the apply's failures. The arms are the canary stack's own blocks
+    /// (`service.baseline`, `service.candidate`), found by address.
+    pub fn new(baseline: &str, candidate: &str, failed: &[Failure]) -> ArmsFailed {
         let mut arms = Vec::new();
         for (arm, rev) in [("baseline", baseline), ("candidate", candidate)] {
-            let prefix = format!("service.{arm}");
-            let Some((addr, e)) = failed.iter().find(|(addr, _)| addr.starts_with(&prefix)) else {
+            let block = format!("service.{arm}");
+            let Some(f) = failed.iter().find(|f| {
+                f.addr == block
+                    || f.addr
+                        .strip_prefix(&block)
+                        .is_some_and(|i| i.starts_with('['))
+            }) else {
                 continue;
             };
             arms.push(FailedArm {
                 arm: arm.into(),
                 revision: rev.into(),
-                addr: addr.clone(),
-                failure: ArmFailure::from_message(e),
+                addr: f.addr.clone(),
+                failure: ArmFailure::from_error(&f.error),
             });
         }
         ArmsFailed {
             others: if arms.is_empty() {
-                failed.to_vec()
+                failed
+                    .iter()
+                    .map(|f| (f.addr.clone(), f.error.to_string()))
+                    .collect()
             } else {
                 Vec::new()
             },
@@ -178,9 +169,13 @@ impl fmt::Display for FailedArm {
                 "the {arm} (revision `{rev}`) exited before it became healthy, so there is no verdict:\n  {addr} {how}; its last output:\n{}\n  = help: start revision `{rev}` by hand with the service's `run` command to see why it stops: it must keep running and listen on its {{{{port}}}}",
                 quoted(output)
             ),
-            ArmFailure::Unhealthy { after, output } => write!(
+            ArmFailure::Unhealthy {
+                after,
+                last_check,
+                output,
+            } => write!(
                 f,
-                "the {arm} (revision `{rev}`) did not become healthy, so there is no verdict:\n  {addr} was not healthy after {after}; its last output:\n{}\n  = help: revision `{rev}` must listen on its {{{{port}}}} and answer the service's `health` check within `start_timeout`; raise `start_timeout` if it starts slowly",
+                "the {arm} (revision `{rev}`) did not become healthy, so there is no verdict:\n  {addr} was not healthy after {after} (last check: {last_check}); its last output:\n{}\n  = help: revision `{rev}` must listen on its {{{{port}}}} and answer the service's `health` check within `start_timeout`; raise `start_timeout` if it starts slowly",
                 quoted(output)
             ),
             ArmFailure::Other { message } => write!(
@@ -214,49 +209,99 @@ impl fmt::Display for ArmsFailed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pipeline_engine::plan::Action;
+
+    fn failed(addr: &str, error: ProviderError) -> Vec<Failure> {
+        vec![Failure {
+            addr: addr.into(),
+            action: Action::Create,
+            error,
+        }]
+    }
 
     #[test]
-    fn each_failure_gets_its_own_advice() {
-        let build = "the build of service.candidate failed (exit status: 1): `sh build.sh`\n--- last lines of /x/build.log ---\nerror[E0425]: oops\n  = help: fix the build";
-        let f = ArmsFailed::new(
-            "main",
-            "nobuild",
-            &[("service.candidate[0]".into(), build.into())],
-        );
+    fn a_build_cause_gets_the_build_advice() {
+        let e = ProviderError::new(
+            "the build of service.candidate[0] failed (exit status: 1): `sh build.sh`",
+        )
+        .cause(Cause::Build {
+            command: "sh build.sh".into(),
+            status: "exit status: 1".into(),
+            output: vec!["error[E0425]: oops".into(), " --> src/main.rs:3:5".into()],
+        });
+        let f = ArmsFailed::new("main", "nobuild", &failed("service.candidate[0]", e));
         assert_eq!(
             f.arms[0].failure,
             ArmFailure::Build {
                 command: "sh build.sh".into(),
                 status: "exit status: 1".into(),
-                output: vec!["error[E0425]: oops".into()],
+                output: vec!["error[E0425]: oops".into(), " --> src/main.rs:3:5".into()],
             }
         );
-        let shown = f.to_string();
-        assert!(shown.starts_with("the candidate (revision `nobuild`) did not build"));
-        assert!(shown.contains("  | error[E0425]: oops"), "{shown}");
-
-        let unhealthy = "replica x (/d): not healthy after 3s (last check: refused); last lines of /d/replica.log:\n    listening soon";
-        let f = ArmsFailed::new(
-            "main",
-            "deaf",
-            &[("service.candidate[0]".into(), unhealthy.into())],
+        assert_eq!(
+            f.to_string(),
+            "the candidate (revision `nobuild`) did not build, so there is no verdict:\n  `sh build.sh` failed (exit status: 1); the last lines it wrote:\n  | error[E0425]: oops\n  |  --> src/main.rs:3:5\n  = help: fix the build of `nobuild` (run `sh build.sh` in a checkout of it to see the whole output), then run the canary again"
         );
+    }
+
+    #[test]
+    fn an_exit_before_health_gets_the_run_advice() {
+        let e =
+            ProviderError::new("replica x: `./app` exited with status 3 before becoming healthy")
+                .cause(Cause::ExitedBeforeHealthy {
+                    how: "exited with status 3".into(),
+                    output: vec!["fatal: cannot read config.toml".into()],
+                });
+        let f = ArmsFailed::new("main", "crash", &failed("service.candidate[0]", e));
+        assert_eq!(
+            f.to_string(),
+            "the candidate (revision `crash`) exited before it became healthy, so there is no verdict:\n  service.candidate[0] exited with status 3; its last output:\n  | fatal: cannot read config.toml\n  = help: start revision `crash` by hand with the service's `run` command to see why it stops: it must keep running and listen on its {{port}}"
+        );
+    }
+
+    #[test]
+    fn a_health_check_that_never_passed_names_the_wait_and_the_last_check() {
+        let e = ProviderError::new("replica x: not healthy after 3s").cause(Cause::NeverHealthy {
+            after: "3s".into(),
+            last_check: "connection refused".into(),
+            output: vec![],
+        });
+        let f = ArmsFailed::new("main", "deaf", &failed("service.baseline[1]", e));
+        assert_eq!(f.arms[0].arm, "baseline");
+        assert_eq!(
+            f.to_string(),
+            "the baseline (revision `main`) did not become healthy, so there is no verdict:\n  service.baseline[1] was not healthy after 3s (last check: connection refused); its last output:\n  (it wrote nothing)\n  = help: revision `main` must listen on its {{port}} and answer the service's `health` check within `start_timeout`; raise `start_timeout` if it starts slowly"
+        );
+    }
+
+    #[test]
+    fn an_error_without_a_cause_is_shown_as_it_is() {
+        // Whatever its words: no cause, no guess.
+        let e = ProviderError::new("the build of service.candidate failed (exit status: 1): `x`")
+            .help("h");
+        let f = ArmsFailed::new("main", "c", &failed("service.candidate[0]", e.clone()));
         assert_eq!(
             f.arms[0].failure,
-            ArmFailure::Unhealthy {
-                after: "3s (last check: refused)".into(),
-                output: vec!["listening soon".into()],
+            ArmFailure::Other {
+                message: e.to_string()
             }
         );
         // Only the balancer failed: no arm to blame.
         let f = ArmsFailed::new(
             "main",
             "b",
-            &[("balancer.canary".into(), "nginx: not found".into())],
+            &failed("balancer.canary", ProviderError::new("nginx: not found")),
         );
         assert!(f.arms.is_empty());
         assert!(f
             .to_string()
             .starts_with("the canary's balancer did not come up"));
+        // A block whose name merely begins like an arm's is not that arm.
+        let f = ArmsFailed::new(
+            "main",
+            "b",
+            &failed("service.candidates[0]", ProviderError::new("x")),
+        );
+        assert!(f.arms.is_empty());
     }
 }

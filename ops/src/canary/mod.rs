@@ -376,7 +376,12 @@ async fn teardown(arms: &Arms<'_>) -> Result<()> {
     }
     let r = apply(arms, true).await?;
     if !r.ok() {
-        bail!("tearing the canary down failed: {:?}", r.failed);
+        let why: Vec<String> = r
+            .failed
+            .iter()
+            .map(|f| format!("{}: {}", f.addr, f.error))
+            .collect();
+        bail!("tearing the canary down failed: {}", why.join("; "));
     }
     Ok(())
 }
@@ -497,12 +502,7 @@ async fn run_arms(
         )
     })?;
     if !report.ok() {
-        let failed: Vec<(String, String)> = report
-            .failed
-            .iter()
-            .map(|(addr, _, e)| (addr.clone(), e.clone()))
-            .collect();
-        return Err(ArmsFailed::new(&a.baseline, &a.candidate, &failed).into());
+        return Err(ArmsFailed::new(&a.baseline, &a.candidate, &report.failed).into());
     }
     let st = pipeline_state::StateStore::load(arms.dir).map_err(|e| anyhow!("{e}"))?;
     let arm_of: BTreeMap<String, Arm> = st

@@ -2,7 +2,7 @@
 //! build directory and built once there. Replicas run from the build directory.
 
 use pipeline_engine::lang::funcs::hex;
-use pipeline_engine::provider::{ProviderCtx, ProviderError};
+use pipeline_engine::provider::{Cause, ProviderCtx, ProviderError};
 use sha2::Digest;
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -212,32 +212,41 @@ pub fn ensure(
         let failed = |what: String, help: String| {
             let tail = tail(&log_path, 20);
             let _ = std::fs::remove_dir_all(&src);
-            ProviderError::new(format!(
-                "{what}: `{cmd}`\n--- last lines of {} ---\n{tail}",
-                log_path.display()
-            ))
-            .help(help)
+            (
+                ProviderError::new(format!(
+                    "{what}: `{cmd}`\n--- last lines of {} ---\n{tail}",
+                    log_path.display()
+                ))
+                .help(help),
+                tail.lines().map(String::from).collect::<Vec<_>>(),
+            )
         };
         match outcome {
             BuildOutcome::Exited(status) if status.success() => {}
             BuildOutcome::Exited(status) => {
-                return Err(failed(
+                let (e, output) = failed(
                     format!("the build of {name} failed ({status})"),
                     "fix the build (run the command in the source directory to try it), then apply again".into(),
-                ))
+                );
+                return Err(e.cause(Cause::Build {
+                    command: cmd.clone(),
+                    status: status.to_string(),
+                    output,
+                }));
             }
             BuildOutcome::TimedOut => {
                 let d = show_duration(spec.timeout);
                 return Err(failed(
                     format!("the build of {name} did not finish within {d} (build_timeout) and was stopped"),
                     format!("make the build finish sooner, or give it longer with build_timeout on the service (now {d}; e.g. build_timeout = \"30m\")"),
-                ));
+                ).0);
             }
             BuildOutcome::Interrupted => {
                 return Err(failed(
                     format!("the build of {name} was interrupted (Ctrl-C) and stopped"),
                     "apply again to build it".into(),
-                ))
+                )
+                .0)
             }
         }
     }

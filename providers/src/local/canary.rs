@@ -30,7 +30,9 @@ use crate::canary::{
 use pipeline_analysis::judge::{judge, Counts, JudgeConfig, MetricData, Outcome, Verdict};
 use pipeline_analysis::{Arm, Decision, SequentialJudge};
 use pipeline_engine::provider::MetricSource;
-use pipeline_engine::provider::{Aborted, JsonMap, Progress, ProviderCtx, Staged};
+use pipeline_engine::provider::{
+    Aborted, ArtifactKind, JsonMap, Note, Progress, ProviderCtx, Staged,
+};
 use pipeline_engine::step::Peers;
 use pipeline_engine::value::ValueMap;
 use std::collections::HashSet;
@@ -96,7 +98,7 @@ fn balancers_routing_to(
             Ok(0) => continue,
             Ok(_) => {}
             Err(e) => {
-                progress(format!("{}: {e}", p.addr));
+                progress(format!("{}: {e}", p.addr).into());
                 continue;
             }
         }
@@ -358,13 +360,16 @@ pub fn analyze(
         // First of all: the candidate gets no more traffic.
         for b in &balancers {
             if let Err(e) = shift(peers, &b.addr, &baseline, &candidate, 0) {
-                progress(format!("{}: could not shift the traffic back: {e}", b.addr));
+                progress(format!("{}: could not shift the traffic back: {e}", b.addr).into());
             }
         }
-        progress(format!(
-            "canary aborted at {}%: {}; the candidate gets no traffic",
-            a.step, a.reason
-        ));
+        progress(
+            format!(
+                "canary aborted at {}%: {}; the candidate gets no traffic",
+                a.step, a.reason
+            )
+            .into(),
+        );
         // nginx reloads gracefully: requests already sent to the candidate finish before it
         // is stopped.
         std::thread::sleep(Duration::from_secs(1));
@@ -377,7 +382,7 @@ pub fn analyze(
     stop_load.store(true, std::sync::atomic::Ordering::SeqCst);
     if let Some(l) = load {
         if let Ok(s) = l.join() {
-            progress(format!("synthetic load through the balancer: {s}"));
+            progress(format!("synthetic load through the balancer: {s}").into());
             rec.rec.load_stats = Some(LoadSummary {
                 sent: s.sent,
                 ok: s.ok,
@@ -387,8 +392,11 @@ pub fn analyze(
     }
     let path = write_record(&ctx.work_dir, rec, &result);
     match path {
-        Ok(p) => progress(format!("{RECORD_LINE}{}", p.display())),
-        Err(e) => progress(format!("could not write the canary's record: {e}")),
+        Ok(path) => progress(Note::Artifact {
+            kind: ArtifactKind::CanaryRecord,
+            path,
+        }),
+        Err(e) => progress(format!("could not write the canary's record: {e}").into()),
     }
     // What `pipeline promote` / `rollback` (who wrote the command file) tell their user, then
     // the canary is over.
@@ -405,9 +413,6 @@ pub fn analyze(
     let _ = std::fs::remove_file(&cmd);
     result
 }
-
-/// The progress line naming the written record; the CLI renders it as HTML.
-pub const RECORD_LINE: &str = "canary evidence written to ";
 
 /// The final verdict (the fixed judge on everything; an abort fails whatever it says) and the
 /// record, as JSON under `reports/`.
@@ -459,6 +464,11 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// A line of progress.
+    fn say(&self, line: impl Into<String>) {
+        (self.progress)(Note::Line(line.into()))
+    }
+
     fn steps(&self, rec: &mut Recording) -> Result<(), Aborted> {
         let spec = self.spec;
         let steps: Vec<u32> = spec.steps.iter().copied().filter(|&p| p < 100).collect();
@@ -490,7 +500,7 @@ impl Run<'_> {
                 serde_json::json!({ "pid": std::process::id(), "step": p, "block": self.block })
                     .to_string(),
             );
-            (self.progress)(format!(
+            self.say(format!(
                 "canary step {}/{}: the candidate gets {p}% of the traffic for {:?}",
                 k + 1,
                 steps.len() + 1,
@@ -637,7 +647,7 @@ impl Run<'_> {
                         })
                     }
                     Some("promote") => {
-                        (self.progress)("promoted by `pipeline promote`".into());
+                        self.say("promoted by `pipeline promote`");
                         return Ok(());
                     }
                     _ => {}
@@ -645,7 +655,7 @@ impl Run<'_> {
             }
             let (b, c) = (&rec.b, &rec.c);
             let verdict = judge_arms(&fixed, rec);
-            (self.progress)(format!(
+            self.say(format!(
                 "canary step {p}%: baseline {}; candidate {}; score {:.0}: {:?}",
                 b.line(),
                 c.line(),
@@ -659,7 +669,7 @@ impl Run<'_> {
                         .and_then(|v| v.as_str().map(str::to_string))
                         .unwrap_or_default()
                 };
-                (self.progress)(format!(
+                self.say(format!(
                     "  {}{}: {} ({}, p = {}, α = {:.3}, effect {}): {}",
                     m.name,
                     if m.critical { " (critical)" } else { "" },
@@ -701,7 +711,7 @@ impl Run<'_> {
                 ),
             });
         }
-        (self.progress)(format!(
+        self.say(format!(
             "canary passed (score {:.0}); promoting: the candidate takes all the traffic",
             verdict.score
         ));

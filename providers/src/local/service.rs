@@ -585,7 +585,7 @@ fn start_slot(
         restart: true,
     };
     pipeline_supervise::start(&ctx.exe, sdir, &spec, Duration::from_secs(10)).map_err(err)?;
-    crate::wait_healthy(step, sdir, &spec, Duration::from_secs(10)).map_err(err)
+    crate::wait_healthy(step, sdir, &spec, Duration::from_secs(10))
 }
 
 /// A canary's candidate is reached through a slot of its own, as the baseline is through the
@@ -705,11 +705,11 @@ fn start_gen(
         .and_then(parse_duration)
         .unwrap_or(Duration::from_secs(60));
     let started = pipeline_supervise::start(&ctx.exe, &dir, &spec, Duration::from_secs(10))
-        .map_err(|e| e.to_string())
+        .map_err(crate::supervise_error)
         .and_then(|_| crate::wait_healthy(step, &dir, &spec, timeout));
     if let Err(e) = started {
         let _ = stop_gen(ctx, addr, n);
-        return Err(ProviderError::new(e).help(format!(
+        return Err(e.help(format!(
             "check `run` and `health` of the service{}; the log is in {}",
             ns.map(|ns| format!(" (in its network namespace the app must listen on 0.0.0.0:{p} or {{{{address}}}}:{p}, not on 127.0.0.1)", p = ns.port))
                 .unwrap_or_default(),

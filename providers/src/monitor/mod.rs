@@ -334,7 +334,8 @@ fn start(
     pipeline_supervise::start(&exe, &dir, &spec, Duration::from_secs(10))
         .map_err(|e| ProviderError::new(cleanup(e.to_string())))?;
     crate::wait_healthy(step, &dir, &spec, Duration::from_secs(15)).map_err(|e| {
-        ProviderError::new(cleanup(e)).help(format!("see the log with `pipeline logs {addr}`"))
+        e.map_message(cleanup)
+            .help(format!("see the log with `pipeline logs {addr}`"))
     })?;
     let mut out: JsonMap = c.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
     let base = format!("http://{}:{listen}/", url_host(&address));

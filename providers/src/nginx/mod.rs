@@ -675,6 +675,8 @@ fn apply_blocking(
                 .unwrap_or("127.0.0.1")
                 .to_string();
             let listen = c.get("listen").and_then(Value::as_f64).unwrap_or(0.0) as u16;
+            // The plan found the port free; another program may have taken it since.
+            crate::bindable(&address, listen)?;
             let spec = ReplicaSpec {
                 name: format!("{addr} (nginx)"),
                 command: format!(
@@ -693,7 +695,7 @@ fn apply_blocking(
                 .map_err(|e| ProviderError::new(e.to_string()))?;
             crate::wait_healthy(step, &pre, &spec, Duration::from_secs(10)).map_err(|e| {
                 let _ = pipeline_supervise::stop(&pre, Duration::from_secs(5));
-                ProviderError::new(e).help(format!("see {}", pre.join("logs/error.log").display()))
+                e.help(format!("see {}", pre.join("logs/error.log").display()))
             })?;
         }
     }

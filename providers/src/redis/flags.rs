@@ -441,7 +441,8 @@ impl Server<'_> {
         };
         pipeline_supervise::start(&self.ctx.exe, &dir, &spec, Duration::from_secs(10))
             .map_err(|e| fail(e.to_string()))?;
-        crate::wait_healthy(self.step, &dir, &spec, Duration::from_secs(15)).map_err(fail)?;
+        crate::wait_healthy(self.step, &dir, &spec, Duration::from_secs(15))
+            .map_err(|e| fail(e.message))?;
         Ok(())
     }
 

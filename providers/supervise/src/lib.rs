@@ -244,6 +244,20 @@ pub struct Started {
     pub child_pid: u32,
 }
 
+impl SuperviseError {
+    /// The child's own last output carried by this error (the supervisor's lines left out),
+    /// when it carries any.
+    pub fn child_output(&self) -> Option<Vec<String>> {
+        match self {
+            SuperviseError::SpawnFailed { log_tail, .. }
+            | SuperviseError::StartTimeout { log_tail, .. }
+            | SuperviseError::ChildExited { log_tail, .. }
+            | SuperviseError::Unhealthy { log_tail, .. } => Some(logsink::child_lines(log_tail)),
+            _ => None,
+        }
+    }
+}
+
 fn show_tail(log: &Path, tail: &str) -> String {
     if tail.trim().is_empty() {
         format!("{} is empty", log.display())

@@ -11,6 +11,17 @@ use std::sync::{Arc, Mutex};
 
 use crate::util::timestamp;
 
+/// What marks the supervisor's own lines in a replica's log, among the child's output.
+const OWN_MARK: &str = "pipeline-supervise";
+
+/// The child's own lines of a log tail: the supervisor's lines (restarts, drops) left out.
+pub(crate) fn child_lines(tail: &str) -> Vec<String> {
+    tail.lines()
+        .filter(|l| !l.contains(OWN_MARK))
+        .map(String::from)
+        .collect()
+}
+
 #[derive(Default)]
 struct Inner {
     file: Option<fs::File>,
@@ -67,14 +78,7 @@ impl LogSink {
 
     /// One line of the supervisor's own (`--- ... pipeline-supervise NAME: msg`).
     pub(crate) fn line(&self, msg: &str) {
-        self.write(
-            format!(
-                "--- {} pipeline-supervise {}: {msg}\n",
-                timestamp(),
-                self.name
-            )
-            .as_bytes(),
-        );
+        self.write(format!("--- {} {OWN_MARK} {}: {msg}\n", timestamp(), self.name).as_bytes());
     }
 
     /// Writes the pending report of dropped output, if there is one and the disk takes it.
@@ -111,7 +115,7 @@ impl LogSink {
         }
         let (since, why) = inner.since.clone().unwrap_or_default();
         let line = format!(
-            "{}--- {} pipeline-supervise {}: {} bytes of output were dropped between {since} and now: cannot write this log: {why}\n",
+            "{}--- {} {OWN_MARK} {}: {} bytes of output were dropped between {since} and now: cannot write this log: {why}\n",
             if inner.torn { "\n" } else { "" },
             timestamp(),
             self.name,
