@@ -119,8 +119,10 @@ impl ArmsFailed {
     pub fn new(baseline: &str, candidate: &str, failed: &[(String, String)]) -> ArmsFailed {
         let mut arms = Vec::new();
         for (arm, rev) in [("baseline", baseline), ("candidate", candidate)] {
-            let prefix = format!("service.{arm}");
-            let Some((addr, e)) = failed.iter().find(|(addr, _)| addr.starts_with(&prefix)) else {
+            let Some((addr, e)) = failed
+                .iter()
+                .find(|(addr, _)| super::block_name(addr) == arm)
+            else {
                 continue;
             };
             arms.push(FailedArm {

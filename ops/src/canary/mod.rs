@@ -484,13 +484,17 @@ fn judge_data(records: &[Record], usage: &[UsageSample]) -> BTreeMap<String, Met
     data
 }
 
-/// The arm of an instance of the canary's stack: its block is `baseline` or `candidate`
-/// (`service.baseline[1]`).
-fn arm_of_address(addr: &str) -> Option<Arm> {
+/// The block name of an address in the canary's stack: `baseline` of `service.baseline[1]`.
+fn block_name(addr: &str) -> &str {
     let block = addr.split('[').next().unwrap_or(addr);
-    match block.rsplit('.').next() {
-        Some("baseline") => Some(Arm::Baseline),
-        Some("candidate") => Some(Arm::Candidate),
+    block.rsplit('.').next().unwrap_or(block)
+}
+
+/// The arm of an instance of the canary's stack: its block is `baseline` or `candidate`.
+fn arm_of_address(addr: &str) -> Option<Arm> {
+    match block_name(addr) {
+        "baseline" => Some(Arm::Baseline),
+        "candidate" => Some(Arm::Candidate),
         _ => None,
     }
 }
