@@ -37,7 +37,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         };
         return ExitCode::from(
-            pipeline_providers::monitor::run_daemon(std::path::Path::new(dir)).clamp(0, 255) as u8,
+            pipeline_providers::monitor::run_daemon(
+                std::path::Path::new(dir),
+                pipeline_providers::registry(),
+            )
+            .clamp(0, 255) as u8,
         );
     }
     // Like any Unix filter: `pipeline state show X | head` ends quietly when the pipe closes.

@@ -852,10 +852,32 @@ pub enum MetricSource {
     Url { url: String },
 }
 
+/// What an instance is for the others, as far as watching it goes: the monitor sorts what it
+/// watches by this (replicas, balancers, stores), never by kind names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Serves {
+    /// Nothing to watch (a file, a host).
+    #[default]
+    Nothing,
+    /// One replica of an application: probed, its processes sampled, grouped by block.
+    App,
+    /// Passes requests on to other instances (a load balancer): probed without sending a
+    /// request (that would count as traffic); its access log tells the others' rates.
+    Proxy,
+    /// Keeps data for others (a flag store): probed in its own protocol.
+    Store,
+    /// Watches the others (a monitor): not a target itself.
+    Observer,
+}
+
 /// What runs for one recorded instance (`Provider::describe`). Plain data: it holds nothing a
 /// local machine alone would have (a log may be a command or remote, a process has a host).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Description {
+    /// What the instance is for the others (the monitor's replicas, balancers, stores).
+    #[serde(default)]
+    pub serves: Serves,
     /// The processes, the main one first; empty when nothing runs (a file, a host).
     pub processes: Vec<ProcessInfo>,
     pub endpoints: Vec<Endpoint>,
@@ -872,6 +894,24 @@ impl Description {
     }
     pub fn endpoint(&self, role: &str) -> Option<&Endpoint> {
         self.endpoints.iter().find(|e| e.role == role)
+    }
+    /// What a probe asks: the `health` endpoint, else the `serve` one.
+    pub fn probe_endpoint(&self) -> Option<&Endpoint> {
+        self.endpoint("health").or_else(|| self.endpoint("serve"))
+    }
+    /// The access log of its requests, when it keeps one.
+    pub fn access_log(&self) -> Option<&std::path::Path> {
+        self.metrics.iter().find_map(|m| match m {
+            MetricSource::AccessLog { path, .. } => Some(path.as_path()),
+            _ => None,
+        })
+    }
+    /// The process trees to sample in /proc: (role, root pid).
+    pub fn procfs_roots(&self) -> impl Iterator<Item = (&str, u32)> + '_ {
+        self.metrics.iter().filter_map(|m| match m {
+            MetricSource::Procfs { role, pid, .. } => Some((role.as_str(), *pid)),
+            _ => None,
+        })
     }
 }
 

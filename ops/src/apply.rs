@@ -69,15 +69,20 @@ pub enum ApplyOutcome {
 
 /// `deploy SERVICE --version V`: `inputs` targeted at the service's block, its `revision`
 /// overridden. Returns the block (`service.NAME`).
-pub fn deploy_inputs(inputs: &mut PlanInputs, service: &str, version: &str) -> String {
-    let block = crate::rollout::service_block(service);
+pub fn deploy_inputs(
+    ws: &Workspace,
+    inputs: &mut PlanInputs,
+    service: &str,
+    version: &str,
+) -> Result<String> {
+    let block = crate::rollout::replica_block(ws, service, Some(&inputs.stack))?;
     inputs.opts.targets.push(block.clone());
     inputs.opts.overrides.push((
         block.clone(),
         "revision".into(),
         Value::String(version.to_string()),
     ));
-    block
+    Ok(block)
 }
 
 /// Lock, sweep, plan, review, apply, record: see [`ApplyView`] for what the caller sees.
@@ -109,9 +114,13 @@ pub async fn run(
             let resources = &config.modules[0].resources;
             if !resources.contains_key(&block) {
                 let services: Vec<&str> = resources
-                    .keys()
-                    .filter(|k| k.starts_with("service."))
-                    .map(String::as_str)
+                    .iter()
+                    .filter(|(_, r)| {
+                        ws.registry
+                            .schema(&r.kind, Some(&r.provider))
+                            .is_some_and(|(_, k)| k.instances_attr.is_some())
+                    })
+                    .map(|(k, _)| k.as_str())
                     .collect();
                 bail!(
                     "the stack has no {block}\n  = help: services here: {}",
@@ -180,6 +189,7 @@ pub async fn sweep_orphans(ws: &Workspace, _lock: &state::LockGuard) -> Result<V
             }
         }
     }
+    let names = dependents_first(&st, names);
     let mut out = Vec::new();
     for name in names {
         let Some(p) = ws.registry.provider(name) else {
@@ -204,6 +214,47 @@ pub async fn sweep_orphans(ws: &Workspace, _lock: &state::LockGuard) -> Result<V
         }
     }
     Ok(out)
+}
+
+/// Providers in the order their sweeps run: one whose records depend on another's records
+/// first (as delete goes), so a balancer put back by its own sweep stops sending traffic before
+/// the replicas it pointed at stop. Otherwise, and within a cycle, as given.
+fn dependents_first<'a>(st: &state::State, names: Vec<&'a str>) -> Vec<&'a str> {
+    use pipeline_engine::provider::provider_name;
+    let provider_of = |addr: &str| {
+        let block = addr.split('[').next().unwrap_or(addr);
+        st.resources
+            .iter()
+            .find(|(a, _)| a.as_str() == addr || a.split('[').next() == Some(block))
+            .map(|(_, r)| provider_name(&r.provider).to_string())
+    };
+    // (dependent, dependency) between providers.
+    let mut edges = std::collections::BTreeSet::new();
+    for r in st.resources.values() {
+        for d in &r.deps {
+            if let Some(q) = provider_of(d) {
+                let p = provider_name(&r.provider).to_string();
+                if p != q {
+                    edges.insert((p, q));
+                }
+            }
+        }
+    }
+    let mut left = names;
+    let mut out = Vec::new();
+    while !left.is_empty() {
+        // The first provider no remaining one depends on; in a cycle, the first.
+        let i = left
+            .iter()
+            .position(|n| {
+                !left
+                    .iter()
+                    .any(|m| m != n && edges.contains(&(m.to_string(), n.to_string())))
+            })
+            .unwrap_or(0);
+        out.push(left.remove(i));
+    }
+    out
 }
 
 /// After Ctrl-C, how long running steps may go on to finish before they are told to stop (the
@@ -265,4 +316,26 @@ pub async fn apply_plan(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dependents_first;
+
+    #[test]
+    fn a_provider_whose_records_depend_on_another_s_sweeps_first() {
+        let st: pipeline_engine::state::State = serde_json::from_value(serde_json::json!({
+            "version": 1, "serial": 3, "lineage": "x", "outputs": {},
+            "resources": {
+                "service.web[0]": {"kind": "service", "provider": "local", "status": "ready", "attrs": {}, "deps": []},
+                "balancer.front": {"kind": "balancer", "provider": "nginx.west", "status": "ready", "attrs": {}, "deps": ["service.web"]},
+                "flags.ui": {"kind": "flags", "provider": "redis", "status": "ready", "attrs": {}, "deps": []}
+            }
+        }))
+        .unwrap();
+        assert_eq!(
+            dependents_first(&st, vec!["local", "monitor", "nginx", "redis"]),
+            ["monitor", "nginx", "local", "redis"]
+        );
+    }
 }

@@ -6,12 +6,62 @@ use anyhow::{anyhow, bail, Result};
 use pipeline_engine::state::{self, StateStore};
 use std::time::{Duration, Instant};
 
-/// `service.NAME` for `NAME` or `service.NAME`.
-pub fn service_block(service: &str) -> String {
-    if service.starts_with("service.") {
-        service.to_string()
-    } else {
-        format!("service.{service}")
+/// The block a command names: `NAME` as given when it has a kind (`service.web`); otherwise
+/// the one block of replicas (a kind whose schema has `instances_attr`, whoever provides it)
+/// called `NAME` in the state or, when `stack` is given, in that stack. None or several is an
+/// error naming the ones there are.
+pub fn replica_block(
+    ws: &Workspace,
+    name: &str,
+    stack: Option<&std::path::Path>,
+) -> Result<String> {
+    if name.contains('.') {
+        return Ok(name.to_string());
+    }
+    let replicas = |kind: &str, provider: &str| {
+        ws.registry
+            .schema(kind, Some(provider))
+            .is_some_and(|(_, k)| k.instances_attr.is_some())
+    };
+    let mut blocks = std::collections::BTreeSet::new();
+    for (addr, r) in &ws.state()?.resources {
+        if replicas(&r.kind, &r.provider) {
+            blocks.insert(addr.split('[').next().unwrap_or(addr).to_string());
+        }
+    }
+    if let Some(stack) = stack {
+        let (config, _) = ws.load(stack)?;
+        for (addr, r) in &config.modules[0].resources {
+            if replicas(&r.kind, &r.provider) {
+                blocks.insert(addr.clone());
+            }
+        }
+    }
+    let named: Vec<&String> = blocks
+        .iter()
+        .filter(|b| b.rsplit('.').next() == Some(name))
+        .collect();
+    match named.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => bail!(
+            "no block of replicas is called {name:?}\n  = help: {}",
+            if blocks.is_empty() {
+                "the stack and the state have none; name a block with its kind, e.g. `service.web`"
+                    .to_string()
+            } else {
+                format!(
+                    "name one of: {}",
+                    blocks.iter().cloned().collect::<Vec<_>>().join(", ")
+                )
+            }
+        ),
+        many => bail!(
+            "{name:?} names several blocks: {}\n  = help: name one with its kind",
+            many.iter()
+                .map(|b| b.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 

@@ -45,7 +45,7 @@ pub async fn deploy(
     a: ApplyArgs,
 ) -> Result<ExitCode> {
     let mut inputs = plan_inputs(ws, &a.args, false)?;
-    let block = pipeline_ops::apply::deploy_inputs(&mut inputs, service, version);
+    let block = pipeline_ops::apply::deploy_inputs(ws, &mut inputs, service, version)?;
     let source = Source::Deploy {
         inputs,
         block: block.clone(),

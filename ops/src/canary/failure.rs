@@ -102,13 +102,7 @@ impl ArmsFailed {
     pub fn new(baseline: &str, candidate: &str, failed: &[Failure]) -> ArmsFailed {
         let mut arms = Vec::new();
         for (arm, rev) in [("baseline", baseline), ("candidate", candidate)] {
-            let block = format!("service.{arm}");
-            let Some(f) = failed.iter().find(|f| {
-                f.addr == block
-                    || f.addr
-                        .strip_prefix(&block)
-                        .is_some_and(|i| i.starts_with('['))
-            }) else {
+            let Some(f) = failed.iter().find(|f| super::block_name(&f.addr) == arm) else {
                 continue;
             };
             arms.push(FailedArm {

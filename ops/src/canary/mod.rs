@@ -209,6 +209,8 @@ fn hcl(v: &Value) -> Result<String> {
 }
 
 /// The service's evaluated configuration, from a plan of the user's stack (nothing changes).
+/// A service is a block of replicas (its kind's schema has an instances attribute); the name
+/// returned is the block's address (`service.web`).
 async fn service_config(
     host: &dyn Stacks,
     work_dir: &Path,
@@ -223,18 +225,31 @@ async fn service_config(
         ..Default::default()
     };
     let (plan, config) = host.plan(work_dir, stack, opts).await?;
+    let registry = pipeline_providers::registry();
     let services: Vec<&pipeline_engine::plan::ResourceChange> = plan
         .changes
         .iter()
-        .filter(|c| c.kind == "service" && c.after.is_some())
+        .filter(|c| {
+            c.after.is_some()
+                && registry
+                    .schema(&c.kind, Some(&c.provider))
+                    .is_some_and(|(_, k)| k.instances_attr.is_some())
+        })
         .collect();
+    // `service.web` → `web`.
+    let short = |c: &pipeline_engine::plan::ResourceChange| {
+        c.resource
+            .strip_prefix(&format!("{}.", c.kind))
+            .unwrap_or(&c.resource)
+            .to_string()
+    };
     let name = match want {
-        Some(w) => w.trim_start_matches("service.").to_string(),
+        Some(w) => services
+            .iter()
+            .find(|c| c.resource == w)
+            .map_or_else(|| w.to_string(), |c| short(c)),
         None => {
-            let mut names: Vec<String> = services
-                .iter()
-                .map(|c| c.resource.trim_start_matches("service.").to_string())
-                .collect();
+            let mut names: Vec<String> = services.iter().map(|c| short(c)).collect();
             names.dedup();
             match names.as_slice() {
                 [one] => one.clone(),
@@ -247,11 +262,11 @@ async fn service_config(
             }
         }
     };
-    let block = format!("service.{name}");
     let c = services
         .iter()
-        .find(|c| c.resource == block && c.module == Some(0))
-        .ok_or_else(|| anyhow!("{} has no {block}", stack.display()))?;
+        .find(|c| short(c) == name && c.module == Some(0))
+        .ok_or_else(|| anyhow!("{} has no service.{name}", stack.display()))?;
+    let block = c.resource.clone();
     let after = c.after.as_ref().expect("filtered above");
     // `canary` configures this command; it is not copied into the arms.
     let canary = after
@@ -284,7 +299,7 @@ async fn service_config(
             );
         }
     }
-    Ok((name, out, canary))
+    Ok((block, out, canary))
 }
 
 fn arm_block(
@@ -312,7 +327,7 @@ pub async fn run(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<CanaryOutcome> {
     let stack = &a.stack;
-    let (name, cfg, canary) =
+    let (block, cfg, canary) =
         service_config(host, &a.work_dir, stack, a.service.as_deref(), &a.variables).await?;
     let spec = settings(canary.as_ref(), a)?;
     let dir = a.work_dir.join("canary");
@@ -324,7 +339,7 @@ pub async fn run(
         .context("no free port for the canary balancer")?;
     let replicas = a.replicas.max(1);
     let mut text = format!(
-        "# The canary of service.{name}: {} (baseline) vs {} (candidate), written by pipeline.\n\n",
+        "# The canary of {block}: {} (baseline) vs {} (candidate), written by pipeline.\n\n",
         a.baseline, a.candidate
     );
     text.push_str(&arm_block("baseline", &a.baseline, replicas, &cfg)?);
@@ -340,7 +355,7 @@ pub async fn run(
         dir: &dir,
         stack: &canary_stack,
     };
-    let result = run_arms(&arms, port, a, &spec, &name, progress).await;
+    let result = run_arms(&arms, port, a, &spec, &block, progress).await;
     // Whatever happened: take the arms and the balancer away.
     let teardown = teardown(&arms).await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -474,6 +489,21 @@ fn judge_data(records: &[Record], usage: &[UsageSample]) -> BTreeMap<String, Met
     data
 }
 
+/// The block name of an address in the canary's stack: `baseline` of `service.baseline[1]`.
+fn block_name(addr: &str) -> &str {
+    let block = addr.split('[').next().unwrap_or(addr);
+    block.rsplit('.').next().unwrap_or(block)
+}
+
+/// The arm of an instance of the canary's stack: its block is `baseline` or `candidate`.
+fn arm_of_address(addr: &str) -> Option<Arm> {
+    match block_name(addr) {
+        "baseline" => Some(Arm::Baseline),
+        "candidate" => Some(Arm::Candidate),
+        _ => None,
+    }
+}
+
 fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -504,29 +534,47 @@ async fn run_arms(
     if !report.ok() {
         return Err(ArmsFailed::new(&a.baseline, &a.candidate, &report.failed).into());
     }
+    // What runs, as the providers describe it: each arm's replicas (where they serve, their
+    // processes) and the balancer (its access log).
     let st = pipeline_state::StateStore::load(arms.dir).map_err(|e| anyhow!("{e}"))?;
-    let arm_of: BTreeMap<String, Arm> = st
-        .resources
+    let registry = pipeline_providers::registry();
+    let ctx = pipeline_engine::provider::ProviderCtx {
+        work_dir: arms.dir.to_path_buf(),
+        stack_dir: arms.dir.to_path_buf(),
+        exe: std::env::current_exe().context("cannot find the pipeline binary")?,
+    };
+    let mut described = Vec::new();
+    for (addr, r) in &st.resources {
+        let p = registry
+            .provider_of(r)
+            .ok_or_else(|| anyhow!("{addr}: no provider `{}` in this binary", r.provider))?;
+        let d = p
+            .describe(&ctx, &r.kind, addr, &r.attrs)
+            .await
+            .map_err(|e| anyhow!("cannot describe {addr}: {e}"))?;
+        described.push((addr.clone(), r.clone(), d));
+    }
+    let mut arm_of: BTreeMap<String, Arm> = BTreeMap::new();
+    let mut instances: [Vec<sampler::Instance>; 2] = Default::default();
+    for (addr, r, d) in &described {
+        let Some(arm) = arm_of_address(addr) else {
+            continue;
+        };
+        if let Some(e) = d.endpoint("serve") {
+            // nginx names an upstream `host:port`.
+            let up = e.url.split_once("://").map_or(e.url.as_str(), |(_, r)| r);
+            arm_of.insert(up.trim_end_matches('/').to_string(), arm);
+        }
+        instances[usize::from(arm == Arm::Candidate)].push(sampler::Instance::new(addr, r, d));
+    }
+    let access_log = described
         .iter()
-        .filter_map(|(addr, r)| {
-            let url = r
-                .attrs
-                .get("url")?
-                .as_str()?
-                .trim_start_matches("http://")
-                .to_string();
-            let arm = if addr.starts_with("service.baseline") {
-                Arm::Baseline
-            } else if addr.starts_with("service.candidate") {
-                Arm::Candidate
-            } else {
-                return None;
-            };
-            Some((url, arm))
-        })
-        .collect();
-    let mut sampler = Sampler::new(arms.dir, &st);
-    let mut tail = LogTail::at_end(&arms.dir.join("run/balancer.canary/logs/access.log"));
+        .find_map(|(_, _, d)| d.access_log())
+        .ok_or_else(|| {
+            anyhow!("the canary's balancer describes no access log to read the arms' answers from")
+        })?;
+    let mut tail = LogTail::at_end(access_log);
+    let mut sampler = Sampler::new(instances, sampler::described_roots(registry, ctx));
     let req = &spec.request;
     let (method, path) = req.shown();
     progress(Progress::Load {
@@ -702,7 +750,7 @@ async fn run_arms(
         }
     }
     let rep = Report {
-        service: format!("service.{service}"),
+        service: service.to_string(),
         baseline: a.baseline.clone(),
         candidate: a.candidate.clone(),
         request: RequestInfo {

@@ -2,7 +2,7 @@
 //! running canary's candidates, from the supervisors' files under `.pipeline/run/<instance>/`.
 
 use super::service::{canary_candidates, generation_dir, replica_dir};
-use pipeline_engine::provider::{Description, Endpoint, JsonMap};
+use pipeline_engine::provider::{Description, Endpoint, JsonMap, Serves};
 use pipeline_host::supervised;
 use std::path::Path;
 
@@ -10,7 +10,10 @@ pub fn service(work_dir: &Path, addr: &str, record: &JsonMap) -> Description {
     let generation = record.get("generation").and_then(|g| g.as_u64());
     let gen_dir = generation_dir(work_dir, addr, generation);
     let slot_dir = replica_dir(work_dir, addr).join("slot");
-    let mut d = Description::default();
+    let mut d = Description {
+        serves: Serves::App,
+        ..Default::default()
+    };
     let app = supervised::process(&gen_dir, "app").map(|mut p| {
         p.generation = generation;
         // The instance's address is its slot's port, stable across generations.

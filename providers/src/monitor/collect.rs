@@ -3,13 +3,19 @@
 //! rates. Its output is a [`Status`], published after every tick.
 
 use super::DaemonConfig;
+use pipeline_engine::provider::{
+    Description, Endpoint as DescribedEndpoint, ProcessInfo, ProviderCtx, Registry, Serves,
+};
 use pipeline_host::procfs::{all_procs, family, rss_bytes};
 use pipeline_host::tail::Tail;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Request and error rates are over this sliding window.
@@ -18,6 +24,9 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the state is re-read and processes are sampled.
 const SLOW_PERIOD: Duration = Duration::from_secs(1);
+/// Every instance is described again at least this often, also when the state did not change
+/// (a canary's candidates come and go without a state change).
+const REDESCRIBE: Duration = Duration::from_secs(5);
 /// Latency history: one bucket per this many ms, for this long.
 pub const BUCKET_MS: u64 = 500;
 const HISTORY: Duration = Duration::from_secs(60);
@@ -113,7 +122,31 @@ pub struct EndpointView {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Targets, from the state.
+// Targets, from what providers describe of the recorded instances.
+
+/// What the collector asks about one recorded instance (address, record): its provider's
+/// `describe`. The binary builds it from the engine's `Registry` ([`describer`]); the monitor
+/// itself knows no other provider.
+pub type Describer =
+    Arc<dyn Fn(String, pipeline_state::ResourceState) -> DescribeFuture + Send + Sync + 'static>;
+pub type DescribeFuture = Pin<Box<dyn Future<Output = Result<Description, String>> + Send>>;
+
+/// The describer over `registry`: each instance described by the provider that recorded it.
+pub fn describer(registry: Registry, ctx: ProviderCtx) -> Describer {
+    let registry = Arc::new(registry);
+    Arc::new(move |addr, rs| {
+        let (registry, ctx) = (registry.clone(), ctx.clone());
+        Box::pin(async move {
+            let p = registry
+                .provider_of(&rs)
+                .cloned()
+                .ok_or_else(|| format!("no provider `{}` in this binary", rs.provider))?;
+            p.describe(&ctx, &rs.kind, &addr, &rs.attrs)
+                .await
+                .map_err(|e| e.message)
+        })
+    })
+}
 
 #[derive(Clone, Debug, PartialEq)]
 enum Probe {
@@ -148,6 +181,41 @@ impl Probe {
             Probe::None(why) => why.clone(),
         }
     }
+
+    /// The probe of a described endpoint: `http(s)://` a GET of its path (with its
+    /// `expect_status`), `tcp://` a connect, `redis://` a PING (after AUTH with its secret).
+    fn of(e: Option<&DescribedEndpoint>) -> Probe {
+        let Some(e) = e else {
+            return Probe::None("no url or port recorded yet".into());
+        };
+        let Some((scheme, rest)) = e.url.split_once("://") else {
+            return Probe::None(format!("cannot probe {:?}: not a URL", e.url));
+        };
+        let (hp, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        // `redis://:PASSWORD@HOST:PORT`: the password is the endpoint's secret anyway.
+        let hp = hp.rsplit_once('@').map_or(hp, |(_, h)| h);
+        let Some((host, port)) = split_hostport(hp) else {
+            return Probe::None(format!("no port in {scheme}://{hp}"));
+        };
+        match scheme {
+            "http" | "https" => Probe::Http {
+                host,
+                port,
+                path: path.to_string(),
+                expect: e.expect_status,
+            },
+            "tcp" => Probe::Tcp { host, port },
+            "redis" => Probe::Redis {
+                host,
+                port,
+                password: e.secret.clone().filter(|p| !p.is_empty()),
+            },
+            other => Probe::None(format!("cannot probe {other}:// endpoints")),
+        }
+    }
 }
 
 fn hostport(host: &str, port: u16) -> String {
@@ -158,12 +226,18 @@ fn hostport(host: &str, port: u16) -> String {
     }
 }
 
+/// `host:port` or `[v6]:port` → (host, port).
+fn split_hostport(hp: &str) -> Option<(String, u16)> {
+    let (host, port) = if let Some(r) = hp.strip_prefix('[') {
+        r.split_once("]:")?
+    } else {
+        hp.rsplit_once(':')?
+    };
+    Some((host.to_string(), port.parse().ok()?))
+}
+
 #[derive(Clone, Debug)]
 struct Replica {
-    /// The instance as recorded: its provider describes its processes.
-    kind: String,
-    provider: String,
-    attrs: Attrs,
     addr: String,
     block: String,
     name: String,
@@ -171,6 +245,8 @@ struct Replica {
     endpoint: Option<String>,
     probe: Probe,
     record: String,
+    /// What its provider described: the figures come from these.
+    processes: Vec<ProcessInfo>,
 }
 
 #[derive(Clone, Debug)]
@@ -200,7 +276,7 @@ fn block_of(addr: &str) -> &str {
     addr
 }
 
-/// `service.web` → `web`; `module.m.service.web` → `module.m.web`.
+/// `service.web` → `web`; `module.m.service.web` → `module.m.web` (`kind` the record's).
 fn name_of(block: &str, kind: &str) -> String {
     if let Some(rest) = block.strip_prefix(&format!("{kind}.")) {
         return rest.to_string();
@@ -213,57 +289,13 @@ fn parse_url(url: &str) -> Option<(String, u16)> {
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))?;
-    let hp = rest.split('/').next()?;
-    let (host, port) = if let Some(r) = hp.strip_prefix('[') {
-        let (h, p) = r.split_once("]:")?;
-        (h, p)
-    } else {
-        hp.rsplit_once(':')?
-    };
-    Some((host.to_string(), port.parse().ok()?))
+    split_hostport(rest.split('/').next()?)
 }
 
 type Attrs = serde_json::Map<String, serde_json::Value>;
 
 fn attr_str<'a>(a: &'a Attrs, k: &str) -> Option<&'a str> {
     a.get(k).and_then(|v| v.as_str())
-}
-
-fn attr_port(a: &Attrs) -> Option<u16> {
-    a.get("port")
-        .and_then(|v| v.as_f64())
-        .filter(|p| (1.0..=65535.0).contains(p))
-        .map(|p| p as u16)
-}
-
-fn replica_probe(a: &Attrs) -> Probe {
-    let from_url = attr_str(a, "url").and_then(parse_url);
-    let (host, port) = match (from_url, attr_port(a)) {
-        (Some(hp), _) => hp,
-        (None, Some(p)) => (attr_str(a, "address").unwrap_or("127.0.0.1").to_string(), p),
-        (None, None) => return Probe::None("no url or port recorded yet".into()),
-    };
-    let health = a.get("health").and_then(|h| h.as_object());
-    let get = |k: &str| health.and_then(|h| h.get(k));
-    if get("type").and_then(|t| t.as_str()) == Some("tcp") {
-        return Probe::Tcp { host, port };
-    }
-    let path = get("path")
-        .and_then(|p| p.as_str())
-        .unwrap_or("/")
-        .to_string();
-    // Without a health setting any answer below 500 counts as up.
-    let expect = health.map(|h| {
-        h.get("expect_status")
-            .and_then(|s| s.as_f64())
-            .map_or(200, |s| s as u16)
-    });
-    Probe::Http {
-        host,
-        port,
-        path,
-        expect,
-    }
 }
 
 fn record_name(s: pipeline_state::Status) -> &'static str {
@@ -275,7 +307,7 @@ fn record_name(s: pipeline_state::Status) -> &'static str {
 }
 
 /// What `watch` says: names (`web`, `service.web`, `service.web[0]`) and objects (instances,
-/// matched to the state by `url` or `address:port`).
+/// matched to the replicas by `url` or `address:port`).
 #[derive(Default)]
 struct Watch {
     all: bool,
@@ -326,114 +358,91 @@ impl Watch {
                 .iter()
                 .any(|n| self.names.contains(n.as_str()))
     }
-    fn resolve(&mut self, state: &pipeline_state::State) {
+    /// The blocks of the replicas that the watched objects are (same url or `address:port`).
+    fn resolve(&mut self, replicas: &[Replica]) {
         for o in &self.objects {
             let url = attr_str(o, "url");
             let ep = endpoint_of(o);
-            for (addr, r) in &state.resources {
-                if r.kind != "service" {
-                    continue;
-                }
-                let same_url = url.is_some() && attr_str(&r.attrs, "url") == url;
-                let same_ep = ep.is_some() && endpoint_of(&r.attrs) == ep;
+            for r in replicas {
+                let same_url = url.is_some() && r.url.as_deref() == url;
+                let same_ep = ep.is_some() && r.endpoint == ep;
                 if same_url || same_ep {
-                    self.blocks.insert(block_of(addr).to_string());
+                    self.blocks.insert(r.block.clone());
                 }
             }
         }
     }
 }
 
+/// `address:port` of a watched instance object.
 fn endpoint_of(a: &Attrs) -> Option<String> {
-    let port = attr_port(a)?;
-    Some(format!(
-        "{}:{port}",
-        attr_str(a, "address").unwrap_or("127.0.0.1")
+    let port = a
+        .get("port")
+        .and_then(|v| v.as_f64())
+        .filter(|p| (1.0..=65535.0).contains(p))? as u16;
+    Some(hostport(
+        attr_str(a, "address").unwrap_or("127.0.0.1"),
+        port,
     ))
 }
 
-fn discover(state: &pipeline_state::State, watch: &mut Watch, base: &Path) -> Targets {
-    watch.resolve(state);
+/// The targets: every recorded instance sorted by what its description says it serves (state
+/// order), replicas filtered by `watch`.
+fn targets(
+    state: &pipeline_state::State,
+    described: &HashMap<String, Description>,
+    watch: &mut Watch,
+) -> Targets {
     let mut t = Targets::default();
     for (addr, r) in &state.resources {
-        let a = &r.attrs;
+        let Some(d) = described.get(addr) else {
+            continue;
+        };
         let block = block_of(addr).to_string();
-        match r.kind.as_str() {
-            "service" => {
-                let rep = Replica {
+        let name = name_of(&block, &r.kind);
+        let serve = d.endpoint("serve");
+        match d.serves {
+            Serves::App => {
+                let url = serve.map(|e| e.url.clone());
+                t.replicas.push(Replica {
                     addr: addr.clone(),
-                    name: name_of(&block, "service"),
+                    name,
                     block,
-                    url: attr_str(a, "url").map(str::to_string),
-                    endpoint: endpoint_of(a),
-                    probe: replica_probe(a),
+                    endpoint: url
+                        .as_deref()
+                        .and_then(parse_url)
+                        .map(|(h, p)| hostport(&h, p)),
+                    url,
+                    probe: Probe::of(d.probe_endpoint()),
                     record: record_name(r.status).into(),
-                    kind: r.kind.clone(),
-                    provider: r.provider.clone(),
-                    attrs: a.clone(),
-                };
-                if watch.matches(&rep) {
-                    t.replicas.push(rep);
-                }
-            }
-            "balancer" => {
-                // A TCP connect, not a request: a request would be proxied to a replica and
-                // counted in the access log as traffic.
-                let probe = match attr_str(a, "url").and_then(parse_url) {
-                    Some((host, port)) => Probe::Tcp { host, port },
-                    None => match attr_port(a).or_else(|| {
-                        a.get("listen")
-                            .and_then(|v| v.as_f64())
-                            .filter(|p| (1.0..=65535.0).contains(p))
-                            .map(|p| p as u16)
-                    }) {
-                        Some(port) => Probe::Tcp {
-                            host: attr_str(a, "address").unwrap_or("127.0.0.1").into(),
-                            port,
-                        },
-                        None => Probe::None("no url recorded yet".into()),
-                    },
-                };
-                let access_log = attr_str(a, "access_log").map(|p| {
-                    let p = PathBuf::from(p);
-                    if p.is_absolute() {
-                        p
-                    } else {
-                        base.join(p)
-                    }
+                    processes: d.processes.clone(),
                 });
+            }
+            Serves::Proxy => {
+                let probe = Probe::of(d.probe_endpoint());
                 t.balancers.push(Endpoint {
                     addr: addr.clone(),
-                    name: name_of(&block, "balancer"),
-                    shown: attr_str(a, "url")
-                        .map(str::to_string)
-                        .unwrap_or_else(|| probe.describe()),
+                    name,
+                    shown: serve.map_or_else(|| probe.describe(), |e| e.url.clone()),
                     probe,
-                    access_log,
+                    access_log: d.access_log().map(Path::to_path_buf),
                 });
             }
-            "flags" => {
-                let probe = match attr_port(a) {
-                    Some(port) => Probe::Redis {
-                        host: attr_str(a, "address").unwrap_or("127.0.0.1").into(),
-                        port,
-                        password: attr_str(a, "password")
-                            .filter(|p| !p.is_empty())
-                            .map(str::to_string),
-                    },
-                    None => Probe::None("no port recorded yet".into()),
-                };
+            Serves::Store => {
+                let probe = Probe::of(d.probe_endpoint());
                 t.flags.push(Endpoint {
                     addr: addr.clone(),
-                    name: name_of(&block, "flags"),
+                    name,
                     shown: probe.describe(),
                     probe,
                     access_log: None,
                 });
             }
-            _ => {}
+            Serves::Observer | Serves::Nothing => {}
         }
     }
+    watch.resolve(&t.replicas);
+    t.replicas.retain(|r| watch.matches(r));
     t
 }
 
@@ -700,13 +709,19 @@ pub struct Collector {
     cpu_prev_at: Option<Instant>,
     last_discovery: Option<Instant>,
     last_procs: Option<Instant>,
-    /// The providers, which describe what runs for a replica (processes, restarts).
-    registry: pipeline_engine::provider::Registry,
+    /// Asks each instance's provider what runs for it.
+    describer: Describer,
+    /// The last descriptions, by address, and the state (lineage, serial) they were made for.
+    described: HashMap<String, Description>,
+    described_for: Option<(String, u64)>,
+    described_at: Option<Instant>,
+    /// Instances to describe again at the next discovery (a process of theirs is gone).
+    stale: BTreeSet<String>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Collector {
-    pub fn new(cfg: DaemonConfig) -> Collector {
+    pub fn new(cfg: DaemonConfig, describer: Describer) -> Collector {
         Collector {
             watch: Watch::new(&cfg.watch),
             cfg,
@@ -722,7 +737,11 @@ impl Collector {
             cpu_prev_at: None,
             last_discovery: None,
             last_procs: None,
-            registry: crate::registry(),
+            describer,
+            described: HashMap::new(),
+            described_for: None,
+            described_at: None,
+            stale: BTreeSet::new(),
             runtime: tokio::runtime::Builder::new_current_thread().build().ok(),
         }
     }
@@ -750,16 +769,34 @@ impl Collector {
         self.read_logs();
     }
 
+    /// Re-read the state; describe what changed since the last look (every instance when the
+    /// state's serial moved or REDESCRIBE passed, else only the stale ones) and rebuild the
+    /// targets from the descriptions.
     fn discover(&mut self) {
         match pipeline_state::StateStore::load(&self.cfg.state_dir) {
             Ok(state) => {
-                let base = self
-                    .cfg
-                    .state_dir
-                    .parent()
-                    .unwrap_or(Path::new("/"))
-                    .to_path_buf();
-                self.targets = discover(&state, &mut self.watch, &base);
+                let now = (state.lineage.clone(), state.serial);
+                let all = self.described_for.as_ref() != Some(&now)
+                    || self.described_at.is_none_or(|t| t.elapsed() >= REDESCRIBE);
+                let which: Vec<String> = if all {
+                    state.resources.keys().cloned().collect()
+                } else {
+                    std::mem::take(&mut self.stale)
+                        .into_iter()
+                        .filter(|a| state.resources.contains_key(a))
+                        .collect()
+                };
+                if !which.is_empty() || all {
+                    self.describe(&state, which);
+                    if all {
+                        self.described_for = Some(now);
+                        self.described_at = Some(Instant::now());
+                        self.stale.clear();
+                    }
+                }
+                self.described
+                    .retain(|a, _| state.resources.contains_key(a));
+                self.targets = targets(&state, &self.described, &mut self.watch);
                 self.state_serial = state.serial;
                 self.state_error = None;
                 let keep: BTreeSet<&String> =
@@ -835,9 +872,17 @@ impl Collector {
         let hz = pipeline_host::procfs::ticks_per_sec();
         let mut seen = HashMap::new();
         for r in &self.targets.replicas {
+            // A described process that is gone (restarted, stopped) or was not running: the
+            // next discovery asks its provider again.
+            if r.processes
+                .iter()
+                .any(|p| !p.running || p.pid.is_some_and(|pid| !procs.contains_key(&pid)))
+            {
+                self.stale.insert(r.addr.clone());
+            }
             let mut info = ProcInfo::default();
             let mut children = vec![];
-            for p in self.describe(r).processes {
+            for p in &r.processes {
                 info.restarts += p.restarts;
                 if info.supervisor.is_none() {
                     info.supervisor = p.supervisor.clone();
@@ -870,18 +915,31 @@ impl Collector {
         self.cpu_prev_at = Some(now);
     }
 
-    /// What the replica's provider says runs for it; nothing when it cannot say.
-    fn describe(&self, r: &Replica) -> pipeline_engine::provider::Description {
-        let (Some(p), Some(rt)) = (self.registry.provider(&r.provider), &self.runtime) else {
-            return Default::default();
-        };
-        let ctx = pipeline_engine::provider::ProviderCtx {
-            work_dir: self.cfg.state_dir.clone(),
-            stack_dir: self.cfg.state_dir.clone(),
-            exe: std::env::current_exe().unwrap_or_default(),
-        };
-        rt.block_on(p.describe(&ctx, &r.kind, &r.addr, &r.attrs))
-            .unwrap_or_default()
+    /// Ask the providers about `which` instances of `state`, all at once. An instance its
+    /// provider cannot describe keeps its last description (none: it is not a target).
+    fn describe(&mut self, state: &pipeline_state::State, which: Vec<String>) {
+        let Some(rt) = &self.runtime else { return };
+        let asks: Vec<(String, DescribeFuture)> = which
+            .into_iter()
+            .filter_map(|a| {
+                let rs = state.resources.get(&a)?.clone();
+                Some((a.clone(), (self.describer)(a, rs)))
+            })
+            .collect();
+        let answers = rt.block_on(async move {
+            let tasks: Vec<_> = asks
+                .into_iter()
+                .map(|(a, f)| (a, tokio::spawn(f)))
+                .collect();
+            let mut out = Vec::new();
+            for (a, t) in tasks {
+                if let Ok(Ok(d)) = t.await {
+                    out.push((a, d));
+                }
+            }
+            out
+        });
+        self.described.extend(answers);
     }
 
     fn read_logs(&mut self) {
@@ -1085,9 +1143,13 @@ mod tests {
                 },
             );
         }
-        let base = Path::new("/");
+        let described: HashMap<String, Description> = state
+            .resources
+            .iter()
+            .map(|(a, r)| (a.clone(), fake_description(r)))
+            .collect();
         let names = |w: &mut Watch| -> Vec<String> {
-            discover(&state, w, base)
+            targets(&state, &described, w)
                 .replicas
                 .into_iter()
                 .map(|r| r.addr)
@@ -1100,6 +1162,71 @@ mod tests {
         );
         let obj = serde_json::json!([[{"url": "http://127.0.0.1:5001", "port": 5001}]]);
         assert_eq!(names(&mut Watch::new(&obj)), vec!["service.web[0]"]);
+    }
+
+    /// What the real providers describe for the records these tests make (the monitor knows
+    /// none of them: the binary hands it a describer over its registry).
+    fn fake_description(rs: &pipeline_state::ResourceState) -> Description {
+        let a = &rs.attrs;
+        let s = |k: &str| attr_str(a, k).map(str::to_string);
+        let ep = |role: &str, url: String| DescribedEndpoint {
+            role: role.into(),
+            url,
+            ..Default::default()
+        };
+        let mut d = Description::default();
+        match rs.kind.as_str() {
+            "service" => {
+                d.serves = Serves::App;
+                if let Some(url) = s("url") {
+                    let health = a.get("health").and_then(|h| h.as_object());
+                    let path = health
+                        .and_then(|h| h.get("path"))
+                        .and_then(|p| p.as_str())
+                        .unwrap_or("/");
+                    d.endpoints.push(DescribedEndpoint {
+                        role: "health".into(),
+                        url: format!("{url}{path}"),
+                        secret: None,
+                        expect_status: health.map(|_| 200),
+                    });
+                    d.endpoints.push(ep("serve", url));
+                }
+            }
+            "balancer" => {
+                d.serves = Serves::Proxy;
+                if let Some(url) = s("url") {
+                    let (host, port) = parse_url(&url).unwrap();
+                    d.endpoints
+                        .push(ep("health", format!("tcp://{}", hostport(&host, port))));
+                    d.endpoints.push(ep("serve", url));
+                }
+                if let Some(log) = s("access_log") {
+                    d.metrics
+                        .push(pipeline_engine::provider::MetricSource::AccessLog {
+                            path: log.into(),
+                            format: "nginx-timed".into(),
+                        });
+                }
+            }
+            "flags" => {
+                d.serves = Serves::Store;
+                let port = a.get("port").and_then(|p| p.as_u64()).unwrap();
+                d.endpoints.push(DescribedEndpoint {
+                    role: "serve".into(),
+                    url: format!("redis://{}:{port}", s("address").unwrap()),
+                    secret: s("password"),
+                    expect_status: None,
+                });
+            }
+            "monitor" => d.serves = Serves::Observer,
+            _ => {}
+        }
+        d
+    }
+
+    fn fake_describer() -> Describer {
+        Arc::new(|_, rs| Box::pin(async move { Ok(fake_description(&rs)) }))
     }
 
     /// Serve `reply` to every connection (after reading what the client sent) until dropped.
@@ -1210,16 +1337,19 @@ mod tests {
             serde_json::json!({"listen": 1}),
         );
 
-        let mut c = Collector::new(DaemonConfig {
-            name: "monitor.dash".into(),
-            state_dir: state_dir.clone(),
-            watch: serde_json::Value::Null,
-            interval_ms: 100,
-            address: "127.0.0.1".into(),
-            listen: 1,
-            token: None,
-            hosts: vec![],
-        });
+        let mut c = Collector::new(
+            DaemonConfig {
+                name: "monitor.dash".into(),
+                state_dir: state_dir.clone(),
+                watch: serde_json::Value::Null,
+                interval_ms: 100,
+                address: "127.0.0.1".into(),
+                listen: 1,
+                token: None,
+                hosts: vec![],
+            },
+            fake_describer(),
+        );
         c.tick();
         let st = c.status();
         assert_eq!(st.services.len(), 1);

@@ -1,11 +1,14 @@
 //! `describe` of a monitor: its daemon (supervised in `.pipeline/run/<monitor>/`) and where it serves.
 
-use pipeline_engine::provider::{Description, Endpoint, JsonMap, MetricSource};
+use pipeline_engine::provider::{Description, Endpoint, JsonMap, MetricSource, Serves};
 use pipeline_host::supervised;
 use std::path::Path;
 
 pub fn monitor(dir: &Path, record: &JsonMap) -> Description {
-    let mut d = Description::default();
+    let mut d = Description {
+        serves: Serves::Observer,
+        ..Default::default()
+    };
     let daemon = supervised::process(dir, "daemon");
     d.health = supervised::health(daemon.as_ref(), dir);
     d.processes.extend(daemon);

@@ -1,8 +1,9 @@
 //! The `monitor` provider: a heartbeat and metrics collector with a live dashboard.
 //!
 //! `monitor "dash" { listen = 9900 }` runs one supervised daemon (`pipeline __monitor DIR`,
-//! DIR = `.pipeline/run/monitor.dash/`) that re-reads the recorded state every second and probes
-//! every `service` replica, `balancer` and `flags` instance it finds. It serves:
+//! DIR = `.pipeline/run/monitor.dash/`) that re-reads the recorded state every second, asks each
+//! recorded instance's provider what runs for it (`Provider::describe`: application replicas,
+//! proxies, stores, their endpoints and access logs) and probes them. It serves:
 //!
 //! | path          | what                                                              |
 //! |---------------|-------------------------------------------------------------------|
@@ -56,7 +57,9 @@ pub struct DaemonConfig {
 pub const CONFIG_FILE: &str = "config.json";
 
 /// Entry point of `pipeline __monitor DIR` (a supervised daemon); returns the exit code.
-pub fn run_daemon(dir: &Path) -> i32 {
+/// `registry`: the providers of this binary, which describe what the state records (the
+/// monitor knows none of them itself).
+pub fn run_daemon(dir: &Path, registry: pipeline_engine::provider::Registry) -> i32 {
     let path = dir.join(CONFIG_FILE);
     let config: DaemonConfig = match std::fs::read(&path)
         .map_err(|e| e.to_string())
@@ -68,7 +71,17 @@ pub fn run_daemon(dir: &Path) -> i32 {
             return 2;
         }
     };
-    match server::run(config) {
+    let ctx = ProviderCtx {
+        work_dir: config.state_dir.clone(),
+        stack_dir: config
+            .state_dir
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .to_path_buf(),
+        exe: std::env::current_exe().unwrap_or_default(),
+    };
+    let describer = collect::describer(registry, ctx);
+    match server::run(config, describer) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("pipeline __monitor: {e}");

@@ -8,7 +8,7 @@
 //! with a token every path but `/healthz` needs `Authorization: Bearer TOKEN` or basic auth with
 //! the token as password (401 otherwise).
 
-use super::collect::{Collector, Status};
+use super::collect::{Collector, Describer, Status};
 use super::DaemonConfig;
 use std::collections::{HashSet, VecDeque};
 use std::fmt::Write as _;
@@ -194,7 +194,7 @@ fn hostname() -> Option<String> {
     std::str::from_utf8(&buf[..end]).ok().map(str::to_string)
 }
 
-pub fn run(cfg: DaemonConfig) -> Result<(), String> {
+pub fn run(cfg: DaemonConfig, describer: Describer) -> Result<(), String> {
     let listener = std::net::TcpListener::bind((cfg.address.as_str(), cfg.listen))
         .map_err(|e| format!("cannot listen on {}:{}: {e}", cfg.address, cfg.listen))?;
     listener
@@ -224,7 +224,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), String> {
     std::thread::Builder::new()
         .name("collector".into())
         .spawn(move || {
-            let mut c = Collector::new(cfg);
+            let mut c = Collector::new(cfg, describer);
             loop {
                 let start = Instant::now();
                 c.tick();

@@ -2,7 +2,7 @@
 //! it listens, its logs and its access log.
 
 use pipeline_engine::provider::{
-    Description, Endpoint, Health, HealthState, JsonMap, LogSource, MetricSource,
+    Description, Endpoint, Health, HealthState, JsonMap, LogSource, MetricSource, Serves,
 };
 use pipeline_host::supervised;
 use pipeline_supervise::HealthCheck;
@@ -17,7 +17,10 @@ pub fn balancer(work_dir: &Path, prefix: &Path, record: &JsonMap) -> Description
         .get("listen")
         .and_then(|v| v.as_u64())
         .and_then(|p| u16::try_from(p).ok());
-    let mut d = Description::default();
+    let mut d = Description {
+        serves: Serves::Proxy,
+        ..Default::default()
+    };
     let nginx = supervised::process(prefix, "nginx").map(|mut p| {
         p.port = listen.or(p.port);
         p

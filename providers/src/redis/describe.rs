@@ -1,12 +1,15 @@
 //! `describe` of a flag store: its primary and mirrors (supervised redis-servers under
 //! `.pipeline/run/<store>/primary` and `mirror-N`).
 
-use pipeline_engine::provider::{Description, Endpoint, JsonMap};
+use pipeline_engine::provider::{Description, Endpoint, JsonMap, Serves};
 use pipeline_host::supervised;
 use std::path::Path;
 
 pub fn flags(base: &Path, record: &JsonMap) -> Description {
-    let mut d = Description::default();
+    let mut d = Description {
+        serves: Serves::Store,
+        ..Default::default()
+    };
     let primary_dir = base.join("primary");
     let primary = supervised::process(&primary_dir, "primary");
     d.health = supervised::health(primary.as_ref(), &primary_dir);
@@ -32,13 +35,24 @@ pub fn flags(base: &Path, record: &JsonMap) -> Description {
         .filter(|p| !p.is_empty())
         .map(str::to_string);
     if let Some(port) = record.get("port").and_then(|v| v.as_u64()) {
-        d.endpoints.push(Endpoint {
-            role: "primary".into(),
-            url: format!("redis://{address}:{port}"),
-            secret: password.clone(),
-            expect_status: None,
-        });
+        // What clients use is the primary; a probe asks it too (PING, after AUTH).
+        for role in ["serve", "primary"] {
+            d.endpoints.push(Endpoint {
+                role: role.into(),
+                url: format!("redis://{}", hostport(address, port)),
+                secret: password.clone(),
+                expect_status: None,
+            });
+        }
     }
     d.metrics = d.processes.iter().filter_map(supervised::procfs).collect();
     d
+}
+
+fn hostport(host: &str, port: u64) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
