@@ -221,21 +221,21 @@ pub async fn sweep_orphans(ws: &Workspace, _lock: &state::LockGuard) -> Result<V
 /// the replicas it pointed at stop. Otherwise, and within a cycle, as given.
 fn dependents_first<'a>(st: &state::State, names: Vec<&'a str>) -> Vec<&'a str> {
     use pipeline_engine::provider::provider_name;
-    let provider_of = |addr: &str| {
-        let block = addr.split('[').next().unwrap_or(addr);
-        st.resources
-            .iter()
-            .find(|(a, _)| a.as_str() == addr || a.split('[').next() == Some(block))
-            .map(|(_, r)| provider_name(&r.provider).to_string())
-    };
+    // A dependency is recorded as an instance or a block address: both map to the provider.
+    let mut provider_of = std::collections::HashMap::new();
+    for (a, r) in &st.resources {
+        let p = provider_name(&r.provider);
+        provider_of.insert(a.as_str(), p);
+        provider_of.insert(a.split('[').next().unwrap_or(a), p);
+    }
     // (dependent, dependency) between providers.
     let mut edges = std::collections::BTreeSet::new();
     for r in st.resources.values() {
+        let p = provider_name(&r.provider);
         for d in &r.deps {
-            if let Some(q) = provider_of(d) {
-                let p = provider_name(&r.provider).to_string();
+            if let Some(&q) = provider_of.get(d.as_str()) {
                 if p != q {
-                    edges.insert((p, q));
+                    edges.insert((p.to_string(), q.to_string()));
                 }
             }
         }
