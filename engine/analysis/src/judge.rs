@@ -198,6 +198,26 @@ pub enum MetricData {
     },
 }
 
+/// The pairs of [`MetricData::Paired`] data that count: both values finite and positive.
+fn usable_pairs<'a>(
+    baseline: &'a [f64],
+    candidate: &'a [f64],
+) -> impl Iterator<Item = (f64, f64)> + 'a {
+    baseline
+        .iter()
+        .zip(candidate)
+        .filter(|(b, c)| b.is_finite() && c.is_finite() && **b > 0.0 && **c > 0.0)
+        .map(|(b, c)| (*b, *c))
+}
+
+/// `ln(candidate / baseline)` of every usable pair of [`MetricData::Paired`] data: what the
+/// signed-rank test of a paired metric ranks.
+pub fn log_ratios(baseline: &[f64], candidate: &[f64]) -> Vec<f64> {
+    usable_pairs(baseline, candidate)
+        .map(|(b, c)| (c / b).ln())
+        .collect()
+}
+
 /// The fewest pairs a [`MetricData::Paired`] metric is judged on: with 6 pairs all worse, the
 /// one-sided signed-rank test reaches p = 0.014.
 pub const MIN_PAIRS: usize = 6;
@@ -475,12 +495,7 @@ fn judge_metric(m: &Metric, data: Option<&MetricData>, alpha: f64) -> MetricVerd
                 candidate,
             }),
         ) => {
-            let (b, c): (Vec<f64>, Vec<f64>) = baseline
-                .iter()
-                .zip(candidate)
-                .filter(|(b, c)| b.is_finite() && c.is_finite() && **b > 0.0 && **c > 0.0)
-                .map(|(b, c)| (*b, *c))
-                .unzip();
+            let (b, c): (Vec<f64>, Vec<f64>) = usable_pairs(baseline, candidate).unzip();
             let (sb, sc) = (summarize(&b), summarize(&c));
             if b.len() < MIN_PAIRS {
                 let mut v = not_enough(m, alpha, format!("{} pairs; need {MIN_PAIRS}", b.len()));
@@ -488,7 +503,7 @@ fn judge_metric(m: &Metric, data: Option<&MetricData>, alpha: f64) -> MetricVerd
                 v.candidate = Some(Summary::Continuous(sc));
                 return v;
             }
-            let log_ratios: Vec<f64> = b.iter().zip(&c).map(|(b, c)| (c / b).ln()).collect();
+            let log_ratios = log_ratios(&b, &c);
             let differences: Vec<f64> = b.iter().zip(&c).map(|(b, c)| c - b).collect();
             let sr = wilcoxon_signed_rank(&log_ratios, alternative(m.direction));
             let effect = Effect {

@@ -1076,12 +1076,7 @@ fn evidence(
                         candidate: candidate.len() as u64,
                     };
                     if mv.test == TestUsed::WilcoxonSignedRank {
-                        let d: Vec<f64> = baseline
-                            .iter()
-                            .zip(candidate)
-                            .filter(|(b, c)| **b > 0.0 && **c > 0.0)
-                            .map(|(b, c)| (c / b).ln())
-                            .collect();
+                        let d = pipeline_analysis::judge::log_ratios(baseline, candidate);
                         let sr = pipeline_analysis::wilcoxon_signed_rank(&d, alt);
                         e.statistic = Some(report::Statistic {
                             name: "W+".into(),
