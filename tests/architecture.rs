@@ -58,6 +58,8 @@ fn allowed(package: &str) -> Option<&'static [&'static str]> {
         "pipeline-analysis" | "pipeline-state" | "pipeline-inventory" => &[],
         // D9: the test lab is test support: it depends on no workspace crate.
         "pipeline-lab" => &[],
+        // D10: the SSH transport and the ansible runner reach hosts and nothing else.
+        "pipeline-ssh" => &["pipeline-inventory"],
         // D2: the supervisor is a leaf, so supervised processes carry nothing else.
         "pipeline-supervise" => &[],
         // D3: the engine knows providers only through its own trait.
@@ -68,6 +70,8 @@ fn allowed(package: &str) -> Option<&'static [&'static str]> {
             "pipeline-analysis",
             "pipeline-engine",
             "pipeline-host",
+            "pipeline-inventory",
+            "pipeline-ssh",
             "pipeline-state",
             "pipeline-supervise",
         ],
@@ -76,8 +80,10 @@ fn allowed(package: &str) -> Option<&'static [&'static str]> {
             "pipeline-analysis",
             "pipeline-engine",
             "pipeline-host",
+            "pipeline-inventory",
             "pipeline-ops",
             "pipeline-providers",
+            "pipeline-ssh",
             "pipeline-state",
             "pipeline-supervise",
         ],

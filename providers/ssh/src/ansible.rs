@@ -1,0 +1,1 @@
+//! ansible-core playbook runs with per-task results.
