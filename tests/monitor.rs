@@ -237,7 +237,24 @@ fn dashboard_shows_replicas_and_follows_a_stopped_one() {
         "{:?}",
         replica_states(&base)
     );
+    // The heartbeat series: every point counts 3 instances, and the stop shows as 2 healthy;
+    // the dashboard draws it.
+    let st = status_json(&base).unwrap();
+    let beat = st["services"][0]["heartbeat"].as_array().unwrap().clone();
+    assert!(beat.len() >= 2, "{st}");
+    assert!(beat.iter().all(|b| b[2] == 3), "{beat:?}");
+    let all_up_at = beat
+        .iter()
+        .position(|b| b[1] == 3)
+        .expect("3 of 3 healthy once");
+    assert_eq!(beat.last().unwrap()[1], 2, "{beat:?}");
+    assert!(beat[all_up_at..].iter().any(|b| b[1] == 2), "{beat:?}");
     let dom = dump_dom(&base);
+    assert!(
+        dom.contains("<svg class=\"beat\""),
+        "no heartbeat chart:\n{dom}"
+    );
+    assert!(dom.contains("healthy over the last"), "{dom}");
     let states = dom_states(&dom);
     let want: Vec<(String, String)> = [
         ("service.web[0]", "UP"),

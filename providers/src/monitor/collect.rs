@@ -20,6 +20,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Request and error rates are over this sliding window.
 pub const WINDOW: Duration = Duration::from_secs(10);
+/// How long the providers' descriptions may take, all together, at one discovery.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Probe timeout.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the state is re-read and processes are sampled.
@@ -30,6 +32,8 @@ const REDESCRIBE: Duration = Duration::from_secs(5);
 /// Latency history: one bucket per this many ms, for this long.
 pub const BUCKET_MS: u64 = 500;
 const HISTORY: Duration = Duration::from_secs(60);
+/// Healthy instances per service at every heartbeat, for this long.
+const HEARTBEAT_KEEP: Duration = Duration::from_secs(180);
 /// At most this much of an existing access log is read when the monitor starts.
 const LOG_BACKLOG: u64 = 1 << 20;
 
@@ -72,6 +76,10 @@ pub struct ServiceView {
     pub block: String,
     pub up: usize,
     pub total: usize,
+    /// At every heartbeat of the last few minutes, oldest first: [unix ms, healthy, instances].
+    pub heartbeat: Vec<(u64, u32, u32)>,
+    /// The fewest healthy instances over `heartbeat`.
+    pub fewest_up: Option<u32>,
     pub replicas: Vec<ReplicaView>,
 }
 
@@ -604,23 +612,73 @@ fn run_probe(p: &Probe) -> ProbeResult {
     }
 }
 
-/// Probe everything at once (one short-lived thread each), so a hanging target delays no other.
-fn probe_all(probes: &[Probe]) -> Vec<ProbeResult> {
-    std::thread::scope(|s| {
-        let handles: Vec<_> = probes
-            .iter()
-            .map(|p| s.spawn(move || run_probe(p)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| ProbeResult {
+/// A probe still running from an earlier heartbeat (a host that stopped answering keeps its
+/// probe waiting until PROBE_TIMEOUT), so no target ever holds the heartbeat back.
+struct InFlight {
+    since: Instant,
+    rx: std::sync::mpsc::Receiver<ProbeResult>,
+}
+
+/// Probe every target at once, one short-lived thread each, and wait for their answers until
+/// `until`. A target whose probe has not answered by then keeps it running into the next
+/// heartbeats (its last result stands meanwhile: None here) until it answers or PROBE_TIMEOUT
+/// has passed (then it is down); no new probe starts for it while one runs.
+fn probe_all(
+    probes: &[(String, Probe)],
+    inflight: &mut HashMap<String, InFlight>,
+    until: Instant,
+) -> Vec<Option<ProbeResult>> {
+    for (key, p) in probes {
+        if !inflight.contains_key(key) {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let p = p.clone();
+            let spawned = std::thread::Builder::new()
+                .name("probe".into())
+                .spawn(move || {
+                    let _ = tx.send(run_probe(&p));
+                });
+            if spawned.is_ok() {
+                inflight.insert(
+                    key.clone(),
+                    InFlight {
+                        since: Instant::now(),
+                        rx,
+                    },
+                );
+            }
+        }
+    }
+    let out = probes
+        .iter()
+        .map(|(key, _)| {
+            let f = inflight.get(key)?;
+            let left = until.saturating_duration_since(Instant::now());
+            let answer = match f.rx.recv_timeout(left) {
+                Ok(r) => Some(r),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Some(ProbeResult {
                     error: Some("probe panicked".into()),
                     ..Default::default()
-                })
-            })
-            .collect()
-    })
+                }),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                    if f.since.elapsed() >= PROBE_TIMEOUT =>
+                {
+                    Some(ProbeResult {
+                        latency: Some(f.since.elapsed()),
+                        error: Some(format!("no answer within {} ms", PROBE_TIMEOUT.as_millis())),
+                        ..Default::default()
+                    })
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+            };
+            if answer.is_some() {
+                inflight.remove(key);
+            }
+            answer
+        })
+        .collect();
+    let keys: BTreeSet<&String> = probes.iter().map(|(k, _)| k).collect();
+    inflight.retain(|k, _| keys.contains(k));
+    out
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -718,6 +776,10 @@ pub struct Collector {
     /// Instances to describe again at the next discovery (a process of theirs is gone).
     stale: BTreeSet<String>,
     runtime: Option<tokio::runtime::Runtime>,
+    /// Probes still waiting for an answer, by target address.
+    inflight: HashMap<String, InFlight>,
+    /// Per service block, at every heartbeat: (unix ms, healthy, instances).
+    heartbeat: HashMap<String, VecDeque<(u64, u32, u32)>>,
 }
 
 impl Collector {
@@ -742,7 +804,12 @@ impl Collector {
             described_for: None,
             described_at: None,
             stale: BTreeSet::new(),
-            runtime: tokio::runtime::Builder::new_current_thread().build().ok(),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok(),
+            inflight: HashMap::new(),
+            heartbeat: HashMap::new(),
         }
     }
 
@@ -823,11 +890,12 @@ impl Collector {
     }
 
     fn probe(&mut self) {
-        let mut probes: Vec<Probe> = self
+        let until = Instant::now() + self.interval().mul_f64(0.8);
+        let mut probes: Vec<(String, Probe)> = self
             .targets
             .replicas
             .iter()
-            .map(|r| r.probe.clone())
+            .map(|r| (r.addr.clone(), r.probe.clone()))
             .collect();
         let endpoints: Vec<&Endpoint> = self
             .targets
@@ -835,13 +903,23 @@ impl Collector {
             .iter()
             .chain(&self.targets.flags)
             .collect();
-        probes.extend(endpoints.iter().map(|e| e.probe.clone()));
-        let results = probe_all(&probes);
-        let bucket = now_ms() / BUCKET_MS;
+        probes.extend(endpoints.iter().map(|e| (e.addr.clone(), e.probe.clone())));
+        let results = probe_all(&probes, &mut self.inflight, until);
+        let now = now_ms();
+        let bucket = now / BUCKET_MS;
         let keep = (HISTORY.as_millis() as u64 / BUCKET_MS) as usize;
         let (rep_results, ep_results) = results.split_at(self.targets.replicas.len());
+        let mut beat: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
         for (r, res) in self.targets.replicas.iter().zip(rep_results) {
             let st = self.replicas.entry(r.addr.clone()).or_default();
+            if let Some(res) = res {
+                st.result = Some(res.clone());
+            }
+            // A probe still waiting for its answer: the last result stands.
+            let Some(res) = &st.result else { continue };
+            let counts = beat.entry(r.block.as_str()).or_default();
+            counts.0 += res.up as u32;
+            counts.1 += 1;
             let lat = res.latency.filter(|_| res.up).map(millis);
             match st.history.back_mut() {
                 Some((b, l)) if *b == bucket => {
@@ -856,11 +934,33 @@ impl Collector {
             while st.history.len() > keep {
                 st.history.pop_front();
             }
-            st.result = Some(res.clone());
         }
         for (e, res) in endpoints.iter().zip(ep_results) {
-            self.endpoints.entry(e.addr.clone()).or_default().result = Some(res.clone());
+            if let Some(res) = res {
+                self.endpoints.entry(e.addr.clone()).or_default().result = Some(res.clone());
+            }
         }
+        let total: BTreeMap<&str, u32> =
+            self.targets
+                .replicas
+                .iter()
+                .fold(BTreeMap::new(), |mut m, r| {
+                    *m.entry(r.block.as_str()).or_default() += 1;
+                    m
+                });
+        for (block, total) in total {
+            let up = beat.get(block).map_or(0, |c| c.0);
+            let series = self.heartbeat.entry(block.to_string()).or_default();
+            series.push_back((now, up, total));
+            while series
+                .front()
+                .is_some_and(|(t, _, _)| now.saturating_sub(*t) > HEARTBEAT_KEEP.as_millis() as u64)
+            {
+                series.pop_front();
+            }
+        }
+        let blocks: BTreeSet<&String> = self.targets.replicas.iter().map(|r| &r.block).collect();
+        self.heartbeat.retain(|b, _| blocks.contains(b));
     }
 
     fn sample_procs(&mut self) {
@@ -931,9 +1031,12 @@ impl Collector {
                 .into_iter()
                 .map(|(a, f)| (a, tokio::spawn(f)))
                 .collect();
+            // A provider that must ask a host that stopped answering keeps its last
+            // description: the heartbeat goes on.
+            let until = tokio::time::Instant::now() + DESCRIBE_TIMEOUT;
             let mut out = Vec::new();
             for (a, t) in tasks {
-                if let Ok(Ok(d)) = t.await {
+                if let Ok(Ok(Ok(d))) = tokio::time::timeout_at(until, t).await {
                     out.push((a, d));
                 }
             }
@@ -1022,6 +1125,14 @@ impl Collector {
             s.total += 1;
             s.up += up as usize;
             s.replicas.push(view);
+        }
+        for s in services.values_mut() {
+            s.heartbeat = self
+                .heartbeat
+                .get(&s.block)
+                .map(|h| h.iter().copied().collect())
+                .unwrap_or_default();
+            s.fewest_up = s.heartbeat.iter().map(|(_, up, _)| *up).min();
         }
         let endpoint_view = |e: &Endpoint, with_rates: bool| {
             let res = self.endpoints.get(&e.addr).and_then(|s| s.result.as_ref());
@@ -1245,6 +1356,80 @@ mod tests {
         port
     }
 
+    /// Accepts connections and never answers (a host that stopped responding mid-request).
+    fn silent_server() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for c in l.incoming().flatten() {
+                held.push(c);
+                if held.len() > 64 {
+                    break;
+                }
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn a_target_that_never_answers_does_not_hold_the_heartbeat_back() {
+        let d = tempfile::tempdir().unwrap();
+        let state_dir = d.path().join("state");
+        let up = fake_server("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        let silent = silent_server();
+        let mut store = pipeline_state::StateStore::open(&state_dir).unwrap();
+        let health = serde_json::json!({"path": "/health", "interval": "100ms"});
+        for (i, port) in [up, silent].into_iter().enumerate() {
+            record(
+                &mut store,
+                &format!("service.web[{i}]"),
+                "service",
+                serde_json::json!({
+                    "address": "127.0.0.1", "port": port,
+                    "url": format!("http://127.0.0.1:{port}"), "health": health
+                }),
+            );
+        }
+        let mut c = Collector::new(
+            DaemonConfig {
+                name: "monitor.dash".into(),
+                state_dir,
+                watch: serde_json::Value::Null,
+                interval_ms: 100,
+                address: "127.0.0.1".into(),
+                listen: 1,
+                token: None,
+                hosts: vec![],
+            },
+            fake_describer(),
+        );
+        c.tick();
+        // The answering replica is UP after one heartbeat; the silent one's probe is still
+        // waiting (it would take PROBE_TIMEOUT), so that heartbeat did not wait for it.
+        let st = c.status();
+        let web = &st.services[0];
+        let states: Vec<&str> = web.replicas.iter().map(|r| r.state.as_str()).collect();
+        assert_eq!(states, ["UP", "PENDING"], "{web:?}");
+        assert_eq!(c.inflight.len(), 1, "one probe still waits");
+        // Heartbeats go on; once PROBE_TIMEOUT has passed the silent one is DOWN.
+        let started = Instant::now();
+        while started.elapsed() < PROBE_TIMEOUT + Duration::from_millis(500) {
+            c.tick();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let st = c.status();
+        let r1 = &st.services[0].replicas[1];
+        assert_eq!(r1.state, "DOWN", "{r1:?}");
+        // Its own socket deadline or the collector's, whichever ends first.
+        let err = r1.last_error.as_deref().unwrap_or("");
+        assert!(
+            err.contains("timed out") || err.contains("no answer within"),
+            "{r1:?}"
+        );
+        assert_eq!(st.services[0].fewest_up, Some(1), "{:?}", st.services[0]);
+    }
+
     fn unused_port() -> u16 {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -1372,6 +1557,10 @@ mod tests {
         assert_eq!((r1.requests_in_window, r1.error_ratio), (1, 1.0));
         assert_eq!(r0.history.len(), 1);
         assert!(r0.history[0].is_some() && r1.history[0].is_none());
+        // The heartbeat: one point, 1 of 2 healthy.
+        assert_eq!(web.heartbeat.len(), 1, "{web:?}");
+        assert_eq!((web.heartbeat[0].1, web.heartbeat[0].2), (1, 2));
+        assert_eq!(web.fewest_up, Some(1));
 
         let b = &st.balancers[0];
         assert_eq!(
