@@ -37,6 +37,9 @@ const SOCKET_PATH_MAX: usize = 104 - 17 - 1;
 const CONTROL_SOCKET: &str = "cm-%C";
 /// `%C` expands to 40 hex digits.
 const CONTROL_SOCKET_LEN: usize = 3 + 40;
+/// A call still running after this is probed, and again this long after each probe answers: a
+/// dead host is found within PROBE_AFTER + the connect timeout.
+const PROBE_AFTER: Duration = Duration::from_secs(2);
 /// How long a local control command (`ssh -G`, `ssh -O exit`, `ssh-keygen -F`) may take.
 const LOCAL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -545,6 +548,35 @@ trap - EXIT"#;
         }
     }
 
+    /// Whether the host still answers over the path calls take (the master, or a new connection
+    /// when there is none): `true` there within the connect timeout. The failure when not.
+    async fn probe(&self, args: &[String], address: &str, peer: &Peer) -> Option<Error> {
+        let mut cmd = Command::new("ssh");
+        cmd.args(args)
+            .arg("--")
+            .arg(address)
+            .arg("true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let limit = self.connect_timeout.max(Duration::from_secs(1));
+        match tokio::time::timeout(limit, cmd.output()).await {
+            Err(_) => Some(Error::Unreachable {
+                host: peer.host.clone(),
+                address: peer.address.clone(),
+                reason: format!(
+                    "no answer within {limit:?} while a command ran (the connection is dead)"
+                ),
+            }),
+            Ok(Err(_)) => None,
+            Ok(Ok(out)) => {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                classify(peer, out.status.code(), &stderr).filter(Error::is_unreachable)
+            }
+        }
+    }
+
     /// One ssh call: options, host keys, the command, stdin, the deadline, the classification.
     async fn call(
         &self,
@@ -558,9 +590,10 @@ trap - EXIT"#;
         let r = self.resolve(target).await?;
         let (source, key_args) = self.key_args(&r, keys)?;
         let peer = self.peer(target, &r, keys, source);
+        let mut probe_args = self.base_args(target);
+        probe_args.extend(key_args);
         let mut cmd = Command::new("ssh");
-        cmd.args(self.base_args(target))
-            .args(key_args)
+        cmd.args(&probe_args)
             .arg("--")
             .arg(&target.address)
             .arg(line)
@@ -599,9 +632,23 @@ trap - EXIT"#;
             fed?;
             out.map_err(|e| Error::io("waiting for ssh", e))
         };
-        let out = match tokio::time::timeout(timeout, run).await {
-            Ok(out) => out?,
-            Err(_) => {
+        // ssh's own keepalives let a master whose link went down silently linger ~10 s (measured
+        // on the lab), so a call that runs long is watched by probes over the same path.
+        let watch = async {
+            loop {
+                tokio::time::sleep(PROBE_AFTER).await;
+                if let Some(e) = self.probe(&probe_args, &target.address, &peer).await {
+                    return e;
+                }
+            }
+        };
+        let out = tokio::select! {
+            out = run => out?,
+            dead = watch => {
+                self.close(target).await;
+                return Err(dead);
+            }
+            _ = tokio::time::sleep(timeout) => {
                 self.close(target).await;
                 return Err(Error::Timeout {
                     host: peer.host,
@@ -700,7 +747,9 @@ async fn local(mut cmd: Command, what: &str) -> Result<std::process::Output, Err
 fn write_private(path: &Path, text: &str) -> Result<(), Error> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
