@@ -277,13 +277,19 @@ fn the_transport_against_lab_hosts() {
     // An ssh config alias (HostName, User, IdentityFile, UserKnownHostsFile) is honoured; its
     // known_hosts names the host, so it is checked strictly and nothing is pinned.
     let config = lab.dir().join("ssh_config");
+    let common = format!(
+        "  User root\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  BatchMode yes\n",
+        lab.key_file().display(),
+        lab.known_hosts_file().display()
+    );
     std::fs::write(
         &config,
         format!(
-            "Host labalias\n  HostName {}\n  User root\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n",
+            "Host labalias\n  HostName {}\n{common}\nHost labjump\n  HostName {}\n{common}\n\
+             Host jumped\n  HostName {}\n  ProxyJump labjump\n{common}",
             h1.addr(),
-            lab.key_file().display(),
-            lab.known_hosts_file().display()
+            h0.addr(),
+            h1.addr(),
         ),
     )
     .unwrap();
@@ -303,7 +309,29 @@ fn the_transport_against_lab_hosts() {
     ))
     .unwrap();
     assert_eq!(out.stdout_lossy().trim(), format!("{} root", h1.name()));
+    // ProxyJump too: host 2 is reached through host 1, and sees host 1 as the client. (A
+    // transport of its own: OpenSSH 9.2's `%C` leaves the jump out, so this transport would
+    // reuse the direct master to the same root@ADDR:22.)
+    let jump_ssh = Ssh::new(lab.dir().join("ssh-jump"))
+        .unwrap()
+        .with_config(Some(config.clone()));
+    let jumped = Target::new("jumped", "jumped");
+    let out = block(jump_ssh.run(
+        &jumped,
+        &HostKeys::first_contact(),
+        Remote::Script("echo $(hostname) ${SSH_CLIENT%% *}"),
+        None,
+        T,
+    ))
+    .unwrap();
+    assert_eq!(
+        out.stdout_lossy().trim(),
+        format!("{} {}", h1.name(), h0.addr()),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(aliased_ssh);
+    drop(jump_ssh);
 
     // ssh_args: what a program that runs ssh itself needs, on the same master.
     let conn1 = block(ssh.connect(&web1, &HostKeys::first_contact())).unwrap();
