@@ -105,6 +105,9 @@ pub struct Peer {
     pub address: String,
     /// How to accept a changed key deliberately (for [`Error::HostKeyChanged`]).
     pub help: String,
+    /// The keys checked were pinned in state: a host that offers none of them has changed its
+    /// key, even when ssh calls it unknown (the pinned type is no longer offered).
+    pub pinned: bool,
 }
 
 /// The failure, if any, that ssh's exit `status` (None: killed by a signal) and `stderr` show.
@@ -152,6 +155,14 @@ pub fn classify(peer: &Peer, status: Option<i32>, stderr: &str) -> Option<Error>
         "host key verification failed",
         "no matching host key type",
     ]) {
+        if peer.pinned {
+            return Some(Error::HostKeyChanged {
+                host: peer.host.clone(),
+                address: peer.address.clone(),
+                fingerprint: fingerprint(stderr),
+                help: peer.help.clone(),
+            });
+        }
         return Some(Error::HostKeyUnknown {
             host: peer.host.clone(),
             address: peer.address.clone(),
@@ -233,6 +244,7 @@ mod tests {
             host: "web1".into(),
             address: "10.88.3.2:22".into(),
             help: "run `pipeline apply -replace='host.web1[\"x\"]'`".into(),
+            pinned: false,
         }
     }
 
@@ -315,6 +327,26 @@ Host key verification failed.\n";
         ] {
             assert!(msg.contains(part), "{part:?} missing from: {msg}");
         }
+    }
+
+    #[test]
+    fn a_pinned_host_that_offers_no_pinned_key_type_has_changed_its_key() {
+        let unknown = "No ED25519 host key is known for 10.88.3.2 and you have requested strict checking.\nHost key verification failed.\n";
+        let pinned = Peer {
+            pinned: true,
+            ..peer()
+        };
+        assert!(matches!(
+            classify(&pinned, Some(255), unknown),
+            Some(Error::HostKeyChanged {
+                fingerprint: None,
+                ..
+            })
+        ));
+        assert!(matches!(
+            classify(&peer(), Some(255), unknown),
+            Some(Error::HostKeyUnknown { .. })
+        ));
     }
 
     #[test]
