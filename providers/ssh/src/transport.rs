@@ -46,6 +46,9 @@ const CONTROL_SOCKET_LEN: usize = 3 + 40;
 /// A call still running after this is probed, and again this long after each probe answers: a
 /// dead host is found within PROBE_AFTER + the connect timeout.
 const PROBE_AFTER: Duration = Duration::from_secs(2);
+/// Calls at once per host: with a probe each, sshd's default MaxSessions (10 sessions per
+/// connection).
+const SESSIONS: usize = 5;
 /// How long a local control command (`ssh -G`, `ssh -O exit`, `ssh-keygen -F`) may take.
 const LOCAL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -165,6 +168,11 @@ struct Resolved {
     known_to_user: bool,
     /// The private known_hosts file of this target (pinned or first contact).
     private_known_hosts: PathBuf,
+    /// Held while the master is opened, so calls that start together make one connection, not
+    /// one each (a burst of handshakes meets sshd's MaxStartups); when the last open failed.
+    opening: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// sshd allows 10 sessions per connection (MaxSessions): calls beyond [`SESSIONS`] wait.
+    sessions: tokio::sync::Semaphore,
 }
 
 impl Resolved {
@@ -375,12 +383,17 @@ impl Ssh {
             control_path,
             known_to_user,
             private_known_hosts,
+            opening: tokio::sync::Mutex::new(None),
+            sessions: tokio::sync::Semaphore::new(SESSIONS),
         });
-        self.resolved
+        // Two calls may resolve at once: both use whichever was kept first.
+        Ok(self
+            .resolved
             .lock()
             .unwrap()
-            .insert(target.clone(), r.clone());
-        Ok(r)
+            .entry(target.clone())
+            .or_insert(r)
+            .clone())
     }
 
     /// The host key options of a call, the private file written when keys are pinned.
@@ -584,7 +597,7 @@ trap - EXIT"#;
         }
     }
 
-    /// One ssh call: options, host keys, the command, stdin, the deadline, the classification.
+    /// One call: a session among the host's, the master opened if need be, then the command.
     async fn call(
         &self,
         target: &Target,
@@ -595,8 +608,76 @@ trap - EXIT"#;
     ) -> Result<Output, Error> {
         let line = remote.command_line()?;
         let r = self.resolve(target).await?;
-        let (source, key_args) = self.key_args(&r, keys)?;
-        let peer = self.peer(target, &r, keys, source);
+        let started = std::time::Instant::now();
+        let timed_out = || {
+            let (source, _) = self.key_args(&r, keys)?;
+            let peer = self.peer(target, &r, keys, source);
+            Err(Error::Timeout {
+                host: peer.host,
+                address: peer.address,
+                after: timeout,
+            })
+        };
+        let Ok(_session) = tokio::time::timeout(timeout, r.sessions.acquire()).await else {
+            return timed_out();
+        };
+        let Some(left) = timeout.checked_sub(started.elapsed()) else {
+            return timed_out();
+        };
+        self.open_master(target, &r, keys, left).await?;
+        let Some(left) = timeout.checked_sub(started.elapsed()) else {
+            return timed_out();
+        };
+        self.call_once(target, &r, keys, &line, input, left).await
+    }
+
+    /// Opens the master when none is open, one caller at a time; the others then multiplex
+    /// over it. After a failed open, callers that waited go on without one (each fails or
+    /// connects by itself, at once, instead of one after the other).
+    async fn open_master(
+        &self,
+        target: &Target,
+        r: &Resolved,
+        keys: &HostKeys,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        if r.control_path.as_os_str().is_empty() || r.control_path.exists() {
+            return Ok(());
+        }
+        let Ok(mut last_failure) = tokio::time::timeout(timeout, r.opening.lock()).await else {
+            return Ok(()); // the call's own deadline reports it
+        };
+        if r.control_path.exists()
+            || last_failure.is_some_and(|t| t.elapsed() < self.connect_timeout)
+        {
+            return Ok(());
+        }
+        let limit = timeout.min(self.connect_timeout * 2);
+        match self.call_once(target, r, keys, "true", None, limit).await {
+            Ok(_) => {
+                *last_failure = None;
+                Ok(())
+            }
+            Err(e) => {
+                *last_failure = Some(std::time::Instant::now());
+                Err(e)
+            }
+        }
+    }
+
+    /// One ssh process for `line`: options, host keys, stdin, the deadline, the probes, the
+    /// classification.
+    async fn call_once(
+        &self,
+        target: &Target,
+        r: &Resolved,
+        keys: &HostKeys,
+        line: &str,
+        input: Option<Source<'_>>,
+        timeout: Duration,
+    ) -> Result<Output, Error> {
+        let (source, key_args) = self.key_args(r, keys)?;
+        let peer = self.peer(target, r, keys, source);
         let mut probe_args = self.base_args(target);
         probe_args.extend(key_args);
         let mut cmd = Command::new("ssh");

@@ -274,6 +274,21 @@ fn the_transport_against_lab_hosts() {
         fresh.as_secs_f64() * 1e3
     );
 
+    // Calls that start together while no master is open all succeed (one becomes the master,
+    // the others connect beside it or through it).
+    block(ssh.close(&web0));
+    let one = || ssh.run(&web0, &pinned0, Remote::Argv(&["hostname"]), None, T);
+    let t = Instant::now();
+    let (a, b, c, d, e, f) =
+        block(async { tokio::join!(one(), one(), one(), one(), one(), one()) });
+    eprintln!(
+        "6 concurrent calls with no master open: {:.0} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    for out in [a, b, c, d, e, f] {
+        assert_eq!(out.unwrap().stdout_lossy().trim(), h0.name());
+    }
+
     // An ssh config alias (HostName, User, IdentityFile, UserKnownHostsFile) is honoured; its
     // known_hosts names the host, so it is checked strictly and nothing is pinned.
     let config = lab.dir().join("ssh_config");

@@ -198,9 +198,7 @@ pub fn classify(peer: &Peer, status: Option<i32>, stderr: &str) -> Option<Error>
         "broken pipe",
         "kex_exchange_identification",
         "banner exchange",
-        "mux_client",
-        "control socket",
-        "controlsocket",
+        "from master failed",
         "lost connection",
         "client_loop",
     ]) {
@@ -293,6 +291,8 @@ Host key verification failed.\n";
             (Some(255), "Connection timed out during banner exchange\n", "Unreachable"),
             (Some(255), "mux_client_request_session: read from master failed: Broken pipe\n", "Unreachable"),
             (Some(255), "client_loop: send disconnect: Broken pipe\n", "Unreachable"),
+            // A master that refuses one more session (MaxSessions) is not a dead host.
+            (Some(255), "mux_client_request_session: session request failed: Session open refused by peer\n", "Remote"),
             (None, "", "Unreachable"),
             (Some(1), "cat: /nope: No such file or directory\n", "Remote"),
             // A remote command's own message never makes it ssh's failure unless ssh exited 255.
