@@ -891,6 +891,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_inventory_host_is_a_target() {
+        let inv = pipeline_inventory::parse(
+            "[web]\nweb1 ansible_host=10.0.0.1 ansible_port=2222 ansible_user=deploy \
+             ansible_ssh_private_key_file=/keys/id\nweb2\n",
+            "inventory.ini",
+        )
+        .unwrap();
+        let hosts = inv.hosts_of("web").unwrap();
+        let t: Vec<Target> = hosts.iter().map(Target::from).collect();
+        assert_eq!(
+            t[0],
+            Target {
+                name: "web1".into(),
+                address: "10.0.0.1".into(),
+                port: Some(2222),
+                user: Some("deploy".into()),
+                key_file: Some(PathBuf::from("/keys/id")),
+            }
+        );
+        assert_eq!(t[1], Target::new("web2", "web2"));
+    }
+
+    #[test]
     fn private_file_names_are_plain_and_distinct() {
         let a = file_id("web1", "10.0.0.1", 22);
         assert!(a.starts_with("web1-"));
