@@ -333,9 +333,12 @@ impl Ansible {
         }
         args.push(playbook.clone().into());
 
+        // Marks every process of this run, also those that leave its process group.
+        let marker = work.id.clone();
         let mut cmd = Command::new(self.playbook_program());
         clean_env(&mut cmd);
-        cmd.env("ANSIBLE_CONFIG", &cfg)
+        cmd.env(process::RUN_MARKER, &marker)
+            .env("ANSIBLE_CONFIG", &cfg)
             .env("ANSIBLE_LOCAL_TEMP", &local_tmp)
             .env("ANSIBLE_REMOTE_TEMP", "~/.ansible/tmp")
             .env("PIPELINE_EVENTS_FD", process::EVENTS_FD.to_string())
@@ -363,7 +366,7 @@ impl Ansible {
         let name = playbook.display().to_string();
         let outcome = tokio::time::timeout(
             run.timeout,
-            self.drive(cmd, &mut progress, &mut log, &mut on_event),
+            self.drive(cmd, &marker, &mut progress, &mut log, &mut on_event),
         )
         .await;
         drop(work); // the secrets file goes before anything else is reported
@@ -412,6 +415,7 @@ impl Ansible {
     async fn drive<F>(
         &self,
         mut cmd: Command,
+        marker: &str,
         p: &mut Progress,
         log: &mut Option<std::fs::File>,
         on_event: &mut F,
@@ -425,7 +429,7 @@ impl Ansible {
         let mut child = process::spawn(&mut cmd, &events_tx)
             .map_err(io(format!("starting {}", program.display())))?;
         // Declared after the child: dropped first, so the group dies before the child is reaped.
-        let mut group = process::GroupGuard::new(&child);
+        let mut group = process::GroupGuard::new(&child, marker);
         drop(events_tx); // ours: EOF comes when ansible's copies close
         let events = tokio::net::unix::pipe::Receiver::from_owned_fd(events_rx)
             .map_err(io("reading the event pipe".into()))?;
@@ -563,6 +567,8 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 /// A 0700 directory for one run's config, variable files and temp files, removed on drop.
 struct RunDir {
     path: PathBuf,
+    /// Unique on this machine: pid, counter and start time.
+    id: String,
 }
 
 const RUN_PREFIX: &str = "run-";
@@ -570,11 +576,17 @@ const RUN_PREFIX: &str = "run-";
 impl RunDir {
     fn create(parent: &Path) -> Result<RunDir, AnsibleError> {
         static N: AtomicU64 = AtomicU64::new(0);
-        let path = parent.join(format!(
+        let name = format!(
             "{RUN_PREFIX}{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
-        ));
+        );
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let id = format!("{name}-{nanos}");
+        let path = parent.join(name);
         let _ = std::fs::remove_dir_all(&path);
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -583,7 +595,7 @@ impl RunDir {
                 what: format!("creating {}", path.display()),
                 source,
             })?;
-        Ok(RunDir { path })
+        Ok(RunDir { path, id })
     }
 
     fn write(&self, file: &Path, bytes: &[u8]) -> Result<(), AnsibleError> {

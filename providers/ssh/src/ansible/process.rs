@@ -40,20 +40,29 @@ pub(crate) fn spawn(cmd: &mut Command, events: &OwnedFd) -> std::io::Result<Chil
     cmd.spawn()
 }
 
-/// Kills a process group when dropped, unless [`GroupGuard::disarm`]ed: dropping the run's
-/// future (cancellation, a timeout) takes every ansible worker, ssh and module with it.
+/// The variable that marks every process of one run (`PIPELINE_ANSIBLE_RUN`): ansible's workers
+/// call `setsid()`, leaving the process group, so the group alone does not find them.
+pub(crate) const RUN_MARKER: &str = "PIPELINE_ANSIBLE_RUN";
+
+/// Kills a run when dropped, unless [`GroupGuard::kill_now_and_disarm`] came first: dropping the
+/// run's future (cancellation, a timeout) takes every ansible worker, ssh and module with it.
 pub(crate) struct GroupGuard {
     pgid: Option<libc::pid_t>,
+    /// `RUN_MARKER=value`, as it appears in /proc/PID/environ.
+    marker: Vec<u8>,
 }
 
 impl GroupGuard {
-    pub fn new(child: &Child) -> GroupGuard {
+    pub fn new(child: &Child, marker_value: &str) -> GroupGuard {
         GroupGuard {
             pgid: child.id().map(|p| p as libc::pid_t),
+            marker: format!("{RUN_MARKER}={marker_value}").into_bytes(),
         }
     }
 
-    /// Kills what is left of the group (workers the leader left behind) and forgets it.
+    /// After a normal exit: kills what is left of the group and forgets the run. Workers have
+    /// been joined by then, and the ssh ControlMaster processes the run started (which carry
+    /// the marker) stay for the next run to reuse.
     pub fn kill_now_and_disarm(&mut self) {
         if let Some(pgid) = self.pgid.take() {
             kill_group(pgid);
@@ -63,8 +72,22 @@ impl GroupGuard {
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        if let Some(pgid) = self.pgid.take() {
-            kill_group(pgid);
+        let Some(pgid) = self.pgid.take() else {
+            return;
+        };
+        // The leader first (it forks no new worker once dead), then whatever carries the mark.
+        kill_group(pgid);
+        for _ in 0..5 {
+            let marked = marked_processes(&self.marker);
+            if marked.is_empty() {
+                break;
+            }
+            for pid in marked {
+                // SAFETY: a signal to a process of this run, found by its mark.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
         }
     }
 }
@@ -76,4 +99,20 @@ fn kill_group(pgid: libc::pid_t) {
             libc::kill(-pgid, libc::SIGKILL);
         }
     }
+}
+
+/// Live processes whose environment holds `marker` (a `NAME=value` entry).
+fn marked_processes(marker: &[u8]) -> Vec<libc::pid_t> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id() as libc::pid_t;
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == marker))
+        })
+        .collect()
 }
