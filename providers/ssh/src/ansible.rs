@@ -76,6 +76,11 @@ pub enum AnsibleError {
         /// The last lines of its stderr (or stdout when stderr said nothing).
         tail: String,
     },
+    #[error(
+        "ansible-playbook {playbook} ran but its pipeline_events callback plugin reported nothing \
+         (is ansible-core {PINNED_VERSION} the one in use?); its output ended with:\n{tail}"
+    )]
+    NoEvents { playbook: String, tail: String },
     #[error("could not read the version of {program}: {output}")]
     Version { program: String, output: String },
 }
@@ -360,6 +365,7 @@ impl Ansible {
                 ..Recap::default()
             },
             running: Default::default(),
+            started: false,
             stdout_tail: VecDeque::new(),
             stderr_tail: VecDeque::new(),
         };
@@ -393,14 +399,21 @@ impl Ansible {
                 recap: Box::new(recap),
             });
         }
-        if status.success() {
-            return Ok(recap);
-        }
         let tail = if progress.stderr_tail.iter().any(|l| !l.trim().is_empty()) {
             &progress.stderr_tail
         } else {
             &progress.stdout_tail
         };
+        if status.success() {
+            // Without the plugin a run would look like one that changed nothing.
+            if !progress.started {
+                return Err(AnsibleError::NoEvents {
+                    playbook: name,
+                    tail: tail.iter().cloned().collect::<Vec<_>>().join("\n"),
+                });
+            }
+            return Ok(recap);
+        }
         Err(AnsibleError::Exit {
             playbook: name,
             status: match status.code() {
@@ -484,12 +497,17 @@ struct Progress {
     recap: Recap,
     /// host → the task it started last and has not finished.
     running: std::collections::BTreeMap<String, String>,
+    /// The plugin said `playbook_start`.
+    started: bool,
     stdout_tail: VecDeque<String>,
     stderr_tail: VecDeque<String>,
 }
 
 impl Progress {
     fn note(&mut self, e: &TaskEvent) {
+        if e.event == EventKind::PlaybookStart {
+            self.started = true;
+        }
         if let Some(host) = &e.host {
             match e.event {
                 EventKind::TaskStart => {

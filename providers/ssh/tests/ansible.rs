@@ -141,6 +141,48 @@ async fn dropping_a_run_or_its_timeout_kills_every_process_and_removes_the_secre
 }
 
 #[tokio::test]
+async fn on_this_machine_a_run_checks_applies_and_then_changes_nothing() {
+    let Some(ansible) = ansible_or_skip() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let log = tmp.path().join("ansible.log");
+    let mut run = Run::new(fixture("site.yml"), local_inventory(tmp.path()));
+    run.vars.insert("greeting".into(), "hi".into());
+    run.vars
+        .insert("conf_dir".into(), out.to_string_lossy().into_owned().into());
+    run.secrets
+        .insert("db_password".into(), "local-Secret-93x".into());
+    run.limit = Some(vec!["localhost".into()]);
+    run.log = Some(log.clone());
+    let work = tmp.path().join("a");
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let mut changed = Vec::new();
+    for check in [true, false, false] {
+        run.check = check;
+        run.diff = check;
+        let recap = ansible
+            .run(&run, &work, collect(&events))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        changed.push(recap.host("localhost").unwrap().stats.changed);
+    }
+    assert_eq!(changed, vec![2, 2, 0], "check, apply, again");
+    assert_eq!(
+        std::fs::read_to_string(out.join("pipeline-fixture-secret.conf")).unwrap(),
+        "password = local-Secret-93x\n"
+    );
+    let seen = serde_json::to_string(&*events.lock().unwrap()).unwrap();
+    assert!(!seen.contains("local-Secret-93x"));
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(log.matches("PLAY RECAP").count(), 3, "{log}");
+    assert!(!log.contains("local-Secret-93x"));
+    assert_eq!(run_dirs(&work), Vec::<String>::new());
+}
+
+#[tokio::test]
 async fn a_broken_playbook_is_an_error_with_ansibles_words() {
     let Some(ansible) = ansible_or_skip() else {
         return;

@@ -163,6 +163,11 @@ class CallbackModule(CallbackBase):
                     diffs.append(text)
         return "".join(diffs) or None
 
+    def v2_playbook_on_start(self, playbook):
+        # Tells the runner the plugin is loaded: a run without this line reported nothing.
+        self._emit({"event": "playbook_start", "host": None, "task": None, "role": None,
+                    "msg": None, "diff": None})
+
     def v2_runner_on_start(self, host, task):
         self._emit({
             "event": "task_start",

@@ -8,6 +8,8 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
+    /// The plugin is loaded and the playbook begins (no host).
+    PlaybookStart,
     /// A task begins on a host.
     TaskStart,
     Ok,
@@ -131,6 +133,7 @@ impl Recap {
         };
         let task = || e.task.clone().unwrap_or_default();
         match e.event {
+            EventKind::PlaybookStart => {}
             EventKind::TaskStart | EventKind::Ok | EventKind::Skipped => {
                 self.hosts.entry(host.to_string()).or_default();
             }
