@@ -24,6 +24,7 @@ pub use events::{EventKind, HostRecap, HostStats, Recap, TaskChange, TaskEvent, 
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -624,8 +625,6 @@ impl RunDir {
     }
 }
 
-use std::os::unix::fs::DirBuilderExt;
-
 impl Drop for RunDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
@@ -720,6 +719,13 @@ mod tests {
         );
         assert!(e.contains("/nowhere"), "{e}");
         assert!(Ansible::in_dir(Path::new("/nonexistent-venv/bin")).is_none());
+    }
+
+    /// Callers spawn runs on tokio's pool: the future must stay `Send`.
+    #[allow(dead_code)]
+    fn a_run_is_send(a: &Ansible, r: &Run, dir: &Path) {
+        fn send<T: Send>(_: T) {}
+        send(a.run(r, dir, |_: &TaskEvent| {}));
     }
 
     #[test]
