@@ -469,6 +469,15 @@ fn the_service_and_nginx_roles_run_a_service_on_lab_hosts() {
         assert!(unit.contains("PORT=8002"), "{unit}");
     }
 
+    // Three older releases beside v1 and v2 (dirs with old mtimes): the next full run keeps
+    // the current release and the two newest others.
+    for h in apps {
+        ssh(
+            h,
+            &["cd /opt/pipeline/web/releases && mkdir old1 old2 old3 && \
+               touch -d 2020-01-01 old1 && touch -d 2021-01-01 old2 && touch -d 2022-01-01 old3"],
+        );
+    }
     // An instance no longer listed is stopped and its unit and env files are gone.
     let fewer = ansible.play(
         "service.yml",
@@ -485,5 +494,13 @@ fn the_service_and_nginx_roles_run_a_service_on_lab_hosts() {
         let left = ssh(h, &["ls /etc/systemd/system/pipeline-* /etc/pipeline/web/"]);
         assert!(!left.contains("web-b"), "{left}");
         assert_eq!(app(h.addr(), 8001)["version"], "v2");
+        let kept: BTreeSet<String> = ssh(h, &["ls", "/opt/pipeline/web/releases"])
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let want: BTreeSet<String> = [sha2.as_str(), sha1.as_str(), "old3"]
+            .map(str::to_string)
+            .into();
+        assert_eq!(kept, want, "releases kept on {}", h.name());
     }
 }
