@@ -504,3 +504,47 @@ fn the_service_and_nginx_roles_run_a_service_on_lab_hosts() {
         assert_eq!(kept, want, "releases kept on {}", h.name());
     }
 }
+
+/// The filters' refusals need no lab: ansible-core on the control machine alone.
+#[test]
+fn the_quoting_filters_refuse_what_systemd_would_misread() {
+    let playbook = pipeline_lab::venv_bin("ansible-playbook");
+    if !playbook.exists() {
+        let must = std::env::var("CI").is_ok_and(|v| v == "true")
+            || std::env::var_os("PIPELINE_LAB").is_some();
+        assert!(
+            !must,
+            "{} is missing (scripts/lab-install makes it)",
+            playbook.display()
+        );
+        eprintln!("SKIPPED: {} is missing", playbook.display());
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("pipeline-roles-filters-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(&playbook)
+        .env("ANSIBLE_CONFIG", dir.join("none.cfg"))
+        .env("ANSIBLE_HOME", dir.join("home"))
+        .env("ANSIBLE_LOCAL_TEMP", dir.join("tmp"))
+        .env("ANSIBLE_NOCOLOR", "1")
+        .env(
+            "ANSIBLE_FILTER_PLUGINS",
+            ansible_dir().join("roles/pipeline_service/filter_plugins"),
+        )
+        .args(["-i", "localhost,", "-c", "local", "-e"])
+        .arg(format!(
+            "ansible_python_interpreter={}",
+            pipeline_lab::venv_bin("python3").display()
+        ))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/roles/filters.yml"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    // 9 refused argv lists and 5 refused environments, each a failure the play ignored.
+    assert!(text.contains("ignored=2"), "{text}");
+    assert_eq!(text.matches("failed: [localhost]").count(), 14, "{text}");
+}
