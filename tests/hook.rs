@@ -165,6 +165,8 @@ fn a_push_to_production_deploys_and_other_branches_do_not() {
     assert_eq!(log[0]["rev"], head.as_str());
     assert_eq!(log[0]["result"], "applied");
     assert_eq!(log[0]["author"], "Ada <ada@example.com>");
+    assert!(!log[0]["pusher"].as_str().unwrap().is_empty());
+    assert!(log[0]["started_ms"].as_u64() <= log[0]["finished_ms"].as_u64());
     let serial = s_.serial();
     assert!(serial > 0);
 
@@ -229,7 +231,7 @@ fn a_wrong_stack_fails_the_push_and_leaves_the_branch() {
     );
     let err = s(&out.stderr);
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains("main.hcl:3:"), "{err}");
+    assert!(err.contains("remote:  --> main.hcl:3:"), "{err}");
     assert!(err.contains("remote: "), "{err}");
     assert!(
         err.contains("[remote rejected] HEAD -> production"),

@@ -444,9 +444,13 @@ async fn deploy_locked(
     record.author = commit.author.clone();
     record.subject = commit.subject.clone();
     let checkout = t.state_dir.join("checkout");
-    let stack = checkout.join(&t.stack);
     view.deploying(&commit, &t.stack);
     extract(t, new, &checkout)?;
+    // The deploy runs in the checkout: errors name stack files as the repository does
+    // (`main.hcl:3:13`), and the pusher can find them.
+    std::env::set_current_dir(&checkout)
+        .with_context(|| format!("cannot enter {}", checkout.display()))?;
+    let stack = t.stack.clone();
     if !stack.exists() {
         bail!(
             "revision {} has no {}\n  = help: add the stack there, or install the hook again with --stack naming it",
@@ -691,14 +695,29 @@ fn pusher() -> String {
     let user = std::env::var("USER")
         .ok()
         .filter(|u| !u.is_empty())
-        // SAFETY: getuid has no preconditions and cannot fail.
-        .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }));
+        .unwrap_or_else(account_name);
     match std::env::var("SSH_CONNECTION")
         .ok()
         .and_then(|c| c.split_whitespace().next().map(str::to_string))
     {
         Some(from) => format!("{user} from {from}"),
         None => user,
+    }
+}
+
+/// The name of the account this process runs as, else its uid.
+fn account_name() -> String {
+    // SAFETY: getuid cannot fail; getpwuid returns null or an entry valid until the next call,
+    // read at once on this thread.
+    unsafe {
+        let uid = libc::getuid();
+        let pw = libc::getpwuid(uid);
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            return format!("uid {uid}");
+        }
+        std::ffi::CStr::from_ptr((*pw).pw_name)
+            .to_string_lossy()
+            .into_owned()
     }
 }
 
