@@ -445,3 +445,31 @@ fn hook_install_refuses_what_it_must_not_touch() {
     assert!(s(&out.stdout).contains("Replaced the deploy hook installed before"));
     assert!(bare.join("pipeline").is_dir());
 }
+
+/// git sets GIT_DIR (and more) for a hook: the deploy clears them, so a service built from a
+/// revision of its own repository finds that repository, not the one pushed to.
+#[test]
+fn the_stack_s_own_git_finds_its_own_repository() {
+    let s_ = Setup::new();
+    let src = s_.t.path().join("src");
+    git_ok(s_.t.path(), &["init", "-q", "-b", "main", "src"]);
+    std::fs::write(src.join("index.html"), "hello\n").unwrap();
+    git_ok(&src, &["add", "-A"]);
+    git_ok(&src, &["commit", "-qm", "app"]);
+    let rev = git_ok(&src, &["rev-parse", "HEAD"]);
+    let stack = format!(
+        r#"service "web" {{
+  source   = "{}"
+  revision = "{rev}"
+  run      = "exec python3 -m http.server {{{{port}}}} --bind 127.0.0.1"
+  health   = {{ type = "tcp", interval = "100ms" }}
+}}
+"#,
+        src.display()
+    );
+    let out = commit_and_push(&s_.work, &[("main.hcl", &stack)], "HEAD:production");
+    let err = s(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("remote: Apply complete! 1 added"), "{err}");
+    assert!(s_.state_list().contains("service.web"));
+}
