@@ -473,3 +473,59 @@ fn the_stack_s_own_git_finds_its_own_repository() {
     assert!(err.contains("remote: Apply complete! 1 added"), "{err}");
     assert!(s_.state_list().contains("service.web"));
 }
+
+/// A pusher who gives up (Ctrl-C, a dropped connection) does not stop the deploy halfway: it
+/// finishes and is logged; pushing again records it on the branch.
+#[test]
+fn a_pusher_who_leaves_mid_deploy_does_not_stop_it() {
+    use std::io::BufRead;
+    let s_ = Setup::new();
+    let site = s_.t.path().join("out/site.txt");
+    let out = push_files(&s_.work, &slow_stack(&site, "v0"), "HEAD:production");
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    for (rel, text) in slow_stack(&site, "v1") {
+        std::fs::write(s_.work.join(rel), text).unwrap();
+    }
+    git_ok(&s_.work, &["commit", "-qam", "v1"]);
+    let rev = git_ok(&s_.work, &["rev-parse", "HEAD"]);
+    let mut push = Command::new("git");
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("GIT_") {
+            push.env_remove(k);
+        }
+    }
+    let mut child = push
+        .args(["push", "--progress", "origin", "HEAD:production"])
+        .current_dir(&s_.work)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(child.stderr.take().unwrap());
+    for l in lines.split(b'\n') {
+        if s(&l.unwrap()).contains("service.web[0]: ") {
+            break;
+        }
+    }
+    // The build (1 s) runs now: the pusher goes away.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let record = loop {
+        if let Some(r) = s_.log().into_iter().find(|r| r["rev"] == rev.as_str()) {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the deploy of v1 never finished"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(record["result"], "applied", "{record}");
+    assert_eq!(std::fs::read_to_string(&site).unwrap(), "v1");
+    // Whether or not git moved the branch before the pusher left, pushing again records it.
+    let out = git(&s_.work, &["push", "origin", "HEAD:production"]);
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    assert_eq!(s_.branch("production"), rev);
+}

@@ -13,6 +13,15 @@ use pipeline_ops::hook::{self, Commit, DeployView, Holder, Push, Target};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// A line to the pusher. A pusher who went away (Ctrl-C) must not stop a deploy halfway: the
+/// write's error is dropped (and SIGPIPE ignored, see [`run`]).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 #[derive(Subcommand)]
 pub enum HookCmd {
     /// Install a git hook into a bare repository: a push to BRANCH plans and applies the pushed
@@ -80,6 +89,9 @@ pub fn install(state_dir: Option<PathBuf>, f: InstallFlags) -> Result<ExitCode> 
 }
 
 pub async fn run(state_dir: Option<PathBuf>, f: RunFlags) -> Result<ExitCode> {
+    // The pusher's end of stderr may close mid-deploy: the deploy goes on and is logged.
+    // SAFETY: setting a signal's disposition to ignore has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let target = Target {
         repo: f.repo,
         branch: f.branch,
@@ -89,7 +101,7 @@ pub async fn run(state_dir: Option<PathBuf>, f: RunFlags) -> Result<ExitCode> {
     let (old, new) = match hook::classify(&target, &f.refname, &f.old, &f.new)? {
         Push::Other => return Ok(ExitCode::SUCCESS),
         Push::Deleted => {
-            eprintln!(
+            say!(
                 "pipeline: {} deleted; nothing deployed (what runs stays as it is)",
                 target.branch
             );
@@ -104,23 +116,21 @@ pub async fn run(state_dir: Option<PathBuf>, f: RunFlags) -> Result<ExitCode> {
     let short = hook::short(&new);
     let ok = match &done.outcome {
         ApplyOutcome::NoChanges(_) => {
-            eprintln!("No changes. {short} is deployed.");
+            say!("No changes. {short} is deployed.");
             true
         }
         ApplyOutcome::Cancelled(_) => false,
         ApplyOutcome::Applied { plan, report, .. } => {
-            eprint!(
-                "\n{}",
-                render::report_text(report, Style { color: false }, plan.destroy)
-            );
+            let text = render::report_text(report, Style { color: false }, plan.destroy);
+            say!("\n{}", text.trim_end());
             report.ok()
         }
     };
     if ok {
-        eprintln!("pipeline: {} now runs {short}", target.branch);
+        say!("pipeline: {} now runs {short}", target.branch);
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!(
+        say!(
             "pipeline: the deploy of {short} failed: {} stays where it was",
             target.branch
         );
@@ -136,18 +146,18 @@ struct Remote {
 impl DeployView for Remote {
     fn waiting(&mut self, holder: Option<&Holder>) {
         match holder {
-            Some(h) => eprintln!(
+            Some(h) => say!(
                 "pipeline: waiting for the deploy of {} (pid {}, since {})",
                 hook::short(&h.rev),
                 h.pid,
                 h.since
             ),
-            None => eprintln!("pipeline: waiting for another deploy"),
+            None => say!("pipeline: waiting for another deploy"),
         }
     }
 
     fn deploying(&mut self, c: &Commit, stack: &Path) {
-        eprintln!(
+        say!(
             "pipeline: deploying {} to {} ({}: {}), stack {}",
             hook::short(&c.rev),
             self.branch,
@@ -160,26 +170,35 @@ impl DeployView for Remote {
 
 impl ApplyView for Remote {
     fn stale_lock(&mut self, info: &LockInfo) {
-        super::apply::stale_note(info)
+        say!(
+            "note: broke a stale lock held by pid {} on {} (`{}` since {}); that process is gone",
+            info.pid,
+            info.host,
+            info.operation,
+            info.created
+        );
     }
 
     fn orphans(&mut self, stopped: &[String]) {
         if !stopped.is_empty() {
-            eprintln!("Stopped what no state record names (left by a crashed or concurrent run):");
+            say!("Stopped what no state record names (left by a crashed or concurrent run):");
             for l in stopped {
-                eprintln!("  - {l}");
+                say!("  - {l}");
             }
         }
     }
 
     fn review(&mut self, plan: &Plan) -> Result<bool> {
-        eprint!("{}", render::plan_text(plan, Style { color: false }));
+        say!(
+            "{}",
+            render::plan_text(plan, Style { color: false }).trim_end()
+        );
         Ok(true)
     }
 
     fn applying(&mut self, _plan: &Plan) {}
 
     fn event(&mut self, e: &Event) {
-        eprintln!("{}", render::event_line(e));
+        say!("{}", render::event_line(e));
     }
 }
