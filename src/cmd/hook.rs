@@ -115,10 +115,8 @@ pub async fn run(state_dir: Option<PathBuf>, f: RunFlags) -> Result<ExitCode> {
     let done = hook::deploy(&target, old.as_deref(), &new, &mut view).await?;
     let short = hook::short(&new);
     let ok = match &done.outcome {
-        ApplyOutcome::NoChanges(_) => {
-            say!("No changes. {short} is deployed.");
-            true
-        }
+        // The plan said so; the last line says what runs.
+        ApplyOutcome::NoChanges(_) => true,
         ApplyOutcome::Cancelled(_) => false,
         ApplyOutcome::Applied { plan, report, .. } => {
             let text = render::report_text(report, Style { color: false }, plan.destroy);
