@@ -171,6 +171,12 @@ enum Cmd {
         #[arg(short = 'f', long)]
         follow: bool,
     },
+    /// Deploy on git push: `hook install --repo PATH --branch production [--stack FILE]`.
+    #[command(subcommand)]
+    Hook(cmd::hook::HookCmd),
+    /// What the installed git hook runs (one pushed ref).
+    #[command(name = "__hook", hide = true)]
+    HookRun(cmd::hook::RunFlags),
 }
 
 #[derive(Subcommand)]
@@ -223,6 +229,10 @@ pub fn run(args: Vec<String>) -> ExitCode {
             && std::io::stdout().is_terminal()
             && std::env::var_os("NO_COLOR").is_none(),
     };
+    // Before any thread starts: what git sets for a hook must not reach the stack's own git.
+    if let Cmd::HookRun(_) = &cli.cmd {
+        pipeline_ops::hook::clear_git_env();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -304,5 +314,7 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
             lines,
             follow,
         } => cmd::status::logs(&ws, &addr, lines, follow).await,
+        Cmd::Hook(cmd::hook::HookCmd::Install(f)) => cmd::hook::install(cli.state_dir, f),
+        Cmd::HookRun(f) => cmd::hook::run(cli.state_dir, f).await,
     }
 }

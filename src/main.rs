@@ -11,7 +11,10 @@ use pipeline_ops::canary;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
+    // Lossy: a git hook passes ref names, which may hold any bytes (they are only compared).
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     // The replica supervisor must run on the main thread before any runtime exists.
     if args.get(1).map(String::as_str) == Some("__supervise") {
         let Some(dir) = args.get(2) else {
