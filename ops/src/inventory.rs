@@ -157,6 +157,68 @@ mod tests {
         assert_eq!(block_name("file.conf"), "conf");
     }
 
+    /// A host record (answering the inventory action) and a record that runs `on` it: the host
+    /// is in its block's group and in the other block's group, with its connection variables.
+    #[tokio::test]
+    async fn what_runs_on_a_recorded_host_puts_the_host_in_its_blocks_group() {
+        use pipeline_engine::state::{JournalEntry, ResourceState, StateStore, Status};
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join(".pipeline");
+        let mut store = StateStore::open(&work).unwrap();
+        let mut set = |addr: &str, kind: &str, provider: &str, attrs: serde_json::Value| {
+            store
+                .record(JournalEntry::Set {
+                    addr: addr.into(),
+                    resource: ResourceState {
+                        kind: kind.into(),
+                        provider: provider.into(),
+                        status: Status::Ready,
+                        attrs: attrs.as_object().cloned().unwrap(),
+                        sensitive: vec![],
+                        deps: vec![],
+                    },
+                })
+                .unwrap()
+        };
+        let host = serde_json::json!({
+            "group": "web", "name": "web01", "address": "10.0.0.11", "port": 2222,
+            "user": "deploy", "key_file": null, "become": true, "groups": ["web"],
+            "vars": { "ansible_password": "hunter2" }
+        });
+        set(r#"host.web["web01"]"#, "host", "ssh", host.clone());
+        let mut other = host.clone();
+        other["name"] = "web02".into();
+        other["address"] = "10.0.0.12".into();
+        set(r#"host.web["web02"]"#, "host", "ssh", other);
+        // A file recorded `on` web01 (by its record; nothing is described as running).
+        let kind = "file";
+        set(
+            &format!("{kind}.conf"),
+            kind,
+            "local",
+            serde_json::json!({ "path": "/nonexistent/conf", "on": host }),
+        );
+        drop(store);
+        let ws = Workspace::new(Some(work)).unwrap();
+        let w = inventory(&ws).await.unwrap();
+        assert_eq!(w.hosts, vec!["web01", "web02"]);
+        assert_eq!(w.groups, vec!["conf", "web"]);
+        assert!(!w.text.contains("hunter2"), "{}", w.text);
+        let inv = pipeline_inventory::parse(&w.text, "written").unwrap();
+        let conf: Vec<String> = inv
+            .hosts_of("conf")
+            .unwrap()
+            .into_iter()
+            .map(|h| h.name)
+            .collect();
+        assert_eq!(conf, vec!["web01"], "{}", w.text);
+        let h = inv.host("web01").unwrap();
+        assert_eq!(
+            (h.address.as_str(), h.port, h.user.as_deref(), h.become_),
+            ("10.0.0.11", Some(2222), Some("deploy"), true)
+        );
+    }
+
     #[test]
     fn on_names_the_host_by_name_and_address() {
         let on = serde_json::json!([{ "name": "web01", "address": "10.0.0.1" }, { "address": "10.0.0.2" }]);
