@@ -46,6 +46,10 @@ struct PlanArgs {
     stack: Option<PathBuf>,
     #[command(flatten)]
     vars: VarArgs,
+    /// An Ansible INI inventory: sets `inventory` of every provider configuration that takes
+    /// one, over the stack's `provider` blocks (relative to the current directory).
+    #[arg(short = 'i', long = "inventory", value_name = "FILE")]
+    inventory: Option<PathBuf>,
     /// Ask providers what exists now (default true).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     refresh: bool,
@@ -161,6 +165,13 @@ enum Cmd {
     /// Feature flags in a `flags` store: list, get NAME, set NAME on|off [--percent N].
     #[command(subcommand)]
     Flags(cmd::flags::FlagsCmd),
+    /// Write an Ansible inventory of the recorded hosts, grouped by role (each host block, and
+    /// each block of what runs on them), for your own playbooks.
+    Inventory {
+        /// Write it to this file (default: standard output).
+        #[arg(short = 'o', long = "out", value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Show a replica's log.
     Logs {
         addr: String,
@@ -282,8 +293,25 @@ fn plan_inputs(ws: &Workspace, a: &PlanArgs, destroy: bool) -> Result<PlanInputs
     })
 }
 
+/// The inventory a command was given with `-i`, if any.
+fn inventory_flag(cmd: &Cmd) -> Option<&PathBuf> {
+    match cmd {
+        Cmd::Plan { args, .. } => args.inventory.as_ref(),
+        Cmd::Apply(a) | Cmd::Destroy(a) | Cmd::Deploy { apply: a, .. } => a.args.inventory.as_ref(),
+        _ => None,
+    }
+}
+
 async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
-    let ws = Workspace::new(cli.state_dir.clone())?;
+    let mut ws = Workspace::new(cli.state_dir.clone())?;
+    if let Some(i) = inventory_flag(&cli.cmd) {
+        // Relative to where pipeline runs (a block's `inventory` is relative to the stack).
+        let path = std::env::current_dir()?.join(i);
+        ws.override_setting(
+            "inventory",
+            pipeline_engine::value::Value::str(path.display().to_string()),
+        );
+    }
     match cli.cmd {
         Cmd::Plan {
             args,
@@ -309,6 +337,7 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
         Cmd::Promote { service } => cmd::rollout::promote(&ws, &service).await,
         Cmd::Rollback { service } => cmd::rollout::rollback(&ws, &service).await,
         Cmd::Flags(fc) => cmd::flags::run(&ws, fc).await,
+        Cmd::Inventory { out } => cmd::inventory::inventory(&ws, out).await,
         Cmd::Logs {
             addr,
             lines,

@@ -27,6 +27,33 @@ pub fn configure(
     variables: &IndexMap<String, Value>,
     state: &State,
 ) -> Result<Registry, Diagnostics> {
+    configure_with(config, registry, variables, state, &[])
+}
+
+/// `configure`, with settings given on the command line (`-i FILE`: `("inventory", path)`):
+/// each is set in every configuration whose provider's `config_schema` has that setting,
+/// over what a block says. Relative paths in settings are resolved by the provider against
+/// the root stack's directory (`Provider::configure_in`); a caller passes absolute ones.
+pub fn configure_with(
+    config: &Config,
+    registry: &Registry,
+    variables: &IndexMap<String, Value>,
+    state: &State,
+    overrides: &[(String, Value)],
+) -> Result<Registry, Diagnostics> {
+    let stack_dir = match config.modules.first().map(|m| m.dir.clone()) {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::PathBuf::from("."),
+    };
+    let stack_dir = stack_dir.canonicalize().unwrap_or(stack_dir);
+    let overridden = |schema: &[AttrSchema], mut values: ValueMap| {
+        for (name, v) in overrides {
+            if let Some(a) = schema.iter().find(|a| a.name == name) {
+                values.insert(name.clone(), v.clone().mark(a.sensitive));
+            }
+        }
+        values
+    };
     let world = World::new(config, variables.clone());
     let mut diags = Diagnostics::default();
     let mut out: Vec<(String, Arc<dyn Provider>)> = Vec::new();
@@ -47,7 +74,8 @@ pub fn configure(
             continue; // reported at load
         };
         match settings(&world, b, &p.config_schema()) {
-            Ok(values) => match p.configure(&values) {
+            Ok(values) => match p.configure_in(&stack_dir, &overridden(&p.config_schema(), values))
+            {
                 Ok(c) => out.push((b.key(), c.unwrap_or_else(|| p.clone()))),
                 Err(inv) => {
                     for i in inv {
@@ -95,10 +123,11 @@ pub fn configure(
                 None => {}
             }
         }
+        let values = overridden(&schema, values);
         if missing {
             continue;
         }
-        match p.configure(&values) {
+        match p.configure_in(&stack_dir, &values) {
             Ok(c) => out.push((key, c.unwrap_or_else(|| p.clone()))),
             Err(inv) => {
                 for i in inv {

@@ -408,7 +408,7 @@ pub fn make_plan(
             continue;
         };
         let scope = world.scope(*m);
-        let expansion = match expand(&world, &scope, decl) {
+        let expansion = match expand(&world, &scope, decl, provider.as_ref()) {
             Ok(e) => e,
             Err(d) => {
                 diags.push(d);
@@ -774,7 +774,14 @@ fn expand(
     world: &World<'_>,
     scope: &Scope<'_, '_>,
     decl: &crate::config::ResourceDecl,
+    provider: &dyn crate::provider::Provider,
 ) -> Result<Expansion, Diagnostic> {
+    if let Some((attr, e)) = provider
+        .expansion(&decl.kind)
+        .and_then(|a| decl.attrs.get(a).map(|e| (a, e)))
+    {
+        return provider_expansion(world, scope, decl, provider, attr, e);
+    }
     if let Some(c) = &decl.count {
         let v = world.eval(scope, c)?;
         let what = if decl.attrs.contains_key("replicas") {
@@ -842,6 +849,63 @@ fn expand(
         };
     }
     Ok(Expansion::Single)
+}
+
+/// A block the provider expands (`host "web" { provider = ssh  group = "web" }`): the
+/// attribute's value, known at plan, becomes the instances the provider names, keyed like
+/// `for_each` (`host.web["web01"]`, `each.value` as the provider gives it).
+fn provider_expansion(
+    world: &World<'_>,
+    scope: &Scope<'_, '_>,
+    decl: &crate::config::ResourceDecl,
+    provider: &dyn crate::provider::Provider,
+    attr: &str,
+    e: &crate::lang::Expr,
+) -> Result<Expansion, Diagnostic> {
+    let by = if decl.count.is_some() {
+        Some(("count", &decl.count))
+    } else if decl.for_each.is_some() {
+        Some(("for_each", &decl.for_each))
+    } else {
+        None
+    };
+    if let Some((meta, at)) = by {
+        return Err(Diagnostic::new(format!(
+            "`{meta}` and `{attr}` both say which instances this block has"
+        ))
+        .at(at.as_ref().and_then(|x| x.location()))
+        .help(format!(
+            "the {} provider makes one {} per member of `{attr}`: remove `{meta}`",
+            provider.name(),
+            decl.kind
+        )));
+    }
+    let v = world.eval(scope, e)?;
+    if !v.is_known() {
+        return Err(Diagnostic::new(format!(
+            "`{attr}` depends on a value that is known only after apply"
+        ))
+        .at(e.location())
+        .help(format!(
+            "`{attr}` must be known when planning: use variables and locals, not attributes of other resources"
+        )));
+    }
+    let members = provider.expand(&decl.kind, &v).map_err(|err| {
+        let mut d = Diagnostic::new(err.message).at(e.location());
+        d.help = err.help;
+        d
+    })?;
+    let mut out = IndexMap::new();
+    for (k, v) in members {
+        if out.insert(k.clone(), v).is_some() {
+            return Err(Diagnostic::new(format!(
+                "the {} provider named the instance \"{k}\" twice for `{attr}`",
+                provider.name()
+            ))
+            .at(e.location()));
+        }
+    }
+    Ok(Expansion::ForEach(out))
 }
 
 pub fn instance_scope<'w, 'a>(

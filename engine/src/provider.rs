@@ -576,6 +576,32 @@ pub trait Provider: Send + Sync {
     fn configure(&self, _config: &ValueMap) -> Result<Option<Arc<dyn Provider>>, Vec<Invalid>> {
         Ok(None)
     }
+    /// `configure` with the directory of the root stack, against which relative paths in the
+    /// settings are resolved (an inventory file). Default: `configure`, for providers whose
+    /// settings hold no relative paths.
+    fn configure_in(
+        &self,
+        _stack_dir: &std::path::Path,
+        config: &ValueMap,
+    ) -> Result<Option<Arc<dyn Provider>>, Vec<Invalid>> {
+        self.configure(config)
+    }
+    /// The attribute of a `kind` block that makes the provider expand it into instances (an
+    /// inventory group into its hosts), or None: the block expands by `count` or `for_each`
+    /// only. The engine evaluates the attribute in the block's scope; it must be known when
+    /// planning, and a block with it may have neither `count` nor `for_each`.
+    fn expansion(&self, _kind: &str) -> Option<&'static str> {
+        None
+    }
+    /// The instances of a block whose `expansion` attribute has `value`, in order: each one's
+    /// key (`host.web["web01"]`) and its `each.value`. Called on the configured instance, once
+    /// per plan. An error is reported at the attribute (`attr` is ignored).
+    fn expand(&self, kind: &str, _value: &Value) -> Result<Vec<(String, Value)>, ProviderError> {
+        Err(ProviderError::new(format!(
+            "the {} provider does not expand {kind} blocks",
+            self.name()
+        )))
+    }
     /// How long create, update and delete of `kind` may take when a block sets no `timeouts`
     /// (None: unbounded). The engine stops a step at its deadline either way.
     fn default_timeouts(&self, _kind: &str) -> Timeouts {
@@ -925,6 +951,11 @@ pub struct ActionSchema {
     /// It changes the instance's record (the caller takes the lock and journals the result).
     pub changes_record: bool,
 }
+
+/// The action of a kind whose instances are hosts of an inventory (`pipeline inventory` asks
+/// every recorded instance's provider for it): no arguments; its output holds the host's
+/// `name`, `address`, and when known `port`, `user`, `key_file`, `become`, `groups`.
+pub const INVENTORY_HOST_ACTION: &str = "inventory_host";
 
 /// What an action answered.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod canary;
 pub mod flags;
 pub mod hook;
+pub mod inventory;
 pub mod plan;
 pub mod rollout;
 pub mod status;

@@ -37,6 +37,9 @@ pub struct Workspace {
     /// The providers configured for this run (once per run: a plan and the apply that follows
     /// share it), keyed by the stack's hash and a digest of the variables.
     configured: std::sync::Mutex<Option<(String, Registry)>>,
+    /// Provider settings given on the command line (`-i FILE`: `inventory`), set in every
+    /// configuration whose provider has that setting, over the stack's blocks.
+    settings: Vec<(String, Value)>,
 }
 
 impl Workspace {
@@ -54,7 +57,17 @@ impl Workspace {
             dir,
             registry: pipeline_providers::registry(),
             configured: Default::default(),
+            settings: Vec::new(),
         })
+    }
+
+    /// Set provider setting `name` to `value` in every configuration of this run whose provider
+    /// takes it (`config_schema`), over what the stack's blocks say: `-i FILE` is
+    /// `("inventory", absolute path)`. Names no provider: any provider with the setting gets it.
+    pub fn override_setting(&mut self, name: &str, value: Value) {
+        self.settings.retain(|(n, _)| n != name);
+        self.settings.push((name.to_string(), value));
+        *self.configured.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// The providers configured from the stack's `provider` blocks and the variables, once per
@@ -67,9 +80,10 @@ impl Workspace {
     ) -> Result<Registry> {
         // In memory only (the variables may hold secrets).
         let key = format!(
-            "{}\0{}",
+            "{}\0{}\0{}",
             config.hash,
-            serde_json::to_string(variables).unwrap_or_default()
+            serde_json::to_string(variables).unwrap_or_default(),
+            serde_json::to_string(&self.settings).unwrap_or_default()
         );
         let mut memo = self.configured.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((k, r)) = memo.as_ref() {
@@ -77,8 +91,14 @@ impl Workspace {
                 return Ok(r.clone());
             }
         }
-        let r = pipeline_engine::configure::configure(config, &self.registry, variables, state)
-            .map_err(diags)?;
+        let r = pipeline_engine::configure::configure_with(
+            config,
+            &self.registry,
+            variables,
+            state,
+            &self.settings,
+        )
+        .map_err(diags)?;
         *memo = Some((key, r.clone()));
         Ok(r)
     }

@@ -7,6 +7,7 @@ pub mod monitor;
 pub mod nginx;
 pub mod quote;
 pub mod redis;
+pub mod ssh;
 
 use pipeline_engine::provider::{ProviderError, Registry};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 pub fn registry() -> Registry {
     let mut r = Registry::default();
     r.add(Arc::new(local::Local));
+    r.add(Arc::new(ssh::Ssh::default()));
     r.add(Arc::new(nginx::Nginx::default()));
     r.add(Arc::new(redis::Redis::default()));
     r.add(Arc::new(monitor::Monitor));

@@ -71,6 +71,7 @@ pub async fn graph(ws: &Workspace, stack: Option<PathBuf>, vars: VarArgs) -> Res
         &PlanArgs {
             stack,
             vars,
+            inventory: None,
             refresh: false,
             targets: vec![],
             replace: vec![],

@@ -1,0 +1,265 @@
+//! The `ssh` provider: hosts of an Ansible inventory as `host` instances.
+//!
+//! `provider "ssh" { inventory = "inventory.ini" }` (a path relative to the stack's directory;
+//! `-i FILE` on the command line overrides it) loads the inventory once per run, in
+//! `configure`. `host "web" { provider = ssh  group = "web" }` is then one instance per host of
+//! the group, keyed by inventory name (`host.web["web01"]`), in inventory order, through the
+//! engine's expansion hook (`Provider::expansion`/`expand`). Each instance carries the host's
+//! connection settings (`address`, `port`, `user`, `key_file`, `become`), its `groups` and its
+//! variables (`vars`, strings; passwords marked sensitive).
+//!
+//! Reaching the hosts (SSH, host keys) is not done here yet: `host::connect_and_pin` is the
+//! place for it and answers Ok without connecting.
+
+pub mod host;
+
+use async_trait::async_trait;
+use pipeline_engine::format::Format;
+use pipeline_engine::provider::{
+    ActionOutput, ActionSchema, ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema,
+    PlanRequest, Planned, Provider, ProviderCtx, ProviderError, Step, Type,
+};
+use pipeline_engine::value::{Value, ValueMap};
+use pipeline_inventory::Inventory;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The provider. The registered instance has no inventory; `configure` makes one that has.
+#[derive(Default)]
+pub struct Ssh {
+    inventory: Option<Arc<Inventory>>,
+    /// `user` of the block: for hosts whose inventory names none.
+    user: Option<String>,
+    /// `private_key_file` of the block: for hosts whose inventory names none.
+    key_file: Option<String>,
+}
+
+/// The action `pipeline inventory` asks every recorded instance's provider for: a host's
+/// connection settings as an inventory line needs them.
+pub use pipeline_engine::provider::INVENTORY_HOST_ACTION as INVENTORY_HOST;
+
+fn string_setting(config: &ValueMap, name: &str) -> Option<String> {
+    match config.get(name).map(|v| v.unmarked().0) {
+        Some(Value::String(s)) if !s.is_empty() => Some(s),
+        _ => None,
+    }
+}
+
+impl Ssh {
+    /// The inventory at `path` (relative to `stack_dir`), read once.
+    fn load(stack_dir: &Path, path: &str) -> Result<Inventory, Invalid> {
+        let p = PathBuf::from(path);
+        let p = if p.is_absolute() {
+            p
+        } else {
+            stack_dir.join(p)
+        };
+        Inventory::load(&p).map_err(|e| {
+            let help = e.help_text().unwrap_or("").to_string();
+            // The inventory's own `file:line:col`, line and caret, as it reports them.
+            let text = e.to_string();
+            let message = match text.find("\n  help: ") {
+                Some(i) => text[..i].to_string(),
+                None => text,
+            };
+            Invalid::new(None, message, help)
+        })
+    }
+
+    /// A host instance's attributes: the block's (`group`) and the inventory host's, found by
+    /// the instance's key (`web01` of `host.web["web01"]`).
+    fn object(&self, kind: &str, addr: &str, config: &ValueMap) -> Result<ValueMap, ProviderError> {
+        if kind != host::KIND {
+            return Err(ProviderError::new(format!("ssh does not serve {kind}")));
+        }
+        let name = host::instance_key(addr).ok_or_else(|| {
+            ProviderError::invalid_config(format!(
+                "{addr}: an ssh host is one of an inventory group's hosts"
+            ))
+            .attr("group")
+            .help("write group = \"NAME\" (an inventory group)")
+        })?;
+        let inventory = self.inventory()?;
+        let h = inventory.host(&name).ok_or_else(|| {
+            ProviderError::invalid_config(format!(
+                "{addr}: the inventory {} has no host '{name}'",
+                inventory.source()
+            ))
+            .attr("group")
+        })?;
+        let mut object = config.clone();
+        object.extend(host::attributes(
+            h,
+            self.user.as_deref(),
+            self.key_file.as_deref(),
+        ));
+        Ok(object)
+    }
+
+    fn inventory(&self) -> Result<&Inventory, ProviderError> {
+        self.inventory.as_deref().ok_or_else(|| {
+            ProviderError::invalid_config("the ssh provider has no inventory to take hosts from")
+                .help("give one with `-i inventory.ini`, or write `provider \"ssh\" { inventory = \"inventory.ini\" }` in the stack")
+        })
+    }
+}
+
+#[async_trait]
+impl Provider for Ssh {
+    fn name(&self) -> &'static str {
+        "ssh"
+    }
+
+    fn kinds(&self) -> Vec<KindSchema> {
+        vec![host::schema()]
+    }
+
+    fn config_schema(&self) -> Vec<AttrSchema> {
+        vec![
+            // An Ansible INI inventory, relative to the stack's directory.
+            AttrSchema::optional("inventory", Type::String).format(Format::FilePath),
+            // For hosts whose inventory gives no `ansible_user`.
+            AttrSchema::optional("user", Type::String).format(Format::Line),
+            // For hosts whose inventory gives no `ansible_ssh_private_key_file`.
+            AttrSchema::optional("private_key_file", Type::String).format(Format::FilePath),
+        ]
+    }
+
+    fn configure(&self, config: &ValueMap) -> Result<Option<Arc<dyn Provider>>, Vec<Invalid>> {
+        self.configure_in(Path::new("."), config)
+    }
+
+    fn configure_in(
+        &self,
+        stack_dir: &Path,
+        config: &ValueMap,
+    ) -> Result<Option<Arc<dyn Provider>>, Vec<Invalid>> {
+        let inventory = match string_setting(config, "inventory") {
+            Some(path) => Some(Arc::new(Self::load(stack_dir, &path).map_err(|e| vec![e])?)),
+            None => None,
+        };
+        Ok(Some(Arc::new(Ssh {
+            inventory,
+            user: string_setting(config, "user"),
+            key_file: string_setting(config, "private_key_file"),
+        })))
+    }
+
+    fn expansion(&self, kind: &str) -> Option<&'static str> {
+        (kind == host::KIND).then_some("group")
+    }
+
+    fn expand(&self, kind: &str, value: &Value) -> Result<Vec<(String, Value)>, ProviderError> {
+        if kind != host::KIND {
+            return Err(ProviderError::new(format!("ssh does not expand {kind}")));
+        }
+        let group = match value.unmarked().0 {
+            Value::String(s) => s,
+            other => {
+                return Err(ProviderError::invalid_config(format!(
+                    "`group` must be the name of an inventory group, found {}",
+                    other.type_name()
+                ))
+                .help("write group = \"web\""))
+            }
+        };
+        let inventory = self.inventory()?;
+        let hosts = inventory.hosts_of(&group).map_err(|e| {
+            let mut err =
+                ProviderError::invalid_config(format!("{}: {}", e.location(), e.message()));
+            err.help = e.help_text().map(str::to_string);
+            err
+        })?;
+        Ok(hosts
+            .iter()
+            .map(|h| {
+                (
+                    h.name.clone(),
+                    Value::Map(host::attributes(
+                        h,
+                        self.user.as_deref(),
+                        self.key_file.as_deref(),
+                    )),
+                )
+            })
+            .collect())
+    }
+
+    fn plan(&self, _ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
+        Ok(Planned {
+            object: self.object(req.kind, req.addr, req.config)?,
+            requires_replace: vec![],
+        })
+    }
+
+    async fn read(
+        &self,
+        _ctx: &ProviderCtx,
+        _kind: &str,
+        _addr: &str,
+        prior: &JsonMap,
+    ) -> Result<Option<JsonMap>, ProviderError> {
+        Ok(Some(prior.clone()))
+    }
+
+    async fn apply(
+        &self,
+        _ctx: &ProviderCtx,
+        req: &ApplyRequest<'_>,
+        step: &Step,
+    ) -> Result<JsonMap, ProviderError> {
+        // The engine hands apply the block's evaluated attributes: the host's come from the
+        // inventory again (the same one the plan read: it is loaded once per run).
+        let object = self.object(req.kind, req.addr, req.config)?;
+        host::connect_and_pin(req.addr, &object, step)?;
+        Ok(object
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_json()))
+            .collect())
+    }
+
+    async fn delete(
+        &self,
+        _ctx: &ProviderCtx,
+        _kind: &str,
+        _addr: &str,
+        _prior: &JsonMap,
+        _step: &Step,
+    ) -> Result<(), ProviderError> {
+        // Nothing was made on the host: forgetting it is all there is.
+        Ok(())
+    }
+
+    fn actions(&self, kind: &str) -> Vec<ActionSchema> {
+        if kind != host::KIND {
+            return Vec::new();
+        }
+        vec![ActionSchema {
+            name: INVENTORY_HOST,
+            about: "the host's connection settings, as an inventory line needs them",
+            args: vec![],
+            changes_record: false,
+        }]
+    }
+
+    async fn action(
+        &self,
+        _ctx: &ProviderCtx,
+        kind: &str,
+        addr: &str,
+        record: &JsonMap,
+        name: &str,
+        _args: &JsonMap,
+    ) -> Result<ActionOutput, ProviderError> {
+        if kind == host::KIND && name == INVENTORY_HOST {
+            return Ok(ActionOutput::output(host::inventory_entry(record)));
+        }
+        Err(pipeline_engine::provider::unknown_action(
+            self.name(),
+            kind,
+            addr,
+            name,
+            &self.actions(kind),
+        ))
+    }
+}
