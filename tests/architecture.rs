@@ -210,7 +210,7 @@ fn kind_matches(code: &str, kinds: &[&str]) -> Vec<String> {
 /// Provider modules `code` names (`pipeline_providers::local::…`, `use pipeline_providers::{nginx,
 /// …}`), and the whole registry taken from inside the providers crate (`crate::registry`).
 fn provider_paths(code: &str) -> Vec<String> {
-    const MODULES: [&str; 4] = ["local", "nginx", "redis", "monitor"];
+    const MODULES: [&str; 5] = ["local", "nginx", "redis", "monitor", "ssh"];
     let mut found = Vec::new();
     for m in MODULES {
         let pat = format!("pipeline_providers::{m}");

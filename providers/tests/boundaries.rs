@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-const PROVIDERS: [&str; 4] = ["local", "nginx", "redis", "monitor"];
+const PROVIDERS: [&str; 5] = ["local", "nginx", "redis", "monitor", "ssh"];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
