@@ -1,7 +1,8 @@
 //! Inventory hosts in stacks through the real binary: `-i FILE` and `inventory = "..."` in
 //! `provider "ssh" {}`, a group's hosts as `host` instances, the inventory's errors at
 //! `file:line`, and `pipeline inventory` written from the state and read back (by
-//! pipeline-inventory, and by ansible-inventory when the project's venv has it). No SSH.
+//! pipeline-inventory, and by ansible-inventory when the project's venv has it). No SSH: the inventories say
+//! `ansible_connection=local`.
 
 mod common;
 use common::*;
@@ -16,11 +17,13 @@ db01 ansible_host=10.0.0.21 ansible_password=hunter2-not-shown
 
 [all:vars]
 ansible_user=deploy
+# These addresses are not reachable: applying hosts here must not connect (the lab tests do).
+ansible_connection=local
 ";
 
 const OTHER: &str = "\
 [web]
-web07 ansible_host=192.0.2.7
+web07 ansible_host=192.0.2.7 ansible_connection=local
 ";
 
 fn web_stack(provider_block: &str) -> String {
@@ -189,6 +192,7 @@ fn apply_then_inventory_writes_the_hosts_back_grouped_by_role() {
         assert_eq!(hv["web01"]["ansible_port"], 2222);
         assert_eq!(hv["web02"]["ansible_become"], true);
         assert_eq!(hv["db01"]["ansible_user"], "deploy");
+        assert_eq!(hv["db01"]["ansible_connection"], "local");
         assert_eq!(v["web"]["hosts"], serde_json::json!(["web01", "web02"]));
     }
 }

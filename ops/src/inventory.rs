@@ -57,7 +57,13 @@ fn host_of(entry: &JsonMap) -> Option<Host> {
                     .collect()
             })
             .unwrap_or_default(),
-        vars: BTreeMap::new(),
+        // A host reached without ssh stays so for whoever runs playbooks against it.
+        vars: match s("transport").as_deref() {
+            Some("local") => {
+                BTreeMap::from([("ansible_connection".to_string(), Json::from("local"))])
+            }
+            _ => BTreeMap::new(),
+        },
         name,
     })
 }

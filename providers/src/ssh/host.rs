@@ -1,7 +1,7 @@
 //! The `host` kind of the ssh provider: one inventory host, its connection settings and its
 //! variables.
 
-use pipeline_engine::provider::{AttrSchema, JsonMap, KindSchema, ProviderError, Step, Type};
+use pipeline_engine::provider::{AttrSchema, JsonMap, KindSchema, Type};
 use pipeline_engine::value::{Value, ValueMap};
 use pipeline_inventory::Host;
 
@@ -24,6 +24,12 @@ pub fn schema() -> KindSchema {
             AttrSchema::computed("groups", Type::List(Box::new(Type::String))).derived_from(&[]),
             // Passwords among them carry the sensitive mark (`secret_var`).
             AttrSchema::computed("vars", strings()).derived_from(&[]),
+            // The host keys pinned on first contact (`[ADDR]:PORT TYPE BASE64` each; empty
+            // when the user's known_hosts vouches for the host), enforced afterwards.
+            AttrSchema::computed("host_key", Type::List(Box::new(Type::String))).derived_from(&[]),
+            // How resources placed on the host reach it: "ssh", or "local" for a host the
+            // inventory gives `ansible_connection=local`.
+            AttrSchema::computed("transport", Type::String).derived_from(&[]),
         ],
         instances_attr: None,
     }
@@ -52,6 +58,7 @@ pub fn attributes(h: &Host, user: Option<&str>, key_file: Option<&str>) -> Value
     let opt = |s: Option<&str>| s.map_or(Value::Null, Value::str);
     let mut o = ValueMap::new();
     o.insert("name".into(), Value::str(&h.name));
+    o.insert("transport".into(), Value::str(transport(h)));
     o.insert("address".into(), Value::str(&h.address));
     o.insert(
         "port".into(),
@@ -76,6 +83,15 @@ pub fn attributes(h: &Host, user: Option<&str>, key_file: Option<&str>) -> Value
     o
 }
 
+/// How a host is reached: "local" when the inventory says `ansible_connection=local` (this
+/// machine: nothing to connect to, no key to pin), else "ssh".
+pub fn transport(h: &Host) -> &'static str {
+    match h.vars.get("ansible_connection").and_then(|v| v.as_str()) {
+        Some("local") => "local",
+        _ => "ssh",
+    }
+}
+
 /// The inventory name of an instance from its address: `web01` of `host.web["web01"]`.
 pub fn instance_key(addr: &str) -> Option<String> {
     let inner = addr.strip_suffix(']')?;
@@ -88,7 +104,14 @@ pub fn instance_key(addr: &str) -> Option<String> {
 /// `key_file`, `become`, `groups` (absent ones left out).
 pub fn inventory_entry(record: &JsonMap) -> JsonMap {
     [
-        "name", "address", "port", "user", "key_file", "become", "groups",
+        "name",
+        "address",
+        "port",
+        "user",
+        "key_file",
+        "become",
+        "groups",
+        "transport",
     ]
     .into_iter()
     .filter_map(|k| {
@@ -98,13 +121,6 @@ pub fn inventory_entry(record: &JsonMap) -> JsonMap {
             .map(|v| (k.to_string(), v.clone()))
     })
     .collect()
-}
-
-/// Reach the host and pin its key. NOT IMPLEMENTED YET: the SSH transport (pipeline-ssh) comes
-/// from another change; until then this connects to nothing and answers Ok, so an apply records
-/// the planned attributes only.
-pub fn connect_and_pin(_addr: &str, _config: &ValueMap, _step: &Step) -> Result<(), ProviderError> {
-    Ok(())
 }
 
 #[cfg(test)]

@@ -8,9 +8,11 @@
 //! connection settings (`address`, `port`, `user`, `key_file`, `become`), its `groups` and its
 //! variables (`vars`, strings; passwords marked sensitive).
 //!
-//! Reaching the hosts (SSH, host keys) is not done here yet: `host::connect_and_pin` is the
-//! place for it and answers Ok without connecting.
+//! Applying a host connects to it ([`conn`]) and records the host keys first seen as
+//! `host_key`; every later connection (this host's, and those of resources placed on it) is
+//! checked against them. A changed key is refused, naming `-replace` as the way to accept it.
 
+pub mod conn;
 pub mod host;
 
 use async_trait::async_trait;
@@ -186,8 +188,15 @@ impl Provider for Ssh {
     }
 
     fn plan(&self, _ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
+        let mut object = self.object(req.kind, req.addr, req.config)?;
+        // The keys pinned stay; a new host's are known once it is reached.
+        let key = match req.prior.and_then(|p| p.get("host_key")) {
+            Some(k) if !k.is_null() => Value::from_json(k),
+            _ => Value::Unknown,
+        };
+        object.insert("host_key".into(), key);
         Ok(Planned {
-            object: self.object(req.kind, req.addr, req.config)?,
+            object,
             requires_replace: vec![],
         })
     }
@@ -204,18 +213,34 @@ impl Provider for Ssh {
 
     async fn apply(
         &self,
-        _ctx: &ProviderCtx,
+        ctx: &ProviderCtx,
         req: &ApplyRequest<'_>,
         step: &Step,
     ) -> Result<JsonMap, ProviderError> {
         // The engine hands apply the block's evaluated attributes: the host's come from the
         // inventory again (the same one the plan read: it is loaded once per run).
         let object = self.object(req.kind, req.addr, req.config)?;
-        host::connect_and_pin(req.addr, &object, step)?;
-        Ok(object
+        let mut record: JsonMap = object
             .iter()
             .map(|(k, v)| (k.clone(), v.to_json()))
-            .collect())
+            .collect();
+        // An update keeps checking the keys pinned before; a create pins what the host offers.
+        let pinned = req.prior.map(conn::pinned).unwrap_or_default();
+        record.insert("host_key".into(), serde_json::json!(pinned));
+        if record.get("transport").and_then(|t| t.as_str()) == Some("local") {
+            // `ansible_connection=local`: this machine, nothing to reach.
+            return Ok(record);
+        }
+        step.progress(format!(
+            "connecting to {}",
+            record
+                .get("address")
+                .and_then(|a| a.as_str())
+                .unwrap_or("?")
+        ));
+        let keys = conn::connect(ctx, &record, req.addr).await?;
+        record.insert("host_key".into(), serde_json::json!(keys));
+        Ok(record)
     }
 
     async fn delete(

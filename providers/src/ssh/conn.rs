@@ -1,0 +1,176 @@
+//! Reaching inventory hosts from a provider: one transport per work directory, a host's
+//! target and pinned keys from its object, and the transport's errors as provider errors.
+//!
+//! Every provider that works on an inventory host (the ssh `host` and `service`, nginx's
+//! `balancer` on a host) goes through here, so they share masters (one per host, kept 30 s by
+//! ControlPersist: a plan then an apply connects once) and pin keys the same way.
+//!
+//! A host object (what a `host` instance records, or the value a resource receives through
+//! `on = host.web["web01"]`) carries `name`, `address`, `port`, `user`, `key_file` and
+//! `host_key` (the keys pinned on first contact, `[ADDR]:PORT TYPE BASE64` each).
+
+use pipeline_engine::provider::{JsonMap, ProviderCtx, ProviderError};
+use pipeline_ssh::transport::{Error, HostKeys, Ssh, Target};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// How long opening a connection may take: a dead host fails a connect within twice this.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// The transport of a work directory, made once per process. Its sockets and private
+/// known_hosts files live in `$TMPDIR/pipeline-ssh-<hash of the work directory>` (control
+/// socket paths must be short; the work directory may be deep).
+pub fn transport(ctx: &ProviderCtx) -> Result<Arc<Ssh>, ProviderError> {
+    static ALL: OnceLock<Mutex<HashMap<PathBuf, Arc<Ssh>>>> = OnceLock::new();
+    let work = std::fs::canonicalize(&ctx.work_dir).unwrap_or_else(|_| ctx.work_dir.clone());
+    let mut all = ALL
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(t) = all.get(&work) {
+        return Ok(t.clone());
+    }
+    let ssh = Ssh::new(socket_dir(&work))
+        .map_err(|e| ProviderError::new(format!("preparing ssh: {e}")))?
+        .with_connect_timeout(CONNECT_TIMEOUT);
+    let ssh = Arc::new(ssh);
+    all.insert(work, ssh.clone());
+    Ok(ssh)
+}
+
+fn socket_dir(work: &Path) -> PathBuf {
+    let hash = Sha256::digest(work.as_os_str().as_encoded_bytes());
+    let hex: String = hash[..6].iter().map(|b| format!("{b:02x}")).collect();
+    // Not TMPDIR: a long one would break the socket path limit the name is short for.
+    PathBuf::from("/tmp").join(format!("pipeline-ssh-{}-{hex}", unsafe { libc::geteuid() }))
+}
+
+fn text(o: &JsonMap, k: &str) -> Option<String> {
+    o.get(k)
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// The target of a host object.
+pub fn target(host: &JsonMap) -> Result<Target, ProviderError> {
+    let name = text(host, "name");
+    let address = text(host, "address").ok_or_else(|| {
+        ProviderError::invalid_config(format!(
+            "{}: the host has no address",
+            name.as_deref().unwrap_or("a host")
+        ))
+        .help("on = one of an inventory group's hosts, e.g. host.web[\"web01\"]")
+    })?;
+    let mut t = Target::new(name.unwrap_or_else(|| address.clone()), address);
+    t.port = host
+        .get("port")
+        .and_then(|v| v.as_f64())
+        .filter(|p| (1.0..=65535.0).contains(p))
+        .map(|p| p as u16);
+    t.user = text(host, "user");
+    t.key_file = text(host, "key_file").map(PathBuf::from);
+    Ok(t)
+}
+
+/// The keys pinned in a host object (none: first contact).
+pub fn pinned(host: &JsonMap) -> Vec<String> {
+    host.get("host_key")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| l.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// How to accept a changed key of the host instance `host_addr` deliberately.
+pub fn accept_help(host_addr: &str) -> String {
+    format!(
+        "pipeline apply -replace='{host_addr}' records the key the host offers now (check its fingerprint first, e.g. ssh-keyscan on the host's console)"
+    )
+}
+
+/// The host keys to check a host object against.
+pub fn keys(host: &JsonMap, host_addr: &str) -> HostKeys {
+    HostKeys::pinned(pinned(host)).with_accept_help(accept_help(host_addr))
+}
+
+/// A transport failure as a provider error, by kind: unreachable and timed-out hosts are
+/// `unreachable` (the engine may retry), a refused login `authentication`, a changed key a
+/// configuration problem with the way to accept it.
+pub fn error(e: Error) -> ProviderError {
+    let msg = e.to_string();
+    match e {
+        Error::Unreachable { .. } | Error::Timeout { .. } => ProviderError::unreachable(msg),
+        Error::Authentication { .. } => ProviderError::authentication(msg).help(
+            "check the inventory's ansible_user and ansible_ssh_private_key_file, or the ssh agent",
+        ),
+        Error::HostKeyChanged { .. } | Error::HostKeyUnknown { .. } => {
+            ProviderError::invalid_config(msg)
+        }
+        Error::Remote { .. } | Error::Io { .. } | Error::Invalid(_) => ProviderError::new(msg),
+    }
+}
+
+/// Connects to a host object and returns the keys to record as its `host_key`: those pinned
+/// before, those first seen now, or none when the user's known_hosts vouches for the host.
+pub async fn connect(
+    ctx: &ProviderCtx,
+    host: &JsonMap,
+    host_addr: &str,
+) -> Result<Vec<String>, ProviderError> {
+    let ssh = transport(ctx)?;
+    let t = target(host)?;
+    let connected = ssh
+        .connect(&t, &keys(host, host_addr))
+        .await
+        .map_err(error)?;
+    Ok(connected.host_keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: serde_json::Value) -> JsonMap {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn a_host_object_gives_its_target_and_pinned_keys() {
+        let h = obj(json!({
+            "name": "web01", "address": "10.0.0.1", "port": 2222, "user": "deploy",
+            "key_file": "/k", "host_key": ["[10.0.0.1]:2222 ssh-ed25519 AAAA"]
+        }));
+        let t = target(&h).unwrap();
+        assert_eq!(
+            (
+                t.name.as_str(),
+                t.address.as_str(),
+                t.port,
+                t.user.as_deref()
+            ),
+            ("web01", "10.0.0.1", Some(2222), Some("deploy"))
+        );
+        assert_eq!(t.key_file, Some(PathBuf::from("/k")));
+        assert_eq!(pinned(&h), vec!["[10.0.0.1]:2222 ssh-ed25519 AAAA"]);
+        let bare = obj(json!({"name": "x", "address": "h", "port": null}));
+        assert_eq!(target(&bare).unwrap().port, None);
+        assert!(pinned(&bare).is_empty());
+        assert!(target(&obj(json!({"name": "x"}))).is_err());
+    }
+
+    #[test]
+    fn the_socket_directory_is_short_and_differs_per_work_directory() {
+        let a = socket_dir(Path::new(&"/very/deep/".repeat(30)));
+        let b = socket_dir(Path::new("/other/.pipeline"));
+        assert_ne!(a, b);
+        assert!(a.as_os_str().len() < 40, "{a:?}");
+    }
+}
