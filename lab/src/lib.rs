@@ -190,6 +190,41 @@ impl Host {
         self.wait_ready(Instant::now() + BOOT_TIMEOUT)
     }
 
+    /// Reads the host's public keys from inside (podman exec) into `known_hosts_line`.
+    fn read_host_keys(&mut self, deadline: Instant) -> Result<()> {
+        let keys = loop {
+            let out = Command::new("podman")
+                .args([
+                    "exec",
+                    &self.container,
+                    "sh",
+                    "-c",
+                    "cat /etc/ssh/ssh_host_*_key.pub",
+                ])
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() && text.contains("ssh-ed25519") {
+                break text;
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "lab host {}: no SSH host keys within {BOOT_TIMEOUT:?}",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        self.known_hosts_line = keys
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some(format!("{} {} {}", self.addr, f.next()?, f.next()?))
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        Ok(())
+    }
+
     /// Waits until sshd answers with a banner and root logs in, or explains why not.
     fn wait_ready(&self, deadline: Instant) -> Result<()> {
         let sock = SocketAddr::from((self.addr, self.port()));
@@ -330,43 +365,11 @@ impl Lab {
         }
 
         // The host keys, read from inside: the known_hosts file exists before the first ssh.
-        let mut all = String::new();
         let deadline = Instant::now() + BOOT_TIMEOUT;
         for h in &mut lab.hosts {
-            let keys = loop {
-                let out = Command::new("podman")
-                    .args([
-                        "exec",
-                        &h.container,
-                        "sh",
-                        "-c",
-                        "cat /etc/ssh/ssh_host_*_key.pub",
-                    ])
-                    .output()?;
-                let text = String::from_utf8_lossy(&out.stdout).into_owned();
-                if out.status.success() && text.contains("ssh-ed25519") {
-                    break text;
-                }
-                if Instant::now() >= deadline {
-                    bail!(
-                        "lab host {}: no SSH host keys within {BOOT_TIMEOUT:?}",
-                        h.name
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            };
-            h.known_hosts_line = keys
-                .lines()
-                .filter_map(|l| {
-                    let mut f = l.split_whitespace();
-                    Some(format!("{} {} {}", h.addr, f.next()?, f.next()?))
-                })
-                .collect::<Vec<_>>()
-                .join("\n");
-            all.push_str(&h.known_hosts_line);
-            all.push('\n');
+            h.read_host_keys(deadline)?;
         }
-        std::fs::write(&lab.known_hosts, all)?;
+        lab.write_known_hosts()?;
         for h in &lab.hosts {
             h.wait_ready(deadline)?;
         }
@@ -384,6 +387,32 @@ impl Lab {
             }
         }
         Ok(lab)
+    }
+
+    fn write_known_hosts(&self) -> Result<()> {
+        let mut all = String::new();
+        for h in &self.hosts {
+            all.push_str(&h.known_hosts_line);
+            all.push('\n');
+        }
+        std::fs::write(&self.known_hosts, all)?;
+        Ok(())
+    }
+
+    /// Host `i` is reinstalled: new SSH host keys, sshd restarted and every open session ended
+    /// (a multiplexed master made before would go on without a key check). The lab's
+    /// known_hosts gets the new keys; anyone who pinned the old ones must notice.
+    pub fn rekey(&mut self, i: usize) -> Result<()> {
+        let h = &mut self.hosts[i];
+        h.exec(&[
+            "sh",
+            "-c",
+            "rm -f /etc/ssh/ssh_host_* && ssh-keygen -A >/dev/null && systemctl restart ssh \
+             && (pkill -f '^sshd: root' || true)",
+        ])?;
+        h.read_host_keys(Instant::now() + BOOT_TIMEOUT)?;
+        self.write_known_hosts()?;
+        self.hosts[i].wait_ready(Instant::now() + BOOT_TIMEOUT)
     }
 
     pub fn hosts(&self) -> &[Host] {

@@ -101,7 +101,7 @@ pub fn keys(host: &JsonMap, host_addr: &str) -> HostKeys {
 }
 
 /// A transport failure as a provider error, by kind: unreachable and timed-out hosts are
-/// `unreachable` (the engine may retry), a refused login `authentication`, a changed key a
+/// `unreachable` (not retried: a dead host fails within 10 s), a refused login `authentication`, a changed key a
 /// configuration problem with the way to accept it.
 pub fn error(e: Error) -> ProviderError {
     let msg = e.to_string();
