@@ -281,6 +281,7 @@ fn plan_inputs(ws: &Workspace, a: &PlanArgs, destroy: bool) -> Result<PlanInputs
     let stack = ws.stack(a.stack.as_deref())?;
     Ok(PlanInputs {
         stack,
+        preview: false,
         opts: PlanOptions {
             refresh: a.refresh,
             destroy,

@@ -196,6 +196,7 @@ pub fn plan_text(plan: &Plan, st: Style) -> String {
             for c in &attrs {
                 attr_line(&mut out, st, rc.action, c, w);
             }
+            preview_lines(&mut out, st, &rc.preview);
             let _ = writeln!(out, "    }}\n");
         }
         let (add, change, destroy) = plan.counts();
@@ -292,6 +293,35 @@ fn masked_map(m: &pipeline_engine::value::ValueMap, sensitive: &[String]) -> ser
 }
 
 /// One JSON object a line (schema in ARCHITECTURE.md).
+/// Each machine's dry run of a change (`Provider::preview`): `# on HOST: summary`, then its diff.
+fn preview_lines(
+    out: &mut String,
+    st: Style,
+    preview: &[pipeline_engine::provider::TargetPreview],
+) {
+    use pipeline_engine::diag::escape_control;
+    // What a host sends is shown, never obeyed: control characters escaped.
+    for p in preview {
+        let head = format!(
+            "# on {}: {}",
+            escape_control(&p.target),
+            escape_control(&p.summary)
+        );
+        let _ = writeln!(out, "\n      {}", st.bold(&head));
+        for l in p.diff.lines() {
+            let l = &escape_control(l);
+            let shown = if l.starts_with('+') && !l.starts_with("+++") {
+                st.green(l)
+            } else if l.starts_with('-') && !l.starts_with("---") {
+                st.red(l)
+            } else {
+                l.to_string()
+            };
+            let _ = writeln!(out, "        {shown}");
+        }
+    }
+}
+
 pub fn plan_json_lines(plan: &Plan) -> Vec<serde_json::Value> {
     use serde_json::json;
     let mut out = Vec::new();
@@ -325,6 +355,7 @@ pub fn plan_json_lines(plan: &Plan) -> Vec<serde_json::Value> {
             "after": rc.after.as_ref().map(|a| masked_map(a, &rc.sensitive)),
             "after_unknown": unknown,
             "depends_on": rc.deps,
+            "preview": rc.preview,
         }));
     }
     for o in &plan.outputs {
@@ -656,6 +687,21 @@ pub fn canary_progress(p: &pipeline_ops::canary::Progress) -> String {
 mod tests {
     use super::*;
     use pipeline_engine::provider::ErrorKind;
+
+    #[test]
+    fn a_hosts_dry_run_is_shown_under_its_change_with_control_characters_escaped() {
+        let mut out = String::new();
+        let p = pipeline_engine::provider::TargetPreview {
+            target: "web01".into(),
+            summary: "1 changed\x1b[2J".into(),
+            diff: "--- before: /etc/a\n+++ after: /etc/a\n-old\n+new\x07".into(),
+        };
+        preview_lines(&mut out, Style { color: false }, &[p]);
+        assert_eq!(
+            out,
+            "\n      # on web01: 1 changed\\u{1b}[2J\n        --- before: /etc/a\n        +++ after: /etc/a\n        -old\n        +new\\u{7}\n"
+        );
+    }
 
     #[test]
     fn a_retry_is_printed_with_its_attempt_kind_wait_and_error() {

@@ -78,6 +78,9 @@ pub struct ResourceChange {
     pub changes: Vec<AttrChange>,
     pub deps: Vec<String>,
     pub sensitive: Vec<String>,
+    /// The provider's dry run of this change per machine ([`preview`]); empty when not asked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preview: Vec<crate::provider::TargetPreview>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -319,6 +322,60 @@ pub async fn refresh(
     Ok(out)
 }
 
+/// Asks each planned create, update and replace's provider for its dry run
+/// ([`Provider::preview`](crate::provider::Provider::preview)) and keeps it on the change, at
+/// most `parallelism` at once. A dry run that fails (a host unreachable) fails the plan, naming
+/// the instance: applying would fail there too.
+pub async fn preview(
+    plan: &mut Plan,
+    registry: &Registry,
+    ctx: &ProviderCtx,
+    parallelism: usize,
+) -> Result<(), Diagnostics> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(parallelism.max(1)));
+    let mut set = tokio::task::JoinSet::new();
+    for (i, ch) in plan.changes.iter().enumerate() {
+        if !matches!(ch.action, Action::Create | Action::Update | Action::Replace) {
+            continue;
+        }
+        let (Some(after), Some(p)) = (ch.after.clone(), registry.provider(&ch.provider).cloned())
+        else {
+            continue;
+        };
+        let prior: Option<crate::provider::JsonMap> = ch.before.as_ref().map(|b| {
+            b.iter()
+                .map(|(k, v)| (k.clone(), v.unmarked().0.to_json()))
+                .collect()
+        });
+        let (ctx, kind, addr, sem) = (ctx.clone(), ch.kind.clone(), ch.addr.clone(), sem.clone());
+        set.spawn(async move {
+            let _permit = sem.acquire().await;
+            let req = PlanRequest {
+                kind: &kind,
+                addr: &addr,
+                config: &after,
+                prior: prior.as_ref(),
+            };
+            (i, addr.clone(), p.preview(&ctx, &req).await)
+        });
+    }
+    let mut diags = Diagnostics::default();
+    while let Some(j) = set.join_next().await {
+        let (i, addr, r) =
+            j.map_err(|e| Diagnostics::from(Diagnostic::new(format!("preview task failed: {e}"))))?;
+        match r {
+            Ok(p) => plan.changes[i].preview = p,
+            Err(e) => diags.push(
+                Diagnostic::new(format!("{addr}: the dry run failed: {}", e.message)).help(
+                    e.help
+                        .unwrap_or_else(|| "fix what it names, then plan again".into()),
+                ),
+            ),
+        }
+    }
+    diags.into_result()
+}
+
 pub fn make_plan(
     config: &Config,
     graph: &ConfigGraph,
@@ -520,6 +577,7 @@ pub fn make_plan(
                 changes: vec![],
                 deps: deps.clone(),
                 sensitive: sensitive.clone(),
+                preview: vec![],
             };
             match &prior {
                 None => {
@@ -647,6 +705,7 @@ pub fn make_plan(
             changes: vec![],
             deps: rs.deps.clone(),
             sensitive: rs.sensitive.clone(),
+            preview: vec![],
         });
     }
     if !opts.targets.is_empty() {

@@ -456,6 +456,20 @@ pub struct Planned {
     pub requires_replace: Vec<String>,
 }
 
+/// What applying a planned change would do on one machine it touches, as the provider's own
+/// dry run shows it (ansible's `--check --diff` for remote hosts): a summary line and a unified
+/// diff of the files it would change. Never the content of a secret file.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TargetPreview {
+    /// The machine (an inventory host's name).
+    pub target: String,
+    /// One line: "2 changed", "no change", "pipeline-app-0.service would restart".
+    pub summary: String,
+    /// Unified diff lines; empty when nothing would change.
+    #[serde(default)]
+    pub diff: String,
+}
+
 pub struct ApplyRequest<'a> {
     pub kind: &'a str,
     pub addr: &'a str,
@@ -490,6 +504,18 @@ pub trait Provider: Send + Sync {
         req: &ApplyRequest<'_>,
         step: &Step,
     ) -> Result<JsonMap, ProviderError>;
+    /// A dry run of a planned create or update on the machines it touches, per machine, for
+    /// the plan to show (`req.config` is the planned object, possibly with unknown values;
+    /// `req.prior` the refreshed record). Read-only: nothing changes anywhere. Called only when
+    /// a plan is shown for review (`pipeline plan`, `apply` without `-auto-approve`). Default:
+    /// nothing to show.
+    async fn preview(
+        &self,
+        _ctx: &ProviderCtx,
+        _req: &PlanRequest<'_>,
+    ) -> Result<Vec<TargetPreview>, ProviderError> {
+        Ok(Vec::new())
+    }
     /// How updates of a block's instances roll out (rolling, blue-green); None: all at once.
     fn rollout(&self, _kind: &str, _config: &ValueMap) -> Option<Rollout> {
         None

@@ -5,7 +5,7 @@ mod fake;
 
 use fake::{action, retries, Env};
 use pipeline_engine::apply::{Event, RetryPolicy};
-use pipeline_engine::plan::Action;
+use pipeline_engine::plan::{self, Action, Plan};
 use pipeline_engine::provider::{ErrorKind, Rollout, Timeouts};
 use pipeline_engine::state::Status;
 use serde_json::json;
@@ -822,4 +822,48 @@ fn a_bad_timeouts_value_is_an_error_at_its_location() {
     assert!(env
         .load("thing \"a\" {\n  timeouts = { create = \"10m\", update = \"5m\", delete = \"90s\" }\n}\n")
         .is_ok());
+}
+
+#[tokio::test]
+async fn a_reviewed_plan_carries_each_changes_dry_run_and_a_failing_one_names_the_instance() {
+    let env = Env::new();
+    env.apply("thing \"a\" { value = \"1\" }\nthing \"b\" { value = \"b\" }\n")
+        .await;
+    let (mut p, _) = env
+        .plan("thing \"a\" { value = \"2\" }\nthing \"b\" { value = \"b\" }\nthing \"c\" { value = \"c\" }\n")
+        .await;
+    let before = env.fake.ops("*").len();
+    plan::preview(&mut p, &env.registry, &env.ctx(), 4)
+        .await
+        .expect("preview");
+    let shown = |addr: &str| {
+        p.changes
+            .iter()
+            .find(|c| c.addr == addr)
+            .map(|c| c.preview.clone())
+            .unwrap()
+    };
+    assert_eq!(shown("thing.a")[0].diff, "-1\n+2");
+    assert_eq!(shown("thing.c")[0].diff, "-\n+c");
+    assert!(shown("thing.b").is_empty(), "a no-op is not previewed");
+    // Only previews were asked for: nothing changed anywhere.
+    let calls = env.fake.ops("*");
+    assert_eq!(calls.len() - before, 2, "{calls:?}");
+    assert_eq!(env.attr("thing.a", "value"), Some(json!("1")));
+    // A saved plan keeps what was reviewed.
+    let saved = Plan::from_saved(&p.to_saved().unwrap()).unwrap();
+    let previews = |p: &Plan| {
+        p.changes
+            .iter()
+            .map(|c| c.preview.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(previews(&saved), previews(&p));
+
+    let (mut p, _) = env.plan("thing \"a\" { value = \"unreachable\" }\n").await;
+    let e = plan::preview(&mut p, &env.registry, &env.ctx(), 4)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("thing.a") && e.contains("unreachable"), "{e}");
 }

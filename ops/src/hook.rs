@@ -461,6 +461,8 @@ async fn deploy_locked(
     let ws = Workspace::new(Some(t.state_dir.clone()))?;
     let inputs = PlanInputs {
         stack,
+        // The pusher reviews what each host would change.
+        preview: true,
         opts: PlanOptions {
             refresh: true,
             destroy: false,

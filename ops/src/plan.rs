@@ -11,6 +11,9 @@ use std::path::PathBuf;
 pub struct PlanInputs {
     pub stack: PathBuf,
     pub opts: PlanOptions,
+    /// The plan is shown for review: ask providers for their dry run of each change
+    /// (`Provider::preview`, e.g. ansible's `--check --diff` per host). Needs `refresh`.
+    pub preview: bool,
 }
 
 pub async fn make_plan(ws: &Workspace, inputs: &PlanInputs) -> Result<(Plan, Config)> {
@@ -57,10 +60,15 @@ pub async fn make_plan(ws: &Workspace, inputs: &PlanInputs) -> Result<(Plan, Con
         &inputs.opts,
     )
     .map_err(diags)?;
-    let p = Plan {
+    let mut p = Plan {
         workspace: ws.identity(),
         ..p
     };
+    if inputs.preview && inputs.opts.refresh && !inputs.opts.destroy {
+        plan::preview(&mut p, &registry, &ctx, inputs.opts.parallelism.max(1))
+            .await
+            .map_err(diags)?;
+    }
     Ok((p, config))
 }
 

@@ -287,6 +287,7 @@ impl crate::canary::Stacks for LocalStacks {
         let inputs = crate::plan::PlanInputs {
             stack: stack.to_path_buf(),
             opts,
+            preview: false,
         };
         crate::plan::make_plan(&ws, &inputs).await
     }
@@ -297,6 +298,7 @@ impl crate::canary::Stacks for LocalStacks {
         let inputs = crate::plan::PlanInputs {
             stack: stack.to_path_buf(),
             opts,
+            preview: false,
         };
         let lock = crate::apply::lock(&ws, "canary", &mut |_| {})?;
         let (plan, _) = crate::plan::make_plan(&ws, &inputs).await?;

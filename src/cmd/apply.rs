@@ -26,7 +26,9 @@ pub async fn apply(ws: &Workspace, style: Style, a: ApplyArgs) -> Result<ExitCod
     } {
         return run(ws, style, &a, Source::Saved(plan)).await;
     }
-    let inputs = plan_inputs(ws, &a.args, false)?;
+    let mut inputs = plan_inputs(ws, &a.args, false)?;
+    // A plan someone will approve shows each host's dry run; -auto-approve skips it.
+    inputs.preview = !a.auto_approve && !a.json;
     let remember = true;
     run(ws, style, &a, Source::Stack { inputs, remember }).await
 }
@@ -45,6 +47,7 @@ pub async fn deploy(
     a: ApplyArgs,
 ) -> Result<ExitCode> {
     let mut inputs = plan_inputs(ws, &a.args, false)?;
+    inputs.preview = !a.auto_approve && !a.json;
     let block = pipeline_ops::apply::deploy_inputs(ws, &mut inputs, service, version)?;
     let source = Source::Deploy {
         inputs,

@@ -21,7 +21,8 @@ pub async fn plan(
     if let Some(path) = &out {
         check_plan_out(path)?;
     }
-    let inputs = plan_inputs(ws, &args, destroy)?;
+    let mut inputs = plan_inputs(ws, &args, destroy)?;
+    inputs.preview = true;
     let (plan, _) = make_plan(ws, &inputs).await?;
     ws.remember_stack(&inputs.stack);
     if json {

@@ -227,6 +227,39 @@ impl Provider for Fake {
             None => Some(prior.clone()),
         })
     }
+    /// A dry run on one machine, "box": the value before and after as a diff; a `value` of
+    /// "unreachable" fails as a dead host would.
+    async fn preview(
+        &self,
+        _ctx: &ProviderCtx,
+        req: &PlanRequest<'_>,
+    ) -> Result<Vec<pipeline_engine::provider::TargetPreview>, ProviderError> {
+        self.calls.lock().unwrap().push(Call {
+            op: "preview",
+            addr: req.addr.to_string(),
+            limit: None,
+        });
+        let after = req
+            .config
+            .get("value")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        if after == "unreachable" {
+            return Err(ProviderError::unreachable(
+                "box (10.0.0.1:22) is unreachable",
+            ));
+        }
+        let before = req
+            .prior
+            .and_then(|p| p.get("value"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        Ok(vec![pipeline_engine::provider::TargetPreview {
+            target: "box".into(),
+            summary: "1 changed".into(),
+            diff: format!("-{before}\n+{after}"),
+        }])
+    }
     async fn apply(
         &self,
         _ctx: &ProviderCtx,
@@ -321,7 +354,7 @@ impl Env {
     pub fn state_dir(&self) -> std::path::PathBuf {
         self.dir.path().join(".pipeline")
     }
-    fn ctx(&self) -> ProviderCtx {
+    pub fn ctx(&self) -> ProviderCtx {
         ProviderCtx {
             work_dir: self.state_dir(),
             stack_dir: self.dir.path().to_path_buf(),
