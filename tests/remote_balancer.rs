@@ -9,7 +9,7 @@
 mod common;
 use common::*;
 
-use pipeline_engine::provider::{Provider, ProviderCtx};
+use pipeline_engine::provider::{HealthState, LogSource, Provider, ProviderCtx};
 use pipeline_lab::{Host, Lab, LabOptions};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -266,6 +266,36 @@ fn a_balancer_on_an_inventory_host_routes_reloads_repairs_shifts_and_goes() {
     };
     let nginx = pipeline_providers::nginx::Nginx::default();
     let rt = tokio::runtime::Runtime::new().unwrap();
+    // describe: healthy from here, its logs readable over ssh (bounded).
+    let d = rt
+        .block_on(nginx.describe(&ctx, "balancer", "balancer.front", &record))
+        .unwrap();
+    assert_eq!(d.health.state, HealthState::Healthy, "{:?}", d.health);
+    let mut logs = BTreeMap::new();
+    for log in &d.logs {
+        let LogSource::Command { role, argv } = log else {
+            panic!("a remote balancer's log is read over ssh: {log:?}");
+        };
+        let out = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{role}: {}", s(&out.stderr));
+        eprintln!("log {role}: {} lines", s(&out.stdout).lines().count());
+        logs.insert(role.clone(), s(&out.stdout));
+    }
+    assert_eq!(
+        logs.keys().collect::<Vec<_>>(),
+        ["access", "error", "nginx"],
+        "{logs:?}"
+    );
+    assert!(logs["nginx"].contains("nginx"), "{logs:?}");
+    let access = logs["access"].lines().count();
+    assert!(
+        (100..=200).contains(&access),
+        "the requests above are logged, 200 lines at most: {access}"
+    );
+
     let hp = |h: &Host, p: u16| serde_json::json!(format!("{}:{p}", h.addr()));
     let args = serde_json::json!({
         "stable": [hp(h1, 8001)], "canary": [hp(h2, 8002)], "weight": 50

@@ -572,7 +572,13 @@ impl Provider for Nginx {
                 let i = invalid(e);
                 ProviderError::new(i.message).help(i.help)
             })?;
-            return remote::apply(ctx, req.addr, o, step).await;
+            // A secret among the values rendered makes the config one (the host's own `vars`
+            // are not rendered).
+            let secret = req
+                .config
+                .iter()
+                .any(|(k, v)| k != "on" && v.is_sensitive());
+            return remote::apply(ctx, req.addr, o, secret, step).await;
         }
         let (ctx, addr, config, prior, step) = (
             ctx.clone(),

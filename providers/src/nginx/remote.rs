@@ -150,13 +150,16 @@ struct Host {
     /// Commands run through `sudo -n` (the inventory's `ansible_become`).
     become_: bool,
     obj: JsonMap,
+    /// How a changed host key's help names the host instance.
+    label: String,
 }
 
 impl Host {
     fn of(obj: &JsonMap) -> Result<Host, ProviderError> {
         let target = conn::target(obj)?;
         // The host instance is not known here by its address; its inventory name is.
-        let keys = conn::keys(obj, &format!("host …[\"{}\"]", target.name));
+        let label = format!("host.<block>[\"{}\"]", target.name);
+        let keys = conn::keys(obj, &label);
         let become_ = obj.get("become").and_then(|b| b.as_bool()) == Some(true)
             && obj
                 .get("user")
@@ -167,6 +170,7 @@ impl Host {
             keys,
             become_,
             obj: obj.clone(),
+            label,
         })
     }
 
@@ -270,6 +274,7 @@ pub async fn apply(
     ctx: &ProviderCtx,
     addr: &str,
     object: ValueMap,
+    secret: bool,
     step: &pipeline_engine::Step,
 ) -> Result<JsonMap, ProviderError> {
     let record: JsonMap = object
@@ -283,7 +288,7 @@ pub async fn apply(
         .ok_or_else(|| ProviderError::new(format!("{addr}: the config could not be rendered")))?
         .to_string();
     step.progress(format!("connecting to {}", host.target.address));
-    conn::connect(ctx, &host.obj, &host.target.name).await?;
+    conn::connect(ctx, &host.obj, &host.label).await?;
     // The stack's config replaces whatever an interrupted canary left shifted.
     host.script(ctx, &format!("rm -f {STABLE} {NEXT}")).await?;
     let ssh = conn::transport(ctx)?;
@@ -337,11 +342,14 @@ pub async fn apply(
         .map_err(|e| ProviderError::new(format!("cannot write {}: {e}", inv.display())))?;
     let mut run = Run::new("playbooks/nginx.yml", &inv);
     run.vars.insert("pipeline_hosts".into(), name.into());
-    // Base64: a config is never read as a Jinja template by ansible.
-    run.vars.insert(
-        "pipeline_nginx_conf_b64".into(),
-        base64(text.as_bytes()).into(),
-    );
+    // Base64: a config is never read as a Jinja template by ansible. A config rendered from a
+    // secret goes in the run's secrets file (0600, removed after the run), never in its vars.
+    let conf = base64(text.as_bytes()).into();
+    if secret {
+        run.secrets.insert("pipeline_nginx_conf_b64".into(), conf);
+    } else {
+        run.vars.insert("pipeline_nginx_conf_b64".into(), conf);
+    }
     run.timeout = ROLE_TIMEOUT;
     run.connection = Connection {
         control_path_dir: Some(ssh.dir().join("a")),
