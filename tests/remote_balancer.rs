@@ -255,6 +255,16 @@ fn a_balancer_on_an_inventory_host_routes_reloads_repairs_shifts_and_goes() {
     t.ok(&["apply", "-auto-approve", "s.hcl"]);
     assert!(!sh(lbh, "cat /etc/nginx/nginx.conf").contains("edited by hand"));
     assert!(t.ok(&["plan", "s.hcl"]).contains("No changes"));
+    // nginx stopped on the host: the plan starts it again.
+    sh(lbh, "systemctl stop nginx");
+    let plan = t.ok(&["plan", "s.hcl"]);
+    assert!(
+        !plan.contains("No changes") && plan.contains("balancer.front"),
+        "{plan}"
+    );
+    t.ok(&["apply", "-auto-approve", "s.hcl"]);
+    assert_eq!(sh(lbh, "systemctl is-active nginx").trim(), "active");
+    assert!(t.ok(&["plan", "s.hcl"]).contains("No changes"));
 
     // The canary actions, as the progressive canary calls them: half of be1's share to be3.
     let st = state(&t);
