@@ -376,6 +376,55 @@ fn a_balancer_on_an_inventory_host_routes_reloads_repairs_shifts_and_goes() {
         t.ok(&["plan", "s.hcl"]).contains("No changes"),
         "the stack's config is back"
     );
+
+    // A canary killed while it had shifted traffic: the next apply's sweep puts the stack's
+    // config back (the owner recorded on the host is a process of this machine that is gone).
+    rt.block_on(nginx.action(
+        &ctx,
+        "balancer",
+        "balancer.front",
+        &record,
+        "canary_weights",
+        args.as_object().unwrap(),
+    ))
+    .unwrap();
+    let machine = std::fs::read_to_string("/etc/machine-id").unwrap();
+    let owner = "/etc/nginx/nginx.conf.canary-owner";
+    assert_eq!(
+        sh(lbh, &format!("cat {owner}")).trim(),
+        format!("{} {}", machine.trim(), std::process::id())
+    );
+    assert!(sh(lbh, "cat /etc/nginx/nginx.conf").contains("# canary"));
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    sh(lbh, &format!("echo '{} {dead}' > {owner}", machine.trim()));
+    let out = t.run(&["apply", "-auto-approve", "s.hcl"]);
+    let said = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("the stack's config is back on"), "{said}");
+    eprintln!(
+        "sweep: {}",
+        said.lines()
+            .find(|l| l.contains("is back on"))
+            .unwrap_or("")
+    );
+    assert!(!sh(lbh, "cat /etc/nginx/nginx.conf").contains("# canary"));
+    assert_eq!(
+        sh(
+            lbh,
+            &format!("ls {owner} /etc/nginx/nginx.conf.stable 2>/dev/null | wc -l")
+        )
+        .trim(),
+        "0"
+    );
+    settled(lbh);
+    let seen = count(&url, 40);
+    assert_eq!(
+        (seen.get("be1"), seen.get("be2"), seen.get("be3")),
+        (Some(&30), Some(&10), None),
+        "{seen:?}"
+    );
     drop(rt);
 
     // Destroy: nginx stopped and disabled, the distribution's config back.

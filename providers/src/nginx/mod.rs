@@ -417,6 +417,12 @@ impl Provider for Nginx {
         report.extend(
             crate::sweep_run_dirs(ctx, owned, |d| d.join("conf/nginx.conf").exists()).await?,
         );
+        let remote: Vec<_> = owned
+            .iter()
+            .filter(|(_, rs)| remote::record_is_remote(&rs.attrs))
+            .copied()
+            .collect();
+        report.extend(remote::restore_orphaned(ctx, &remote).await);
         Ok(report)
     }
 

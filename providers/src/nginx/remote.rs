@@ -32,6 +32,8 @@ pub const USER: &str = "www-data";
 pub const CONF: &str = "/etc/nginx/nginx.conf";
 /// The stack's config while a canary has shifted the host's.
 const STABLE: &str = "/etc/nginx/nginx.conf.stable";
+/// Which process shifted the host's config: `MACHINE-ID PID` of the control machine.
+const OWNER: &str = "/etc/nginx/nginx.conf.canary-owner";
 /// A config on its way in (checked with `nginx -t`, then renamed over CONF).
 const NEXT: &str = "/etc/nginx/nginx.conf.pipeline-next";
 /// How long a short remote command may take.
@@ -290,7 +292,8 @@ pub async fn apply(
     step.progress(format!("connecting to {}", host.target.address));
     conn::connect(ctx, &host.obj, &host.label).await?;
     // The stack's config replaces whatever an interrupted canary left shifted.
-    host.script(ctx, &format!("rm -f {STABLE} {NEXT}")).await?;
+    host.script(ctx, &format!("rm -f {STABLE} {NEXT} {OWNER}"))
+        .await?;
     let ssh = conn::transport(ctx)?;
     let args = ssh
         .ssh_args(&host.target, &host.keys)
@@ -413,7 +416,7 @@ pub async fn delete(ctx: &ProviderCtx, prior: &JsonMap) -> Result<(), ProviderEr
         &format!(
             "systemctl stop nginx 2>/dev/null || true\n\
              systemctl disable nginx 2>/dev/null || true\n\
-             rm -f {STABLE} {NEXT}\n\
+             rm -f {STABLE} {NEXT} {OWNER}\n\
              if [ -f {CONF}.dist ]; then mv -f {CONF}.dist {CONF}; fi\n\
              if [ -e /etc/nginx/sites-available/default ] && [ ! -e /etc/nginx/sites-enabled/default ]; then \
              ln -s /etc/nginx/sites-available/default /etc/nginx/sites-enabled/default; fi\n"
@@ -533,7 +536,7 @@ async fn restore(ctx: &ProviderCtx, host: &Host) -> Result<(), ProviderError> {
     host.script(
         ctx,
         &format!(
-            "set -e\nnginx -t -q -c {STABLE}\nmv -f {STABLE} {CONF}\nsystemctl reload nginx\n"
+            "set -e\nnginx -t -q -c {STABLE}\nmv -f {STABLE} {CONF}\nrm -f {OWNER}\nsystemctl reload nginx\n"
         ),
     )
     .await
@@ -572,6 +575,11 @@ pub async fn canary_shift(
         return Ok(0);
     }
     let shifted = super::canary::shifted_config(&source, baseline, candidate, percent);
+    // Who shifted it, so the sweep can put the stack's config back when that process is gone.
+    if let Some(id) = machine_id() {
+        host.upload(ctx, &format!("{id} {}\n", std::process::id()), OWNER)
+            .await?;
+    }
     install(ctx, &host, &shifted).await?;
     Ok(routes)
 }
@@ -606,6 +614,60 @@ pub async fn canary_remove(
         restore(ctx, &host).await?;
     }
     Ok(true)
+}
+
+/// This machine's id (`/etc/machine-id`): a canary owner's pid means something only here.
+fn machine_id() -> Option<String> {
+    std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric()))
+}
+
+/// Remote balancers still shifted by a canary whose process (on this machine) is gone: the
+/// stack's config goes back (the local `canary::restore_orphaned`, over ssh). A host that does
+/// not answer is left as it is (the next sweep tries again). One line per balancer put back.
+pub async fn restore_orphaned(
+    ctx: &ProviderCtx,
+    owned: &[(&str, &pipeline_engine::state::ResourceState)],
+) -> Vec<String> {
+    let Some(me) = machine_id() else {
+        return Vec::new();
+    };
+    let mut restored = Vec::new();
+    for (addr, rs) in owned {
+        let Ok(host) = Host::of_record(&rs.attrs) else {
+            continue;
+        };
+        let lock = host_lock(&host.target.address);
+        let _held = lock.lock().await;
+        let Ok(owner) = host
+            .script(
+                ctx,
+                &format!("if [ -f {STABLE} ] && [ -f {OWNER} ]; then cat {OWNER}; fi"),
+            )
+            .await
+        else {
+            continue;
+        };
+        let mut it = owner.split_whitespace();
+        let (Some(id), Some(pid)) = (it.next(), it.next().and_then(|p| p.parse::<i32>().ok()))
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only asks whether the process exists.
+        let alive = pid > 0 && unsafe { libc::kill(pid, 0) } == 0;
+        if id != me || alive {
+            continue;
+        }
+        if restore(ctx, &host).await.is_ok() {
+            restored.push(format!(
+                "{addr}: the stack's config is back on {} (a canary that shifted its traffic was killed)",
+                host.target.name
+            ));
+        }
+    }
+    restored
 }
 
 #[cfg(test)]
