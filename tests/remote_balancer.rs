@@ -425,6 +425,31 @@ fn a_balancer_on_an_inventory_host_routes_reloads_repairs_shifts_and_goes() {
         (Some(&30), Some(&10), None),
         "{seen:?}"
     );
+
+    // The host's key changes (a rebuilt host, or someone in between): refused, nothing done.
+    let on = record["on"].as_object().unwrap().clone();
+    let target = pipeline_providers::ssh::conn::target(&on).unwrap();
+    let ssh = pipeline_providers::ssh::conn::transport(&ctx).unwrap();
+    rt.block_on(ssh.close(&target)); // a new connection, which checks the key
+    sh(
+        lbh,
+        "mkdir -p /root/keys && cp -p /etc/ssh/ssh_host_* /root/keys/ && rm -f /etc/ssh/ssh_host_* \
+         && ssh-keygen -A >/dev/null && systemctl restart ssh",
+    );
+    let out = t.run(&["plan", "s.hcl"]);
+    let err = s(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("host key") && err.contains("-replace"),
+        "a changed key is named, with the way to accept it: {err}"
+    );
+    eprintln!("changed key: {}", err.lines().next().unwrap_or(""));
+    sh(
+        lbh,
+        "rm -f /etc/ssh/ssh_host_* && cp -p /root/keys/* /etc/ssh/ && systemctl restart ssh",
+    );
+    rt.block_on(ssh.close(&target));
+    assert!(t.ok(&["plan", "s.hcl"]).contains("No changes"));
     drop(rt);
 
     // Destroy: nginx stopped and disabled, the distribution's config back.
