@@ -335,24 +335,19 @@ fn planned_object(
     let pre = prefix(ctx, addr);
     let mut o = c.clone();
     let remote_addr = remote::listen_address(c)?;
-    let address = match &remote_addr {
-        Some(a) => a.clone(),
-        None => c
-            .get("address")
-            .and_then(Value::as_str)
-            .unwrap_or("127.0.0.1")
-            .to_string(),
-    };
     let listen = c.get("listen").and_then(Value::as_f64).unwrap_or(0.0) as u64;
-    let host = if address.contains(':') {
-        format!("[{address}]")
-    } else {
-        address.clone()
+    // On an inventory host the url is the host's address (whatever `address` nginx listens on).
+    let url = match remote::host_address(c) {
+        Some(h) if h.contains(':') => format!("http://[{h}]:{listen}"),
+        Some(h) => format!("http://{h}:{listen}"),
+        None => format!(
+            "http://{}:{listen}",
+            c.get("address")
+                .and_then(Value::as_str)
+                .unwrap_or("127.0.0.1")
+        ),
     };
-    o.insert(
-        "url".into(),
-        Value::String(format!("http://{host}:{listen}")),
-    );
+    o.insert("url".into(), Value::String(url));
     let (layout, access_log) = match &remote_addr {
         Some(a) => (
             Layout::Remote { address: a },
@@ -965,6 +960,19 @@ mod tests {
         };
         let o = planned_object(&ctx, "balancer.front", &c).unwrap();
         assert_eq!(o["url"], Value::str("http://10.1.2.3:8080"));
+        // Listening everywhere: the url is still the host's.
+        let mut all = c.clone();
+        all.insert("address".into(), Value::str("0.0.0.0"));
+        let o = planned_object(&ctx, "balancer.front", &all).unwrap();
+        assert_eq!(o["url"], Value::str("http://10.1.2.3:8080"));
+        assert!(
+            o["config"]
+                .as_str()
+                .unwrap()
+                .contains("listen 0.0.0.0:8080;"),
+            "{:?}",
+            o["config"]
+        );
         // A static directory is on this machine, not on the host.
         let st = map(&[("/s/", map(&[("static", Value::str("site"))]))]);
         let err = render(

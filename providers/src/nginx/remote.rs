@@ -105,6 +105,14 @@ pub fn listen_address(c: &ValueMap) -> Result<Option<String>, (Option<String>, S
     }
 }
 
+/// The address of the host `on` names, when it is one reached over ssh.
+pub fn host_address(c: &ValueMap) -> Option<String> {
+    on_host(c)?
+        .get("address")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
 pub fn prefixed(mut e: ProviderError, addr: &str) -> ProviderError {
     e.message = format!("{addr}: {}", e.message);
     e
