@@ -450,7 +450,6 @@ fn a_balancer_on_an_inventory_host_routes_reloads_repairs_shifts_and_goes() {
     );
     rt.block_on(ssh.close(&target));
     assert!(t.ok(&["plan", "s.hcl"]).contains("No changes"));
-    drop(rt);
 
     // Destroy: nginx stopped and disabled, the distribution's config back.
     t.ok(&["destroy", "-auto-approve", "s.hcl"]);
@@ -464,4 +463,7 @@ fn a_balancer_on_an_inventory_host_routes_reloads_repairs_shifts_and_goes() {
         "{conf}"
     );
     assert!(http("GET", &url, "").is_none(), "nothing listens any more");
+    // The transport's master (kept 30 s after the last call) and its private directory go too.
+    rt.block_on(ssh.close(&target));
+    std::fs::remove_dir_all(ssh.dir()).unwrap();
 }
