@@ -13,7 +13,7 @@
 use pipeline_host::nginx::{check, nginx_bin};
 use std::path::{Path, PathBuf};
 
-fn server_addr(line: &str) -> Option<&str> {
+pub(super) fn server_addr(line: &str) -> Option<&str> {
     let t = line.trim_start();
     let rest = t.strip_prefix("server ")?;
     rest.split_whitespace().next()
@@ -74,7 +74,7 @@ pub fn restore_orphaned(work_dir: &Path) -> Result<Vec<PathBuf>, String> {
 }
 
 /// How many upstreams of `text` route to one of `stable`.
-fn upstreams_routing_to(text: &str, stable: &[String]) -> usize {
+pub(super) fn upstreams_routing_to(text: &str, stable: &[String]) -> usize {
     let mut n = 0;
     let mut inside = false;
     let mut counted = false;

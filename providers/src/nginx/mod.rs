@@ -5,6 +5,7 @@
 
 mod canary;
 mod describe;
+mod remote;
 
 use async_trait::async_trait;
 use pipeline_engine::format::Format;
@@ -56,6 +57,10 @@ fn schema() -> KindSchema {
         attrs: vec![
             // Every value below is rendered into nginx.conf: each declares what it may be.
             AttrSchema::required("listen", Type::Number).format(Format::Port),
+            // A host object (`on = host.lb["lb01"]`, transport "ssh"): the distribution's nginx on
+            // that host, configured through the `pipeline_nginx` role (see `remote`). Absent or a
+            // local host: nginx on this machine under `.pipeline/run/`.
+            AttrSchema::optional("on", Type::Any),
             AttrSchema::optional("address", Type::String)
                 .default(Value::str("127.0.0.1"))
                 .format(Format::Address),
@@ -79,7 +84,7 @@ fn schema() -> KindSchema {
             // Retry a POST on another replica when the first one failed mid-request. Safe only when
             // requests are idempotent in effect (a preview renderer is; a payment is not).
             AttrSchema::optional("retry_non_idempotent", Type::Bool).default(Value::Bool(false)),
-            AttrSchema::computed("url", Type::String).derived_from(&["listen", "address"]),
+            AttrSchema::computed("url", Type::String).derived_from(&["listen", "address", "on"]),
             // Rendered from every input: secret when any input is.
             AttrSchema::computed("config", Type::String),
             AttrSchema::computed("access_log", Type::String).derived_from(&[]),
@@ -105,6 +110,13 @@ fn backends(v: &Value) -> Result<Option<Vec<(String, u32)>>, String> {
                 }
                 Ok(true)
             }
+            // A remote service: every instance's url.
+            Value::Map(m) if m.contains_key("instances") => match m.get("instances") {
+                Some(l @ Value::List(_)) => one(l, weight, out),
+                Some(Value::Unknown) => Ok(false),
+                Some(Value::Sensitive(v)) => one(v, weight, out),
+                _ => Err("a route target's `instances` must be a list of { url = \"http://ADDRESS:PORT\" }".into()),
+            },
             Value::Map(m) => match m.get("url") {
                 Some(Value::String(u)) => {
                     let hp = u
@@ -121,7 +133,7 @@ fn backends(v: &Value) -> Result<Option<Vec<(String, u32)>>, String> {
                     Ok(true)
                 }
                 Some(Value::Unknown) => Ok(false),
-                _ => Err("a route target must be a service (its instances have a `url`)".into()),
+                _ => Err("a route target must be a service (its instances have a `url`, or it has `instances` that do)".into()),
             },
             Value::Sensitive(v) => one(v, weight, out),
             other => Err(format!(
@@ -156,12 +168,31 @@ fn backends(v: &Value) -> Result<Option<Vec<(String, u32)>>, String> {
     Ok(known.then_some(out))
 }
 
+/// Where the files a rendered nginx.conf names live.
+#[derive(Clone, Debug)]
+enum Layout<'a> {
+    /// nginx run by pipeline on this machine, everything under its prefix (`.pipeline/run/..`).
+    Local(&'a Path),
+    /// The distribution's nginx on an inventory host (under its systemd unit, which expects
+    /// `/run/nginx.pid`), listening on `address`.
+    Remote { address: &'a str },
+}
+
+impl Layout<'_> {
+    fn file(&self, rel: &str) -> String {
+        match self {
+            Layout::Local(prefix) => format!("{}/{rel}", prefix.display()),
+            Layout::Remote { .. } => remote::file(rel).to_string(),
+        }
+    }
+}
+
 /// Render nginx.conf for `config`; None while something is known only after apply.
 /// With `placeholders`, backends known only after apply are rendered as a stand-in address so the
 /// rest of the config can still be checked while planning.
 fn render(
     c: &ValueMap,
-    prefix: &Path,
+    layout: &Layout,
     base: &Path,
     placeholders: bool,
 ) -> Result<Option<String>, (Option<String>, String)> {
@@ -186,6 +217,11 @@ fn render(
             ))
         })?;
         let loc = q("routes", path)?;
+        if let (Some(_), Layout::Remote { .. }) = (target.get("static"), layout) {
+            return Err(routes_err(format!(
+                "route {path:?}: a balancer on a remote host serves no static directory (the files are on this machine)"
+            )));
+        }
         if let Some(dir) = target.get("static").and_then(Value::as_str) {
             Format::FilePath.check_str(dir).map_err(|e| {
                 routes_err(format!(
@@ -236,17 +272,33 @@ fn render(
         })?;
         q(k, &v)
     };
-    let address = setting("address", Format::Address, "127.0.0.1")?;
+    let address = match layout {
+        Layout::Local(_) => setting("address", Format::Address, "127.0.0.1")?,
+        Layout::Remote { address } => {
+            Format::Address.check_str(address).map_err(|e| {
+                (
+                    Some("on".to_string()),
+                    format!(
+                        "the host's address {} cannot be listened on ({e})",
+                        pipeline_engine::format::show_value(address, false)
+                    ),
+                )
+            })?;
+            q("on", address)?
+        }
+    };
     let listen = get("listen").and_then(|v| v.as_f64()).unwrap_or(0.0) as u64;
     let listen = if address.contains(':') {
         format!("[{address}]:{listen}")
     } else {
         format!("{address}:{listen}")
     };
-    let file = |rel: &str| {
-        crate::quote::nginx(&format!("{}/{rel}", prefix.display())).map_err(|e| (None, e))
-    };
+    let file = |rel: &str| crate::quote::nginx(&layout.file(rel)).map_err(|e| (None, e));
     let vars = serde_json::json!({
+        "user": match layout {
+            Layout::Local(_) => None,
+            Layout::Remote { .. } => Some(remote::USER),
+        },
         "pid": file("nginx.pid")?,
         "error_log": file("logs/error.log")?,
         "access_log": file("logs/access.log")?,
@@ -282,23 +334,34 @@ fn planned_object(
 ) -> Result<ValueMap, (Option<String>, String)> {
     let pre = prefix(ctx, addr);
     let mut o = c.clone();
-    let address = c
-        .get("address")
-        .and_then(Value::as_str)
-        .unwrap_or("127.0.0.1")
-        .to_string();
+    let remote_addr = remote::listen_address(c)?;
     let listen = c.get("listen").and_then(Value::as_f64).unwrap_or(0.0) as u64;
-    o.insert(
-        "url".into(),
-        Value::String(format!("http://{address}:{listen}")),
-    );
-    o.insert(
-        "access_log".into(),
-        Value::String(pre.join("logs/access.log").display().to_string()),
-    );
+    // On an inventory host the url is the host's address (whatever `address` nginx listens on).
+    let url = match remote::host_address(c) {
+        Some(h) if h.contains(':') => format!("http://[{h}]:{listen}"),
+        Some(h) => format!("http://{h}:{listen}"),
+        None => format!(
+            "http://{}:{listen}",
+            c.get("address")
+                .and_then(Value::as_str)
+                .unwrap_or("127.0.0.1")
+        ),
+    };
+    o.insert("url".into(), Value::String(url));
+    let (layout, access_log) = match &remote_addr {
+        Some(a) => (
+            Layout::Remote { address: a },
+            remote::file("logs/access.log").to_string(),
+        ),
+        None => (
+            Layout::Local(&pre),
+            pre.join("logs/access.log").display().to_string(),
+        ),
+    };
+    o.insert("access_log".into(), Value::String(access_log));
     o.insert(
         "config".into(),
-        render(c, &pre, &ctx.stack_dir, false)?.map_or(Value::Unknown, Value::String),
+        render(c, &layout, &ctx.stack_dir, false)?.map_or(Value::Unknown, Value::String),
     );
     Ok(o)
 }
@@ -308,6 +371,7 @@ fn invalid((attr, message): (Option<String>, String)) -> Invalid {
         None if message.contains("not installed") => "install nginx (apt-get install nginx-light), or put it on PATH".to_string(),
         Some("client_max_body_size") => "a size like \"1m\", \"512k\" or \"10m\"".to_string(),
         Some("keepalive_timeout") | Some("fail_timeout") => "a duration like \"65s\" or \"500ms\"".to_string(),
+        Some("on") => "on = one host of an inventory group, e.g. host.lb[\"lb01\"], whose address nginx can listen on".to_string(),
         Some("routes") => "routes = { \"/\" = service.web, \"/static/\" = { static = \"site\" } }; weights: { upstreams = [{ service = service.a, weight = 9 }] }".to_string(),
         _ => "fix the value; the rendered config is shown by `pipeline plan` as the `config` attribute".to_string(),
     };
@@ -348,6 +412,12 @@ impl Provider for Nginx {
         report.extend(
             crate::sweep_run_dirs(ctx, owned, |d| d.join("conf/nginx.conf").exists()).await?,
         );
+        let remote: Vec<_> = owned
+            .iter()
+            .filter(|(_, rs)| remote::record_is_remote(&rs.attrs))
+            .copied()
+            .collect();
+        report.extend(remote::restore_orphaned(ctx, &remote).await);
         Ok(report)
     }
 
@@ -359,10 +429,34 @@ impl Provider for Nginx {
         // `listen`, sizes, durations, route paths: the schema's formats, checked by the engine.
         // Rendered with a placeholder prefix: only the values are checked here.
         let pre = Path::new("/nonexistent-pipeline-prefix");
+        let remote_addr = match remote::listen_address(c) {
+            Ok(a) => a,
+            Err(e) => return vec![invalid(e)],
+        };
+        if let Some(address) = remote_addr {
+            // The host's nginx checks the config (`nginx -t`) before it takes it; here the
+            // values are, and this machine's nginx checks the syntax when there is one.
+            let layout = Layout::Remote { address: &address };
+            return match render(c, &layout, Path::new("/"), true) {
+                Err(e) => vec![invalid(e)],
+                Ok(None) => vec![],
+                Ok(Some(_)) => {
+                    let local = render(c, &Layout::Local(pre), Path::new("/"), true);
+                    match (self.bin(), local) {
+                        (Some(bin), Ok(Some(text))) => check_with(&bin, &text, pre)
+                            .err()
+                            .map(invalid)
+                            .into_iter()
+                            .collect(),
+                        _ => vec![],
+                    }
+                }
+            };
+        }
         let Some(bin) = self.bin() else {
             return vec![invalid((None, self.missing()))];
         };
-        match render(c, pre, Path::new("/"), true) {
+        match render(c, &Layout::Local(pre), Path::new("/"), true) {
             Err(e) => vec![invalid(e)],
             Ok(None) => vec![],
             Ok(Some(text)) => check_with(&bin, &text, pre)
@@ -390,6 +484,9 @@ impl Provider for Nginx {
     }
 
     fn plan(&self, ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
+        if remote::is_remote(req.config) {
+            return remote::plan(ctx, req, |c| planned_object(ctx, req.addr, c));
+        }
         // nginx.conf names files under the working directory; nginx cannot carry every path.
         let pre = prefix(ctx, req.addr);
         crate::quote::nginx(&pre.display().to_string()).map_err(|e| {
@@ -413,9 +510,12 @@ impl Provider for Nginx {
             .get("listen")
             .and_then(Value::as_f64)
             .unwrap_or(0.0) as u16;
-        let ours = req
-            .prior
-            .is_some_and(|p| p.get("listen").and_then(|v| v.as_u64()) == Some(listen as u64));
+        // A balancer that ran on an inventory host moves here: a new nginx.
+        let was_remote = req.prior.is_some_and(remote::record_is_remote);
+        let ours = !was_remote
+            && req
+                .prior
+                .is_some_and(|p| p.get("listen").and_then(|v| v.as_u64()) == Some(listen as u64));
         if !ours && !port_free(address, listen) {
             return Err(ProviderError::new(format!("port {listen} on {address} is already in use by another program"))
                 .help(format!("choose another `listen` port, or stop what listens there (see `ss -ltnp 'sport = :{listen}'`)")));
@@ -423,7 +523,9 @@ impl Provider for Nginx {
         // A new listen port needs a new nginx; the rest is a reload.
         Ok(Planned {
             object: o,
-            requires_replace: if req.prior.is_some() && !ours {
+            requires_replace: if was_remote {
+                vec!["on".into()]
+            } else if req.prior.is_some() && !ours {
                 vec!["listen".into()]
             } else {
                 vec![]
@@ -438,6 +540,9 @@ impl Provider for Nginx {
         addr: &str,
         prior: &JsonMap,
     ) -> Result<Option<JsonMap>, ProviderError> {
+        if remote::record_is_remote(prior) {
+            return remote::read(ctx, prior).await;
+        }
         let pre = prefix(ctx, addr);
         // nginx renames its processes, so "alive" is: supervised, and the port answers.
         let listen = prior.get("listen").and_then(|v| v.as_u64()).unwrap_or(0) as u16;
@@ -463,6 +568,19 @@ impl Provider for Nginx {
         req: &ApplyRequest<'_>,
         step: &pipeline_engine::Step,
     ) -> Result<JsonMap, ProviderError> {
+        if remote::is_remote(req.config) {
+            let o = planned_object(ctx, req.addr, req.config).map_err(|e| {
+                let i = invalid(e);
+                ProviderError::new(i.message).help(i.help)
+            })?;
+            // A secret among the values rendered makes the config one (the host's own `vars`
+            // are not rendered).
+            let secret = req
+                .config
+                .iter()
+                .any(|(k, v)| k != "on" && v.is_sensitive());
+            return remote::apply(ctx, req.addr, o, secret, step).await;
+        }
         let (ctx, addr, config, prior, step) = (
             ctx.clone(),
             req.addr.to_string(),
@@ -485,9 +603,12 @@ impl Provider for Nginx {
         ctx: &ProviderCtx,
         _kind: &str,
         addr: &str,
-        _prior: &JsonMap,
+        prior: &JsonMap,
         _step: &pipeline_engine::Step,
     ) -> Result<(), ProviderError> {
+        if remote::record_is_remote(prior) {
+            return remote::delete(ctx, prior).await;
+        }
         let pre = prefix(ctx, addr);
         crate::blocking(move || {
             if pre.exists() {
@@ -509,6 +630,9 @@ impl Provider for Nginx {
         addr: &str,
         record: &JsonMap,
     ) -> Result<pipeline_engine::provider::Description, ProviderError> {
+        if remote::record_is_remote(record) {
+            return remote::describe(ctx, record).await;
+        }
         let (work, pre, r) = (ctx.work_dir.clone(), prefix(ctx, addr), record.clone());
         crate::blocking(move || Ok(describe::balancer(&work, &pre, &r))).await
     }
@@ -544,7 +668,7 @@ impl Provider for Nginx {
         ctx: &ProviderCtx,
         kind: &str,
         addr: &str,
-        _record: &JsonMap,
+        record: &JsonMap,
         name: &str,
         args: &JsonMap,
     ) -> Result<ActionOutput, ProviderError> {
@@ -576,6 +700,18 @@ impl Provider for Nginx {
         };
         let (pre, addr) = (prefix(ctx, addr), addr.to_string());
         let canary_servers = strings("canary")?;
+        let remote = remote::record_is_remote(record);
+        if name == CANARY_CLEAR && remote {
+            let changed = remote::canary_remove(ctx, record, &canary_servers)
+                .await
+                .map_err(|e| remote::prefixed(e, &addr))?;
+            return Ok(ActionOutput::output(
+                serde_json::json!({ "changed": changed })
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            ));
+        }
         if name == CANARY_CLEAR {
             return crate::blocking(move || {
                 let changed = canary::remove(&pre, &canary_servers)
@@ -599,6 +735,18 @@ impl Provider for Nginx {
                     "{addr}: `weight` must be a whole percentage from 0 to 100"
                 ))
             })? as u32;
+        if remote {
+            let upstreams =
+                remote::canary_shift(ctx, record, &stable_servers, &canary_servers, weight)
+                    .await
+                    .map_err(|e| remote::prefixed(e, &addr))?;
+            return Ok(ActionOutput::output(
+                serde_json::json!({ "upstreams": upstreams })
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            ));
+        }
         crate::blocking(move || {
             let upstreams = canary::shift(&pre, &stable_servers, &canary_servers, weight)
                 .map_err(|e| ProviderError::new(format!("{addr}: {e}")))?;
@@ -700,4 +848,146 @@ fn apply_blocking(
         }
     }
     Ok(o.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(routes: Value, on: Option<Value>) -> ValueMap {
+        let mut c = ValueMap::new();
+        c.insert("listen".into(), Value::Number(8080.0));
+        c.insert("address".into(), Value::str("127.0.0.1"));
+        c.insert("routes".into(), routes);
+        if let Some(on) = on {
+            c.insert("on".into(), on);
+        }
+        c
+    }
+
+    fn map(pairs: &[(&str, Value)]) -> Value {
+        Value::Map(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        )
+    }
+
+    fn service(urls: &[&str]) -> Value {
+        let list = urls
+            .iter()
+            .map(|u| map(&[("url", Value::str(*u))]))
+            .collect();
+        map(&[("instances", Value::List(list))])
+    }
+
+    fn host() -> Value {
+        map(&[
+            ("name", Value::str("lb01")),
+            ("address", Value::str("10.1.2.3")),
+            ("transport", Value::str("ssh")),
+        ])
+    }
+
+    #[test]
+    fn a_remote_service_puts_every_instance_in_the_upstream() {
+        let routes = map(&[(
+            "/",
+            service(&["http://10.0.0.1:8001", "http://10.0.0.2:8001"]),
+        )]);
+        let text = render(
+            &config(routes, None),
+            &Layout::Local(Path::new("/p")),
+            Path::new("/"),
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(text.contains("server 10.0.0.1:8001 weight=1"), "{text}");
+        assert!(text.contains("server 10.0.0.2:8001 weight=1"), "{text}");
+        // The local layout is what it was: no user line, no blank line left by the template.
+        assert!(!text.contains("\nuser "), "{text}");
+        assert!(
+            text.starts_with("# Rendered by pipeline from the stack; changes are applied with a graceful reload.\n# Every value is one checked, quoted token (providers/src/quote.rs).\nworker_processes 1;\npid /p/nginx.pid;\n"),
+            "{text}"
+        );
+        let bad = map(&[("/", map(&[("instances", Value::str("x"))]))]);
+        assert!(render(
+            &config(bad, None),
+            &Layout::Local(Path::new("/p")),
+            Path::new("/"),
+            false
+        )
+        .is_err());
+        let hostile = map(&[("/", service(&["http://10.0.0.1:80; }"]))]);
+        assert!(render(
+            &config(hostile, None),
+            &Layout::Local(Path::new("/p")),
+            Path::new("/"),
+            false
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn on_an_inventory_host_the_distributions_paths_and_the_hosts_address_are_used() {
+        let routes = map(&[("/", service(&["http://10.0.0.1:8001"]))]);
+        let c = config(routes, Some(host()));
+        assert!(remote::is_remote(&c));
+        let address = remote::listen_address(&c).unwrap().unwrap();
+        assert_eq!(address, "10.1.2.3");
+        let text = render(
+            &c,
+            &Layout::Remote { address: &address },
+            Path::new("/"),
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        for want in [
+            "user www-data;\nworker_processes 1;\npid /run/nginx.pid;",
+            "error_log /var/log/nginx/error.log warn;",
+            "proxy_temp_path /var/lib/nginx/proxy;",
+            "listen 10.1.2.3:8080;",
+        ] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
+        let ctx = ProviderCtx {
+            work_dir: "/w/.pipeline".into(),
+            stack_dir: "/w".into(),
+            exe: "/bin/true".into(),
+        };
+        let o = planned_object(&ctx, "balancer.front", &c).unwrap();
+        assert_eq!(o["url"], Value::str("http://10.1.2.3:8080"));
+        // Listening everywhere: the url is still the host's.
+        let mut all = c.clone();
+        all.insert("address".into(), Value::str("0.0.0.0"));
+        let o = planned_object(&ctx, "balancer.front", &all).unwrap();
+        assert_eq!(o["url"], Value::str("http://10.1.2.3:8080"));
+        assert!(
+            o["config"]
+                .as_str()
+                .unwrap()
+                .contains("listen 0.0.0.0:8080;"),
+            "{:?}",
+            o["config"]
+        );
+        // A static directory is on this machine, not on the host.
+        let st = map(&[("/s/", map(&[("static", Value::str("site"))]))]);
+        let err = render(
+            &config(st, Some(host())),
+            &Layout::Remote { address: &address },
+            Path::new("/"),
+            false,
+        )
+        .unwrap_err();
+        assert!(err.1.contains("remote host"), "{err:?}");
+        // A local host (`ansible_connection=local`) is this machine.
+        let local = map(&[
+            ("address", Value::str("10.9.9.9")),
+            ("transport", Value::str("local")),
+        ]);
+        assert!(!remote::is_remote(&config(map(&[]), Some(local))));
+    }
 }
