@@ -440,7 +440,8 @@ fn a_balancer_on_an_inventory_host_routes_reloads_repairs_shifts_and_goes() {
     let err = s(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("host key") && err.contains("-replace"),
+        err.contains("host key")
+            && err.contains(&format!("-replace='host.lb[\"{}\"]'", lbh.name())),
         "a changed key is named, with the way to accept it: {err}"
     );
     eprintln!("changed key: {}", err.lines().next().unwrap_or(""));

@@ -167,7 +167,8 @@ struct Host {
 impl Host {
     fn of(obj: &JsonMap) -> Result<Host, ProviderError> {
         let target = conn::target(obj)?;
-        // The host instance is not known here by its address; its inventory name is.
+        // Hosts record their instance address (`resource`), which the help names; this is for
+        // records made before they did.
         let label = format!("host.<block>[\"{}\"]", target.name);
         let keys = conn::keys(obj, &label);
         let become_ = obj.get("become").and_then(|b| b.as_bool()) == Some(true)

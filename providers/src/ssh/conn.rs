@@ -95,9 +95,11 @@ pub fn accept_help(host_addr: &str) -> String {
     )
 }
 
-/// The host keys to check a host object against.
+/// The host keys to check a host object against. The help names the host instance by the
+/// address the object records (`resource`), else by `host_addr`.
 pub fn keys(host: &JsonMap, host_addr: &str) -> HostKeys {
-    HostKeys::pinned(pinned(host)).with_accept_help(accept_help(host_addr))
+    let addr = text(host, "resource").unwrap_or_else(|| host_addr.to_string());
+    HostKeys::pinned(pinned(host)).with_accept_help(accept_help(&addr))
 }
 
 /// A transport failure as a provider error, by kind: unreachable and timed-out hosts are

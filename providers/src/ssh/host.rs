@@ -27,6 +27,9 @@ pub fn schema() -> KindSchema {
             // The host keys pinned on first contact (`[ADDR]:PORT TYPE BASE64` each; empty
             // when the user's known_hosts vouches for the host), enforced afterwards.
             AttrSchema::computed("host_key", Type::List(Box::new(Type::String))).derived_from(&[]),
+            // The host instance's own address (`host.web["web01"]`), for messages of the
+            // resources placed on it (how to accept a changed key names it).
+            AttrSchema::computed("resource", Type::String).derived_from(&[]),
             // How resources placed on the host reach it: "ssh", or "local" for a host the
             // inventory gives `ansible_connection=local`.
             AttrSchema::computed("transport", Type::String).derived_from(&[]),

@@ -189,6 +189,7 @@ impl Provider for Ssh {
 
     fn plan(&self, _ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
         let mut object = self.object(req.kind, req.addr, req.config)?;
+        object.insert("resource".into(), Value::str(req.addr));
         // The keys pinned stay; a new host's are known once it is reached.
         let key = match req.prior.and_then(|p| p.get("host_key")) {
             Some(k) if !k.is_null() => Value::from_json(k),
@@ -219,7 +220,8 @@ impl Provider for Ssh {
     ) -> Result<JsonMap, ProviderError> {
         // The engine hands apply the block's evaluated attributes: the host's come from the
         // inventory again (the same one the plan read: it is loaded once per run).
-        let object = self.object(req.kind, req.addr, req.config)?;
+        let mut object = self.object(req.kind, req.addr, req.config)?;
+        object.insert("resource".into(), Value::str(req.addr));
         let mut record: JsonMap = object
             .iter()
             .map(|(k, v)| (k.clone(), v.to_json()))
