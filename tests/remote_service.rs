@@ -377,6 +377,27 @@ fn a_service_rolls_out_on_three_lab_hosts_and_survives_a_host_going_off() {
     let plan = t.ok(&["plan"]);
     assert!(plan.contains("service.app"), "{plan}");
     outputs.push_str(&plan);
+    // What each host runs, as the refresh recorded it: the first host the new release, the
+    // last (off during the update) still v2.
+    let json_plan = t.ok(&["plan", "-json"]);
+    outputs.push_str(&json_plan);
+    let change = json_plan
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["type"] == "planned_change" && v["address"] == "service.app")
+        .unwrap_or_else(|| panic!("no change of service.app: {json_plan}"));
+    assert_eq!(change["action"], "update", "{change}");
+    let seen: Vec<String> = change["before"]["instances"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{change}"))
+        .iter()
+        .map(|i| i["release"].as_str().unwrap_or("").to_string())
+        .collect();
+    eprintln!("releases per host after the stopped update: {seen:?}");
+    assert_eq!(seen.len(), 3, "{change}");
+    assert!(seen[0].len() == 64 && seen[0] != v2_release, "{seen:?}");
+    assert!(seen[1] == seen[0] || seen[1] == v2_release, "{seen:?}");
+    assert_eq!(seen[2], v2_release, "{seen:?}");
     let (out, took) = timed(&t, &["apply", "-auto-approve"]);
     outputs.push_str(&ok_out(&["apply"], &out));
     eprintln!(
@@ -384,6 +405,17 @@ fn a_service_rolls_out_on_three_lab_hosts_and_survives_a_host_going_off() {
         took.as_secs_f64()
     );
     assert_all_on(&t, "v3", "hi");
+    assert_eq!(
+        release(&t),
+        seen[0],
+        "the release the first host got is the one all run"
+    );
+    // The secret reached the hosts only in the instance's 0600 root file.
+    let mode = lab
+        .host(0)
+        .exec(&["stat", "-c", "%a %U", "/etc/pipeline/app/app-0.secret.env"])
+        .unwrap();
+    assert_eq!(mode.trim(), "600 root");
 
     // A host's key changes: apply refuses it with the accept help; -replace of the host
     // accepts it and the service update goes through.
@@ -485,5 +517,44 @@ fn bad_input_is_refused_at_plan() {
             assert!(err.contains(w), "{attrs}: {w:?} not in:\n{err}");
         }
         assert!(err.contains("main.hcl"), "{attrs}: no location:\n{err}");
+    }
+
+    // A prebuilt artifact: its sha256 is the release, known at plan; a missing one, or one
+    // beside `source`, is refused.
+    t.write(
+        "dist/app.tar.gz",
+        "not really gzip, but bytes with a sha256",
+    );
+    let art = |attrs: &str| with(attrs).replace("  source = \"app\"\n", "");
+    t.write(
+        "main.hcl",
+        &art("  artifact = \"dist/app.tar.gz\"\n  on = host.web[\"web02\"]\n  run = \"./app\"\n  port = 9000"),
+    );
+    let plan = t.ok(&["plan", "main.hcl"]);
+    let sha = hex(&sha2::Sha256::digest(
+        b"not really gzip, but bytes with a sha256",
+    ));
+    assert!(plan.contains(&sha), "{sha}: {plan}");
+    assert!(
+        plan.contains("http://192.0.2.2:9000") && !plan.contains("192.0.2.1:9000"),
+        "{plan}"
+    );
+    for (attrs, words) in [
+        (
+            "  artifact = \"dist/missing.tar.gz\"\n  on = host.web\n  run = \"x\"\n  port = 9000",
+            vec!["artifact", "missing.tar.gz", "does not exist"],
+        ),
+        (
+            "  artifact = \"dist/app.tar.gz\"\n  source = \"./app\"\n  on = host.web\n  run = \"x\"\n  port = 9000",
+            vec!["artifact", "not both"],
+        ),
+    ] {
+        t.write("main.hcl", &art(attrs));
+        let out = t.run(&["plan", "main.hcl"]);
+        let err = s(&out.stderr);
+        assert!(!out.status.success(), "{attrs}: accepted\n{}", s(&out.stdout));
+        for w in words {
+            assert!(err.contains(w), "{attrs}: {w:?} not in:\n{err}");
+        }
     }
 }
