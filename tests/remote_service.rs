@@ -164,6 +164,37 @@ impl PsWatch {
     }
 }
 
+/// Polls every url in turn until stopped: per round, each instance's version (None: down).
+struct Rounds {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Vec<Option<String>>>>,
+}
+
+impl Rounds {
+    fn start(urls: Vec<String>) -> Rounds {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut out = Vec::new();
+            while !s.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(600) {
+                out.push(
+                    urls.iter()
+                        .map(|u| answer(u).and_then(|a| a["version"].as_str().map(str::to_string)))
+                        .collect(),
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            out
+        });
+        Rounds { stop, thread }
+    }
+    fn finish(self) -> Vec<Vec<Option<String>>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
 /// Runs `pipeline args` and returns its output and how long it took.
 fn timed(t: &Scratch, args: &[&str]) -> (std::process::Output, Duration) {
     let started = Instant::now();
@@ -295,13 +326,42 @@ fn a_service_rolls_out_on_three_lab_hosts_and_survives_a_host_going_off() {
     set_version(&t, "v2");
     let v1_release = release(&t);
     let watch = PsWatch::start(containers.clone());
+    let urls: Vec<String> = insts
+        .iter()
+        .map(|i| i["url"].as_str().unwrap().to_string())
+        .collect();
+    let rounds = Rounds::start(urls);
     let (out, took) = timed(&t, &["apply", "-auto-approve"]);
+    let rounds = rounds.finish();
     let (leaked, _) = watch.finish();
     outputs.push_str(&ok_out(&["apply"], &out));
     eprintln!(
         "rolling update of 3 hosts (max_unavailable 1): {:.1} s",
         took.as_secs_f64()
     );
+    // Polled all along: never two hosts down at once, and hosts took v2 in inventory order.
+    let down_rounds = rounds
+        .iter()
+        .filter(|r| r.iter().any(Option::is_none))
+        .count();
+    eprintln!(
+        "during the update: {} rounds over the 3 hosts, {down_rounds} with one down",
+        rounds.len()
+    );
+    assert!(rounds.len() > 20, "too few rounds: {}", rounds.len());
+    for r in &rounds {
+        let down = r.iter().filter(|v| v.is_none()).count();
+        assert!(down <= 1, "two hosts down at once: {r:?}");
+        // Once a host is up on the old version, no later host is on v2.
+        let mut seen_old = false;
+        for v in r {
+            let new = v.as_deref() == Some("v2");
+            if v.is_some() && !new {
+                seen_old = true;
+            }
+            assert!(!(seen_old && new), "not in inventory order: {r:?}");
+        }
+    }
     assert!(leaked.is_empty(), "{leaked:?}");
     assert_ne!(release(&t), v1_release);
     assert_all_on(&t, "v2", "hi");

@@ -147,7 +147,9 @@ fn on_error(what: &str) -> ProviderError {
 /// `obj`; name and address come from the inventory and are known at plan.
 fn hosts_of(config: &ValueMap) -> Result<Vec<HostRef>, ProviderError> {
     let on = config.get("on").ok_or_else(|| on_error("nothing"))?;
-    if !on.is_known() && !matches!(on, Value::Map(_) | Value::Sensitive(_)) {
+    // A new host's keys are unknown at plan, its name and address are not: only a wholly
+    // unknown `on` cannot be placed.
+    if matches!(on, Value::Unknown) {
         return Err(on_error("a value known only after apply"));
     }
     let (on, _) = on.unmarked();
@@ -335,7 +337,7 @@ pub fn validate(c: &ValueMap) -> Vec<Invalid> {
         _ => {}
     }
     if let Some(on) = c.get("on") {
-        if on.is_known() || matches!(on, Value::Map(_)) {
+        if !matches!(on, Value::Unknown) {
             if let Err(e) = hosts_of(c) {
                 out.push(Invalid::new(
                     Some("on"),
@@ -1385,4 +1387,104 @@ pub async fn describe(
         Health::new(HealthState::Down, Some(bad.join("; ")))
     };
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str, address: &str) -> Value {
+        let mut m = ValueMap::new();
+        m.insert("name".into(), Value::str(name));
+        m.insert("address".into(), Value::str(address));
+        m.insert("transport".into(), Value::str("ssh"));
+        m.insert("host_key".into(), Value::Unknown);
+        Value::Map(m)
+    }
+
+    fn with_on(on: Value) -> ValueMap {
+        let mut c = ValueMap::new();
+        c.insert("on".into(), on);
+        c
+    }
+
+    #[test]
+    fn the_service_token_is_the_block_name_with_its_modules() {
+        assert_eq!(service_token("service.app").unwrap(), "app");
+        assert_eq!(service_token("module.m.service.app").unwrap(), "m-app");
+        assert_eq!(
+            service_token("module.a.module.b.service.web_1").unwrap(),
+            "a-b-web_1"
+        );
+        let e = service_token("service.App").unwrap_err();
+        assert!(e.message.contains("lowercase"), "{}", e.message);
+    }
+
+    #[test]
+    fn on_is_a_host_block_or_one_host_in_inventory_order() {
+        let mut block = ValueMap::new();
+        block.insert("web02".into(), host("web02", "10.0.0.2"));
+        block.insert("web01".into(), host("web01", "10.0.0.1"));
+        let hosts = hosts_of(&with_on(Value::Map(block))).unwrap();
+        let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["web02", "web01"], "the block's order");
+        let one = hosts_of(&with_on(host("web01", "10.0.0.1"))).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].address, "10.0.0.1");
+        for bad in [
+            Value::str("web01"),
+            Value::Number(1.0),
+            Value::Map(ValueMap::new()),
+        ] {
+            let e = hosts_of(&with_on(bad.clone())).unwrap_err();
+            assert_eq!(e.attr.as_deref(), Some("on"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_rolling_updates_are_accepted_on_ssh_hosts() {
+        let u = |s: &str| {
+            let mut m = ValueMap::new();
+            m.insert("strategy".into(), Value::str(s));
+            Value::Map(m)
+        };
+        assert!(check_update(&u("rolling")).is_ok());
+        for s in ["blue-green", "canary"] {
+            let e = check_update(&u(s)).unwrap_err();
+            assert!(e.contains("not supported on ssh hosts"), "{e}");
+        }
+        assert!(check_update(&u("sideways")).is_err());
+    }
+
+    #[test]
+    fn instances_are_per_host_then_per_replica() {
+        let hosts = hosts_of(&with_on(Value::List(vec![
+            host("a", "10.0.0.1"),
+            host("b", "fd00::2"),
+        ])))
+        .unwrap();
+        let v = instances_value(&hosts, 8080, 2, &|h| Value::str(format!("r-{h}")));
+        let urls: Vec<String> = match v {
+            Value::List(l) => l
+                .iter()
+                .map(|i| {
+                    format!(
+                        "{} {}",
+                        i.get("url").and_then(Value::as_str).unwrap(),
+                        i.get("release").and_then(Value::as_str).unwrap()
+                    )
+                })
+                .collect(),
+            _ => panic!(),
+        };
+        assert_eq!(
+            urls,
+            [
+                "http://10.0.0.1:8080 r-a",
+                "http://10.0.0.1:8081 r-a",
+                "http://[fd00::2]:8080 r-b",
+                "http://[fd00::2]:8081 r-b"
+            ]
+        );
+    }
 }
