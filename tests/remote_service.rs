@@ -519,6 +519,26 @@ fn a_service_rolls_out_on_three_lab_hosts_and_survives_a_host_going_off() {
     let ansible_log = t.path().join(".pipeline/ssh/app/ansible.log");
     assert!(ansible_log.exists(), "the ansible log is kept");
 
+    // `on` narrowed to one host: the others lose their units and files, it keeps serving.
+    let kept = lab.host(0);
+    t.write(
+        "main.hcl",
+        &stack("hello").replace(
+            "on            = host.web\n",
+            &format!("on            = host.web[\"{}\"]\n", kept.name()),
+        ),
+    );
+    let (out, took) = timed(&t, &["apply", "-auto-approve"]);
+    outputs.push_str(&ok_out(&["apply"], &out));
+    eprintln!("narrowing on to one host: {:.1} s", took.as_secs_f64());
+    assert_eq!(instances(&t).len(), 1);
+    for h in &lab.hosts()[1..] {
+        let left = units_on(h);
+        assert!(left.trim().is_empty(), "{}: {left}", h.name());
+    }
+    let a = answer(&format!("http://{}:8080", kept.addr())).expect("the kept host serves");
+    assert_eq!(a["greeting"], "hello");
+
     // Destroy: units and files go from every host.
     t.ok(&["destroy", "-auto-approve"]);
     for h in lab.hosts() {
