@@ -488,6 +488,10 @@ fn a_service_rolls_out_on_three_lab_hosts_and_survives_a_host_going_off() {
         ])
         .unwrap();
     t.write("main.hcl", &stack("hello"));
+    // The refresh does not fail on the changed key (the record stays; apply refuses it).
+    let plan = t.ok(&["plan"]);
+    assert!(plan.contains("service.app"), "{plan}");
+    outputs.push_str(&plan);
     let out = t.run(&["apply", "-auto-approve"]);
     let err = s(&out.stderr);
     outputs.push_str(&err);
@@ -519,25 +523,38 @@ fn a_service_rolls_out_on_three_lab_hosts_and_survives_a_host_going_off() {
     let ansible_log = t.path().join(".pipeline/ssh/app/ansible.log");
     assert!(ansible_log.exists(), "the ansible log is kept");
 
-    // `on` narrowed to one host: the others lose their units and files, it keeps serving.
+    // `on` narrowed to one host with 2 replicas: the others lose their units and files, it
+    // serves on port and port+1.
     let kept = lab.host(0);
     t.write(
         "main.hcl",
         &stack("hello").replace(
             "on            = host.web\n",
-            &format!("on            = host.web[\"{}\"]\n", kept.name()),
+            &format!(
+                "on            = host.web[\"{}\"]\n  replicas = 2\n",
+                kept.name()
+            ),
         ),
     );
     let (out, took) = timed(&t, &["apply", "-auto-approve"]);
     outputs.push_str(&ok_out(&["apply"], &out));
     eprintln!("narrowing on to one host: {:.1} s", took.as_secs_f64());
-    assert_eq!(instances(&t).len(), 1);
+    let insts = instances(&t);
+    assert_eq!(insts.len(), 2, "{insts:?}");
     for h in &lab.hosts()[1..] {
         let left = units_on(h);
         assert!(left.trim().is_empty(), "{}: {left}", h.name());
     }
-    let a = answer(&format!("http://{}:8080", kept.addr())).expect("the kept host serves");
-    assert_eq!(a["greeting"], "hello");
+    for (i, port) in insts.iter().zip([8080, 8081]) {
+        let url = format!("http://{}:{port}", kept.addr());
+        assert_eq!(i["url"], url.as_str());
+        let a = answer(&url).unwrap_or_else(|| panic!("{url} does not answer"));
+        assert_eq!(
+            (a["greeting"].as_str(), a["port"].as_u64()),
+            (Some("hello"), Some(port))
+        );
+        assert_eq!(a["host"], kept.name());
+    }
 
     // Destroy: units and files go from every host.
     t.ok(&["destroy", "-auto-approve"]);
