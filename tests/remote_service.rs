@@ -37,7 +37,7 @@ service "app" {{
   secret_env    = {{ DB_PASSWORD = var.db_password }}
   health        = {{ path = "/health" }}
   update        = {{ strategy = "rolling", max_unavailable = 1 }}
-  start_timeout = "30s"
+  start_timeout = "10s"
 }}
 output "app_url" {{
   value = service.app.url
@@ -522,6 +522,37 @@ fn a_service_rolls_out_on_three_lab_hosts_and_survives_a_host_going_off() {
     }
     let ansible_log = t.path().join(".pipeline/ssh/app/ansible.log");
     assert!(ansible_log.exists(), "the ansible log is kept");
+
+    // A release that never becomes healthy: the first step fails naming its host after
+    // start_timeout, the other hosts are not touched; going back to v3 converges.
+    set_version(&t, "crash");
+    let (out, took) = timed(&t, &["apply", "-auto-approve"]);
+    let err = s(&out.stderr);
+    outputs.push_str(&err);
+    eprintln!(
+        "a release that never comes up: apply failed after {:.1} s",
+        took.as_secs_f64()
+    );
+    assert!(!out.status.success(), "{err}");
+    let first = lab.host(0).name();
+    assert!(
+        err.contains(&format!("host {first} did not become healthy within 10s")),
+        "{err}"
+    );
+    assert!(err.contains("no host runs the new release yet"), "{err}");
+    for h in &lab.hosts()[1..] {
+        let a = answer(&format!("http://{}:8080", h.addr()))
+            .unwrap_or_else(|| panic!("{} was touched", h.name()));
+        assert_eq!(
+            (a["version"].as_str(), a["greeting"].as_str()),
+            (Some("v3"), Some("hello"))
+        );
+    }
+    set_version(&t, "v3");
+    let (out, took) = timed(&t, &["apply", "-auto-approve"]);
+    outputs.push_str(&ok_out(&["apply"], &out));
+    eprintln!("back to v3: {:.1} s", took.as_secs_f64());
+    assert_all_on(&t, "v3", "hello");
 
     // `on` narrowed to one host with 2 replicas: the others lose their units and files, it
     // serves on port and port+1.
