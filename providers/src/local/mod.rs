@@ -2,7 +2,7 @@
 //! as supervised processes on loopback. No cloud, no root, no container engine.
 
 mod actions;
-mod build;
+pub(crate) mod build;
 pub mod canary;
 mod describe;
 mod file;

@@ -14,12 +14,13 @@
 
 pub mod conn;
 pub mod host;
+pub mod service;
 
 use async_trait::async_trait;
 use pipeline_engine::format::Format;
 use pipeline_engine::provider::{
-    ActionOutput, ActionSchema, ApplyRequest, AttrSchema, Invalid, JsonMap, KindSchema,
-    PlanRequest, Planned, Provider, ProviderCtx, ProviderError, Step, Type,
+    ActionOutput, ActionSchema, ApplyRequest, AttrSchema, Description, Invalid, JsonMap,
+    KindSchema, PlanRequest, Planned, Provider, ProviderCtx, ProviderError, Step, Type,
 };
 use pipeline_engine::value::{Value, ValueMap};
 use pipeline_inventory::Inventory;
@@ -113,7 +114,7 @@ impl Provider for Ssh {
     }
 
     fn kinds(&self) -> Vec<KindSchema> {
-        vec![host::schema()]
+        vec![host::schema(), service::schema()]
     }
 
     fn config_schema(&self) -> Vec<AttrSchema> {
@@ -187,7 +188,17 @@ impl Provider for Ssh {
             .collect())
     }
 
-    fn plan(&self, _ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
+    fn validate(&self, kind: &str, config: &ValueMap) -> Vec<Invalid> {
+        if kind == service::KIND {
+            return service::validate(config);
+        }
+        Vec::new()
+    }
+
+    fn plan(&self, ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
+        if req.kind == service::KIND {
+            return service::plan(ctx, req);
+        }
         let mut object = self.object(req.kind, req.addr, req.config)?;
         object.insert("resource".into(), Value::str(req.addr));
         // The keys pinned stay; a new host's are known once it is reached.
@@ -204,11 +215,14 @@ impl Provider for Ssh {
 
     async fn read(
         &self,
-        _ctx: &ProviderCtx,
-        _kind: &str,
-        _addr: &str,
+        ctx: &ProviderCtx,
+        kind: &str,
+        addr: &str,
         prior: &JsonMap,
     ) -> Result<Option<JsonMap>, ProviderError> {
+        if kind == service::KIND {
+            return service::read(ctx, addr, prior).await;
+        }
         Ok(Some(prior.clone()))
     }
 
@@ -218,6 +232,9 @@ impl Provider for Ssh {
         req: &ApplyRequest<'_>,
         step: &Step,
     ) -> Result<JsonMap, ProviderError> {
+        if req.kind == service::KIND {
+            return service::apply(ctx, req, step).await;
+        }
         // The engine hands apply the block's evaluated attributes: the host's come from the
         // inventory again (the same one the plan read: it is loaded once per run).
         let mut object = self.object(req.kind, req.addr, req.config)?;
@@ -247,14 +264,30 @@ impl Provider for Ssh {
 
     async fn delete(
         &self,
-        _ctx: &ProviderCtx,
-        _kind: &str,
-        _addr: &str,
-        _prior: &JsonMap,
-        _step: &Step,
+        ctx: &ProviderCtx,
+        kind: &str,
+        addr: &str,
+        prior: &JsonMap,
+        step: &Step,
     ) -> Result<(), ProviderError> {
+        if kind == service::KIND {
+            return service::delete(ctx, addr, prior, step).await;
+        }
         // Nothing was made on the host: forgetting it is all there is.
         Ok(())
+    }
+
+    async fn describe(
+        &self,
+        ctx: &ProviderCtx,
+        kind: &str,
+        addr: &str,
+        record: &JsonMap,
+    ) -> Result<Description, ProviderError> {
+        if kind == service::KIND {
+            return service::describe(ctx, addr, record).await;
+        }
+        Ok(Description::default())
     }
 
     fn actions(&self, kind: &str) -> Vec<ActionSchema> {
