@@ -724,9 +724,19 @@ pub async fn apply(
                 // Stopped by Ctrl-C: the record stays Pending (what exists is unknown); the
                 // next plan replaces it, cleaning up first, as after a crash.
                 let Failed {
-                    error: e,
+                    error: mut e,
                     interrupted,
                 } = e;
+                // An update that got part of the way: record what exists now.
+                if let Some(now) = e.partial.take().filter(|_| c.action == Action::Update) {
+                    record(
+                        store,
+                        JournalEntry::Set {
+                            addr: c.addr.clone(),
+                            resource: resource_state(&sens_now, c, *now, Status::Ready),
+                        },
+                    )?;
+                }
                 if matches!(c.action, Action::Create | Action::Replace) && !interrupted {
                     // Possibly half-made: the next plan replaces it, cleaning up first.
                     let attrs = store

@@ -341,6 +341,10 @@ pub struct ProviderError {
     /// What failed, as data, when the provider knows: callers decide by this (and `kind`),
     /// never by the words of `message`. Boxed: errors travel in every `Result`.
     pub cause: Option<Box<Cause>>,
+    /// An update that failed part-way, when the provider knows what exists now (the hosts a
+    /// rolling update had already moved): the engine records it, so the state says what runs
+    /// until the next apply converges the rest. None: the prior record stands.
+    pub partial: Option<Box<JsonMap>>,
 }
 
 /// Why a service did not come up, in terms every provider that builds and runs an app can
@@ -385,6 +389,7 @@ impl ProviderError {
             help: None,
             attr: None,
             cause: None,
+            partial: None,
         }
     }
     /// The same error (kind, cause, help) in other words: for a caller that adds context.
@@ -418,6 +423,11 @@ impl ProviderError {
     }
     pub fn transient(message: impl Into<String>) -> Self {
         Self::new(message).with_kind(ErrorKind::Transient)
+    }
+    /// What exists now after an update that failed part-way (see `partial`).
+    pub fn partial(mut self, record: JsonMap) -> Self {
+        self.partial = Some(Box::new(record));
+        self
     }
     /// The error is about this stack attribute.
     pub fn attr(mut self, attr: &str) -> Self {

@@ -867,3 +867,30 @@ async fn a_reviewed_plan_carries_each_changes_dry_run_and_a_failing_one_names_th
         .to_string();
     assert!(e.contains("thing.a") && e.contains("unreachable"), "{e}");
 }
+
+#[tokio::test]
+async fn an_update_that_failed_part_way_records_what_exists_now() {
+    let env = Env::new();
+    env.apply(r#"thing "a" { value = "1" }"#).await;
+    let id = env.attr("thing.a", "id");
+    // Half of it moved: the provider says so with its error.
+    let mut now = env.state().resources["thing.a"].attrs.clone();
+    now.insert("value".into(), json!("half"));
+    env.fake
+        .partial
+        .lock()
+        .unwrap()
+        .insert("thing.a".into(), now);
+    env.fake.fail("thing.a", ErrorKind::Fatal, 1);
+    let (_, report, _) = env.apply(r#"thing "a" { value = "2" }"#).await;
+    assert!(!report.ok());
+    assert_eq!(env.attr("thing.a", "value"), Some(json!("half")));
+    assert_eq!(env.attr("thing.a", "id"), id);
+    assert_eq!(env.status("thing.a"), Some(Status::Ready));
+    // The next apply converges from there.
+    env.fake.partial.lock().unwrap().clear();
+    let (p, report, _) = env.apply(r#"thing "a" { value = "2" }"#).await;
+    assert_eq!(action(&p, "thing.a").0, Action::Update);
+    assert!(report.ok());
+    assert_eq!(env.attr("thing.a", "value"), Some(json!("2")));
+}

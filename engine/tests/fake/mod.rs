@@ -51,6 +51,8 @@ pub struct Fake {
     inflight: AtomicUsize,
     pub max_inflight: AtomicUsize,
     serial: AtomicUsize,
+    /// Per address: what a failing apply says exists now (`ProviderError::partial`).
+    pub partial: Mutex<HashMap<String, JsonMap>>,
 }
 
 impl Fake {
@@ -266,7 +268,12 @@ impl Provider for Fake {
         req: &ApplyRequest<'_>,
         step: &Step,
     ) -> Result<JsonMap, ProviderError> {
-        self.enter("apply", req.addr, step).await?;
+        if let Err(e) = self.enter("apply", req.addr, step).await {
+            return Err(match self.partial.lock().unwrap().get(req.addr) {
+                Some(now) => e.partial(now.clone()),
+                None => e,
+            });
+        }
         Ok(self.object(req.config, req.prior))
     }
     fn rollout(&self, _kind: &str, _config: &ValueMap) -> Option<Rollout> {

@@ -1181,6 +1181,8 @@ pub async fn apply(
         artifact: &artifact,
         sha: &sha,
     };
+    // Hosts the new release reached (healthy or not), for the record of a stopped update.
+    let touched = std::sync::Mutex::new(Vec::<String>::new());
     let rolling = async {
         match req.prior {
             None => {
@@ -1198,6 +1200,10 @@ pub async fn apply(
                 for chunk in p.hosts.chunks(n) {
                     let names: Vec<String> = chunk.iter().map(|h| h.name.clone()).collect();
                     step.progress(format!("updating {}", names.join(", ")));
+                    touched
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(names.iter().cloned());
                     let r = async {
                         run_role(&job, &p, &names, step).await?;
                         wait_healthy(c, addr, &chunk.iter().collect::<Vec<_>>(), step).await
@@ -1230,7 +1236,14 @@ pub async fn apply(
     } else {
         rolling.await
     };
-    outcome?;
+    if let Err(e) = outcome {
+        // A stopped update: the record says which hosts run what (the next apply converges).
+        let touched = touched.into_inner().unwrap_or_else(|e| e.into_inner());
+        return Err(match req.prior {
+            Some(prior) if !touched.is_empty() => e.partial(partly_updated(prior, &touched, &sha)),
+            _ => e,
+        });
+    }
     let mut record: JsonMap = c.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
     record.insert("build_id".into(), json!(id));
     record.insert("release".into(), json!(sha));
@@ -1241,6 +1254,22 @@ pub async fn apply(
     );
     record.insert("url".into(), json!(url_of(&p.hosts[0].address, port_of(c))));
     Ok(record)
+}
+
+/// The prior record with the instances on `hosts` marked as running `release`: what runs after
+/// a rolling update stopped part-way. Everything else (the settings, the block's `release`)
+/// stays as before, so the next plan updates again and converges the rest.
+fn partly_updated(prior: &JsonMap, hosts: &[String], release: &str) -> JsonMap {
+    let mut now = prior.clone();
+    if let Some(serde_json::Value::Array(insts)) = now.get_mut("instances") {
+        for i in insts.iter_mut() {
+            let on = i.get("host").and_then(|h| h.as_str()).unwrap_or("");
+            if hosts.iter().any(|h| h == on) {
+                i["release"] = json!(release);
+            }
+        }
+    }
+    now
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1400,6 +1429,29 @@ mod tests {
         m.insert("transport".into(), Value::str("ssh"));
         m.insert("host_key".into(), Value::Unknown);
         Value::Map(m)
+    }
+
+    #[test]
+    fn a_stopped_update_records_the_hosts_it_moved_and_keeps_the_rest() {
+        let prior: JsonMap = serde_json::from_value(json!({
+            "release": "old", "port": 8080,
+            "instances": [
+                {"host": "a", "release": "old"},
+                {"host": "b", "release": "old"},
+                {"host": "c", "release": "old"}
+            ]
+        }))
+        .unwrap();
+        let now = partly_updated(&prior, &["a".into(), "b".into()], "new");
+        let rel: Vec<&str> = now["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["release"].as_str().unwrap())
+            .collect();
+        assert_eq!(rel, ["new", "new", "old"]);
+        assert_eq!(now["release"], "old", "the next plan updates again");
+        assert_eq!(now["port"], 8080);
     }
 
     fn with_on(on: Value) -> ValueMap {
