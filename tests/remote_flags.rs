@@ -1,0 +1,337 @@
+//! The `flags` store on inventory hosts (the lab: podman hosts with systemd and sshd): the
+//! primary on one host, a mirror on each of two others, redis-server installed by the
+//! `pipeline_redis` role through the lab's apt cache. A flag reads back through every mirror
+//! from this machine, `pipeline flags set` reaches every mirror, a stopped instance is drift
+//! that the next apply repairs, the password is in no command line, plan, state show or
+//! ansible output and the host's config is 0600, and destroy stops every instance. Bad input
+//! (a password with a newline, a port out of range) is refused at plan.
+
+mod common;
+use common::*;
+use pipeline_providers::redis::remote::token;
+use pipeline_providers::redis::resp::{Conn, Url};
+use pipeline_providers::redis::store::{self, FlagValue};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PASSWORD: &str = "Fl4gs-lab-s3cret.pw";
+const PORT: u16 = 6390;
+const ADDR: &str = "flags.features";
+
+fn inventory(lab: &pipeline_lab::Lab) -> String {
+    let h = lab.hosts();
+    format!(
+        "[db]\n{} ansible_host={}\n\n[web]\n{} ansible_host={}\n{} ansible_host={}\n\n\
+         [all:vars]\nansible_user=root\nansible_ssh_private_key_file={}\n",
+        h[0].name(),
+        h[0].addr(),
+        h[1].name(),
+        h[1].addr(),
+        h[2].name(),
+        h[2].addr(),
+        lab.key_file().display()
+    )
+}
+
+fn stack(db: &str, password_expr: &str, port: &str) -> String {
+    format!(
+        r#"provider "ssh" {{
+  inventory = "inventory.ini"
+}}
+
+variable "flags_password" {{
+  sensitive = true
+}}
+
+host "db" {{
+  provider = ssh
+  group    = "db"
+}}
+
+host "web" {{
+  provider = ssh
+  group    = "web"
+}}
+
+flags "features" {{
+  provider   = redis
+  on         = host.db["{db}"]
+  mirrors_on = host.web
+  port       = {port}
+  password   = {password_expr}
+  values     = {{ new_checkout = {{ enabled = true, percent = 10 }}, dark_mode = false }}
+}}
+"#
+    )
+}
+
+/// Every process command line on this machine. The lab's hosts are containers whose processes
+/// this machine's /proc shows too, so this covers the control machine and every host.
+fn command_lines() -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            if let Ok(b) = std::fs::read(e.path().join("cmdline")) {
+                if !b.is_empty() {
+                    out.push(String::from_utf8_lossy(&b).replace('\0', " "));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Looks at every command line every 20 ms until stopped (at most 10 minutes); returns the lines
+/// that held `secret` and how many scans were made.
+fn watch_command_lines(
+    secret: &'static str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<String>, usize)> {
+    std::thread::spawn(move || {
+        let (mut hits, mut scans) = (Vec::new(), 0);
+        let end = Instant::now() + Duration::from_secs(600);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+            for l in command_lines() {
+                if l.contains(secret) {
+                    hits.push(l);
+                }
+            }
+            scans += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (hits, scans)
+    })
+}
+
+fn flag_on(url: &Url, name: &str) -> Option<FlagValue> {
+    let mut c = Conn::connect(url, Duration::from_secs(2)).ok()?;
+    store::get(&mut c, name).ok().flatten()
+}
+
+fn unit_state(h: &pipeline_lab::Host, unit: &str) -> String {
+    // `systemctl is-active` exits non-zero for anything but active: read its answer anyway.
+    h.exec(&["sh", "-c", &format!("systemctl is-active {unit} || true")])
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn flags_run_on_inventory_hosts_and_mirrors_follow_the_primary() {
+    if !pipeline_lab::require() {
+        return;
+    }
+    let t0 = Instant::now();
+    let lab = pipeline_lab::Lab::with_options(3, pipeline_lab::LabOptions { apt_cache: true })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!("lab of 3 hosts up in {:.1} s", t0.elapsed().as_secs_f64());
+    let hosts = lab.hosts();
+    let (db, web) = (&hosts[0], &hosts[1..]);
+    let t = Scratch::new();
+    t.write("inventory.ini", &inventory(&lab));
+    t.env
+        .borrow_mut()
+        .push(("PIPELINE_VAR_flags_password".into(), PASSWORD.into()));
+
+    // Bad input is refused at plan, naming the attribute.
+    t.write("bad.hcl", &stack(db.name(), "\"bad\\npassword\"", "6390"));
+    let out = t.run(&["plan", "bad.hcl"]);
+    let e = s(&out.stderr) + &s(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "a password with a newline passed: {e}"
+    );
+    assert!(e.contains("password"), "{e}");
+    t.write("bad.hcl", &stack(db.name(), "var.flags_password", "70000"));
+    let out = t.run(&["plan", "bad.hcl"]);
+    let e = s(&out.stderr) + &s(&out.stdout);
+    assert!(!out.status.success(), "port 70000 passed: {e}");
+    assert!(e.contains("port"), "{e}");
+    assert!(!e.contains(PASSWORD), "{e}");
+
+    t.write(
+        "s.hcl",
+        &stack(db.name(), "var.flags_password", &PORT.to_string()),
+    );
+    let plan = t.ok(&["plan", "s.hcl"]);
+    assert!(
+        !plan.contains(PASSWORD),
+        "the plan shows the password:\n{plan}"
+    );
+
+    // Apply, with every command line here and on the hosts watched for the password.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_command_lines(PASSWORD, stop.clone());
+    let started = Instant::now();
+    let out = t.run(&["apply", "-auto-approve", "s.hcl"]);
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (hits, scans) = watcher.join().unwrap();
+    let text = s(&out.stdout) + &s(&out.stderr);
+    assert!(out.status.success(), "apply failed:\n{text}");
+    eprintln!(
+        "first apply (install redis on 3 hosts, primary + 2 mirrors): {:.1} s; {scans} scans of every command line",
+        took.as_secs_f64()
+    );
+    assert!(scans > 10, "the watcher hardly looked ({scans} scans)");
+    assert!(
+        hits.is_empty(),
+        "the password was on a command line: {hits:?}"
+    );
+    assert!(
+        !text.contains(PASSWORD),
+        "apply printed the password:\n{text}"
+    );
+
+    // Each mirror, read from this machine, has the seeded value.
+    let tok = token(ADDR);
+    let unit = format!("pipeline-redis-{tok}.service");
+    let want = FlagValue {
+        enabled: true,
+        percent: 10,
+    };
+    let mirrors: Vec<Url> = web
+        .iter()
+        .map(|h| Url::new(&h.addr().to_string(), PORT, Some(PASSWORD)))
+        .collect();
+    let primary = Url::new(&db.addr().to_string(), PORT, Some(PASSWORD));
+    for m in &mirrors {
+        assert_eq!(flag_on(m, "new_checkout"), Some(want), "mirror {m}");
+        // A mirror is read-only.
+        let mut c = Conn::connect(m, Duration::from_secs(2)).unwrap();
+        assert!(
+            store::set(&mut c, "x", FlagValue::ON).is_err(),
+            "mirror {m} took a write"
+        );
+    }
+    assert_eq!(flag_on(&primary, "dark_mode"), Some(FlagValue::OFF));
+    // Without the password nothing is served.
+    let mut anon = Conn::connect(
+        &Url::new(&db.addr().to_string(), PORT, None),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    assert!(anon.cmd(&["GET", "flag:new_checkout"]).is_err());
+
+    // Each instance runs under systemd; its config is 0600, owned by redis, and only it holds
+    // the password on the host.
+    for h in hosts {
+        assert_eq!(unit_state(h, &unit), "active", "{} on {}", unit, h.name());
+        let st = h
+            .exec(&[
+                "stat",
+                "-c",
+                "%a %U",
+                &format!("/etc/pipeline/redis/{tok}.conf"),
+            ])
+            .unwrap();
+        assert_eq!(st.trim(), "600 redis", "{}", h.name());
+        let holders = h
+            .exec(&[
+                "sh",
+                "-c",
+                &format!(
+                    "grep -rl -- '{PASSWORD}' /etc /var/lib/pipeline-redis /tmp /root || true"
+                ),
+            ])
+            .unwrap();
+        assert_eq!(
+            holders.trim(),
+            format!("/etc/pipeline/redis/{tok}.conf"),
+            "{}",
+            h.name()
+        );
+    }
+    let replica = web[0]
+        .exec(&["cat", &format!("/etc/pipeline/redis/{tok}.conf")])
+        .unwrap();
+    assert!(
+        replica.contains(&format!("replicaof \"{}\" {PORT}", db.addr())),
+        "{replica}"
+    );
+
+    // Not in state show, nor in ansible's output.
+    let shown = t.ok(&["state", "show", ADDR]);
+    assert!(!shown.contains(PASSWORD), "{shown}");
+    assert!(shown.contains("(sensitive value)"), "{shown}");
+    let log = std::fs::read_to_string(t.path().join(format!(".pipeline/redis/{tok}/ansible.log")))
+        .expect("ansible's log");
+    assert!(log.contains("pipeline_redis"), "{log}");
+    assert!(!log.contains(PASSWORD), "ansible printed the password");
+
+    // Nothing to do: no changes, and a second apply does not restart anything.
+    let plan = t.ok(&["plan", "s.hcl"]);
+    assert!(plan.contains("No changes"), "{plan}");
+    assert!(!plan.contains(PASSWORD), "{plan}");
+
+    // A flip through `pipeline flags set` reaches every mirror.
+    let started = Instant::now();
+    let out = t.ok(&["flags", "set", "new_checkout", "on", "--percent", "50"]);
+    assert!(!out.contains(PASSWORD), "{out}");
+    let want = FlagValue {
+        enabled: true,
+        percent: 50,
+    };
+    for m in &mirrors {
+        assert!(
+            wait_until(Duration::from_secs(10), || flag_on(m, "new_checkout")
+                == Some(want)),
+            "mirror {m} did not show the flip within 10 s"
+        );
+    }
+    eprintln!(
+        "flags set (CLI) to every mirror showing it: {} ms",
+        started.elapsed().as_millis()
+    );
+    // A write straight on the primary, timed alone.
+    let mut p = Conn::connect(&primary, Duration::from_secs(2)).unwrap();
+    let mut conns: Vec<Conn> = mirrors
+        .iter()
+        .map(|m| Conn::connect(m, Duration::from_secs(2)).unwrap())
+        .collect();
+    let started = Instant::now();
+    store::set(&mut p, "new_checkout", FlagValue::OFF).unwrap();
+    for c in &mut conns {
+        let end = Instant::now() + Duration::from_secs(10);
+        while store::get(c, "new_checkout").unwrap() != Some(FlagValue::OFF) {
+            assert!(Instant::now() < end, "a mirror did not follow within 10 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    eprintln!(
+        "write on the primary to both mirrors showing it: {:.2} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+
+    // A stopped mirror is drift; the next apply starts it again.
+    web[1].exec(&["systemctl", "stop", &unit]).unwrap();
+    let plan = t.ok(&["plan", "s.hcl"]);
+    assert!(
+        !plan.contains("No changes"),
+        "a stopped mirror went unseen:\n{plan}"
+    );
+    assert!(plan.contains(ADDR), "{plan}");
+    t.ok(&["apply", "-auto-approve", "s.hcl"]);
+    assert_eq!(unit_state(&web[1], &unit), "active");
+    assert_eq!(
+        flag_on(&mirrors[1], "new_checkout"),
+        Some(FlagValue::OFF),
+        "the restarted mirror resynced"
+    );
+    let plan = t.ok(&["plan", "s.hcl"]);
+    assert!(plan.contains("No changes"), "{plan}");
+
+    // Destroy stops and removes every instance.
+    let started = Instant::now();
+    t.ok(&["destroy", "-auto-approve", "s.hcl"]);
+    eprintln!("destroy: {:.1} s", started.elapsed().as_secs_f64());
+    for h in hosts {
+        assert_ne!(unit_state(h, &unit), "active", "{}", h.name());
+        let left = h
+            .exec(&["sh", "-c", &format!("ls /etc/systemd/system/{unit} /etc/pipeline/redis/{tok}.conf 2>/dev/null || true")])
+            .unwrap();
+        assert!(left.trim().is_empty(), "{} keeps {left}", h.name());
+    }
+    assert!(Conn::connect(&primary, Duration::from_secs(1)).is_err());
+}
