@@ -304,16 +304,41 @@ fn flags_run_on_inventory_hosts_and_mirrors_follow_the_primary() {
         started.elapsed().as_secs_f64() * 1000.0
     );
 
-    // A stopped mirror is drift; the next apply starts it again.
+    // A flip is seen as drift (the primary's flags as `current`), never reverted.
+    let plan = t.ok(&["plan", "s.hcl"]);
+    assert!(
+        plan.contains("Changed outside of pipeline") && plan.contains("current"),
+        "{plan}"
+    );
+    assert!(plan.contains("No changes"), "{plan}");
+
+    // The log is the unit's journal on the primary's host, read over ssh.
+    let logs = t.ok(&["logs", ADDR]);
+    assert!(logs.contains("Ready to accept connections"), "{logs}");
+    assert!(!logs.contains(PASSWORD));
+
+    // A stopped mirror is drift; the next apply starts it again and restarts nothing else.
+    let pid = |h: &pipeline_lab::Host| {
+        h.exec(&["systemctl", "show", "-p", "MainPID", "--value", &unit])
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let (db_pid, web0_pid) = (pid(db), pid(&web[0]));
     web[1].exec(&["systemctl", "stop", &unit]).unwrap();
     let plan = t.ok(&["plan", "s.hcl"]);
     assert!(
         !plan.contains("No changes"),
         "a stopped mirror went unseen:\n{plan}"
     );
-    assert!(plan.contains(ADDR), "{plan}");
+    assert!(plan.contains(ADDR) && plan.contains("instances"), "{plan}");
     t.ok(&["apply", "-auto-approve", "s.hcl"]);
     assert_eq!(unit_state(&web[1], &unit), "active");
+    assert_eq!(
+        (pid(db), pid(&web[0])),
+        (db_pid.clone(), web0_pid.clone()),
+        "an unchanged instance restarted"
+    );
     assert_eq!(
         flag_on(&mirrors[1], "new_checkout"),
         Some(FlagValue::OFF),
@@ -321,6 +346,21 @@ fn flags_run_on_inventory_hosts_and_mirrors_follow_the_primary() {
     );
     let plan = t.ok(&["plan", "s.hcl"]);
     assert!(plan.contains("No changes"), "{plan}");
+
+    // A host left out of mirrors_on loses its mirror; the others keep running.
+    t.write(
+        "s.hcl",
+        &stack(db.name(), "var.flags_password", &PORT.to_string()).replace(
+            "mirrors_on = host.web",
+            &format!("mirrors_on = [host.web[\"{}\"]]", web[0].name()),
+        ),
+    );
+    t.ok(&["apply", "-auto-approve", "s.hcl"]);
+    assert_eq!(unit_state(&web[1], &unit), "inactive");
+    assert_eq!((pid(db), pid(&web[0])), (db_pid, web0_pid));
+    let urls = state(&t).resources[ADDR].attrs["mirror_urls"].clone();
+    assert_eq!(urls.as_array().map(Vec::len), Some(1), "{urls}");
+    assert!(t.ok(&["plan", "s.hcl"]).contains("No changes"));
 
     // Destroy stops and removes every instance.
     let started = Instant::now();
