@@ -83,16 +83,18 @@ fn command_lines() -> Vec<String> {
 }
 
 /// Looks at every command line every 20 ms until stopped (at most 10 minutes); returns the lines
-/// that held `secret` and how many scans were made.
+/// that held `secret`, how many scans were made, and whether a host's redis-server was seen
+/// (so the scans did see the hosts' processes).
 fn watch_command_lines(
     secret: &'static str,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<(Vec<String>, usize)> {
+) -> std::thread::JoinHandle<(Vec<String>, usize, bool)> {
     std::thread::spawn(move || {
-        let (mut hits, mut scans) = (Vec::new(), 0);
+        let (mut hits, mut scans, mut saw_host) = (Vec::new(), 0, false);
         let end = Instant::now() + Duration::from_secs(600);
         while !stop.load(Ordering::Relaxed) && Instant::now() < end {
             for l in command_lines() {
+                saw_host |= l.contains("redis-server") && l.contains(&format!(":{PORT}"));
                 if l.contains(secret) {
                     hits.push(l);
                 }
@@ -100,7 +102,7 @@ fn watch_command_lines(
             scans += 1;
             std::thread::sleep(Duration::from_millis(20));
         }
-        (hits, scans)
+        (hits, scans, saw_host)
     })
 }
 
@@ -115,6 +117,51 @@ fn unit_state(h: &pipeline_lab::Host, unit: &str) -> String {
         .unwrap()
         .trim()
         .to_string()
+}
+
+/// Runs playbooks/redis.yml of the bundle pipeline wrote, with `--check --diff`, on
+/// `inventory`; asserts `changed` hosts report changes and the password shows nowhere.
+fn check_mode(lab: &pipeline_lab::Lab, t: &Scratch, tok: &str, inventory: &str, changed: usize) {
+    let bundle = std::fs::read_dir(t.path().join(".pipeline/ansible"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("playbooks/redis.yml").is_file())
+        .expect("the materialised bundle");
+    let inv = t.path().join("check-inventory.json");
+    std::fs::write(&inv, inventory).unwrap();
+    let vars = t.path().join("check-vars.json");
+    std::fs::write(
+        &vars,
+        serde_json::json!({
+            "pipeline_hosts": "all",
+            "pipeline_redis_instance": tok,
+            "pipeline_redis_password": PASSWORD,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = lab
+        .ansible("ansible-playbook")
+        .env("ANSIBLE_ROLES_PATH", bundle.join("roles"))
+        .arg("-i")
+        .arg(&inv)
+        .args(["--check", "--diff", "-e"])
+        .arg(format!("@{}", vars.display()))
+        .arg(bundle.join("playbooks/redis.yml"))
+        .output()
+        .unwrap();
+    let text = s(&out.stdout) + &s(&out.stderr);
+    std::fs::remove_file(&vars).unwrap();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        !text.contains(PASSWORD),
+        "check mode showed the password:\n{text}"
+    );
+    let recap: Vec<&str> = text.lines().filter(|l| l.contains(" changed=")).collect();
+    assert_eq!(recap.len(), 3, "{text}");
+    let unchanged = recap.iter().filter(|l| l.contains(" changed=0 ")).count();
+    assert_eq!(3 - unchanged, changed, "{text}");
 }
 
 #[test]
@@ -167,7 +214,7 @@ fn flags_run_on_inventory_hosts_and_mirrors_follow_the_primary() {
     let out = t.run(&["apply", "-auto-approve", "s.hcl"]);
     let took = started.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let (hits, scans) = watcher.join().unwrap();
+    let (hits, scans, saw_host) = watcher.join().unwrap();
     let text = s(&out.stdout) + &s(&out.stderr);
     assert!(out.status.success(), "apply failed:\n{text}");
     eprintln!(
@@ -175,6 +222,7 @@ fn flags_run_on_inventory_hosts_and_mirrors_follow_the_primary() {
         took.as_secs_f64()
     );
     assert!(scans > 10, "the watcher hardly looked ({scans} scans)");
+    assert!(saw_host, "the watcher never saw a host's redis-server");
     assert!(
         hits.is_empty(),
         "the password was on a command line: {hits:?}"
@@ -264,6 +312,31 @@ fn flags_run_on_inventory_hosts_and_mirrors_follow_the_primary() {
     let plan = t.ok(&["plan", "s.hcl"]);
     assert!(plan.contains("No changes"), "{plan}");
     assert!(!plan.contains(PASSWORD), "{plan}");
+
+    // The role in check mode, run by hand on the inventory pipeline wrote (it holds no
+    // secret): nothing to do is changed=0 on every host; a new port is reported for the config
+    // without showing it (the password is in it) and without touching the hosts.
+    let run_dir = t.path().join(format!(".pipeline/redis/{tok}"));
+    let inv_text = std::fs::read_to_string(run_dir.join("inventory.json")).unwrap();
+    assert!(!inv_text.contains(PASSWORD));
+    check_mode(&lab, &t, &tok, &inv_text, 0);
+    check_mode(
+        &lab,
+        &t,
+        &tok,
+        &inv_text.replace(&format!("port {PORT}"), &format!("port {}", PORT + 1)),
+        3,
+    );
+    for h in hosts {
+        let conf = h
+            .exec(&["cat", &format!("/etc/pipeline/redis/{tok}.conf")])
+            .unwrap();
+        assert!(
+            conf.contains(&format!("port {PORT}\n")),
+            "check mode changed {}",
+            h.name()
+        );
+    }
 
     // A flip through `pipeline flags set` reaches every mirror.
     let started = Instant::now();

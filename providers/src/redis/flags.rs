@@ -164,7 +164,7 @@ pub fn validate(c: &ValueMap) -> Vec<Invalid> {
     }
     if c.get("mirrors_on")
         .is_some_and(|v| !matches!(v, Value::Null))
-        && c.get("on").is_some_and(Value::is_known)
+        && !matches!(c.get("on"), Some(Value::Unknown))
         && !super::remote::is_remote(c)
     {
         out.push(Invalid::new(
@@ -808,6 +808,11 @@ mod tests {
         c.insert("values".into(), Value::Map(vals));
         let inv = validate(&c);
         assert_eq!(inv.len(), 4, "{inv:?}");
+        let mut m = ValueMap::new();
+        m.insert("mirrors_on".into(), Value::List(vec![]));
+        let inv = validate(&m);
+        assert_eq!(inv.len(), 1, "{inv:?}");
+        assert_eq!(inv[0].attr.as_deref(), Some("mirrors_on"));
         assert!(valid_password(&random_password().unwrap()));
     }
 }
