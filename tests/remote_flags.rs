@@ -430,9 +430,29 @@ fn flags_run_on_inventory_hosts_and_mirrors_follow_the_primary() {
     );
     t.ok(&["apply", "-auto-approve", "s.hcl"]);
     assert_eq!(unit_state(&web[1], &unit), "inactive");
-    assert_eq!((pid(db), pid(&web[0])), (db_pid, web0_pid));
+    assert_eq!((pid(db), pid(&web[0])), (db_pid.clone(), web0_pid.clone()));
     let urls = state(&t).resources[ADDR].attrs["mirror_urls"].clone();
     assert_eq!(urls.as_array().map(Vec::len), Some(1), "{urls}");
+    assert!(t.ok(&["plan", "s.hcl"]).contains("No changes"));
+
+    // The primary's host with a new inventory variable is the same host: the store is updated
+    // in place, its flags (flipped off above) and processes kept.
+    t.write(
+        "inventory.ini",
+        &inventory(&lab).replace(
+            &format!("{} ansible_host", db.name()),
+            &format!("{} role=db ansible_host", db.name()),
+        ),
+    );
+    let plan = t.ok(&["plan", "s.hcl"]);
+    assert!(
+        plan.contains(&format!("{ADDR} will be updated in place"))
+            && !plan.contains("forces replacement"),
+        "{plan}"
+    );
+    t.ok(&["apply", "-auto-approve", "s.hcl"]);
+    assert_eq!((pid(db), pid(&web[0])), (db_pid, web0_pid));
+    assert_eq!(flag_on(&primary, "new_checkout"), Some(FlagValue::OFF));
     assert!(t.ok(&["plan", "s.hcl"]).contains("No changes"));
 
     // Destroy stops and removes every instance.

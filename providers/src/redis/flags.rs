@@ -37,8 +37,9 @@ pub fn schema() -> KindSchema {
         attrs: vec![
             // A host or a list of hosts; the primary runs on the first. On the local provider
             // every host is this machine (127.0.0.1).
+            // A change replaces the store (`requires_replace`), except on inventory hosts when
+            // the primary's host stays the same one (its variables or keys changed).
             AttrSchema::optional("on", Type::Any)
-                .force_new()
                 .format_at("address", Format::Address)
                 .format_at("*.address", Format::Address),
             // The hosts of the mirrors when `on` is an inventory host: one read-only replica on
@@ -370,7 +371,7 @@ pub fn plan(
     );
     Ok(Planned {
         object: o,
-        requires_replace: vec![],
+        requires_replace: vec!["on".into()],
     })
 }
 

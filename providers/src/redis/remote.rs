@@ -343,9 +343,22 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
             .map(Value::from_json)
             .unwrap_or(Value::Unknown),
     );
+    // A new primary's host (or a store that was not on this host) is a new store; the same
+    // host with other variables or keys keeps it.
+    let same_primary = prior
+        .and_then(|p| placement_of_record(p).ok())
+        .is_some_and(|(old, _)| {
+            old.name == primary.name
+                && old.address == primary.address
+                && old.obj.get("port") == primary.obj.get("port")
+        });
     Ok(Planned {
         object: o,
-        requires_replace: vec![],
+        requires_replace: if same_primary {
+            vec![]
+        } else {
+            vec!["on".into()]
+        },
     })
 }
 
