@@ -451,8 +451,37 @@ fn flags_run_on_inventory_hosts_and_mirrors_follow_the_primary() {
         "{plan}"
     );
     t.ok(&["apply", "-auto-approve", "s.hcl"]);
-    assert_eq!((pid(db), pid(&web[0])), (db_pid, web0_pid));
+    assert_eq!((pid(db), pid(&web[0])), (db_pid.clone(), web0_pid));
     assert_eq!(flag_on(&primary, "new_checkout"), Some(FlagValue::OFF));
+    assert!(t.ok(&["plan", "s.hcl"]).contains("No changes"));
+
+    // A mirror's host off: the plan says so (drift), apply fails naming it and changes nothing
+    // else; back on, the mirror is running again (enabled) and the next apply converges.
+    web[0].off().unwrap();
+    let started = Instant::now();
+    let plan = t.ok(&["plan", "s.hcl"]);
+    eprintln!(
+        "plan with a mirror's host off: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(plan.contains("unreachable"), "{plan}");
+    let started = Instant::now();
+    let out = t.run(&["apply", "-auto-approve", "s.hcl"]);
+    let e = s(&out.stderr) + &s(&out.stdout);
+    eprintln!(
+        "apply with a mirror's host off: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(!out.status.success(), "{e}");
+    assert!(
+        e.contains(web[0].name()) && e.contains("unreachable"),
+        "{e}"
+    );
+    assert!(!e.contains(PASSWORD));
+    assert_eq!(pid(db), db_pid, "the primary restarted");
+    web[0].on().unwrap();
+    t.ok(&["apply", "-auto-approve", "s.hcl"]);
+    assert_eq!(flag_on(&mirrors[0], "new_checkout"), Some(FlagValue::OFF));
     assert!(t.ok(&["plan", "s.hcl"]).contains("No changes"));
 
     // Destroy stops and removes every instance.
