@@ -516,10 +516,14 @@ fn random_password() -> Result<String, ProviderError> {
 fn connect_until(
     u: &Url,
     deadline: Instant,
+    cancel: &pipeline_engine::CancelToken,
     addr: &str,
     what: &str,
 ) -> Result<Conn, ProviderError> {
     loop {
+        if cancel.is_cancelled() {
+            return Err(cancelled(addr));
+        }
         match Conn::connect(u, Duration::from_secs(2)) {
             Ok(mut c) => match c.cmd(&["PING"]) {
                 Ok(_) => return Ok(c),
@@ -550,15 +554,24 @@ fn connect_until(
     }
 }
 
-/// Seeds the values on the primary and waits until every mirror shows a probe written there.
+fn cancelled(addr: &str) -> ProviderError {
+    ProviderError::new(format!(
+        "{addr}: interrupted while waiting for the store to answer"
+    ))
+}
+
+/// Seeds the values on the primary and waits until every mirror shows a probe written there;
+/// at most READY_WAIT (or what the step has left), ending early when the step is cancelled.
 fn seed_and_sync(
     addr: &str,
     primary: &Url,
     mirrors: &[Url],
     seeds: &[(String, store::FlagValue)],
+    wait: Duration,
+    cancel: &pipeline_engine::CancelToken,
 ) -> Result<JsonMap, ProviderError> {
-    let deadline = Instant::now() + READY_WAIT;
-    let mut p = connect_until(primary, deadline, addr, "primary")?;
+    let deadline = Instant::now() + wait;
+    let mut p = connect_until(primary, deadline, cancel, addr, "primary")?;
     let e =
         |e: super::resp::Error| ProviderError::new(format!("{addr}: primary at {primary}: {e}"));
     for (k, v) in seeds {
@@ -568,8 +581,11 @@ fn seed_and_sync(
     p.cmd(&["SET", PROBE_KEY, &nonce, "PX", "600000"])
         .map_err(e)?;
     for m in mirrors {
-        let mut c = connect_until(m, deadline, addr, "mirror")?;
+        let mut c = connect_until(m, deadline, cancel, addr, "mirror")?;
         loop {
+            if cancel.is_cancelled() {
+                return Err(cancelled(addr));
+            }
             let got = c.cmd(&["GET", PROBE_KEY]).ok().and_then(|r| r.as_string());
             if got.as_deref() == Some(nonce.as_str()) {
                 break;
@@ -577,7 +593,7 @@ fn seed_and_sync(
             if Instant::now() >= deadline {
                 return Err(ProviderError::new(format!(
                     "{addr}: the mirror at {m} did not receive the primary's writes within {} s",
-                    READY_WAIT.as_secs()
+                    wait.as_secs()
                 ))
                 .help("`journalctl -u pipeline-redis-*` on the mirror's and the primary's hosts shows why"));
             }
@@ -671,8 +687,12 @@ pub async fn apply(
         .map(|m| Url::new(&m.address, port, Some(&password)))
         .collect();
     let a = addr.to_string();
-    let now =
-        crate::blocking(move || seed_and_sync(&a, &primary_url, &mirror_urls, &seeds)).await?;
+    let wait = step.remaining().map_or(READY_WAIT, |r| r.min(READY_WAIT));
+    let cancel = step.cancel.clone();
+    let now = crate::blocking(move || {
+        seed_and_sync(&a, &primary_url, &mirror_urls, &seeds, wait, &cancel)
+    })
+    .await?;
 
     let mut out: JsonMap = c
         .iter()
