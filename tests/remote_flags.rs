@@ -291,6 +291,26 @@ fn flags_run_on_inventory_hosts_and_mirrors_follow_the_primary() {
             h.name()
         );
     }
+    // `local_url` is the loopback address: on each app host, that host's own instance.
+    let attrs = state(&t).resources[ADDR].attrs.clone();
+    assert_eq!(
+        attrs["local_url"],
+        format!("redis://:{PASSWORD}@127.0.0.1:{PORT}"),
+        "{attrs:?}"
+    );
+    for h in web {
+        let said = h
+            .exec(&[
+                "python3",
+                "-c",
+                &format!(
+                    "import socket; s = socket.create_connection(('127.0.0.1', {PORT}), 2); \
+                     s.sendall(b'PING\\r\\n'); print(s.recv(200).decode())"
+                ),
+            ])
+            .unwrap();
+        assert!(said.starts_with("-NOAUTH"), "{}: {said}", h.name());
+    }
     let replica = web[0]
         .exec(&["cat", &format!("/etc/pipeline/redis/{tok}.conf")])
         .unwrap();
