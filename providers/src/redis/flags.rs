@@ -37,8 +37,14 @@ pub fn schema() -> KindSchema {
         attrs: vec![
             // A host or a list of hosts; the primary runs on the first. On the local provider
             // every host is this machine (127.0.0.1).
+            // A change replaces the store (`requires_replace`), except on inventory hosts when
+            // the primary's host stays the same one (its variables or keys changed).
             AttrSchema::optional("on", Type::Any)
-                .force_new()
+                .format_at("address", Format::Address)
+                .format_at("*.address", Format::Address),
+            // The hosts of the mirrors when `on` is an inventory host: one read-only replica on
+            // each (`host.web`, a list of hosts, or one). See [`super::remote`].
+            AttrSchema::optional("mirrors_on", Type::Any)
                 .format_at("address", Format::Address)
                 .format_at("*.address", Format::Address),
             // Mirrors on this machine: one per host that runs instances (one on the local default).
@@ -70,6 +76,13 @@ pub fn schema() -> KindSchema {
             AttrSchema::computed("mirror_urls", Type::List(Box::new(Type::String))).sensitive(),
             AttrSchema::computed("mirror_ports", Type::List(Box::new(Type::Number)))
                 .derived_from(&["port"]),
+            // On inventory hosts: each host's instance (`redis://:PASSWORD@ADDRESS:PORT`) by host.
+            AttrSchema::computed("local_urls", Type::Map(Box::new(Type::String))).sensitive(),
+            // On inventory hosts: each host's unit state (`active` when planned; what `read` saw).
+            AttrSchema::computed("instances", Type::Map(Box::new(Type::String)))
+                .derived_from(&["on", "mirrors_on"]),
+            // On inventory hosts: the flags on the primary when last read (`on (25%)`, `off`).
+            AttrSchema::computed("current", Type::Map(Box::new(Type::String))).derived_from(&[]),
         ],
         instances_attr: None,
     }
@@ -88,6 +101,42 @@ pub fn seed_value(v: &Value) -> Result<FlagValue, String> {
                 percent: n as u8,
             }
         }),
+        // `{ enabled = true, percent = 10 }`: percent defaults to 100 when enabled.
+        Value::Map(m) => {
+            if let Some(k) = m
+                .keys()
+                .find(|k| !matches!(k.as_str(), "enabled" | "percent"))
+            {
+                return Err(format!(
+                    "`{k}` is not a flag field (an object has `enabled` and `percent`)"
+                ));
+            }
+            let enabled = match m.get("enabled").map(|v| v.unmarked().0) {
+                Some(Value::Bool(b)) => b,
+                None => true,
+                Some(other) => {
+                    return Err(format!("enabled = {} is not true or false", other.render()))
+                }
+            };
+            let percent = match m.get("percent").map(|v| v.unmarked().0) {
+                None => 100.0,
+                Some(Value::Number(n)) if (0.0..=100.0).contains(&n) && n.fract() == 0.0 => n,
+                Some(other) => {
+                    return Err(format!(
+                        "percent = {} is not a whole number 0..100",
+                        other.render()
+                    ))
+                }
+            };
+            Ok(if !enabled || percent == 0.0 {
+                FlagValue::OFF
+            } else {
+                FlagValue {
+                    enabled: true,
+                    percent: percent as u8,
+                }
+            })
+        }
         Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
             "on" | "true" => Ok(FlagValue::ON),
             "off" | "false" => Ok(FlagValue::OFF),
@@ -113,6 +162,17 @@ pub fn validate(c: &ValueMap) -> Vec<Invalid> {
                 "one mirror per host that runs instances; on the local provider, 1",
             ));
         }
+    }
+    if c.get("mirrors_on")
+        .is_some_and(|v| !matches!(v, Value::Null))
+        && !matches!(c.get("on"), Some(Value::Unknown))
+        && !super::remote::is_remote(c)
+    {
+        out.push(Invalid::new(
+            Some("mirrors_on"),
+            "`mirrors_on` places mirrors on inventory hosts: `on` must name one (the primary's host)",
+            "on = host.db[\"db01\"]; without inventory hosts use `mirrors = N`",
+        ));
     }
     if let Some(n) = c.get("port").and_then(Value::as_f64) {
         if !(1.0..=65535.0).contains(&n) || n.fract() != 0.0 {
@@ -146,7 +206,7 @@ pub fn validate(c: &ValueMap) -> Vec<Invalid> {
                     out.push(Invalid::new(
                         Some("values"),
                         format!("flag `{k}`: {e}"),
-                        "write true/false, \"on\"/\"off\", or a percentage 0..100: values = { tables = true, beta = 25 }",
+                        "write true/false, \"on\"/\"off\", a percentage 0..100, or { enabled = true, percent = 10 }: values = { tables = true, beta = 25 }",
                     ));
                 }
             }
@@ -209,6 +269,9 @@ pub fn plan(
     req: &PlanRequest<'_>,
     binary: Option<&Path>,
 ) -> Result<Planned, ProviderError> {
+    if super::remote::is_remote(req.config) {
+        return super::remote::plan(req);
+    }
     find_redis_server(binary)?;
     let c = req.config;
     let mut o = c.clone();
@@ -308,7 +371,7 @@ pub fn plan(
     );
     Ok(Planned {
         object: o,
-        requires_replace: vec![],
+        requires_replace: vec!["on".into()],
     })
 }
 
@@ -728,6 +791,15 @@ mod tests {
         assert_eq!(seed_value(&Value::str("off")), Ok(FlagValue::OFF));
         assert_eq!(seed_value(&Value::Number(25.0)).unwrap().percent, 25);
         assert!(seed_value(&Value::Number(101.0)).is_err());
+        let obj = |e: bool, p: f64| {
+            let mut m = ValueMap::new();
+            m.insert("enabled".into(), Value::Bool(e));
+            m.insert("percent".into(), Value::Number(p));
+            Value::Map(m)
+        };
+        assert_eq!(seed_value(&obj(true, 10.0)).unwrap().percent, 10);
+        assert_eq!(seed_value(&obj(false, 10.0)), Ok(FlagValue::OFF));
+        assert!(seed_value(&obj(true, 150.0)).is_err());
         let mut c = ValueMap::new();
         c.insert("mirrors".into(), Value::Number(0.0));
         c.insert("password".into(), Value::str("a b"));
@@ -737,6 +809,11 @@ mod tests {
         c.insert("values".into(), Value::Map(vals));
         let inv = validate(&c);
         assert_eq!(inv.len(), 4, "{inv:?}");
+        let mut m = ValueMap::new();
+        m.insert("mirrors_on".into(), Value::List(vec![]));
+        let inv = validate(&m);
+        assert_eq!(inv.len(), 1, "{inv:?}");
+        assert_eq!(inv[0].attr.as_deref(), Some("mirrors_on"));
         assert!(valid_password(&random_password().unwrap()));
     }
 }

@@ -5,6 +5,7 @@
 mod actions;
 mod describe;
 pub mod flags;
+pub mod remote;
 pub mod resp;
 pub mod store;
 
@@ -79,6 +80,7 @@ impl Provider for Redis {
         prior: &JsonMap,
     ) -> Result<Option<JsonMap>, ProviderError> {
         match kind {
+            "flags" if remote::is_remote_record(prior) => remote::read(ctx, addr, prior).await,
             "flags" => flags::read(ctx, addr, prior),
             k => Err(unknown_kind(k)),
         }
@@ -90,6 +92,7 @@ impl Provider for Redis {
         step: &pipeline_engine::Step,
     ) -> Result<JsonMap, ProviderError> {
         match req.kind {
+            "flags" if remote::is_remote(req.config) => remote::apply(ctx, req, step).await,
             "flags" => flags::apply(ctx, req, self.binary.clone(), step).await,
             k => Err(unknown_kind(k)),
         }
@@ -99,10 +102,13 @@ impl Provider for Redis {
         ctx: &ProviderCtx,
         kind: &str,
         addr: &str,
-        _prior: &JsonMap,
-        _step: &pipeline_engine::Step,
+        prior: &JsonMap,
+        step: &pipeline_engine::Step,
     ) -> Result<(), ProviderError> {
         match kind {
+            "flags" if remote::is_remote_record(prior) => {
+                remote::delete(ctx, addr, prior, step).await
+            }
             "flags" => flags::delete(ctx, addr).await,
             k => Err(unknown_kind(k)),
         }
@@ -114,6 +120,9 @@ impl Provider for Redis {
         addr: &str,
         record: &JsonMap,
     ) -> Result<pipeline_engine::provider::Description, ProviderError> {
+        if remote::is_remote_record(record) {
+            return remote::describe(ctx, addr, record).await;
+        }
         let (base, r) = (flags::base_dir(&ctx.work_dir, addr), record.clone());
         crate::blocking(move || Ok(describe::flags(&base, &r))).await
     }
