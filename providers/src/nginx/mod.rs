@@ -579,7 +579,16 @@ impl Provider for Nginx {
                 .config
                 .iter()
                 .any(|(k, v)| k != "on" && v.is_sensitive());
-            return remote::apply(ctx, req.addr, o, secret, step).await;
+            // nginx cannot move its listening sockets by a reload (a wildcard socket of the
+            // old config holds the port the new one binds on an address): a new balancer (the
+            // distribution's nginx may be running its default site) or a changed `listen` or
+            // `address` restarts it.
+            let sockets = |m: &JsonMap| (m.get("listen").cloned(), m.get("address").cloned());
+            let restart = req.prior.is_none_or(|p| {
+                let now: JsonMap = o.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+                sockets(p) != sockets(&now)
+            });
+            return remote::apply(ctx, req.addr, o, secret, restart, step).await;
         }
         let (ctx, addr, config, prior, step) = (
             ctx.clone(),

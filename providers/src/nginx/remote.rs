@@ -261,11 +261,6 @@ fn base64(bytes: &[u8]) -> String {
     s
 }
 
-/// One argument of ansible's `ansible_ssh_common_args` (split like a POSIX shell).
-fn shell_word(a: &str) -> String {
-    format!("'{}'", a.replace('\'', r#"'"'"'"#))
-}
-
 /// A name ansible takes as one host of an inventory and as a pattern.
 fn inventory_name(name: &str) -> String {
     if !name.is_empty()
@@ -286,6 +281,7 @@ pub async fn apply(
     addr: &str,
     object: ValueMap,
     secret: bool,
+    restart: bool,
     step: &pipeline_engine::Step,
 ) -> Result<JsonMap, ProviderError> {
     let record: JsonMap = object
@@ -304,56 +300,27 @@ pub async fn apply(
     host.script(ctx, &format!("rm -f {STABLE} {NEXT} {OWNER}"))
         .await?;
     let ssh = conn::transport(ctx)?;
-    let args = ssh
-        .ssh_args(&host.target, &host.keys)
-        .await
-        .map_err(conn::error)?;
     let ansible = Ansible::locate().map_err(|e| {
         ProviderError::new(format!("{addr}: {e}"))
             .help("install ansible-core with scripts/lab-install, or set PIPELINE_ANSIBLE")
     })?;
     let dir = ctx.work_dir.join("ansible");
-    pipeline_supervise::private::create_dir_all(&dir)
-        .map_err(|e| ProviderError::new(format!("cannot create {}: {e}", dir.display())))?;
     let name = inventory_name(&host.target.name);
-    let mut vars = serde_json::Map::new();
-    vars.insert("ansible_host".into(), host.target.address.clone().into());
-    if let Some(p) = host.target.port {
-        vars.insert("ansible_port".into(), p.into());
-    }
-    if let Some(u) = &host.target.user {
-        vars.insert("ansible_user".into(), u.clone().into());
-    }
-    if let Some(k) = &host.target.key_file {
-        vars.insert(
-            "ansible_ssh_private_key_file".into(),
-            k.display().to_string().into(),
-        );
-    }
-    vars.insert(
-        "ansible_ssh_common_args".into(),
-        args.iter()
-            .map(|a| shell_word(a))
-            .collect::<Vec<_>>()
-            .join(" ")
-            .into(),
-    );
-    vars.insert(
-        "ansible_python_interpreter".into(),
-        "/usr/bin/python3".into(),
-    );
-    vars.insert("ansible_become".into(), host.become_.into());
-    let inventory = serde_json::json!({ "all": { "hosts": { name.clone(): vars } } });
-    // A per-run inventory (0600, removed after the run): JSON, read by ansible's yaml plugin.
+    let vars = conn::ansible_vars(ctx, &host.obj, &host.label).await?;
+    // A per-run inventory (0600, removed after the run).
     let inv = dir.join(format!(
         "balancer-{}-{}.json",
         std::process::id(),
         &sha256_hex(addr)[..12]
     ));
-    pipeline_supervise::private::write(&inv, inventory.to_string())
-        .map_err(|e| ProviderError::new(format!("cannot write {}: {e}", inv.display())))?;
+    conn::write_inventory(
+        &inv,
+        serde_json::Map::from_iter([(name.clone(), vars.into())]),
+    )?;
     let mut run = Run::new("playbooks/nginx.yml", &inv);
     run.vars.insert("pipeline_hosts".into(), name.into());
+    run.vars
+        .insert("pipeline_nginx_restart".into(), restart.into());
     // Base64: a config is never read as a Jinja template by ansible. A config rendered from a
     // secret goes in the run's secrets file (0600, removed after the run), never in its vars.
     let conf = base64(text.as_bytes()).into();
@@ -694,9 +661,7 @@ mod tests {
     }
 
     #[test]
-    fn ssh_words_survive_a_posix_split() {
-        assert_eq!(shell_word("a b"), "'a b'");
-        assert_eq!(shell_word("it's"), r#"'it'"'"'s'"#);
+    fn inventory_names_are_one_host_and_one_pattern() {
         assert_eq!(inventory_name("lb01"), "lb01");
         assert_eq!(inventory_name("a,b:*"), "balancer-host");
     }

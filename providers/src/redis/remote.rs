@@ -399,49 +399,9 @@ async fn run_role(
         if let Some(s) = step {
             s.progress(format!("connecting to {}", p.host.name));
         }
-        let t = conn::target(&p.host.obj)?;
-        let keys = conn::keys(&p.host.obj, &host_addr(step, &p.host.name).await);
-        let in_host =
-            |e: ProviderError| e.map_message(|m| format!("{addr}: host {}: {m}", p.host.name));
-        ssh.connect(&t, &keys)
+        let mut v = conn::ansible_vars(ctx, &p.host.obj, &host_addr(step, &p.host.name).await)
             .await
-            .map_err(conn::error)
-            .map_err(in_host)?;
-        let args = ssh
-            .ssh_args(&t, &keys)
-            .await
-            .map_err(conn::error)
-            .map_err(in_host)?;
-        let mut v = serde_json::Map::new();
-        v.insert("ansible_host".into(), json!(t.address));
-        if let Some(port) = t.port {
-            v.insert("ansible_port".into(), json!(port));
-        }
-        if let Some(u) = &t.user {
-            v.insert("ansible_user".into(), json!(u));
-        }
-        if let Some(k) = &t.key_file {
-            v.insert(
-                "ansible_ssh_private_key_file".into(),
-                json!(k.display().to_string()),
-            );
-        }
-        let common: Vec<String> = args.iter().map(|a| crate::quote::shell(a)).collect();
-        v.insert("ansible_ssh_common_args".into(), json!(common.join(" ")));
-        if let Some(vars) = p.host.obj.get("vars").and_then(|v| v.as_object()) {
-            for k in [
-                "ansible_python_interpreter",
-                "ansible_become_user",
-                "ansible_become_method",
-            ] {
-                if let Some(x) = vars.get(k) {
-                    v.insert(k.into(), x.clone());
-                }
-            }
-        }
-        if p.host.obj.get("become").and_then(|b| b.as_bool()) == Some(true) {
-            v.insert("ansible_become".into(), json!(true));
-        }
+            .map_err(|e| e.map_message(|m| format!("{addr}: {m}")))?;
         v.insert("pipeline_redis_state".into(), json!(p.state));
         if let Some(conf) = &p.conf {
             v.insert("pipeline_redis_conf".into(), json!(conf));
@@ -449,14 +409,8 @@ async fn run_role(
         inv_hosts.insert(p.host.name.clone(), serde_json::Value::Object(v));
     }
     let dir = run_dir(ctx, addr);
-    pipeline_supervise::private::create_dir_all(&dir)
-        .map_err(|e| ProviderError::new(format!("cannot create {}: {e}", dir.display())))?;
-    // JSON is YAML: ansible's yaml inventory plugin reads it as data, never as templates.
     let inventory = dir.join("inventory.json");
-    let text = serde_json::to_vec_pretty(&json!({ "all": { "hosts": inv_hosts } }))
-        .map_err(|e| ProviderError::new(e.to_string()))?;
-    pipeline_supervise::private::write(&inventory, text)
-        .map_err(|e| ProviderError::new(format!("cannot write {}: {e}", inventory.display())))?;
+    conn::write_inventory(&inventory, inv_hosts)?;
 
     let ansible = Ansible::locate().map_err(|e| ProviderError::new(format!("{addr}: {e}")))?;
     let mut run = Run::new("playbooks/redis.yml", &inventory);

@@ -135,6 +135,77 @@ pub async fn connect(
     Ok(connected.host_keys)
 }
 
+/// Connects to a host object (its keys checked against the pinned ones) and returns the
+/// inventory variables that make ansible reach it the same way: the transport's ssh options
+/// (same master, same pinned keys), the connection settings, `become`, and the interpreter and
+/// become settings the inventory gave (`/usr/bin/python3` unless it names another). One place
+/// for every provider that runs a role; errors name the host.
+pub async fn ansible_vars(
+    ctx: &ProviderCtx,
+    host: &JsonMap,
+    host_addr: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, ProviderError> {
+    use serde_json::json;
+    let ssh = transport(ctx)?;
+    let t = target(host)?;
+    let keys = keys(host, host_addr);
+    let in_host = |e: Error| error(e).map_message(|m| format!("host {}: {m}", t.name));
+    ssh.connect(&t, &keys).await.map_err(in_host)?;
+    let args = ssh.ssh_args(&t, &keys).await.map_err(in_host)?;
+    let mut v = serde_json::Map::new();
+    v.insert("ansible_host".into(), json!(t.address));
+    if let Some(p) = t.port {
+        v.insert("ansible_port".into(), json!(p));
+    }
+    if let Some(u) = &t.user {
+        v.insert("ansible_user".into(), json!(u));
+    }
+    if let Some(k) = &t.key_file {
+        v.insert(
+            "ansible_ssh_private_key_file".into(),
+            json!(k.display().to_string()),
+        );
+    }
+    // ansible splits `ansible_ssh_common_args` like a POSIX shell: each option one word.
+    let common: Vec<String> = args.iter().map(|a| crate::quote::shell(a)).collect();
+    v.insert("ansible_ssh_common_args".into(), json!(common.join(" ")));
+    v.insert(
+        "ansible_python_interpreter".into(),
+        json!("/usr/bin/python3"),
+    );
+    if let Some(vars) = host.get("vars").and_then(|v| v.as_object()) {
+        for k in [
+            "ansible_python_interpreter",
+            "ansible_become_user",
+            "ansible_become_method",
+        ] {
+            if let Some(x) = vars.get(k) {
+                v.insert(k.into(), x.clone());
+            }
+        }
+    }
+    if host.get("become").and_then(|b| b.as_bool()) == Some(true) {
+        v.insert("ansible_become".into(), json!(true));
+    }
+    Ok(v)
+}
+
+/// Writes a run's inventory (0600 in a 0700 directory): JSON, which ansible's yaml inventory
+/// plugin reads as data, never as templates. `hosts`: inventory name → its variables.
+pub fn write_inventory(
+    path: &Path,
+    hosts: serde_json::Map<String, serde_json::Value>,
+) -> Result<(), ProviderError> {
+    if let Some(dir) = path.parent() {
+        pipeline_supervise::private::create_dir_all(dir)
+            .map_err(|e| ProviderError::new(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let text = serde_json::to_vec_pretty(&serde_json::json!({ "all": { "hosts": hosts } }))
+        .map_err(|e| ProviderError::new(e.to_string()))?;
+    pipeline_supervise::private::write(path, text)
+        .map_err(|e| ProviderError::new(format!("cannot write {}: {e}", path.display())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
