@@ -410,6 +410,30 @@ fn targets(
         let name = name_of(&block, &r.kind);
         let serve = d.endpoint("serve");
         match d.serves {
+            Serves::App if d.endpoints.iter().filter(|e| e.role == "serve").count() > 1 => {
+                // One instance on several machines (a service on inventory hosts): each serve
+                // endpoint is a replica, with its health endpoint and its process (the provider
+                // lists them in the same order).
+                let serves: Vec<_> = d.endpoints.iter().filter(|e| e.role == "serve").collect();
+                let healths: Vec<_> = d.endpoints.iter().filter(|e| e.role == "health").collect();
+                for (i, s) in serves.iter().enumerate() {
+                    let endpoint = parse_url(&s.url).map(|(h, p)| hostport(&h, p));
+                    let probe = match healths.get(i).filter(|_| healths.len() == serves.len()) {
+                        Some(h) => Probe::of(Some(*h)),
+                        None => Probe::of(Some(*s)),
+                    };
+                    t.replicas.push(Replica {
+                        addr: format!("{addr}@{}", endpoint.as_deref().unwrap_or(&s.url)),
+                        name: name.clone(),
+                        block: block.clone(),
+                        endpoint,
+                        url: Some(s.url.clone()),
+                        probe,
+                        record: record_name(r.status).into(),
+                        processes: d.processes.get(i).cloned().into_iter().collect(),
+                    });
+                }
+            }
             Serves::App => {
                 let url = serve.map(|e| e.url.clone());
                 t.replicas.push(Replica {
@@ -974,11 +998,13 @@ impl Collector {
         for r in &self.targets.replicas {
             // A described process that is gone (restarted, stopped) or was not running: the
             // next discovery asks its provider again.
-            if r.processes
-                .iter()
-                .any(|p| !p.running || p.pid.is_some_and(|pid| !procs.contains_key(&pid)))
-            {
-                self.stale.insert(r.addr.clone());
+            // Processes on other machines (`host` set) are not in this machine's /proc: their
+            // provider's description is all there is of them.
+            let local = || r.processes.iter().filter(|p| p.host.is_none());
+            if local().any(|p| !p.running || p.pid.is_some_and(|pid| !procs.contains_key(&pid))) {
+                // Keyed by the recorded instance (a replica on a host is `ADDR@HOST:PORT`).
+                let addr = r.addr.split('@').next().unwrap_or(&r.addr);
+                self.stale.insert(addr.to_string());
             }
             let mut info = ProcInfo::default();
             let mut children = vec![];
@@ -986,6 +1012,9 @@ impl Collector {
                 info.restarts += p.restarts;
                 if info.supervisor.is_none() {
                     info.supervisor = p.supervisor.clone();
+                }
+                if p.host.is_some() {
+                    continue;
                 }
                 if let (true, Some(c)) = (p.running, p.pid) {
                     children.push(c);
