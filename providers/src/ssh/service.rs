@@ -28,7 +28,7 @@ use pipeline_engine::provider::{
 use pipeline_engine::value::{Value, ValueMap};
 use pipeline_engine::Step;
 use pipeline_ssh::ansible::{Ansible, Connection, Run};
-use pipeline_ssh::transport::{Error as SshError, Remote, Target};
+use pipeline_ssh::transport::{Error as SshError, Remote};
 use pipeline_supervise::private;
 use serde_json::json;
 use sha2::Digest;
@@ -39,6 +39,9 @@ pub const KIND: &str = "service";
 
 /// How long one remote query (refresh, describe) may take: a dead host fails well within it.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(9);
+/// After a stopped update, how long asking the stopped step's hosts what they run may take
+/// (the error waits for it: a dead host must not hold it back).
+const STOPPED_QUERY: Duration = Duration::from_secs(2);
 /// Lines of the journal `pipeline logs` shows.
 const LOG_LINES: &str = "200";
 
@@ -799,29 +802,38 @@ pub async fn read(
                     .map_message(|m| format!("{addr}: refreshing on host {}: {m}", h.name)))
             }
         };
-        let port = port_of(&c);
-        for inst in instances.iter_mut() {
-            let Some(o) = inst.as_object_mut() else {
-                continue;
-            };
-            if o.get("host").and_then(|v| v.as_str()) != Some(h.name.as_str()) {
-                continue;
-            }
-            let p = o.get("port").and_then(|v| v.as_u64()).unwrap_or(0) as u16;
-            let unit = format!("{token}-{}", p.saturating_sub(port));
-            let running = states
-                .get(&unit)
-                .filter(|s| {
-                    s.active == "active" || s.active == "activating" || s.active == "reloading"
-                })
-                .and_then(|s| s.release.clone());
-            o.insert(
-                "release".into(),
-                running.map_or(serde_json::Value::Null, serde_json::Value::String),
-            );
-        }
+        set_releases(instances, &h.name, &states, &token, port_of(&c));
     }
     Ok(Some(record))
+}
+
+/// Records, for the instances on `host`, the release each unit runs now (none when it is not
+/// active).
+fn set_releases(
+    instances: &mut [serde_json::Value],
+    host: &str,
+    states: &std::collections::HashMap<String, UnitState>,
+    token: &str,
+    port: u16,
+) {
+    for inst in instances.iter_mut() {
+        let Some(o) = inst.as_object_mut() else {
+            continue;
+        };
+        if o.get("host").and_then(|v| v.as_str()) != Some(host) {
+            continue;
+        }
+        let p = o.get("port").and_then(|v| v.as_u64()).unwrap_or(0) as u16;
+        let unit = format!("{token}-{}", p.saturating_sub(port));
+        let running = states
+            .get(&unit)
+            .filter(|s| s.active == "active" || s.active == "activating" || s.active == "reloading")
+            .and_then(|s| s.release.clone());
+        o.insert(
+            "release".into(),
+            running.map_or(serde_json::Value::Null, serde_json::Value::String),
+        );
+    }
 }
 
 /// Runs the futures concurrently and returns their results in order.
@@ -873,55 +885,19 @@ async fn prepare(
 ) -> Result<Prepared, ProviderError> {
     let hosts = hosts_of(c)?;
     let host_addrs = host_addrs(Some(step), &hosts).await;
-    let ssh = conn::transport(ctx)?;
     step.progress(format!("connecting to {} host(s)", hosts.len()));
-    let connected = futures_join(hosts.iter().zip(&host_addrs).map(|(h, a)| {
-        let ssh = ssh.clone();
-        async move {
-            let t = conn::target(&h.obj)?;
-            let keys = conn::keys(&h.obj, a);
-            ssh.connect(&t, &keys).await.map_err(conn::error)?;
-            let args = ssh.ssh_args(&t, &keys).await.map_err(conn::error)?;
-            Ok::<(Target, Vec<String>), ProviderError>((t, args))
-        }
-    }))
+    let connected = futures_join(
+        hosts
+            .iter()
+            .zip(&host_addrs)
+            .map(|(h, a)| conn::ansible_vars(ctx, &h.obj, a)),
+    )
     .await;
     let port = port_of(c);
     let run = c.get("run").and_then(Value::as_str).unwrap_or_default();
     let mut inv_hosts = serde_json::Map::new();
     for (h, r) in hosts.iter().zip(connected) {
-        let (t, args) =
-            r.map_err(|e| e.map_message(|m| format!("{addr}: host {}: {m}", h.name)))?;
-        let mut v = serde_json::Map::new();
-        v.insert("ansible_host".into(), json!(t.address));
-        if let Some(p) = t.port {
-            v.insert("ansible_port".into(), json!(p));
-        }
-        if let Some(u) = &t.user {
-            v.insert("ansible_user".into(), json!(u));
-        }
-        if let Some(k) = &t.key_file {
-            v.insert(
-                "ansible_ssh_private_key_file".into(),
-                json!(k.display().to_string()),
-            );
-        }
-        let common: Vec<String> = args.iter().map(|a| crate::quote::shell(a)).collect();
-        v.insert("ansible_ssh_common_args".into(), json!(common.join(" ")));
-        if let Some(vars) = h.obj.get("vars").and_then(|v| v.as_object()) {
-            for k in [
-                "ansible_python_interpreter",
-                "ansible_become_user",
-                "ansible_become_method",
-            ] {
-                if let Some(x) = vars.get(k) {
-                    v.insert(k.into(), x.clone());
-                }
-            }
-        }
-        if h.obj.get("become").and_then(|b| b.as_bool()) == Some(true) {
-            v.insert("ansible_become".into(), json!(true));
-        }
+        let mut v = r.map_err(|e| e.map_message(|m| format!("{addr}: {m}")))?;
         let instances: Vec<serde_json::Value> = units(token, replicas_of(c))
             .into_iter()
             .enumerate()
@@ -932,14 +908,8 @@ async fn prepare(
         v.insert("pipeline_instances".into(), json!(instances));
         inv_hosts.insert(h.name.clone(), serde_json::Value::Object(v));
     }
-    let dir = ctx.work_dir.join("ssh").join(token);
-    private::create_dir_all(&dir)
-        .map_err(|e| ProviderError::new(format!("cannot create {}: {e}", dir.display())))?;
-    // JSON is YAML: ansible's yaml inventory plugin reads it (values as data, never templates).
-    let inventory = dir.join("inventory.json");
-    let text = serde_json::to_vec_pretty(&json!({ "all": { "hosts": inv_hosts } }))
-        .map_err(|e| ProviderError::new(e.to_string()))?;
-    private::write(&inventory, text).map_err(|e| ProviderError::new(format!("{e}")))?;
+    let inventory = ctx.work_dir.join("ssh").join(token).join("inventory.json");
+    conn::write_inventory(&inventory, inv_hosts)?;
     Ok(Prepared {
         hosts,
         host_addrs,
@@ -1181,8 +1151,10 @@ pub async fn apply(
         artifact: &artifact,
         sha: &sha,
     };
-    // Hosts the new release reached (healthy or not), for the record of a stopped update.
+    // Hosts a step started on, and those it finished (healthy on the new release): the record
+    // of a stopped update.
     let touched = std::sync::Mutex::new(Vec::<String>::new());
+    let finished = std::sync::Mutex::new(Vec::<String>::new());
     let rolling = async {
         match req.prior {
             None => {
@@ -1219,6 +1191,10 @@ pub async fn apply(
                             format!("{m}\nthe rolling update stopped at {}: {so_far}; the others keep the release they ran (the next apply converges them)", names.join(", "))
                         }));
                     }
+                    finished
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(names.iter().cloned());
                     done.extend(names);
                 }
                 for g in gone {
@@ -1239,8 +1215,34 @@ pub async fn apply(
     if let Err(e) = outcome {
         // A stopped update: the record says which hosts run what (the next apply converges).
         let touched = touched.into_inner().unwrap_or_else(|e| e.into_inner());
+        let finished = finished.into_inner().unwrap_or_else(|e| e.into_inner());
         return Err(match req.prior {
-            Some(prior) if !touched.is_empty() => e.partial(partly_updated(prior, &touched, &sha)),
+            Some(prior) if !touched.is_empty() => {
+                let mut now = partly_updated(prior, &finished, &sha);
+                // The step that stopped: what its hosts run, asked briefly (a dead host keeps
+                // what was recorded).
+                let stopped: Vec<(&HostRef, &String)> = p
+                    .hosts
+                    .iter()
+                    .zip(&p.host_addrs)
+                    .filter(|(h, _)| touched.contains(&h.name) && !finished.contains(&h.name))
+                    .collect();
+                let us = units(&token, replicas_of(c));
+                let answers = futures_join(
+                    stopped
+                        .iter()
+                        .map(|(h, a)| tokio::time::timeout(STOPPED_QUERY, query(ctx, h, a, &us))),
+                )
+                .await;
+                if let Some(serde_json::Value::Array(insts)) = now.get_mut("instances") {
+                    for ((h, _), a) in stopped.iter().zip(answers) {
+                        if let Ok(Ok(states)) = a {
+                            set_releases(insts, &h.name, &states, &token, port_of(c));
+                        }
+                    }
+                }
+                e.partial(now)
+            }
             _ => e,
         });
     }
