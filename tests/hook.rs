@@ -529,3 +529,126 @@ fn a_pusher_who_leaves_mid_deploy_does_not_stop_it() {
     assert!(out.status.success(), "{}", s(&out.stderr));
     assert_eq!(s_.branch("production"), rev);
 }
+
+/// The stack of the lab deploy: the fixture app as a service on every host of `web`.
+fn lab_stack(run: &str) -> String {
+    format!(
+        "provider \"ssh\" {{\n  inventory = \"inventory.ini\"\n}}\n\
+         host \"web\" {{\n  provider = ssh\n  group    = \"web\"\n}}\n\
+         service \"app\" {{\n  provider      = ssh\n  on            = host.web\n  source        = \"app\"\n  \
+         run           = \"{run}\"\n  port          = 8080\n  health        = {{ path = \"/health\" }}\n  \
+         update        = {{ strategy = \"rolling\", max_unavailable = 1 }}\n  start_timeout = \"8s\"\n}}\n"
+    )
+}
+
+/// The version each lab host's instance answers (None: it does not answer).
+fn lab_versions(lab: &pipeline_lab::Lab) -> Vec<Option<String>> {
+    lab.hosts()
+        .iter()
+        .map(|h| {
+            common::http("GET", &format!("http://{}:8080/", h.addr()), "")
+                .filter(|(c, _)| *c == 200)
+                .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+                .and_then(|j| j["version"].as_str().map(str::to_string))
+        })
+        .collect()
+}
+
+/// A push to `production` deploys to real hosts (the lab: podman hosts with systemd and sshd):
+/// the plan, each host's dry run and the result reach the pusher; a push to `main` deploys
+/// nothing; a deploy that fails on a host is refused to the pusher, naming the host, and the
+/// branch stays where it was.
+#[test]
+fn a_push_to_production_deploys_to_lab_hosts_and_a_failing_one_is_refused() {
+    if !pipeline_lab::require() {
+        return;
+    }
+    let lab = pipeline_lab::Lab::new(2).unwrap_or_else(|e| panic!("{e:#}"));
+    let s_ = Setup::new();
+    let mut inventory = String::from("[web]\n");
+    for h in lab.hosts() {
+        inventory.push_str(&format!("{} ansible_host={}\n", h.name(), h.addr()));
+    }
+    inventory.push_str(&format!(
+        "\n[web:vars]\nansible_user=root\nansible_ssh_private_key_file={}\n",
+        lab.key_file().display()
+    ));
+    let app =
+        std::fs::read_to_string(common::repo().join("tests/fixtures/remote_app/app.py")).unwrap();
+    let files = |version: &str, run: &str| {
+        vec![
+            ("inventory.ini", inventory.clone()),
+            ("app/app.py", app.clone()),
+            ("app/VERSION", format!("{version}\n")),
+            ("main.hcl", lab_stack(run)),
+        ]
+    };
+
+    // main: nothing reaches the hosts.
+    let out = push_files(&s_.work, &files("v1", "exec python3 app.py"), "HEAD:main");
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    assert_eq!(lab_versions(&lab), vec![None, None]);
+    assert_eq!(s_.serial(), 0);
+
+    // production: deployed on both hosts, the plan with each host's dry run shown to the pusher.
+    let t0 = std::time::Instant::now();
+    let out = git(&s_.work, &["push", "origin", "HEAD:production"]);
+    let err = s(&out.stderr);
+    eprintln!(
+        "push to production (first deploy on 2 hosts): {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("remote:   # service.app will be created"),
+        "{err}"
+    );
+    assert!(err.contains("remote: Apply complete!"), "{err}");
+    assert_eq!(
+        lab_versions(&lab),
+        vec![Some("v1".to_string()), Some("v1".to_string())]
+    );
+    let good = s_.branch("production");
+
+    // A release that never comes up: the pusher is told which host, the branch stays, the
+    // other host keeps serving v1.
+    let out = push_files(
+        &s_.work,
+        &files("v2", "exec python3 missing.py"),
+        "HEAD:production",
+    );
+    let err = s(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let first = lab.host(0).name();
+    assert!(err.contains("remote: ") && err.contains(first), "{err}");
+    assert!(
+        err.contains("[remote rejected] HEAD -> production"),
+        "{err}"
+    );
+    assert_eq!(s_.branch("production"), good);
+    assert_eq!(lab_versions(&lab)[1].as_deref(), Some("v1"));
+    // The apply failed (a plan error would be "error").
+    assert_eq!(s_.log().last().unwrap()["result"], "failed");
+
+    // Fixed: the next push converges both hosts.
+    let out = push_files(
+        &s_.work,
+        &files("v3", "exec python3 app.py"),
+        "HEAD:production",
+    );
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    assert_eq!(
+        lab_versions(&lab),
+        vec![Some("v3".to_string()), Some("v3".to_string())]
+    );
+    let out = s_.t.run(&[
+        "destroy",
+        "-auto-approve",
+        "--state-dir",
+        s_.state_dir().to_str().unwrap(),
+        "-i",
+        s_.work.join("inventory.ini").to_str().unwrap(),
+        s_.work.join("main.hcl").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", s(&out.stderr));
+}
