@@ -314,12 +314,20 @@ fn a_service_rolls_out_on_three_lab_hosts_and_survives_a_host_going_off() {
     eprintln!("no-op apply: {:.2} s", took.as_secs_f64());
 
     // status and logs read the hosts.
-    // (status has a row per instance: the service's first host; health covers every host.)
+    // status has a row per host, with its pid there.
     let status = t.ok(&["status"]);
-    assert!(
-        status.contains("service.app") && status.contains("healthy"),
-        "{status}"
-    );
+    let rows: Vec<&str> = status
+        .lines()
+        .filter(|l| l.starts_with("service.app"))
+        .collect();
+    assert_eq!(rows.len(), 3, "{status}");
+    for h in lab.hosts() {
+        assert!(
+            rows.iter()
+                .any(|r| r.contains(h.name()) && r.contains("healthy")),
+            "{status}"
+        );
+    }
     outputs.push_str(&status);
 
     // A rolling update to v2: every host on it afterwards.

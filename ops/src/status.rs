@@ -15,6 +15,8 @@ pub struct StatusRow {
     pub kind: String,
     /// A running canary's candidate (its generation in `generation`).
     pub canary: bool,
+    /// The machine it runs on (an inventory host); None: this one.
+    pub host: Option<String>,
     pub pid: Option<u32>,
     /// The process's port, else the recorded `port`.
     pub port: Option<Json>,
@@ -70,10 +72,47 @@ pub async fn status(ws: &Workspace) -> Result<Status> {
             HealthState::Unhealthy => Some(false),
             _ => main.healthy,
         };
+        // An instance on several machines (a service on inventory hosts): a row per process.
+        let remote: Vec<_> = d
+            .processes
+            .iter()
+            .filter(|p| p.role != "candidate" && p.host.is_some())
+            .collect();
+        if remote.len() > 1 {
+            for p in remote {
+                let health = match (p.running, p.healthy) {
+                    (false, _) => "down",
+                    (true, Some(true)) => "healthy",
+                    (true, Some(false)) => "unhealthy",
+                    (true, None) => d.health.state.name(),
+                };
+                rows.push(StatusRow {
+                    address: addr.clone(),
+                    kind: rs.kind.clone(),
+                    canary: false,
+                    host: p.host.clone(),
+                    pid: p.pid,
+                    port: p.port.map(Json::from),
+                    url: None,
+                    standby_generation: None,
+                    build_id: attr("build_id"),
+                    generation: p.generation,
+                    running: p.running,
+                    healthy: p.healthy,
+                    health: health.into(),
+                    health_reason: (!p.running).then(|| d.health.reason.clone()).flatten(),
+                    uptime_s: p.started_at.map_or(0, |t| now.saturating_sub(t)),
+                    restarts: p.restarts,
+                    log_dropped_bytes: 0,
+                });
+            }
+            continue;
+        }
         rows.push(StatusRow {
             address: addr.clone(),
             kind: rs.kind.clone(),
             canary: false,
+            host: main.host.clone(),
             pid: main.pid,
             port: main.port.map(Json::from).or_else(|| attr("port")),
             url: attr("url"),
@@ -102,6 +141,7 @@ pub async fn status(ws: &Workspace) -> Result<Status> {
                 address: addr.clone(),
                 kind: rs.kind.clone(),
                 canary: true,
+                host: c.host.clone(),
                 pid: c.pid,
                 port: c.port.map(Json::from),
                 url: None,

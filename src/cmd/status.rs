@@ -18,9 +18,24 @@ pub async fn status(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode
         println!("No processes are recorded here.");
         return Ok(ExitCode::SUCCESS);
     }
+    // A HOST column when something runs on another machine.
+    let hosts = st.rows.iter().any(|r| r.host.is_some());
+    let host_col = |h: &str| {
+        if hosts {
+            format!("{h:<12} ")
+        } else {
+            String::new()
+        }
+    };
     println!(
-        "{:<32} {:>8} {:>6} {:<10} {:>9} {:>8}",
-        "INSTANCE", "PID", "PORT", "HEALTH", "UPTIME", "RESTARTS"
+        "{:<32} {}{:>8} {:>6} {:<10} {:>9} {:>8}",
+        "INSTANCE",
+        host_col("HOST"),
+        "PID",
+        "PORT",
+        "HEALTH",
+        "UPTIME",
+        "RESTARTS"
     );
     for r in &st.rows {
         let address = if r.canary {
@@ -29,6 +44,7 @@ pub async fn status(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode
         } else {
             r.address.clone()
         };
+        let host = pipeline_engine::diag::escape_control(r.host.as_deref().unwrap_or("-"));
         let health = match r.health.as_str() {
             "healthy" => style.green("healthy"),
             h @ ("starting" | "unknown") => h.to_string(),
@@ -37,8 +53,9 @@ pub async fn status(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode
         // Pad before colouring so escape codes do not skew the columns.
         let pad = 10usize.saturating_sub(r.health.chars().count());
         println!(
-            "{:<32} {:>8} {:>6} {}{} {:>8} {:>8}",
+            "{:<32} {}{:>8} {:>6} {}{} {:>8} {:>8}",
             address,
+            host_col(&host),
             r.pid.map_or("-".into(), |p| p.to_string()),
             r.port
                 .as_ref()
@@ -59,11 +76,11 @@ pub async fn status(ws: &Workspace, json: bool, style: Style) -> Result<ExitCode
 /// A row as `status -json` has it (a candidate's row has fewer fields).
 fn row_json(r: &StatusRow) -> serde_json::Value {
     if r.canary {
-        return json!({"address": r.address, "kind": r.kind, "canary": true, "generation": r.generation,
+        return json!({"address": r.address, "kind": r.kind, "canary": true, "host": r.host, "generation": r.generation,
             "pid": r.pid, "port": r.port, "running": r.running, "healthy": r.healthy,
             "health": r.health, "uptime_s": r.uptime_s, "restarts": r.restarts});
     }
-    json!({"address": r.address, "kind": r.kind, "pid": r.pid, "port": r.port, "url": r.url,
+    json!({"address": r.address, "kind": r.kind, "host": r.host, "pid": r.pid, "port": r.port, "url": r.url,
         "generation": r.generation, "standby_generation": r.standby_generation, "build_id": r.build_id,
         "running": r.running, "healthy": r.healthy, "health": r.health, "health_reason": r.health_reason,
         "uptime_s": r.uptime_s, "restarts": r.restarts, "log_dropped_bytes": r.log_dropped_bytes})
