@@ -389,4 +389,51 @@ fn a_blue_green_update_on_ssh_hosts_switches_at_once_and_a_failed_one_moves_noth
         !conf.contains(":8080") && !conf.contains("nginx.conf.stable"),
         "the balancer was never touched: {conf}"
     );
+    // The record still says what runs: back at v2 there is nothing to do.
+    t.write("app/VERSION", "v2\n");
+    let out = t.run(&["plan", "-detailed-exitcode"]);
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    assert!(
+        out.status.success() && text.contains("No changes"),
+        "after the failed update, v2 again:\n{text}"
+    );
+
+    // Without a balancer in front, a blue-green update is refused before anything changes.
+    let solo = Scratch::new();
+    solo.write("inventory.ini", &lab.inventory());
+    solo.write("app/app.py", APP);
+    solo.write("app/VERSION", "v1\n");
+    let one = format!(
+        "provider \"ssh\" {{\n  inventory = \"inventory.ini\"\n}}\nhost \"web\" {{\n  provider = ssh\n  group    = \"lab\"\n}}\n\
+         service \"solo\" {{\n  provider = ssh\n  on = host.web[\"{}\"]\n  source = \"app\"\n  run = \"exec python3 app.py\"\n  port = 9080\n  update = {{ strategy = \"blue-green\" }}\n  start_timeout = \"10s\"\n}}\n",
+        w1.name()
+    );
+    solo.write("main.hcl", &one);
+    solo.ok(&["apply", "-auto-approve", "main.hcl"]);
+    solo.write("app/VERSION", "v2\n");
+    let out = solo.run(&["apply", "-auto-approve"]);
+    let err = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("switches traffic through the balancer in front of the service")
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    eprintln!(
+        "without a balancer: {}",
+        err.lines()
+            .find(|l| l.contains("balancer in front"))
+            .unwrap_or("")
+            .trim()
+    );
+    let solo_units = sh(
+        w1,
+        "ls /etc/systemd/system | grep pipeline-solo; systemctl is-active pipeline-solo-0",
+    );
+    assert_eq!(
+        solo_units.split_whitespace().collect::<Vec<_>>(),
+        ["pipeline-solo-0.service", "active"]
+    );
+    let (_, body) = http("GET", &format!("http://{}:9080/", w1.addr()), "").expect("solo answers");
+    assert!(body.contains("\"v1\""), "{body}");
 }

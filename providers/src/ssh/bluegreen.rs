@@ -237,8 +237,8 @@ pub(super) async fn update(
     if !moves {
         // Nothing the units run changed (a health or update setting): the live units stay,
         // refreshed in place (the role restarts none of them).
-        let p = prepare(ctx, addr, c, token, &new, step).await?;
-        run_role(job, &p, &names, None, step).await?;
+        let p = prepare_at(ctx, addr, c, token, &new, step).await?;
+        run_role_only(job, &p, &names, None, step).await?;
         return Ok(new);
     }
     let balancers: Vec<String> = step
@@ -255,7 +255,7 @@ pub(super) async fn update(
         .attr("update")
         .help("put a balancer in front (routes = { \"/\" = service.NAME }) and apply it first, or use update = { strategy = \"rolling\" }"));
     }
-    let p = prepare(ctx, addr, c, token, &new, step).await?;
+    let p = prepare_at(ctx, addr, c, token, &new, step).await?;
     let new_units: Vec<String> = new.iter().map(|i| format!("{token}-{i}")).collect();
     let started = Instant::now();
     step.progress(format!(
@@ -264,9 +264,9 @@ pub(super) async fn update(
         new_units.join(", ")
     ));
     let up = async {
-        run_role(job, &p, &names, Some(&new_units), step).await?;
+        run_role_only(job, &p, &names, Some(&new_units), step).await?;
         let all: Vec<&HostRef> = p.hosts.iter().collect();
-        wait_healthy(c, addr, &all, &new, step).await
+        wait_healthy_at(c, addr, &all, &new, step).await
     };
     let up = tokio::select! {
         r = up => r,
@@ -330,7 +330,7 @@ pub(super) async fn update(
     // Not cut short by Ctrl-C: traffic has moved, the record must say so.
     tokio::time::sleep(drain).await;
     // The old units go (a full run lists only the new ones), and so do hosts the service left.
-    let mut cleanup = run_role(job, &p, &names, None, step).await;
+    let mut cleanup = run_role_only(job, &p, &names, None, step).await;
     for g in &gone {
         if cleanup.is_ok() {
             cleanup = delete_on(ctx, addr, token, g, &format!("host.NAME[\"{}\"]", g.name)).await;

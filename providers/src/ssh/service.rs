@@ -136,12 +136,12 @@ pub fn service_token(addr: &str) -> Result<String, ProviderError> {
 
 /// One host the service runs on.
 #[derive(Clone, Debug)]
-pub(super) struct HostRef {
+struct HostRef {
     /// Inventory name.
-    pub name: String,
-    pub address: String,
+    name: String,
+    address: String,
     /// The host object as JSON (what conn:: reads).
-    pub obj: JsonMap,
+    obj: JsonMap,
 }
 
 fn is_host_object(v: &Value) -> bool {
@@ -158,7 +158,7 @@ fn on_error(what: &str) -> ProviderError {
 
 /// The hosts `on` names, in inventory order. Unknown parts (a new host's keys) stay unknown in
 /// `obj`; name and address come from the inventory and are known at plan.
-pub(super) fn hosts_of(config: &ValueMap) -> Result<Vec<HostRef>, ProviderError> {
+fn hosts_of(config: &ValueMap) -> Result<Vec<HostRef>, ProviderError> {
     let on = config.get("on").ok_or_else(|| on_error("nothing"))?;
     // A new host's keys are unknown at plan, its name and address are not: only a wholly
     // unknown `on` cannot be placed.
@@ -208,7 +208,7 @@ pub(super) fn hosts_of(config: &ValueMap) -> Result<Vec<HostRef>, ProviderError>
     Ok(hosts)
 }
 
-pub(super) fn short(v: &Value) -> String {
+fn short(v: &Value) -> String {
     let s = v.render();
     if s.len() > 40 {
         format!("{}…", &s[..s.floor_char_boundary(40)])
@@ -221,11 +221,11 @@ fn num(c: &ValueMap, k: &str) -> Option<f64> {
     c.get(k).and_then(Value::as_f64)
 }
 
-pub(super) fn port_of(c: &ValueMap) -> u16 {
+fn port_of(c: &ValueMap) -> u16 {
     num(c, "port").unwrap_or(0.0) as u16
 }
 
-pub(super) fn replicas_of(c: &ValueMap) -> u16 {
+fn replicas_of(c: &ValueMap) -> u16 {
     num(c, "replicas").unwrap_or(1.0).max(1.0) as u16
 }
 
@@ -642,7 +642,7 @@ fn release(
 // ---------------------------------------------------------------------------------------------
 // Plan.
 
-pub(super) fn url_of(address: &str, port: u16) -> String {
+fn url_of(address: &str, port: u16) -> String {
     if address.contains(':') {
         format!("http://[{address}]:{port}")
     } else {
@@ -651,7 +651,7 @@ pub(super) fn url_of(address: &str, port: u16) -> String {
 }
 
 /// The instances of units `idxs` (unit `<svc>-<i>` listens on `port + i`) on every host.
-pub(super) fn instances_at(
+fn instances_at(
     hosts: &[HostRef],
     port: u16,
     idxs: &[u16],
@@ -736,7 +736,7 @@ pub fn plan(ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, Provide
 
 /// The instance address of the host block instance that is `name`, when the engine tells
 /// (apply: the step's peers); else a placeholder naming the inventory host.
-pub(super) async fn host_addrs(step: Option<&Step>, hosts: &[HostRef]) -> Vec<String> {
+async fn host_addrs(step: Option<&Step>, hosts: &[HostRef]) -> Vec<String> {
     let peers = match step {
         Some(s) => s.peers.list().await,
         None => Vec::new(),
@@ -756,7 +756,7 @@ pub(super) async fn host_addrs(step: Option<&Step>, hosts: &[HostRef]) -> Vec<St
 
 /// The unit numbers a record's instances run as (a unit's number is its port minus `port`;
 /// blue-green moves them between two slots): slot A for a record without instances.
-pub(super) fn recorded_idxs(record: &JsonMap) -> Vec<u16> {
+fn recorded_idxs(record: &JsonMap) -> Vec<u16> {
     let c = prior_cfg(record);
     let port = port_of(&c);
     let mut idxs: Vec<u16> = record
@@ -831,14 +831,14 @@ async fn query(
     Ok(m)
 }
 
-pub(super) fn prior_hosts(prior: &JsonMap) -> Result<Vec<HostRef>, ProviderError> {
+fn prior_hosts(prior: &JsonMap) -> Result<Vec<HostRef>, ProviderError> {
     let on = prior.get("on").map(Value::from_json).unwrap_or(Value::Null);
     let mut c = ValueMap::new();
     c.insert("on".into(), on);
     hosts_of(&c)
 }
 
-pub(super) fn prior_cfg(prior: &JsonMap) -> ValueMap {
+fn prior_cfg(prior: &JsonMap) -> ValueMap {
     prior
         .iter()
         .map(|(k, v)| (k.clone(), Value::from_json(v)))
@@ -901,7 +901,7 @@ pub async fn read(
 }
 
 /// Runs the futures concurrently and returns their results in order.
-pub(super) async fn futures_join<F, T>(futs: impl Iterator<Item = F>) -> Vec<T>
+async fn futures_join<F, T>(futs: impl Iterator<Item = F>) -> Vec<T>
 where
     F: std::future::Future<Output = T>,
 {
@@ -932,15 +932,27 @@ where
 // ---------------------------------------------------------------------------------------------
 // Apply.
 
-pub(super) struct Prepared {
-    pub hosts: Vec<HostRef>,
-    pub host_addrs: Vec<String>,
+struct Prepared {
+    hosts: Vec<HostRef>,
+    host_addrs: Vec<String>,
     inventory: PathBuf,
 }
 
 /// Connects to every host (host keys checked) and writes the run's inventory: each host with
 /// the transport's ssh options (same masters, pinned keys) and its instances.
-pub(super) async fn prepare(
+async fn prepare(
+    ctx: &ProviderCtx,
+    addr: &str,
+    c: &ValueMap,
+    token: &str,
+    step: &Step,
+) -> Result<Prepared, ProviderError> {
+    let slot_a: Vec<u16> = (0..replicas_of(c)).collect();
+    prepare_at(ctx, addr, c, token, &slot_a, step).await
+}
+
+/// `prepare` for the instances of units `idxs` (unit i listens on `port + i`).
+async fn prepare_at(
     ctx: &ProviderCtx,
     addr: &str,
     c: &ValueMap,
@@ -1036,18 +1048,27 @@ fn env_json(c: &ValueMap, k: &str) -> serde_json::Value {
 
 /// One run of the role on `limit` hosts.
 /// What every step of one apply shares.
-pub(super) struct Job<'a> {
-    pub ctx: &'a ProviderCtx,
-    pub addr: &'a str,
-    pub c: &'a ValueMap,
-    pub token: &'a str,
-    pub artifact: &'a Path,
-    pub sha: &'a str,
+struct Job<'a> {
+    ctx: &'a ProviderCtx,
+    addr: &'a str,
+    c: &'a ValueMap,
+    token: &'a str,
+    artifact: &'a Path,
+    sha: &'a str,
 }
 
-/// `only`: the units this run writes and starts, leaving the others alone (no removal, no
-/// pruning); None: every listed unit, and the service's unlisted units go.
-pub(super) async fn run_role(
+async fn run_role(
+    job: &Job<'_>,
+    p: &Prepared,
+    limit: &[String],
+    step: &Step,
+) -> Result<(), ProviderError> {
+    run_role_only(job, p, limit, None, step).await
+}
+
+/// `run_role`; `only`: the units this run writes and starts, leaving the others alone (no
+/// removal, no pruning); None: every listed unit, and the service's unlisted units go.
+async fn run_role_only(
     job: &Job<'_>,
     p: &Prepared,
     limit: &[String],
@@ -1150,8 +1171,18 @@ fn check_once(address: &str, port: u16, path: Option<&str>, expect: u16) -> Resu
 }
 
 /// Waits until every instance of `hosts` passes its check, bounded by start_timeout.
-/// (The instances of units `idxs`: unit i listens on `port + i`.)
-pub(super) async fn wait_healthy(
+async fn wait_healthy(
+    c: &ValueMap,
+    addr: &str,
+    hosts: &[&HostRef],
+    step: &Step,
+) -> Result<(), ProviderError> {
+    let slot_a: Vec<u16> = (0..replicas_of(c)).collect();
+    wait_healthy_at(c, addr, hosts, &slot_a, step).await
+}
+
+/// `wait_healthy` for the instances of units `idxs` (unit i listens on `port + i`).
+async fn wait_healthy_at(
     c: &ValueMap,
     addr: &str,
     hosts: &[&HostRef],
@@ -1270,7 +1301,7 @@ pub async fn apply(
         let idxs = bluegreen::update(&job, prior, &id, step).await?;
         return Ok(applied_record(c, &id, &sha, &hosts_of(c)?, &idxs));
     }
-    let p = prepare(ctx, addr, c, &token, &slot_a, step).await?;
+    let p = prepare(ctx, addr, c, &token, step).await?;
     let hosts: Vec<String> = p.hosts.iter().map(|h| h.name.clone()).collect();
     let job = Job {
         ctx,
@@ -1286,9 +1317,9 @@ pub async fn apply(
         match req.prior {
             None => {
                 step.progress(format!("starting on {} host(s)", hosts.len()));
-                run_role(&job, &p, &hosts, None, step).await?;
+                run_role(&job, &p, &hosts, step).await?;
                 let all: Vec<&HostRef> = p.hosts.iter().collect();
-                wait_healthy(c, addr, &all, &slot_a, step).await
+                wait_healthy(c, addr, &all, step).await
             }
             Some(prior) => {
                 // Hosts the service left: their units and files go.
@@ -1304,9 +1335,8 @@ pub async fn apply(
                         .unwrap_or_else(|e| e.into_inner())
                         .extend(names.iter().cloned());
                     let r = async {
-                        run_role(&job, &p, &names, None, step).await?;
-                        let chunk: Vec<&HostRef> = chunk.iter().collect();
-                        wait_healthy(c, addr, &chunk, &slot_a, step).await
+                        run_role(&job, &p, &names, step).await?;
+                        wait_healthy(c, addr, &chunk.iter().collect::<Vec<_>>(), step).await
                     }
                     .await;
                     if let Err(e) = r {
@@ -1348,13 +1378,7 @@ pub async fn apply(
 }
 
 /// The record of an applied configuration whose instances run as units `idxs`.
-pub(super) fn applied_record(
-    c: &ValueMap,
-    id: &str,
-    sha: &str,
-    hosts: &[HostRef],
-    idxs: &[u16],
-) -> JsonMap {
+fn applied_record(c: &ValueMap, id: &str, sha: &str, hosts: &[HostRef], idxs: &[u16]) -> JsonMap {
     let mut record: JsonMap = c.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
     record.insert("build_id".into(), json!(id));
     record.insert("release".into(), json!(sha));
@@ -1401,7 +1425,7 @@ done
 systemctl daemon-reload
 rm -rf -- "/etc/pipeline/$s" "/opt/pipeline/$s""#;
 
-pub(super) async fn delete_on(
+async fn delete_on(
     ctx: &ProviderCtx,
     addr: &str,
     token: &str,
