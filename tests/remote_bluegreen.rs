@@ -306,6 +306,16 @@ fn a_blue_green_update_on_ssh_hosts_switches_at_once_and_a_failed_one_moves_noth
     eprintln!("v1/v2 changes in send order: {flips}");
     assert!(flips <= mixed.len() + 1, "{order:?}");
 
+    if let Some(l) = text.lines().find(|l| l.contains("switched")) {
+        eprintln!("progress: {}", l.trim());
+    }
+    // status describes the instances where they now run (slot B).
+    let status = t.ok(&["status"]);
+    assert!(
+        status.contains("service.app") && status.contains("healthy"),
+        "{status}"
+    );
+
     // The record names slot B; the old units are gone, the new ones run; the balancer's own
     // config names the new ports (no canary leftovers).
     assert_eq!(ports(&t), [8081, 8081]);
