@@ -408,6 +408,44 @@ fn a_blue_green_update_on_ssh_hosts_switches_at_once_and_a_failed_one_moves_noth
         "after the failed update, v2 again:\n{text}"
     );
 
+    // Back to rolling while the instances run on slot B: v4 rolls through them in place (the
+    // balancer's servers stay), nothing moves to slot A.
+    t.write("app/VERSION", "v4\n");
+    t.write(
+        "main.hcl",
+        &stack(lb.name()).replace(
+            "{ strategy = \"blue-green\", drain_timeout = \"3s\" }",
+            "{ strategy = \"rolling\" }",
+        ),
+    );
+    let load = Load::start(&url, 30);
+    let t0 = Instant::now();
+    let out = t.run(&["apply", "-auto-approve"]);
+    let took = t0.elapsed();
+    let samples = load.stop();
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    assert!(out.status.success(), "rolling after blue-green:\n{text}");
+    eprintln!(
+        "rolling update on slot B: {:.1} s; {} requests, {} failed (nginx retries the other host)",
+        took.as_secs_f64(),
+        samples.len(),
+        samples.iter().filter(|s| s.version.is_err()).count()
+    );
+    assert_eq!(ports(&t), [8081, 8081]);
+    for h in [w1, w2] {
+        assert_eq!(
+            units(h),
+            ["pipeline-app-1.service active"],
+            "units on {}",
+            h.name()
+        );
+    }
+    for _ in 0..4 {
+        let (code, body) = http("GET", &url, "").expect("the balancer answers");
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("\"v4\""), "{body}");
+    }
+
     // Without a balancer in front, a blue-green update is refused before anything changes.
     let solo = Scratch::new();
     solo.write("inventory.ini", &lab.inventory());

@@ -125,6 +125,19 @@ pub(super) fn next_units(
     .help("move `port` past the running slot (at least 2 × replicas away), or change it with strategy = \"rolling\" first"))
 }
 
+/// The units a create or rolling update works on: slot A; slot B when a blue-green update
+/// left the instances there and `port` and `replicas` are as they were, so that switching the
+/// strategy to rolling updates them in place (behind the same balancer servers) rather than
+/// moving them.
+pub(super) fn rolling_units(c: &ValueMap, prior: Option<&JsonMap>) -> Vec<u16> {
+    let r = replicas_of(c);
+    let slot_b: Vec<u16> = (r..2 * r).collect();
+    match prior {
+        Some(p) if port_of(&prior_cfg(p)) == port_of(c) && recorded_idxs(p) == slot_b => slot_b,
+        _ => (0..r).collect(),
+    }
+}
+
 /// `ADDRESS:PORT` of each instance (what a balancer's upstream names).
 fn servers(instances: &serde_json::Value) -> Vec<String> {
     instances
@@ -414,6 +427,28 @@ mod tests {
             )
             .unwrap()
             .1
+        );
+    }
+
+    #[test]
+    fn a_rolling_update_stays_on_the_slot_blue_green_left() {
+        assert_eq!(rolling_units(&cfg(8080, 1, "x"), None), vec![0]);
+        assert_eq!(
+            rolling_units(&cfg(8080, 1, "x"), Some(&prior(8080, 1, &[8081]))),
+            vec![1]
+        );
+        assert_eq!(
+            rolling_units(&cfg(8080, 1, "x"), Some(&prior(8080, 1, &[8080]))),
+            vec![0]
+        );
+        // Another port or replica count: slot A.
+        assert_eq!(
+            rolling_units(&cfg(9000, 1, "x"), Some(&prior(8080, 1, &[8081]))),
+            vec![0]
+        );
+        assert_eq!(
+            rolling_units(&cfg(8080, 2, "x"), Some(&prior(8080, 1, &[8081]))),
+            vec![0, 1]
         );
     }
 

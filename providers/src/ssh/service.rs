@@ -703,7 +703,6 @@ pub fn plan(ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, Provide
     };
     let hosts = hosts_of(req.config)?;
     let port = port_of(req.config);
-    let replicas = replicas_of(req.config);
     // The units the instances run as: slot A, or (blue-green) the slot the update moves to.
     let idxs = match req.prior {
         Some(prior) if bluegreen::is_blue_green(req.config) => {
@@ -712,7 +711,7 @@ pub fn plan(ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, Provide
                 .map_err(|e| e.attr("port"))?
                 .0
         }
-        _ => (0..replicas).collect(),
+        prior => bluegreen::rolling_units(req.config, prior),
     };
     let rel = release.clone();
     o.insert("build_id".into(), id);
@@ -940,18 +939,7 @@ struct Prepared {
 
 /// Connects to every host (host keys checked) and writes the run's inventory: each host with
 /// the transport's ssh options (same masters, pinned keys) and its instances.
-async fn prepare(
-    ctx: &ProviderCtx,
-    addr: &str,
-    c: &ValueMap,
-    token: &str,
-    step: &Step,
-) -> Result<Prepared, ProviderError> {
-    let slot_a: Vec<u16> = (0..replicas_of(c)).collect();
-    prepare_at(ctx, addr, c, token, &slot_a, step).await
-}
-
-/// `prepare` for the instances of units `idxs` (unit i listens on `port + i`).
+/// (For the instances of units `idxs`: unit i listens on `port + i`.)
 async fn prepare_at(
     ctx: &ProviderCtx,
     addr: &str,
@@ -1171,17 +1159,7 @@ fn check_once(address: &str, port: u16, path: Option<&str>, expect: u16) -> Resu
 }
 
 /// Waits until every instance of `hosts` passes its check, bounded by start_timeout.
-async fn wait_healthy(
-    c: &ValueMap,
-    addr: &str,
-    hosts: &[&HostRef],
-    step: &Step,
-) -> Result<(), ProviderError> {
-    let slot_a: Vec<u16> = (0..replicas_of(c)).collect();
-    wait_healthy_at(c, addr, hosts, &slot_a, step).await
-}
-
-/// `wait_healthy` for the instances of units `idxs` (unit i listens on `port + i`).
+/// (The instances of units `idxs`: unit i listens on `port + i`.)
 async fn wait_healthy_at(
     c: &ValueMap,
     addr: &str,
@@ -1288,7 +1266,8 @@ pub async fn apply(
     let (artifact, sha, id) = tokio::task::spawn_blocking(move || release(&ctx2, &addr2, &c2))
         .await
         .map_err(|e| ProviderError::new(e.to_string()))??;
-    let slot_a: Vec<u16> = (0..replicas_of(c)).collect();
+    // Slot A; B when a blue-green update left the instances there (updated in place).
+    let slot = bluegreen::rolling_units(c, req.prior);
     if let Some(prior) = req.prior.filter(|_| bluegreen::is_blue_green(c)) {
         let job = Job {
             ctx,
@@ -1301,7 +1280,7 @@ pub async fn apply(
         let idxs = bluegreen::update(&job, prior, &id, step).await?;
         return Ok(applied_record(c, &id, &sha, &hosts_of(c)?, &idxs));
     }
-    let p = prepare(ctx, addr, c, &token, step).await?;
+    let p = prepare_at(ctx, addr, c, &token, &slot, step).await?;
     let hosts: Vec<String> = p.hosts.iter().map(|h| h.name.clone()).collect();
     let job = Job {
         ctx,
@@ -1319,7 +1298,7 @@ pub async fn apply(
                 step.progress(format!("starting on {} host(s)", hosts.len()));
                 run_role(&job, &p, &hosts, step).await?;
                 let all: Vec<&HostRef> = p.hosts.iter().collect();
-                wait_healthy(c, addr, &all, step).await
+                wait_healthy_at(c, addr, &all, &slot, step).await
             }
             Some(prior) => {
                 // Hosts the service left: their units and files go.
@@ -1336,7 +1315,8 @@ pub async fn apply(
                         .extend(names.iter().cloned());
                     let r = async {
                         run_role(&job, &p, &names, step).await?;
-                        wait_healthy(c, addr, &chunk.iter().collect::<Vec<_>>(), step).await
+                        let chunk: Vec<&HostRef> = chunk.iter().collect();
+                        wait_healthy_at(c, addr, &chunk, &slot, step).await
                     }
                     .await;
                     if let Err(e) = r {
@@ -1374,7 +1354,7 @@ pub async fn apply(
             _ => e,
         });
     }
-    Ok(applied_record(c, &id, &sha, &p.hosts, &slot_a))
+    Ok(applied_record(c, &id, &sha, &p.hosts, &slot))
 }
 
 /// The record of an applied configuration whose instances run as units `idxs`.
