@@ -641,8 +641,12 @@ fn bad_input_is_refused_at_plan() {
             vec!["on", "host"],
         ),
         (
-            "  on = host.web\n  run = \"python3 app.py\"\n  port = 8080\n  update = { strategy = \"blue-green\" }",
-            vec!["update", "blue-green", "not supported on ssh hosts"],
+            "  on = host.web\n  run = \"python3 app.py\"\n  port = 8080\n  update = { strategy = \"canary\" }",
+            vec!["update", "canary", "not supported on ssh hosts"],
+        ),
+        (
+            "  on = host.web\n  run = \"python3 app.py\"\n  port = 65535\n  update = { strategy = \"blue-green\" }",
+            vec!["port", "blue-green", "65536"],
         ),
     ] {
         t.write("main.hcl", &with(attrs));

@@ -9,7 +9,8 @@
 //! - A create runs the role on every host at once; an update rolls: `max_unavailable` hosts a
 //!   step (`--limit`), each step's instances healthy (checked from here) before the next. A
 //!   watchdog over the shared ssh masters stops the update as soon as a host of it stops
-//!   answering, naming it.
+//!   answering, naming it. With `update = { strategy = "blue-green" }` the new release starts
+//!   beside the old one and traffic moves at once through the balancer in front (bluegreen.rs).
 //! - `instances` (`{host, address, port, url, release}` in inventory order) records the release
 //!   each instance runs; `read` asks every host (one ssh call each, in parallel), so after a
 //!   stopped update the next plan sees which hosts still run the old release and converges them.
@@ -34,6 +35,9 @@ use serde_json::json;
 use sha2::Digest;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+#[path = "bluegreen.rs"]
+mod bluegreen;
 
 pub const KIND: &str = "service";
 
@@ -76,7 +80,16 @@ pub fn schema() -> KindSchema {
                 .format_at("path", Format::UrlTarget)
                 .format_at("type", Format::Token),
             AttrSchema::optional("start_timeout", Type::String).default(Value::str("60s")),
-            // { strategy = "rolling", max_unavailable = 1 }
+            // { strategy = "rolling", max_unavailable = 1 }, or
+            // { strategy = "blue-green", drain_timeout = "5s" }: the new release starts beside
+            // the old on every host, on the other of two port slots: slot A is `port` …
+            // `port+replicas-1` (units `<svc>-0` …), slot B `port+replicas` …
+            // `port+2*replicas-1` (units `<svc>-<replicas>` …); a unit's number is always its
+            // port minus `port`. Each update alternates, so a blue-green service needs
+            // 2*replicas free ports from `port` on its hosts. Once every new instance is
+            // healthy, the balancer in front (a peer with `canary_weights`) sends it all the
+            // traffic at once, `instances` name the new ports (the balancer's render follows),
+            // and the old units stop after `drain_timeout`. An update needs that balancer.
             AttrSchema::optional("update", Type::Any),
             AttrSchema::computed("build_id", Type::String)
                 .derived_from(&["source", "revision", "build", "artifact"]),
@@ -262,20 +275,40 @@ fn check_update(u: &Value) -> Result<(), String> {
         return Err("`update` must be an object".into());
     };
     for k in m.keys() {
-        if !["strategy", "max_unavailable"].contains(&k.as_str()) {
+        if !["strategy", "max_unavailable", "drain_timeout"].contains(&k.as_str()) {
             return Err(format!(
-                "unknown update setting `{k}` (on ssh hosts: strategy, max_unavailable)"
+                "unknown update setting `{k}` (on ssh hosts: strategy, max_unavailable, drain_timeout)"
             ));
         }
     }
-    match m.get("strategy").and_then(Value::as_str) {
-        None | Some("rolling") => {}
-        Some(s @ ("blue-green" | "canary")) => {
+    let strategy = m.get("strategy").and_then(Value::as_str);
+    match strategy {
+        None | Some("rolling") | Some("blue-green") => {}
+        Some(s @ "canary") => {
             return Err(format!(
-                "update strategy {s:?} is not supported on ssh hosts yet; use \"rolling\""
+                "update strategy {s:?} is not supported on ssh hosts yet; use \"rolling\" or \"blue-green\""
             ))
         }
-        Some(o) => return Err(format!("update strategy {o:?} is unknown; use \"rolling\"")),
+        Some(o) => {
+            return Err(format!(
+                "update strategy {o:?} is unknown; use \"rolling\" or \"blue-green\""
+            ))
+        }
+    }
+    if let Some(d) = m.get("drain_timeout") {
+        if strategy != Some("blue-green") {
+            return Err("drain_timeout applies to strategy = \"blue-green\"".into());
+        }
+        let ok = d.as_str().and_then(parse_duration);
+        if ok.is_none_or(|d| d > Duration::from_secs(3600)) {
+            return Err(format!(
+                "drain_timeout {} is not a duration up to 1h (e.g. \"5s\")",
+                short(d)
+            ));
+        }
+    }
+    if strategy == Some("blue-green") && m.contains_key("max_unavailable") {
+        return Err("max_unavailable applies to strategy = \"rolling\" (blue-green starts every host's new instances at once)".into());
     }
     if let Some(v) = m.get("max_unavailable") {
         if !v
@@ -379,6 +412,15 @@ pub fn validate(c: &ValueMap) -> Vec<Invalid> {
                 format!(
                     "port {p} with {r} replicas needs ports up to {}, past 65535",
                     p + r - 1.0
+                ),
+                "choose a lower port",
+            ));
+        } else if bluegreen::is_blue_green(c) && p + 2.0 * r - 1.0 > 65535.0 {
+            out.push(Invalid::new(
+                Some("port"),
+                format!(
+                    "port {p} with {r} replicas and blue-green updates needs ports up to {} (two slots of {r}), past 65535",
+                    p + 2.0 * r - 1.0
                 ),
                 "choose a lower port",
             ));
@@ -611,15 +653,16 @@ fn url_of(address: &str, port: u16) -> String {
     }
 }
 
-fn instances_value(
+/// The instances of units `idxs` (unit `<svc>-<i>` listens on `port + i`) on every host.
+fn instances_at(
     hosts: &[HostRef],
     port: u16,
-    replicas: u16,
+    idxs: &[u16],
     release: &dyn Fn(&str) -> Value,
 ) -> Value {
     let mut out = Vec::new();
     for h in hosts {
-        for i in 0..replicas {
+        for i in idxs {
             let p = port + i;
             let mut m = ValueMap::new();
             m.insert("host".into(), Value::str(&h.name));
@@ -663,15 +706,27 @@ pub fn plan(ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, Provide
     };
     let hosts = hosts_of(req.config)?;
     let port = port_of(req.config);
-    let replicas = replicas_of(req.config);
+    // The units the instances run as: slot A, or (blue-green) the slot the update moves to.
+    let idxs = match req.prior {
+        Some(prior) if bluegreen::is_blue_green(req.config) => {
+            let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+            bluegreen::next_units(req.config, &id, &release, &names, prior)
+                .map_err(|e| e.attr("port"))?
+                .0
+        }
+        prior => bluegreen::rolling_units(req.config, prior),
+    };
     let rel = release.clone();
     o.insert("build_id".into(), id);
     o.insert("release".into(), release);
     o.insert(
         "instances".into(),
-        instances_value(&hosts, port, replicas, &|_| rel.clone()),
+        instances_at(&hosts, port, &idxs, &|_| rel.clone()),
     );
-    o.insert("url".into(), Value::str(url_of(&hosts[0].address, port)));
+    o.insert(
+        "url".into(),
+        Value::str(url_of(&hosts[0].address, port + idxs[0])),
+    );
     Ok(Planned {
         object: o,
         requires_replace: vec![],
@@ -701,8 +756,25 @@ async fn host_addrs(step: Option<&Step>, hosts: &[HostRef]) -> Vec<String> {
         .collect()
 }
 
-fn units(token: &str, replicas: u16) -> Vec<String> {
-    (0..replicas).map(|i| format!("{token}-{i}")).collect()
+/// The unit numbers a record's instances run as (a unit's number is its port minus `port`;
+/// blue-green moves them between two slots): slot A for a record without instances.
+fn recorded_idxs(record: &JsonMap) -> Vec<u16> {
+    let c = prior_cfg(record);
+    let port = port_of(&c);
+    let mut idxs: Vec<u16> = record
+        .get("instances")
+        .and_then(|i| i.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.get("port").and_then(|p| p.as_u64()))
+        .filter_map(|p| u16::try_from(p).ok()?.checked_sub(port))
+        .collect();
+    idxs.sort_unstable();
+    idxs.dedup();
+    if idxs.is_empty() {
+        idxs = (0..replicas_of(&c)).collect();
+    }
+    idxs
 }
 
 /// What each host answers about the units: unit → (active state, configured release).
@@ -786,7 +858,10 @@ pub async fn read(
     let hosts = prior_hosts(prior)?;
     let c = prior_cfg(prior);
     let token = service_token(addr)?;
-    let us = units(&token, replicas_of(&c));
+    let us: Vec<String> = recorded_idxs(prior)
+        .iter()
+        .map(|i| format!("{token}-{i}"))
+        .collect();
     let addrs = host_addrs(None, &hosts).await;
     let answers = futures_join(hosts.iter().zip(&addrs).map(|(h, a)| query(ctx, h, a, &us))).await;
     let mut record = prior.clone();
@@ -876,11 +951,13 @@ struct Prepared {
 
 /// Connects to every host (host keys checked) and writes the run's inventory: each host with
 /// the transport's ssh options (same masters, pinned keys) and its instances.
-async fn prepare(
+/// (For the instances of units `idxs`: unit i listens on `port + i`.)
+async fn prepare_at(
     ctx: &ProviderCtx,
     addr: &str,
     c: &ValueMap,
     token: &str,
+    idxs: &[u16],
     step: &Step,
 ) -> Result<Prepared, ProviderError> {
     let hosts = hosts_of(c)?;
@@ -898,11 +975,10 @@ async fn prepare(
     let mut inv_hosts = serde_json::Map::new();
     for (h, r) in hosts.iter().zip(connected) {
         let mut v = r.map_err(|e| e.map_message(|m| format!("{addr}: {m}")))?;
-        let instances: Vec<serde_json::Value> = units(token, replicas_of(c))
-            .into_iter()
-            .enumerate()
-            .map(|(i, u)| {
-                json!({ "unit": u, "port": port + i as u16, "run": ["/bin/sh", "-c", run] })
+        let instances: Vec<serde_json::Value> = idxs
+            .iter()
+            .map(|i| {
+                json!({ "unit": format!("{token}-{i}"), "port": port + i, "run": ["/bin/sh", "-c", run] })
             })
             .collect();
         v.insert("pipeline_instances".into(), json!(instances));
@@ -945,6 +1021,18 @@ async fn run_role(
     limit: &[String],
     step: &Step,
 ) -> Result<(), ProviderError> {
+    run_role_only(job, p, limit, None, step).await
+}
+
+/// `run_role`; `only`: the units this run writes and starts, leaving the others alone (no
+/// removal, no pruning); None: every listed unit, and the service's unlisted units go.
+async fn run_role_only(
+    job: &Job<'_>,
+    p: &Prepared,
+    limit: &[String],
+    only: Option<&[String]>,
+    step: &Step,
+) -> Result<(), ProviderError> {
     let Job {
         ctx,
         addr,
@@ -964,6 +1052,9 @@ async fn run_role(
         json!(artifact.display().to_string()),
     );
     run.vars.insert("pipeline_release".into(), json!(sha));
+    if let Some(only) = only {
+        run.vars.insert("pipeline_only".into(), json!(only));
+    }
     run.vars.insert("pipeline_env".into(), env_json(c, "env"));
     run.secrets
         .insert("pipeline_secret_env".into(), env_json(c, "secret_env"));
@@ -1038,10 +1129,12 @@ fn check_once(address: &str, port: u16, path: Option<&str>, expect: u16) -> Resu
 }
 
 /// Waits until every instance of `hosts` passes its check, bounded by start_timeout.
-async fn wait_healthy(
+/// (The instances of units `idxs`: unit i listens on `port + i`.)
+async fn wait_healthy_at(
     c: &ValueMap,
     addr: &str,
     hosts: &[&HostRef],
+    idxs: &[u16],
     step: &Step,
 ) -> Result<(), ProviderError> {
     let limit = start_timeout(c);
@@ -1049,10 +1142,12 @@ async fn wait_healthy(
     let path = health_path(c);
     let expect = expect_status(c);
     let port = port_of(c);
-    let replicas = replicas_of(c);
     let mut pending: Vec<(String, String, u16)> = hosts
         .iter()
-        .flat_map(|h| (0..replicas).map(move |i| (h.name.clone(), h.address.clone(), port + i)))
+        .flat_map(|h| {
+            idxs.iter()
+                .map(move |i| (h.name.clone(), h.address.clone(), port + i))
+        })
         .collect();
     let mut last = String::new();
     loop {
@@ -1141,7 +1236,21 @@ pub async fn apply(
     let (artifact, sha, id) = tokio::task::spawn_blocking(move || release(&ctx2, &addr2, &c2))
         .await
         .map_err(|e| ProviderError::new(e.to_string()))??;
-    let p = prepare(ctx, addr, c, &token, step).await?;
+    // Slot A; B when a blue-green update left the instances there (updated in place).
+    let slot = bluegreen::rolling_units(c, req.prior);
+    if let Some(prior) = req.prior.filter(|_| bluegreen::is_blue_green(c)) {
+        let job = Job {
+            ctx,
+            addr,
+            c,
+            token: &token,
+            artifact: &artifact,
+            sha: &sha,
+        };
+        let idxs = bluegreen::update(&job, prior, &id, step).await?;
+        return Ok(applied_record(c, &id, &sha, &hosts_of(c)?, &idxs));
+    }
+    let p = prepare_at(ctx, addr, c, &token, &slot, step).await?;
     let hosts: Vec<String> = p.hosts.iter().map(|h| h.name.clone()).collect();
     let job = Job {
         ctx,
@@ -1161,7 +1270,7 @@ pub async fn apply(
                 step.progress(format!("starting on {} host(s)", hosts.len()));
                 run_role(&job, &p, &hosts, step).await?;
                 let all: Vec<&HostRef> = p.hosts.iter().collect();
-                wait_healthy(c, addr, &all, step).await
+                wait_healthy_at(c, addr, &all, &slot, step).await
             }
             Some(prior) => {
                 // Hosts the service left: their units and files go.
@@ -1178,7 +1287,8 @@ pub async fn apply(
                         .extend(names.iter().cloned());
                     let r = async {
                         run_role(&job, &p, &names, step).await?;
-                        wait_healthy(c, addr, &chunk.iter().collect::<Vec<_>>(), step).await
+                        let chunk: Vec<&HostRef> = chunk.iter().collect();
+                        wait_healthy_at(c, addr, &chunk, &slot, step).await
                     }
                     .await;
                     if let Err(e) = r {
@@ -1227,7 +1337,7 @@ pub async fn apply(
                     .zip(&p.host_addrs)
                     .filter(|(h, _)| touched.contains(&h.name) && !finished.contains(&h.name))
                     .collect();
-                let us = units(&token, replicas_of(c));
+                let us: Vec<String> = slot.iter().map(|i| format!("{token}-{i}")).collect();
                 let answers = futures_join(
                     stopped
                         .iter()
@@ -1246,16 +1356,24 @@ pub async fn apply(
             _ => e,
         });
     }
+    Ok(applied_record(c, &id, &sha, &p.hosts, &slot))
+}
+
+/// The record of an applied configuration whose instances run as units `idxs`.
+fn applied_record(c: &ValueMap, id: &str, sha: &str, hosts: &[HostRef], idxs: &[u16]) -> JsonMap {
     let mut record: JsonMap = c.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
     record.insert("build_id".into(), json!(id));
     record.insert("release".into(), json!(sha));
-    let rel = Value::str(&sha);
+    let rel = Value::str(sha);
     record.insert(
         "instances".into(),
-        instances_value(&p.hosts, port_of(c), replicas_of(c), &|_| rel.clone()).to_json(),
+        instances_at(hosts, port_of(c), idxs, &|_| rel.clone()).to_json(),
     );
-    record.insert("url".into(), json!(url_of(&p.hosts[0].address, port_of(c))));
-    Ok(record)
+    record.insert(
+        "url".into(),
+        json!(url_of(&hosts[0].address, port_of(c) + idxs[0])),
+    );
+    record
 }
 
 /// The prior record with the instances on `hosts` marked as running `release`: what runs after
@@ -1342,7 +1460,8 @@ pub async fn describe(
     let token = service_token(addr)?;
     let hosts = prior_hosts(record)?;
     let c = prior_cfg(record);
-    let us = units(&token, replicas_of(&c));
+    let idxs = recorded_idxs(record);
+    let us: Vec<String> = idxs.iter().map(|i| format!("{token}-{i}")).collect();
     let addrs = host_addrs(None, &hosts).await;
     let answers = futures_join(hosts.iter().zip(&addrs).map(|(h, a)| query(ctx, h, a, &us))).await;
     let ssh = conn::transport(ctx)?;
@@ -1358,8 +1477,8 @@ pub async fn describe(
             .ssh_args(&t, &conn::keys(&h.obj, a))
             .await
             .unwrap_or_default();
-        for (i, u) in us.iter().enumerate() {
-            let p = port + i as u16;
+        for (i, u) in idxs.iter().zip(&us) {
+            let p = port + i;
             let st = answer.as_ref().ok().and_then(|m| m.get(u)).cloned();
             let running = st.as_ref().is_some_and(|s| s.active == "active");
             if !running {
@@ -1496,17 +1615,16 @@ mod tests {
     }
 
     #[test]
-    fn only_rolling_updates_are_accepted_on_ssh_hosts() {
+    fn rolling_and_blue_green_updates_are_accepted_on_ssh_hosts() {
         let u = |s: &str| {
             let mut m = ValueMap::new();
             m.insert("strategy".into(), Value::str(s));
             Value::Map(m)
         };
         assert!(check_update(&u("rolling")).is_ok());
-        for s in ["blue-green", "canary"] {
-            let e = check_update(&u(s)).unwrap_err();
-            assert!(e.contains("not supported on ssh hosts"), "{e}");
-        }
+        assert!(check_update(&u("blue-green")).is_ok());
+        let e = check_update(&u("canary")).unwrap_err();
+        assert!(e.contains("not supported on ssh hosts"), "{e}");
         assert!(check_update(&u("sideways")).is_err());
     }
 
@@ -1517,7 +1635,7 @@ mod tests {
             host("b", "fd00::2"),
         ])))
         .unwrap();
-        let v = instances_value(&hosts, 8080, 2, &|h| Value::str(format!("r-{h}")));
+        let v = instances_at(&hosts, 8080, &[0, 1], &|h| Value::str(format!("r-{h}")));
         let urls: Vec<String> = match v {
             Value::List(l) => l
                 .iter()
