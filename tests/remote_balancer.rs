@@ -428,8 +428,8 @@ fn a_balancer_on_an_inventory_host_routes_reloads_repairs_shifts_and_goes() {
 
     // The host's key changes (a rebuilt host, or someone in between): refused, nothing done.
     let on = record["on"].as_object().unwrap().clone();
-    let target = pipeline_providers::ssh::conn::target(&on).unwrap();
-    let ssh = pipeline_providers::ssh::conn::transport(&ctx).unwrap();
+    let target = pipeline_providers::remote::target(&on).unwrap();
+    let ssh = pipeline_providers::remote::transport(&ctx).unwrap();
     rt.block_on(ssh.close(&target)); // a new connection, which checks the key
     sh(
         lbh,

@@ -1,12 +1,14 @@
 //! Providers: the only code that touches hosts, processes and files. Each serves some block
 //! kinds through `pipeline_engine::provider::Provider`.
 
+pub(crate) mod build;
 pub mod canary;
 pub mod local;
 pub mod monitor;
 pub mod nginx;
 pub mod quote;
 pub mod redis;
+pub mod remote;
 pub mod ssh;
 
 use pipeline_engine::provider::{ProviderError, Registry};

@@ -2,7 +2,6 @@
 //! as supervised processes on loopback. No cloud, no root, no container engine.
 
 mod actions;
-pub(crate) mod build;
 pub mod canary;
 mod describe;
 mod file;

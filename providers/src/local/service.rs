@@ -1,9 +1,9 @@
 //! `service`: build a source directory or git revision and run each replica as a supervised
 //! process on a free loopback port. Replicas keep running after the CLI exits.
 
-use super::build::{self, BuildSpec};
 use super::netns;
 use super::slot;
+use crate::build::{self, BuildSpec};
 use crate::{blocking, parse_duration};
 use pipeline_engine::format::Format;
 use pipeline_engine::provider::{

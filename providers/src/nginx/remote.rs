@@ -5,7 +5,7 @@
 //! `Layout::Remote`): only the files it names differ (the distribution's pid, log and temp
 //! paths) and it listens on the host's address.
 //!
-//! Everything else goes over the shared transport (`ssh::conn`), with the host keys pinned in
+//! Everything else goes over the shared transport (`crate::remote`), with the host keys pinned in
 //! the host object: `read` (the config's sha256 and `systemctl is-active nginx`), `delete`
 //! (stop, disable, the distribution's config back), `describe` (logs as bounded commands over
 //! ssh) and the canary actions (the shifted config uploaded, `nginx -t`, swapped in, reloaded;
@@ -13,7 +13,7 @@
 //! left). No stack value is ever on a remote command line: scripts are fixed text, content goes
 //! through `upload` (stdin).
 
-use crate::ssh::conn;
+use crate::remote as conn;
 use pipeline_engine::provider::{
     Description, Endpoint, Health, HealthState, JsonMap, LogSource, PlanRequest, Planned,
     ProviderCtx, ProviderError, Serves,

@@ -11,7 +11,7 @@
 
 use super::resp::{Conn, Url};
 use super::store;
-use crate::ssh::{conn, host};
+use crate::remote::{self as conn, HOST_KIND};
 use pipeline_engine::provider::{
     ApplyRequest, Description, Endpoint, ErrorKind, Health, HealthState, JsonMap, LogSource,
     PlanRequest, Planned, ProcessInfo, ProviderCtx, ProviderError, Serves, Step,
@@ -371,8 +371,8 @@ async fn host_addr(step: Option<&Step>, name: &str) -> String {
     };
     peers
         .iter()
-        .filter(|p| p.kind == host::KIND && p.dependency)
-        .find(|p| host::instance_key(&p.addr).as_deref() == Some(name))
+        .filter(|p| p.kind == HOST_KIND && p.dependency)
+        .find(|p| conn::instance_key(&p.addr).as_deref() == Some(name))
         .map(|p| p.addr.clone())
         .unwrap_or_else(|| format!("host.NAME[\"{name}\"]"))
 }

@@ -5,7 +5,8 @@ use pipeline_engine::provider::{AttrSchema, JsonMap, KindSchema, Type};
 use pipeline_engine::value::{Value, ValueMap};
 use pipeline_inventory::Host;
 
-pub const KIND: &str = "host";
+pub const KIND: &str = crate::remote::HOST_KIND;
+pub use crate::remote::instance_key;
 
 pub fn schema() -> KindSchema {
     let strings = || Type::Map(Box::new(Type::String));
@@ -93,14 +94,6 @@ pub fn transport(h: &Host) -> &'static str {
         Some("local") => "local",
         _ => "ssh",
     }
-}
-
-/// The inventory name of an instance from its address: `web01` of `host.web["web01"]`.
-pub fn instance_key(addr: &str) -> Option<String> {
-    let inner = addr.strip_suffix(']')?;
-    inner
-        .match_indices("[\"")
-        .find_map(|(i, _)| serde_json::from_str::<String>(&inner[i + 1..]).ok())
 }
 
 /// What an inventory line needs of a recorded host: `name`, `address`, `port`, `user`,

@@ -8,12 +8,13 @@
 //! connection settings (`address`, `port`, `user`, `key_file`, `become`), its `groups` and its
 //! variables (`vars`, strings; passwords marked sensitive).
 //!
-//! Applying a host connects to it ([`conn`]) and records the host keys first seen as
+//! Applying a host connects to it ([`crate::remote`]) and records the host keys first seen as
 //! `host_key`; every later connection (this host's, and those of resources placed on it) is
 //! checked against them. A changed key is refused, naming `-replace` as the way to accept it.
 
-pub mod conn;
 pub mod host;
+
+use crate::remote as conn;
 pub mod service;
 
 use async_trait::async_trait;

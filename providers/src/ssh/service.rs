@@ -17,9 +17,10 @@
 //! - Secrets (`secret_env`) reach the hosts only through the runner's 0600 extra-vars file and
 //!   the role's `no_log` task.
 
-use super::{conn, host};
-use crate::local::build::{self, BuildSpec};
+use super::host;
+use crate::build::{self, BuildSpec};
 use crate::parse_duration;
+use crate::remote as conn;
 use pipeline_engine::format::Format;
 use pipeline_engine::provider::{
     ApplyRequest, AttrSchema, Description, Endpoint, Health, HealthState, Invalid, JsonMap,

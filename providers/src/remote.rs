@@ -17,6 +17,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+/// The kind of an inventory host (the ssh provider's `host`), as peers and records name it.
+pub const HOST_KIND: &str = "host";
+
+/// The inventory name of an instance from its address: `web01` of `host.web["web01"]`.
+pub fn instance_key(addr: &str) -> Option<String> {
+    let inner = addr.strip_suffix(']')?;
+    inner
+        .match_indices("[\"")
+        .find_map(|(i, _)| serde_json::from_str::<String>(&inner[i + 1..]).ok())
+}
+
 /// How long opening a connection may take: a dead host fails a connect within twice this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
 
