@@ -36,6 +36,8 @@ const STABLE: &str = "/etc/nginx/nginx.conf.stable";
 const OWNER: &str = "/etc/nginx/nginx.conf.canary-owner";
 /// A config on its way in (checked with `nginx -t`, then renamed over CONF).
 const NEXT: &str = "/etc/nginx/nginx.conf.pipeline-next";
+/// The role's install task: in check mode it fails on a host without the package.
+const INSTALL_TASK: &str = "nginx is installed";
 /// How long a short remote command may take.
 const SHORT: Duration = Duration::from_secs(20);
 /// How long the role may take (the first run installs nginx through apt).
@@ -354,6 +356,9 @@ pub async fn preview(
     let mut items: Vec<String> = Vec::new();
     let mut diff = String::new();
     if let Some(r) = recap.host(&inv) {
+        if r.failures.iter().any(|f| f.task == INSTALL_TASK) {
+            items.push("nginx (install), then its config".into());
+        }
         for ch in &r.changes {
             let d = ch.diff.as_deref().unwrap_or_default();
             let paths: Vec<&str> = d
@@ -468,6 +473,21 @@ async fn run_role(
         })
         .await;
     let _ = std::fs::remove_file(&inv);
+    let result = match result {
+        // Check mode installs nothing and refreshes no package list: on a host without nginx
+        // yet its install is what the dry run can tell.
+        Err(AnsibleError::TasksFailed { recap })
+            if check
+                && recap.unreachable_hosts().is_empty()
+                && recap
+                    .hosts
+                    .values()
+                    .all(|h| h.failures.iter().all(|f| f.task == INSTALL_TASK)) =>
+        {
+            Ok(*recap)
+        }
+        r => r,
+    };
     result.map_err(|e| {
         let msg = format!("{addr}: nginx on {}: {e}", host.target.name);
         match e {

@@ -496,6 +496,14 @@ async fn run_role(
     if check {
         let _ = std::fs::remove_file(&inventory);
     }
+    let result = match result {
+        // Check mode installs nothing and refreshes no package list: on a host without
+        // redis-server yet its install is what the dry run can tell.
+        Err(AnsibleError::TasksFailed { recap }) if check && only_install_failed(&recap) => {
+            Ok(*recap)
+        }
+        r => r,
+    };
     result.map_err(|e| {
         let unreachable = matches!(e, AnsibleError::Unreachable { .. });
         let err = ProviderError::new(format!("{addr}: {e}")).help(format!(
@@ -823,13 +831,26 @@ pub async fn preview(
         .collect())
 }
 
+/// The role's install task: in check mode it fails on a host without the package.
+const INSTALL_TASK: &str = "redis-server is installed";
+
+fn only_install_failed(r: &Recap) -> bool {
+    r.unreachable_hosts().is_empty()
+        && r.hosts
+            .values()
+            .all(|h| h.failures.iter().all(|f| f.task == INSTALL_TASK))
+}
+
 /// One host's changed tasks as a summary line, in the role's order; the configuration (which
 /// holds the password) is named, never shown.
 fn preview_summary(r: &pipeline_ssh::ansible::HostRecap, unit: &str) -> String {
     let mut items: Vec<String> = Vec::new();
+    if r.failures.iter().any(|f| f.task == INSTALL_TASK) {
+        items.push("redis-server (install), then the instance".into());
+    }
     for ch in &r.changes {
         let item = match ch.task.as_str() {
-            "redis-server is installed" => "redis-server (install)".to_string(),
+            INSTALL_TASK => "redis-server (install)".to_string(),
             "The configuration (holds the password)" => "configuration (not shown)".into(),
             "The unit" => format!("/etc/systemd/system/{unit}"),
             t if t.starts_with("The instance runs") => format!("{unit} (restart)"),
