@@ -95,6 +95,33 @@ fn a_plan_shows_each_hosts_check_diff_and_changes_nothing() {
     t.env
         .borrow_mut()
         .push(("PIPELINE_VAR_db_password".into(), SECRET.into()));
+    // The first plan: every host would get its env file and unit; no secret shown.
+    let (text, took) = timed_plan(&t, &["plan", "main.hcl"]);
+    eprintln!(
+        "first plan with a preview on 2 fresh hosts: {:.2} s",
+        took.as_secs_f64()
+    );
+    for h in lab.hosts() {
+        let (summary, body) =
+            section(&text, h.name()).unwrap_or_else(|| panic!("no `# on {}`: {text}", h.name()));
+        assert!(
+            summary.contains("/etc/pipeline/app/app-0.env")
+                && summary.contains("secret environment (not shown)"),
+            "{text}"
+        );
+        assert!(body.contains(&"+GREETING=\"a\""), "{}: {body:?}", h.name());
+    }
+    assert!(!text.contains(SECRET), "the secret in the plan: {text}");
+    for h in lab.hosts() {
+        let there = h
+            .exec(&[
+                "sh",
+                "-c",
+                "ls /etc/pipeline /opt/pipeline 2>/dev/null | wc -l",
+            ])
+            .unwrap();
+        assert_eq!(there.trim(), "0", "the first dry run wrote on {}", h.name());
+    }
     t.ok(&["apply", "-auto-approve", "main.hcl"]);
     let before = host_facts(&lab);
     for f in &before {
@@ -193,4 +220,53 @@ fn a_plan_shows_each_hosts_check_diff_and_changes_nothing() {
     }
     assert!(leaked.is_empty(), "the secret in {leaked:?}");
     assert_eq!(host_facts(&lab), before, "the dry run changed a host");
+
+    // A new release (the plan cannot know its sha256): the preview builds it as apply would,
+    // and shows each unit's new PIPELINE_RELEASE; the apply ships that very build.
+    t.env
+        .borrow_mut()
+        .retain(|(k, _)| k != "PIPELINE_VAR_db_password");
+    t.env
+        .borrow_mut()
+        .push(("PIPELINE_VAR_db_password".into(), SECRET.into()));
+    t.write("app/VERSION", "v2\n");
+    let (text, took) = timed_plan(&t, &["plan"]);
+    eprintln!(
+        "plan of a new release (built at plan): {:.2} s",
+        took.as_secs_f64()
+    );
+    let pointers = || {
+        std::fs::read_dir(t.path().join(".pipeline/artifacts"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".release"))
+            .count()
+    };
+    assert_eq!(pointers(), 2, "the new release was not built at plan");
+    for h in lab.hosts() {
+        let (summary, body) =
+            section(&text, h.name()).unwrap_or_else(|| panic!("no `# on {}`: {text}", h.name()));
+        assert!(
+            summary.contains("pipeline-app-0.service (restart)")
+                && summary.contains("/etc/systemd/system/pipeline-app-0.service"),
+            "{text}"
+        );
+        assert!(
+            body.iter()
+                .any(|l| l.starts_with('+') && l.contains("PIPELINE_RELEASE=")),
+            "{}: {body:?}",
+            h.name()
+        );
+    }
+    assert_eq!(host_facts(&lab), before, "the dry run changed a host");
+    t.ok(&["apply", "-auto-approve"]);
+    assert_eq!(pointers(), 2, "the apply built another release");
+    let release = state(&t).resources["service.app"].attrs["release"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains(&release),
+        "the plan previewed another release: {text}"
+    );
 }
