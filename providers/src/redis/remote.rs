@@ -1052,6 +1052,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_dry_run_summary_names_units_and_never_the_configuration() {
+        use pipeline_ssh::ansible::{HostRecap, TaskChange, TaskFailure};
+        let ch = |t: &str| TaskChange {
+            task: t.into(),
+            role: None,
+            diff: None,
+        };
+        let unit = "pipeline-redis-flags-x-abcdef.service";
+        let mut r = HostRecap::default();
+        assert_eq!(preview_summary(&r, unit), "no change");
+        r.changes.push(ch("The configuration (holds the password)"));
+        r.changes.push(ch(
+            "The instance runs (restarted only when its configuration or unit changed)",
+        ));
+        assert_eq!(
+            preview_summary(&r, unit),
+            format!("2 to change: configuration (not shown), {unit} (restart)")
+        );
+        let mut fresh = HostRecap::default();
+        fresh.failures.push(TaskFailure {
+            task: INSTALL_TASK.into(),
+            role: None,
+            msg: "No package matching 'redis-server' is available".into(),
+        });
+        let mut recap = Recap::default();
+        recap.hosts.insert("db".into(), fresh.clone());
+        assert!(only_install_failed(&recap));
+        assert_eq!(
+            preview_summary(&fresh, unit),
+            "1 to change: redis-server (install), then the instance"
+        );
+        fresh.failures.push(TaskFailure {
+            task: "The unit".into(),
+            role: None,
+            msg: "disk full".into(),
+        });
+        recap.hosts.insert("db".into(), fresh);
+        assert!(!only_install_failed(&recap), "another failure is an error");
+    }
+
+    #[test]
     fn tokens_are_unit_names_and_differ() {
         let a = token("flags.features");
         assert!(a.starts_with("flags-features-"), "{a}");
