@@ -221,6 +221,33 @@ fn a_plan_shows_each_hosts_check_diff_and_changes_nothing() {
     assert!(leaked.is_empty(), "the secret in {leaked:?}");
     assert_eq!(host_facts(&lab), before, "the dry run changed a host");
 
+    // A sensitive value in `env` (not `secret_env`): the files are named, never diffed.
+    t.write(
+        "main.hcl",
+        &stack("a").replace(
+            "GREETING = \"a\" }",
+            "GREETING = \"a\", TOKEN = var.db_password }",
+        ),
+    );
+    let (text, _) = timed_plan(&t, &["plan"]);
+    for h in lab.hosts() {
+        let (summary, body) =
+            section(&text, h.name()).unwrap_or_else(|| panic!("no `# on {}`: {text}", h.name()));
+        assert!(
+            summary.contains("(not shown: they hold a sensitive value)"),
+            "{text}"
+        );
+        assert!(
+            body.is_empty(),
+            "a diff of files holding a secret: {body:?}"
+        );
+    }
+    assert!(
+        !text.contains(SECRET) && !text.contains(SECRET2),
+        "a secret in the plan: {text}"
+    );
+    assert_eq!(host_facts(&lab), before, "the dry run changed a host");
+
     // A new release (the plan cannot know its sha256): the preview builds it as apply would,
     // and shows each unit's new PIPELINE_RELEASE; the apply ships that very build.
     t.env
@@ -229,6 +256,7 @@ fn a_plan_shows_each_hosts_check_diff_and_changes_nothing() {
     t.env
         .borrow_mut()
         .push(("PIPELINE_VAR_db_password".into(), SECRET.into()));
+    t.write("main.hcl", &stack("a"));
     t.write("app/VERSION", "v2\n");
     let (text, took) = timed_plan(&t, &["plan"]);
     eprintln!(

@@ -75,9 +75,14 @@ pub async fn preview(
             .help("install ansible-core with scripts/lab-install, or set PIPELINE_ANSIBLE")
     })?;
     let ssh = conn::transport(ctx)?;
+    // A sensitive value in `env` or `run` (not `secret_env`, which has its own no_log file)
+    // would be in the unit or env file's diff: then no diff at all.
+    let shown = !c
+        .iter()
+        .any(|(k, v)| k != "on" && k != "secret_env" && v.is_sensitive());
     let mut run = Run::new("playbooks/service.yml", &inventory.0);
     run.check = true;
-    run.diff = true;
+    run.diff = shown;
     run.vars.insert("pipeline_hosts".into(), json!("all"));
     run.vars.insert("pipeline_service".into(), json!(token));
     run.vars.insert(
@@ -105,7 +110,7 @@ pub async fn preview(
         .iter()
         .map(|h| {
             let (summary, diff) = match recap.host(&h.name) {
-                Some(r) => host_preview(r, &units),
+                Some(r) => host_preview(r, &units, shown),
                 None => ("not reached by the dry run".to_string(), String::new()),
             };
             TargetPreview {
@@ -248,8 +253,9 @@ fn unit_of(path: &str, units: &[String]) -> Option<String> {
 }
 
 /// One host's dry run as (summary, diff): what would restart or start, then the files and
-/// other changes, in the role's order. The secret file is named, never shown.
-fn host_preview(r: &HostRecap, units: &[String]) -> (String, String) {
+/// other changes, in the role's order. The secret file is named, never shown; nor are the
+/// unit and env files when they hold a sensitive value (`shown` false: the run had no diff).
+fn host_preview(r: &HostRecap, units: &[String], shown: bool) -> (String, String) {
     let mut items: Vec<String> = Vec::new();
     let mut diff = String::new();
     let mut touched: Vec<String> = Vec::new();
@@ -264,6 +270,9 @@ fn host_preview(r: &HostRecap, units: &[String]) -> (String, String) {
                 items.push("secret environment (not shown)".into());
             }
             TASK_RELEASE_DIR => items.push("the release to unpack".into()),
+            TASK_FILES if !shown => {
+                items.push("unit and env files (not shown: they hold a sensitive value)".into())
+            }
             _ => {
                 let d = ch.diff.as_deref().unwrap_or_default();
                 let paths = if task == TASK_FILES || !d.is_empty() {
@@ -329,7 +338,7 @@ mod tests {
             .map(|h| {
                 let (s, d) = recap
                     .host(h)
-                    .map(|r| host_preview(r, units))
+                    .map(|r| host_preview(r, units, true))
                     .unwrap_or_default();
                 (h.to_string(), s, d)
             })
@@ -371,10 +380,20 @@ mod tests {
         h.changes.push(change(TASK_SECRET, None));
         h.changes.push(change(TASK_RESTART, None));
         let units = vec!["app-0".to_string(), "app-1".to_string()];
-        let (s, d) = host_preview(&h, &units);
+        let (s, d) = host_preview(&h, &units, true);
         assert_eq!(
             s,
             "3 to change: pipeline-app-0.service (restart), pipeline-app-1.service (restart), secret environment (not shown)"
+        );
+        assert_eq!(d, "");
+        // A sensitive env value: the files are named, never diffed.
+        let mut h = HostRecap::default();
+        h.changes.push(change(TASK_FILES, None));
+        h.changes.push(change(TASK_RESTART, None));
+        let (s, d) = host_preview(&h, &units[..1], false);
+        assert_eq!(
+            s,
+            "2 to change: pipeline-app-0.service (restart), unit and env files (not shown: they hold a sensitive value)"
         );
         assert_eq!(d, "");
     }
