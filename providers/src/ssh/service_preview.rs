@@ -80,7 +80,7 @@ pub async fn preview(
     let shown = !c
         .iter()
         .any(|(k, v)| k != "on" && k != "secret_env" && v.is_sensitive());
-    let mut run = Run::new("playbooks/service.yml", &inventory.0);
+    let mut run = Run::new("playbooks/service.yml", &inventory.file.0);
     run.check = true;
     run.diff = shown;
     run.vars.insert("pipeline_hosts".into(), json!("all"));
@@ -100,18 +100,24 @@ pub async fn preview(
         ..Connection::default()
     };
     run.log = Some(ctx.work_dir.join("ssh").join(&token).join("ansible.log"));
-    let result = ansible
-        .run(&run, &ctx.work_dir.join("ansible"), |_| {})
-        .await;
-    drop(inventory);
-    let recap = result.map_err(|e| run_error(addr, e))?;
+    let recap = if inventory.hosts > 0 {
+        let result = ansible
+            .run(&run, &ctx.work_dir.join("ansible"), |_| {})
+            .await;
+        result.map_err(|e| run_error(addr, e))?
+    } else {
+        Default::default()
+    };
+    let refused = inventory.refused;
     let units = units(&token, replicas_of(c));
     Ok(hosts
         .iter()
         .map(|h| {
-            let (summary, diff) = match recap.host(&h.name) {
-                Some(r) => host_preview(r, &units, shown),
-                None => ("not reached by the dry run".to_string(), String::new()),
+            let refused = refused.iter().find(|(n, _)| *n == h.name);
+            let (summary, diff) = match (refused, recap.host(&h.name)) {
+                (Some((_, why)), _) => (format!("not previewed: {why}"), String::new()),
+                (None, Some(r)) => host_preview(r, &units, shown),
+                (None, None) => ("not reached by the dry run".to_string(), String::new()),
             };
             TargetPreview {
                 target: h.name.clone(),
@@ -140,6 +146,14 @@ fn run_error(addr: &str, e: AnsibleError) -> ProviderError {
 /// The preview's own inventory file, removed on drop.
 struct InventoryFile(PathBuf);
 
+/// The run's inventory: the hosts it holds, and those left out because their key changed.
+struct Inventory {
+    file: InventoryFile,
+    hosts: usize,
+    /// (host, why): refused by their pinned key.
+    refused: Vec<(String, String)>,
+}
+
 impl Drop for InventoryFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
@@ -154,7 +168,7 @@ async fn inventory(
     c: &ValueMap,
     token: &str,
     hosts: &[HostRef],
-) -> Result<InventoryFile, ProviderError> {
+) -> Result<Inventory, ProviderError> {
     let host_addrs = host_addrs(None, hosts).await;
     let ssh = conn::transport(ctx)?;
     let connected = futures_join(hosts.iter().zip(&host_addrs).map(|(h, a)| {
@@ -162,18 +176,33 @@ async fn inventory(
         async move {
             let t = conn::target(&h.obj)?;
             let keys = conn::keys(&h.obj, a);
-            ssh.connect(&t, &keys).await.map_err(conn::error)?;
+            match ssh.connect(&t, &keys).await {
+                Ok(_) => {}
+                // As refresh: the record stays, apply refuses the host with the way to accept
+                // its key; the plan says so for this host and previews the others.
+                Err(e @ (SshError::HostKeyChanged { .. } | SshError::HostKeyUnknown { .. })) => {
+                    return Ok(Err(e.to_string()))
+                }
+                Err(e) => return Err(conn::error(e)),
+            }
             let args = ssh.ssh_args(&t, &keys).await.map_err(conn::error)?;
-            Ok::<(Target, Vec<String>), ProviderError>((t, args))
+            Ok::<_, ProviderError>(Ok((t, args)))
         }
     }))
     .await;
     let port = port_of(c);
     let run = c.get("run").and_then(Value::as_str).unwrap_or_default();
     let mut inv_hosts = serde_json::Map::new();
+    let mut refused = Vec::new();
     for (h, r) in hosts.iter().zip(connected) {
         let (t, args) =
-            r.map_err(|e| e.map_message(|m| format!("{addr}: host {}: {m}", h.name)))?;
+            match r.map_err(|e| e.map_message(|m| format!("{addr}: host {}: {m}", h.name)))? {
+                Ok(c) => c,
+                Err(why) => {
+                    refused.push((h.name.clone(), why));
+                    continue;
+                }
+            };
         let mut v = serde_json::Map::new();
         v.insert("ansible_host".into(), json!(t.address));
         if let Some(p) = t.port {
@@ -223,7 +252,11 @@ async fn inventory(
     let text = serde_json::to_vec_pretty(&json!({ "all": { "hosts": inv_hosts } }))
         .map_err(|e| ProviderError::new(e.to_string()))?;
     private::write(&file.0, text).map_err(|e| ProviderError::new(format!("{e}")))?;
-    Ok(file)
+    Ok(Inventory {
+        file,
+        hosts: inv_hosts.len(),
+        refused,
+    })
 }
 
 /// The role's task names the preview reads (providers/ssh/ansible/roles/pipeline_service).
