@@ -194,6 +194,28 @@ fn a_balancer_on_an_inventory_host_routes_reloads_repairs_shifts_and_goes() {
         instances(&[&be2])
     );
     t.write("s.hcl", &stack(lbh.name(), &weighted, ""));
+    // The plan shows the host's nginx.conf diff (the role's --check --diff) and changes nothing.
+    let conf_before = sh(lbh, "cat /etc/nginx/nginx.conf");
+    let started = Instant::now();
+    let plan = t.ok(&["plan", "s.hcl"]);
+    eprintln!(
+        "plan with the balancer's dry run: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        plan.contains(&format!("# on {}: ", lbh.name())) && plan.contains("/etc/nginx/nginx.conf"),
+        "{plan}"
+    );
+    let added = |p: &str, what: &str| {
+        p.lines()
+            .any(|l| l.trim().starts_with('+') && l.contains(what))
+    };
+    assert!(
+        added(&plan, &format!("{}:8001 weight=3", h1.addr())),
+        "{plan}"
+    );
+    assert_eq!(sh(lbh, "cat /etc/nginx/nginx.conf"), conf_before);
+    assert_eq!(sh(lbh, "systemctl show -p MainPID --value nginx"), pid);
     let stop = Arc::new(AtomicBool::new(false));
     let load = {
         let (stop, url) = (stop.clone(), url.clone());
@@ -244,6 +266,11 @@ fn a_balancer_on_an_inventory_host_routes_reloads_repairs_shifts_and_goes() {
     let plan = t.ok(&["plan", "s.hcl"]);
     assert!(
         !plan.contains("No changes") && plan.contains("balancer.front"),
+        "{plan}"
+    );
+    // The dry run shows what apply takes out.
+    assert!(
+        plan.lines().any(|l| l.trim() == "-# edited by hand"),
         "{plan}"
     );
     eprintln!(

@@ -206,6 +206,15 @@ fn flags_run_on_inventory_hosts_and_mirrors_follow_the_primary() {
         !plan.contains(PASSWORD),
         "the plan shows the password:\n{plan}"
     );
+    // Each host's dry run: redis-server is not there yet (check mode installs nothing).
+    for h in lab.hosts() {
+        assert!(
+            plan.lines()
+                .any(|l| l.trim().starts_with(&format!("# on {}: ", h.name()))
+                    && l.contains("redis-server (install)")),
+            "{plan}"
+        );
+    }
 
     // Apply, with every command line here and on the hosts watched for the password.
     let stop = Arc::new(AtomicBool::new(false));
@@ -448,6 +457,26 @@ fn flags_run_on_inventory_hosts_and_mirrors_follow_the_primary() {
             &format!("mirrors_on = [host.web[\"{}\"]]", web[0].name()),
         ),
     );
+    // The plan shows each host's dry run (the role in --check, summaries only): the mirror
+    // that goes stops, the others stay as they are.
+    let plan = t.ok(&["plan", "s.hcl"]);
+    assert!(
+        plan.contains(&format!("# on {}: ", web[1].name()))
+            && plan.contains(&format!("{unit} (stop)")),
+        "{plan}"
+    );
+    for h in [db, &web[0]] {
+        assert!(
+            plan.contains(&format!("# on {}: no change", h.name())),
+            "{plan}"
+        );
+    }
+    assert!(!plan.contains(PASSWORD), "{plan}");
+    assert_eq!(
+        unit_state(&web[1], &unit),
+        "active",
+        "the dry run stopped it"
+    );
     t.ok(&["apply", "-auto-approve", "s.hcl"]);
     assert_eq!(unit_state(&web[1], &unit), "inactive");
     assert_eq!((pid(db), pid(&web[0])), (db_pid.clone(), web0_pid.clone()));
@@ -479,12 +508,19 @@ fn flags_run_on_inventory_hosts_and_mirrors_follow_the_primary() {
     // else; back on, the mirror is running again (enabled) and the next apply converges.
     web[0].off().unwrap();
     let started = Instant::now();
-    let plan = t.ok(&["plan", "s.hcl"]);
+    let out = t.run(&["plan", "s.hcl"]);
+    let e = s(&out.stderr) + &s(&out.stdout);
     eprintln!(
         "plan with a mirror's host off: {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    assert!(plan.contains("unreachable"), "{plan}");
+    // The refresh sees the mirror gone (drift), so the store updates; the update's dry run
+    // cannot reach the host: the plan fails naming it, as the apply would.
+    assert!(!out.status.success(), "{e}");
+    assert!(
+        e.contains(web[0].name()) && e.contains("unreachable") && e.contains(ADDR),
+        "{e}"
+    );
     let started = Instant::now();
     let out = t.run(&["apply", "-auto-approve", "s.hcl"]);
     let e = s(&out.stderr) + &s(&out.stdout);

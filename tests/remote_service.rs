@@ -619,7 +619,8 @@ fn bad_input_is_refused_at_plan() {
     };
     let good = "  on = host.web\n  run = \"python3 app.py\"\n  port = 8080";
     t.write("main.hcl", &with(good));
-    let plan = t.ok(&["plan", "main.hcl"]);
+    // -refresh=false: no host is reached (the plan's dry run on the hosts needs them up).
+    let plan = t.ok(&["plan", "-refresh=false", "main.hcl"]);
     for shown in [
         "service.app",
         "http://192.0.2.1:8080",
@@ -670,7 +671,7 @@ fn bad_input_is_refused_at_plan() {
         "main.hcl",
         &art("  artifact = \"dist/app.tar.gz\"\n  on = host.web[\"web02\"]\n  run = \"./app\"\n  port = 9000"),
     );
-    let plan = t.ok(&["plan", "main.hcl"]);
+    let plan = t.ok(&["plan", "-refresh=false", "main.hcl"]);
     let sha = hex(&sha2::Sha256::digest(
         b"not really gzip, but bytes with a sha256",
     ));

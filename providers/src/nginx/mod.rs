@@ -562,6 +562,24 @@ impl Provider for Nginx {
         Ok(Some(now))
     }
 
+    /// A balancer on an inventory host: the role's `--check --diff` there (nginx.conf's diff);
+    /// a local balancer has nothing to preview beyond the plan.
+    async fn preview(
+        &self,
+        ctx: &ProviderCtx,
+        req: &PlanRequest<'_>,
+    ) -> Result<Vec<pipeline_engine::provider::TargetPreview>, ProviderError> {
+        if !remote::is_remote(req.config) {
+            return Ok(Vec::new());
+        }
+        // As apply decides: a secret among the values rendered makes the config one.
+        let secret = req
+            .config
+            .iter()
+            .any(|(k, v)| k != "on" && v.is_sensitive());
+        remote::preview(ctx, req.addr, req.config, secret).await
+    }
+
     async fn apply(
         &self,
         ctx: &ProviderCtx,

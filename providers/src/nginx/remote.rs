@@ -16,10 +16,10 @@
 use crate::remote as conn;
 use pipeline_engine::provider::{
     Description, Endpoint, Health, HealthState, JsonMap, LogSource, PlanRequest, Planned,
-    ProviderCtx, ProviderError, Serves,
+    ProviderCtx, ProviderError, Serves, TargetPreview,
 };
 use pipeline_engine::value::{Value, ValueMap};
-use pipeline_ssh::ansible::{Ansible, AnsibleError, Connection, EventKind, Run};
+use pipeline_ssh::ansible::{Ansible, AnsibleError, Connection, EventKind, Recap, Run};
 use pipeline_ssh::transport::{HostKeys, Remote, Source, Target};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -36,6 +36,8 @@ const STABLE: &str = "/etc/nginx/nginx.conf.stable";
 const OWNER: &str = "/etc/nginx/nginx.conf.canary-owner";
 /// A config on its way in (checked with `nginx -t`, then renamed over CONF).
 const NEXT: &str = "/etc/nginx/nginx.conf.pipeline-next";
+/// The role's install task: in check mode it fails on a host without the package.
+const INSTALL_TASK: &str = "nginx is installed";
 /// How long a short remote command may take.
 const SHORT: Duration = Duration::from_secs(20);
 /// How long the role may take (the first run installs nginx through apt).
@@ -299,6 +301,106 @@ pub async fn apply(
     // The stack's config replaces whatever an interrupted canary left shifted.
     host.script(ctx, &format!("rm -f {STABLE} {NEXT} {OWNER}"))
         .await?;
+    let progress = step.clone();
+    run_role(
+        ctx,
+        addr,
+        &host,
+        &text,
+        secret,
+        Some(restart),
+        move |task| progress.progress(format!("nginx: {task}")),
+    )
+    .await?;
+    Ok(record)
+}
+
+/// The dry run of a planned balancer on its host (`Provider::preview`): the role in `--check
+/// --diff`, read back as "1 to change: /etc/nginx/nginx.conf, nginx (reload)" and the config's
+/// diff against the host's file. A config rendered from a secret is summarised, never shown.
+/// Nothing changes on the host (not even a canary's leftovers, which apply clears).
+pub async fn preview(
+    ctx: &ProviderCtx,
+    addr: &str,
+    object: &ValueMap,
+    secret: bool,
+) -> Result<Vec<TargetPreview>, ProviderError> {
+    let Some(h) = on_host(object) else {
+        return Ok(vec![]);
+    };
+    let name = h
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("the balancer's host")
+        .to_string();
+    let text = match object.get("config") {
+        Some(v) if v.is_known() => v.unmarked().0.as_str().map(str::to_string),
+        _ => None,
+    };
+    let Some(text) = text else {
+        return Ok(vec![TargetPreview {
+            target: name,
+            summary: "not previewed: the config is known only after apply".into(),
+            diff: String::new(),
+        }]);
+    };
+    let record: JsonMap = object
+        .iter()
+        .filter(|(_, v)| v.is_known())
+        .map(|(k, v)| (k.clone(), v.to_json()))
+        .collect();
+    let host = Host::of_record(&record)?;
+    conn::connect(ctx, &host.obj, &host.label)
+        .await
+        .map_err(|e| e.map_message(|m| format!("{addr}: host {name}: {m}")))?;
+    let recap = run_role(ctx, addr, &host, &text, secret, None, |_| {}).await?;
+    let inv = inventory_name(&host.target.name);
+    let mut items: Vec<String> = Vec::new();
+    let mut diff = String::new();
+    if let Some(r) = recap.host(&inv) {
+        if r.failures.iter().any(|f| f.task == INSTALL_TASK) {
+            items.push("nginx (install), then its config".into());
+        }
+        for ch in &r.changes {
+            let d = ch.diff.as_deref().unwrap_or_default();
+            let paths: Vec<&str> = d
+                .lines()
+                .filter_map(|l| l.strip_prefix("--- ")?.strip_suffix(" (before)"))
+                .collect();
+            match ch.task.as_str() {
+                "Reload nginx" => items.push("nginx (reload)".into()),
+                "nginx.conf" if paths.is_empty() => items.push(CONF.into()),
+                t if paths.is_empty() => items.push(t.to_string()),
+                _ => items.extend(paths.iter().map(|p| p.to_string())),
+            }
+            diff.push_str(d);
+        }
+    }
+    items.dedup();
+    let summary = if items.is_empty() {
+        "no change".to_string()
+    } else {
+        format!("{} to change: {}", items.len(), items.join(", "))
+    };
+    Ok(vec![TargetPreview {
+        target: name,
+        summary,
+        diff,
+    }])
+}
+
+/// One run of the `pipeline_nginx` role on the balancer's host with `text` as its nginx.conf
+/// (in a secrets file when `secret`). `apply`: None is `--check` (with `--diff` unless
+/// `secret`); Some(restart) applies, restarting nginx on a change when `restart` (else reload).
+async fn run_role(
+    ctx: &ProviderCtx,
+    addr: &str,
+    host: &Host,
+    text: &str,
+    secret: bool,
+    apply: Option<bool>,
+    progress: impl Fn(&str) + Send + Sync,
+) -> Result<Recap, ProviderError> {
     let ssh = conn::transport(ctx)?;
     let ansible = Ansible::locate().map_err(|e| {
         ProviderError::new(format!("{addr}: {e}"))
@@ -318,9 +420,15 @@ pub async fn apply(
         serde_json::Map::from_iter([(name.clone(), vars.into())]),
     )?;
     let mut run = Run::new("playbooks/nginx.yml", &inv);
+    let check = apply.is_none();
+    run.check = check;
+    // A config rendered from a secret is never shown, also not as a diff.
+    run.diff = check && !secret;
     run.vars.insert("pipeline_hosts".into(), name.into());
-    run.vars
-        .insert("pipeline_nginx_restart".into(), restart.into());
+    run.vars.insert(
+        "pipeline_nginx_restart".into(),
+        apply.unwrap_or(false).into(),
+    );
     // Base64: a config is never read as a Jinja template by ansible. A config rendered from a
     // secret goes in the run's secrets file (0600, removed after the run), never in its vars.
     let conf = base64(text.as_bytes()).into();
@@ -334,15 +442,29 @@ pub async fn apply(
         control_path_dir: Some(ssh.dir().join("a")),
         ..Connection::default()
     };
-    let progress = step.clone();
     let result = ansible
         .run(&run, &dir, |ev| {
             if let (EventKind::TaskStart, Some(task)) = (&ev.event, &ev.task) {
-                progress.progress(format!("nginx: {task}"));
+                progress(task);
             }
         })
         .await;
     let _ = std::fs::remove_file(&inv);
+    let result = match result {
+        // Check mode installs nothing and refreshes no package list: on a host without nginx
+        // yet its install is what the dry run can tell.
+        Err(AnsibleError::TasksFailed { recap })
+            if check
+                && recap.unreachable_hosts().is_empty()
+                && recap
+                    .hosts
+                    .values()
+                    .all(|h| h.failures.iter().all(|f| f.task == INSTALL_TASK)) =>
+        {
+            Ok(*recap)
+        }
+        r => r,
+    };
     result.map_err(|e| {
         let msg = format!("{addr}: nginx on {}: {e}", host.target.name);
         match e {
@@ -351,8 +473,7 @@ pub async fn apply(
             }
             _ => ProviderError::new(msg),
         }
-    })?;
-    Ok(record)
+    })
 }
 
 /// What runs on the host now: None when nginx is not active there; the record with `config`

@@ -85,6 +85,18 @@ impl Provider for Redis {
             k => Err(unknown_kind(k)),
         }
     }
+    /// A store on inventory hosts: the role's `--check` there, summaries only (its
+    /// configuration holds the password). A local store has nothing to preview.
+    async fn preview(
+        &self,
+        ctx: &ProviderCtx,
+        req: &PlanRequest<'_>,
+    ) -> Result<Vec<pipeline_engine::provider::TargetPreview>, ProviderError> {
+        match req.kind {
+            "flags" if remote::is_remote(req.config) => remote::preview(ctx, req).await,
+            _ => Ok(Vec::new()),
+        }
+    }
     async fn apply(
         &self,
         ctx: &ProviderCtx,

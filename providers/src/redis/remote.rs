@@ -14,10 +14,10 @@ use super::store;
 use crate::remote::{self as conn, HOST_KIND};
 use pipeline_engine::provider::{
     ApplyRequest, Description, Endpoint, ErrorKind, Health, HealthState, JsonMap, LogSource,
-    PlanRequest, Planned, ProcessInfo, ProviderCtx, ProviderError, Serves, Step,
+    PlanRequest, Planned, ProcessInfo, ProviderCtx, ProviderError, Serves, Step, TargetPreview,
 };
 use pipeline_engine::value::{Value, ValueMap};
-use pipeline_ssh::ansible::{Ansible, AnsibleError, Connection, Run};
+use pipeline_ssh::ansible::{Ansible, AnsibleError, Connection, Recap, Run};
 use pipeline_ssh::transport::Remote;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -385,14 +385,17 @@ struct Placed<'a> {
 }
 
 /// Connects to every host (keys checked against the pinned ones), writes the run's inventory
-/// (connection settings and the role's per-host variables) and runs the role.
+/// (connection settings and the role's per-host variables) and runs the role; `check`: in
+/// `--check` mode (never `--diff`: the configuration holds the password), with an inventory
+/// file of its own so an apply's is never overwritten.
 async fn run_role(
     ctx: &ProviderCtx,
     addr: &str,
     placed: &[Placed<'_>],
     password: &str,
     step: Option<&Step>,
-) -> Result<(), ProviderError> {
+    check: bool,
+) -> Result<Recap, ProviderError> {
     let ssh = conn::transport(ctx)?;
     let mut inv_hosts = serde_json::Map::new();
     for p in placed {
@@ -409,11 +412,17 @@ async fn run_role(
         inv_hosts.insert(p.host.name.clone(), serde_json::Value::Object(v));
     }
     let dir = run_dir(ctx, addr);
-    let inventory = dir.join("inventory.json");
+    // A dry run writes an inventory of its own: an apply may be using the other.
+    let inventory = if check {
+        dir.join(format!("preview-{}.json", std::process::id()))
+    } else {
+        dir.join("inventory.json")
+    };
     conn::write_inventory(&inventory, inv_hosts)?;
 
     let ansible = Ansible::locate().map_err(|e| ProviderError::new(format!("{addr}: {e}")))?;
     let mut run = Run::new("playbooks/redis.yml", &inventory);
+    run.check = check;
     run.vars.insert("pipeline_hosts".into(), json!("all"));
     run.vars
         .insert("pipeline_redis_instance".into(), json!(token(addr)));
@@ -436,22 +445,32 @@ async fn run_role(
             }
         }
     };
-    ansible
+    let result = ansible
         .run(&run, &ctx.work_dir.join("ansible"), progress)
-        .await
-        .map(|_| ())
-        .map_err(|e| {
-            let unreachable = matches!(e, AnsibleError::Unreachable { .. });
-            let err = ProviderError::new(format!("{addr}: {e}")).help(format!(
-                "ansible's output is in {}",
-                dir.join("ansible.log").display()
-            ));
-            if unreachable {
-                err.with_kind(ErrorKind::Unreachable)
-            } else {
-                err
-            }
-        })
+        .await;
+    if check {
+        let _ = std::fs::remove_file(&inventory);
+    }
+    let result = match result {
+        // Check mode installs nothing and refreshes no package list: on a host without
+        // redis-server yet its install is what the dry run can tell.
+        Err(AnsibleError::TasksFailed { recap }) if check && only_install_failed(&recap) => {
+            Ok(*recap)
+        }
+        r => r,
+    };
+    result.map_err(|e| {
+        let unreachable = matches!(e, AnsibleError::Unreachable { .. });
+        let err = ProviderError::new(format!("{addr}: {e}")).help(format!(
+            "ansible's output is in {}",
+            dir.join("ansible.log").display()
+        ));
+        if unreachable {
+            err.with_kind(ErrorKind::Unreachable)
+        } else {
+            err
+        }
+    })
 }
 
 fn run_dir(ctx: &ProviderCtx, addr: &str) -> std::path::PathBuf {
@@ -629,7 +648,7 @@ pub async fn apply(
         });
     }
     let started = Instant::now();
-    run_role(ctx, addr, &placed, &password, Some(step)).await?;
+    run_role(ctx, addr, &placed, &password, Some(step), false).await?;
     step.progress(format!(
         "role ran on {} host(s) in {:.1} s; seeding and waiting for the mirrors",
         placed.len(),
@@ -683,6 +702,130 @@ pub async fn apply(
     Ok(out)
 }
 
+/// The dry run of a planned store on its hosts (`Provider::preview`): the role in `--check`
+/// mode (no `--diff`: the configuration holds the password) on the primary's host, every
+/// mirror's and the hosts of mirrors that go, in one run; per host a summary of the units and
+/// files that would change ("2 to change: pipeline-redis-flags-ab12cd.service (restart),
+/// configuration (not shown)"), never a diff.
+pub async fn preview(
+    ctx: &ProviderCtx,
+    req: &PlanRequest<'_>,
+) -> Result<Vec<TargetPreview>, ProviderError> {
+    let (addr, c) = (req.addr, req.config);
+    let (primary, mirrors) = placement(c).map_err(|e| e.map_message(|m| format!("{addr}: {m}")))?;
+    let gone: Vec<HostRef> = match req.prior.map(placement_of_record) {
+        Some(Ok((_, old))) => old
+            .into_iter()
+            .filter(|o| o.name != primary.name && !mirrors.iter().any(|m| m.name == o.name))
+            .collect(),
+        _ => vec![],
+    };
+    let all: Vec<&HostRef> = std::iter::once(&primary)
+        .chain(&mirrors)
+        .chain(&gone)
+        .collect();
+    let port = port_of(c);
+    // The password the apply would write (the plan fills in the recorded one). One known only
+    // after apply (a new store's is made then) gets a stand-in: the configuration is new, or
+    // changes, either way.
+    let password = match given(c, "password").filter(|v| v.is_known()) {
+        Some(v) => v.unmarked().0.as_str().map(str::to_string),
+        None => Some(random_password()?),
+    };
+    let (Some(port), Some(password)) = (
+        port.as_f64().filter(|_| port.is_known()).map(|p| p as u16),
+        password,
+    ) else {
+        return Ok(all
+            .iter()
+            .map(|h| TargetPreview {
+                target: h.name.clone(),
+                summary: "not previewed: the port is known only after apply".into(),
+                diff: String::new(),
+            })
+            .collect());
+    };
+    let mut placed = vec![Placed {
+        host: &primary,
+        state: "present",
+        conf: Some(render_conf(&primary.address, port, None)),
+    }];
+    for m in &mirrors {
+        placed.push(Placed {
+            host: m,
+            state: "present",
+            conf: Some(render_conf(
+                &m.address,
+                port,
+                Some((&primary.address, port)),
+            )),
+        });
+    }
+    for g in &gone {
+        placed.push(Placed {
+            host: g,
+            state: "absent",
+            conf: None,
+        });
+    }
+    let recap = run_role(ctx, addr, &placed, &password, None, true).await?;
+    let unit = unit(addr);
+    Ok(all
+        .iter()
+        .map(|h| {
+            let summary = match recap.host(&h.name) {
+                Some(r) => preview_summary(r, &unit),
+                None => "not reached by the dry run".into(),
+            };
+            TargetPreview {
+                target: h.name.clone(),
+                summary,
+                diff: String::new(),
+            }
+        })
+        .collect())
+}
+
+/// The role's install task: in check mode it fails on a host without the package.
+const INSTALL_TASK: &str = "redis-server is installed";
+
+fn only_install_failed(r: &Recap) -> bool {
+    r.unreachable_hosts().is_empty()
+        && r.hosts
+            .values()
+            .all(|h| h.failures.iter().all(|f| f.task == INSTALL_TASK))
+}
+
+/// One host's changed tasks as a summary line, in the role's order; the configuration (which
+/// holds the password) is named, never shown.
+fn preview_summary(r: &pipeline_ssh::ansible::HostRecap, unit: &str) -> String {
+    let mut items: Vec<String> = Vec::new();
+    if r.failures.iter().any(|f| f.task == INSTALL_TASK) {
+        items.push("redis-server (install), then the instance".into());
+    }
+    for ch in &r.changes {
+        let item = match ch.task.as_str() {
+            INSTALL_TASK => "redis-server (install)".to_string(),
+            "The configuration (holds the password)" => "configuration (not shown)".into(),
+            "The unit" => format!("/etc/systemd/system/{unit}"),
+            t if t.starts_with("The instance runs") => format!("{unit} (restart)"),
+            "The instance is stopped and disabled" => format!("{unit} (stop)"),
+            "Its unit, configuration and working directory are gone" => {
+                "unit, configuration and data (remove)".into()
+            }
+            t => t.to_string(),
+        };
+        if !items.contains(&item) {
+            items.push(item);
+        }
+    }
+    if items.is_empty() {
+        "no change".into()
+    } else {
+        format!("{} to change: {}", items.len(), items.join(", "))
+    }
+}
+
 pub async fn delete(
     ctx: &ProviderCtx,
     addr: &str,
@@ -699,7 +842,7 @@ pub async fn delete(
             conf: None,
         })
         .collect();
-    run_role(ctx, addr, &placed, "", Some(step)).await?;
+    run_role(ctx, addr, &placed, "", Some(step), false).await?;
     let _ = std::fs::remove_dir_all(run_dir(ctx, addr));
     Ok(())
 }
@@ -862,6 +1005,47 @@ pub async fn describe(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dry_run_summary_names_units_and_never_the_configuration() {
+        use pipeline_ssh::ansible::{HostRecap, TaskChange, TaskFailure};
+        let ch = |t: &str| TaskChange {
+            task: t.into(),
+            role: None,
+            diff: None,
+        };
+        let unit = "pipeline-redis-flags-x-abcdef.service";
+        let mut r = HostRecap::default();
+        assert_eq!(preview_summary(&r, unit), "no change");
+        r.changes.push(ch("The configuration (holds the password)"));
+        r.changes.push(ch(
+            "The instance runs (restarted only when its configuration or unit changed)",
+        ));
+        assert_eq!(
+            preview_summary(&r, unit),
+            format!("2 to change: configuration (not shown), {unit} (restart)")
+        );
+        let mut fresh = HostRecap::default();
+        fresh.failures.push(TaskFailure {
+            task: INSTALL_TASK.into(),
+            role: None,
+            msg: "No package matching 'redis-server' is available".into(),
+        });
+        let mut recap = Recap::default();
+        recap.hosts.insert("db".into(), fresh.clone());
+        assert!(only_install_failed(&recap));
+        assert_eq!(
+            preview_summary(&fresh, unit),
+            "1 to change: redis-server (install), then the instance"
+        );
+        fresh.failures.push(TaskFailure {
+            task: "The unit".into(),
+            role: None,
+            msg: "disk full".into(),
+        });
+        recap.hosts.insert("db".into(), fresh);
+        assert!(!only_install_failed(&recap), "another failure is an error");
+    }
 
     #[test]
     fn tokens_are_unit_names_and_differ() {

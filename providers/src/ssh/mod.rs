@@ -227,6 +227,18 @@ impl Provider for Ssh {
         Ok(Some(prior.clone()))
     }
 
+    /// A service's dry run on its hosts (the role in `--check --diff`); a host has none.
+    async fn preview(
+        &self,
+        ctx: &ProviderCtx,
+        req: &PlanRequest<'_>,
+    ) -> Result<Vec<pipeline_engine::provider::TargetPreview>, ProviderError> {
+        if req.kind == service::KIND {
+            return service::preview(ctx, req).await;
+        }
+        Ok(Vec::new())
+    }
+
     async fn apply(
         &self,
         ctx: &ProviderCtx,

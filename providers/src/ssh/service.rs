@@ -42,6 +42,11 @@ mod bluegreen;
 
 pub const KIND: &str = "service";
 
+// The dry run a plan shows (`Provider::preview`): its own file, beside apply's code.
+#[path = "service_preview.rs"]
+mod preview;
+pub use preview::preview;
+
 /// How long one remote query (refresh, describe) may take: a dead host fails well within it.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(9);
 /// After a stopped update, how long asking the stopped step's hosts what they run may take
