@@ -539,3 +539,28 @@ pub fn gc(ctx: &ProviderCtx) {
     let _ = std::fs::remove_dir(&root);
     let _ = std::fs::remove_dir(&run);
 }
+
+/// The checks every service kind makes of `start_timeout` and `build_timeout`, pushed to `out`.
+pub(crate) fn check_timeouts(
+    c: &pipeline_engine::value::ValueMap,
+    out: &mut Vec<pipeline_engine::provider::Invalid>,
+) {
+    use pipeline_engine::provider::Invalid;
+    use pipeline_engine::value::Value;
+    if let Some(t) = c.get("start_timeout").and_then(Value::as_str) {
+        if crate::parse_duration(t).is_none() {
+            out.push(Invalid::new(
+                Some("start_timeout"),
+                format!("{t:?} is not a duration"),
+                "durations look like \"500ms\", \"30s\" or \"2m\"",
+            ));
+        }
+    }
+    if let Err(e) = timeout_of(c.get("build_timeout").and_then(Value::as_str)) {
+        out.push(Invalid::new(
+            Some("build_timeout"),
+            e,
+            "how long the build may run, e.g. build_timeout = \"30s\" or \"20m\" (default \"10m\")",
+        ));
+    }
+}

@@ -203,22 +203,7 @@ pub fn validate(c: &ValueMap) -> Vec<Invalid> {
             ));
         }
     }
-    if let Some(t) = c.get("start_timeout").and_then(Value::as_str) {
-        if parse_duration(t).is_none() {
-            out.push(Invalid::new(
-                Some("start_timeout"),
-                format!("{t:?} is not a duration"),
-                "durations look like \"500ms\", \"30s\" or \"2m\"",
-            ));
-        }
-    }
-    if let Err(e) = build::timeout_of(c.get("build_timeout").and_then(Value::as_str)) {
-        out.push(Invalid::new(
-            Some("build_timeout"),
-            e,
-            "how long the build may run, e.g. build_timeout = \"30s\" or \"20m\" (default \"10m\")",
-        ));
-    }
+    build::check_timeouts(c, &mut out);
     if let Some(v) = c.get("canary").filter(|v| v.is_known()) {
         if let Err(e) = crate::canary::CanarySpec::from_value(v) {
             out.push(Invalid::new(Some("canary"), e, crate::canary::EXAMPLE));

@@ -389,22 +389,7 @@ pub fn validate(c: &ValueMap) -> Vec<Invalid> {
             }
         }
     }
-    if let Some(t) = c.get("start_timeout").and_then(Value::as_str) {
-        if parse_duration(t).is_none() {
-            out.push(Invalid::new(
-                Some("start_timeout"),
-                format!("{t:?} is not a duration"),
-                "durations look like \"500ms\", \"30s\" or \"2m\"",
-            ));
-        }
-    }
-    if let Err(e) = build::timeout_of(c.get("build_timeout").and_then(Value::as_str)) {
-        out.push(Invalid::new(
-            Some("build_timeout"),
-            e,
-            "how long the build may run, e.g. build_timeout = \"20m\" (default \"10m\")",
-        ));
-    }
+    build::check_timeouts(c, &mut out);
     if let (Some(p), Some(r)) = (num(c, "port"), num(c, "replicas")) {
         if !(1.0..=100.0).contains(&r) {
             out.push(Invalid::new(
@@ -969,25 +954,11 @@ async fn prepare_at(
     let hosts = hosts_of(c)?;
     let host_addrs = host_addrs(Some(step), &hosts).await;
     step.progress(format!("connecting to {} host(s)", hosts.len()));
-    let connected = futures_join(
-        hosts
-            .iter()
-            .zip(&host_addrs)
-            .map(|(h, a)| conn::ansible_vars(ctx, &h.obj, a)),
-    )
-    .await;
-    let port = port_of(c);
-    let run = c.get("run").and_then(Value::as_str).unwrap_or_default();
+    let connected = connect_all(ctx, &hosts, &host_addrs).await;
     let mut inv_hosts = serde_json::Map::new();
     for (h, r) in hosts.iter().zip(connected) {
         let mut v = r.map_err(|e| e.map_message(|m| format!("{addr}: {m}")))?;
-        let instances: Vec<serde_json::Value> = idxs
-            .iter()
-            .map(|i| {
-                json!({ "unit": format!("{token}-{i}"), "port": port + i, "run": ["/bin/sh", "-c", run] })
-            })
-            .collect();
-        v.insert("pipeline_instances".into(), json!(instances));
+        v.insert("pipeline_instances".into(), instances_var(c, token, idxs));
         inv_hosts.insert(h.name.clone(), serde_json::Value::Object(v));
     }
     let inventory = ctx.work_dir.join("ssh").join(token).join("inventory.json");
@@ -997,6 +968,30 @@ async fn prepare_at(
         host_addrs,
         inventory,
     })
+}
+
+/// Every host's ansible variables (`remote::ansible_vars`), connected at once.
+async fn connect_all(
+    ctx: &ProviderCtx,
+    hosts: &[HostRef],
+    host_addrs: &[String],
+) -> Vec<Result<serde_json::Map<String, serde_json::Value>, ProviderError>> {
+    futures_join(
+        hosts
+            .iter()
+            .zip(host_addrs)
+            .map(|(h, a)| conn::ansible_vars(ctx, &h.obj, a)),
+    )
+    .await
+}
+
+/// The role's `pipeline_instances` for units `idxs` (unit i listens on `port + i`).
+fn instances_var(c: &ValueMap, token: &str, idxs: &[u16]) -> serde_json::Value {
+    let port = port_of(c);
+    let run = c.get("run").and_then(Value::as_str).unwrap_or_default();
+    idxs.iter()
+        .map(|i| json!({ "unit": format!("{token}-{i}"), "port": port + i, "run": ["/bin/sh", "-c", run] }))
+        .collect()
 }
 
 fn env_json(c: &ValueMap, k: &str) -> serde_json::Value {

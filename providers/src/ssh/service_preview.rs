@@ -174,15 +174,7 @@ async fn inventory(
     hosts: &[HostRef],
 ) -> Result<Inventory, ProviderError> {
     let host_addrs = host_addrs(None, hosts).await;
-    let connected = futures_join(
-        hosts
-            .iter()
-            .zip(&host_addrs)
-            .map(|(h, a)| conn::ansible_vars(ctx, &h.obj, a)),
-    )
-    .await;
-    let port = port_of(c);
-    let run = c.get("run").and_then(Value::as_str).unwrap_or_default();
+    let connected = connect_all(ctx, hosts, &host_addrs).await;
     // The units the plan says the instances will run as (slot A, or a blue-green update's).
     let planned: JsonMap = c.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
     let idxs = recorded_idxs(&planned);
@@ -199,13 +191,7 @@ async fn inventory(
             }
             Err(e) => return Err(e.map_message(|m| format!("{addr}: {m}"))),
         };
-        let instances: Vec<serde_json::Value> = idxs
-            .iter()
-            .map(|i| {
-                json!({ "unit": format!("{token}-{i}"), "port": port + i, "run": ["/bin/sh", "-c", run] })
-            })
-            .collect();
-        v.insert("pipeline_instances".into(), json!(instances));
+        v.insert("pipeline_instances".into(), instances_var(c, token, &idxs));
         inv_hosts.insert(h.name.clone(), serde_json::Value::Object(v));
     }
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
