@@ -377,6 +377,40 @@ async fn host_addr(step: Option<&Step>, name: &str) -> String {
         .unwrap_or_else(|| format!("host.NAME[\"{name}\"]"))
 }
 
+/// Every host of a run: the primary, a mirror of it on each of `mirrors`, and nothing on
+/// `gone` (instances there are removed).
+fn placements<'a>(
+    primary: &'a HostRef,
+    mirrors: &'a [HostRef],
+    gone: &'a [HostRef],
+    port: u16,
+) -> Vec<Placed<'a>> {
+    let mut placed = vec![Placed {
+        host: primary,
+        state: "present",
+        conf: Some(render_conf(&primary.address, port, None)),
+    }];
+    for m in mirrors {
+        placed.push(Placed {
+            host: m,
+            state: "present",
+            conf: Some(render_conf(
+                &m.address,
+                port,
+                Some((&primary.address, port)),
+            )),
+        });
+    }
+    for g in gone {
+        placed.push(Placed {
+            host: g,
+            state: "absent",
+            conf: None,
+        });
+    }
+    placed
+}
+
 /// One host of a run: the role's variables for it.
 struct Placed<'a> {
     host: &'a HostRef,
@@ -624,29 +658,7 @@ pub async fn apply(
             .collect(),
         _ => vec![],
     };
-    let mut placed = vec![Placed {
-        host: &primary,
-        state: "present",
-        conf: Some(render_conf(&primary.address, port, None)),
-    }];
-    for m in &mirrors {
-        placed.push(Placed {
-            host: m,
-            state: "present",
-            conf: Some(render_conf(
-                &m.address,
-                port,
-                Some((&primary.address, port)),
-            )),
-        });
-    }
-    for g in &gone {
-        placed.push(Placed {
-            host: g,
-            state: "absent",
-            conf: None,
-        });
-    }
+    let placed = placements(&primary, &mirrors, &gone, port);
     let started = Instant::now();
     run_role(ctx, addr, &placed, &password, Some(step), false).await?;
     step.progress(format!(
@@ -745,29 +757,7 @@ pub async fn preview(
             })
             .collect());
     };
-    let mut placed = vec![Placed {
-        host: &primary,
-        state: "present",
-        conf: Some(render_conf(&primary.address, port, None)),
-    }];
-    for m in &mirrors {
-        placed.push(Placed {
-            host: m,
-            state: "present",
-            conf: Some(render_conf(
-                &m.address,
-                port,
-                Some((&primary.address, port)),
-            )),
-        });
-    }
-    for g in &gone {
-        placed.push(Placed {
-            host: g,
-            state: "absent",
-            conf: None,
-        });
-    }
+    let placed = placements(&primary, &mirrors, &gone, port);
     let recap = run_role(ctx, addr, &placed, &password, None, true).await?;
     let unit = unit(addr);
     Ok(all
