@@ -323,6 +323,12 @@ pub fn read(
     Ok((slot_ok && gen_ok).then(|| prior.clone()))
 }
 
+/// A file operation's error naming the file: "cannot write PATH: No such file or directory".
+fn in_file<E: std::fmt::Display>(path: &Path, what: &'static str) -> impl Fn(E) -> ProviderError {
+    let path = path.to_path_buf();
+    move |e| ProviderError::new(format!("cannot {what} {}: {e}", path.display()))
+}
+
 fn err(e: impl std::fmt::Display) -> ProviderError {
     ProviderError::new(e.to_string())
 }
@@ -464,9 +470,11 @@ pub fn rollback(
         ))
         .help("deploy the previous version instead"));
     }
-    let saved: JsonMap =
-        serde_json::from_slice(&std::fs::read(gdir.join("instance.json")).map_err(err)?)
-            .map_err(err)?;
+    let saved: JsonMap = serde_json::from_slice(
+        &std::fs::read(gdir.join("instance.json"))
+            .map_err(in_file(&gdir.join("instance.json"), "read"))?,
+    )
+    .map_err(err)?;
     let backend_port =
         num(&saved, "backend_port").ok_or_else(|| err("the standby generation has no port"))?;
     let address = current
@@ -544,7 +552,7 @@ fn start_slot(
     port: u16,
     step: &Step,
 ) -> Result<(), ProviderError> {
-    private::create_dir_all(sdir).map_err(err)?;
+    private::create_dir_all(sdir).map_err(in_file(sdir, "create"))?;
     slot::write_json(
         &sdir.join(slot::CONFIG),
         &slot::SlotConfig {
@@ -554,7 +562,7 @@ fn start_slot(
             connect_retry_ms: 3000,
         },
     )
-    .map_err(err)?;
+    .map_err(in_file(&sdir.join(slot::CONFIG), "write"))?;
     let spec = ReplicaSpec {
         name: name.to_string(),
         command: format!(
@@ -597,7 +605,7 @@ fn stop_canary_slot(ctx: &ProviderCtx, addr: &str) -> Result<(), ProviderError> 
         pipeline_supervise::stop(&d, Duration::from_secs(10)).map_err(|e| {
             ProviderError::new(format!("cannot stop the canary slot of {addr}: {e}"))
         })?;
-        std::fs::remove_dir_all(&d).map_err(err)?;
+        std::fs::remove_dir_all(&d).map_err(in_file(&d, "remove"))?;
     }
     Ok(())
 }
@@ -636,7 +644,7 @@ fn start_gen(
     private::create_dir_all(&dir)
         .map_err(|e| ProviderError::new(format!("cannot create {}: {e}", dir.display())))?;
     // Mark the build as used before building, so a concurrent clean-up never removes it.
-    private::write(&dir.join("build_id"), &id).map_err(err)?;
+    private::write(&dir.join("build_id"), &id).map_err(in_file(&dir.join("build_id"), "write"))?;
     let cwd = build::ensure(ctx, &spec_b, &id, addr)?;
     let address = address_of(c);
     // In a network namespace the app listens on its fixed port at the namespace's address.
