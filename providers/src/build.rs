@@ -170,16 +170,28 @@ pub fn ensure(
     name: &str,
 ) -> Result<PathBuf, ProviderError> {
     let root = builds_root(ctx);
-    std::fs::create_dir_all(&root)
-        .map_err(|e| ProviderError::new(format!("cannot create {}: {e}", root.display())))?;
     let dir = root.join(id);
     let lock_path = root.join(format!("{id}.lock"));
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| ProviderError::new(format!("cannot open {}: {e}", lock_path.display())))?;
+    // The clean-up (`gc`) removes the builds directory when it is empty: if that happens
+    // between making it and opening the lock, make it again.
+    let mut attempts = 0;
+    let lock = loop {
+        std::fs::create_dir_all(&root)
+            .map_err(|e| ProviderError::new(format!("cannot create {}: {e}", root.display())))?;
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 5 => attempts += 1,
+            r => {
+                break r.map_err(|e| {
+                    ProviderError::new(format!("cannot open {}: {e}", lock_path.display()))
+                })?
+            }
+        }
+    };
     flock(&lock)?;
     let src = dir.join("src");
     if dir.join(".done").exists() {

@@ -52,11 +52,24 @@ pub fn clean_env(cmd: &mut Command) -> &mut Command {
 
 /// `mkdir -p` with every directory it creates `0700`; the last one is narrowed to `0700` if it
 /// already existed wider.
+///
+/// A clean-up may remove an empty parent (the run or builds directory after the last instance
+/// went) between the creation of one level and the next: then it is made again, a few times.
 pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(dir)?;
+    let mut attempts = 0;
+    loop {
+        match fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 5 => attempts += 1,
+            r => {
+                r?;
+                break;
+            }
+        }
+    }
     narrow(dir, DIR_MODE)
 }
 
