@@ -26,6 +26,29 @@ pub struct BuildSpec {
     pub timeout: Duration,
 }
 
+impl BuildSpec {
+    /// What a service block asks to build: `source` (relative to the stack's directory),
+    /// `revision`, `build` and `build_timeout`.
+    pub fn of(ctx: &ProviderCtx, c: &pipeline_engine::value::ValueMap) -> BuildSpec {
+        use pipeline_engine::value::Value;
+        let src = PathBuf::from(c.get("source").and_then(Value::as_str).unwrap_or("."));
+        BuildSpec {
+            source: if src.is_absolute() {
+                src
+            } else {
+                ctx.stack_dir.join(src)
+            },
+            revision: c
+                .get("revision")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            build: c.get("build").and_then(Value::as_str).map(str::to_string),
+            timeout: timeout_of(c.get("build_timeout").and_then(Value::as_str))
+                .unwrap_or(DEFAULT_BUILD_TIMEOUT),
+        }
+    }
+}
+
 /// `build_timeout` as written ("30s", "10m"), or the default; Err names what is wrong.
 pub fn timeout_of(v: Option<&str>) -> Result<Duration, String> {
     match v {

@@ -123,24 +123,6 @@ fn health_of(c: &ValueMap) -> Result<HealthCheck, String> {
     })
 }
 
-fn build_spec(ctx: &ProviderCtx, c: &ValueMap) -> BuildSpec {
-    let src = PathBuf::from(c.get("source").and_then(Value::as_str).unwrap_or("."));
-    BuildSpec {
-        source: if src.is_absolute() {
-            src
-        } else {
-            ctx.stack_dir.join(src)
-        },
-        revision: c
-            .get("revision")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        build: c.get("build").and_then(Value::as_str).map(str::to_string),
-        timeout: build::timeout_of(c.get("build_timeout").and_then(Value::as_str))
-            .unwrap_or(build::DEFAULT_BUILD_TIMEOUT),
-    }
-}
-
 use pipeline_host::on::address as address_of;
 
 /// How updates of a service's instances roll out.
@@ -239,7 +221,7 @@ pub fn plan(ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, Provide
         .iter()
         .all(|k| req.config.get(*k).is_none_or(Value::is_known));
     let id = if known {
-        Value::String(build::build_id(&build_spec(ctx, req.config))?)
+        Value::String(build::build_id(&BuildSpec::of(ctx, req.config))?)
     } else {
         Value::Unknown
     };
@@ -639,7 +621,7 @@ fn start_gen(
 ) -> Result<(u64, u16, String), ProviderError> {
     let dir = gen_dir(ctx, addr, n);
     stop_gen(ctx, addr, n)?;
-    let spec_b = build_spec(ctx, c);
+    let spec_b = BuildSpec::of(ctx, c);
     let id = build::build_id(&spec_b)?;
     private::create_dir_all(&dir)
         .map_err(|e| ProviderError::new(format!("cannot create {}: {e}", dir.display())))?;

@@ -456,19 +456,6 @@ fn abs(ctx: &ProviderCtx, p: &str) -> PathBuf {
     }
 }
 
-fn build_spec(ctx: &ProviderCtx, c: &ValueMap) -> BuildSpec {
-    BuildSpec {
-        source: abs(ctx, c.get("source").and_then(Value::as_str).unwrap_or(".")),
-        revision: c
-            .get("revision")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        build: c.get("build").and_then(Value::as_str).map(str::to_string),
-        timeout: build::timeout_of(c.get("build_timeout").and_then(Value::as_str))
-            .unwrap_or(build::DEFAULT_BUILD_TIMEOUT),
-    }
-}
-
 fn sha256_file(p: &Path) -> Result<String, ProviderError> {
     let mut f = std::fs::File::open(p)
         .map_err(|e| ProviderError::new(format!("cannot read {}: {e}", p.display())))?;
@@ -500,7 +487,7 @@ fn plan_ids(ctx: &ProviderCtx, c: &ValueMap) -> Result<(String, Option<String>),
         let release = is_tarball(&p).then(|| sha.clone());
         return Ok((sha[..16].to_string(), release));
     }
-    Ok((build::build_id(&build_spec(ctx, c))?, None))
+    Ok((build::build_id(&BuildSpec::of(ctx, c))?, None))
 }
 
 fn artifacts_dir(ctx: &ProviderCtx) -> PathBuf {
@@ -625,7 +612,7 @@ fn release(
             pack(ctx, dir, Some(name))?
         }
     } else {
-        let spec = build_spec(ctx, c);
+        let spec = BuildSpec::of(ctx, c);
         let src = build::ensure(ctx, &spec, &id, addr)?;
         pack(ctx, &src, None)?
     };
