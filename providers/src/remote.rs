@@ -52,6 +52,12 @@ pub fn transport(ctx: &ProviderCtx) -> Result<Arc<Ssh>, ProviderError> {
     Ok(ssh)
 }
 
+/// The directory of the control sockets and pinned known_hosts files of the work directory
+/// `work_dir` (`.pipeline/`): what a test removes, with the masters it names, when it ends.
+pub fn socket_dir_of(work_dir: &Path) -> PathBuf {
+    socket_dir(&std::fs::canonicalize(work_dir).unwrap_or_else(|_| work_dir.to_path_buf()))
+}
+
 fn socket_dir(work: &Path) -> PathBuf {
     let hash = Sha256::digest(work.as_os_str().as_encoded_bytes());
     let hex: String = hash[..6].iter().map(|b| format!("{b:02x}")).collect();

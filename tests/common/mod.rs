@@ -122,6 +122,18 @@ impl Drop for Scratch {
             // SAFETY: plain kill of a pid we started (marker env under our temp dir).
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
+        // The ssh masters of this work directory (they would linger 30 s) and their sockets.
+        let ssh = pipeline_providers::remote::socket_dir_of(&self.path().join(".pipeline"));
+        if ssh.is_dir() {
+            let needle = ssh.to_string_lossy().into_owned();
+            for pid in procfs::pids() {
+                if procfs::cmdline(pid).is_some_and(|c| c.contains(&needle)) {
+                    // SAFETY: an ssh master whose control path is this test's directory.
+                    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                }
+            }
+            let _ = std::fs::remove_dir_all(&ssh);
+        }
     }
 }
 
