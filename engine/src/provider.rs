@@ -903,6 +903,9 @@ pub enum MetricSource {
     /// An access log of its requests; `format` names the line format (`nginx-timed`: `$msec
     /// $status $request_time $upstream_addr $upstream_status`).
     AccessLog { path: PathBuf, format: String },
+    /// An access log on another machine: `argv` writes the lines logged from the moment it
+    /// starts to its standard output, until it is killed (`ssh HOST tail -n0 -F PATH`).
+    AccessLogStream { argv: Vec<String>, format: String },
     /// A process tree to sample in /proc (CPU, memory): the root and its descendants.
     Procfs {
         role: String,

@@ -504,21 +504,36 @@ pub fn parse_access_line(line: &str) -> Option<Answer> {
     })
 }
 
-/// Follows the balancer's access log from its end (`pipeline_host::tail`), as answers.
-pub struct LogTail(pipeline_host::tail::Tail);
+/// Follows the balancer's access log from its end (`pipeline_host::tail`), as answers: a file
+/// here, or a command that streams it from another machine.
+pub enum LogTail {
+    File(pipeline_host::tail::Tail),
+    Stream(pipeline_host::tail::Stream),
+}
 
 impl LogTail {
     /// Starts at the current end of the file (what was logged before is not ours).
     pub fn at_end(path: &std::path::Path) -> LogTail {
-        LogTail(pipeline_host::tail::Tail::at_end(path))
+        LogTail::File(pipeline_host::tail::Tail::at_end(path))
+    }
+    /// Follows the access log a balancer's `describe` names, from now; None: not an access log.
+    pub fn of(source: &pipeline_engine::provider::MetricSource) -> Option<LogTail> {
+        use pipeline_engine::provider::MetricSource;
+        match source {
+            MetricSource::AccessLog { path, .. } => Some(LogTail::at_end(path)),
+            MetricSource::AccessLogStream { argv, .. } => {
+                Some(LogTail::Stream(pipeline_host::tail::Stream::start(argv)))
+            }
+            _ => None,
+        }
     }
     /// The answers logged since the last call.
     pub fn read_new(&mut self) -> Vec<Answer> {
-        self.0
-            .read_lines()
-            .iter()
-            .filter_map(|l| parse_access_line(l))
-            .collect()
+        let lines = match self {
+            LogTail::File(t) => t.read_lines(),
+            LogTail::Stream(s) => s.read_lines(),
+        };
+        lines.iter().filter_map(|l| parse_access_line(l)).collect()
     }
 }
 

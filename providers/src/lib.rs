@@ -6,6 +6,7 @@ pub mod canary;
 pub mod local;
 pub mod monitor;
 pub mod nginx;
+pub mod progressive;
 pub mod quote;
 pub mod redis;
 pub mod remote;

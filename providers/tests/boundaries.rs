@@ -177,11 +177,21 @@ fn balancer_insides(code: &str) -> Vec<&'static str> {
 }
 
 #[test]
-fn the_local_provider_knows_no_balancer_files() {
-    // Its progressive canary asks the balancer through the engine (`Step::peers`): the actions
-    // `canary_weights` / `canary_clear` and the access log its `describe` names.
+fn the_service_providers_and_their_canary_know_no_balancer_files() {
+    // The progressive canary (and the ssh service's blue-green switch) ask the balancer through
+    // the engine (`Step::peers`): the actions `canary_weights` / `canary_clear` and the access
+    // log its `describe` names.
     let mut bad = Vec::new();
-    for (path, code) in sources(&root().join("src/local")) {
+    let progressive = root().join("src/progressive.rs");
+    let shared = vec![(
+        progressive.clone(),
+        std::fs::read_to_string(&progressive).unwrap(),
+    )];
+    let code = sources(&root().join("src/local"))
+        .into_iter()
+        .chain(sources(&root().join("src/ssh")))
+        .chain(shared);
+    for (path, code) in code {
         for p in balancer_insides(&code) {
             bad.push(format!("{}: {p}", path.display()));
         }

@@ -84,10 +84,193 @@ impl Tail {
     }
 }
 
+/// Lines kept between two reads of a [`Stream`]; more are dropped (and counted).
+const MAX_PENDING: usize = 200_000;
+
+/// Follows the output of a command that prints a log's lines as they are written (an access log
+/// on another machine: `ssh HOST tail -n0 -F PATH`): whole lines, from when it starts. The
+/// command runs in a process group of its own (a Ctrl-C at the terminal is the caller's to
+/// handle, not the follower's), is started again when it ends (at most once a second), and is
+/// killed on drop.
+pub struct Stream {
+    argv: Vec<String>,
+    child: Option<std::process::Child>,
+    pending: std::sync::Arc<std::sync::Mutex<Pending>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    started: Option<std::time::Instant>,
+}
+
+#[derive(Default)]
+struct Pending {
+    lines: Vec<String>,
+    dropped: u64,
+}
+
+impl Stream {
+    /// Starts the command at once: what it prints from now on is read.
+    pub fn start(argv: &[String]) -> Stream {
+        let mut s = Stream {
+            argv: argv.to_vec(),
+            child: None,
+            pending: Default::default(),
+            reader: None,
+            started: None,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        self.started = Some(std::time::Instant::now());
+        let Some((exe, args)) = self.argv.split_first() else {
+            return;
+        };
+        let child = std::process::Command::new(exe)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn();
+        let Ok(mut child) = child else { return };
+        let Some(out) = child.stdout.take() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        };
+        let pending = self.pending.clone();
+        self.reader = Some(std::thread::spawn(move || {
+            let mut r = std::io::BufReader::new(out);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match r.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => return,
+                    // A line cut short by the command's end is not a line.
+                    Ok(_) if line.last() != Some(&b'\n') => return,
+                    Ok(_) => {}
+                }
+                let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                if p.lines.len() < MAX_PENDING {
+                    p.lines.push(text);
+                } else {
+                    p.dropped += 1;
+                }
+            }
+        }));
+        self.child = Some(child);
+    }
+
+    /// The whole lines printed since the last call; the command is started again if it ended.
+    pub fn read_lines(&mut self) -> Vec<String> {
+        let ended = self
+            .child
+            .as_mut()
+            .is_none_or(|c| !matches!(c.try_wait(), Ok(None)));
+        let lines =
+            std::mem::take(&mut self.pending.lock().unwrap_or_else(|e| e.into_inner()).lines);
+        if ended
+            && self
+                .started
+                .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1))
+        {
+            self.stop();
+            self.spawn();
+        }
+        lines
+    }
+
+    /// Lines dropped because nobody read them in time.
+    pub fn dropped(&self) -> u64 {
+        self.pending.lock().map_or(0, |p| p.dropped)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kills the process group this follower made (its pgid is the child's pid).
+            unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["sh".into(), "-c".into(), script.into()]
+    }
+
+    fn read_until(s: &mut Stream, n: usize) -> Vec<String> {
+        let mut got = Vec::new();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while got.len() < n && std::time::Instant::now() < until {
+            got.extend(s.read_lines());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        got
+    }
+
+    #[test]
+    fn a_stream_reads_whole_lines_and_follows_a_file_like_tail() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("access.log");
+        std::fs::write(&p, "old\n").unwrap();
+        let mut s = Stream::start(&sh(&format!("exec tail -n0 -F {}", p.display())));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"1 200 0 a:1 200\n2 500 0 a:1 500\n").unwrap();
+        assert_eq!(
+            read_until(&mut s, 2),
+            vec!["1 200 0 a:1 200", "2 500 0 a:1 500"]
+        );
+        assert!(s.read_lines().is_empty());
+        assert_eq!(s.dropped(), 0);
+    }
+
+    #[test]
+    fn a_stream_whose_command_ends_is_started_again_and_a_cut_line_is_not_read() {
+        let d = tempfile::tempdir().unwrap();
+        let n = d.path().join("n");
+        // Each run prints its number and a line cut short, then ends.
+        let script = format!(
+            "echo x >> {n}; printf 'run %s\\npartial' $(wc -l < {n})",
+            n = n.display()
+        );
+        let mut s = Stream::start(&sh(&script));
+        let got = read_until(&mut s, 2);
+        assert_eq!(got, vec!["run 1", "run 2"]);
+    }
+
+    #[test]
+    fn dropping_a_stream_kills_its_command() {
+        let mut s = Stream::start(&sh("sleep 30 & echo $!; wait"));
+        let pid: i32 = read_until(&mut s, 1)[0].parse().unwrap();
+        drop(s);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        // Gone, or a zombie waiting for init to reap it.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").map(|(_, r)| &r[..1]);
+        assert!(
+            matches!(state, None | Some("Z")),
+            "the stream's grandchild {pid} outlived it: {stat}"
+        );
+    }
 
     #[test]
     fn reads_appended_lines_and_survives_truncation() {

@@ -15,8 +15,8 @@
 
 use crate::remote as conn;
 use pipeline_engine::provider::{
-    Description, Endpoint, Health, HealthState, JsonMap, LogSource, PlanRequest, Planned,
-    ProviderCtx, ProviderError, Serves, TargetPreview,
+    Description, Endpoint, Health, HealthState, JsonMap, LogSource, MetricSource, PlanRequest,
+    Planned, ProviderCtx, ProviderError, Serves, TargetPreview,
 };
 use pipeline_engine::value::{Value, ValueMap};
 use pipeline_ssh::ansible::{Ansible, AnsibleError, Connection, EventKind, Recap, Run};
@@ -591,6 +591,16 @@ pub async fn describe(ctx: &ProviderCtx, record: &JsonMap) -> Result<Description
         d.logs.push(LogSource::Command {
             role: "access".into(),
             argv: over_ssh(format!("tail -n {LOG_LINES} {}", file("logs/access.log"))),
+        });
+        // Followed from here by the canary's judge and the monitor. A follower that vanishes
+        // leaves `tail` on the host until its next line fails to go out; `timeout` bounds even
+        // a quiet log's (the follower starts it again).
+        d.metrics.push(MetricSource::AccessLogStream {
+            argv: over_ssh(format!(
+                "timeout 600 tail -n0 -F {}",
+                file("logs/access.log")
+            )),
+            format: pipeline_host::access_log::FORMAT.into(),
         });
     }
     Ok(d)
