@@ -374,6 +374,16 @@ pub fn analyze(
     let ctl = control_file(work_dir, block);
     let cmd = command_file(work_dir, block);
     let _ = std::fs::remove_file(&cmd);
+    // (A provider that runs nothing here may not have made `run/` yet.)
+    if let Err(e) = ctl
+        .parent()
+        .map_or(Ok(()), pipeline_supervise::private::create_dir_all)
+    {
+        progress(
+            format!("`pipeline promote` and `pipeline rollback` cannot reach this canary: {e}")
+                .into(),
+        );
+    }
     let stop_load = Arc::new(AtomicBool::new(false));
     let load = (spec.load > 0)
         .then(|| balancers[0].listen.clone())

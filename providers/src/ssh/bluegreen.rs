@@ -14,13 +14,21 @@
 //! releases). A new instance that fails: the new units are stopped and removed on every host,
 //! the balancers were never touched, the old units keep serving, and the error names the host.
 //!
+//! A canary (`update = { strategy = "canary" }`) starts the new slot the same way, then,
+//! before the switch, lets `crate::progressive` give the new servers a growing share of every
+//! balancer's traffic step by step (`canary.steps`) while it judges their answers (the
+//! balancer's access log, streamed from its host) against the old servers'. A pass switches as
+//! blue-green does; a failed judgement, a new instance failing its health check 3 times in a
+//! row, Ctrl-C or `pipeline rollback` sends all the traffic back to the old servers and stops
+//! the new units on every host: the update fails naming why, and the record stays as it was.
+//!
 //! An update with no balancer in front is refused before anything changes (its clients would
 //! keep calling the old ports). The plan predicts the slot with the same rule (`next_units`),
 //! so the balancer's change is in the plan. There is no standby: `pipeline rollback` does not
 //! apply (the old units are gone after the drain); going back is another update.
 
 use super::*;
-use pipeline_engine::provider::ErrorKind;
+use pipeline_engine::provider::{Aborted, ErrorKind};
 
 const WEIGHTS: &str = "canary_weights";
 const CLEAR: &str = "canary_clear";
@@ -38,16 +46,92 @@ const UNIT_INPUTS: &[&str] = &[
     "secret_env",
 ];
 
+fn strategy(c: &ValueMap) -> Option<String> {
+    c.get("update").map(|u| u.unmarked().0).and_then(|u| {
+        u.get("strategy")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    })
+}
+
+/// Blue-green or canary: updates that start the new release on the other port slot.
 pub(super) fn is_blue_green(c: &ValueMap) -> bool {
-    c.get("update")
-        .map(|u| u.unmarked().0)
-        .and_then(|u| {
-            u.get("strategy")
-                .and_then(Value::as_str)
-                .map(str::to_string)
+    matches!(strategy(c).as_deref(), Some("blue-green") | Some("canary"))
+}
+
+fn is_canary(c: &ValueMap) -> bool {
+    strategy(c).as_deref() == Some("canary")
+}
+
+/// The progressive canary of the new units `new` (healthy, no traffic yet) against the old
+/// servers: Ok when it passed (the balancers still give the new servers the last step's share).
+async fn canary(
+    job: &Job<'_>,
+    p: &Prepared,
+    new: &[u16],
+    old_servers: &[String],
+    new_servers: &[String],
+    step: &Step,
+) -> Result<(), Aborted> {
+    let c = job.c;
+    let (path, expect, port) = (health_path(c), expect_status(c), port_of(c));
+    let targets: Vec<(String, String, u16)> = p
+        .hosts
+        .iter()
+        .flat_map(|h| {
+            new.iter()
+                .map(move |i| (h.name.clone(), h.address.clone(), port + i))
         })
-        .as_deref()
-        == Some("blue-green")
+        .collect();
+    let mut fails = vec![0u32; targets.len()];
+    // A new instance whose check failed 3 times in a row (one can be a blip) is an alert.
+    let mut health = move || {
+        for (k, (name, address, port)) in targets.iter().enumerate() {
+            match check_once(address, *port, path.as_deref(), expect) {
+                Ok(()) => fails[k] = 0,
+                Err(e) => {
+                    fails[k] += 1;
+                    if fails[k] >= 3 {
+                        return Err(format!(
+                            "the new instance on host {name} ({address}:{port}) failed its health check 3 times in a row: {e}; `pipeline logs` shows its journal"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    };
+    let arms_replicas = (p.hosts.len() * new.len()) as u32;
+    let (work_dir, block, config) = (job.ctx.work_dir.clone(), job.addr.to_string(), c.clone());
+    let (baseline, candidate) = (old_servers.to_vec(), new_servers.to_vec());
+    let (progress, peers, cancel) = (
+        step.progress.clone(),
+        step.peers.clone(),
+        step.cancel.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        crate::progressive::analyze(
+            &work_dir,
+            &block,
+            &config,
+            crate::progressive::Arms {
+                baseline,
+                candidate,
+                replicas: arms_replicas,
+                health: &mut health,
+            },
+            progress,
+            cancel.flag(),
+            &peers,
+        )
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(Aborted {
+            step: 0,
+            reason: format!("the canary analysis failed: {e}"),
+        })
+    })
 }
 
 fn drain_timeout(c: &ValueMap) -> Duration {
@@ -292,11 +376,24 @@ pub(super) async fn update(
         }));
     }
     let healthy_after = started.elapsed();
-    // Switch: every balancer in front sends all of the service's traffic to the new servers.
     let old_servers = servers(prior.get("instances").unwrap_or(&serde_json::Value::Null));
     let rel = Value::str(job.sha);
     let new_servers =
         servers(&instances_at(&p.hosts, port_of(c), &new, &|_| rel.clone()).to_json());
+    if is_canary(c) {
+        if let Err(a) = canary(job, &p, &new, &old_servers, &new_servers, step).await {
+            // The canary sent the traffic back already; its servers leave the balancers.
+            let back = unswitch(step, &balancers, &new_servers).await;
+            let stopped = stop_units(ctx, token, &p, &new_units).await;
+            return Err(ProviderError::new(format!(
+                "{addr}: canary aborted at {}%: {}\nthe new release was stopped on every host{back}{stopped}; all the traffic is back on the old one",
+                a.step, a.reason
+            ))
+            .attr("canary")
+            .help("the canary report (its path is printed after the apply) shows what the judge saw; fix the release and apply again"));
+        }
+    }
+    // Switch: every balancer in front sends all of the service's traffic to the new servers.
     let mut args = JsonMap::new();
     args.insert("stable".into(), json!(old_servers));
     args.insert("canary".into(), json!(new_servers));

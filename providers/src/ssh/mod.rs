@@ -304,6 +304,9 @@ impl Provider for Ssh {
     }
 
     fn actions(&self, kind: &str) -> Vec<ActionSchema> {
+        if kind == service::KIND {
+            return crate::progressive::control_schemas();
+        }
         if kind != host::KIND {
             return Vec::new();
         }
@@ -317,7 +320,7 @@ impl Provider for Ssh {
 
     async fn action(
         &self,
-        _ctx: &ProviderCtx,
+        ctx: &ProviderCtx,
         kind: &str,
         addr: &str,
         record: &JsonMap,
@@ -326,6 +329,15 @@ impl Provider for Ssh {
     ) -> Result<ActionOutput, ProviderError> {
         if kind == host::KIND && name == INVENTORY_HOST {
             return Ok(ActionOutput::output(host::inventory_entry(record)));
+        }
+        if kind == service::KIND && ["canary", "promote", "abort"].contains(&name) {
+            // One instance per block: its address is the block's.
+            let (work_dir, block, name) =
+                (ctx.work_dir.clone(), addr.to_string(), name.to_string());
+            return crate::blocking(move || {
+                crate::progressive::control(&work_dir, &block, &name).map(ActionOutput::output)
+            })
+            .await;
         }
         Err(pipeline_engine::provider::unknown_action(
             self.name(),

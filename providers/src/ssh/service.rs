@@ -96,7 +96,12 @@ pub fn schema() -> KindSchema {
             // healthy, the balancer in front (a peer with `canary_weights`) sends it all the
             // traffic at once, `instances` name the new ports (the balancer's render follows),
             // and the old units stop after `drain_timeout`. An update needs that balancer.
+            // { strategy = "canary", drain_timeout = "5s" }: as blue-green, but the balancer
+            // gives the new instances a growing share step by step while a judge compares
+            // them with the old (`canary`); a failed judgement sends everything back.
             AttrSchema::optional("update", Type::Any),
+            // The progressive canary's settings (steps, interval, request, load, thresholds).
+            AttrSchema::optional("canary", Type::Any),
             AttrSchema::computed("build_id", Type::String)
                 .derived_from(&["source", "revision", "build", "artifact"]),
             // The sha256 of the release tarball.
@@ -289,21 +294,17 @@ fn check_update(u: &Value) -> Result<(), String> {
     }
     let strategy = m.get("strategy").and_then(Value::as_str);
     match strategy {
-        None | Some("rolling") | Some("blue-green") => {}
-        Some(s @ "canary") => {
-            return Err(format!(
-                "update strategy {s:?} is not supported on ssh hosts yet; use \"rolling\" or \"blue-green\""
-            ))
-        }
+        None | Some("rolling") | Some("blue-green") | Some("canary") => {}
         Some(o) => {
             return Err(format!(
-                "update strategy {o:?} is unknown; use \"rolling\" or \"blue-green\""
+                "update strategy {o:?} is unknown; use \"rolling\", \"blue-green\" or \"canary\""
             ))
         }
     }
+    let two_slots = matches!(strategy, Some("blue-green") | Some("canary"));
     if let Some(d) = m.get("drain_timeout") {
-        if strategy != Some("blue-green") {
-            return Err("drain_timeout applies to strategy = \"blue-green\"".into());
+        if !two_slots {
+            return Err("drain_timeout applies to strategy = \"blue-green\" or \"canary\"".into());
         }
         let ok = d.as_str().and_then(parse_duration);
         if ok.is_none_or(|d| d > Duration::from_secs(3600)) {
@@ -313,8 +314,8 @@ fn check_update(u: &Value) -> Result<(), String> {
             ));
         }
     }
-    if strategy == Some("blue-green") && m.contains_key("max_unavailable") {
-        return Err("max_unavailable applies to strategy = \"rolling\" (blue-green starts every host's new instances at once)".into());
+    if two_slots && m.contains_key("max_unavailable") {
+        return Err(format!("max_unavailable applies to strategy = \"rolling\" ({} starts every host's new instances at once)", strategy.unwrap_or_default()));
     }
     if let Some(v) = m.get("max_unavailable") {
         if !v
@@ -410,7 +411,7 @@ pub fn validate(c: &ValueMap) -> Vec<Invalid> {
             out.push(Invalid::new(
                 Some("port"),
                 format!(
-                    "port {p} with {r} replicas and blue-green updates needs ports up to {} (two slots of {r}), past 65535",
+                    "port {p} with {r} replicas and blue-green or canary updates needs ports up to {} (two slots of {r}), past 65535",
                     p + 2.0 * r - 1.0
                 ),
                 "choose a lower port",
@@ -427,6 +428,11 @@ pub fn validate(c: &ValueMap) -> Vec<Invalid> {
                 e,
                 "e.g. update = { strategy = \"rolling\", max_unavailable = 1 }",
             ));
+        }
+    }
+    if let Some(v) = c.get("canary").filter(|v| v.is_known()) {
+        if let Err(e) = crate::canary::CanarySpec::from_value(v) {
+            out.push(Invalid::new(Some("canary"), e, crate::canary::EXAMPLE));
         }
     }
     if let Some(h) = c
@@ -1603,17 +1609,40 @@ mod tests {
     }
 
     #[test]
-    fn rolling_and_blue_green_updates_are_accepted_on_ssh_hosts() {
-        let u = |s: &str| {
+    fn rolling_blue_green_and_canary_updates_are_accepted_on_ssh_hosts() {
+        let u = |kv: &[(&str, Value)]| {
             let mut m = ValueMap::new();
-            m.insert("strategy".into(), Value::str(s));
+            for (k, v) in kv {
+                m.insert(k.to_string(), v.clone());
+            }
             Value::Map(m)
         };
-        assert!(check_update(&u("rolling")).is_ok());
-        assert!(check_update(&u("blue-green")).is_ok());
-        let e = check_update(&u("canary")).unwrap_err();
-        assert!(e.contains("not supported on ssh hosts"), "{e}");
-        assert!(check_update(&u("sideways")).is_err());
+        let s = |s: &str| ("strategy", Value::str(s));
+        assert!(check_update(&u(&[s("rolling")])).is_ok());
+        assert!(check_update(&u(&[s("blue-green")])).is_ok());
+        assert!(check_update(&u(&[s("canary"), ("drain_timeout", Value::str("2s"))])).is_ok());
+        let e =
+            check_update(&u(&[s("canary"), ("max_unavailable", Value::Number(1.0))])).unwrap_err();
+        assert!(e.contains("canary starts every host"), "{e}");
+        let e = check_update(&u(&[s("sideways")])).unwrap_err();
+        assert!(e.contains("\"canary\""), "{e}");
+    }
+
+    #[test]
+    fn canary_settings_are_checked_like_the_local_services() {
+        let mut c = ValueMap::new();
+        c.insert("on".into(), host("a", "10.0.0.1"));
+        c.insert("source".into(), Value::str("app"));
+        c.insert("port".into(), Value::Number(8080.0));
+        c.insert("replicas".into(), Value::Number(1.0));
+        let mut bad = ValueMap::new();
+        bad.insert("steps".into(), Value::str("soon"));
+        c.insert("canary".into(), Value::Map(bad));
+        let v = validate(&c);
+        assert!(
+            v.iter().any(|i| i.attr.as_deref() == Some("canary")),
+            "{v:?}"
+        );
     }
 
     #[test]

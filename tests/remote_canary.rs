@@ -1,0 +1,338 @@
+//! The progressive canary of the ssh `service` on lab hosts, through the real binary: nginx (the
+//! distribution's, through the lab's apt cache) on one host in front of the service on two
+//! others. The canary's judge reads nginx's access log streamed from its host over ssh.
+//!
+//! - A good release under bounded load: the new instances start beside the old, take a growing
+//!   share step by step (both versions answer during the apply), are promoted, and then serve
+//!   everything; no request failed; the old units are gone; a report was written; a no-op plan
+//!   is empty.
+//! - A release that answers 500: the judge stops it at the first step with the failing metric
+//!   named; every answer afterwards is the old version; the new units are gone on every host,
+//!   nginx's config is the stack's again, and the record still says what runs.
+//! - `pipeline rollback service.app` during a canary stops it: the apply fails saying so, and
+//!   the old release keeps serving.
+
+mod common;
+use common::*;
+
+use pipeline_lab::{Host, Lab, LabOptions};
+use std::time::{Duration, Instant};
+
+const LISTEN: u16 = 8000;
+
+/// Answers its version on `/` (500 when the VERSION file says `broken`), `/health` ok.
+const APP: &str = r#"import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+HERE = os.path.dirname(os.path.abspath(__file__))
+VERSION = open(os.path.join(HERE, "VERSION")).read().split()[0]
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        code, b = 200, (VERSION + "\n").encode()
+        if self.path == "/health":
+            b = b"ok\n"
+        elif VERSION == "broken":
+            code = 500
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+    def log_message(self, *a):
+        pass
+class S(ThreadingHTTPServer):
+    request_queue_size = 128
+    daemon_threads = True
+S(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+fn stack(lb: &str, interval: &str) -> String {
+    format!(
+        r#"provider "ssh" {{
+  inventory = "inventory.ini"
+}}
+host "web" {{
+  provider = ssh
+  group    = "web"
+}}
+host "lb" {{
+  provider = ssh
+  group    = "lb"
+}}
+service "app" {{
+  provider      = ssh
+  on            = host.web
+  source        = "app"
+  run           = "exec python3 app.py"
+  port          = 8080
+  health        = {{ path = "/health" }}
+  update        = {{ strategy = "canary", drain_timeout = "2s" }}
+  canary        = {{ steps = [20, 50, 100], interval = "{interval}", min_requests = 20 }}
+  start_timeout = "10s"
+}}
+balancer "front" {{
+  on     = host.lb["{lb}"]
+  listen = {LISTEN}
+  routes = {{ "/" = service.app }}
+}}
+"#
+    )
+}
+
+fn sh(h: &Host, script: &str) -> String {
+    h.exec(&["sh", "-c", script]).unwrap_or_default()
+}
+
+/// The service's units on a host: `NAME STATE` lines, sorted.
+fn units(h: &Host) -> Vec<String> {
+    let mut v: Vec<String> = sh(
+        h,
+        "for f in /etc/systemd/system/pipeline-app-*.service; do [ -e \"$f\" ] || continue; u=${f##*/}; echo \"$u $(systemctl is-active $u)\"; done",
+    )
+    .lines()
+    .map(str::to_string)
+    .collect();
+    v.sort();
+    v
+}
+
+fn ports(t: &Scratch) -> Vec<u64> {
+    state(t).resources["service.app"].attrs["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["port"].as_u64().unwrap())
+        .collect()
+}
+
+/// Answers per body (version) of `n` requests through the balancer.
+fn versions(lb: &Host, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let v = match http("GET", &format!("http://{}:{LISTEN}/", lb.addr()), "") {
+            Some((200, b)) => b.trim().to_string(),
+            Some((code, _)) => format!("HTTP {code}"),
+            None => "no answer".into(),
+        };
+        *out.entry(v).or_default() += 1;
+    }
+    out
+}
+
+fn load(lb: &Host) -> load::Load {
+    load::start(
+        &format!("{}:{LISTEN}", lb.addr()),
+        "GET",
+        "/",
+        "",
+        30,
+        3,
+        false,
+        Duration::from_secs(120),
+    )
+}
+
+/// Followers of the balancer host's access log still running here (the canary's stream: an
+/// `ssh` whose remote command is `tail -n0 -F`).
+fn followers(lb: &Host) -> usize {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", &format!("{} timeout 600 tail -n0 -F", lb.addr())])
+        .output()
+        .unwrap();
+    s(&out.stdout).lines().count()
+}
+
+#[test]
+fn a_canary_on_ssh_hosts_promotes_a_good_release_and_stops_a_bad_one() {
+    if !pipeline_lab::require() {
+        return;
+    }
+    let lab = Lab::with_options(3, LabOptions { apt_cache: true }).unwrap();
+    let (lb, w1, w2) = (lab.host(0), lab.host(1), lab.host(2));
+    let t = Scratch::new();
+    t.write(
+        "inventory.ini",
+        &format!(
+            "{}\n[web]\n{}\n{}\n\n[lb]\n{}\n",
+            lab.inventory(),
+            w1.name(),
+            w2.name(),
+            lb.name()
+        ),
+    );
+    t.write("app/app.py", APP);
+    t.write("app/VERSION", "v1\n");
+    t.write("main.hcl", &stack(lb.name(), "4s"));
+    let started = Instant::now();
+    t.ok(&["apply", "-auto-approve", "main.hcl"]);
+    eprintln!(
+        "first apply (service on 2 hosts, nginx through the apt cache): {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(ports(&t), [8080, 8080]);
+    assert_eq!(versions(lb, 4).get("v1"), Some(&4));
+    let followers_before = followers(lb);
+
+    // A good release: promoted step by step under load, nothing failed.
+    t.write("app/VERSION", "v2\n");
+    let l = load(lb);
+    let t0 = Instant::now();
+    let out = t.run(&["apply", "-auto-approve"]);
+    let took = t0.elapsed();
+    let report = l.stop();
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    eprintln!(
+        "canary v1 -> v2: {:.1} s; load: {}",
+        took.as_secs_f64(),
+        report.summary()
+    );
+    for l in text.lines().filter(|l| l.contains("canary")) {
+        eprintln!("  {}", l.trim());
+    }
+    assert!(out.status.success(), "the canary should pass:\n{text}");
+    for step in ["candidate gets 20%", "candidate gets 50%", "canary passed"] {
+        assert!(text.contains(step), "{step:?} missing:\n{text}");
+    }
+    assert_eq!(report.failed, 0, "failed requests: {:?}", report.errors);
+    let (v1, v2) = (
+        report.bodies.get("v1\n").copied().unwrap_or(0),
+        report.bodies.get("v2\n").copied().unwrap_or(0),
+    );
+    assert!(
+        v1 > 0 && v2 > 0,
+        "both versions answer during a canary: {:?}",
+        report.bodies
+    );
+    // The judge saw the candidate's answers in the streamed access log.
+    let reports: Vec<_> = std::fs::read_dir(t.path().join(".pipeline/reports"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&reports[0]).unwrap()).unwrap();
+    assert_eq!(rec["result"], "promoted", "{}", rec["result"]);
+    let arms = |arm: &str| {
+        rec["answers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["arm"] == arm)
+            .count()
+    };
+    eprintln!(
+        "judged answers: baseline {}, candidate {}",
+        arms("baseline"),
+        arms("candidate")
+    );
+    assert!(
+        arms("candidate") >= 20 && arms("baseline") >= 20,
+        "baseline {}, candidate {}",
+        arms("baseline"),
+        arms("candidate")
+    );
+    assert_eq!(ports(&t), [8081, 8081]);
+    for h in [w1, w2] {
+        assert_eq!(units(h), ["pipeline-app-1.service active"], "{}", h.name());
+    }
+    assert_eq!(versions(lb, 6).get("v2"), Some(&6));
+    let conf = sh(lb, "cat /etc/nginx/nginx.conf; ls /etc/nginx");
+    assert!(
+        !conf.contains("# canary")
+            && !conf.contains("nginx.conf.stable")
+            && !conf.contains(":8080"),
+        "{conf}"
+    );
+    let out = t.run(&["plan", "-detailed-exitcode"]);
+    let plan = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    assert!(
+        out.status.success() && plan.contains("No changes"),
+        "a no-op plan after the canary:\n{plan}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || followers(lb) <= followers_before),
+        "the access log's follower outlived the canary"
+    );
+
+    // A release that answers 500: stopped at the first step, everything back on v2.
+    t.write("app/VERSION", "broken\n");
+    let l = load(lb);
+    let t0 = Instant::now();
+    let out = t.run(&["apply", "-auto-approve"]);
+    let took = t0.elapsed();
+    let report = l.stop();
+    let err = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    eprintln!(
+        "canary v2 -> broken: {:.1} s; load: {}",
+        took.as_secs_f64(),
+        report.summary()
+    );
+    eprintln!(
+        "error: {}",
+        err.lines()
+            .filter(|l| l.contains("aborted"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    );
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("canary aborted at 20%"), "{err}");
+    assert!(err.contains("errors"), "the failing metric is named: {err}");
+    assert!(
+        err.contains("all the traffic is back on the old one"),
+        "{err}"
+    );
+    assert!(
+        report.failed > 0 && report.failed < report.sent / 2,
+        "the candidate got a share of the traffic, and only a share: {}",
+        report.summary()
+    );
+    assert_eq!(versions(lb, 10).get("v2"), Some(&10));
+    assert_eq!(ports(&t), [8081, 8081]);
+    for h in [w1, w2] {
+        assert_eq!(units(h), ["pipeline-app-1.service active"], "{}", h.name());
+    }
+    let conf = sh(lb, "cat /etc/nginx/nginx.conf; ls /etc/nginx");
+    assert!(
+        !conf.contains("# canary")
+            && !conf.contains("nginx.conf.stable")
+            && !conf.contains(":8080"),
+        "{conf}"
+    );
+    t.write("app/VERSION", "v2\n");
+    let out = t.run(&["plan", "-detailed-exitcode"]);
+    let plan = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    assert!(
+        out.status.success() && plan.contains("No changes"),
+        "after the stopped canary, v2 again:\n{plan}"
+    );
+
+    // `pipeline rollback` during a canary stops it.
+    t.write("app/VERSION", "v3\n");
+    t.write("main.hcl", &stack(lb.name(), "60s"));
+    let apply = t
+        .cmd(&["apply", "-auto-approve"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ctl = t.path().join(".pipeline/run/service.app.canary");
+    assert!(
+        wait_until(Duration::from_secs(120), || ctl.exists()),
+        "the canary did not start"
+    );
+    let t0 = Instant::now();
+    let rb = t.ok(&["rollback", "service.app"]);
+    eprintln!(
+        "rollback during the canary: {:.1} s: {}",
+        t0.elapsed().as_secs_f64(),
+        rb.trim()
+    );
+    let out = apply.wait_with_output().unwrap();
+    let err = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("stopped by `pipeline rollback`"), "{err}");
+    assert_eq!(versions(lb, 6).get("v2"), Some(&6));
+    for h in [w1, w2] {
+        assert_eq!(units(h), ["pipeline-app-1.service active"], "{}", h.name());
+    }
+}
