@@ -1,19 +1,21 @@
 //! The collector: discovers targets from the recorded state, probes them every interval, samples
-//! CPU and memory of replica processes, and tails balancer access logs for request and error
-//! rates. Its output is a [`Status`], published after every tick.
+//! CPU and memory of replica processes, and follows balancer access logs (a file here, or a
+//! command streaming one from another machine) for request and error rates. Its output is a
+//! [`Status`], published after every tick.
 
 use super::DaemonConfig;
 use pipeline_engine::provider::{
-    Description, Endpoint as DescribedEndpoint, ProcessInfo, ProviderCtx, Registry, Serves,
+    Description, Endpoint as DescribedEndpoint, MetricSource, ProcessInfo, ProviderCtx, Registry,
+    Serves,
 };
 use pipeline_host::procfs::{all_procs, family, rss_bytes};
-use pipeline_host::tail::Tail;
+use pipeline_host::tail::{Stream, Tail};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -34,7 +36,8 @@ pub const BUCKET_MS: u64 = 500;
 const HISTORY: Duration = Duration::from_secs(60);
 /// Healthy instances per service at every heartbeat, for this long.
 const HEARTBEAT_KEEP: Duration = Duration::from_secs(180);
-/// At most this much of an existing access log is read when the monitor starts.
+/// At most this much of an existing access log file is read when the monitor starts (a log
+/// streamed from another machine has no backlog: see [`Follower::Stream`]).
 const LOG_BACKLOG: u64 = 1 << 20;
 
 /// Milliseconds with microsecond precision (keeps the JSON short).
@@ -264,7 +267,7 @@ struct Endpoint {
     probe: Probe,
     /// What the dashboard names as the target (a balancer's URL).
     shown: String,
-    access_log: Option<PathBuf>,
+    access_log: Option<LogKey>,
 }
 
 #[derive(Default)]
@@ -457,7 +460,7 @@ fn targets(
                     name,
                     shown: serve.map_or_else(|| probe.describe(), |e| e.url.clone()),
                     probe,
-                    access_log: d.access_log().map(Path::to_path_buf),
+                    access_log: LogKey::of(d),
                 });
             }
             Serves::Store => {
@@ -721,6 +724,89 @@ struct ProcInfo {
 // ------------------------------------------------------------------------------------------------
 // Access logs.
 
+/// Where a balancer's access log is read: a file on this machine, or a command that streams the
+/// lines logged on another machine (`MetricSource::AccessLogStream`, e.g. `ssh HOST timeout 600
+/// tail -n0 -F PATH`), known by its whole argv.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum LogKey {
+    File(PathBuf),
+    Stream(Vec<String>),
+}
+
+impl LogKey {
+    /// The access log a description names (the first one), if any.
+    fn of(d: &Description) -> Option<LogKey> {
+        d.metrics.iter().find_map(|m| match m {
+            MetricSource::AccessLog { path, .. } => Some(LogKey::File(path.clone())),
+            MetricSource::AccessLogStream { argv, .. } if !argv.is_empty() => {
+                Some(LogKey::Stream(argv.clone()))
+            }
+            _ => None,
+        })
+    }
+}
+
+/// Follows one access log.
+enum Follower {
+    /// A file here: the last [`LOG_BACKLOG`] bytes it holds when the monitor starts are read,
+    /// then what is appended.
+    File(Tail),
+    /// A command streaming a log from another machine: no backlog, only what is logged from the
+    /// moment the command starts (rates of the minute before the monitor started are not known;
+    /// a request logged while the command is started again, at most once a second, is missed).
+    /// Dropping it kills the command's process group.
+    Stream(Stream),
+}
+
+impl Follower {
+    fn start(key: &LogKey) -> Follower {
+        match key {
+            LogKey::File(path) => Follower::File(Tail::with_backlog(path, LOG_BACKLOG)),
+            LogKey::Stream(argv) => Follower::Stream(Stream::start(argv)),
+        }
+    }
+    fn read_lines(&mut self) -> Vec<String> {
+        match self {
+            Follower::File(t) => t.read_lines(),
+            Follower::Stream(s) => s.read_lines(),
+        }
+    }
+}
+
+/// Followers by what they follow, kept across ticks: started when a balancer first names a log,
+/// reused while some balancer names the same one (the same path, or the very same argv), dropped
+/// once none does (the balancer left the targets or is described with another log).
+struct Followers<F> {
+    by_key: HashMap<LogKey, F>,
+}
+
+impl<F> Default for Followers<F> {
+    fn default() -> Self {
+        Followers {
+            by_key: HashMap::new(),
+        }
+    }
+}
+
+impl<F> Followers<F> {
+    /// The follower of `key`, started by `start` if there is none yet.
+    fn get_or_start(&mut self, key: &LogKey, start: impl FnOnce(&LogKey) -> F) -> &mut F {
+        if !self.by_key.contains_key(key) {
+            let f = start(key);
+            self.by_key.insert(key.clone(), f);
+        }
+        self.by_key.get_mut(key).expect("just inserted")
+    }
+    /// Drops every follower whose log is not in `keys`.
+    fn keep(&mut self, keys: &BTreeSet<&LogKey>) {
+        self.by_key.retain(|k, _| keys.contains(k));
+    }
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_key.len()
+    }
+}
+
 /// One parsed line of the access log (`pipeline_host::access_log`).
 use pipeline_host::access_log::parse as parse_log_line;
 
@@ -782,7 +868,8 @@ pub struct Collector {
     state_error: Option<String>,
     replicas: HashMap<String, ReplicaState>,
     endpoints: HashMap<String, EndpointState>,
-    tails: HashMap<PathBuf, Tail>,
+    /// One follower per access log the balancers name, kept across ticks.
+    tails: Followers<Follower>,
     /// Per upstream `address:port`.
     upstreams: HashMap<String, Window>,
     /// Per balancer address, over all its requests.
@@ -816,7 +903,7 @@ impl Collector {
             state_error: None,
             replicas: HashMap::new(),
             endpoints: HashMap::new(),
-            tails: HashMap::new(),
+            tails: Followers::default(),
             upstreams: HashMap::new(),
             balancer_windows: HashMap::new(),
             cpu_prev: HashMap::new(),
@@ -901,13 +988,18 @@ impl Collector {
                     .map(|e| &e.addr)
                     .collect();
                 self.endpoints.retain(|k, _| keep.contains(k));
-                let logs: BTreeSet<&PathBuf> = self
+                // A balancer gone, or described with another log: its follower goes (a stream's
+                // command is killed).
+                let logs: BTreeSet<&LogKey> = self
                     .targets
                     .balancers
                     .iter()
                     .filter_map(|b| b.access_log.as_ref())
                     .collect();
-                self.tails.retain(|k, _| logs.contains(k));
+                self.tails.keep(&logs);
+                let balancers: BTreeSet<&String> =
+                    self.targets.balancers.iter().map(|b| &b.addr).collect();
+                self.balancer_windows.retain(|a, _| balancers.contains(a));
             }
             Err(e) => self.state_error = Some(e.to_string()),
         }
@@ -1076,11 +1168,8 @@ impl Collector {
 
     fn read_logs(&mut self) {
         for b in &self.targets.balancers {
-            let Some(path) = &b.access_log else { continue };
-            let tail = self
-                .tails
-                .entry(path.clone())
-                .or_insert_with(|| Tail::with_backlog(path, LOG_BACKLOG));
+            let Some(key) = &b.access_log else { continue };
+            let tail = self.tails.get_or_start(key, Follower::start);
             let bw = self.balancer_windows.entry(b.addr.clone()).or_default();
             for line in tail.read_lines() {
                 let Some(l) = parse_log_line(&line) else {
@@ -1237,6 +1326,52 @@ mod tests {
     }
 
     #[test]
+    fn followers_are_kept_per_log_and_dropped_once_no_balancer_names_it() {
+        use std::cell::RefCell;
+        use std::rc::Rc;
+        struct Fake(String, Rc<RefCell<Vec<String>>>);
+        impl Drop for Fake {
+            fn drop(&mut self) {
+                self.1.borrow_mut().push(self.0.clone());
+            }
+        }
+        let dropped = Rc::new(RefCell::new(Vec::<String>::new()));
+        let started = RefCell::new(Vec::<String>::new());
+        let name = |k: &LogKey| match k {
+            LogKey::File(p) => p.display().to_string(),
+            LogKey::Stream(a) => a.join(" "),
+        };
+        let start = |k: &LogKey| {
+            started.borrow_mut().push(name(k));
+            Fake(name(k), dropped.clone())
+        };
+        let ssh = |host: &str| LogKey::Stream(vec!["ssh".into(), host.into(), "tail".into()]);
+        let file = LogKey::File("/srv/access.log".into());
+        let mut f: Followers<Fake> = Followers::default();
+        // Every tick asks again: one follower per log, started once.
+        for _ in 0..3 {
+            f.get_or_start(&ssh("a"), start);
+            f.get_or_start(&file, start);
+        }
+        assert_eq!(*started.borrow(), ["ssh a tail", "/srv/access.log"]);
+        assert_eq!(f.len(), 2);
+        // Named again (the same argv, described again): kept.
+        f.keep(&[&ssh("a"), &file].into_iter().collect());
+        assert!(dropped.borrow().is_empty());
+        // The balancer is described with another command (its host changed): the old one goes.
+        f.keep(&[&ssh("b"), &file].into_iter().collect());
+        assert_eq!(*dropped.borrow(), ["ssh a tail"]);
+        f.get_or_start(&ssh("b"), start);
+        assert_eq!(started.borrow().len(), 3);
+        // No balancer left: every follower goes.
+        f.keep(&BTreeSet::new());
+        assert_eq!(f.len(), 0);
+        let mut d = dropped.borrow().clone();
+        d.sort();
+        assert_eq!(d, ["/srv/access.log", "ssh a tail", "ssh b tail"]);
+    }
+
+    #[test]
     fn window_rates_and_pruning() {
         let mut w = Window::default();
         for i in 0..100 {
@@ -1342,11 +1477,20 @@ mod tests {
                     d.endpoints.push(ep("serve", url));
                 }
                 if let Some(log) = s("access_log") {
-                    d.metrics
-                        .push(pipeline_engine::provider::MetricSource::AccessLog {
-                            path: log.into(),
-                            format: "nginx-timed".into(),
-                        });
+                    d.metrics.push(MetricSource::AccessLog {
+                        path: log.into(),
+                        format: "nginx-timed".into(),
+                    });
+                }
+                // As the nginx provider describes a balancer on another machine.
+                if let Some(argv) = a.get("access_log_argv").and_then(|v| v.as_array()) {
+                    d.metrics.push(MetricSource::AccessLogStream {
+                        argv: argv
+                            .iter()
+                            .filter_map(|v| v.as_str().map(str::to_string))
+                            .collect(),
+                        format: "nginx-timed".into(),
+                    });
                 }
             }
             "flags" => {
@@ -1637,5 +1781,148 @@ mod tests {
         let st = c.status();
         assert_eq!(st.services[0].replicas[0].requests_in_window, 7);
         assert_eq!(st.balancers[0].state, "DOWN");
+    }
+
+    /// Gone, or a zombie nobody waits for.
+    fn gone(pid: i32) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        matches!(
+            stat.rsplit_once(") ").map(|(_, r)| &r[..1]),
+            None | Some("Z")
+        )
+    }
+
+    fn pid_in(p: &std::path::Path) -> Option<i32> {
+        std::fs::read_to_string(p).ok()?.trim().parse().ok()
+    }
+
+    #[test]
+    fn a_balancer_log_streamed_by_a_command_is_followed_kept_and_its_command_killed() {
+        let d = tempfile::tempdir().unwrap();
+        let state_dir = d.path().join(".pipeline");
+        let up = fake_server("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        let balancer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let bport = balancer.local_addr().unwrap().port();
+        let mut store = pipeline_state::StateStore::open(&state_dir).unwrap();
+        record(
+            &mut store,
+            "service.web[0]",
+            "service",
+            serde_json::json!({
+                "address": "127.0.0.1", "port": up, "url": format!("http://127.0.0.1:{up}")
+            }),
+        );
+        // Stands for `ssh HOST tail -n0 -F LOG`: notes its pid, prints 3 lines (2 of them
+        // 500s) stamped now, and runs on.
+        let pidfile = |tag: &str| d.path().join(format!("{tag}.pid"));
+        let stream = |tag: &str| {
+            serde_json::json!(["sh", "-c", format!(
+                "echo $$ > {}; for s in 200 500 500; do printf '%s %s 0.001 127.0.0.1:{up} %s\\n' \"$(date +%s.%N)\" $s $s; done; exec sleep 60",
+                pidfile(tag).display()
+            )])
+        };
+        let balancer_record = |tag: &str| {
+            serde_json::json!({
+                "url": format!("http://127.0.0.1:{bport}"), "access_log_argv": stream(tag)
+            })
+        };
+        record(
+            &mut store,
+            "balancer.front",
+            "balancer",
+            balancer_record("one"),
+        );
+        let mut c = Collector::new(
+            DaemonConfig {
+                name: "monitor.dash".into(),
+                state_dir: state_dir.clone(),
+                watch: serde_json::Value::Null,
+                interval_ms: 100,
+                address: "127.0.0.1".into(),
+                listen: 1,
+                token: None,
+                hosts: vec![],
+            },
+            fake_describer(),
+        );
+        let counted = |c: &mut Collector, n: usize| {
+            let until = Instant::now() + Duration::from_secs(10);
+            loop {
+                c.tick();
+                let st = c.status();
+                let r = &st.services[0].replicas[0];
+                if r.requests_in_window >= n || Instant::now() > until {
+                    return st;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        let st = counted(&mut c, 3);
+        let (r, b) = (&st.services[0].replicas[0], &st.balancers[0]);
+        assert_eq!(r.requests_in_window, 3, "{st:?}");
+        assert!((r.error_ratio - 2.0 / 3.0).abs() < 1e-9, "{r:?}");
+        assert!((b.requests_per_second.unwrap() - 0.3).abs() < 1e-9, "{b:?}");
+        assert!((b.error_ratio.unwrap() - 2.0 / 3.0).abs() < 1e-9, "{b:?}");
+        let one = pid_in(&pidfile("one")).expect("the command ran");
+
+        // Discovered and described again: the same command goes on (a new one would print its
+        // 3 lines again).
+        for _ in 0..3 {
+            c.last_discovery = None;
+            c.described_at = None;
+            c.tick();
+        }
+        assert_eq!(c.tails.len(), 1);
+        assert!(!gone(one), "the command was kept");
+        assert_eq!(c.status().services[0].replicas[0].requests_in_window, 3);
+
+        // Described with another command: the old one is killed, the new one followed.
+        record(
+            &mut store,
+            "balancer.front",
+            "balancer",
+            balancer_record("two"),
+        );
+        c.last_discovery = None;
+        c.tick();
+        assert!(gone(one), "the command of the old description was killed");
+        let st = counted(&mut c, 6);
+        assert_eq!(st.services[0].replicas[0].requests_in_window, 6, "{st:?}");
+        let two = pid_in(&pidfile("two")).expect("the new command ran");
+        assert_eq!(c.tails.len(), 1);
+
+        // The balancer leaves the state: its command is killed.
+        store
+            .record(pipeline_state::JournalEntry::Remove {
+                addr: "balancer.front".into(),
+            })
+            .unwrap();
+        c.last_discovery = None;
+        c.tick();
+        assert!(c.status().balancers.is_empty());
+        assert_eq!(c.tails.len(), 0);
+        assert!(gone(two), "the command of a balancer gone was killed");
+
+        // The collector dropped (the daemon stops): its commands are killed.
+        record(
+            &mut store,
+            "balancer.front",
+            "balancer",
+            balancer_record("three"),
+        );
+        c.last_discovery = None;
+        c.tick();
+        let three = pid_in(&pidfile("three"));
+        let until = Instant::now() + Duration::from_secs(10);
+        let three = loop {
+            match pid_in(&pidfile("three")).or(three) {
+                Some(p) => break p,
+                None if Instant::now() < until => std::thread::sleep(Duration::from_millis(20)),
+                None => panic!("the third command did not run"),
+            }
+        };
+        assert!(!gone(three));
+        drop(c);
+        assert!(gone(three), "the collector's commands die with it");
     }
 }

@@ -3,7 +3,10 @@
 //! `monitor "dash" { listen = 9900 }` runs one supervised daemon (`pipeline __monitor DIR`,
 //! DIR = `.pipeline/run/monitor.dash/`) that re-reads the recorded state every second, asks each
 //! recorded instance's provider what runs for it (`Provider::describe`: application replicas,
-//! proxies, stores, their endpoints and access logs) and probes them. It serves:
+//! proxies, stores, their endpoints and access logs) and probes them. A balancer's access log is
+//! a file here or a command streaming it from another machine (`ssh HOST tail -F`), followed
+//! while the balancer is watched; on SIGTERM the daemon stops those commands before it exits.
+//! It serves:
 //!
 //! | path          | what                                                              |
 //! |---------------|-------------------------------------------------------------------|

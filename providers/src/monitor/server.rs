@@ -221,6 +221,19 @@ pub fn run(cfg: DaemonConfig, describer: Describer) -> Result<(), String> {
         ..Default::default()
     }));
     let publish = shared.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| format!("cannot start the server's runtime: {e}"))?;
+    // Before the collector starts anything: a stop request (the supervisor's SIGTERM to this
+    // process's group) must reach the code below, not end the process where it stands.
+    let stopped = {
+        let _in = rt.enter();
+        Stopped::new().map_err(|e| format!("cannot handle stop signals: {e}"))?
+    };
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("collector".into())
         .spawn(move || {
@@ -230,16 +243,69 @@ pub fn run(cfg: DaemonConfig, describer: Describer) -> Result<(), String> {
                 c.tick();
                 let st = c.status();
                 *publish.lock().unwrap_or_else(|e| e.into_inner()) = st;
-                std::thread::sleep(c.interval().saturating_sub(start.elapsed()));
+                let rest = c.interval().saturating_sub(start.elapsed());
+                if !matches!(
+                    stop_rx.recv_timeout(rest),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                ) {
+                    break;
+                }
             }
+            // The followers of remote access logs kill their commands (ssh) here: they run in
+            // process groups of their own, which the supervisor's signals do not reach.
+            drop(c);
+            let _ = done_tx.send(());
         })
         .map_err(|e| format!("cannot start the collector: {e}"))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| format!("cannot start the server's runtime: {e}"))?;
-    rt.block_on(serve(listener, shared, gate))
+    let out = rt.block_on(async {
+        tokio::select! {
+            r = serve(listener, shared, gate) => r,
+            sig = stopped.wait() => {
+                let _ = writeln!(Stderr, "pipeline monitor: {sig}: stopping");
+                Ok(())
+            }
+        }
+    });
+    drop(stop_tx);
+    if done_rx.recv_timeout(COLLECTOR_STOP).is_err() {
+        let _ = writeln!(
+            Stderr,
+            "pipeline monitor: the collector did not stop within {} s",
+            COLLECTOR_STOP.as_secs()
+        );
+    }
+    out
+}
+
+/// How long the collector may take to finish its tick and stop its followers on exit (below the
+/// supervisor's 5 s between SIGTERM and SIGKILL).
+const COLLECTOR_STOP: Duration = Duration::from_secs(4);
+
+/// SIGTERM, SIGINT and SIGHUP, caught so that the daemon stops in order.
+struct Stopped {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Stopped {
+    /// Within a tokio runtime.
+    fn new() -> std::io::Result<Stopped> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Stopped {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+    /// The name of the first signal received.
+    async fn wait(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = self.hup.recv() => "SIGHUP",
+        }
+    }
 }
 
 /// `write!` target for stderr that ignores errors instead of panicking like `eprintln!`.
@@ -561,6 +627,29 @@ pub fn metrics(st: &Status) -> String {
         "gauge",
         "Requests per second through the balancer over the last 10 s of its access log.",
         &rates,
+    );
+    let errors: Vec<(String, f64)> = st
+        .balancers
+        .iter()
+        .filter_map(|b| {
+            b.error_ratio.map(|r| {
+                (
+                    format!(
+                        "balancer=\"{}\",address=\"{}\"",
+                        label(&b.name),
+                        label(&b.address)
+                    ),
+                    r,
+                )
+            })
+        })
+        .collect();
+    family(
+        &mut out,
+        "pipeline_balancer_error_ratio",
+        "gauge",
+        "Share of the balancer's requests answered with a 5xx status over the last 10 s of its access log.",
+        &errors,
     );
     family(
         &mut out,
