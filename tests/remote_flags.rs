@@ -19,19 +19,10 @@ const PASSWORD: &str = "Fl4gs-lab-s3cret.pw";
 const PORT: u16 = 6390;
 const ADDR: &str = "flags.features";
 
+/// The primary's host in `db`, the mirrors' in `web`.
 fn inventory(lab: &pipeline_lab::Lab) -> String {
     let h = lab.hosts();
-    format!(
-        "[db]\n{} ansible_host={}\n\n[web]\n{} ansible_host={}\n{} ansible_host={}\n\n\
-         [all:vars]\nansible_user=root\nansible_ssh_private_key_file={}\n",
-        h[0].name(),
-        h[0].addr(),
-        h[1].name(),
-        h[1].addr(),
-        h[2].name(),
-        h[2].addr(),
-        lab.key_file().display()
-    )
+    common::lab::inventory(lab, &[("db", &[&h[0]]), ("web", &[&h[1], &h[2]])])
 }
 
 fn stack(db: &str, password_expr: &str, port: &str) -> String {

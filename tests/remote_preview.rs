@@ -4,6 +4,7 @@
 //! change is named, never shown; `plan -json` carries the previews; a no-op plan runs none.
 
 mod common;
+use common::lab;
 use common::*;
 use std::time::{Duration, Instant};
 
@@ -84,14 +85,7 @@ fn a_plan_shows_each_hosts_check_diff_and_changes_nothing() {
         return;
     }
     let lab = pipeline_lab::Lab::new(2).expect("lab");
-    let t = Scratch::new();
-    t.write("inventory.ini", &lab.inventory());
-    t.write(
-        "app/app.py",
-        &std::fs::read_to_string(repo().join("tests/fixtures/remote_app/app.py")).unwrap(),
-    );
-    t.write("app/VERSION", "v1\n");
-    t.write("main.hcl", &stack("a"));
+    let t = lab::scratch(&lab.inventory(), "main.hcl", &stack("a"));
     t.env
         .borrow_mut()
         .push(("PIPELINE_VAR_db_password".into(), SECRET.into()));
@@ -257,7 +251,7 @@ fn a_plan_shows_each_hosts_check_diff_and_changes_nothing() {
         .borrow_mut()
         .push(("PIPELINE_VAR_db_password".into(), SECRET.into()));
     t.write("main.hcl", &stack("a"));
-    t.write("app/VERSION", "v2\n");
+    lab::set_version(&t, "v2");
     let (text, took) = timed_plan(&t, &["plan"]);
     eprintln!(
         "plan of a new release (built at plan): {:.2} s",

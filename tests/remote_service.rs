@@ -6,6 +6,7 @@
 //! Bad input is refused at plan without a lab.
 
 mod common;
+use common::lab::{self, set_version};
 use common::*;
 use sha2::Digest;
 use std::process::Stdio;
@@ -44,10 +45,6 @@ output "app_url" {{
 }}
 "#
     )
-}
-
-fn set_version(t: &Scratch, v: &str) {
-    t.write("app/VERSION", &format!("{v}\n"));
 }
 
 /// What the instance at `url` answers at `/` (JSON), if it answers.
@@ -247,14 +244,7 @@ fn a_service_rolls_out_on_three_lab_hosts_and_survives_a_host_going_off() {
         return;
     }
     let lab = pipeline_lab::Lab::new(3).expect("lab");
-    let t = Scratch::new();
-    t.write("inventory.ini", &lab.inventory());
-    t.write(
-        "app/app.py",
-        &std::fs::read_to_string(repo().join("tests/fixtures/remote_app/app.py")).unwrap(),
-    );
-    set_version(&t, "v1");
-    t.write("main.hcl", &stack("hi"));
+    let t = lab::scratch(&lab.inventory(), "main.hcl", &stack("hi"));
     t.env
         .borrow_mut()
         .push(("PIPELINE_VAR_db_password".into(), SECRET.into()));
