@@ -12,30 +12,7 @@ const SECRET: &str = "s3cr3t-Pv41x-never-shown";
 const SECRET2: &str = "s3cr3t-Pv42y-never-shown";
 
 fn stack(greeting: &str) -> String {
-    format!(
-        r#"variable "db_password" {{
-  sensitive = true
-}}
-provider "ssh" {{
-  inventory = "inventory.ini"
-}}
-host "web" {{
-  provider = ssh
-  group    = "lab"
-}}
-service "app" {{
-  provider      = ssh
-  on            = host.web
-  source        = "app"
-  run           = "exec python3 app.py"
-  port          = 8080
-  env           = {{ GREETING = "{greeting}" }}
-  secret_env    = {{ DB_PASSWORD = var.db_password }}
-  health        = {{ path = "/health" }}
-  start_timeout = "10s"
-}}
-"#
-    )
+    lab::secret_env_stack(greeting, "")
 }
 
 /// Each host's env file, its mtime and the instance's main pid: what a dry run must not change.

@@ -17,34 +17,10 @@ use std::time::{Duration, Instant};
 const SECRET: &str = "s3cr3t-Dq7hZ2-never-shown";
 
 fn stack(greeting: &str) -> String {
-    format!(
-        r#"variable "db_password" {{
-  sensitive = true
-}}
-provider "ssh" {{
-  inventory = "inventory.ini"
-}}
-host "web" {{
-  provider = ssh
-  group    = "lab"
-}}
-service "app" {{
-  provider      = ssh
-  on            = host.web
-  source        = "app"
-  run           = "exec python3 app.py"
-  port          = 8080
-  env           = {{ GREETING = "{greeting}" }}
-  secret_env    = {{ DB_PASSWORD = var.db_password }}
-  health        = {{ path = "/health" }}
-  update        = {{ strategy = "rolling", max_unavailable = 1 }}
-  start_timeout = "10s"
-}}
-output "app_url" {{
-  value = service.app.url
-}}
-"#
-    )
+    lab::secret_env_stack(
+        greeting,
+        "  update        = { strategy = \"rolling\", max_unavailable = 1 }\n",
+    ) + "output \"app_url\" {\n  value = service.app.url\n}\n"
 }
 
 /// What the instance at `url` answers at `/` (JSON), if it answers.

@@ -231,3 +231,34 @@ pub fn edge_inventory(lab: &Lab) -> String {
     let web: Vec<&Host> = lab.hosts()[1..].iter().collect();
     inventory(lab, &[("edge", &[lab.host(0)]), ("web", &web)])
 }
+
+/// A stack of [`APP`] on every host of [`Lab::inventory`]'s group `lab`, with `GREETING` in
+/// its environment and the sensitive variable `db_password` as `DB_PASSWORD` in its secret
+/// environment; `service` is more of the service block's attributes (each line ending in a
+/// newline).
+pub fn secret_env_stack(greeting: &str, service: &str) -> String {
+    format!(
+        r#"variable "db_password" {{
+  sensitive = true
+}}
+provider "ssh" {{
+  inventory = "inventory.ini"
+}}
+host "web" {{
+  provider = ssh
+  group    = "lab"
+}}
+service "app" {{
+  provider      = ssh
+  on            = host.web
+  source        = "app"
+  run           = "{RUN}"
+  port          = 8080
+  env           = {{ GREETING = "{greeting}" }}
+  secret_env    = {{ DB_PASSWORD = var.db_password }}
+  health        = {{ path = "/health" }}
+{service}  start_timeout = "10s"
+}}
+"#
+    )
+}
