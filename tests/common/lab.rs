@@ -262,3 +262,55 @@ service "app" {{
 "#
     )
 }
+
+/// Every process command line on this machine. The lab's hosts are containers whose processes
+/// this machine's /proc shows too, so this covers the control machine and every host.
+pub fn command_lines() -> Vec<String> {
+    let mut out = Vec::new();
+    for pid in super::procfs::pids() {
+        if let Some(l) = super::procfs::cmdline(pid).filter(|l| !l.is_empty()) {
+            out.push(l);
+        }
+    }
+    out
+}
+
+/// Looks at every command line (here and on the hosts, [`command_lines`]) every 20 ms until
+/// finished, at most 10 minutes, for a secret, and for a witness: a process of the hosts that
+/// shows the scans did see them.
+pub struct SecretWatch {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(Vec<String>, usize, bool)>,
+}
+
+impl SecretWatch {
+    /// The witness is a command line holding every one of `witness`.
+    pub fn start(secret: &str, witness: &[&str]) -> SecretWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, secret) = (stop.clone(), secret.to_string());
+        let witness: Vec<String> = witness.iter().map(|w| w.to_string()).collect();
+        let thread = std::thread::spawn(move || {
+            let (mut hits, mut scans, mut seen) = (Vec::new(), 0, false);
+            let end = Instant::now() + Duration::from_secs(600);
+            while !s.load(Ordering::Relaxed) && Instant::now() < end {
+                for l in command_lines() {
+                    seen |= witness.iter().all(|w| l.contains(w.as_str()));
+                    if l.contains(&secret) {
+                        hits.push(l);
+                    }
+                }
+                scans += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (hits, scans, seen)
+        });
+        SecretWatch { stop, thread }
+    }
+
+    /// The command lines that held the secret, how many scans were made, and whether the
+    /// witness was seen.
+    pub fn finish(self) -> (Vec<String>, usize, bool) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
