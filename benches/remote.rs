@@ -17,65 +17,29 @@
 //!
 //! each `PIPELINE_REMOTE_RUNS` times (default 5), after one warm-up run each, so both reuse open
 //! ssh masters. Nothing here fails on timing: it prints figures.
+//!
+//! The lab scaffolding is the tests' (tests/common/lab.rs); the work directory is the tests'
+//! `Scratch`, whose drop stops the ssh masters of its work directory and removes their socket
+//! directory (`/tmp/pipeline-ssh-*`), so a run leaves none behind.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::lab::{self, RUN};
+use common::Scratch;
 use pipeline_lab::{Lab, LabOptions};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pipeline");
-const APP: &str = include_str!("../tests/fixtures/remote_app/app.py");
-const RUN: &str = "exec python3 app.py";
-
-fn stack(lb: &str) -> String {
-    format!(
-        r#"provider "ssh" {{
-  inventory = "inventory.ini"
-}}
-
-host "web" {{
-  provider = ssh
-  group    = "web"
-}}
-
-host "edge" {{
-  provider = ssh
-  group    = "edge"
-}}
-
-service "app" {{
-  provider = ssh
-  on       = host.web
-  source   = "app"
-  run      = "{RUN}"
-  port     = 8080
-  health   = {{ path = "/health" }}
-  update   = {{ strategy = "rolling", max_unavailable = 1 }}
-}}
-
-balancer "front" {{
-  on     = host.edge["{lb}"]
-  listen = 80
-  routes = {{ "/" = service.app }}
-}}
-"#
-    )
-}
-
-fn pipeline(dir: &Path, args: &[&str]) -> Duration {
-    let t = Instant::now();
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--no-color")
-        .current_dir(dir)
-        .output()
-        .expect("run pipeline");
-    let took = t.elapsed();
+fn pipeline(t: &Scratch, args: &[&str]) -> Duration {
+    let started = Instant::now();
+    let out = t.run(args);
+    let took = started.elapsed();
     assert!(
         out.status.success(),
         "pipeline {args:?}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        common::s(&out.stdout),
+        common::s(&out.stderr)
     );
     took
 }
@@ -172,28 +136,11 @@ fn main() {
     let t = Instant::now();
     let lab = Lab::with_options(6, LabOptions { apt_cache: true }).expect("lab");
     println!("lab of 6 hosts up in {:.1} s", t.elapsed().as_secs_f64());
-    let work = tempfile::tempdir().expect("tempdir");
-    let dir = work.path();
-    std::fs::create_dir_all(dir.join("app")).unwrap();
-    std::fs::write(dir.join("app/app.py"), APP).unwrap();
-    std::fs::write(dir.join("app/VERSION"), "v1\n").unwrap();
-    let lb = lab.host(0);
-    let mut inv = format!(
-        "[edge]\n{} ansible_host={}\n\n[web]\n",
-        lb.name(),
-        lb.addr()
-    );
-    for h in &lab.hosts()[1..] {
-        inv.push_str(&format!("{} ansible_host={}\n", h.name(), h.addr()));
-    }
-    inv.push_str(&format!(
-        "\n[all:vars]\nansible_user=root\nansible_ssh_private_key_file={}\n",
-        lab.key_file().display()
-    ));
-    std::fs::write(dir.join("inventory.ini"), &inv).unwrap();
-    std::fs::write(dir.join("s.hcl"), stack(lb.name())).unwrap();
+    let inv = lab::edge_inventory(&lab);
+    let t = lab::scratch(&inv, "s.hcl", &lab::edge_stack(lab.host(0).name()));
+    let dir = t.path();
 
-    let first = pipeline(dir, &["apply", "-auto-approve", "s.hcl"]);
+    let first = pipeline(&t, &["apply", "-auto-approve", "s.hcl"]);
     println!(
         "{:<58} {:>6.2} s",
         "first deploy: pipeline apply (6 hosts, nginx installed)",
@@ -256,12 +203,12 @@ fn main() {
     ];
 
     // Warm-up, then the runs, interleaved so load on the machine hits both alike.
-    pipeline(dir, &["apply", "-auto-approve", "s.hcl"]);
+    pipeline(&t, &["apply", "-auto-approve", "s.hcl"]);
     ansible_noop(&lab, &ansible_inv, &plays);
     let (mut apply, mut plan, mut ansible) = (vec![], vec![], vec![]);
     for _ in 0..runs {
-        apply.push(pipeline(dir, &["apply", "-auto-approve", "s.hcl"]));
-        plan.push(pipeline(dir, &["plan", "s.hcl"]));
+        apply.push(pipeline(&t, &["apply", "-auto-approve", "s.hcl"]));
+        plan.push(pipeline(&t, &["plan", "s.hcl"]));
         ansible.push(ansible_noop(&lab, &ansible_inv, &plays));
     }
     println!("\nno-op deploy of the 6-host stack, nothing to change:");
@@ -271,8 +218,5 @@ fn main() {
         "ansible-playbook service.yml + nginx.yml (changed=0)",
         &ansible,
     );
-    let _ = Command::new(BIN)
-        .args(["destroy", "-auto-approve", "s.hcl", "--no-color"])
-        .current_dir(dir)
-        .output();
+    let _ = t.run(&["destroy", "-auto-approve", "s.hcl"]);
 }

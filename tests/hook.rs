@@ -565,27 +565,19 @@ fn a_push_to_production_deploys_to_lab_hosts_and_a_failing_one_is_refused() {
     }
     let lab = pipeline_lab::Lab::new(2).unwrap_or_else(|e| panic!("{e:#}"));
     let s_ = Setup::new();
-    let mut inventory = String::from("[web]\n");
-    for h in lab.hosts() {
-        inventory.push_str(&format!("{} ansible_host={}\n", h.name(), h.addr()));
-    }
-    inventory.push_str(&format!(
-        "\n[web:vars]\nansible_user=root\nansible_ssh_private_key_file={}\n",
-        lab.key_file().display()
-    ));
-    let app =
-        std::fs::read_to_string(common::repo().join("tests/fixtures/remote_app/app.py")).unwrap();
+    let hosts: Vec<&pipeline_lab::Host> = lab.hosts().iter().collect();
+    let inventory = common::lab::inventory(&lab, &[("web", &hosts)]);
     let files = |version: &str, run: &str| {
         vec![
             ("inventory.ini", inventory.clone()),
-            ("app/app.py", app.clone()),
+            ("app/app.py", common::lab::APP.to_string()),
             ("app/VERSION", format!("{version}\n")),
             ("main.hcl", lab_stack(run)),
         ]
     };
 
     // main: nothing reaches the hosts.
-    let out = push_files(&s_.work, &files("v1", "exec python3 app.py"), "HEAD:main");
+    let out = push_files(&s_.work, &files("v1", common::lab::RUN), "HEAD:main");
     assert!(out.status.success(), "{}", s(&out.stderr));
     assert_eq!(lab_versions(&lab), vec![None, None]);
     assert_eq!(s_.serial(), 0);
@@ -631,11 +623,7 @@ fn a_push_to_production_deploys_to_lab_hosts_and_a_failing_one_is_refused() {
     assert_eq!(s_.log().last().unwrap()["result"], "failed");
 
     // Fixed: the next push converges both hosts.
-    let out = push_files(
-        &s_.work,
-        &files("v3", "exec python3 app.py"),
-        "HEAD:production",
-    );
+    let out = push_files(&s_.work, &files("v3", common::lab::RUN), "HEAD:production");
     assert!(out.status.success(), "{}", s(&out.stderr));
     assert_eq!(
         lab_versions(&lab),

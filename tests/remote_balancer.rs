@@ -7,13 +7,12 @@
 //! distribution's config back.
 
 mod common;
+use common::lab::{self, sh, Load};
 use common::*;
 
 use pipeline_engine::provider::{HealthState, LogSource, Provider, ProviderCtx};
 use pipeline_lab::{Host, Lab, LabOptions};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const LISTEN: u16 = 8080;
@@ -55,10 +54,6 @@ fn backend(h: &Host, unit: &str, port: u16, name: &str) {
         wait_until(Duration::from_secs(10), || http("GET", &url, "").is_some()),
         "backend {name} did not come up at {url}"
     );
-}
-
-fn sh(h: &Host, script: &str) -> String {
-    h.exec(&["sh", "-c", script]).unwrap_or_default()
 }
 
 /// Waits (at most 10 s) until nginx on `h` runs one worker and no old one finishes its
@@ -216,36 +211,29 @@ fn a_balancer_on_an_inventory_host_routes_reloads_repairs_shifts_and_goes() {
     );
     assert_eq!(sh(lbh, "cat /etc/nginx/nginx.conf"), conf_before);
     assert_eq!(sh(lbh, "systemctl show -p MainPID --value nginx"), pid);
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (stop, url) = (stop.clone(), url.clone());
-        std::thread::spawn(move || {
-            let (mut ok, mut failed, start) = (0u32, 0u32, Instant::now());
-            // Bounded: at most 3000 requests or 90 s, stopped when the apply is done.
-            while ok + failed < 3000 && start.elapsed() < Duration::from_secs(90) {
-                match http("GET", &url, "") {
-                    Some((200, _)) => ok += 1,
-                    _ => failed += 1,
-                }
-                if stop.load(Ordering::Relaxed) && ok + failed >= 200 {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            (ok, failed, start.elapsed())
-        })
-    };
+    // Bounded: 50 requests a second for at most 90 s, stopped when the apply is done and at
+    // least 200 were made.
+    let load = Load::with(&url, 50, 1, Duration::from_secs(90), |b| {
+        Ok(b.trim().to_string())
+    });
     let started = Instant::now();
     t.ok(&["apply", "-auto-approve", "s.hcl"]);
     let took = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let (ok, failed, over) = load.join().unwrap();
+    let samples = load.stop_after(200);
+    let failed = lab::failed(&samples).len();
+    let ok = samples.len() - failed;
+    let over = samples.last().unwrap().done - samples[0].sent;
     eprintln!(
         "weight change: apply {:.1} s; load {ok} ok, {failed} failed over {:.1} s",
         took.as_secs_f64(),
         over.as_secs_f64()
     );
-    assert_eq!(failed, 0, "requests failed during the reload");
+    assert_eq!(
+        failed,
+        0,
+        "requests failed during the reload: {:?}",
+        lab::failed(&samples)
+    );
     assert!(ok >= 200);
     assert_eq!(
         sh(lbh, "systemctl show -p MainPID --value nginx"),

@@ -7,42 +7,13 @@
 //! request, every answer still the old version, the old units running, the new ones gone.
 
 mod common;
+use common::lab::{self, sh, units, Load, Sample};
 use common::*;
 
-use pipeline_lab::{Host, Lab, LabOptions};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use pipeline_lab::{Lab, LabOptions};
 use std::time::{Duration, Instant};
 
 const LISTEN: u16 = 8000;
-
-/// Answers its version and port; `/health` ok. A VERSION of `NAME crash-on HOST` exits at
-/// once on HOST (a release that never becomes healthy there) and runs as NAME elsewhere.
-const APP: &str = r#"import json, os, socket
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-HERE = os.path.dirname(os.path.abspath(__file__))
-words = open(os.path.join(HERE, "VERSION")).read().split()
-VERSION = words[0]
-if len(words) == 3 and words[1] == "crash-on" and words[2] == socket.gethostname():
-    raise SystemExit(3)
-class H(BaseHTTPRequestHandler):
-    def do_GET(self):
-        if self.path == "/health":
-            b = b"ok\n"
-        else:
-            b = json.dumps({"version": VERSION, "host": socket.gethostname(),
-                            "port": int(os.environ["PORT"])}).encode() + b"\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(b)))
-        self.end_headers()
-        self.wfile.write(b)
-    def log_message(self, *a):
-        pass
-class S(ThreadingHTTPServer):
-    request_queue_size = 128
-    daemon_threads = True
-S(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
-"#;
 
 fn stack(lb: &str) -> String {
     format!(
@@ -76,95 +47,6 @@ balancer "front" {{
     )
 }
 
-/// One request through the balancer: when it was sent and answered, and the version (Err: why
-/// it failed).
-#[derive(Clone, Debug)]
-struct Sample {
-    sent: Instant,
-    done: Instant,
-    version: Result<String, String>,
-}
-
-/// `rate` requests a second through `url` from 3 threads, a new connection each, until
-/// stopped (at most 300 s).
-struct Load {
-    stop: Arc<AtomicBool>,
-    samples: Arc<Mutex<Vec<Sample>>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(url: &str, rate: u32) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let samples = Arc::new(Mutex::new(Vec::new()));
-        let clients = 3;
-        let interval = Duration::from_secs_f64(clients as f64 / rate as f64);
-        let started = Instant::now();
-        let threads = (0..clients)
-            .map(|c| {
-                let (stop, samples, url) = (stop.clone(), samples.clone(), url.to_string());
-                std::thread::spawn(move || {
-                    let mut next = started + interval.mul_f64(c as f64 / clients as f64);
-                    while !stop.load(Ordering::SeqCst)
-                        && started.elapsed() < Duration::from_secs(300)
-                    {
-                        let now = Instant::now();
-                        if next > now {
-                            std::thread::sleep(next - now);
-                        }
-                        next += interval;
-                        let sent = Instant::now();
-                        let version = match http("GET", &url, "") {
-                            Some((200, b)) => serde_json::from_str::<serde_json::Value>(&b)
-                                .ok()
-                                .and_then(|v| v["version"].as_str().map(str::to_string))
-                                .ok_or(format!("not an app answer: {b:?}")),
-                            Some((code, b)) => Err(format!("HTTP {code}: {}", b.trim())),
-                            None => Err("no answer".into()),
-                        };
-                        samples.lock().unwrap().push(Sample {
-                            sent,
-                            done: Instant::now(),
-                            version,
-                        });
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            samples,
-            threads,
-        }
-    }
-    fn stop(self) -> Vec<Sample> {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads {
-            let _ = t.join();
-        }
-        let mut v = self.samples.lock().unwrap().clone();
-        v.sort_by_key(|s| s.sent);
-        v
-    }
-}
-
-fn sh(h: &Host, script: &str) -> String {
-    h.exec(&["sh", "-c", script]).unwrap_or_default()
-}
-
-/// The service's units on a host: `NAME STATE` lines, sorted.
-fn units(h: &Host) -> Vec<String> {
-    let mut v: Vec<String> = sh(
-        h,
-        "for f in /etc/systemd/system/pipeline-app-*.service; do [ -e \"$f\" ] || continue; u=${f##*/}; echo \"$u $(systemctl is-active $u)\"; done",
-    )
-    .lines()
-    .map(str::to_string)
-    .collect();
-    v.sort();
-    v
-}
-
 fn ports(t: &Scratch) -> Vec<u64> {
     state(t).resources["service.app"].attrs["instances"]
         .as_array()
@@ -181,9 +63,7 @@ fn a_blue_green_update_on_ssh_hosts_switches_at_once_and_a_failed_one_moves_noth
     }
     let lab = Lab::with_options(3, LabOptions { apt_cache: true }).unwrap();
     let (lb, w1, w2) = (lab.host(0), lab.host(1), lab.host(2));
-    let t = Scratch::new();
-    t.write(
-        "inventory.ini",
+    let t = lab::scratch(
         &format!(
             "{}\n[web]\n{}\n{}\n\n[lb]\n{}\n",
             lab.inventory(),
@@ -191,10 +71,9 @@ fn a_blue_green_update_on_ssh_hosts_switches_at_once_and_a_failed_one_moves_noth
             w2.name(),
             lb.name()
         ),
+        "main.hcl",
+        &stack(lb.name()),
     );
-    t.write("app/app.py", APP);
-    t.write("app/VERSION", "v1\n");
-    t.write("main.hcl", &stack(lb.name()));
 
     // First apply: the service on slot A (8080) of both hosts, nginx in front.
     let started = Instant::now();
@@ -213,7 +92,7 @@ fn a_blue_green_update_on_ssh_hosts_switches_at_once_and_a_failed_one_moves_noth
 
     // Blue-green to v2 under load: the new release starts on 8081 beside the old, then every
     // answer switches at once.
-    t.write("app/VERSION", "v2\n");
+    lab::set_version(&t, "v2");
     let plan = t.ok(&["plan"]);
     assert!(
         plan.contains("balancer.front"),
@@ -228,15 +107,8 @@ fn a_blue_green_update_on_ssh_hosts_switches_at_once_and_a_failed_one_moves_noth
     let samples = load.stop();
     let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
     assert!(out.status.success(), "apply failed:\n{text}");
-    let failed: Vec<&Sample> = samples.iter().filter(|s| s.version.is_err()).collect();
-    let v1 = samples
-        .iter()
-        .filter(|s| s.version.as_deref() == Ok("v1"))
-        .count();
-    let v2 = samples
-        .iter()
-        .filter(|s| s.version.as_deref() == Ok("v2"))
-        .count();
+    let failed = lab::failed(&samples);
+    let (v1, v2) = (lab::answered(&samples, "v1"), lab::answered(&samples, "v2"));
     let first_v2 = samples
         .iter()
         .filter(|s| s.version.as_deref() == Ok("v2"))
@@ -321,7 +193,7 @@ fn a_blue_green_update_on_ssh_hosts_switches_at_once_and_a_failed_one_moves_noth
     assert_eq!(ports(&t), [8081, 8081]);
     for h in [w1, w2] {
         assert_eq!(
-            units(h),
+            units(h, "app"),
             ["pipeline-app-1.service active"],
             "units on {}",
             h.name()
@@ -347,7 +219,7 @@ fn a_blue_green_update_on_ssh_hosts_switches_at_once_and_a_failed_one_moves_noth
 
     // v3 never becomes healthy on the second host: the update stops naming it, traffic never
     // moved, the new units are gone and the old ones still serve v2.
-    t.write("app/VERSION", &format!("v3 crash-on {}\n", w2.name()));
+    lab::set_version(&t, &format!("v3 crash-on {}", w2.name()));
     let load = Load::start(&url, 30);
     std::thread::sleep(Duration::from_millis(500));
     let t0 = Instant::now();
@@ -357,7 +229,7 @@ fn a_blue_green_update_on_ssh_hosts_switches_at_once_and_a_failed_one_moves_noth
     let samples = load.stop();
     let err = format!("{}{}", s(&out.stdout), s(&out.stderr));
     assert!(!out.status.success(), "the update should fail:\n{err}");
-    let failed: Vec<&Sample> = samples.iter().filter(|s| s.version.is_err()).collect();
+    let failed = lab::failed(&samples);
     let not_v2: Vec<&Sample> = samples
         .iter()
         .filter(|s| s.version.as_deref() != Ok("v2"))
@@ -388,7 +260,7 @@ fn a_blue_green_update_on_ssh_hosts_switches_at_once_and_a_failed_one_moves_noth
     assert_eq!(ports(&t), [8081, 8081]);
     for h in [w1, w2] {
         assert_eq!(
-            units(h),
+            units(h, "app"),
             ["pipeline-app-1.service active"],
             "units on {}",
             h.name()
@@ -400,7 +272,7 @@ fn a_blue_green_update_on_ssh_hosts_switches_at_once_and_a_failed_one_moves_noth
         "the balancer was never touched: {conf}"
     );
     // The record still says what runs: back at v2 there is nothing to do.
-    t.write("app/VERSION", "v2\n");
+    lab::set_version(&t, "v2");
     let out = t.run(&["plan", "-detailed-exitcode"]);
     let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
     assert!(
@@ -410,7 +282,7 @@ fn a_blue_green_update_on_ssh_hosts_switches_at_once_and_a_failed_one_moves_noth
 
     // Back to rolling while the instances run on slot B: v4 rolls through them in place (the
     // balancer's servers stay), nothing moves to slot A.
-    t.write("app/VERSION", "v4\n");
+    lab::set_version(&t, "v4");
     t.write(
         "main.hcl",
         &stack(lb.name()).replace(
@@ -429,12 +301,12 @@ fn a_blue_green_update_on_ssh_hosts_switches_at_once_and_a_failed_one_moves_noth
         "rolling update on slot B: {:.1} s; {} requests, {} failed (nginx retries the other host)",
         took.as_secs_f64(),
         samples.len(),
-        samples.iter().filter(|s| s.version.is_err()).count()
+        lab::failed(&samples).len()
     );
     assert_eq!(ports(&t), [8081, 8081]);
     for h in [w1, w2] {
         assert_eq!(
-            units(h),
+            units(h, "app"),
             ["pipeline-app-1.service active"],
             "units on {}",
             h.name()
@@ -447,18 +319,14 @@ fn a_blue_green_update_on_ssh_hosts_switches_at_once_and_a_failed_one_moves_noth
     }
 
     // Without a balancer in front, a blue-green update is refused before anything changes.
-    let solo = Scratch::new();
-    solo.write("inventory.ini", &lab.inventory());
-    solo.write("app/app.py", APP);
-    solo.write("app/VERSION", "v1\n");
     let one = format!(
         "provider \"ssh\" {{\n  inventory = \"inventory.ini\"\n}}\nhost \"web\" {{\n  provider = ssh\n  group    = \"lab\"\n}}\n\
          service \"solo\" {{\n  provider = ssh\n  on = host.web[\"{}\"]\n  source = \"app\"\n  run = \"exec python3 app.py\"\n  port = 9080\n  update = {{ strategy = \"blue-green\" }}\n  start_timeout = \"10s\"\n}}\n",
         w1.name()
     );
-    solo.write("main.hcl", &one);
+    let solo = lab::scratch(&lab.inventory(), "main.hcl", &one);
     solo.ok(&["apply", "-auto-approve", "main.hcl"]);
-    solo.write("app/VERSION", "v2\n");
+    lab::set_version(&solo, "v2");
     let out = solo.run(&["apply", "-auto-approve"]);
     let err = format!("{}{}", s(&out.stdout), s(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{err}");

@@ -7,31 +7,21 @@
 //! (a password with a newline, a port out of range) is refused at plan.
 
 mod common;
+use common::lab::SecretWatch;
 use common::*;
 use pipeline_providers::redis::remote::token;
 use pipeline_providers::redis::resp::{Conn, Url};
 use pipeline_providers::redis::store::{self, FlagValue};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "Fl4gs-lab-s3cret.pw";
 const PORT: u16 = 6390;
 const ADDR: &str = "flags.features";
 
+/// The primary's host in `db`, the mirrors' in `web`.
 fn inventory(lab: &pipeline_lab::Lab) -> String {
     let h = lab.hosts();
-    format!(
-        "[db]\n{} ansible_host={}\n\n[web]\n{} ansible_host={}\n{} ansible_host={}\n\n\
-         [all:vars]\nansible_user=root\nansible_ssh_private_key_file={}\n",
-        h[0].name(),
-        h[0].addr(),
-        h[1].name(),
-        h[1].addr(),
-        h[2].name(),
-        h[2].addr(),
-        lab.key_file().display()
-    )
+    common::lab::inventory(lab, &[("db", &[&h[0]]), ("web", &[&h[1], &h[2]])])
 }
 
 fn stack(db: &str, password_expr: &str, port: &str) -> String {
@@ -64,46 +54,6 @@ flags "features" {{
 }}
 "#
     )
-}
-
-/// Every process command line on this machine. The lab's hosts are containers whose processes
-/// this machine's /proc shows too, so this covers the control machine and every host.
-fn command_lines() -> Vec<String> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            if let Ok(b) = std::fs::read(e.path().join("cmdline")) {
-                if !b.is_empty() {
-                    out.push(String::from_utf8_lossy(&b).replace('\0', " "));
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Looks at every command line every 20 ms until stopped (at most 10 minutes); returns the lines
-/// that held `secret`, how many scans were made, and whether a host's redis-server was seen
-/// (so the scans did see the hosts' processes).
-fn watch_command_lines(
-    secret: &'static str,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<(Vec<String>, usize, bool)> {
-    std::thread::spawn(move || {
-        let (mut hits, mut scans, mut saw_host) = (Vec::new(), 0, false);
-        let end = Instant::now() + Duration::from_secs(600);
-        while !stop.load(Ordering::Relaxed) && Instant::now() < end {
-            for l in command_lines() {
-                saw_host |= l.contains("redis-server") && l.contains(&format!(":{PORT}"));
-                if l.contains(secret) {
-                    hits.push(l);
-                }
-            }
-            scans += 1;
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        (hits, scans, saw_host)
-    })
 }
 
 fn flag_on(url: &Url, name: &str) -> Option<FlagValue> {
@@ -217,13 +167,11 @@ fn flags_run_on_inventory_hosts_and_mirrors_follow_the_primary() {
     }
 
     // Apply, with every command line here and on the hosts watched for the password.
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = watch_command_lines(PASSWORD, stop.clone());
+    let watcher = SecretWatch::start(PASSWORD, &["redis-server", &format!(":{PORT}")]);
     let started = Instant::now();
     let out = t.run(&["apply", "-auto-approve", "s.hcl"]);
     let took = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let (hits, scans, saw_host) = watcher.join().unwrap();
+    let (hits, scans, saw_host) = watcher.finish();
     let text = s(&out.stdout) + &s(&out.stderr);
     assert!(out.status.success(), "apply failed:\n{text}");
     eprintln!(

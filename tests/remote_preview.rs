@@ -4,6 +4,7 @@
 //! change is named, never shown; `plan -json` carries the previews; a no-op plan runs none.
 
 mod common;
+use common::lab;
 use common::*;
 use std::time::{Duration, Instant};
 
@@ -11,30 +12,7 @@ const SECRET: &str = "s3cr3t-Pv41x-never-shown";
 const SECRET2: &str = "s3cr3t-Pv42y-never-shown";
 
 fn stack(greeting: &str) -> String {
-    format!(
-        r#"variable "db_password" {{
-  sensitive = true
-}}
-provider "ssh" {{
-  inventory = "inventory.ini"
-}}
-host "web" {{
-  provider = ssh
-  group    = "lab"
-}}
-service "app" {{
-  provider      = ssh
-  on            = host.web
-  source        = "app"
-  run           = "exec python3 app.py"
-  port          = 8080
-  env           = {{ GREETING = "{greeting}" }}
-  secret_env    = {{ DB_PASSWORD = var.db_password }}
-  health        = {{ path = "/health" }}
-  start_timeout = "10s"
-}}
-"#
-    )
+    lab::secret_env_stack(greeting, "")
 }
 
 /// Each host's env file, its mtime and the instance's main pid: what a dry run must not change.
@@ -84,14 +62,7 @@ fn a_plan_shows_each_hosts_check_diff_and_changes_nothing() {
         return;
     }
     let lab = pipeline_lab::Lab::new(2).expect("lab");
-    let t = Scratch::new();
-    t.write("inventory.ini", &lab.inventory());
-    t.write(
-        "app/app.py",
-        &std::fs::read_to_string(repo().join("tests/fixtures/remote_app/app.py")).unwrap(),
-    );
-    t.write("app/VERSION", "v1\n");
-    t.write("main.hcl", &stack("a"));
+    let t = lab::scratch(&lab.inventory(), "main.hcl", &stack("a"));
     t.env
         .borrow_mut()
         .push(("PIPELINE_VAR_db_password".into(), SECRET.into()));
@@ -257,7 +228,7 @@ fn a_plan_shows_each_hosts_check_diff_and_changes_nothing() {
         .borrow_mut()
         .push(("PIPELINE_VAR_db_password".into(), SECRET.into()));
     t.write("main.hcl", &stack("a"));
-    t.write("app/VERSION", "v2\n");
+    lab::set_version(&t, "v2");
     let (text, took) = timed_plan(&t, &["plan"]);
     eprintln!(
         "plan of a new release (built at plan): {:.2} s",

@@ -7,6 +7,7 @@
 //! converges. Figures are printed for the issue's note.
 
 mod common;
+use common::lab::{self, set_version};
 use common::load;
 use common::*;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,39 +15,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const APP_HOSTS: usize = 5;
 const RATE: u32 = 60;
 
+/// The 6-host stack, with the monitor on this machine probing every instance every 100 ms.
 fn stack(lb: &str, monitor_port: u16) -> String {
     format!(
-        r#"provider "ssh" {{
-  inventory = "inventory.ini"
-}}
-
-host "web" {{
-  provider = ssh
-  group    = "web"
-}}
-
-host "edge" {{
-  provider = ssh
-  group    = "edge"
-}}
-
-service "app" {{
-  provider      = ssh
-  on            = host.web
-  source        = "app"
-  run           = "exec python3 app.py"
-  port          = 8080
-  health        = {{ path = "/health" }}
-  update        = {{ strategy = "rolling", max_unavailable = 1 }}
-  start_timeout = "30s"
-}}
-
-balancer "front" {{
-  on     = host.edge["{lb}"]
-  listen = 80
-  routes = {{ "/" = service.app }}
-}}
-
+        r#"{}
 monitor "watch" {{
   listen   = {monitor_port}
   interval = "100ms"
@@ -56,24 +28,9 @@ monitor "watch" {{
 output "url" {{
   value = balancer.front.url
 }}
-"#
+"#,
+        lab::edge_stack(lb)
     )
-}
-
-fn inventory(lab: &pipeline_lab::Lab) -> String {
-    let mut s = format!(
-        "[edge]\n{} ansible_host={}\n\n[web]\n",
-        lab.host(0).name(),
-        lab.host(0).addr()
-    );
-    for h in &lab.hosts()[1..] {
-        s.push_str(&format!("{} ansible_host={}\n", h.name(), h.addr()));
-    }
-    s.push_str(&format!(
-        "\n[all:vars]\nansible_user=root\nansible_ssh_private_key_file={}\n",
-        lab.key_file().display()
-    ));
-    s
 }
 
 fn now_ms() -> u64 {
@@ -81,10 +38,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
-}
-
-fn set_version(t: &Scratch, v: &str) {
-    t.write("app/VERSION", &format!("{v}\n"));
 }
 
 /// version → how many of `n` requests through the balancer answered it.
@@ -158,13 +111,12 @@ fn five_app_hosts_behind_nginx_on_a_sixth_roll_under_load_and_survive_a_host_tur
     )
     .unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!("lab of 6 hosts: {:.1} s", started.elapsed().as_secs_f64());
-    let t = Scratch::new();
-    let fixture = repo().join("tests/fixtures/remote_app/app.py");
-    t.write("app/app.py", &std::fs::read_to_string(fixture).unwrap());
-    set_version(&t, "v1");
-    t.write("inventory.ini", &inventory(&lab));
     let monitor_port = load::free_port();
-    t.write("s.hcl", &stack(lab.host(0).name(), monitor_port));
+    let t = lab::scratch(
+        &lab::edge_inventory(&lab),
+        "s.hcl",
+        &stack(lab.host(0).name(), monitor_port),
+    );
     let monitor = format!("http://127.0.0.1:{monitor_port}/");
     let lb = format!("{}:80", lab.host(0).addr());
     let url = format!("http://{lb}/");

@@ -6,48 +6,21 @@
 //! Bad input is refused at plan without a lab.
 
 mod common;
+use common::lab::{self, set_version, SecretWatch};
 use common::*;
 use sha2::Digest;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "s3cr3t-Dq7hZ2-never-shown";
 
 fn stack(greeting: &str) -> String {
-    format!(
-        r#"variable "db_password" {{
-  sensitive = true
-}}
-provider "ssh" {{
-  inventory = "inventory.ini"
-}}
-host "web" {{
-  provider = ssh
-  group    = "lab"
-}}
-service "app" {{
-  provider      = ssh
-  on            = host.web
-  source        = "app"
-  run           = "exec python3 app.py"
-  port          = 8080
-  env           = {{ GREETING = "{greeting}" }}
-  secret_env    = {{ DB_PASSWORD = var.db_password }}
-  health        = {{ path = "/health" }}
-  update        = {{ strategy = "rolling", max_unavailable = 1 }}
-  start_timeout = "10s"
-}}
-output "app_url" {{
-  value = service.app.url
-}}
-"#
-    )
-}
-
-fn set_version(t: &Scratch, v: &str) {
-    t.write("app/VERSION", &format!("{v}\n"));
+    lab::secret_env_stack(
+        greeting,
+        "  update        = { strategy = \"rolling\", max_unavailable = 1 }\n",
+    ) + "output \"app_url\" {\n  value = service.app.url\n}\n"
 }
 
 /// What the instance at `url` answers at `/` (JSON), if it answers.
@@ -96,72 +69,6 @@ fn assert_all_on(t: &Scratch, version: &str, greeting: &str) {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Samples every command line on this machine and on the lab hosts while it runs; the lines
-/// that held the secret.
-struct PsWatch {
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<String>>>,
-    samples: Arc<Mutex<usize>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl PsWatch {
-    fn start(containers: Vec<String>) -> PsWatch {
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let samples = Arc::new(Mutex::new(0));
-        let (s, v, n) = (stop.clone(), seen.clone(), samples.clone());
-        let thread = std::thread::spawn(move || {
-            let started = Instant::now();
-            let mut round = 0usize;
-            // Bounded: 10 minutes at most.
-            while !s.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(600) {
-                let mut outs = Vec::new();
-                if let Ok(o) = std::process::Command::new("ps")
-                    .args(["-eww", "-o", "args"])
-                    .output()
-                {
-                    outs.push(o.stdout);
-                }
-                // The hosts, in turn (podman exec is slower than ps).
-                if !containers.is_empty() {
-                    let c = &containers[round % containers.len()];
-                    if let Ok(o) = std::process::Command::new("podman")
-                        .args(["exec", c, "ps", "-eww", "-o", "args"])
-                        .stderr(Stdio::null())
-                        .output()
-                    {
-                        outs.push(o.stdout);
-                    }
-                }
-                round += 1;
-                for o in outs {
-                    for l in String::from_utf8_lossy(&o).lines() {
-                        if l.contains(SECRET) {
-                            v.lock().unwrap().push(l.to_string());
-                        }
-                    }
-                }
-                *n.lock().unwrap() += 1;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        PsWatch {
-            stop,
-            seen,
-            samples,
-            thread: Some(thread),
-        }
-    }
-    fn finish(mut self) -> (Vec<String>, usize) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap();
-        let seen = self.seen.lock().unwrap().clone();
-        let n = *self.samples.lock().unwrap();
-        (seen, n)
-    }
 }
 
 /// Polls every url in turn until stopped: per round, each instance's version (None: down).
@@ -247,22 +154,10 @@ fn a_service_rolls_out_on_three_lab_hosts_and_survives_a_host_going_off() {
         return;
     }
     let lab = pipeline_lab::Lab::new(3).expect("lab");
-    let t = Scratch::new();
-    t.write("inventory.ini", &lab.inventory());
-    t.write(
-        "app/app.py",
-        &std::fs::read_to_string(repo().join("tests/fixtures/remote_app/app.py")).unwrap(),
-    );
-    set_version(&t, "v1");
-    t.write("main.hcl", &stack("hi"));
+    let t = lab::scratch(&lab.inventory(), "main.hcl", &stack("hi"));
     t.env
         .borrow_mut()
         .push(("PIPELINE_VAR_db_password".into(), SECRET.into()));
-    let containers: Vec<String> = lab
-        .hosts()
-        .iter()
-        .map(|h| h.container().to_string())
-        .collect();
     let mut outputs = String::new();
 
     // The plan says what it will do and shows no secret.
@@ -271,19 +166,20 @@ fn a_service_rolls_out_on_three_lab_hosts_and_survives_a_host_going_off() {
     outputs.push_str(&plan);
 
     // First apply: every host runs an instance that answers through its url.
-    let watch = PsWatch::start(containers.clone());
+    let watch = SecretWatch::start(SECRET, &["python3 app.py"]);
     let (out, took) = timed(&t, &["apply", "-auto-approve"]);
-    let (leaked, samples) = watch.finish();
+    let (leaked, samples, saw_host) = watch.finish();
     outputs.push_str(&ok_out(&["apply"], &out));
     eprintln!(
-        "first apply on 3 hosts: {:.1} s ({samples} ps samples)",
+        "first apply on 3 hosts: {:.1} s ({samples} scans of every command line)",
         took.as_secs_f64()
     );
     assert!(
         leaked.is_empty(),
         "the secret was on a command line: {leaked:?}"
     );
-    assert!(samples > 5, "too few ps samples: {samples}");
+    assert!(samples > 5, "too few scans: {samples}");
+    assert!(saw_host, "the scans never saw a host's app");
     assert_all_on(&t, "v1", "hi");
     let insts = instances(&t);
     let hosts: Vec<&str> = lab.hosts().iter().map(|h| h.name()).collect();
@@ -333,7 +229,7 @@ fn a_service_rolls_out_on_three_lab_hosts_and_survives_a_host_going_off() {
     // A rolling update to v2: every host on it afterwards.
     set_version(&t, "v2");
     let v1_release = release(&t);
-    let watch = PsWatch::start(containers.clone());
+    let watch = SecretWatch::start(SECRET, &["python3 app.py"]);
     let urls: Vec<String> = insts
         .iter()
         .map(|i| i["url"].as_str().unwrap().to_string())
@@ -341,7 +237,7 @@ fn a_service_rolls_out_on_three_lab_hosts_and_survives_a_host_going_off() {
     let rounds = Rounds::start(urls);
     let (out, took) = timed(&t, &["apply", "-auto-approve"]);
     let rounds = rounds.finish();
-    let (leaked, _) = watch.finish();
+    let (leaked, _, _) = watch.finish();
     outputs.push_str(&ok_out(&["apply"], &out));
     eprintln!(
         "rolling update of 3 hosts (max_unavailable 1): {:.1} s",

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod chromium;
+pub mod lab;
 pub mod load;
 pub mod procfs;
 
