@@ -2,6 +2,7 @@
 //! distribution's, through the lab's apt cache) on one host in front of the service on two
 //! others. The canary's judge reads nginx's access log streamed from its host over ssh.
 //!
+//! - The service's `packages` are installed, and each instance writes to its own state directory.
 //! - A good release under bounded load: the new instances start beside the old, take a growing
 //!   share step by step (both versions answer during the apply), are promoted, and then serve
 //!   everything; no request failed; the old units are gone; a report was written; a no-op plan
@@ -39,6 +40,7 @@ service "app" {{
   on            = host.web
   source        = "app"
   run           = "{run}"
+  packages      = ["jq"]
   port          = 8080
   health        = {{ path = "/health" }}
   update        = {{ strategy = "canary", drain_timeout = "2s" }}
@@ -126,6 +128,28 @@ fn a_canary_on_ssh_hosts_promotes_a_good_release_and_stops_a_bad_one() {
     );
     assert_eq!(ports(&t), [8080, 8080]);
     assert_eq!(versions(lb, 4).get("v1"), Some(&4));
+    // `packages` were installed by apt; each instance has a writable directory of its own.
+    for h in [w1, w2] {
+        assert!(
+            sh(h, "jq --version").starts_with("jq-"),
+            "jq on {}",
+            h.name()
+        );
+        assert_eq!(
+            sh(
+                h,
+                "cat /var/lib/pipeline/app/app-0/started; stat -c %U /var/lib/pipeline/app/app-0"
+            ),
+            "v1\npipeline\n",
+            "the state directory on {}",
+            h.name()
+        );
+    }
+    let (_, body) = http("GET", &format!("http://{}:8080/", w1.addr()), "").unwrap();
+    assert!(
+        body.contains("\"state_directory\": \"/var/lib/pipeline/app/app-0\""),
+        "{body}"
+    );
     let followers_before = followers(lb);
 
     // A good release: promoted step by step under load, nothing failed.

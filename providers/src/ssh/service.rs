@@ -68,6 +68,10 @@ pub fn schema() -> KindSchema {
             AttrSchema::optional("artifact", Type::String).format(Format::FilePath),
             AttrSchema::optional("build", Type::String).format(Format::NoNul),
             AttrSchema::optional("build_timeout", Type::String),
+            // Debian packages the hosts need to run it (a JRE, tomcat10, nodejs), installed by
+            // apt before the instances start; never removed.
+            AttrSchema::optional("packages", Type::List(Box::new(Type::String)))
+                .default(Value::List(vec![])),
             // Run by /bin/sh -c on the host, as the local service runs it ($PORT is set).
             AttrSchema::required("run", Type::String).format(Format::NoNul),
             AttrSchema::required("port", Type::Number).format(Format::Port),
@@ -428,6 +432,18 @@ pub fn validate(c: &ValueMap) -> Vec<Invalid> {
                 e,
                 "e.g. update = { strategy = \"rolling\", max_unavailable = 1 }",
             ));
+        }
+    }
+    if let Some(Value::List(l)) = c.get("packages").map(|v| v.unmarked().0) {
+        for v in l.iter().filter(|v| v.is_known()) {
+            match v.as_str() {
+                Some(n) if is_package_name(n) => {}
+                _ => out.push(Invalid::new(
+                    Some("packages"),
+                    format!("{} is not a Debian package name", short(v)),
+                    "lowercase letters, digits and + . -, at least 2 characters, e.g. packages = [\"tomcat10\", \"nodejs\"]",
+                )),
+            }
         }
     }
     if let Some(v) = c.get("canary").filter(|v| v.is_known()) {
@@ -1050,6 +1066,8 @@ async fn run_role_only(
         run.vars.insert("pipeline_only".into(), json!(only));
     }
     run.vars.insert("pipeline_env".into(), env_json(c, "env"));
+    run.vars
+        .insert("pipeline_packages".into(), packages_json(c));
     run.secrets
         .insert("pipeline_secret_env".into(), env_json(c, "secret_env"));
     run.timeout = step
@@ -1083,6 +1101,27 @@ async fn run_role_only(
                 err
             }
         })
+}
+
+/// The role's `pipeline_packages`: the names `packages` lists (checked at validate).
+pub(super) fn packages_json(c: &ValueMap) -> serde_json::Value {
+    let names: Vec<String> = match c.get("packages").map(|v| v.unmarked().0) {
+        Some(Value::List(l)) => l
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => vec![],
+    };
+    json!(names)
+}
+
+/// A Debian package name (policy §5.6.1), as apt takes it.
+fn is_package_name(n: &str) -> bool {
+    let b = n.as_bytes();
+    (2..=100).contains(&b.len())
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+.-".contains(c))
 }
 
 /// An HTTP GET of `path` (or a TCP connect) answering `expect`; Err says what was seen.
@@ -1626,6 +1665,46 @@ mod tests {
         assert!(e.contains("canary starts every host"), "{e}");
         let e = check_update(&u(&[s("sideways")])).unwrap_err();
         assert!(e.contains("\"canary\""), "{e}");
+    }
+
+    #[test]
+    fn packages_are_debian_package_names() {
+        for ok in ["tomcat10", "libmariadb-java", "g++", "python3.11", "0ad"] {
+            assert!(is_package_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a",
+            "Tomcat",
+            "-o",
+            "a b",
+            "x;rm",
+            "jq=1.6",
+            "pkg/bookworm",
+            "a\n",
+        ] {
+            assert!(!is_package_name(bad), "{bad:?}");
+        }
+        let mut c = ValueMap::new();
+        c.insert("on".into(), host("a", "10.0.0.1"));
+        c.insert("source".into(), Value::str("app"));
+        c.insert(
+            "packages".into(),
+            Value::List(vec![
+                Value::str("nodejs"),
+                Value::str("--allow-unauthenticated"),
+            ]),
+        );
+        let v = validate(&c);
+        assert!(
+            v.iter().any(|i| i.attr.as_deref() == Some("packages")
+                && i.message.contains("--allow-unauthenticated")),
+            "{v:?}"
+        );
+        assert_eq!(
+            packages_json(&c),
+            json!(["nodejs", "--allow-unauthenticated"])
+        );
     }
 
     #[test]

@@ -91,6 +91,8 @@ pub async fn preview(
     );
     run.vars.insert("pipeline_release".into(), json!(sha));
     run.vars.insert("pipeline_env".into(), env_json(c, "env"));
+    run.vars
+        .insert("pipeline_packages".into(), packages_json(c));
     run.secrets
         .insert("pipeline_secret_env".into(), env_json(c, "secret_env"));
     run.timeout = PREVIEW_TIMEOUT;
