@@ -23,7 +23,10 @@ const ADDR: &str = "database.itrust";
 /// A quote for SQL, a backslash for every escaping layer (Jinja once silently ate one).
 const NEW_PASSWORD: &str = "N3w'pa\\ss-w0rd$x";
 
-fn stack(on: &str, name: &str, password: &str) -> String {
+const CLIENTS: &str = "  clients  = host.app\n";
+
+/// `extra`: more lines of the database block (each ending in a newline).
+fn stack(on: &str, name: &str, extra: &str) -> String {
     format!(
         r#"provider "ssh" {{
   inventory = "inventory.ini"
@@ -55,8 +58,7 @@ database "itrust" {{
   engine   = "mariadb"
   name     = "{name}"
   user     = "itrust"
-  clients  = host.app
-{password}}}
+{extra}}}
 "#
     )
 }
@@ -221,7 +223,7 @@ fn a_mariadb_database_on_an_inventory_host_serves_the_app_hosts() {
     let on = format!("host.db[\"{}\"]", db.name());
 
     // Bad input is refused at plan, naming the attribute (and the hosts).
-    t.write("bad.hcl", &stack("host.both", "itrust", ""));
+    t.write("bad.hcl", &stack("host.both", "itrust", CLIENTS));
     let out = t.run(&["plan", "bad.hcl"]);
     let e = s(&out.stderr) + &s(&out.stdout);
     assert!(!out.status.success(), "a database on two hosts passed: {e}");
@@ -229,7 +231,7 @@ fn a_mariadb_database_on_an_inventory_host_serves_the_app_hosts() {
         e.contains("`on`") && e.contains(db.name()) && e.contains(app.name()),
         "{e}"
     );
-    t.write("bad.hcl", &stack(&on, "it-rust", ""));
+    t.write("bad.hcl", &stack(&on, "it-rust", CLIENTS));
     let out = t.run(&["plan", "bad.hcl"]);
     let e = s(&out.stderr) + &s(&out.stdout);
     assert!(!out.status.success(), "a bad name passed: {e}");
@@ -255,7 +257,7 @@ fn a_mariadb_database_on_an_inventory_host_serves_the_app_hosts() {
         })
     };
 
-    t.write("s.hcl", &stack(&on, "itrust", ""));
+    t.write("s.hcl", &stack(&on, "itrust", CLIENTS));
     let plan = t.ok(&["plan", "s.hcl"]);
     assert!(plan.contains(ADDR), "{plan}");
 
@@ -395,7 +397,11 @@ fn a_mariadb_database_on_an_inventory_host_serves_the_app_hosts() {
         .push(("PIPELINE_VAR_db_password".into(), NEW_PASSWORD.into()));
     t.write(
         "s.hcl",
-        &stack(&on, "itrust", "  password = var.db_password\n"),
+        &stack(
+            &on,
+            "itrust",
+            &format!("{CLIENTS}  password = var.db_password\n"),
+        ),
     );
     let out = t.ok(&["apply", "-auto-approve", "s.hcl"]);
     assert!(!out.contains(NEW_PASSWORD), "{out}");
@@ -417,6 +423,32 @@ fn a_mariadb_database_on_an_inventory_host_serves_the_app_hosts() {
         "changing the password restarted the server"
     );
     assert!(t.ok(&["plan", "s.hcl"]).contains("No changes"));
+
+    // Without `clients` the user may connect from anywhere: the account at the app host's
+    // address goes, the one at '%' comes (the db host itself now logs in).
+    t.write(
+        "s.hcl",
+        &stack(&on, "itrust", "  password = var.db_password\n"),
+    );
+    t.ok(&["apply", "-auto-approve", "s.hcl"]);
+    let accounts = lab::sh(
+        db,
+        "mariadb --batch --skip-column-names -e \"SELECT Host FROM mysql.user WHERE User='itrust'\"",
+    );
+    assert_eq!(accounts.trim(), "%", "{accounts}");
+    let got = sql_as_user(
+        db,
+        &db.addr().to_string(),
+        NEW_PASSWORD,
+        "SELECT COUNT(*) FROM patients;\n",
+    )
+    .unwrap_or_else(|e| panic!("the db host cannot log in with clients left out: {e}"));
+    assert_eq!(got.trim(), "1");
+    assert_eq!(
+        main_pid(db),
+        pid,
+        "changing the clients restarted the server"
+    );
 
     // Destroy drops the database and the user, and stops the server (no other database).
     t.ok(&["destroy", "-auto-approve", "s.hcl"]);
