@@ -90,8 +90,19 @@ fn sh_in(h: &Host, script: &str, input: &str) -> Result<String, String> {
 /// SQL run on `client` as the database's user over the network, the password in a 0600
 /// option file there.
 fn sql_as_user(client: &Host, server: &str, password: &str, sql: &str) -> Result<String, String> {
+    sql_as(client, server, "itrust", password, sql)
+}
+
+/// [`sql_as_user`] as `user`.
+fn sql_as(
+    client: &Host,
+    server: &str,
+    user: &str,
+    password: &str,
+    sql: &str,
+) -> Result<String, String> {
     let cnf = format!(
-        "[client]\nhost={server}\nport=3306\nuser=itrust\npassword=\"{}\"\n",
+        "[client]\nhost={server}\nport=3306\nuser={user}\npassword=\"{}\"\n",
         password.replace('\\', "\\\\").replace('"', "\\\"")
     );
     sh_in(
@@ -450,13 +461,35 @@ fn a_mariadb_database_on_an_inventory_host_serves_the_app_hosts() {
         "changing the clients restarted the server"
     );
 
+    // Another user name: the old user goes, the new one logs in (the database stays).
+    t.write(
+        "s.hcl",
+        &stack(&on, "itrust", "  password = var.db_password\n")
+            .replace("user     = \"itrust\"", "user     = \"itrust_app\""),
+    );
+    t.ok(&["apply", "-auto-approve", "s.hcl"]);
+    let accounts = lab::sh(
+        db,
+        "mariadb --batch --skip-column-names -e \"SELECT CONCAT(User, '@', Host) FROM mysql.user WHERE User LIKE 'itrust%'\"",
+    );
+    assert_eq!(accounts.trim(), "itrust_app@%", "{accounts}");
+    let got = sql_as(
+        app,
+        &db.addr().to_string(),
+        "itrust_app",
+        NEW_PASSWORD,
+        "SELECT name FROM patients;\n",
+    )
+    .unwrap_or_else(|e| panic!("the renamed user cannot log in: {e}"));
+    assert_eq!(got.trim(), "Ada");
+
     // Destroy drops the database and the user, and stops the server (no other database).
     t.ok(&["destroy", "-auto-approve", "s.hcl"]);
     assert_ne!(is_active(db), "active");
     lab::sh(db, "systemctl start mariadb.service");
     let left = lab::sh(
         db,
-        "mariadb --batch --skip-column-names -e \"SELECT (SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME='itrust') + (SELECT COUNT(*) FROM mysql.user WHERE User='itrust')\"",
+        "mariadb --batch --skip-column-names -e \"SELECT (SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME='itrust') + (SELECT COUNT(*) FROM mysql.user WHERE User LIKE 'itrust%')\"",
     );
     assert_eq!(left.trim(), "0", "the database or the user is left");
     eprintln!("whole story: {:.1} s", t0.elapsed().as_secs_f64());
