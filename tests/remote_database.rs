@@ -83,7 +83,12 @@ fn sh_in(h: &Host, script: &str, input: &str) -> Result<String, String> {
     if out.status.success() {
         Ok(s(&out.stdout))
     } else {
-        Err(s(&out.stdout) + &s(&out.stderr))
+        Err(format!(
+            "{}: {}{}",
+            out.status,
+            s(&out.stdout),
+            s(&out.stderr)
+        ))
     }
 }
 
@@ -382,6 +387,21 @@ fn a_mariadb_database_on_an_inventory_host_serves_the_app_hosts() {
     assert!(recap[0].contains(" changed=0 "), "{again}");
     assert!(!again.contains(&password));
     assert_eq!(main_pid(db), pid, "the role restarted the server");
+
+    // status: the server on the db host, healthy (a TCP connect from here); logs: its journal.
+    let status = t.ok(&["status"]);
+    let row = status
+        .lines()
+        .find(|l| l.starts_with(ADDR))
+        .unwrap_or_else(|| panic!("no row for {ADDR}:\n{status}"));
+    assert!(
+        row.contains(db.name()) && row.contains("healthy"),
+        "{status}"
+    );
+    assert!(!status.contains(&password));
+    let logs = t.ok(&["logs", ADDR]);
+    assert!(logs.to_lowercase().contains("mariadb"), "{logs}");
+    assert!(!logs.contains(&password));
 
     // A stopped server is drift the next apply repairs; the data is still there.
     lab::sh(db, "systemctl stop mariadb.service");
