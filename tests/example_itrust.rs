@@ -12,7 +12,7 @@ mod common;
 use common::{http, repo, s, wait_until};
 use sha2::{Digest, Sha256};
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -180,14 +180,34 @@ fn sql_literal(v: &str) -> String {
     format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-fn start_tomcat(release: &Path, port: u16, db_port: u16, base: &Path, log: &Path) -> Proc {
+/// Starts tomcat-instance.sh in `release` (as a pipeline service does: `PORT` set, the release
+/// as working directory). `base`: TOMCAT_INSTANCE_DIR, or None for the script's default.
+/// `nobody`: as the unprivileged user 65534 (as root only), like the service's own user.
+fn start_tomcat(
+    release: &Path,
+    port: u16,
+    db_port: u16,
+    base: Option<&Path>,
+    nobody: bool,
+    log: &Path,
+) -> Proc {
     let log = std::fs::File::create(log).unwrap();
-    let child = Command::new(script("tomcat-instance.sh"))
+    let mut c = if nobody {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(script("tomcat-instance.sh"));
+        c
+    } else {
+        Command::new(script("tomcat-instance.sh"))
+    };
+    if let Some(base) = base {
+        c.env("TOMCAT_INSTANCE_DIR", base);
+    }
+    let child = c
         .current_dir(release)
         .env("PORT", port.to_string())
         .env("TOMCAT_ADDRESS", "127.0.0.1")
-        .env("TOMCAT_INSTANCE_DIR", base)
-        .env("PIPELINE_INSTANCE", "itrust-0")
+        .env("PIPELINE_INSTANCE", format!("itrust-test-{port}"))
         .env(
             "SPRING_DATASOURCE_URL",
             format!("jdbc:mariadb://127.0.0.1:{db_port}/itrust"),
@@ -294,6 +314,7 @@ fn itrust_war_builds_reproducibly_and_serves_patients_from_mariadb() {
         port: common::load::free_port(),
     };
     std::fs::create_dir_all(db.dir.join("data")).unwrap();
+    std::fs::set_permissions(&db.dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     let user = s(&Command::new("id").arg("-un").output().unwrap().stdout)
         .trim()
         .to_string();
@@ -333,7 +354,7 @@ fn itrust_war_builds_reproducibly_and_serves_patients_from_mariadb() {
     let port = common::load::free_port();
     let base = root.join("instance");
     let log1 = root.join("tomcat-v1.log");
-    let mut tomcat = start_tomcat(&root.join("a"), port, db.port, &base, &log1);
+    let mut tomcat = start_tomcat(&root.join("a"), port, db.port, Some(&base), false, &log1);
     let up = wait_healthy(port, &log1, Duration::from_secs(120));
     eprintln!(
         "tomcat v1: /health 200 {:.1} s after the start",
@@ -439,16 +460,38 @@ fn itrust_war_builds_reproducibly_and_serves_patients_from_mariadb() {
     );
     let out1 = std::fs::read_to_string(&log1).unwrap();
     assert!(out1.contains("itrust example version 1 started"), "{out1}");
+    // v2 runs as a pipeline service's instance does: unprivileged (as root: user 65534), the
+    // release directory not writable, CATALINA_BASE in the script's default place.
+    let nobody = uid() == 0;
+    let runner = if nobody { 65534 } else { uid() };
+    for d in [root, &root.join("v2")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let default_base = PathBuf::from(format!(
+        "/var/tmp/tomcat-instance-{runner}/itrust-test-{port}"
+    ));
     let log2 = root.join("tomcat-v2.log");
-    let mut tomcat2 = start_tomcat(&root.join("v2"), port, db.port, &base, &log2);
+    let mut tomcat2 = start_tomcat(&root.join("v2"), port, db.port, None, nobody, &log2);
     let up = wait_healthy(port, &log2, Duration::from_secs(120));
     eprintln!(
         "tomcat v2: /health 200 {:.1} s after the start",
         up.as_secs_f64()
     );
+    let meta = std::fs::metadata(&default_base).expect("CATALINA_BASE in its default place");
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o777),
+        (runner, 0o700),
+        "{}",
+        default_base.display()
+    );
+    assert!(default_base.join("webapps/ROOT.war").is_file());
+    let java = std::fs::metadata(format!("/proc/{}", tomcat2.pid())).unwrap();
+    assert_eq!(java.uid(), runner, "the JVM runs as the instance's user");
     assert_eq!(get(port, "/version"), (200, "2\n".to_string()));
     assert_eq!(json(&get(port, "/health").1)["patients"], 2);
     tomcat2.terminate(Duration::from_secs(30));
+    std::fs::remove_dir_all(&default_base).unwrap();
+    let _ = std::fs::remove_dir(default_base.parent().unwrap()); // when no other instance is there
     let out2 = std::fs::read_to_string(&log2).unwrap();
     for out in [&out1, &out2] {
         assert!(
