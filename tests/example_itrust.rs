@@ -99,6 +99,12 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // tomcat-instance.sh's JVM first: killing the script alone would orphan it.
+        let pid = self.pid();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
+        for c in children.unwrap_or_default().split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", c]).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -146,6 +152,22 @@ impl Mariadb {
         );
         p
     }
+}
+
+/// The JVM: the script's only child (it waits for it, to report a stop as success).
+fn jvm(script: u32) -> u32 {
+    let children = std::fs::read_to_string(format!("/proc/{script}/task/{script}/children"))
+        .unwrap_or_default();
+    let pids: Vec<u32> = children
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(
+        pids.len(),
+        1,
+        "tomcat-instance.sh has one child, the JVM: {pids:?}"
+    );
+    pids[0]
 }
 
 fn uid() -> u32 {
@@ -421,7 +443,7 @@ fn itrust_war_builds_reproducibly_and_serves_patients_from_mariadb() {
     assert_eq!(get(port, "/no-such-page").0, 404);
 
     // The password is in no command line of the JVM, nor in Tomcat's output.
-    let java = tomcat.pid();
+    let java = jvm(tomcat.pid());
     let cmdline = std::fs::read(format!("/proc/{java}/cmdline")).unwrap();
     let cmdline = s(&cmdline).replace('\0', " ");
     assert!(
@@ -454,6 +476,11 @@ fn itrust_war_builds_reproducibly_and_serves_patients_from_mariadb() {
     // v1 stops on SIGTERM (catalina.sh exec'd the JVM); v2 takes its place with the same data.
     let t = Instant::now();
     let code = tomcat.terminate(Duration::from_secs(30));
+    assert_eq!(
+        code,
+        Some(0),
+        "a stop on SIGTERM is a success (systemd: not failed)"
+    );
     eprintln!(
         "tomcat v1: stopped {:.1} s after SIGTERM (exit {code:?})",
         t.elapsed().as_secs_f64()
@@ -485,7 +512,7 @@ fn itrust_war_builds_reproducibly_and_serves_patients_from_mariadb() {
         default_base.display()
     );
     assert!(default_base.join("webapps/ROOT.war").is_file());
-    let java = std::fs::metadata(format!("/proc/{}", tomcat2.pid())).unwrap();
+    let java = std::fs::metadata(format!("/proc/{}", jvm(tomcat2.pid()))).unwrap();
     assert_eq!(java.uid(), runner, "the JVM runs as the instance's user");
     assert_eq!(get(port, "/version"), (200, "2\n".to_string()));
     assert_eq!(json(&get(port, "/health").1)["patients"], 2);

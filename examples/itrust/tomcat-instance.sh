@@ -6,8 +6,9 @@
 #
 # Each start makes a fresh CATALINA_BASE for the instance (conf/server.xml with the HTTP
 # connector on $PORT and the shutdown port off, the WAR deployed as ROOT, never unpacked) and
-# execs Debian's catalina.sh run from CATALINA_HOME (/usr/share/tomcat10: apt-get install
-# tomcat10-common, which starts no service), so systemd supervises the JVM itself.
+# runs Debian's catalina.sh run from CATALINA_HOME (/usr/share/tomcat10: apt-get install
+# tomcat10-common, which starts no service) in the foreground: the JVM is this script's only
+# child, SIGTERM reaches it, and a stop exits 0.
 #
 # Environment:
 #   PORT                 the HTTP port (required)
@@ -84,4 +85,19 @@ cp "$war" "$base/webapps/ROOT.war"
 export CATALINA_HOME="$home" CATALINA_BASE="$base" CATALINA_TMPDIR="$base/temp"
 export CATALINA_OPTS="${CATALINA_OPTS:--Xmx256m -XX:+UseSerialGC}"
 echo "tomcat-instance: $name on port $port, CATALINA_BASE $base, WAR $war" >&2
-exec "$home/bin/catalina.sh" run
+
+# catalina.sh run execs the JVM, which exits 143 on SIGTERM: systemd would call every stop a
+# failure (Result=exit-code). So this shell stays, passes SIGTERM/SIGINT on to the JVM, and
+# reports a stop it asked for as success; any other exit status is passed through.
+"$home/bin/catalina.sh" run &
+jvm=$!
+stopping=0
+trap 'stopping=1; kill -TERM "$jvm" 2>/dev/null' TERM INT
+while :; do
+  rc=0
+  wait "$jvm" || rc=$?
+  # A trapped signal ends `wait` early: wait again until the JVM itself has exited.
+  kill -0 "$jvm" 2>/dev/null || break
+done
+if [ "$stopping" = 1 ] && [ "$rc" -eq 143 ]; then exit 0; fi
+exit "$rc"
