@@ -268,6 +268,36 @@ fn get(port: u16, path: &str) -> (u16, String) {
         .unwrap_or_else(|| panic!("GET {path} on port {port}: no answer"))
 }
 
+fn signal(sig: &str, pid: u32) {
+    let st = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill -{sig} {pid}");
+}
+
+/// GET with a read timeout of `within` (common::http gives up after 5 s).
+fn slow_get(port: u16, path: &str, within: Duration) -> (u16, String) {
+    use std::io::Read;
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(within)).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    c.read_to_string(&mut resp)
+        .unwrap_or_else(|e| panic!("GET {path}: no answer within {within:?}: {e}"));
+    let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        resp.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
+}
+
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
@@ -458,6 +488,24 @@ fn itrust_war_builds_reproducibly_and_serves_patients_from_mariadb() {
         !cmdline.contains("s3cret"),
         "the password is on the command line"
     );
+
+    // The database hangs (stopped: the kernel still accepts connections, nothing answers):
+    // /health answers 500 after the driver's socket timeout instead of hanging.
+    signal("STOP", server.pid());
+    let t = Instant::now();
+    let hung = slow_get(port, "/health", Duration::from_secs(30));
+    let took = t.elapsed();
+    signal("CONT", server.pid());
+    assert_eq!(hung.0, 500, "/health with a hung database: {}", hung.1);
+    assert!(
+        took < Duration::from_secs(10),
+        "/health took {took:?} with a hung database"
+    );
+    eprintln!(
+        "/health with a hung database: 500 in {:.1} s",
+        took.as_secs_f64()
+    );
+    wait_healthy(port, &log1, Duration::from_secs(10));
 
     // The database goes away: /health says so (500), and recovers when it is back.
     let t = Instant::now();

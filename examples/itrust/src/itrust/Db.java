@@ -11,6 +11,7 @@ import java.sql.SQLException;
 import java.sql.Statement;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Properties;
 
 /**
  * The database settings come from the environment, as a Spring application reads them:
@@ -19,8 +20,13 @@ import java.util.List;
  */
 final class Db {
     static final String VERSION = loadVersion();
-    /** Seconds to wait for a connection: a dead database fails /health quickly. */
-    static final int CONNECT_TIMEOUT = 3;
+    /**
+     * Defaults for the driver, which the URL's own options override: a dead database (no answer
+     * to the connect) fails /health within 3 s, one that accepts but never answers within 5 s
+     * (the driver's own defaults are 30 s and none).
+     */
+    static final String CONNECT_TIMEOUT_MS = "3000";
+    static final String SOCKET_TIMEOUT_MS = "5000";
     private static volatile boolean tableReady;
 
     private Db() {}
@@ -56,8 +62,12 @@ final class Db {
         String user = System.getenv("SPRING_DATASOURCE_USERNAME");
         if (user == null || user.isEmpty()) throw new NotConfigured("SPRING_DATASOURCE_USERNAME");
         String password = System.getenv("SPRING_DATASOURCE_PASSWORD");
-        DriverManager.setLoginTimeout(CONNECT_TIMEOUT);
-        Connection c = DriverManager.getConnection(url, user, password == null ? "" : password);
+        Properties props = new Properties();
+        props.setProperty("user", user);
+        props.setProperty("password", password == null ? "" : password);
+        props.setProperty("connectTimeout", CONNECT_TIMEOUT_MS);
+        props.setProperty("socketTimeout", SOCKET_TIMEOUT_MS);
+        Connection c = DriverManager.getConnection(url, props);
         if (!tableReady) {
             try (Statement s = c.createStatement()) {
                 s.execute("CREATE TABLE IF NOT EXISTS patients ("
