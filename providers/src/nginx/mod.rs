@@ -344,6 +344,10 @@ fn planned_object(
 ) -> Result<ValueMap, (Option<String>, String)> {
     let pre = prefix(ctx, addr);
     let mut o = c.clone();
+    // A block of one inventory host is that host: the record names the host itself.
+    if let Some(h) = remote::on_host(c) {
+        o.insert("on".into(), Value::Map(h));
+    }
     let remote_addr = remote::listen_address(c)?;
     let listen = c.get("listen").and_then(Value::as_f64).unwrap_or(0.0) as u64;
     // On an inventory host the url is the host's address (whatever `address` nginx listens on).
@@ -454,6 +458,17 @@ impl Provider for Nginx {
     }
 
     fn validate(&self, _kind: &str, c: &ValueMap) -> Vec<Invalid> {
+        if let Some(names) = remote::several_hosts(c) {
+            return vec![Invalid::new(
+                Some("on"),
+                format!(
+                    "a balancer runs on one host, and `on` names {}: {}",
+                    names.len(),
+                    names.join(", ")
+                ),
+                format!("name one, e.g. on = host.NAME[\"{}\"], or keep one host in the inventory group", names[0]),
+            )];
+        }
         // `listen`, sizes, durations, route paths: the schema's formats, checked by the engine.
         // Rendered with a placeholder prefix: only the values are checked here.
         let pre = Path::new("/nonexistent-pipeline-prefix");
@@ -946,6 +961,19 @@ mod tests {
             ("address", Value::str("10.1.2.3")),
             ("transport", Value::str("ssh")),
         ])
+    }
+
+    #[test]
+    fn a_block_of_one_inventory_host_is_that_host_and_of_several_an_error() {
+        let one = config(map(&[]), Some(map(&[("lb01", host())])));
+        assert!(remote::is_remote(&one));
+        assert_eq!(remote::host_address(&one).as_deref(), Some("10.1.2.3"));
+        let two = config(map(&[]), Some(map(&[("lb01", host()), ("lb02", host())])));
+        assert!(!remote::is_remote(&two));
+        let bad = Nginx::default().validate("balancer", &two);
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert_eq!(bad[0].attr.as_deref(), Some("on"));
+        assert!(bad[0].message.contains("lb01, lb02"), "{:?}", bad[0]);
     }
 
     #[test]

@@ -143,10 +143,30 @@ pub fn file(rel: &str) -> &'static str {
     }
 }
 
-/// The host `on` names when it is one reached over ssh.
-fn on_host(c: &ValueMap) -> Option<ValueMap> {
+fn is_ssh_host(v: &Value) -> bool {
+    v.get("transport").and_then(Value::as_str) == Some("ssh")
+}
+
+/// The host `on` names when it is one reached over ssh: a host object (`host.lb["lb01"]`), or
+/// a block of exactly one (`host.lb` of an inventory group with one host).
+pub fn on_host(c: &ValueMap) -> Option<ValueMap> {
     match c.get("on").map(|v| v.unmarked().0) {
-        Some(Value::Map(m)) if m.get("transport").and_then(Value::as_str) == Some("ssh") => Some(m),
+        Some(Value::Map(m)) if is_ssh_host(&Value::Map(m.clone())) => Some(m),
+        Some(Value::Map(m)) if m.len() == 1 => match m.values().next().map(|h| h.unmarked().0) {
+            Some(Value::Map(h)) if is_ssh_host(&Value::Map(h.clone())) => Some(h),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `on` is a block of several inventory hosts: the names, for the error (a balancer runs on
+/// one host).
+pub fn several_hosts(c: &ValueMap) -> Option<Vec<String>> {
+    match c.get("on").map(|v| v.unmarked().0) {
+        Some(Value::Map(m)) if m.len() > 1 && m.values().all(|h| is_ssh_host(&h.unmarked().0)) => {
+            Some(m.keys().cloned().collect())
+        }
         _ => None,
     }
 }
