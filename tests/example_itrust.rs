@@ -593,7 +593,7 @@ fn itrust_war_builds_reproducibly_and_serves_patients_from_mariadb() {
         .output()
         .unwrap();
     assert!(
-        !o.status.success() && s(&o.stderr).contains("itrust.war does not exist"),
+        !o.status.success() && s(&o.stderr).contains("holds 0 WAR files"),
         "{}",
         s(&o.stderr)
     );

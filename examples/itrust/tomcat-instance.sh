@@ -2,7 +2,7 @@
 # Runs ONE Tomcat 10 in the foreground for one instance: the `run` of a pipeline service, which
 # starts it under `sh -c` in the release directory with PORT set, as an unprivileged user.
 #
-#   tomcat-instance.sh [WAR]        (WAR: default itrust.war in the working directory)
+#   tomcat-instance.sh [WAR]        (WAR: default the one *.war in the working directory)
 #
 # Each start makes a fresh CATALINA_BASE for the instance (conf/server.xml with the HTTP
 # connector on $PORT and the shutdown port off, the WAR deployed as ROOT, never unpacked) and
@@ -22,7 +22,14 @@ set -eu
 
 die() { echo "tomcat-instance: $*" >&2; exit 2; }
 
-war=${1:-itrust.war}
+war=${1:-}
+if [ -z "$war" ]; then
+  # The release's one WAR: itrust.war when built from this directory, or a WAR shipped as is.
+  set -- ./*.war
+  [ $# -eq 1 ] && [ -f "$1" ] || die "give the WAR as the first argument: the working directory $(pwd) holds $# WAR files"
+  war=$1
+  set --
+fi
 case $war in /*) ;; *) war=$(pwd)/$war ;; esac
 [ -f "$war" ] && [ -r "$war" ] || die "the WAR $war does not exist or is not readable (give its path as the first argument)"
 
