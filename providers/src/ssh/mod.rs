@@ -12,6 +12,7 @@
 //! `host_key`; every later connection (this host's, and those of resources placed on it) is
 //! checked against them. A changed key is refused, naming `-replace` as the way to accept it.
 
+pub mod database;
 pub mod host;
 
 use crate::remote as conn;
@@ -115,7 +116,7 @@ impl Provider for Ssh {
     }
 
     fn kinds(&self) -> Vec<KindSchema> {
-        vec![host::schema(), service::schema()]
+        vec![host::schema(), service::schema(), database::schema()]
     }
 
     fn config_schema(&self) -> Vec<AttrSchema> {
@@ -200,6 +201,9 @@ impl Provider for Ssh {
         if req.kind == service::KIND {
             return service::plan(ctx, req);
         }
+        if req.kind == database::KIND {
+            return database::plan(ctx, req);
+        }
         let mut object = self.object(req.kind, req.addr, req.config)?;
         object.insert("resource".into(), Value::str(req.addr));
         // The keys pinned stay; a new host's are known once it is reached.
@@ -224,6 +228,9 @@ impl Provider for Ssh {
         if kind == service::KIND {
             return service::read(ctx, addr, prior).await;
         }
+        if kind == database::KIND {
+            return database::read(ctx, addr, prior).await;
+        }
         Ok(Some(prior.clone()))
     }
 
@@ -247,6 +254,9 @@ impl Provider for Ssh {
     ) -> Result<JsonMap, ProviderError> {
         if req.kind == service::KIND {
             return service::apply(ctx, req, step).await;
+        }
+        if req.kind == database::KIND {
+            return database::apply(ctx, req, step).await;
         }
         // The engine hands apply the block's evaluated attributes: the host's come from the
         // inventory again (the same one the plan read: it is loaded once per run).
@@ -286,6 +296,9 @@ impl Provider for Ssh {
         if kind == service::KIND {
             return service::delete(ctx, addr, prior, step).await;
         }
+        if kind == database::KIND {
+            return database::delete(ctx, addr, prior, step).await;
+        }
         // Nothing was made on the host: forgetting it is all there is.
         Ok(())
     }
@@ -299,6 +312,9 @@ impl Provider for Ssh {
     ) -> Result<Description, ProviderError> {
         if kind == service::KIND {
             return service::describe(ctx, addr, record).await;
+        }
+        if kind == database::KIND {
+            return database::describe(ctx, addr, record).await;
         }
         Ok(Description::default())
     }
