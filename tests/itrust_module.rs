@@ -15,42 +15,13 @@ mod common;
 use common::lab::{self, sh};
 use common::load;
 use common::*;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const APP_HOSTS: usize = 5;
 const RATE: u32 = 60;
 
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// The monitor's heartbeat of `itrust`: (unix ms, healthy, instances).
-fn heartbeat(monitor: &str) -> Vec<(u64, u64, u64)> {
-    let Some((200, body)) = http("GET", &format!("{monitor}api/status"), "") else {
-        return vec![];
-    };
-    let st: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    st["services"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|s| s["name"] == "itrust")
-        .flat_map(|s| s["heartbeat"].as_array().cloned().unwrap_or_default())
-        .map(|b| {
-            (
-                b[0].as_u64().unwrap_or(0),
-                b[1].as_u64().unwrap_or(0),
-                b[2].as_u64().unwrap_or(0),
-            )
-        })
-        .collect()
 }
 
 /// Copies examples/itrust (the source the module builds) into the scratch, so the test can
@@ -166,11 +137,13 @@ fn itrust_deploys_on_seven_hosts_and_a_new_war_rolls_out_under_load() {
         );
     }
     assert!(
-        wait_until(Duration::from_secs(30), || heartbeat(&monitor)
-            .last()
-            .is_some_and(|b| b.1 == APP_HOSTS as u64)),
+        wait_until(Duration::from_secs(30), || lab::heartbeat(
+            &monitor, "itrust"
+        )
+        .last()
+        .is_some_and(|b| b.1 == APP_HOSTS as u64)),
         "the monitor sees 5 healthy instances: {:?}",
-        heartbeat(&monitor).last()
+        lab::heartbeat(&monitor, "itrust").last()
     );
     // Again: nothing changes, nothing restarts.
     let pids =
@@ -212,11 +185,11 @@ fn itrust_deploys_on_seven_hosts_and_a_new_war_rolls_out_under_load() {
         Duration::from_secs(600),
     );
     std::thread::sleep(Duration::from_secs(1));
-    let (from, t0) = (now_ms(), Instant::now());
+    let (from, t0) = (lab::now_ms(), Instant::now());
     t.ok(&strs(&deploy(&["-auto-approve"])));
     let took = t0.elapsed();
     std::thread::sleep(Duration::from_secs(1));
-    let to = now_ms();
+    let to = lab::now_ms();
     let report = load.stop();
     eprintln!(
         "rollout of a new WAR on 5 hosts: {:.1} s; load through nginx: {}",
@@ -235,7 +208,7 @@ fn itrust_deploys_on_seven_hosts_and_a_new_war_rolls_out_under_load() {
         "at least 50 requests a second: {} in {seconds:.1} s",
         report.sent
     );
-    let beats: Vec<_> = heartbeat(&monitor)
+    let beats: Vec<_> = lab::heartbeat(&monitor, "itrust")
         .into_iter()
         .filter(|b| b.0 >= from && b.0 <= to)
         .collect();
