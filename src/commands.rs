@@ -138,13 +138,33 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Deploy another revision of a service through its update strategy (rolling or blue-green).
+    /// Deploy a module (`deploy NAME -i inventory.ini`), or another revision of a service
+    /// (`deploy SERVICE --version REF`).
+    ///
+    /// Without --version, NAME is a module: the directory modules/NAME/ (its .hcl files are an
+    /// ordinary stack), looked for in ./modules first, then among the modules that come with
+    /// pipeline (PREFIX/share/pipeline/modules beside an installed PREFIX/bin/pipeline, or the
+    /// source tree's modules/ for a binary built there); a NAME with a `/` is the module's
+    /// directory itself. The plan is shown, approval asked (or -auto-approve), the module
+    /// applied, and its outputs printed (an output `url`: where the app answers). Its state
+    /// lives in ./.pipeline/modules/NAME/ (or exactly the --state-dir / $PIPELINE_DIR given),
+    /// so deploying it again changes and restarts nothing when nothing changed; look at it
+    /// with `pipeline --state-dir .pipeline/modules/NAME status|output|destroy`.
+    ///
+    /// With --version, NAME is a service of the stack (the one given, else the one this
+    /// directory used last): REF goes out through the service's update strategy (rolling,
+    /// blue-green or canary). A NAME that is both a module and a service here is refused
+    /// without --version: add --version REF for the service, or give the module as a path
+    /// (`pipeline deploy ./modules/NAME`).
     Deploy {
-        /// The service: `service.NAME` or `NAME`.
-        service: String,
-        /// The git revision to deploy (branch, tag or commit) from the service's source repository.
-        #[arg(long)]
-        version: String,
+        /// The module (a name under modules/, or a directory path), or with --version the
+        /// service (`service.NAME` or `NAME`).
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Deploy this git revision (branch, tag or commit) of the service NAME from its
+        /// source repository (NAME is then a service, not a module).
+        #[arg(long, value_name = "REF")]
+        version: Option<String>,
         #[command(flatten)]
         apply: ApplyArgs,
     },
@@ -303,15 +323,21 @@ fn inventory_flag(cmd: &Cmd) -> Option<&PathBuf> {
     }
 }
 
+/// Give `ws` the inventory of `-i FILE`: relative to where pipeline runs (a block's
+/// `inventory` is relative to the stack).
+fn set_inventory(ws: &mut Workspace, i: &std::path::Path) -> Result<()> {
+    let path = std::env::current_dir()?.join(i);
+    ws.override_setting(
+        "inventory",
+        pipeline_engine::value::Value::str(path.display().to_string()),
+    );
+    Ok(())
+}
+
 async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
     let mut ws = Workspace::new(cli.state_dir.clone())?;
     if let Some(i) = inventory_flag(&cli.cmd) {
-        // Relative to where pipeline runs (a block's `inventory` is relative to the stack).
-        let path = std::env::current_dir()?.join(i);
-        ws.override_setting(
-            "inventory",
-            pipeline_engine::value::Value::str(path.display().to_string()),
-        );
+        set_inventory(&mut ws, i)?;
     }
     match cli.cmd {
         Cmd::Plan {
@@ -330,10 +356,15 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
         Cmd::ForceUnlock { id, force } => cmd::state::force_unlock(&ws, &id, force),
         Cmd::Status { json } => cmd::status::status(&ws, json, style).await,
         Cmd::Deploy {
-            service,
-            version,
+            name,
+            version: Some(version),
             apply,
-        } => cmd::apply::deploy(&ws, style, &service, &version, apply).await,
+        } => cmd::deploy::service(&ws, style, &name, &version, apply).await,
+        Cmd::Deploy {
+            name,
+            version: None,
+            apply,
+        } => cmd::deploy::module(&ws, cli.state_dir, style, &name, apply).await,
         Cmd::Canary(flags) => cmd::canary::run(&ws, flags).await,
         Cmd::Promote { service } => cmd::rollout::promote(&ws, &service).await,
         Cmd::Rollback { service } => cmd::rollout::rollback(&ws, &service).await,

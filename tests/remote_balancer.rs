@@ -2,7 +2,8 @@
 //! distribution's, installed by the `pipeline_nginx` role through the lab's apt cache) on one
 //! host, python backends on the two others. Hostile values are refused at plan and never reach
 //! the host; apply routes to both backends; a no-op plan is empty; a weight change reloads
-//! without dropping requests under load; an edit on the host shows in plan and apply repairs
+//! without dropping requests under load; a static route's directory is shipped to the host and
+//! served, a changed file replaces it and the old copy goes; an edit on the host shows in plan and apply repairs
 //! it; the canary actions shift traffic on the host; destroy stops nginx and puts the
 //! distribution's config back.
 
@@ -182,6 +183,65 @@ fn a_balancer_on_an_inventory_host_routes_reloads_repairs_shifts_and_goes() {
     assert!(plan.contains("No changes"), "{plan}");
     eprintln!("no-op plan: {:.1} s", started.elapsed().as_secs_f64());
 
+    // A static route: the directory is packed here and shipped to the host, into a directory
+    // named by its content; a changed file is a changed config in the plan.
+    t.write("site/index.html", "<h1>site v1</h1>\n");
+    t.write("site/css/app.css", "body { color: black }\n");
+    let with_site = format!(
+        "{{ \"/\" = {}, \"/site/\" = {{ static = \"site\" }} }}",
+        instances(&[&be1, &be2])
+    );
+    t.write("s.hcl", &stack(lbh.name(), &with_site, ""));
+    t.ok(&["apply", "-auto-approve", "s.hcl"]);
+    settled(lbh);
+    let site = format!("http://{}:{LISTEN}/site/", lbh.addr());
+    assert_eq!(
+        http("GET", &site, ""),
+        Some((200, "<h1>site v1</h1>\n".to_string()))
+    );
+    assert_eq!(
+        http("GET", &format!("{site}css/app.css"), "").map(|a| a.0),
+        Some(200)
+    );
+    let dirs = |h: &Host| sh(h, "ls /var/www/pipeline 2>/dev/null");
+    let first = dirs(lbh);
+    assert_eq!(first.lines().count(), 1, "{first}");
+    t.write("site/index.html", "<h1>site v2</h1>\n");
+    let plan = t.ok(&["plan", "s.hcl"]);
+    assert!(
+        plan.contains("balancer.front") && plan.contains("/var/www/pipeline/"),
+        "a changed site is a changed config: {plan}"
+    );
+    t.ok(&["apply", "-auto-approve", "s.hcl"]);
+    settled(lbh);
+    assert_eq!(
+        http("GET", &site, ""),
+        Some((200, "<h1>site v2</h1>\n".to_string()))
+    );
+    let second = dirs(lbh);
+    assert_eq!(
+        second.lines().count(),
+        1,
+        "the old site was pruned: {second}"
+    );
+    assert_ne!(first, second);
+    assert_eq!(
+        sh(
+            lbh,
+            &format!(
+                "stat -c '%U %a' /var/www/pipeline/{}/index.html",
+                second.trim()
+            )
+        ),
+        "root 644\n"
+    );
+    assert!(t.ok(&["plan", "s.hcl"]).contains("No changes"));
+    assert_eq!(
+        sh(lbh, "systemctl show -p MainPID --value nginx"),
+        pid,
+        "reloaded, not restarted"
+    );
+
     // A weight change under load: applied with a reload, no request dropped.
     let weighted = format!(
         "{{ \"/\" = {{ upstreams = [{{ service = {}, weight = 3 }}, {{ service = {}, weight = 1 }}] }} }}",
@@ -241,6 +301,7 @@ fn a_balancer_on_an_inventory_host_routes_reloads_repairs_shifts_and_goes() {
         "reloaded, not restarted"
     );
     settled(lbh);
+    assert_eq!(dirs(lbh), "", "a site no route names is removed");
     let seen = count(&url, 200);
     eprintln!("3:1 weights over 200 requests: {seen:?}");
     assert_eq!(

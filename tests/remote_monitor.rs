@@ -7,6 +7,7 @@
 //! ssh behind, here or on the host.
 
 mod common;
+use common::lab;
 use common::*;
 use std::time::{Duration, Instant};
 
@@ -78,19 +79,6 @@ monitor "watch" {{
   watch    = ["app"]
 }}
 "#
-    )
-}
-
-fn inventory(lab: &pipeline_lab::Lab) -> String {
-    let (edge, web) = (lab.host(0), lab.host(1));
-    format!(
-        "[edge]\n{} ansible_host={}\n\n[web]\n{} ansible_host={}\n\n\
-         [all:vars]\nansible_user=root\nansible_ssh_private_key_file={}\n",
-        edge.name(),
-        edge.addr(),
-        web.name(),
-        web.addr(),
-        lab.key_file().display()
     )
 }
 
@@ -191,7 +179,10 @@ fn the_monitor_counts_requests_and_errors_of_a_balancer_on_another_machine() {
     let (edge, web) = (lab.host(0), lab.host(1));
     let t = Scratch::new();
     t.write("app/app.py", APP);
-    t.write("inventory.ini", &inventory(&lab));
+    t.write(
+        "inventory.ini",
+        &lab::inventory(&lab, &[("edge", &[lab.host(0)]), ("web", &[lab.host(1)])]),
+    );
     let monitor_port = load::free_port();
     t.write("s.hcl", &stack(edge.name(), monitor_port));
     let monitor = format!("http://127.0.0.1:{monitor_port}/");

@@ -10,7 +10,7 @@ mod common;
 use common::lab::{self, set_version};
 use common::load;
 use common::*;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const APP_HOSTS: usize = 5;
 const RATE: u32 = 60;
@@ -33,13 +33,6 @@ output "url" {{
     )
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 /// version → how many of `n` requests through the balancer answered it.
 fn versions(url: &str, n: usize) -> std::collections::BTreeMap<String, usize> {
     let mut seen = std::collections::BTreeMap::new();
@@ -59,28 +52,6 @@ fn versions(url: &str, n: usize) -> std::collections::BTreeMap<String, usize> {
         *seen.entry(v).or_default() += 1;
     }
     seen
-}
-
-/// The monitor's view of `app`: its heartbeat series (unix ms, healthy, instances).
-fn heartbeat(monitor: &str) -> Vec<(u64, u64, u64)> {
-    let Some((200, body)) = http("GET", &format!("{monitor}api/status"), "") else {
-        return vec![];
-    };
-    let st: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    st["services"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|s| s["name"] == "app")
-        .flat_map(|s| s["heartbeat"].as_array().cloned().unwrap_or_default())
-        .map(|b| {
-            (
-                b[0].as_u64().unwrap_or(0),
-                b[1].as_u64().unwrap_or(0),
-                b[2].as_u64().unwrap_or(0),
-            )
-        })
-        .collect()
 }
 
 /// Each recorded instance's (host, release).
@@ -132,11 +103,11 @@ fn five_app_hosts_behind_nginx_on_a_sixth_roll_under_load_and_survive_a_host_tur
     assert_eq!(seen.len(), APP_HOSTS, "every host serves v1: {seen:?}");
     assert!(seen.keys().all(|k| k.starts_with("v1@")), "{seen:?}");
     assert!(
-        wait_until(Duration::from_secs(20), || heartbeat(&monitor)
+        wait_until(Duration::from_secs(20), || lab::heartbeat(&monitor, "app")
             .last()
             .is_some_and(|b| b.1 == APP_HOSTS as u64)),
         "the monitor sees 5 healthy instances: {:?}",
-        heartbeat(&monitor).last()
+        lab::heartbeat(&monitor, "app").last()
     );
 
     // A no-op apply, timed.
@@ -158,11 +129,11 @@ fn five_app_hosts_behind_nginx_on_a_sixth_roll_under_load_and_survive_a_host_tur
         Duration::from_secs(300),
     );
     std::thread::sleep(Duration::from_secs(1));
-    let (from, t0) = (now_ms(), Instant::now());
+    let (from, t0) = (lab::now_ms(), Instant::now());
     t.ok(&["apply", "-auto-approve", "s.hcl"]);
     let took = t0.elapsed();
     std::thread::sleep(Duration::from_secs(1));
-    let to = now_ms();
+    let to = lab::now_ms();
     let report = load.stop();
     eprintln!(
         "rolling update of 5 hosts: {:.1} s; load through nginx: {}",
@@ -181,7 +152,7 @@ fn five_app_hosts_behind_nginx_on_a_sixth_roll_under_load_and_survive_a_host_tur
         "at least 50 requests a second for the whole rollout: {} in {seconds:.1} s",
         report.sent
     );
-    let beats: Vec<_> = heartbeat(&monitor)
+    let beats: Vec<_> = lab::heartbeat(&monitor, "app")
         .into_iter()
         .filter(|b| b.0 >= from && b.0 <= to)
         .collect();

@@ -538,8 +538,12 @@ fn bad_input_is_refused_at_plan() {
             vec!["on", "host"],
         ),
         (
-            "  on = host.web\n  run = \"python3 app.py\"\n  port = 8080\n  update = { strategy = \"canary\" }",
-            vec!["update", "canary", "not supported on ssh hosts"],
+            "  on = host.web\n  run = \"python3 app.py\"\n  port = 8080\n  update = { strategy = \"canary\", max_unavailable = 1 }",
+            vec!["update", "max_unavailable", "canary starts every host"],
+        ),
+        (
+            "  on = host.web\n  run = \"python3 app.py\"\n  port = 8080\n  packages = [\"nginx\", \"-o APT::x=1\"]",
+            vec!["packages", "is not a Debian package name"],
         ),
         (
             "  on = host.web\n  run = \"python3 app.py\"\n  port = 65535\n  update = { strategy = \"blue-green\" }",

@@ -7,6 +7,7 @@ pub mod canary;
 pub mod flags;
 pub mod hook;
 pub mod inventory;
+pub mod module;
 pub mod plan;
 pub mod rollout;
 pub mod status;

@@ -599,3 +599,96 @@ pub(crate) fn check_timeouts(
         ));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Reproducible tarballs in `.pipeline/artifacts/` (a release shipped to hosts, a static site).
+
+/// The sha256 of a file, in hex.
+pub fn sha256_file(p: &Path) -> Result<String, ProviderError> {
+    let mut f = std::fs::File::open(p)
+        .map_err(|e| ProviderError::new(format!("cannot read {}: {e}", p.display())))?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h)
+        .map_err(|e| ProviderError::new(format!("cannot read {}: {e}", p.display())))?;
+    Ok(pipeline_engine::lang::funcs::hex(&h.finalize()))
+}
+
+/// `.pipeline/artifacts/`: tarballs named by their sha256.
+pub fn artifacts_dir(ctx: &ProviderCtx) -> PathBuf {
+    ctx.work_dir.join("artifacts")
+}
+
+pub fn run_tool(cmd: &mut std::process::Command, what: &str) -> Result<(), ProviderError> {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| ProviderError::new(format!("{what}: {e}")))?;
+    if !out.status.success() {
+        return Err(ProviderError::new(format!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// A reproducible tarball of `dir` (or of the one file `file` in it) in the artifacts directory,
+/// named by its sha256: the same content gives the same bytes (sorted, mtime 0, owner 0, no
+/// name or time in the gzip header). Returns (path, sha256).
+pub fn pack(
+    ctx: &ProviderCtx,
+    dir: &Path,
+    file: Option<&str>,
+) -> Result<(PathBuf, String), ProviderError> {
+    let root = artifacts_dir(ctx);
+    pipeline_supervise::private::create_dir_all(&root)
+        .map_err(|e| ProviderError::new(format!("cannot create {}: {e}", root.display())))?;
+    let tmp = tempfile_in(&root)?;
+    let tar = tmp.with_extension("tar");
+    let mut cmd = std::process::Command::new("tar");
+    cmd.args([
+        "--sort=name",
+        "--mtime=@0",
+        "--owner=0",
+        "--group=0",
+        "--numeric-owner",
+        "--format=gnu",
+        "--exclude=./.git",
+        "-C",
+    ])
+    .arg(dir)
+    .arg("-cf")
+    .arg(&tar)
+    .arg("--")
+    .arg(file.unwrap_or("."));
+    let done = run_tool(&mut cmd, "packing (tar)")
+        .and_then(|_| {
+            run_tool(
+                std::process::Command::new("gzip")
+                    .args(["-n", "-f", "--"])
+                    .arg(&tar),
+                "packing (gzip)",
+            )
+        })
+        .and_then(|_| {
+            let gz = tar.with_extension("tar.gz");
+            let sha = sha256_file(&gz)?;
+            let dst = root.join(format!("{sha}.tar.gz"));
+            std::fs::rename(&gz, &dst).map_err(|e| {
+                ProviderError::new(format!("cannot move the tarball to {}: {e}", dst.display()))
+            })?;
+            pipeline_supervise::private::narrow(&dst, 0o600).ok();
+            Ok((dst, sha))
+        });
+    let _ = std::fs::remove_file(&tar);
+    let _ = std::fs::remove_file(tar.with_extension("tar.gz"));
+    let _ = std::fs::remove_file(&tmp);
+    done
+}
+
+pub fn tempfile_in(dir: &Path) -> Result<PathBuf, ProviderError> {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(dir.join(format!(".pack-{}-{n}", std::process::id())))
+}

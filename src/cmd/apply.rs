@@ -62,6 +62,37 @@ pub async fn deploy(
 
 /// The one path of apply, destroy and deploy: run the operation, then render its outcome.
 async fn run(ws: &Workspace, style: Style, a: &ApplyArgs, source: Source) -> Result<ExitCode> {
+    Ok(match run_ended(ws, style, a, source, true).await? {
+        Ended::NoChanges => ExitCode::SUCCESS,
+        Ended::Cancelled => ExitCode::from(1),
+        Ended::Applied { ok } => {
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+/// How a run ended, for a caller that says more afterwards (a module deploy: where it answers).
+pub(crate) enum Ended {
+    NoChanges,
+    Cancelled,
+    /// `ok`: every step succeeded.
+    Applied {
+        ok: bool,
+    },
+}
+
+/// [`run`], telling how it ended; `outputs_after`: list the outputs after a successful apply.
+pub(crate) async fn run_ended(
+    ws: &Workspace,
+    style: Style,
+    a: &ApplyArgs,
+    source: Source,
+    outputs_after: bool,
+) -> Result<Ended> {
     let json = a.json;
     // A saved plan was reviewed when it was made: it is applied without showing or asking.
     let saved = matches!(source, Source::Saved(_));
@@ -78,8 +109,8 @@ async fn run(ws: &Workspace, style: Style, a: &ApplyArgs, source: Source) -> Res
         cancel: view.cancel.clone(),
     };
     let (plan, report, outputs) = match pipeline_ops::apply::run(ws, req, &mut view).await? {
-        ApplyOutcome::NoChanges(_) => return Ok(ExitCode::SUCCESS),
-        ApplyOutcome::Cancelled(_) => return Ok(ExitCode::from(1)),
+        ApplyOutcome::NoChanges(_) => return Ok(Ended::NoChanges),
+        ApplyOutcome::Cancelled(_) => return Ok(Ended::Cancelled),
         ApplyOutcome::Applied {
             plan,
             report,
@@ -112,16 +143,12 @@ async fn run(ws: &Workspace, style: Style, a: &ApplyArgs, source: Source) -> Res
         for html in &canary_reports {
             println!("Canary report: {}", html.display());
         }
-        if report.ok() && !plan.destroy && !outputs.is_empty() {
+        if outputs_after && report.ok() && !plan.destroy && !outputs.is_empty() {
             println!("\nOutputs:\n");
             super::state::print_outputs(&outputs);
         }
     }
-    Ok(if report.ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(Ended::Applied { ok: report.ok() })
 }
 
 /// The apply as the terminal shows it: the plan, the question, a bar per running step (or a

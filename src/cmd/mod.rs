@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod canary;
+pub mod deploy;
 pub mod flags;
 pub mod hook;
 pub mod inventory;

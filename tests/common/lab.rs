@@ -314,3 +314,33 @@ impl SecretWatch {
         self.thread.join().unwrap()
     }
 }
+
+/// Unix time in milliseconds (the monitor's heartbeat is stamped with it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The monitor's heartbeat of `service` (its `/api/status`): (unix ms, healthy, instances).
+pub fn heartbeat(monitor: &str, service: &str) -> Vec<(u64, u64, u64)> {
+    let Some((200, body)) = http("GET", &format!("{monitor}api/status"), "") else {
+        return vec![];
+    };
+    let st: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    st["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["name"] == service)
+        .flat_map(|s| s["heartbeat"].as_array().cloned().unwrap_or_default())
+        .map(|b| {
+            (
+                b[0].as_u64().unwrap_or(0),
+                b[1].as_u64().unwrap_or(0),
+                b[2].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}

@@ -16,6 +16,7 @@ use pipeline_engine::provider::{
 use pipeline_engine::value::{Value, ValueMap};
 use pipeline_host::nginx::nginx_bin;
 use pipeline_supervise::{private, HealthCheck, ReplicaSpec};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -88,6 +89,9 @@ fn schema() -> KindSchema {
             // Rendered from every input: secret when any input is.
             AttrSchema::computed("config", Type::String),
             AttrSchema::computed("access_log", Type::String).derived_from(&[]),
+            // On an inventory host: the static routes' directories as shipped there,
+            // [{dir, archive, sha256, dest}] (`dest` is named by the content's hash).
+            AttrSchema::computed("sites", Type::Any).derived_from(&["routes", "on"]),
         ],
         instances_attr: None,
     }
@@ -174,8 +178,13 @@ enum Layout<'a> {
     /// nginx run by pipeline on this machine, everything under its prefix (`.pipeline/run/..`).
     Local(&'a Path),
     /// The distribution's nginx on an inventory host (under its systemd unit, which expects
-    /// `/run/nginx.pid`), listening on `address`.
-    Remote { address: &'a str },
+    /// `/run/nginx.pid`), listening on `address`; `sites` maps a static route's directory (as
+    /// the stack names it) to where its shipped copy is on the host (None: not packed yet, a
+    /// placeholder is rendered).
+    Remote {
+        address: &'a str,
+        sites: Option<&'a BTreeMap<String, String>>,
+    },
 }
 
 impl Layout<'_> {
@@ -217,18 +226,19 @@ fn render(
             ))
         })?;
         let loc = q("routes", path)?;
-        if let (Some(_), Layout::Remote { .. }) = (target.get("static"), layout) {
-            return Err(routes_err(format!(
-                "route {path:?}: a balancer on a remote host serves no static directory (the files are on this machine)"
-            )));
-        }
         if let Some(dir) = target.get("static").and_then(Value::as_str) {
             Format::FilePath.check_str(dir).map_err(|e| {
                 routes_err(format!(
                     "route {path:?}: the static directory is not a usable path ({e})"
                 ))
             })?;
-            let root = base.join(dir).display().to_string();
+            let root = match layout {
+                Layout::Local(_) => base.join(dir).display().to_string(),
+                // A copy shipped to the host (see `remote::SITES`).
+                Layout::Remote { sites, .. } => sites
+                    .and_then(|s| s.get(dir).cloned())
+                    .unwrap_or_else(|| format!("{}/unknown", remote::SITES)),
+            };
             let root = format!("{}/", root.trim_end_matches('/'));
             locations.push(serde_json::json!({ "path": loc, "static": q("routes", &root)? }));
             continue;
@@ -274,7 +284,7 @@ fn render(
     };
     let address = match layout {
         Layout::Local(_) => setting("address", Format::Address, "127.0.0.1")?,
-        Layout::Remote { address } => {
+        Layout::Remote { address, .. } => {
             Format::Address.check_str(address).map_err(|e| {
                 (
                     Some("on".to_string()),
@@ -334,6 +344,10 @@ fn planned_object(
 ) -> Result<ValueMap, (Option<String>, String)> {
     let pre = prefix(ctx, addr);
     let mut o = c.clone();
+    // A block of one inventory host is that host: the record names the host itself.
+    if let Some(h) = remote::on_host(c) {
+        o.insert("on".into(), Value::Map(h));
+    }
     let remote_addr = remote::listen_address(c)?;
     let listen = c.get("listen").and_then(Value::as_f64).unwrap_or(0.0) as u64;
     // On an inventory host the url is the host's address (whatever `address` nginx listens on).
@@ -348,9 +362,27 @@ fn planned_object(
         ),
     };
     o.insert("url".into(), Value::String(url));
+    // A remote balancer's static routes: each directory packed here, shipped by the role.
+    let sites = match &remote_addr {
+        Some(_) => remote::pack_sites(ctx, c)?,
+        None => vec![],
+    };
+    let site_roots: BTreeMap<String, String> = sites
+        .iter()
+        .map(|s| (s.dir.clone(), s.dest.clone()))
+        .collect();
+    if remote_addr.is_some() {
+        o.insert(
+            "sites".into(),
+            Value::List(sites.iter().map(remote::Site::value).collect()),
+        );
+    }
     let (layout, access_log) = match &remote_addr {
         Some(a) => (
-            Layout::Remote { address: a },
+            Layout::Remote {
+                address: a,
+                sites: Some(&site_roots),
+            },
             remote::file("logs/access.log").to_string(),
         ),
         None => (
@@ -426,6 +458,17 @@ impl Provider for Nginx {
     }
 
     fn validate(&self, _kind: &str, c: &ValueMap) -> Vec<Invalid> {
+        if let Some(names) = remote::several_hosts(c) {
+            return vec![Invalid::new(
+                Some("on"),
+                format!(
+                    "a balancer runs on one host, and `on` names {}: {}",
+                    names.len(),
+                    names.join(", ")
+                ),
+                format!("name one, e.g. on = host.NAME[\"{}\"], or keep one host in the inventory group", names[0]),
+            )];
+        }
         // `listen`, sizes, durations, route paths: the schema's formats, checked by the engine.
         // Rendered with a placeholder prefix: only the values are checked here.
         let pre = Path::new("/nonexistent-pipeline-prefix");
@@ -436,7 +479,10 @@ impl Provider for Nginx {
         if let Some(address) = remote_addr {
             // The host's nginx checks the config (`nginx -t`) before it takes it; here the
             // values are, and this machine's nginx checks the syntax when there is one.
-            let layout = Layout::Remote { address: &address };
+            let layout = Layout::Remote {
+                address: &address,
+                sites: None,
+            };
             return match render(c, &layout, Path::new("/"), true) {
                 Err(e) => vec![invalid(e)],
                 Ok(None) => vec![],
@@ -918,6 +964,19 @@ mod tests {
     }
 
     #[test]
+    fn a_block_of_one_inventory_host_is_that_host_and_of_several_an_error() {
+        let one = config(map(&[]), Some(map(&[("lb01", host())])));
+        assert!(remote::is_remote(&one));
+        assert_eq!(remote::host_address(&one).as_deref(), Some("10.1.2.3"));
+        let two = config(map(&[]), Some(map(&[("lb01", host()), ("lb02", host())])));
+        assert!(!remote::is_remote(&two));
+        let bad = Nginx::default().validate("balancer", &two);
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert_eq!(bad[0].attr.as_deref(), Some("on"));
+        assert!(bad[0].message.contains("lb01, lb02"), "{:?}", bad[0]);
+    }
+
+    #[test]
     fn a_remote_service_puts_every_instance_in_the_upstream() {
         let routes = map(&[(
             "/",
@@ -966,7 +1025,10 @@ mod tests {
         assert_eq!(address, "10.1.2.3");
         let text = render(
             &c,
-            &Layout::Remote { address: &address },
+            &Layout::Remote {
+                address: &address,
+                sites: None,
+            },
             Path::new("/"),
             false,
         )
@@ -1000,16 +1062,28 @@ mod tests {
             "{:?}",
             o["config"]
         );
-        // A static directory is on this machine, not on the host.
+        // A static directory is served from its copy on the host.
         let st = map(&[("/s/", map(&[("static", Value::str("site"))]))]);
-        let err = render(
+        let text = render(
             &config(st, Some(host())),
-            &Layout::Remote { address: &address },
+            &Layout::Remote {
+                address: &address,
+                sites: Some(&BTreeMap::from([(
+                    "site".to_string(),
+                    format!("{}/0123456789abcdef", remote::SITES),
+                )])),
+            },
             Path::new("/"),
             false,
         )
-        .unwrap_err();
-        assert!(err.1.contains("remote host"), "{err:?}");
+        .unwrap()
+        .unwrap();
+        // The copy shipped to the host, not this machine's directory.
+        assert!(
+            text.contains("alias \"/var/www/pipeline/0123456789abcdef/\";")
+                || text.contains("alias /var/www/pipeline/0123456789abcdef/;"),
+            "{text}"
+        );
         // A local host (`ansible_connection=local`) is this machine.
         let local = map(&[
             ("address", Value::str("10.9.9.9")),

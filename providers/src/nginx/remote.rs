@@ -44,6 +44,89 @@ const SHORT: Duration = Duration::from_secs(20);
 const ROLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Lines of a log `describe` offers.
 const LOG_LINES: &str = "200";
+/// Where a remote balancer's static sites are unpacked on the host: one directory per content
+/// hash, so a new version is complete before the config that names it is loaded.
+pub const SITES: &str = "/var/www/pipeline";
+
+/// A static route's directory, packed here for a remote balancer.
+#[derive(Clone, Debug)]
+pub struct Site {
+    /// The directory as the stack names it (relative to the stack).
+    pub dir: String,
+    /// The reproducible tarball (`.pipeline/artifacts/<sha256>.tar.gz`).
+    pub archive: String,
+    pub sha256: String,
+    /// Where the role unpacks it on the host: `SITES/<first 16 hex of sha256>`.
+    pub dest: String,
+}
+
+impl Site {
+    pub fn value(&self) -> Value {
+        let mut m = ValueMap::new();
+        m.insert("dir".into(), Value::str(&self.dir));
+        m.insert("archive".into(), Value::str(&self.archive));
+        m.insert("sha256".into(), Value::str(&self.sha256));
+        m.insert("dest".into(), Value::str(&self.dest));
+        Value::Map(m)
+    }
+}
+
+/// Packs every static route's directory of `c` (relative to the stack): their contents decide
+/// where they go on the host, so a changed file is a changed config in the plan.
+pub fn pack_sites(ctx: &ProviderCtx, c: &ValueMap) -> Result<Vec<Site>, (Option<String>, String)> {
+    let Some(Value::Map(routes)) = c.get("routes").map(|v| v.unmarked().0) else {
+        return Ok(vec![]);
+    };
+    let mut out: Vec<Site> = Vec::new();
+    for (path, target) in &routes {
+        let Some(dir) = target.get("static").and_then(Value::as_str) else {
+            continue;
+        };
+        if out.iter().any(|s| s.dir == dir) {
+            continue;
+        }
+        let full = ctx.stack_dir.join(dir);
+        if !full.is_dir() {
+            return Err((
+                Some("routes".into()),
+                format!(
+                    "route {path:?}: the static directory {} is not a directory",
+                    full.display()
+                ),
+            ));
+        }
+        let (archive, sha) = crate::build::pack(ctx, &full, None).map_err(|e| {
+            (
+                Some("routes".into()),
+                format!("route {path:?}: {}", e.message),
+            )
+        })?;
+        out.push(Site {
+            dir: dir.to_string(),
+            archive: archive.display().to_string(),
+            dest: format!("{SITES}/{}", &sha[..16]),
+            sha256: sha,
+        });
+    }
+    Ok(out)
+}
+
+/// The role's `pipeline_nginx_sites` from a record's `sites`.
+fn sites_var(record: &JsonMap) -> serde_json::Value {
+    let sites: Vec<serde_json::Value> = record
+        .get("sites")
+        .and_then(|s| s.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            Some(serde_json::json!({
+                "archive": s.get("archive")?.as_str()?,
+                "dest": s.get("dest")?.as_str()?,
+            }))
+        })
+        .collect();
+    serde_json::Value::Array(sites)
+}
 
 /// The files a rendered config names, on a Debian host (`Layout::Remote`).
 pub fn file(rel: &str) -> &'static str {
@@ -60,10 +143,30 @@ pub fn file(rel: &str) -> &'static str {
     }
 }
 
-/// The host `on` names when it is one reached over ssh.
-fn on_host(c: &ValueMap) -> Option<ValueMap> {
+fn is_ssh_host(v: &Value) -> bool {
+    v.get("transport").and_then(Value::as_str) == Some("ssh")
+}
+
+/// The host `on` names when it is one reached over ssh: a host object (`host.lb["lb01"]`), or
+/// a block of exactly one (`host.lb` of an inventory group with one host).
+pub fn on_host(c: &ValueMap) -> Option<ValueMap> {
     match c.get("on").map(|v| v.unmarked().0) {
-        Some(Value::Map(m)) if m.get("transport").and_then(Value::as_str) == Some("ssh") => Some(m),
+        Some(Value::Map(m)) if is_ssh_host(&Value::Map(m.clone())) => Some(m),
+        Some(Value::Map(m)) if m.len() == 1 => match m.values().next().map(|h| h.unmarked().0) {
+            Some(Value::Map(h)) if is_ssh_host(&Value::Map(h.clone())) => Some(h),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `on` is a block of several inventory hosts: the names, for the error (a balancer runs on
+/// one host).
+pub fn several_hosts(c: &ValueMap) -> Option<Vec<String>> {
+    match c.get("on").map(|v| v.unmarked().0) {
+        Some(Value::Map(m)) if m.len() > 1 && m.values().all(|h| is_ssh_host(&h.unmarked().0)) => {
+            Some(m.keys().cloned().collect())
+        }
         _ => None,
     }
 }
@@ -307,6 +410,7 @@ pub async fn apply(
         addr,
         &host,
         &text,
+        &sites_var(&record),
         secret,
         Some(restart),
         move |task| progress.progress(format!("nginx: {task}")),
@@ -353,7 +457,17 @@ pub async fn preview(
     conn::connect(ctx, &host.obj, &host.label)
         .await
         .map_err(|e| e.map_message(|m| format!("{addr}: host {name}: {m}")))?;
-    let recap = run_role(ctx, addr, &host, &text, secret, None, |_| {}).await?;
+    let recap = run_role(
+        ctx,
+        addr,
+        &host,
+        &text,
+        &sites_var(&record),
+        secret,
+        None,
+        |_| {},
+    )
+    .await?;
     let inv = inventory_name(&host.target.name);
     let mut items: Vec<String> = Vec::new();
     let mut diff = String::new();
@@ -392,11 +506,13 @@ pub async fn preview(
 /// One run of the `pipeline_nginx` role on the balancer's host with `text` as its nginx.conf
 /// (in a secrets file when `secret`). `apply`: None is `--check` (with `--diff` unless
 /// `secret`); Some(restart) applies, restarting nginx on a change when `restart` (else reload).
+#[allow(clippy::too_many_arguments)]
 async fn run_role(
     ctx: &ProviderCtx,
     addr: &str,
     host: &Host,
     text: &str,
+    sites: &serde_json::Value,
     secret: bool,
     apply: Option<bool>,
     progress: impl Fn(&str) + Send + Sync,
@@ -429,6 +545,8 @@ async fn run_role(
         "pipeline_nginx_restart".into(),
         apply.unwrap_or(false).into(),
     );
+    run.vars
+        .insert("pipeline_nginx_sites".into(), sites.clone());
     // Base64: a config is never read as a Jinja template by ansible. A config rendered from a
     // secret goes in the run's secrets file (0600, removed after the run), never in its vars.
     let conf = base64(text.as_bytes()).into();
@@ -514,6 +632,7 @@ pub async fn delete(ctx: &ProviderCtx, prior: &JsonMap) -> Result<(), ProviderEr
             "systemctl stop nginx 2>/dev/null || true\n\
              systemctl disable nginx 2>/dev/null || true\n\
              rm -f {STABLE} {NEXT} {OWNER}\n\
+             rm -rf {SITES}\n\
              if [ -f {CONF}.dist ]; then mv -f {CONF}.dist {CONF}; fi\n\
              if [ -e /etc/nginx/sites-available/default ] && [ ! -e /etc/nginx/sites-enabled/default ]; then \
              ln -s /etc/nginx/sites-available/default /etc/nginx/sites-enabled/default; fi\n"

@@ -254,7 +254,9 @@ pub fn plan(_ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, Provid
     identifier(c, "user").map_err(in_addr)?;
     let mut o = c.clone();
     let password = match (
-        c.get("password").filter(|v| !matches!(v, Value::Null)),
+        // (`null` from a sensitive conditional arrives marked: still no password given.)
+        c.get("password")
+            .filter(|v| !matches!(v.unmarked().0, Value::Null)),
         req.prior,
     ) {
         (Some(v), _) => v.clone(),

@@ -33,7 +33,6 @@ use pipeline_ssh::ansible::{Ansible, Connection, Run};
 use pipeline_ssh::transport::{Error as SshError, Remote};
 use pipeline_supervise::private;
 use serde_json::json;
-use sha2::Digest;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -478,15 +477,6 @@ fn abs(ctx: &ProviderCtx, p: &str) -> PathBuf {
     }
 }
 
-fn sha256_file(p: &Path) -> Result<String, ProviderError> {
-    let mut f = std::fs::File::open(p)
-        .map_err(|e| ProviderError::new(format!("cannot read {}: {e}", p.display())))?;
-    let mut h = sha2::Sha256::new();
-    std::io::copy(&mut f, &mut h)
-        .map_err(|e| ProviderError::new(format!("cannot read {}: {e}", p.display())))?;
-    Ok(pipeline_engine::lang::funcs::hex(&h.finalize()))
-}
-
 fn is_tarball(p: &Path) -> bool {
     let n = p.to_string_lossy();
     n.ends_with(".tar.gz") || n.ends_with(".tgz")
@@ -505,89 +495,11 @@ fn plan_ids(ctx: &ProviderCtx, c: &ValueMap) -> Result<(String, Option<String>),
             .attr("artifact")
             .help("`artifact` is a file relative to the stack (a .tar.gz, .jar or .war)"));
         }
-        let sha = sha256_file(&p)?;
+        let sha = build::sha256_file(&p)?;
         let release = is_tarball(&p).then(|| sha.clone());
         return Ok((sha[..16].to_string(), release));
     }
     Ok((build::build_id(&BuildSpec::of(ctx, c))?, None))
-}
-
-fn artifacts_dir(ctx: &ProviderCtx) -> PathBuf {
-    ctx.work_dir.join("artifacts")
-}
-
-fn run_tool(cmd: &mut std::process::Command, what: &str) -> Result<(), ProviderError> {
-    let out = cmd
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| ProviderError::new(format!("{what}: {e}")))?;
-    if !out.status.success() {
-        return Err(ProviderError::new(format!(
-            "{what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
-}
-
-/// A reproducible tarball of `dir` (or of the one file `file`) in the artifacts directory,
-/// named by its sha256. Returns (path, sha256).
-fn pack(
-    ctx: &ProviderCtx,
-    dir: &Path,
-    file: Option<&str>,
-) -> Result<(PathBuf, String), ProviderError> {
-    let root = artifacts_dir(ctx);
-    private::create_dir_all(&root)
-        .map_err(|e| ProviderError::new(format!("cannot create {}: {e}", root.display())))?;
-    let tmp = tempfile_in(&root)?;
-    let tar = tmp.with_extension("tar");
-    let mut cmd = std::process::Command::new("tar");
-    cmd.args([
-        "--sort=name",
-        "--mtime=@0",
-        "--owner=0",
-        "--group=0",
-        "--numeric-owner",
-        "--format=gnu",
-        "--exclude=./.git",
-        "-C",
-    ])
-    .arg(dir)
-    .arg("-cf")
-    .arg(&tar)
-    .arg("--")
-    .arg(file.unwrap_or("."));
-    let done = run_tool(&mut cmd, "packing the release (tar)")
-        .and_then(|_| {
-            run_tool(
-                std::process::Command::new("gzip")
-                    .args(["-n", "-f", "--"])
-                    .arg(&tar),
-                "packing the release (gzip)",
-            )
-        })
-        .and_then(|_| {
-            let gz = tar.with_extension("tar.gz");
-            let sha = sha256_file(&gz)?;
-            let dst = root.join(format!("{sha}.tar.gz"));
-            std::fs::rename(&gz, &dst).map_err(|e| {
-                ProviderError::new(format!("cannot move the release to {}: {e}", dst.display()))
-            })?;
-            private::narrow(&dst, 0o600).ok();
-            Ok((dst, sha))
-        });
-    let _ = std::fs::remove_file(&tar);
-    let _ = std::fs::remove_file(tar.with_extension("tar.gz"));
-    let _ = std::fs::remove_file(&tmp);
-    done
-}
-
-fn tempfile_in(dir: &Path) -> Result<PathBuf, ProviderError> {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Ok(dir.join(format!(".pack-{}-{n}", std::process::id())))
 }
 
 /// The release tarball for the configuration, built or packed once: (path, sha256, build_id).
@@ -597,12 +509,12 @@ fn release(
     c: &ValueMap,
 ) -> Result<(PathBuf, String, String), ProviderError> {
     let (id, _) = plan_ids(ctx, c)?;
-    let root = artifacts_dir(ctx);
+    let root = build::artifacts_dir(ctx);
     let pointer = root.join(format!("{id}.release"));
     if let Ok(sha) = std::fs::read_to_string(&pointer) {
         let sha = sha.trim().to_string();
         let p = root.join(format!("{sha}.tar.gz"));
-        if sha.len() == 64 && p.is_file() && sha256_file(&p)? == sha {
+        if sha.len() == 64 && p.is_file() && build::sha256_file(&p)? == sha {
             return Ok((p, sha, id));
         }
     }
@@ -614,10 +526,10 @@ fn release(
             private::create_dir_all(&root).map_err(|e| {
                 ProviderError::new(format!("cannot create {}: {e}", root.display()))
             })?;
-            let sha = sha256_file(&p)?;
+            let sha = build::sha256_file(&p)?;
             let dst = root.join(format!("{sha}.tar.gz"));
             if !dst.is_file() {
-                let tmp = tempfile_in(&root)?;
+                let tmp = build::tempfile_in(&root)?;
                 std::fs::copy(&p, &tmp)
                     .map_err(|e| ProviderError::new(format!("cannot copy {}: {e}", p.display())))?;
                 std::fs::rename(&tmp, &dst).map_err(|e| {
@@ -631,12 +543,12 @@ fn release(
             let name = p.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
                 ProviderError::invalid_config("the artifact's name is not UTF-8").attr("artifact")
             })?;
-            pack(ctx, dir, Some(name))?
+            build::pack(ctx, dir, Some(name))?
         }
     } else {
         let spec = BuildSpec::of(ctx, c);
         let src = build::ensure(ctx, &spec, &id, addr)?;
-        pack(ctx, &src, None)?
+        build::pack(ctx, &src, None)?
     };
     private::write(&pointer, &sha).map_err(|e| ProviderError::new(format!("{e}")))?;
     Ok((path, sha, id))
