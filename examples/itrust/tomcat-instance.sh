@@ -26,7 +26,8 @@ war=${1:-}
 if [ -z "$war" ]; then
   # The release's one WAR: itrust.war when built from this directory, or a WAR shipped as is.
   set -- ./*.war
-  [ $# -eq 1 ] && [ -f "$1" ] || die "give the WAR as the first argument: the working directory $(pwd) holds $# WAR files"
+  [ -f "$1" ] || set --
+  [ $# -eq 1 ] || die "give the WAR as the first argument: the working directory $(pwd) holds $# WAR files"
   war=$1
   set --
 fi

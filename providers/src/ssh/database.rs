@@ -315,7 +315,7 @@ async fn host_addr(step: Option<&Step>, name: &str) -> String {
 fn run_dir(ctx: &ProviderCtx, addr: &str) -> std::path::PathBuf {
     ctx.work_dir
         .join("mariadb")
-        .join(crate::redis::remote::token(addr))
+        .join(pipeline_host::names::sanitize(addr))
 }
 
 /// What the role is asked to make on the host.
