@@ -223,6 +223,58 @@ pub fn write_inventory(
         .map_err(|e| ProviderError::new(format!("cannot write {}: {e}", path.display())))
 }
 
+/// A run of a bundled playbook for one resource's hosts, as every remote resource runs one:
+/// over the transport's ssh masters (`ssh`), bounded by the step's time left (at most 30 min),
+/// ansible's output kept in `log`.
+pub fn role_run(
+    playbook: &str,
+    inventory: &Path,
+    ssh: &Ssh,
+    step: Option<&pipeline_engine::Step>,
+    log: PathBuf,
+) -> pipeline_ssh::ansible::Run {
+    let mut run = pipeline_ssh::ansible::Run::new(playbook, inventory);
+    run.vars
+        .insert("pipeline_hosts".into(), serde_json::json!("all"));
+    run.timeout = step
+        .and_then(pipeline_engine::Step::remaining)
+        .unwrap_or(Duration::from_secs(1800))
+        .min(Duration::from_secs(1800));
+    run.connection = pipeline_ssh::ansible::Connection {
+        ssh_args: vec![],
+        control_path_dir: Some(ssh.dir().to_path_buf()),
+        ..pipeline_ssh::ansible::Connection::default()
+    };
+    run.log = Some(log);
+    run
+}
+
+/// Each task a role starts, as a progress line of the step (`HOST: TASK`).
+pub fn task_progress(
+    step: Option<&pipeline_engine::Step>,
+) -> impl Fn(&pipeline_ssh::ansible::TaskEvent) + '_ {
+    move |e| {
+        if let (Some(s), Some(h), Some(t)) = (step, &e.host, &e.task) {
+            if e.event == pipeline_ssh::ansible::EventKind::TaskStart {
+                s.progress(format!("{h}: {t}"));
+            }
+        }
+    }
+}
+
+/// A failed role run of `addr` as its error: where ansible's output is, and `Unreachable` when
+/// a host was.
+pub fn role_error(addr: &str, e: pipeline_ssh::ansible::AnsibleError, log: &Path) -> ProviderError {
+    let unreachable = matches!(e, pipeline_ssh::ansible::AnsibleError::Unreachable { .. });
+    let err = ProviderError::new(format!("{addr}: {e}"))
+        .help(format!("ansible's output is in {}", log.display()));
+    if unreachable {
+        err.with_kind(pipeline_engine::provider::ErrorKind::Unreachable)
+    } else {
+        err
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

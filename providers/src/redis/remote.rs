@@ -13,11 +13,11 @@ use super::resp::{Conn, Url};
 use super::store;
 use crate::remote::{self as conn, HOST_KIND};
 use pipeline_engine::provider::{
-    ApplyRequest, Description, Endpoint, ErrorKind, Health, HealthState, JsonMap, LogSource,
-    PlanRequest, Planned, ProcessInfo, ProviderCtx, ProviderError, Serves, Step, TargetPreview,
+    ApplyRequest, Description, Endpoint, Health, HealthState, JsonMap, LogSource, PlanRequest,
+    Planned, ProcessInfo, ProviderCtx, ProviderError, Serves, Step, TargetPreview,
 };
 use pipeline_engine::value::{Value, ValueMap};
-use pipeline_ssh::ansible::{Ansible, AnsibleError, Connection, Recap, Run};
+use pipeline_ssh::ansible::{Ansible, AnsibleError, Recap};
 use pipeline_ssh::transport::Remote;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -455,32 +455,19 @@ async fn run_role(
     conn::write_inventory(&inventory, inv_hosts)?;
 
     let ansible = Ansible::locate().map_err(|e| ProviderError::new(format!("{addr}: {e}")))?;
-    let mut run = Run::new("playbooks/redis.yml", &inventory);
+    let log = dir.join("ansible.log");
+    let mut run = conn::role_run("playbooks/redis.yml", &inventory, &ssh, step, log.clone());
     run.check = check;
-    run.vars.insert("pipeline_hosts".into(), json!("all"));
     run.vars
         .insert("pipeline_redis_instance".into(), json!(token(addr)));
     run.secrets
         .insert("pipeline_redis_password".into(), json!(password));
-    run.timeout = step
-        .and_then(Step::remaining)
-        .unwrap_or(Duration::from_secs(1800))
-        .min(Duration::from_secs(1800));
-    run.connection = Connection {
-        ssh_args: vec![],
-        control_path_dir: Some(ssh.dir().to_path_buf()),
-        ..Connection::default()
-    };
-    run.log = Some(dir.join("ansible.log"));
-    let progress = |e: &pipeline_ssh::ansible::TaskEvent| {
-        if let (Some(s), Some(h), Some(t)) = (step, &e.host, &e.task) {
-            if e.event == pipeline_ssh::ansible::EventKind::TaskStart {
-                s.progress(format!("{h}: {t}"));
-            }
-        }
-    };
     let result = ansible
-        .run(&run, &ctx.work_dir.join("ansible"), progress)
+        .run(
+            &run,
+            &ctx.work_dir.join("ansible"),
+            conn::task_progress(step),
+        )
         .await;
     if check {
         let _ = std::fs::remove_file(&inventory);
@@ -493,18 +480,7 @@ async fn run_role(
         }
         r => r,
     };
-    result.map_err(|e| {
-        let unreachable = matches!(e, AnsibleError::Unreachable { .. });
-        let err = ProviderError::new(format!("{addr}: {e}")).help(format!(
-            "ansible's output is in {}",
-            dir.join("ansible.log").display()
-        ));
-        if unreachable {
-            err.with_kind(ErrorKind::Unreachable)
-        } else {
-            err
-        }
-    })
+    result.map_err(|e| conn::role_error(addr, e, &log))
 }
 
 fn run_dir(ctx: &ProviderCtx, addr: &str) -> std::path::PathBuf {

@@ -25,12 +25,11 @@
 use crate::remote::{self as conn, HOST_KIND};
 use pipeline_engine::format::Format;
 use pipeline_engine::provider::{
-    ApplyRequest, AttrSchema, Description, Endpoint, ErrorKind, Health, HealthState, JsonMap,
-    KindSchema, LogSource, PlanRequest, Planned, ProcessInfo, ProviderCtx, ProviderError, Serves,
-    Step, Type,
+    ApplyRequest, AttrSchema, Description, Endpoint, Health, HealthState, JsonMap, KindSchema,
+    LogSource, PlanRequest, Planned, ProcessInfo, ProviderCtx, ProviderError, Serves, Step, Type,
 };
 use pipeline_engine::value::{Value, ValueMap};
-use pipeline_ssh::ansible::{Ansible, AnsibleError, Connection, Run};
+use pipeline_ssh::ansible::Ansible;
 use pipeline_ssh::transport::Remote;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -355,43 +354,19 @@ async fn run_role(
     conn::write_inventory(&inventory, inv_hosts)?;
 
     let ansible = Ansible::locate().map_err(|e| ProviderError::new(format!("{addr}: {e}")))?;
-    let mut run = Run::new("playbooks/mariadb.yml", &inventory);
-    run.vars.insert("pipeline_hosts".into(), json!("all"));
+    let log = dir.join("ansible.log");
+    let mut run = conn::role_run("playbooks/mariadb.yml", &inventory, &ssh, step, log.clone());
     run.secrets
         .insert("pipeline_mariadb_password".into(), json!(w.password));
-    run.timeout = step
-        .and_then(Step::remaining)
-        .unwrap_or(Duration::from_secs(1800))
-        .min(Duration::from_secs(1800));
-    run.connection = Connection {
-        ssh_args: vec![],
-        control_path_dir: Some(ssh.dir().to_path_buf()),
-        ..Connection::default()
-    };
-    run.log = Some(dir.join("ansible.log"));
-    let progress = |e: &pipeline_ssh::ansible::TaskEvent| {
-        if let (Some(s), Some(h), Some(t)) = (step, &e.host, &e.task) {
-            if e.event == pipeline_ssh::ansible::EventKind::TaskStart {
-                s.progress(format!("{h}: {t}"));
-            }
-        }
-    };
     ansible
-        .run(&run, &ctx.work_dir.join("ansible"), progress)
+        .run(
+            &run,
+            &ctx.work_dir.join("ansible"),
+            conn::task_progress(step),
+        )
         .await
         .map(|_| ())
-        .map_err(|e| {
-            let unreachable = matches!(e, AnsibleError::Unreachable { .. });
-            let err = ProviderError::new(format!("{addr}: {e}")).help(format!(
-                "ansible's output is in {}",
-                dir.join("ansible.log").display()
-            ));
-            if unreachable {
-                err.with_kind(ErrorKind::Unreachable)
-            } else {
-                err
-            }
-        })
+        .map_err(|e| conn::role_error(addr, e, &log))
 }
 
 /// 32 letters and digits from /dev/urandom (no quoting layer anywhere can change them).
