@@ -536,3 +536,46 @@ fn a_revision_of_a_service_in_a_subdirectory_of_its_repository_builds() {
     assert!(http("GET", &format!("{url}/health"), "").is_some_and(|(c, _)| c == 200));
     t.ok(&["destroy", "-auto-approve"]);
 }
+
+/// A block of no instances (`count = 0`, an empty `for_each`) is an empty list or map to what
+/// refers to it, as in Terraform: `length()` is 0, `try(x[0].y, fallback)` falls back, and the
+/// plan and apply complete (before, the reference stayed unknown and apply failed on it).
+#[test]
+fn a_block_of_no_instances_is_empty_to_references() {
+    let t = Scratch::new();
+    t.write(
+        "main.hcl",
+        r#"variable "on" {
+  type    = bool
+  default = false
+}
+file "opt" {
+  count   = var.on ? 1 : 0
+  path    = "out/opt.txt"
+  content = "opt"
+}
+file "each" {
+  for_each = var.on ? ["a"] : []
+  path     = "out/${each.key}.txt"
+  content  = each.key
+}
+file "summary" {
+  path    = "out/summary.txt"
+  content = "${length(file.opt)} ${length(file.each)} ${try(file.opt[0].path, "none")}"
+}
+"#,
+    );
+    t.ok(&["apply", "-auto-approve", "main.hcl"]);
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("out/summary.txt")).unwrap(),
+        "0 0 none"
+    );
+    t.env
+        .borrow_mut()
+        .push(("PIPELINE_VAR_on".into(), "true".into()));
+    t.ok(&["apply", "-auto-approve", "main.hcl"]);
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("out/summary.txt")).unwrap(),
+        "1 1 out/opt.txt"
+    );
+}

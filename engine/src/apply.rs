@@ -204,6 +204,7 @@ pub async fn apply(
     let mut exp_of: HashMap<(usize, String), Expansion> = HashMap::new();
     for (m, key, exp) in &plan.expansions {
         exp_of.insert((*m, key.clone()), exp.clone());
+        world.set_expansion(*m, key, exp);
         for inst in exp.keys() {
             let addr = crate::world::instance_addr(&config.modules[*m].prefix, key, &inst);
             let v = match store.state().resources.get(&addr) {
@@ -1029,7 +1030,16 @@ fn evaluate_now(
         .schema(&decl.kind, Some(&decl.provider))
         .ok_or("no schema")?;
     let exp = &exp_of[&(m, c.resource.clone())];
-    let scope = instance_scope(world, m, exp, &c.key);
+    let mut scope = instance_scope(world, m, exp, &c.key);
+    // `each.value` as it is now: the plan's may hold what was known only after apply then
+    // (`for_each = host.web`, each host's attributes), applied since. The keys are the plan's.
+    if let (Some(f), Some(crate::world::InstanceKey::Str(k))) = (&decl.for_each, &c.key) {
+        if let Ok(Value::Map(now)) = world.eval(&world.scope(m), f).map(|v| v.unmarked().0) {
+            if let Some(v) = now.get(k) {
+                scope.each = Some((k.clone(), v.clone()));
+            }
+        }
+    }
     let mut cfg = eval_attrs(world, &scope, decl, schema).map_err(|d| {
         // A local or variable computed on demand records its own error in the world and the
         // attribute only says "could not be evaluated": show the cause with it.

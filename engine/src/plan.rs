@@ -473,6 +473,7 @@ pub fn make_plan(
             }
         };
         expansions.push((*m, key.clone(), expansion.clone()));
+        world.set_expansion(*m, key, &expansion);
         // Dependencies are recorded per block (`file.a`), as Terraform does: per instance they
         // would grow with the product of the counts.
         let deps: Vec<String> = graph

@@ -185,6 +185,17 @@ impl<'a> World<'a> {
         }
     }
 
+    /// Records how a block expands before any instance is known: a block of no instances
+    /// (`count = 0`, an empty `for_each`) is then an empty list or map to references, not an
+    /// unknown that never resolves.
+    pub fn set_expansion(&self, m: usize, key: &str, expansion: &Expansion) {
+        let mut res = self.resources.borrow_mut();
+        let rv = res.entry((m, key.to_string())).or_default();
+        if rv.expansion.is_none() {
+            rv.expansion = Some(expansion.clone());
+        }
+    }
+
     pub fn set_instance(
         &self,
         m: usize,
