@@ -178,10 +178,16 @@ pub fn is_remote(c: &ValueMap) -> bool {
 
 /// The host object of a record whose balancer runs on an inventory host.
 fn record_host(record: &JsonMap) -> Option<&JsonMap> {
-    record
-        .get("on")
-        .and_then(|o| o.as_object())
-        .filter(|h| h.get("transport").and_then(|t| t.as_str()) == Some("ssh"))
+    let ssh = |h: &&JsonMap| h.get("transport").and_then(|t| t.as_str()) == Some("ssh");
+    let on = record.get("on").and_then(|o| o.as_object())?;
+    if ssh(&on) {
+        return Some(on);
+    }
+    // A host block of one host (`on = host.lb`), as `on_host` takes it.
+    match on.values().next().and_then(|h| h.as_object()) {
+        Some(h) if on.len() == 1 && ssh(&h) => Some(h),
+        _ => None,
+    }
 }
 
 pub fn record_is_remote(record: &JsonMap) -> bool {
@@ -448,6 +454,14 @@ pub async fn preview(
             diff: String::new(),
         }]);
     };
+    // A host first met in this run has no pinned keys yet: nothing to connect to before apply.
+    if object.get("on").is_some_and(|v| !v.is_known()) {
+        return Ok(vec![TargetPreview {
+            target: name,
+            summary: "not previewed: the host is first reached by this apply".into(),
+            diff: String::new(),
+        }]);
+    }
     let record: JsonMap = object
         .iter()
         .filter(|(_, v)| v.is_known())

@@ -55,10 +55,13 @@ pub fn is_remote(c: &ValueMap) -> bool {
 
 /// A record made on inventory hosts.
 pub fn is_remote_record(r: &JsonMap) -> bool {
-    r.get("on")
-        .and_then(|o| o.get("transport"))
-        .and_then(|t| t.as_str())
-        == Some("ssh")
+    let ssh = |o: &serde_json::Value| o.get("transport").and_then(|t| t.as_str()) == Some("ssh");
+    match r.get("on") {
+        Some(o) if ssh(o) => true,
+        // A host block of one host (`on = host.mongo`).
+        Some(serde_json::Value::Object(m)) => m.len() == 1 && m.values().all(ssh),
+        _ => false,
+    }
 }
 
 fn on_help() -> &'static str {
@@ -102,14 +105,19 @@ fn one(v: &Value, attr: &str) -> Result<HostRef, ProviderError> {
     })
 }
 
-/// The primary's host: `on`, one host object.
+/// The primary's host: `on`, one host object (or a host block of exactly one host).
 fn primary_of(on: Option<&Value>) -> Result<HostRef, ProviderError> {
     let on = on.map(|v| v.unmarked().0).unwrap_or(Value::Null);
     if is_ssh_host(&on) {
         return one(&on, "on");
     }
+    if let Value::Map(m) = &on {
+        if m.len() == 1 && m.values().all(is_ssh_host) {
+            return one(m.values().next().unwrap_or(&Value::Null), "on");
+        }
+    }
     Err(ProviderError::invalid_config(
-        "`on` of a remote flag store names one host, the primary's, not a group",
+        "`on` of a remote flag store names one host, the primary's, not a group of several",
     )
     .attr("on")
     .help(on_help()))
@@ -1058,9 +1066,19 @@ mod tests {
         assert!(e.message.contains("db01"), "{}", e.message);
         c.insert("on".into(), h("db01", "db.example"));
         assert!(primary_of(c.get("on")).unwrap_err().message.contains("IP"));
+        // A block of one host is that host; of several, a refusal.
         let mut group = ValueMap::new();
         group.insert("a".into(), h("a", "10.0.0.1"));
+        c.insert("on".into(), Value::Map(group.clone()));
+        assert!(is_remote(&c));
+        assert_eq!(primary_of(c.get("on")).unwrap().name, "a");
+        let rec: JsonMap = [("on".to_string(), Value::Map(group.clone()).to_json())]
+            .into_iter()
+            .collect();
+        assert!(is_remote_record(&rec));
+        group.insert("b".into(), h("b", "10.0.0.2"));
         c.insert("on".into(), Value::Map(group));
-        assert!(is_remote(&c) && primary_of(c.get("on")).is_err());
+        let e = primary_of(c.get("on")).unwrap_err();
+        assert!(e.message.contains("several"), "{}", e.message);
     }
 }
