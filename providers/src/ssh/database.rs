@@ -1,12 +1,12 @@
-//! The `database` kind of the ssh provider: a MariaDB server on one inventory host, one
-//! database on it and its user, made by the `pipeline_mariadb` role
-//! (providers/ssh/ansible/roles/pipeline_mariadb) through the ansible runner.
+//! The `database` kind of the ssh provider: a MariaDB or MongoDB server on one inventory host,
+//! one database on it and its user, made by the `pipeline_mariadb` or `pipeline_mongodb` role
+//! (providers/ssh/ansible/roles/) through the ansible runner.
 //!
 //! ```hcl
 //! database "itrust" {
 //!   provider = ssh
 //!   on       = host.db            # one host
-//!   engine   = "mariadb"
+//!   engine   = "mariadb"          # or "mongodb" (from MongoDB's own package repository)
 //!   name     = "itrust"
 //!   user     = "itrust"
 //!   password = var.db_password    # optional: 32 generated alphanumerics, kept in state
@@ -14,8 +14,9 @@
 //! }
 //! ```
 //!
-//! The server listens on the host's inventory address and 127.0.0.1 (socket activation off:
-//! it would ignore `bind-address`). The password reaches the host only through the runner's
+//! The server listens on the host's inventory address and 127.0.0.1 (MariaDB: socket activation
+//! off, it would ignore `bind-address`; MongoDB: `authorization` on, the user in `admin` with
+//! `readWrite` on the database, its client sources the `clients`' addresses). The password reaches the host only through the runner's
 //! 0600 secrets file and goes into SQL on the stdin of `mariadb` (`no_log` tasks), never a
 //! command line. `read` asks the host whether the server runs and the database and user are
 //! there, so a stopped server or a dropped database shows as drift. `delete` drops the
@@ -35,9 +36,64 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 
 pub const KIND: &str = "database";
-/// MariaDB's port: the server listens there on the host's address.
-pub const PORT: u16 = 3306;
-const ENGINES: &[&str] = &["mariadb"];
+const ENGINES: &[&str] = &["mariadb", "mongodb"];
+
+/// The server software of a `database` block: what differs between engines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Engine {
+    Mariadb,
+    Mongodb,
+}
+
+impl Engine {
+    fn name(self) -> &'static str {
+        match self {
+            Engine::Mariadb => "mariadb",
+            Engine::Mongodb => "mongodb",
+        }
+    }
+    fn title(self) -> &'static str {
+        match self {
+            Engine::Mariadb => "MariaDB",
+            Engine::Mongodb => "MongoDB",
+        }
+    }
+    /// Where the server listens on the host's address.
+    fn port(self) -> u16 {
+        match self {
+            Engine::Mariadb => 3306,
+            Engine::Mongodb => 27017,
+        }
+    }
+    fn unit(self) -> &'static str {
+        match self {
+            Engine::Mariadb => "mariadb.service",
+            Engine::Mongodb => "mongod.service",
+        }
+    }
+    /// The role's playbook, and the prefix of its variables.
+    fn playbook(self) -> &'static str {
+        match self {
+            Engine::Mariadb => "playbooks/mariadb.yml",
+            Engine::Mongodb => "playbooks/mongodb.yml",
+        }
+    }
+    fn var(self, k: &str) -> String {
+        format!("pipeline_{}_{k}", self.name())
+    }
+    /// Where clients connect, without credentials.
+    fn url(self, address: &str, name: &str) -> String {
+        let host = if address.contains(':') {
+            format!("[{address}]")
+        } else {
+            address.to_string()
+        };
+        match self {
+            Engine::Mariadb => format!("jdbc:mariadb://{host}:{}/{name}", self.port()),
+            Engine::Mongodb => format!("mongodb://{host}:{}/{name}", self.port()),
+        }
+    }
+}
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 const READY_WAIT: Duration = Duration::from_secs(20);
 const PASSWORD_LEN: usize = 32;
@@ -51,7 +107,7 @@ pub fn schema() -> KindSchema {
             AttrSchema::required("on", Type::Any)
                 .format_at("address", Format::Address)
                 .format_at("*.address", Format::Address),
-            // The server software: "mariadb" (the only one for now).
+            // The server software: "mariadb" (Debian's) or "mongodb" (MongoDB's repository).
             AttrSchema::optional("engine", Type::String)
                 .default(Value::str("mariadb"))
                 .force_new(),
@@ -76,7 +132,8 @@ pub fn schema() -> KindSchema {
             // The host's inventory address, where the server listens.
             AttrSchema::computed("address", Type::String).derived_from(&["on"]),
             AttrSchema::computed("port", Type::Number).derived_from(&[]),
-            // jdbc:mariadb://ADDRESS:3306/NAME (no credentials in it).
+            // jdbc:mariadb://ADDRESS:3306/NAME or mongodb://ADDRESS:27017/NAME (no credentials
+            // in it).
             AttrSchema::computed("url", Type::String).derived_from(&["on", "name"]),
             // What the host says: `server` (the unit's state), `database` and `user` (present,
             // absent, or unknown when the server does not answer). Planned as wanted; `read`
@@ -209,26 +266,26 @@ fn identifier(c: &ValueMap, attr: &str) -> Result<Option<String>, ProviderError>
     }
 }
 
-fn engine_of(c: &ValueMap) -> Result<(), ProviderError> {
+fn engine_of(c: &ValueMap) -> Result<Engine, ProviderError> {
     match c.get("engine").map(|v| v.unmarked().0) {
-        None | Some(Value::Null) | Some(Value::Unknown) => Ok(()),
-        Some(Value::String(e)) if ENGINES.contains(&e.as_str()) => Ok(()),
+        None | Some(Value::Null) | Some(Value::Unknown) => Ok(Engine::Mariadb),
+        Some(Value::String(e)) if e == "mariadb" => Ok(Engine::Mariadb),
+        Some(Value::String(e)) if e == "mongodb" => Ok(Engine::Mongodb),
         Some(other) => Err(ProviderError::invalid_config(format!(
-            "`engine` {} is not one this provider runs",
-            other.render()
+            "`engine` {} is not one this provider runs (it runs {})",
+            other.render(),
+            ENGINES.join(", ")
         ))
         .attr("engine")
-        .help("write engine = \"mariadb\" (the only engine for now)")),
+        .help("write engine = \"mariadb\" or engine = \"mongodb\"")),
     }
 }
 
-fn url(address: &str, name: &str) -> String {
-    let host = if address.contains(':') {
-        format!("[{address}]")
-    } else {
-        address.to_string()
-    };
-    format!("jdbc:mariadb://{host}:{PORT}/{name}")
+fn engine_of_record(r: &JsonMap) -> Engine {
+    match r.get("engine").and_then(|v| v.as_str()) {
+        Some("mongodb") => Engine::Mongodb,
+        _ => Engine::Mariadb,
+    }
 }
 
 /// What a healthy database's host says.
@@ -246,7 +303,7 @@ fn wanted_status() -> JsonMap {
 pub fn plan(_ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, ProviderError> {
     let (addr, c) = (req.addr, req.config);
     let in_addr = |e: ProviderError| e.map_message(|m| format!("{addr}: {m}"));
-    engine_of(c).map_err(in_addr)?;
+    let engine = engine_of(c).map_err(in_addr)?;
     let server = server_of(c.get("on")).map_err(in_addr)?;
     clients_of(c.get("clients")).map_err(in_addr)?;
     let name = identifier(c, "name").map_err(in_addr)?;
@@ -274,12 +331,26 @@ pub fn plan(_ctx: &ProviderCtx, req: &PlanRequest<'_>) -> Result<Planned, Provid
         );
     }
     o.insert("password".into(), password.mark(true));
-    o.insert("engine".into(), Value::str("mariadb"));
+    if engine == Engine::Mongodb
+        && name
+            .as_deref()
+            .is_some_and(|n| ["admin", "local", "config"].contains(&n))
+    {
+        return Err(ProviderError::invalid_config(format!(
+            "{addr}: `name` {:?} is one of MongoDB's own databases",
+            name.unwrap_or_default()
+        ))
+        .attr("name")
+        .help("name the application's database, e.g. name = \"site\""));
+    }
+    o.insert("engine".into(), Value::str(engine.name()));
     o.insert("address".into(), Value::str(&server.address));
-    o.insert("port".into(), Value::Number(PORT as f64));
+    o.insert("port".into(), Value::Number(engine.port() as f64));
     o.insert(
         "url".into(),
-        name.map_or(Value::Unknown, |n| Value::String(url(&server.address, &n))),
+        name.map_or(Value::Unknown, |n| {
+            Value::String(engine.url(&server.address, &n))
+        }),
     );
     o.insert(
         "status".into(),
@@ -311,14 +382,15 @@ async fn host_addr(step: Option<&Step>, name: &str) -> String {
         .unwrap_or_else(|| format!("host.NAME[\"{name}\"]"))
 }
 
-fn run_dir(ctx: &ProviderCtx, addr: &str) -> std::path::PathBuf {
+fn run_dir(ctx: &ProviderCtx, engine: Engine, addr: &str) -> std::path::PathBuf {
     ctx.work_dir
-        .join("mariadb")
+        .join(engine.name())
         .join(pipeline_host::names::sanitize(addr))
 }
 
 /// What the role is asked to make on the host.
 struct Wanted<'a> {
+    engine: Engine,
     state: &'static str,
     name: &'a str,
     user: &'a str,
@@ -342,22 +414,22 @@ async fn run_role(
     let mut v = conn::ansible_vars(ctx, &server.obj, &host_addr(step, &server.name).await)
         .await
         .map_err(|e| e.map_message(|m| format!("{addr}: {m}")))?;
-    v.insert("pipeline_mariadb_state".into(), json!(w.state));
-    v.insert("pipeline_mariadb_name".into(), json!(w.name));
-    v.insert("pipeline_mariadb_user".into(), json!(w.user));
-    v.insert("pipeline_mariadb_bind".into(), json!(server.address));
-    v.insert("pipeline_mariadb_clients".into(), json!(w.clients));
+    let e = w.engine;
+    v.insert(e.var("state"), json!(w.state));
+    v.insert(e.var("name"), json!(w.name));
+    v.insert(e.var("user"), json!(w.user));
+    v.insert(e.var("bind"), json!(server.address));
+    v.insert(e.var("clients"), json!(w.clients));
     let mut inv_hosts = serde_json::Map::new();
     inv_hosts.insert(server.name.clone(), serde_json::Value::Object(v));
-    let dir = run_dir(ctx, addr);
+    let dir = run_dir(ctx, e, addr);
     let inventory = dir.join("inventory.json");
     conn::write_inventory(&inventory, inv_hosts)?;
 
     let ansible = Ansible::locate().map_err(|e| ProviderError::new(format!("{addr}: {e}")))?;
     let log = dir.join("ansible.log");
-    let mut run = conn::role_run("playbooks/mariadb.yml", &inventory, &ssh, step, log.clone());
-    run.secrets
-        .insert("pipeline_mariadb_password".into(), json!(w.password));
+    let mut run = conn::role_run(e.playbook(), &inventory, &ssh, step, log.clone());
+    run.secrets.insert(e.var("password"), json!(w.password));
     ansible
         .run(
             &run,
@@ -392,24 +464,31 @@ fn random_password() -> Result<String, ProviderError> {
 }
 
 /// Waits until the server accepts a TCP connection at `address`, at most `wait`.
-fn wait_port(addr: &str, address: &str, wait: Duration) -> Result<(), ProviderError> {
+fn wait_port(
+    addr: &str,
+    engine: Engine,
+    address: &str,
+    wait: Duration,
+) -> Result<(), ProviderError> {
     let deadline = Instant::now() + wait;
     let sa = std::net::SocketAddr::new(
         address
             .parse()
             .map_err(|_| ProviderError::new(format!("{addr}: {address:?} is not an address")))?,
-        PORT,
+        engine.port(),
     );
     loop {
         match std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(2)) {
             Ok(_) => return Ok(()),
             Err(e) if Instant::now() >= deadline => {
                 return Err(ProviderError::new(format!(
-                    "{addr}: MariaDB on {sa} does not accept connections from here: {e}"
+                    "{addr}: {} on {sa} does not accept connections from here: {e}",
+                    engine.title()
                 ))
-                .help(
-                    "`journalctl -u mariadb` on the host shows why; a firewall may be in the way",
-                ))
+                .help(format!(
+                    "`journalctl -u {}` on the host shows why; a firewall may be in the way",
+                    engine.unit()
+                )))
             }
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
@@ -427,7 +506,7 @@ pub async fn apply(
 ) -> Result<JsonMap, ProviderError> {
     let (addr, c) = (req.addr, req.config);
     let in_addr = |e: ProviderError| e.map_message(|m| format!("{addr}: {m}"));
-    engine_of(c).map_err(in_addr)?;
+    let engine = engine_of(c).map_err(in_addr)?;
     let server = server_of(c.get("on")).map_err(in_addr)?;
     let clients = clients_of(c.get("clients")).map_err(in_addr)?;
     let name = identifier(c, "name")
@@ -453,13 +532,14 @@ pub async fn apply(
         .filter(|u| *u != user)
     {
         step.progress(format!("dropping the old user {old}"));
-        drop_user(ctx, addr, &server, old, step).await?;
+        drop_user(ctx, addr, engine, &server, old, step).await?;
     }
     run_role(
         ctx,
         addr,
         &server,
         &Wanted {
+            engine,
             state: "present",
             name: &name,
             user: &user,
@@ -476,33 +556,37 @@ pub async fn apply(
     ));
     let (a, address) = (addr.to_string(), server.address.clone());
     let wait = step.remaining().map_or(READY_WAIT, |r| r.min(READY_WAIT));
-    crate::blocking(move || wait_port(&a, &address, wait)).await?;
+    crate::blocking(move || wait_port(&a, engine, &address, wait)).await?;
 
     let mut out: JsonMap = c
         .iter()
         .filter(|(_, v)| !matches!(v, Value::Unknown))
         .map(|(k, v)| (k.clone(), v.to_json()))
         .collect();
-    out.insert("engine".into(), json!("mariadb"));
+    out.insert("engine".into(), json!(engine.name()));
     out.insert("address".into(), json!(server.address));
-    out.insert("port".into(), json!(PORT));
-    out.insert("url".into(), json!(url(&server.address, &name)));
+    out.insert("port".into(), json!(engine.port()));
+    out.insert("url".into(), json!(engine.url(&server.address, &name)));
     out.insert("password".into(), json!(password));
     out.insert("status".into(), serde_json::Value::Object(wanted_status()));
     Ok(out)
 }
 
 /// Drops user `old` (all its accounts) on the server: the role's `absent` would drop the
-/// database too, so this is a small SQL of its own on stdin (no secret in it).
+/// database too, so this is a small script of its own on stdin (no secret in it).
 async fn drop_user(
     ctx: &ProviderCtx,
     addr: &str,
+    engine: Engine,
     server: &HostRef,
     old: &str,
     step: &Step,
 ) -> Result<(), ProviderError> {
     if !old.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') || old.is_empty() {
         return Ok(());
+    }
+    if engine == Engine::Mongodb {
+        return mongo_drop_user(ctx, addr, server, old, step).await;
     }
     let sql = format!(
         "SET @gone = (SELECT GROUP_CONCAT(CONCAT(QUOTE(User), '@', QUOTE(Host))) FROM mysql.user WHERE User = '{old}');\n\
@@ -560,12 +644,14 @@ pub async fn delete(
     step: &Step,
 ) -> Result<(), ProviderError> {
     let server = server_of_record(prior).map_err(|e| e.map_message(|m| format!("{addr}: {m}")))?;
+    let engine = engine_of_record(prior);
     let clients: Vec<String> = vec!["%".into()];
     run_role(
         ctx,
         addr,
         &server,
         &Wanted {
+            engine,
             state: "absent",
             name: record_str(prior, "name"),
             user: record_str(prior, "user"),
@@ -575,7 +661,7 @@ pub async fn delete(
         Some(step),
     )
     .await?;
-    let _ = std::fs::remove_dir_all(run_dir(ctx, addr));
+    let _ = std::fs::remove_dir_all(run_dir(ctx, engine, addr));
     Ok(())
 }
 
@@ -584,6 +670,7 @@ pub async fn delete(
 /// answer.
 async fn host_status(
     ctx: &ProviderCtx,
+    engine: Engine,
     server: &HostRef,
     name: &str,
     user: &str,
@@ -597,14 +684,28 @@ async fn host_status(
         return None;
     }
     // Line 1..3: the unit; then (when the server answers) `DATABASES USERS`.
-    let script = "systemctl show -p ActiveState -p MainPID -p NRestarts -- mariadb.service; \
-                  mariadb --batch --skip-column-names 2>/dev/null || echo unknown";
+    let (script, sql) = match engine {
+        Engine::Mariadb => (
+            "systemctl show -p ActiveState -p MainPID -p NRestarts -- mariadb.service; \
+             mariadb --batch --skip-column-names 2>/dev/null || echo unknown",
+            format!(
+                "SELECT (SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{name}'), \
+                 (SELECT COUNT(*) FROM mysql.user WHERE User = '{user}');\n"
+            ),
+        ),
+        // The administrator's password is read from its root-only file by mongosh itself.
+        Engine::Mongodb => (
+            "systemctl show -p ActiveState -p MainPID -p NRestarts -- mongod.service; \
+             mongosh --quiet --norc mongodb://127.0.0.1:27017/admin --file /dev/stdin 2>/dev/null \
+             || echo unknown",
+            format!(
+                "{MONGO_LOGIN}\nprint((db.getMongo().getDBNames().includes('{name}') ? 1 : 0) + ' ' + \
+                 (adminDb.getUser('{user}') !== null ? 1 : 0));\n"
+            ),
+        ),
+    };
     let argv = as_root(&server.obj, &["sh", "-c", script]);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let sql = format!(
-        "SELECT (SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{name}'), \
-         (SELECT COUNT(*) FROM mysql.user WHERE User = '{user}');\n"
-    );
     let out = ssh
         .run(
             &t,
@@ -638,6 +739,58 @@ async fn host_status(
     Some((state, pid, restarts, db, us))
 }
 
+/// The start of every mongosh script: log in as the role's administrator (its password read
+/// on the host from its root-only file; see roles/pipeline_mongodb).
+const MONGO_LOGIN: &str = "const fs = require('fs');\n\
+     const adminDb = db.getSiblingDB('admin');\n\
+     adminDb.auth('pipeline_admin', fs.readFileSync('/etc/mongodb-pipeline-admin', 'utf8').trim());";
+
+/// Drops MongoDB user `old` (a checked identifier) in `admin`; its database stays.
+async fn mongo_drop_user(
+    ctx: &ProviderCtx,
+    addr: &str,
+    server: &HostRef,
+    old: &str,
+    step: &Step,
+) -> Result<(), ProviderError> {
+    let script = format!(
+        "{MONGO_LOGIN}\nif (adminDb.getUser('{old}') !== null) adminDb.dropUser('{old}');\n"
+    );
+    let ssh = conn::transport(ctx)?;
+    let t = conn::target(&server.obj)?;
+    let keys = conn::keys(&server.obj, &host_addr(Some(step), &server.name).await);
+    let argv = as_root(
+        &server.obj,
+        &[
+            "mongosh",
+            "--quiet",
+            "--norc",
+            "mongodb://127.0.0.1:27017/admin",
+            "--file",
+            "/dev/stdin",
+        ],
+    );
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = ssh
+        .run(
+            &t,
+            &keys,
+            Remote::Argv(&argv),
+            Some(script.as_bytes()),
+            QUERY_TIMEOUT,
+        )
+        .await
+        .map_err(|e| conn::error(e).map_message(|m| format!("{addr}: host {}: {m}", t.name)))?;
+    if out.status != 0 {
+        return Err(ProviderError::new(format!(
+            "{addr}: dropping the old user {old} on {} failed: {}",
+            server.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
 /// Refresh: whether the server runs and the database and user are there. A host that does
 /// not answer keeps the record as it was.
 pub async fn read(
@@ -650,7 +803,8 @@ pub async fn read(
     };
     let mut out = prior.clone();
     let (name, user) = (record_str(prior, "name"), record_str(prior, "user"));
-    if let Some((state, _, _, db, us)) = host_status(ctx, &server, name, user).await {
+    let engine = engine_of_record(prior);
+    if let Some((state, _, _, db, us)) = host_status(ctx, engine, &server, name, user).await {
         let status: JsonMap = [("server", state), ("database", db), ("user", us)]
             .into_iter()
             .map(|(k, v)| (k.to_string(), json!(v)))
@@ -673,7 +827,9 @@ pub async fn describe(
         ..Default::default()
     };
     let (name, user) = (record_str(record, "name"), record_str(record, "user"));
-    let status = host_status(ctx, &server, name, user).await;
+    let engine = engine_of_record(record);
+    let port = engine.port();
+    let status = host_status(ctx, engine, &server, name, user).await;
     let (state, pid, restarts) = status
         .as_ref()
         .map_or(("unreachable".to_string(), 0, 0), |s| {
@@ -687,7 +843,7 @@ pub async fn describe(
         healthy: None,
         started_at: None,
         restarts,
-        port: Some(PORT),
+        port: Some(port),
         supervisor: Some(format!("systemd: {state}")),
         ..Default::default()
     });
@@ -697,7 +853,7 @@ pub async fn describe(
             address
                 .parse()
                 .map_err(|_| ProviderError::new("not an address"))?,
-            PORT,
+            port,
         );
         std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(2))
             .map(|_| ())
@@ -710,7 +866,7 @@ pub async fn describe(
     };
     d.endpoints.push(Endpoint {
         role: "serve".into(),
-        url: format!("tcp://{}:{PORT}", server.address),
+        url: format!("tcp://{}:{port}", server.address),
         secret: None,
         expect_status: None,
     });
@@ -723,14 +879,7 @@ pub async fn describe(
             argv.push(t.address.clone());
             argv.extend(as_root(
                 &server.obj,
-                &[
-                    "journalctl",
-                    "--no-pager",
-                    "-n",
-                    "200",
-                    "-u",
-                    "mariadb.service",
-                ],
+                &["journalctl", "--no-pager", "-n", "200", "-u", engine.unit()],
             ));
             d.logs.push(LogSource::Command {
                 role: "server".into(),
@@ -815,21 +964,36 @@ mod tests {
     #[test]
     fn the_url_names_address_port_and_database() {
         assert_eq!(
-            url("10.0.0.1", "itrust"),
+            Engine::Mariadb.url("10.0.0.1", "itrust"),
             "jdbc:mariadb://10.0.0.1:3306/itrust"
         );
-        assert_eq!(url("fd00::1", "x"), "jdbc:mariadb://[fd00::1]:3306/x");
+        assert_eq!(
+            Engine::Mariadb.url("fd00::1", "x"),
+            "jdbc:mariadb://[fd00::1]:3306/x"
+        );
+        assert_eq!(
+            Engine::Mongodb.url("10.0.0.1", "site"),
+            "mongodb://10.0.0.1:27017/site"
+        );
     }
 
     #[test]
-    fn only_mariadb_is_an_engine() {
+    fn mariadb_and_mongodb_are_the_engines() {
         let mut c = ValueMap::new();
-        assert!(engine_of(&c).is_ok());
+        assert_eq!(engine_of(&c).unwrap(), Engine::Mariadb);
         c.insert("engine".into(), Value::str("mariadb"));
-        assert!(engine_of(&c).is_ok());
+        assert_eq!(engine_of(&c).unwrap(), Engine::Mariadb);
+        c.insert("engine".into(), Value::str("mongodb"));
+        assert_eq!(engine_of(&c).unwrap(), Engine::Mongodb);
+        assert_eq!(Engine::Mongodb.var("password"), "pipeline_mongodb_password");
+        assert_eq!(Engine::Mongodb.playbook(), "playbooks/mongodb.yml");
         c.insert("engine".into(), Value::str("postgres"));
         let e = engine_of(&c).unwrap_err();
         assert_eq!(e.attr.as_deref(), Some("engine"));
-        assert!(e.message.contains("postgres"), "{}", e.message);
+        assert!(
+            e.message.contains("postgres") && e.message.contains("mongodb"),
+            "{}",
+            e.message
+        );
     }
 }
