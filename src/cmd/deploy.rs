@@ -142,13 +142,22 @@ pub async fn module(
     })
 }
 
-/// The module's outputs, and where it answers (an output `url`).
+/// The module's outputs, and where it answers (an output `url`: one address, or a list of
+/// them when it answers on several hosts).
 fn answers(ws: &Workspace, m: &Module, json: bool) -> Result<()> {
     let outputs = ws.state()?.outputs;
     let url = outputs
         .get("url")
         .filter(|o| !o.sensitive)
-        .and_then(|o| o.value.as_str().map(str::to_string));
+        .and_then(|o| match &o.value {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(l) if !l.is_empty() => l
+                .iter()
+                .map(|u| u.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .map(|l| l.join(", ")),
+            _ => None,
+        });
     if json {
         let shown: serde_json::Map<String, serde_json::Value> = outputs
             .iter()

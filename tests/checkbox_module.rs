@@ -1,0 +1,270 @@
+//! `pipeline deploy checkbox.io -i inventory.ini` on 3 lab hosts, as the course deploys it:
+//! the Node.js app and nginx on two (`[checkbox]`), the flags' primary (and MongoDB's place) on
+//! one (`[mongo]`), the monitor on this machine.
+//!
+//! **MongoDB is not installed here**: no MongoDB server package is reachable from this machine
+//! (MongoDB's repository is not one of the registries it reaches), so the deploy runs with
+//! `-var mongodb=false` and `/api/studies` answers 503 "not configured". The plan with MongoDB
+//! is checked (the database on `[mongo]`, its password hidden); the role itself is tested in
+//! syntax and check mode by providers/ssh/tests/roles.rs.
+//!
+//! - From nothing: the static site and `/api/` answer through nginx on both hosts, nginx
+//!   sends `/api/` to the instances of both hosts.
+//! - `pipeline flags set` reaches every instance's mirror and changes what the app serves on
+//!   every host, on and off again (timed).
+//! - Deploying again changes and restarts nothing.
+//! - The mail password (given in PIPELINE_VAR_mail_password) and the flags password are in no
+//!   output or command line, and on the hosts only in the instances' 0600 root files.
+//!
+//! Figures are printed for the issue's note.
+
+mod common;
+use common::lab::{self, sh};
+use common::load;
+use common::*;
+use std::time::{Duration, Instant};
+
+const MAIL_SECRET: &str = "mail-Pa55-w0rd-that-never-shows";
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Copies examples/checkbox.io (without node_modules) into the scratch: the source the module
+/// builds, so the test can change it.
+fn copy_example(t: &Scratch) -> std::path::PathBuf {
+    let dst = t.path().join("checkbox.io");
+    let st = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(repo().join("examples/checkbox.io"))
+        .arg(&dst)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _ = std::fs::remove_dir_all(dst.join("server-side/site/node_modules"));
+    dst
+}
+
+/// GET `url`; the JSON answer (any status), or None.
+fn json(url: &str) -> Option<(u16, serde_json::Value)> {
+    let (code, body) = http("GET", url, "")?;
+    Some((code, serde_json::from_str(&body).ok()?))
+}
+
+/// Whether `/api/banner` says the flag is `on` on every one of `urls` (each an instance).
+fn banner_everywhere(urls: &[String], on: bool) -> bool {
+    urls.iter()
+        .all(|u| json(&format!("{u}/api/banner")).is_some_and(|(c, b)| c == 200 && b["on"] == on))
+}
+
+#[test]
+fn checkbox_deploys_on_three_hosts_and_a_flag_flip_reaches_every_mirror() {
+    if !pipeline_lab::require() {
+        return;
+    }
+    let lab = pipeline_lab::Lab::with_options(3, pipeline_lab::LabOptions { apt_cache: true })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let webs: Vec<&pipeline_lab::Host> = lab.hosts()[0..2].iter().collect();
+    let mongo = lab.host(2);
+    let t = Scratch::new();
+    t.write(
+        "inventory.ini",
+        &lab::inventory(&lab, &[("checkbox", &webs), ("mongo", &[mongo])]),
+    );
+    let src = copy_example(&t);
+    let monitor_port = load::free_port();
+    t.env
+        .borrow_mut()
+        .push(("PIPELINE_VAR_mail_password".into(), MAIL_SECRET.into()));
+    let vars = [
+        "-var".to_string(),
+        format!("source={}", src.display()),
+        "-var".to_string(),
+        format!("dashboard_port={monitor_port}"),
+        "-var".to_string(),
+        "mail_user=site@example.org".to_string(),
+    ];
+    let deploy = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = ["deploy", "checkbox.io", "-i", "inventory.ini"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        args.extend(vars.iter().cloned());
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+
+    // With MongoDB (the default): the plan puts it on [mongo]; not applied (see above).
+    let out = t.run(&strs(&deploy(&[])));
+    let plan = s(&out.stdout);
+    assert!(
+        plan.contains("database.site[0]") && plan.contains("\"mongodb\""),
+        "the plan has MongoDB on [mongo]:\n{plan}\n{}",
+        s(&out.stderr)
+    );
+    assert!(!plan.contains(MAIL_SECRET), "the mail password in the plan");
+    assert_eq!(
+        sh(
+            mongo,
+            "ls /etc/apt/sources.list.d/ | grep -c mongodb || true"
+        )
+        .trim(),
+        "0",
+        "a plan changed the host"
+    );
+
+    // From nothing, without MongoDB; every command line watched for the mail password.
+    let watch = lab::SecretWatch::start(MAIL_SECRET, &["node", "server.js"]);
+    let t0 = Instant::now();
+    let out = t.run(&strs(&deploy(&["-var", "mongodb=false", "-auto-approve"])));
+    let first = t0.elapsed();
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    assert!(out.status.success(), "first deploy:\n{text}");
+    eprintln!(
+        "first deploy of checkbox.io on 3 hosts: {:.1} s",
+        first.as_secs_f64()
+    );
+    let (leaks, scans, seen) = watch.finish();
+    assert!(
+        leaks.is_empty(),
+        "the mail password on a command line: {leaks:?}"
+    );
+    assert!(seen, "the scans ({scans}) never saw the app's command line");
+    assert!(
+        !text.contains(MAIL_SECRET),
+        "the mail password in the output"
+    );
+    let fronts: Vec<String> = webs
+        .iter()
+        .map(|h| format!("http://{}:80", h.addr()))
+        .collect();
+    assert!(
+        text.contains(&format!("checkbox.io answers at {}", fronts.join(", "))),
+        "{text}"
+    );
+    let ws = t.path().join(".pipeline/modules/checkbox.io");
+    let st = pipeline_state::StateStore::open(&ws)
+        .unwrap()
+        .state()
+        .clone();
+    let flags_password = st.resources["flags.features"].attrs["password"]
+        .as_str()
+        .expect("a generated flags password in state")
+        .to_string();
+    assert!(
+        !text.contains(&flags_password),
+        "the flags password in the output"
+    );
+
+    // Through nginx on each host: the static site, and /api/ on the instances of both hosts.
+    let index = std::fs::read_to_string(src.join("public_html/index.html")).unwrap();
+    for f in &fronts {
+        assert_eq!(
+            http("GET", &format!("{f}/"), ""),
+            Some((200, index.clone())),
+            "{f}"
+        );
+        let (code, health) = json(&format!("{f}/api/health")).expect("nginx answers");
+        assert_eq!((code, &health["status"]), (200, &serde_json::json!("ok")));
+        let (code, v) = json(&format!("{f}/api/version")).unwrap();
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v["mail"], "not configured", "no SMTP given: {v}");
+        let (code, banner) = json(&format!("{f}/api/banner")).unwrap();
+        assert_eq!(
+            (code, &banner["on"]),
+            (200, &serde_json::json!(false)),
+            "{banner}"
+        );
+        assert_eq!(banner["source"], "store", "read from the mirror: {banner}");
+        let (code, studies) = json(&format!("{f}/api/studies")).unwrap();
+        assert_eq!(code, 503, "no MongoDB here: {studies}");
+        for _ in 0..10 {
+            http("GET", &format!("{f}/api/health"), "");
+        }
+    }
+    for f in &fronts {
+        let h = webs
+            .iter()
+            .find(|h| f.contains(&h.addr().to_string()))
+            .unwrap();
+        let upstreams = sh(
+            h,
+            "awk '$2 ~ /^20/ && $4 != \"-\" {print $4}' /var/log/nginx/pipeline-access.log | sort -u",
+        );
+        for w in &webs {
+            assert!(
+                upstreams.contains(&format!("{}:3002", w.addr())),
+                "nginx on {} sent /api/ to {}: {upstreams}",
+                h.name(),
+                w.name()
+            );
+        }
+    }
+    // The secrets on the hosts: only in the instance's 0600 root file.
+    for h in &webs {
+        let files = sh(
+            h,
+            &format!(
+                "grep -rl -- {MAIL_SECRET} /etc /opt /srv /var/lib/pipeline /tmp 2>/dev/null; true"
+            ),
+        );
+        for f in files.lines() {
+            let mode = sh(h, &format!("stat -c '%a %U' {f}"));
+            assert_eq!(mode.trim(), "600 root", "{}: {f}", h.name());
+        }
+        assert!(
+            !files.trim().is_empty(),
+            "the app's secret file on {}",
+            h.name()
+        );
+    }
+
+    // A flag flip reaches every instance's mirror, and every app serves the new banner.
+    let instances: Vec<String> = webs
+        .iter()
+        .map(|h| format!("http://{}:3002", h.addr()))
+        .collect();
+    let state_dir = ".pipeline/modules/checkbox.io";
+    for on in [true, false] {
+        let t0 = Instant::now();
+        let out = t.ok(&[
+            "flags",
+            "--state-dir",
+            state_dir,
+            "set",
+            "new-banner",
+            if on { "on" } else { "off" },
+        ]);
+        let cli = t0.elapsed();
+        assert!(
+            wait_until(Duration::from_secs(5), || banner_everywhere(&instances, on)),
+            "every instance serves the banner {on}: {out}"
+        );
+        eprintln!(
+            "flag new-banner {}: `pipeline flags set` returned (every mirror showing it) in {} ms; \
+             every app serving it {} ms after the command started",
+            if on { "on" } else { "off" },
+            cli.as_millis(),
+            t0.elapsed().as_millis()
+        );
+        let (_, b) = json(&format!("{}/api/banner", fronts[0])).unwrap();
+        assert_eq!(b["on"], on, "through nginx: {b}");
+    }
+
+    // Again: nothing changes, nothing restarts.
+    let pids = |h: &pipeline_lab::Host| {
+        sh(
+            h,
+            "systemctl show -p MainPID --value pipeline-checkbox-0 nginx redis-server@pipeline-features 2>/dev/null; \
+             systemctl list-units --no-legend 'pipeline*' 'redis*' | awk '{print $1}' | \
+             xargs -r systemctl show -p MainPID --value",
+        )
+    };
+    let before: Vec<String> = lab.hosts().iter().map(pids).collect();
+    let t0 = Instant::now();
+    let out = t.ok(&strs(&deploy(&["-var", "mongodb=false", "-auto-approve"])));
+    eprintln!("no-op deploy: {:.2} s", t0.elapsed().as_secs_f64());
+    assert!(out.contains("No changes"), "{out}");
+    let after: Vec<String> = lab.hosts().iter().map(pids).collect();
+    assert_eq!(before, after, "nothing restarted");
+}
