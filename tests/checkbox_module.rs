@@ -268,3 +268,141 @@ fn checkbox_deploys_on_three_hosts_and_a_flag_flip_reaches_every_mirror() {
     let after: Vec<String> = lab.hosts().iter().map(pids).collect();
     assert_eq!(before, after, "nothing restarted");
 }
+
+/// The version `/api/version` answers (examples/checkbox.io: package.json's, or APP_VERSION).
+fn api_version(body: &str) -> Result<String, String> {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["version"].as_str().map(str::to_string))
+        .ok_or(format!("not the app's answer: {body:?}"))
+}
+
+/// A release of the copied example: `version` in package.json, and `behaviour` (JavaScript run
+/// before the routes, with `app` in scope) put into server.js.
+fn release(src: &std::path::Path, version: &str, behaviour: &str) {
+    let pkg = src.join("server-side/site/package.json");
+    let text = std::fs::read_to_string(&pkg).unwrap();
+    let old = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("\"version\""))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &pkg,
+        text.replace(&old, &format!("  \"version\": \"{version}\",")),
+    )
+    .unwrap();
+    let server = src.join("server-side/site/server.js");
+    let orig = src.join("server-side/site/server.js.orig");
+    if !orig.exists() {
+        std::fs::copy(&server, &orig).unwrap();
+    }
+    let text = std::fs::read_to_string(&orig).unwrap();
+    let anchor = "app.get('/api/health'";
+    assert!(text.contains(anchor));
+    std::fs::write(
+        &server,
+        text.replace(anchor, &format!("{behaviour}\n{anchor}")),
+    )
+    .unwrap();
+}
+
+/// checkbox.io's progressive canary through nginx on both app hosts, under load on `/api/`:
+/// a release whose `/api/version` answers 500 is stopped by the judge within one analysis
+/// interval, and every answer afterwards is the old version.
+#[test]
+fn checkbox_canary_stops_a_failing_release_through_the_proxy() {
+    if !pipeline_lab::require() {
+        return;
+    }
+    let lab = pipeline_lab::Lab::with_options(3, pipeline_lab::LabOptions { apt_cache: true })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let webs: Vec<&pipeline_lab::Host> = lab.hosts()[0..2].iter().collect();
+    let mongo = lab.host(2);
+    let t = Scratch::new();
+    t.write(
+        "inventory.ini",
+        &lab::inventory(&lab, &[("checkbox", &webs), ("mongo", &[mongo])]),
+    );
+    let src = copy_example(&t);
+    let interval = 10;
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "deploy",
+            "checkbox.io",
+            "-i",
+            "inventory.ini",
+            "-auto-approve",
+            "-var",
+            "mongodb=false",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        a.push("-var".into());
+        a.push(format!("source={}", src.display()));
+        a.push("-var".into());
+        a.push(format!("dashboard_port={}", load::free_port()));
+        a.push("-var".into());
+        a.push(format!("canary_interval={interval}s"));
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    release(&src, "1.0.0", "");
+    let t0 = Instant::now();
+    t.ok(&strs(&args(&[])));
+    eprintln!("first deploy: {:.1} s", t0.elapsed().as_secs_f64());
+    let front = format!("http://{}:80/api/version", webs[0].addr());
+
+    // A release whose /api/version fails: the judge stops it at the first step.
+    release(
+        &src,
+        "2.0.0",
+        "app.get('/api/version', (req, res) => res.status(500).json({ error: 'broken release' }));",
+    );
+    let l = lab::Load::with(&front, 40, 4, Duration::from_secs(300), api_version);
+    std::thread::sleep(Duration::from_secs(1));
+    let t0 = Instant::now();
+    let out = t.run(&strs(&args(&[])));
+    let took = t0.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let samples = l.stop();
+    let err = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("canary aborted at 20%"), "{err}");
+    let bad = lab::failed(&samples);
+    assert!(!bad.is_empty(), "the candidate got traffic");
+    assert!(
+        bad.iter()
+            .all(|b| b.version.as_ref().unwrap_err().starts_with("HTTP 500")),
+        "every failed request is the candidate's 500: {bad:?}"
+    );
+    let first = bad.first().unwrap().sent;
+    let last = bad.last().unwrap().sent;
+    let window = last.duration_since(first);
+    eprintln!(
+        "failing release: stopped in {:.1} s of apply; {} of {} requests failed, over {:.2} s \
+         from the first failure to the last (analysis interval {interval} s); {}",
+        took.as_secs_f64(),
+        bad.len(),
+        samples.len(),
+        window.as_secs_f64(),
+        err.lines()
+            .find(|l| l.contains("aborted at"))
+            .unwrap_or("")
+            .trim()
+    );
+    assert!(
+        window < Duration::from_secs(interval),
+        "traffic to the failing canary stopped within one analysis interval: {window:?}"
+    );
+    let after: Vec<&lab::Sample> = samples
+        .iter()
+        .filter(|s| s.sent > bad.last().unwrap().done)
+        .collect();
+    assert!(!after.is_empty(), "the load went on after the stop");
+    assert!(
+        after.iter().all(|s| s.version.as_deref() == Ok("1.0.0")),
+        "after the stop, only the old version answers"
+    );
+}
