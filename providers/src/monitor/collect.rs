@@ -69,6 +69,8 @@ pub struct Status {
     pub services: Vec<ServiceView>,
     pub balancers: Vec<EndpointView>,
     pub flags: Vec<EndpointView>,
+    /// The alert rules and what they judged (filled by [`super::alerts::Alerts::evaluate`]).
+    pub alerts: super::alerts::AlertsView,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -891,11 +893,14 @@ pub struct Collector {
     inflight: HashMap<String, InFlight>,
     /// Per service block, at every heartbeat: (unix ms, healthy, instances).
     heartbeat: HashMap<String, VecDeque<(u64, u32, u32)>>,
+    /// The alert rules: fed every access-log line, judged by the server's loop.
+    pub(super) alerts: super::alerts::Alerts,
 }
 
 impl Collector {
     pub fn new(cfg: DaemonConfig, describer: Describer) -> Collector {
         Collector {
+            alerts: super::alerts::Alerts::new(cfg.alerts.clone(), &cfg.name, cfg.interval_ms),
             watch: Watch::new(&cfg.watch),
             cfg,
             targets: Targets::default(),
@@ -1176,6 +1181,7 @@ impl Collector {
                     continue;
                 };
                 bw.push(l.at, l.status >= 500);
+                self.alerts.observe(&b.addr, &l);
                 for (up, st) in l.upstreams {
                     let err = st.unwrap_or(l.status) >= 500;
                     self.upstreams.entry(up).or_default().push(l.at, err);
@@ -1298,6 +1304,7 @@ impl Collector {
                 .iter()
                 .map(|e| endpoint_view(e, false))
                 .collect(),
+            alerts: Default::default(),
         }
     }
 }
@@ -1574,6 +1581,7 @@ mod tests {
                 listen: 1,
                 token: None,
                 hosts: vec![],
+                alerts: vec![],
             },
             fake_describer(),
         );
@@ -1705,6 +1713,7 @@ mod tests {
                 listen: 1,
                 token: None,
                 hosts: vec![],
+                alerts: vec![],
             },
             fake_describer(),
         );
@@ -1842,6 +1851,7 @@ mod tests {
                 listen: 1,
                 token: None,
                 hosts: vec![],
+                alerts: vec![],
             },
             fake_describer(),
         );
