@@ -11,11 +11,12 @@
 //! }
 //! ```
 //!
-//! A rule compares one metric, over its `window`, with `above` (the alert fires while the value
-//! is strictly above it), for each instance of the service (`scope = "instance"`, the default)
-//! or for the service as a whole (`scope = "group"`). Like a Prometheus rule
-//! `avg_over_time(...[window]) > above` without `for`: it fires at the first heartbeat the
-//! value is above and clears at the first it is not.
+//! A rule compares one metric, over its `window`, with `above` (the alert is active while the
+//! value is strictly above it), for each instance of the service (`scope = "instance"`, the
+//! default) or for the service as a whole (`scope = "group"`). Like a Prometheus rule
+//! `avg_over_time(...[window]) > above` with `for`: an active alert is `pending` until it has
+//! been active for `for` (default 0: it fires at once), then `firing`; it clears at the first
+//! heartbeat the value is not above.
 //!
 //! | metric        | unit            | from                                   | group      |
 //! |---------------|-----------------|----------------------------------------|------------|
@@ -72,6 +73,9 @@ pub struct AlertRule {
     pub metric: String,
     pub above: f64,
     pub window_ms: u64,
+    /// How long it must be active before it fires (Prometheus' `for`).
+    #[serde(default)]
+    pub for_ms: u64,
     /// `instance` or `group`.
     pub scope: String,
     pub min_requests: u64,
@@ -148,6 +152,7 @@ pub fn parse(v: &serde_json::Value, interval: Duration) -> Result<Vec<AlertRule>
                 "metric",
                 "above",
                 "window",
+                "for",
                 "scope",
                 "min_requests",
             ]
@@ -156,7 +161,7 @@ pub fn parse(v: &serde_json::Value, interval: Duration) -> Result<Vec<AlertRule>
                 errors.push(bad(
                     path(k),
                     format!("unknown setting `{k}`"),
-                    "a rule takes service, metric, above, window, scope and min_requests",
+                    "a rule takes service, metric, above, window, for, scope and min_requests",
                 ));
             }
         }
@@ -275,6 +280,20 @@ pub fn parse(v: &serde_json::Value, interval: Duration) -> Result<Vec<AlertRule>
             }
         }
         .expect("the default window parses");
+        let for_ms = match o.get("for") {
+            None | Some(serde_json::Value::Null) => 0,
+            Some(f) => match f.as_str().and_then(parse_duration) {
+                Some(d) if d <= MAX_WINDOW => d.as_millis() as u64,
+                _ => {
+                    errors.push(bad(
+                        path("for"),
+                        format!("{f} is not a duration of at most an hour"),
+                        "for is how long the rule must hold before it fires, e.g. \"10s\" (default: at once)",
+                    ));
+                    continue;
+                }
+            },
+        };
         let scope = match o.get("scope") {
             None | Some(serde_json::Value::Null) => "instance".to_string(),
             Some(serde_json::Value::String(s)) if s == "instance" || s == "group" => s.clone(),
@@ -307,6 +326,7 @@ pub fn parse(v: &serde_json::Value, interval: Duration) -> Result<Vec<AlertRule>
             metric,
             above,
             window_ms: window.as_millis() as u64,
+            for_ms,
             scope,
             min_requests,
         });
@@ -336,10 +356,12 @@ pub struct RuleView {
     pub metric: String,
     pub above: f64,
     pub window_s: f64,
+    pub for_s: f64,
     pub scope: String,
     pub min_requests: u64,
     /// Instances (or groups) it judged this heartbeat (with enough data).
     pub judged: usize,
+    pub pending: usize,
     pub firing: usize,
     /// Why it judges nothing (no such service watched, too few requests).
     pub note: Option<String>,
@@ -347,7 +369,7 @@ pub struct RuleView {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct AlertState {
-    /// `firing` or `inactive`.
+    /// `firing`, `pending` (active for less than its `for`) or `inactive`.
     pub state: String,
     #[serde(flatten)]
     pub alert: FiringAlert,
@@ -522,6 +544,7 @@ impl Alerts {
                 metric: rule.metric.clone(),
                 above: rule.above,
                 window_s: rule.window_s(),
+                for_s: rule.for_ms as f64 / 1000.0,
                 scope: rule.scope.clone(),
                 min_requests: rule.min_requests,
                 ..Default::default()
@@ -561,16 +584,21 @@ impl Alerts {
                     let on = value > rule.above;
                     rv.judged += 1;
                     let key = (rule.name.clone(), instance.clone());
-                    let since = if on {
-                        rv.firing += 1;
+                    let (state, since) = if on {
                         let s = self.since.get(&key).copied().unwrap_or(now_ms);
                         firing_now.insert(key, s);
-                        s
+                        if now_ms.saturating_sub(s) >= rule.for_ms {
+                            rv.firing += 1;
+                            ("firing", s)
+                        } else {
+                            rv.pending += 1;
+                            ("pending", s)
+                        }
                     } else {
-                        0
+                        ("inactive", 0)
                     };
                     view.alerts.push(AlertState {
-                        state: if on { "firing" } else { "inactive" }.into(),
+                        state: state.into(),
                         alert: FiringAlert {
                             alert: rule.name.clone(),
                             service: name.clone(),
@@ -600,8 +628,13 @@ impl Alerts {
             view.rules.push(rv);
         }
         self.since = firing_now;
+        let rank = |s: &str| match s {
+            "firing" => 0,
+            "pending" => 1,
+            _ => 2,
+        };
         view.alerts
-            .sort_by_key(|a| (a.state != "firing", a.alert.alert.clone()));
+            .sort_by_key(|a| (rank(&a.state), a.alert.alert.clone()));
         view.firing = view.alerts.iter().filter(|a| a.state == "firing").count();
         if let Some(dir) = &self.dir {
             let file = AlertFile {
@@ -712,25 +745,26 @@ pub fn metrics(v: &AlertsView, out: &mut String) {
             label(&a.metric)
         )
     };
-    let firing: Vec<&AlertState> = v.alerts.iter().filter(|a| a.state == "firing").collect();
+    let active: Vec<&AlertState> = v.alerts.iter().filter(|a| a.state != "inactive").collect();
     let _ = writeln!(
         out,
-        "# HELP ALERTS Alerts of the monitor's rules that fire now (1)."
+        "# HELP ALERTS Alerts of the monitor's rules that are pending or firing now (1)."
     );
     let _ = writeln!(out, "# TYPE ALERTS gauge");
-    for a in &firing {
+    for a in &active {
         let _ = writeln!(
             out,
-            "ALERTS{{{},alertstate=\"firing\"}} 1",
-            labels(&a.alert)
+            "ALERTS{{{},alertstate=\"{}\"}} 1",
+            labels(&a.alert),
+            a.state
         );
     }
     let _ = writeln!(
         out,
-        "# HELP ALERTS_FOR_STATE Unix time (seconds) since when each firing alert fires."
+        "# HELP ALERTS_FOR_STATE Unix time (seconds) since when each pending or firing alert has been active."
     );
     let _ = writeln!(out, "# TYPE ALERTS_FOR_STATE gauge");
-    for a in &firing {
+    for a in &active {
         let _ = writeln!(
             out,
             "ALERTS_FOR_STATE{{{}}} {}",
@@ -827,9 +861,14 @@ mod tests {
                 "not a count",
             ),
             (
-                json!({"metric": "cpu", "above": 1, "for": "1m"}),
-                "alerts.x.for",
+                json!({"metric": "cpu", "above": 1, "fro": "1m"}),
+                "alerts.x.fro",
                 "unknown setting",
+            ),
+            (
+                json!({"metric": "cpu", "above": 1, "for": "ever"}),
+                "alerts.x.for",
+                "not a duration",
             ),
         ] {
             let e = rules(json!({ "x": bad_rule })).unwrap_err();
@@ -841,6 +880,12 @@ mod tests {
             rules(json!({"1x": {"metric": "cpu", "above": 1}})).unwrap_err()[0].path,
             "alerts.1x"
         );
+    }
+
+    fn metrics_text(v: &AlertsView) -> String {
+        let mut s = String::new();
+        metrics(v, &mut s);
+        s
     }
 
     fn line(at: f64, status: u16, secs: f64, up: &str) -> AccessLine {
@@ -981,6 +1026,37 @@ mod tests {
             .as_deref()
             .is_some_and(|n| n.contains("fewer than 20")));
         assert_eq!(quantile(&mut [3.0, 1.0, 2.0, 4.0], 0.5), Some(2.0));
+        // `for`: pending first, firing once it held that long.
+        let r = rules(
+            json!({ "fat": { "metric": "memory", "above": 2000, "window": "1s", "for": "2s" } }),
+        )
+        .unwrap();
+        let mut a = Alerts::new(r, "monitor.dash", 100);
+        let states = |a: &mut Alerts, at: u64| {
+            let mut st = status(at);
+            a.evaluate(&mut st);
+            let m = metrics_text(&st.alerts);
+            (
+                st.alerts
+                    .alerts
+                    .iter()
+                    .filter(|x| x.alert.instance == "127.0.0.1:8002")
+                    .map(|x| x.state.clone())
+                    .collect::<Vec<_>>(),
+                m,
+            )
+        };
+        let t0 = 1_700_000_000_000;
+        let (s0, m0) = states(&mut a, t0);
+        assert_eq!(s0, ["pending"]);
+        assert!(
+            m0.contains("instance=\"127.0.0.1:8002\",metric=\"memory\",alertstate=\"pending\"} 1"),
+            "{m0}"
+        );
+        assert_eq!(states(&mut a, t0 + 1000).0, ["pending"]);
+        let (s2, m2) = states(&mut a, t0 + 2000);
+        assert_eq!(s2, ["firing"]);
+        assert!(m2.contains(&format!("ALERTS_FOR_STATE{{alertname=\"fat\",service=\"web\",scope=\"instance\",instance=\"127.0.0.1:8002\",metric=\"memory\"}} {}", t0 / 1000)), "{m2}");
         assert_eq!(quantile(&mut [3.0, 1.0, 2.0, 4.0], 0.95), Some(4.0));
     }
 }

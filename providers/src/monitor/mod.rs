@@ -15,7 +15,7 @@
 //! | `/metrics`    | Prometheus text format                                            |
 //! | `/healthz`    | `ok` (the supervisor's health check)                              |
 //!
-//! `alerts = { NAME = { service, metric, above, window, scope, min_requests } }` are rules on
+//! `alerts = { NAME = { service, metric, above, window, for, scope, min_requests } }` are rules on
 //! what it collects (error ratio, latency quantiles, CPU, memory; per instance or per service),
 //! judged at every heartbeat ([`alerts`]): shown in all three, and the firing ones written to
 //! `DIR/alerts.json` ([`crate::alert_file`]), where a progressive canary on this machine finds
@@ -117,7 +117,7 @@ fn schema() -> KindSchema {
             // Names (e.g. a DNS name pointing here) the dashboard also answers to; any other
             // `Host` is refused (DNS rebinding).
             AttrSchema::optional("hosts", Type::List(Box::new(Type::String))),
-            // Alert rules by name: { service, metric, above, window, scope, min_requests }.
+            // Alert rules by name: { service, metric, above, window, for, scope, min_requests }.
             AttrSchema::optional("alerts", Type::Any),
             AttrSchema::computed("url", Type::String).derived_from(&["listen", "address"]),
             AttrSchema::computed("metrics_url", Type::String).derived_from(&["listen", "address"]),
