@@ -27,8 +27,8 @@
 //!
 //! Error and latency rules need `min_requests` answers in the window (default 20) so that one
 //! failure of one request does not fire. An instance is an upstream `ip:port` as the access
-//! logs name it: a recorded replica's endpoint, and also an upstream the monitor does not know
-//! (a canary's candidate) when a balancer that routes to the service's replicas sends to it. CPU
+//! logs name it: a recorded replica's endpoint, and also an upstream no recorded replica has (a
+//! canary's candidate) when a balancer that routes to the service's replicas sends to it. CPU
 //! and memory are sampled for the recorded replicas only.
 //!
 //! Every heartbeat the daemon shows the rules and their values in `/api/status` (`alerts`), on
@@ -498,6 +498,7 @@ impl Alerts {
             .iter()
             .flat_map(|s| &s.replicas)
             .filter_map(|r| r.endpoint.as_deref())
+            .chain(st.unwatched.iter().map(String::as_str))
             .collect();
         let groups: Vec<(String, String, Vec<Inst>)> = st
             .services
@@ -949,9 +950,12 @@ mod tests {
             a.observe("balancer.front", &line(at, st, 0.5, "127.0.0.1:9009"));
             // Another balancer's upstream, not the service's.
             a.observe("balancer.other", &line(at, 500, 0.5, "127.0.0.1:7777"));
+            // A replica of a service the monitor does not watch, behind the same balancer.
+            a.observe("balancer.front", &line(at, 500, 0.5, "127.0.0.1:6666"));
         }
         let now = ((t0 + 4.0) * 1000.0) as u64;
         let mut st = status(now);
+        st.unwatched = vec!["127.0.0.1:6666".into()];
         a.evaluate(&mut st);
         let firing: Vec<(String, String)> = st
             .alerts
@@ -965,7 +969,9 @@ mod tests {
             "{firing:?}"
         );
         assert!(
-            !firing.iter().any(|(_, i)| i == "127.0.0.1:7777"),
+            !firing
+                .iter()
+                .any(|(_, i)| i == "127.0.0.1:7777" || i == "127.0.0.1:6666"),
             "{firing:?}"
         );
         assert!(!firing.contains(&("errors".into(), "127.0.0.1:8001".into())));

@@ -71,6 +71,9 @@ pub struct Status {
     pub flags: Vec<EndpointView>,
     /// The alert rules and what they judged (filled by [`super::alerts::Alerts::evaluate`]).
     pub alerts: super::alerts::AlertsView,
+    /// Endpoints of recorded replicas that `watch` leaves out (for the alert rules only).
+    #[serde(skip)]
+    pub unwatched: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -277,6 +280,9 @@ struct Targets {
     replicas: Vec<Replica>,
     balancers: Vec<Endpoint>,
     flags: Vec<Endpoint>,
+    /// Endpoints of the replicas `watch` leaves out (the alert rules must not take them for
+    /// strangers of a watched service).
+    unwatched: Vec<String>,
 }
 
 /// `service.web[2]` → `service.web`; `service.web["a"]` → `service.web`.
@@ -479,6 +485,12 @@ fn targets(
         }
     }
     watch.resolve(&t.replicas);
+    t.unwatched = t
+        .replicas
+        .iter()
+        .filter(|r| !watch.matches(r))
+        .filter_map(|r| r.endpoint.clone())
+        .collect();
     t.replicas.retain(|r| watch.matches(r));
     t
 }
@@ -1305,6 +1317,7 @@ impl Collector {
                 .map(|e| endpoint_view(e, false))
                 .collect(),
             alerts: Default::default(),
+            unwatched: self.targets.unwatched.clone(),
         }
     }
 }
