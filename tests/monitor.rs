@@ -638,21 +638,29 @@ fn an_alert_fires_on_instances_answering_500s_everywhere_it_shows_and_clears_aft
         st["alerts"]
     );
 
-    let url = format!("http://127.0.0.1:{front}/preview");
-    let mut sent = 0;
+    // 40 failing requests a second until the checks below are done (bounded to 60 s).
+    let load = common::load::start(
+        &format!("127.0.0.1:{front}"),
+        "POST",
+        "/preview",
+        "{\"markdown\":\"x\"}",
+        40,
+        1,
+        false,
+        Duration::from_secs(60),
+    );
+    let t0 = std::time::Instant::now();
     let fired = wait_until(Duration::from_secs(15), || {
-        for _ in 0..10 {
-            let (code, _) = http("POST", &url, "{\"markdown\":\"x\"}").unwrap();
-            assert_eq!(code, 500);
-            sent += 1;
-        }
         let f = firing(&base);
         endpoints
             .iter()
             .all(|e| f.contains(&("errors".to_string(), e.clone())))
     });
-    assert!(fired, "after {sent} requests: {:?}", firing(&base));
-    println!("both instances' alerts fired after {sent} failed requests");
+    assert!(fired, "{:?}", firing(&base));
+    println!(
+        "both instances' alerts fired {:.1} s after the failing load started (40/s)",
+        t0.elapsed().as_secs_f64()
+    );
     // A rule whose threshold is not crossed does not fire, but has its value.
     let st = status_json(&base).unwrap();
     let alerts = st["alerts"]["alerts"].as_array().unwrap();
@@ -709,6 +717,9 @@ fn an_alert_fires_on_instances_answering_500s_everywhere_it_shows_and_clears_aft
     assert_eq!(file["firing"].as_array().unwrap().len(), 2, "{file}");
 
     // The errors stop: once the window has passed, the alerts clear.
+    let report = load.stop();
+    println!("load: {}", report.summary());
+    assert_eq!(report.ok, 0, "every /preview answer of web is a 500");
     let stopped = std::time::Instant::now();
     assert!(
         wait_until(Duration::from_secs(10), || firing(&base).is_empty()),
