@@ -62,6 +62,9 @@ const MIN_WINDOW: Duration = Duration::from_millis(500);
 const MAX_WINDOW: Duration = Duration::from_secs(3600);
 /// Answers kept per upstream at most (a window of an hour at a very high rate is cut).
 const MAX_EVENTS: usize = 500_000;
+/// Rules are judged at most this often (a heartbeat can be 10 ms; a canary looks every 500 ms);
+/// in between, the last judgement is shown.
+const EVALUATE_EVERY_MS: u64 = 250;
 
 /// One rule, as the daemon's config carries it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -415,6 +418,8 @@ pub struct Alerts {
     interval_ms: u64,
     /// The last write failed (said once, not at every heartbeat).
     write_failed: bool,
+    /// The last judgement and when (unix ms).
+    last: Option<(u64, AlertsView)>,
 }
 
 impl Alerts {
@@ -467,6 +472,12 @@ impl Alerts {
             return;
         }
         let now_ms = st.generated_ms;
+        if let Some((at, view)) = &self.last {
+            if now_ms.saturating_sub(*at) < EVALUATE_EVERY_MS {
+                st.alerts = view.clone();
+                return;
+            }
+        }
         let now = now_ms as f64 / 1000.0;
         let cut = now - self.keep_s;
         for q in self.upstreams.values_mut() {
@@ -664,6 +675,7 @@ impl Alerts {
                 Err(_) => {}
             }
         }
+        self.last = Some((now_ms, view.clone()));
         st.alerts = view;
     }
 
