@@ -544,3 +544,241 @@ fn b64(s: &str) -> String {
     }
     out
 }
+
+// ---- issue 11: alert rules on what the monitor collects ----
+
+fn alert_stack(src: &Path, listen: u16, front: u16, alerts: &str) -> String {
+    format!(
+        r#"variable "fail_rate" {{ default = "1" }}
+
+service "web" {{
+  replicas = 2
+  source   = "{}"
+  run      = "./preview --port {{{{port}}}}"
+  env      = {{ PREVIEW_FAIL_RATE = var.fail_rate }}
+  health   = {{ path = "/health", interval = "100ms" }}
+}}
+
+balancer "front" {{
+  listen = {front}
+  routes = {{ "/" = service.web }}
+}}
+
+monitor "dash" {{
+  listen   = {listen}
+  interval = "100ms"
+  alerts   = {alerts}
+}}
+"#,
+        src.display()
+    )
+}
+
+/// (alertname, instance) of every firing alert in /api/status.
+fn firing(base: &str) -> Vec<(String, String)> {
+    let Some(st) = status_json(base) else {
+        return vec![];
+    };
+    st["alerts"]["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["state"] == "firing")
+        .map(|a| {
+            (
+                a["alert"].as_str().unwrap_or("").to_string(),
+                a["instance"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn an_alert_fires_on_instances_answering_500s_everywhere_it_shows_and_clears_after_its_window() {
+    let t = Scratch::new();
+    let src = prebuilt_source(&t);
+    let listen = pipeline_supervise::free_port("127.0.0.1").unwrap();
+    let front = pipeline_supervise::free_port("127.0.0.1").unwrap();
+    // Every /preview answer of web is a 500; /health is fine, so the replicas stay UP.
+    t.write(
+        "s.hcl",
+        &alert_stack(
+            &src,
+            listen,
+            front,
+            r#"{
+    errors = { service = "web", metric = "error_ratio", above = 0.5, window = "3s", min_requests = 10 }
+    slow   = { service = "web", metric = "latency_p95", above = 10, window = "3s", scope = "group" }
+  }"#,
+        ),
+    );
+    t.ok(&["apply", "-auto-approve", "s.hcl"]);
+    let base = format!("http://127.0.0.1:{listen}/");
+    let endpoints = || -> Vec<String> {
+        status_json(&base).map_or(vec![], |st| {
+            st["services"][0]["replicas"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["endpoint"].as_str().map(str::to_string))
+                .collect()
+        })
+    };
+    assert!(wait_until(Duration::from_secs(10), || endpoints().len() == 2));
+    let endpoints = endpoints();
+    // No traffic yet: nothing fires, and the rule says why.
+    let st = status_json(&base).unwrap();
+    assert_eq!(st["alerts"]["firing"], 0, "{}", st["alerts"]);
+    assert!(
+        st["alerts"]["rules"][0]["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("fewer than 10 answers"),
+        "{}",
+        st["alerts"]
+    );
+
+    // 40 failing requests a second until the checks below are done (bounded to 60 s).
+    let load = common::load::start(
+        &format!("127.0.0.1:{front}"),
+        "POST",
+        "/preview",
+        "{\"markdown\":\"x\"}",
+        40,
+        1,
+        false,
+        Duration::from_secs(60),
+    );
+    let t0 = std::time::Instant::now();
+    let fired = wait_until(Duration::from_secs(15), || {
+        let f = firing(&base);
+        endpoints
+            .iter()
+            .all(|e| f.contains(&("errors".to_string(), e.clone())))
+    });
+    assert!(fired, "{:?}", firing(&base));
+    println!(
+        "both instances' alerts fired {:.1} s after the failing load started (40/s)",
+        t0.elapsed().as_secs_f64()
+    );
+    // A rule whose threshold is not crossed does not fire, but has its value.
+    let st = status_json(&base).unwrap();
+    let alerts = st["alerts"]["alerts"].as_array().unwrap();
+    let slow = alerts.iter().find(|a| a["alert"] == "slow").unwrap();
+    assert_eq!(slow["state"], "inactive", "{slow}");
+    assert_eq!(slow["instance"], "web");
+    let err = alerts
+        .iter()
+        .find(|a| a["alert"] == "errors" && a["state"] == "firing")
+        .unwrap();
+    assert_eq!(err["value"], 1.0, "{err}");
+    assert!(err["address"].as_str().unwrap().starts_with("service.web["));
+
+    // /metrics: Prometheus' ALERTS series and the judged values.
+    let (code, text) = http("GET", &format!("{base}metrics"), "").unwrap();
+    assert_eq!(code, 200);
+    for e in &endpoints {
+        let series = format!(
+            "ALERTS{{alertname=\"errors\",service=\"web\",scope=\"instance\",instance=\"{e}\",metric=\"error_ratio\",alertstate=\"firing\"}} 1"
+        );
+        assert!(text.contains(&series), "{series}\n{text}");
+        assert!(
+            text.contains(&format!(
+                "pipeline_alert_value{{alertname=\"errors\",service=\"web\",scope=\"instance\",instance=\"{e}\",metric=\"error_ratio\"}} 1"
+            )),
+            "{text}"
+        );
+    }
+    assert!(!text.contains("ALERTS{alertname=\"slow\""), "{text}");
+    assert!(text.contains("pipeline_alert_threshold{alertname=\"slow\",metric=\"latency_p95\"} 10"));
+
+    // The dashboard's alerts panel.
+    let dom = dump_dom(&base);
+    assert!(dom.contains("class=\"alerts firing\""), "{dom}");
+    for e in &endpoints {
+        assert!(
+            dom.contains(&format!(
+                "data-alert=\"errors\" data-instance=\"{e}\" data-alertstate=\"firing\""
+            )),
+            "{e}: {dom}"
+        );
+    }
+    assert!(
+        dom.contains("data-rule=\"slow\" data-firing=\"0\""),
+        "{dom}"
+    );
+
+    // The file the canaries read.
+    let file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(t.path().join(".pipeline/run/monitor.dash/alerts.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(file["monitor"], "monitor.dash");
+    assert_eq!(file["firing"].as_array().unwrap().len(), 2, "{file}");
+
+    // The errors stop: once the window has passed, the alerts clear.
+    let report = load.stop();
+    println!("load: {}", report.summary());
+    assert_eq!(report.ok, 0, "every /preview answer of web is a 500");
+    let stopped = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || firing(&base).is_empty()),
+        "{:?}",
+        firing(&base)
+    );
+    println!(
+        "cleared {:.1} s after the last failed request (window 3 s: its answers fell below min_requests)",
+        stopped.elapsed().as_secs_f64()
+    );
+    assert!(wait_until(Duration::from_secs(3), || {
+        std::fs::read_to_string(t.path().join(".pipeline/run/monitor.dash/alerts.json"))
+            .is_ok_and(|f| f.contains("\"firing\":[]"))
+    }));
+    let (_, text) = http("GET", &format!("{base}metrics"), "").unwrap();
+    assert!(!text.contains("ALERTS{"), "{text}");
+    t.ok(&["destroy", "-auto-approve", "s.hcl"]);
+}
+
+#[test]
+fn bad_alert_rules_are_plan_errors_naming_the_setting() {
+    let t = Scratch::new();
+    let src = prebuilt_source(&t);
+    let listen = pipeline_supervise::free_port("127.0.0.1").unwrap();
+    let front = pipeline_supervise::free_port("127.0.0.1").unwrap();
+    for (rule, words) in [
+        (
+            r#"{ e = { service = "web", metric = "errors", above = 0.05 } }"#,
+            vec![
+                "alerts.e.metric: unknown metric \"errors\"",
+                "error_ratio, latency_p50",
+            ],
+        ),
+        (
+            r#"{ e = { metric = "error_ratio", above = 0.05, window = "five" } }"#,
+            vec!["alerts.e.window: \"five\" is not a duration"],
+        ),
+        (
+            r#"{ e = { metric = "cpu", above = -1 } }"#,
+            vec!["alerts.e.above: a threshold of -1", "not negative"],
+        ),
+        (
+            r#"{ e = { metric = "memory", above = 1, scope = "pod" } }"#,
+            vec!["alerts.e.scope: unknown scope", "\"group\""],
+        ),
+        (
+            r#"{ e = { metric = "cpu", above = 1, fro = "1m" } }"#,
+            vec!["alerts.e.fro: unknown setting `fro`"],
+        ),
+    ] {
+        t.write("s.hcl", &alert_stack(&src, listen, front, rule));
+        let out = t.run(&["plan", "s.hcl"]);
+        let err = s(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{rule}: {err}");
+        for w in words {
+            assert!(err.contains(w), "{rule}: {w}: {err}");
+        }
+        // Where: the stack file's line of `alerts`.
+        assert!(err.contains("s.hcl:19:"), "{err}");
+        assert!(t.processes().is_empty());
+    }
+}

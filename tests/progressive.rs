@@ -935,3 +935,116 @@ fn a_canary_killed_mid_way_leaves_no_candidate_namespace_after_the_next_apply() 
     destroy_all(&e.t);
     assert_eq!(namespaces(&e.t), Vec::<String>::new());
 }
+
+/// Issue 11: an alert rule of a monitor that fires on the candidate stops the canary at its next
+/// look, as a failed judge does. Both versions fail 20 % of their requests: the judge compares
+/// the candidate with the baseline and sees no regression; the rule (an absolute bound, like an
+/// SLO) sees the candidate above it.
+#[test]
+fn an_alert_firing_on_the_candidate_aborts_a_canary_the_judge_lets_pass() {
+    let t = Scratch::new();
+    let app = prebuilt_source(&t);
+    let port = free_port();
+    let dash = free_port();
+    t.write(
+        "s.hcl",
+        &format!(
+            r#"{}
+monitor "dash" {{
+  listen   = {dash}
+  interval = "100ms"
+  alerts   = {{
+    errors = {{ service = "web", metric = "error_ratio", above = 0.1, window = "4s", min_requests = 10 }}
+  }}
+}}
+"#,
+            stack(&app, port, "20s", false)
+        ),
+    );
+    t.ok(&["apply", "-auto-approve", "-var", "fail_rate=0.2", "s.hcl"]);
+    let slots = slot_addrs(&t);
+    let load = start_load(port);
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let out = t.run(&[
+        "apply",
+        "-auto-approve",
+        "-var",
+        "version=v2",
+        "-var",
+        "fail_rate=0.2",
+        "s.hcl",
+    ]);
+    let took = t0.elapsed();
+    std::thread::sleep(Duration::from_millis(1000));
+    let report = load.stop();
+    let text = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    println!("{text}\napply took {took:?}; load: {}", report.summary());
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("canary aborted at"), "{text}");
+    // The alert stopped it, not the judge, and the reason names the rule and the instance.
+    assert!(!text.contains("regressed"), "{text}");
+    let reason = text
+        .lines()
+        .find(|l| l.contains("canary aborted at"))
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("alert `errors` of monitor.dash fired on instance 127.0.0.1:"),
+        "{reason}"
+    );
+
+    let log = access_log(&t);
+    let cand: Vec<&(f64, u16, String)> = log
+        .iter()
+        .filter(|(_, _, u)| !slots.contains(u) && u != "-")
+        .collect();
+    let candidates: std::collections::BTreeSet<&str> =
+        cand.iter().map(|(_, _, u)| u.as_str()).collect();
+    assert!(
+        candidates
+            .iter()
+            .any(|c| reason.contains(&format!("{c}:")) || reason.contains(&format!("{c} "))),
+        "{candidates:?}: {reason}"
+    );
+    let failed = cand.iter().filter(|(_, st, _)| *st >= 500).count();
+    let span = cand.iter().map(|x| x.0).fold(0.0, f64::max)
+        - cand.iter().map(|x| x.0).fold(f64::MAX, f64::min);
+    println!(
+        "candidate: {} answers, {failed} of them 5xx before the alert stopped it, over {span:.2} s of traffic",
+        cand.len()
+    );
+    assert!(failed >= 1, "the candidate failed requests");
+
+    // The record and the recorded release say which alert on which instance.
+    let reports = t.path().join(".pipeline/reports");
+    let rec = std::fs::read_dir(&reports)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rec).unwrap()).unwrap();
+    assert!(
+        rec["result"].as_str().unwrap().contains("alert `errors`"),
+        "{}",
+        rec["result"]
+    );
+    let st = state(&t);
+    let a = &st.resources["service.web[0]"].attrs;
+    assert!(
+        a["canary_aborted"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("alert `errors`"),
+        "{a:?}"
+    );
+    // The old version serves everything; the balancer is back to the stack's config.
+    assert_eq!(
+        versions_through(port, 20).keys().collect::<Vec<_>>(),
+        vec!["v1"]
+    );
+    assert!(!conf(&t).contains("# canary"));
+    destroy_all(&t);
+}

@@ -1,6 +1,7 @@
 //! Providers: the only code that touches hosts, processes and files. Each serves some block
 //! kinds through `pipeline_engine::provider::Provider`.
 
+pub mod alert_file;
 pub(crate) mod build;
 pub mod canary;
 pub mod local;

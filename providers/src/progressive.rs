@@ -4,8 +4,9 @@
 //! step (`canary.steps`), while the access logs are judged:
 //!
 //! - every look (0.5 s): the sequential test on the 5xx share (always valid, so looking often
-//!   costs no false alarms), the health of every candidate (the provider's check), and
-//!   `pipeline promote` / `pipeline rollback`;
+//!   costs no false alarms), the health of every candidate (the provider's check), the alerts
+//!   of the monitors on this machine (a fresh firing per-instance alert that names a candidate's
+//!   `address:port`, see [`crate::alert_file`]), and `pipeline promote` / `pipeline rollback`;
 //! - at the end of each step: the fixed-horizon judge on everything so far (latency and errors),
 //!   its significance split over the steps (Bonferroni).
 //!
@@ -426,9 +427,11 @@ pub fn analyze(
         fixed,
         started: Instant::now(),
     };
+    let run_root = work_dir.join("run");
     let run = Run {
         spec: &spec,
         block,
+        run_root: &run_root,
         balancers: &balancers,
         peers,
         baseline: &baseline,
@@ -534,6 +537,8 @@ fn write_record(
 struct Run<'a> {
     spec: &'a CanarySpec,
     block: &'a str,
+    /// `.pipeline/run/`: where the monitors publish their firing alerts.
+    run_root: &'a Path,
     balancers: &'a [Balancer],
     peers: &'a Peers,
     baseline: &'a [String],
@@ -692,6 +697,16 @@ impl Run<'_> {
                 }
                 // An alert: a candidate that died or keeps failing its health check.
                 if let Err(why) = health() {
+                    return Err(Aborted {
+                        step: p,
+                        reason: why,
+                    });
+                }
+                // A monitor's alert rule firing on a candidate (a monitor not running: none).
+                let now_ms = (unix_now() * 1000.0) as u64;
+                if let Some(why) =
+                    crate::alert_file::firing_on(self.run_root, now_ms, self.candidate)
+                {
                     return Err(Aborted {
                         step: p,
                         reason: why,

@@ -69,6 +69,11 @@ pub struct Status {
     pub services: Vec<ServiceView>,
     pub balancers: Vec<EndpointView>,
     pub flags: Vec<EndpointView>,
+    /// The alert rules and what they judged (filled by [`super::alerts::Alerts::evaluate`]).
+    pub alerts: super::alerts::AlertsView,
+    /// Endpoints of recorded replicas that `watch` leaves out (for the alert rules only).
+    #[serde(skip)]
+    pub unwatched: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -275,6 +280,9 @@ struct Targets {
     replicas: Vec<Replica>,
     balancers: Vec<Endpoint>,
     flags: Vec<Endpoint>,
+    /// Endpoints of the replicas `watch` leaves out (the alert rules must not take them for
+    /// strangers of a watched service).
+    unwatched: Vec<String>,
 }
 
 /// `service.web[2]` → `service.web`; `service.web["a"]` → `service.web`.
@@ -477,6 +485,12 @@ fn targets(
         }
     }
     watch.resolve(&t.replicas);
+    t.unwatched = t
+        .replicas
+        .iter()
+        .filter(|r| !watch.matches(r))
+        .filter_map(|r| r.endpoint.clone())
+        .collect();
     t.replicas.retain(|r| watch.matches(r));
     t
 }
@@ -891,11 +905,14 @@ pub struct Collector {
     inflight: HashMap<String, InFlight>,
     /// Per service block, at every heartbeat: (unix ms, healthy, instances).
     heartbeat: HashMap<String, VecDeque<(u64, u32, u32)>>,
+    /// The alert rules: fed every access-log line, judged by the server's loop.
+    pub(super) alerts: super::alerts::Alerts,
 }
 
 impl Collector {
     pub fn new(cfg: DaemonConfig, describer: Describer) -> Collector {
         Collector {
+            alerts: super::alerts::Alerts::new(cfg.alerts.clone(), &cfg.name, cfg.interval_ms),
             watch: Watch::new(&cfg.watch),
             cfg,
             targets: Targets::default(),
@@ -1176,6 +1193,7 @@ impl Collector {
                     continue;
                 };
                 bw.push(l.at, l.status >= 500);
+                self.alerts.observe(&b.addr, &l);
                 for (up, st) in l.upstreams {
                     let err = st.unwrap_or(l.status) >= 500;
                     self.upstreams.entry(up).or_default().push(l.at, err);
@@ -1298,6 +1316,8 @@ impl Collector {
                 .iter()
                 .map(|e| endpoint_view(e, false))
                 .collect(),
+            alerts: Default::default(),
+            unwatched: self.targets.unwatched.clone(),
         }
     }
 }
@@ -1574,6 +1594,7 @@ mod tests {
                 listen: 1,
                 token: None,
                 hosts: vec![],
+                alerts: vec![],
             },
             fake_describer(),
         );
@@ -1705,6 +1726,7 @@ mod tests {
                 listen: 1,
                 token: None,
                 hosts: vec![],
+                alerts: vec![],
             },
             fake_describer(),
         );
@@ -1842,6 +1864,7 @@ mod tests {
                 listen: 1,
                 token: None,
                 hosts: vec![],
+                alerts: vec![],
             },
             fake_describer(),
         );

@@ -14,7 +14,14 @@
 //! | `/api/status` | JSON: every target with its state, latency, rates, CPU, memory    |
 //! | `/metrics`    | Prometheus text format                                            |
 //! | `/healthz`    | `ok` (the supervisor's health check)                              |
+//!
+//! `alerts = { NAME = { service, metric, above, window, for, scope, min_requests } }` are rules on
+//! what it collects (error ratio, latency quantiles, CPU, memory; per instance or per service),
+//! judged at every heartbeat ([`alerts`]): shown in all three, and the firing ones written to
+//! `DIR/alerts.json` ([`crate::alert_file`]), where a progressive canary on this machine finds
+//! them and aborts when one names a candidate.
 
+pub mod alerts;
 mod collect;
 mod describe;
 mod server;
@@ -55,6 +62,9 @@ pub struct DaemonConfig {
     /// More `Host` names the dashboard answers to (besides its own addresses).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
+    /// The alert rules (`alerts`), checked at plan.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<alerts::AlertRule>,
 }
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -84,7 +94,7 @@ pub fn run_daemon(dir: &Path, registry: pipeline_engine::provider::Registry) -> 
         exe: std::env::current_exe().unwrap_or_default(),
     };
     let describer = collect::describer(registry, ctx);
-    match server::run(config, describer) {
+    match server::run(config, dir, describer) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("pipeline __monitor: {e}");
@@ -107,6 +117,8 @@ fn schema() -> KindSchema {
             // Names (e.g. a DNS name pointing here) the dashboard also answers to; any other
             // `Host` is refused (DNS rebinding).
             AttrSchema::optional("hosts", Type::List(Box::new(Type::String))),
+            // Alert rules by name: { service, metric, above, window, for, scope, min_requests }.
+            AttrSchema::optional("alerts", Type::Any),
             AttrSchema::computed("url", Type::String).derived_from(&["listen", "address"]),
             AttrSchema::computed("metrics_url", Type::String).derived_from(&["listen", "address"]),
         ],
@@ -168,8 +180,23 @@ fn url_host(address: &str) -> String {
     }
 }
 
+/// The rules of `alerts` (none when unset or not known yet).
+fn alerts_of(c: &ValueMap) -> Result<Vec<alerts::AlertRule>, Vec<alerts::RuleError>> {
+    match c.get("alerts") {
+        Some(v) if v.is_known() => alerts::parse(&v.unmarked().0.to_json(), interval_of(c)),
+        _ => Ok(vec![]),
+    }
+}
+
 fn validate(c: &ValueMap) -> Vec<Invalid> {
     let mut out = vec![];
+    if let Err(errors) = alerts_of(c) {
+        out.extend(
+            errors.into_iter().map(|e| {
+                Invalid::new(Some("alerts"), format!("{}: {}", e.path, e.message), e.help)
+            }),
+        );
+    }
     if let Some(n) = listen_of(c) {
         if n.fract() != 0.0 || !(1.0..=65535.0).contains(&n) {
             out.push(Invalid::new(
@@ -321,6 +348,8 @@ fn start(
         listen,
         token: token_of(c),
         hosts: hosts_of(c),
+        alerts: alerts_of(c)
+            .map_err(|e| ProviderError::new(format!("{}: {}", e[0].path, e[0].message)))?,
     };
     let json = serde_json::to_vec_pretty(&config).expect("config serializes");
     pipeline_supervise::private::write(&dir.join(CONFIG_FILE), json).map_err(|e| {

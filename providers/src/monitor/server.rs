@@ -194,7 +194,8 @@ fn hostname() -> Option<String> {
     std::str::from_utf8(&buf[..end]).ok().map(str::to_string)
 }
 
-pub fn run(cfg: DaemonConfig, describer: Describer) -> Result<(), String> {
+/// `dir`: the daemon's run directory (its firing alerts are published there).
+pub fn run(cfg: DaemonConfig, dir: &std::path::Path, describer: Describer) -> Result<(), String> {
     let listener = std::net::TcpListener::bind((cfg.address.as_str(), cfg.listen))
         .map_err(|e| format!("cannot listen on {}:{}: {e}", cfg.address, cfg.listen))?;
     listener
@@ -234,14 +235,17 @@ pub fn run(cfg: DaemonConfig, describer: Describer) -> Result<(), String> {
     };
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let dir = dir.to_path_buf();
     std::thread::Builder::new()
         .name("collector".into())
         .spawn(move || {
             let mut c = Collector::new(cfg, describer);
+            c.alerts.publish_to(dir);
             loop {
                 let start = Instant::now();
                 c.tick();
-                let st = c.status();
+                let mut st = c.status();
+                c.alerts.evaluate(&mut st);
                 *publish.lock().unwrap_or_else(|e| e.into_inner()) = st;
                 let rest = c.interval().saturating_sub(start.elapsed());
                 if !matches!(
@@ -658,6 +662,7 @@ pub fn metrics(st: &Status) -> String {
         "Whether the flag store answers (1) or not (0).",
         &endpoints(&st.flags, "flags"),
     );
+    super::alerts::metrics(&st.alerts, &mut out);
     out
 }
 
@@ -675,6 +680,7 @@ mod tests {
             listen: 9900,
             token: token.map(str::to_string),
             hosts: vec!["dash.example.org".into()],
+            alerts: vec![],
         })
     }
 
