@@ -277,6 +277,17 @@ fn api_version(body: &str) -> Result<String, String> {
         .ok_or(format!("not the app's answer: {body:?}"))
 }
 
+/// What `n` GETs of `url` answer, in order.
+fn versions_of(url: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| match http("GET", url, "") {
+            Some((200, b)) => api_version(&b).unwrap_or_else(|e| e),
+            Some((c, _)) => format!("HTTP {c}"),
+            None => "no answer".into(),
+        })
+        .collect()
+}
+
 /// A release of the copied example: `version` in package.json, and `behaviour` (JavaScript run
 /// before the routes, with `app` in scope) put into server.js.
 fn release(src: &std::path::Path, version: &str, behaviour: &str) {
@@ -308,10 +319,11 @@ fn release(src: &std::path::Path, version: &str, behaviour: &str) {
 }
 
 /// checkbox.io's progressive canary through nginx on both app hosts, under load on `/api/`:
-/// a release whose `/api/version` answers 500 is stopped by the judge within one analysis
+/// a good release is promoted step by step with nothing failed; a slow release is stopped by
+/// the monitor's alert rule before the judge's step end; a release whose `/api/version` answers 500 is stopped by the judge within one analysis
 /// interval, and every answer afterwards is the old version.
 #[test]
-fn checkbox_canary_stops_a_failing_release_through_the_proxy() {
+fn checkbox_canary_promotes_a_good_release_and_stops_a_failing_and_a_slow_one() {
     if !pipeline_lab::require() {
         return;
     }
@@ -345,6 +357,9 @@ fn checkbox_canary_stops_a_failing_release_through_the_proxy() {
         a.push(format!("dashboard_port={}", load::free_port()));
         a.push("-var".into());
         a.push(format!("canary_interval={interval}s"));
+        // The `slow` alert at 200 ms (the module's default is 1 s).
+        a.push("-var".into());
+        a.push("alert_latency_p95=0.2".into());
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     };
@@ -353,6 +368,31 @@ fn checkbox_canary_stops_a_failing_release_through_the_proxy() {
     t.ok(&strs(&args(&[])));
     eprintln!("first deploy: {:.1} s", t0.elapsed().as_secs_f64());
     let front = format!("http://{}:80/api/version", webs[0].addr());
+
+    // A good release: 20 %, 50 %, then promoted; nothing fails meanwhile.
+    release(&src, "1.1.0", "");
+    let l = lab::Load::with(&front, 40, 4, Duration::from_secs(300), api_version);
+    std::thread::sleep(Duration::from_secs(1));
+    let t0 = Instant::now();
+    let out = t.ok(&strs(&args(&[])));
+    let took = t0.elapsed();
+    let samples = l.stop();
+    eprintln!(
+        "good release promoted: {:.1} s of apply (2 steps of {interval} s); {} requests, {} failed, \
+         {} answered 1.0.0 and {} 1.1.0",
+        took.as_secs_f64(),
+        samples.len(),
+        lab::failed(&samples).len(),
+        lab::answered(&samples, "1.0.0"),
+        lab::answered(&samples, "1.1.0")
+    );
+    assert!(lab::failed(&samples).is_empty(), "{out}");
+    assert!(lab::answered(&samples, "1.1.0") > 0 && lab::answered(&samples, "1.0.0") > 0);
+    assert_eq!(
+        versions_of(&front, 10),
+        vec!["1.1.0".to_string(); 10],
+        "promoted: only the new version answers"
+    );
 
     // A release whose /api/version fails: the judge stops it at the first step.
     release(
@@ -402,7 +442,61 @@ fn checkbox_canary_stops_a_failing_release_through_the_proxy() {
         .collect();
     assert!(!after.is_empty(), "the load went on after the stop");
     assert!(
-        after.iter().all(|s| s.version.as_deref() == Ok("1.0.0")),
+        after.iter().all(|s| s.version.as_deref() == Ok("1.1.0")),
         "after the stop, only the old version answers"
     );
+
+    // A release that answers slowly but correctly: the judge would see it only at the step's
+    // end (60 s here); the monitor's `slow` alert (p95 above 200 ms over 10 s, 20 answers at
+    // least) fires on a new instance first and stops the canary.
+    release(
+        &src,
+        "3.0.0",
+        "app.use('/api/version', (req, res, next) => setTimeout(next, 400));",
+    );
+    let l = lab::Load::with(&front, 40, 8, Duration::from_secs(300), api_version);
+    std::thread::sleep(Duration::from_secs(1));
+    let t0 = Instant::now();
+    let out = t.run(&strs(&args(&["-var", "canary_interval=60s"])));
+    let took = t0.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let samples = l.stop();
+    let err = format!("{}{}", s(&out.stdout), s(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let why = err
+        .lines()
+        .find(|l| l.contains("aborted at"))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    assert!(
+        why.contains("aborted at 20%") && why.contains("slow"),
+        "the alert `slow` stopped it: {err}"
+    );
+    let slow: Vec<&lab::Sample> = samples
+        .iter()
+        .filter(|s| s.version.as_deref() == Ok("3.0.0"))
+        .collect();
+    assert!(!slow.is_empty(), "the candidate got traffic");
+    assert!(
+        lab::failed(&samples).is_empty(),
+        "nothing failed: slow, not broken"
+    );
+    eprintln!(
+        "slow release: stopped by the alert in {:.1} s of apply (interval 60 s); {} of {} \
+         requests went to it over {:.2} s, slowest {:.0} ms; {why}",
+        took.as_secs_f64(),
+        slow.len(),
+        samples.len(),
+        slow.last()
+            .unwrap()
+            .sent
+            .duration_since(slow.first().unwrap().sent)
+            .as_secs_f64(),
+        slow.iter()
+            .map(|s| s.done.duration_since(s.sent).as_millis())
+            .max()
+            .unwrap_or(0)
+    );
+    assert_eq!(versions_of(&front, 10), vec!["1.1.0".to_string(); 10]);
 }

@@ -76,6 +76,30 @@ variable "canary_interval" {
   description = "How long each canary step (20 %, 50 %) is watched before the next"
 }
 
+variable "alert_error_ratio" {
+  type        = number
+  default     = 0.05
+  description = "Alert when an instance's share of 5xx answers over 10 s is above this"
+}
+
+variable "alert_latency_p95" {
+  type        = number
+  default     = 1
+  description = "Alert when an instance's 95th percentile latency over 10 s is above this (seconds)"
+}
+
+variable "alert_cpu" {
+  type        = number
+  default     = 0.9
+  description = "Alert when the app's processes use more cores than this, over 30 s"
+}
+
+variable "alert_memory" {
+  type        = number
+  default     = 1073741824
+  description = "Alert when the app's processes hold more memory than this (bytes), over 30 s"
+}
+
 variable "dashboard_port" {
   type        = number
   default     = 9191
@@ -163,10 +187,19 @@ balancer "web" {
   }
 }
 
+# Alerts on the app's instances (from nginx's access logs) and on the app as a whole (its
+# processes): on the dashboard and in /metrics; one firing on a canary's new instance stops
+# the canary at once.
 monitor "checkbox" {
   listen   = var.dashboard_port
   interval = "100ms"
   watch    = ["checkbox"]
+  alerts = {
+    errors = { service = "checkbox", metric = "error_ratio", above = var.alert_error_ratio, window = "10s" }
+    slow   = { service = "checkbox", metric = "latency_p95", above = var.alert_latency_p95, window = "10s" }
+    cpu    = { service = "checkbox", metric = "cpu", above = var.alert_cpu, window = "30s", scope = "group" }
+    memory = { service = "checkbox", metric = "memory", above = var.alert_memory, window = "30s", scope = "group" }
+  }
 }
 
 # Where nginx answers on each [checkbox] host.
