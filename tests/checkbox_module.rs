@@ -25,6 +25,7 @@ use common::*;
 use std::time::{Duration, Instant};
 
 const MAIL_SECRET: &str = "mail-Pa55-w0rd-that-never-shows";
+const MONGO_SECRET: &str = "Mongo0Secret0That0Never0Shows";
 
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
@@ -94,9 +95,16 @@ fn checkbox_deploys_on_three_hosts_and_a_flag_flip_reaches_every_mirror() {
         args
     };
 
-    // With MongoDB (the default): the plan puts it on [mongo]; not applied (see above).
-    let out = t.run(&strs(&deploy(&[])));
+    // With MongoDB (the default): the plan puts it on [mongo]; not applied (see above). Its
+    // password, given, is hidden.
+    let mut plan_cmd = t.cmd(&strs(&deploy(&[])));
+    plan_cmd.env("PIPELINE_VAR_mongo_password", MONGO_SECRET);
+    let out = plan_cmd.output().unwrap();
     let plan = s(&out.stdout);
+    assert!(
+        !plan.contains(MONGO_SECRET) && !s(&out.stderr).contains(MONGO_SECRET),
+        "the MongoDB password in the plan"
+    );
     assert!(
         plan.contains("database.site[0]") && plan.contains("\"mongodb\""),
         "the plan has MongoDB on [mongo]:\n{plan}\n{}",
