@@ -5,8 +5,8 @@
 //! (named by the `address:port` nginx logs). The monitor follows the log with `ssh HOST tail`;
 //! stopping the monitor (SIGTERM, as its supervisor does) or destroying the stack leaves no such
 //! ssh behind, here or on the host. The monitor also samples CPU and memory of the service host
-//! and of its units over ssh: a second service on the same host that burns CPU on request shows
-//! more CPU than the idle one, and both show memory below the host's.
+//! and of its units over ssh (and of the balancer's host): a second service on the same host that
+//! burns CPU on request shows more CPU than the idle one, and both show memory below the host's.
 
 mod common;
 use common::lab;
@@ -352,7 +352,7 @@ fn the_monitor_counts_requests_and_errors_of_a_balancer_on_another_machine() {
         );
     }
 
-    remote_usage(&monitor, web);
+    remote_usage(&monitor, web, edge.name());
 
     assert_eq!(
         tails(edge).len(),
@@ -427,7 +427,7 @@ fn the_monitor_counts_requests_and_errors_of_a_balancer_on_another_machine() {
 
 /// CPU and memory of the service host and of its two services' units, sampled over ssh: known
 /// and plausible, and the service that burns CPU shows more of it than the idle one.
-fn remote_usage(monitor: &str, web: &pipeline_lab::Host) {
+fn remote_usage(monitor: &str, web: &pipeline_lab::Host, edge_name: &str) {
     let host = |st: &serde_json::Value| -> Option<serde_json::Value> {
         st["hosts"]
             .as_array()?
@@ -466,12 +466,15 @@ fn remote_usage(monitor: &str, web: &pipeline_lab::Host) {
     let host_cpu = h["cpu_ratio"].as_f64().unwrap();
     assert!((0.0..=cpus).contains(&host_cpu), "host CPU {host_cpu}");
     assert!(h["error"].is_null(), "{h}");
-    assert_eq!(
-        st["hosts"].as_array().map(Vec::len),
-        Some(1),
-        "only the service host is sampled (the balancer's describes no units): {}",
-        st["hosts"]
-    );
+    // The balancer's host is sampled too (its description names it), with no unit of it shown.
+    let names: Vec<&str> = st["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["host"].as_str())
+        .collect();
+    assert_eq!(names.len(), 2, "{}", st["hosts"]);
+    assert!(names.contains(&edge_name), "{}", st["hosts"]);
     for s in ["app", "busy"] {
         let r = replica(&st, s).unwrap();
         let mem = r["memory_bytes"].as_u64().unwrap();

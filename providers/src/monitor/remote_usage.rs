@@ -433,8 +433,8 @@ impl RemoteUsage {
     }
 }
 
-/// The hosts to sample, from the descriptions (each host's `RemoteUsage` command, the first
-/// one named) and the units of `processes` (the watched instances') on them.
+/// The hosts to sample: every host a description names in a `RemoteUsage` (its command: the
+/// first one named), with the units of `processes` (the watched replicas') on it.
 pub fn wanted<'a>(
     described: impl Iterator<Item = &'a Description>,
     processes: impl Iterator<Item = &'a ProcessInfo>,
@@ -447,15 +447,15 @@ pub fn wanted<'a>(
             }
         }
     }
-    let mut out: BTreeMap<String, (Vec<String>, BTreeSet<String>)> = BTreeMap::new();
+    let mut out: BTreeMap<String, (Vec<String>, BTreeSet<String>)> = argv
+        .iter()
+        .map(|(h, a)| (h.to_string(), ((*a).clone(), BTreeSet::new())))
+        .collect();
     for p in processes {
         let (Some(h), Some(u)) = (p.host.as_deref(), p.unit.as_deref()) else {
             continue;
         };
-        if let Some(a) = argv.get(h) {
-            let e = out
-                .entry(h.to_string())
-                .or_insert_with(|| ((*a).clone(), BTreeSet::new()));
+        if let Some(e) = out.get_mut(h) {
             e.1.insert(u.to_string());
         }
     }
@@ -570,6 +570,46 @@ unit pipeline-app-1.service
             s.units.get("pipeline-no-such-unit.service"),
             Some(UnitSample::Procs(_) | UnitSample::Cgroup { .. })
         ));
+    }
+
+    #[test]
+    fn every_named_host_is_sampled_with_the_units_of_the_watched_replicas_only() {
+        let usage = |host: &str, units: &[&str]| MetricSource::RemoteUsage {
+            host: host.into(),
+            argv: vec!["ssh".into(), host.into()],
+            units: units.iter().map(|u| u.to_string()).collect(),
+        };
+        let d = |m: MetricSource| Description {
+            metrics: vec![m],
+            ..Default::default()
+        };
+        let described = [
+            d(usage(
+                "web1",
+                &["pipeline-app-0.service", "pipeline-app-1.service"],
+            )),
+            d(usage("lb", &["nginx.service"])),
+        ];
+        let proc = |host: Option<&str>, unit: Option<&str>| ProcessInfo {
+            host: host.map(String::from),
+            unit: unit.map(String::from),
+            ..Default::default()
+        };
+        // Only app-1 is watched; a local process and one on a host nobody describes are not
+        // sampled here.
+        let procs = [
+            proc(Some("web1"), Some("pipeline-app-1.service")),
+            proc(None, None),
+            proc(Some("elsewhere"), Some("x.service")),
+        ];
+        let w = wanted(described.iter(), procs.iter());
+        assert_eq!(w.keys().collect::<Vec<_>>(), ["lb", "web1"]);
+        assert_eq!(w["web1"].0, ["ssh", "web1"]);
+        assert_eq!(
+            w["web1"].1.iter().collect::<Vec<_>>(),
+            ["pipeline-app-1.service"]
+        );
+        assert!(w["lb"].1.is_empty());
     }
 
     #[test]
