@@ -309,7 +309,11 @@ fn run(argv: &[String], line: &str) -> Result<String, String> {
         }
     };
     let text = rx
-        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .recv_timeout(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(200)),
+        )
         .map_err(|_| "its output did not end".to_string())?;
     if !status.success() {
         return Err(format!("the usage command failed ({status})"));
