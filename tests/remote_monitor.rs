@@ -6,7 +6,8 @@
 //! stopping the monitor (SIGTERM, as its supervisor does) or destroying the stack leaves no such
 //! ssh behind, here or on the host. The monitor also samples CPU and memory of the service host
 //! and of its units over ssh (and of the balancer's host): a second service on the same host that
-//! burns CPU on request shows more CPU than the idle one, and both show memory below the host's.
+//! burns CPU on request shows more CPU than the idle one, and both show memory below the host's;
+//! the host turned off shows as unknown, not 0, and is known again once it is back.
 
 mod common;
 use common::lab;
@@ -540,5 +541,49 @@ fn remote_usage(monitor: &str, web: &pipeline_lab::Host, edge_name: &str) {
     assert_eq!(
         sample(&metrics, &format!("pipeline_host_up{hl}")),
         Some(1.0)
+    );
+
+    // The host turned off: unknown (no figures, the reason), not 0; back on: known again.
+    let t0 = Instant::now();
+    web.off().unwrap_or_else(|e| panic!("{e:#}"));
+    let mut last = serde_json::Value::Null;
+    let unknown = wait_until(Duration::from_secs(20), || {
+        last = host(&status(monitor)).unwrap_or_default();
+        last["memory_bytes"].is_null() && last["cpu_ratio"].is_null() && last["error"].is_string()
+    });
+    assert!(unknown, "{} off: {last}", web.name());
+    let st = status(monitor);
+    let app = replica(&st, "app").unwrap();
+    assert!(
+        app["cpu_ratio"].is_null() && app["memory_bytes"].is_null(),
+        "{app}"
+    );
+    let metrics = http("GET", &format!("{monitor}metrics"), "").unwrap().1;
+    assert_eq!(
+        sample(&metrics, &format!("pipeline_host_up{hl}")),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&metrics, &format!("pipeline_host_memory_bytes{hl}")),
+        None
+    );
+    eprintln!(
+        "{} off: unknown after {:.1} s ({})",
+        web.name(),
+        t0.elapsed().as_secs_f64(),
+        last["error"]
+    );
+    web.on().unwrap_or_else(|e| panic!("{e:#}"));
+    let t0 = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(60), || known(&status(monitor))),
+        "{} back on: {}",
+        web.name(),
+        status(monitor)
+    );
+    eprintln!(
+        "{} back on: its figures and its units' known again after {:.1} s",
+        web.name(),
+        t0.elapsed().as_secs_f64()
     );
 }
