@@ -543,6 +543,26 @@ fn remote_usage(monitor: &str, web: &pipeline_lab::Host, edge_name: &str) {
         Some(1.0)
     );
 
+    // The dashboard shows them: a row per host with its CPU and memory, each service's sums.
+    let dom = common::chromium::chromium(
+        &[
+            "--virtual-time-budget=3000".into(),
+            "--run-all-compositor-stages-before-draw".into(),
+            "--dump-dom".into(),
+        ],
+        monitor,
+    );
+    let row = dom
+        .split(&format!("data-host=\"{}\"", web.name()))
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .unwrap_or_else(|| panic!("no row of {} on the dashboard:\n{dom}", web.name()));
+    assert!(
+        row.contains(" %") && row.contains("GiB") && !row.contains('–'),
+        "{row}"
+    );
+    assert_eq!(dom.matches("data-usage=\"service\"").count(), 2, "{dom}");
+
     // The host turned off: unknown (no figures, the reason), not 0; back on: known again.
     let t0 = Instant::now();
     web.off().unwrap_or_else(|e| panic!("{e:#}"));
