@@ -8,6 +8,9 @@
 //! the lab's podman hosts, where the per-unit controllers are not there) from the processes of
 //! its cgroup in systemd's own hierarchy: CPU ticks of each process, resident memory, as the
 //! local /proc sampling counts them.
+//!
+//! A host's figures are what its /proc says: in a container without a /proc of its own (the
+//! lab's podman hosts) that is the whole machine's CPU and memory, shared by every lab host.
 
 use pipeline_engine::provider::{Description, MetricSource, ProcessInfo};
 use std::collections::{BTreeMap, BTreeSet};
