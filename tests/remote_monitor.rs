@@ -4,7 +4,10 @@
 //! and /metrics show them, and their 5xx, for the balancer and for the service's instance
 //! (named by the `address:port` nginx logs). The monitor follows the log with `ssh HOST tail`;
 //! stopping the monitor (SIGTERM, as its supervisor does) or destroying the stack leaves no such
-//! ssh behind, here or on the host.
+//! ssh behind, here or on the host. The monitor also samples CPU and memory of the service host
+//! and of its units over ssh (and of the balancer's host): a second service on the same host that
+//! burns CPU on request shows more CPU than the idle one, and both show memory below the host's;
+//! the host turned off shows as unknown, not 0, and is known again once it is back.
 
 mod common;
 use common::lab;
@@ -16,15 +19,24 @@ const RATE: u64 = 50;
 /// Every FAIL_EVERY-th request goes to `/fail`.
 const FAIL_EVERY: usize = 4;
 const APP_PORT: u16 = 8080;
+/// The second service (`busy`), on the same host: burnt on purpose.
+const BUSY_PORT: u16 = 8090;
+/// At most this many `/burn` requests (0.3 s of CPU each) to make `busy` busy.
+const BURNS: usize = 60;
 
-/// `/` answers 200, `/fail` 500, `/health` ok.
+/// `/` answers 200, `/fail` 500, `/health` ok, `/burn` after 0.3 s of CPU.
 const APP: &str = r#"
 import os
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
+        if self.path == "/burn":
+            end = time.process_time() + 0.3
+            while time.process_time() < end:
+                pass
         code = 500 if self.path == "/fail" else 200
         body = b"ok\n" if code == 200 else b"failed on purpose\n"
         self.send_response(code)
@@ -67,6 +79,16 @@ service "app" {{
   start_timeout = "30s"
 }}
 
+service "busy" {{
+  provider      = ssh
+  on            = host.web
+  source        = "app"
+  run           = "exec python3 app.py"
+  port          = {BUSY_PORT}
+  health        = {{ path = "/health" }}
+  start_timeout = "30s"
+}}
+
 balancer "front" {{
   on     = host.edge["{lb}"]
   listen = 80
@@ -76,7 +98,7 @@ balancer "front" {{
 monitor "watch" {{
   listen   = {monitor_port}
   interval = "100ms"
-  watch    = ["app"]
+  watch    = ["app", "busy"]
 }}
 "#
     )
@@ -130,6 +152,17 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// The `service`'s one replica in the monitor's status.
+fn replica(st: &serde_json::Value, service: &str) -> Option<serde_json::Value> {
+    st["services"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == service)?["replicas"]
+        .as_array()?
+        .first()
+        .cloned()
 }
 
 /// Processes of this machine following a remote access log over this test's ssh connections.
@@ -320,6 +353,8 @@ fn the_monitor_counts_requests_and_errors_of_a_balancer_on_another_machine() {
         );
     }
 
+    remote_usage(&monitor, web, edge.name());
+
     assert_eq!(
         tails(edge).len(),
         1,
@@ -389,4 +424,192 @@ fn the_monitor_counts_requests_and_errors_of_a_balancer_on_another_machine() {
         tails(edge)
     );
     eprintln!("whole test: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// CPU and memory of the service host and of its two services' units, sampled over ssh: known
+/// and plausible, and the service that burns CPU shows more of it than the idle one.
+fn remote_usage(monitor: &str, web: &pipeline_lab::Host, edge_name: &str) {
+    let host = |st: &serde_json::Value| -> Option<serde_json::Value> {
+        st["hosts"]
+            .as_array()?
+            .iter()
+            .find(|h| h["host"] == web.name())
+            .cloned()
+    };
+    let known = |st: &serde_json::Value| {
+        host(st).is_some_and(|h| h["cpu_ratio"].is_number())
+            && ["app", "busy"].iter().all(|s| {
+                replica(st, s).is_some_and(|r| {
+                    r["cpu_ratio"].is_number() && r["memory_bytes"].as_u64() > Some(0)
+                })
+            })
+    };
+    let t0 = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(15), || known(&status(monitor))),
+        "CPU and memory of {} and of its units are known: {}",
+        web.name(),
+        status(monitor)
+    );
+    eprintln!(
+        "remote usage known {:.1} s after the load",
+        t0.elapsed().as_secs_f64()
+    );
+    let st = status(monitor);
+    let h = host(&st).unwrap();
+    let total = h["memory_total_bytes"].as_u64().unwrap();
+    let used = h["memory_bytes"].as_u64().unwrap();
+    let cpus = h["cpus"].as_f64().unwrap();
+    assert!(
+        used > 0 && used < total && cpus >= 1.0,
+        "host memory {used} of {total}, {cpus} CPUs"
+    );
+    let host_cpu = h["cpu_ratio"].as_f64().unwrap();
+    assert!((0.0..=cpus).contains(&host_cpu), "host CPU {host_cpu}");
+    assert!(h["error"].is_null(), "{h}");
+    // The balancer's host is sampled too (its description names it), with no unit of it shown.
+    let names: Vec<&str> = st["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["host"].as_str())
+        .collect();
+    assert_eq!(names.len(), 2, "{}", st["hosts"]);
+    assert!(names.contains(&edge_name), "{}", st["hosts"]);
+    for s in ["app", "busy"] {
+        let r = replica(&st, s).unwrap();
+        let mem = r["memory_bytes"].as_u64().unwrap();
+        // A python http.server: megabytes, far below the host's memory.
+        assert!(mem > 1 << 20 && mem < total, "{s}: memory {mem} of {total}");
+        eprintln!(
+            "{s}: cpu {:.3}, memory {:.1} MiB (host: cpu {host_cpu:.2} of {cpus}, memory {:.0} of {:.0} MiB)",
+            r["cpu_ratio"].as_f64().unwrap(),
+            mem as f64 / 1048576.0,
+            used as f64 / 1048576.0,
+            total as f64 / 1048576.0
+        );
+    }
+
+    // Burn CPU in `busy` (requests straight to it, one at a time) until the monitor shows it
+    // busier than `app`, which has nothing to do now.
+    let busy_url = format!("http://{}:{BUSY_PORT}/burn", web.addr());
+    let t0 = Instant::now();
+    let mut sent = 0;
+    let mut last = (None, None);
+    let busier = wait_until(Duration::from_secs(30), || {
+        if sent < BURNS {
+            let _ = http("GET", &busy_url, "");
+            sent += 1;
+        }
+        let st = status(monitor);
+        let cpu = |s| replica(&st, s).and_then(|r| r["cpu_ratio"].as_f64());
+        last = (cpu("busy"), cpu("app"));
+        matches!(last, (Some(b), Some(a)) if b > 0.1 && b > a)
+    });
+    assert!(
+        busier,
+        "after {sent} burns, busy {:?} vs app {:?}",
+        last.0, last.1
+    );
+    eprintln!(
+        "busy shows cpu {:.3} vs idle app {:.3} after {sent} burns in {:.1} s",
+        last.0.unwrap(),
+        last.1.unwrap(),
+        t0.elapsed().as_secs_f64()
+    );
+
+    let metrics = http("GET", &format!("{monitor}metrics"), "").unwrap().1;
+    let hl = format!("{{host=\"{}\"}}", web.name());
+    for series in [
+        format!("pipeline_host_cpu_ratio{hl}"),
+        format!("pipeline_host_memory_bytes{hl}"),
+        format!("pipeline_host_memory_total_bytes{hl}"),
+        "pipeline_replica_cpu_ratio{service=\"busy\",replica=\"service.busy\"}".into(),
+        "pipeline_replica_memory_bytes{service=\"app\",replica=\"service.app\"}".into(),
+        "pipeline_service_memory_bytes{service=\"busy\"}".into(),
+    ] {
+        let got = sample(&metrics, &series);
+        assert!(
+            got.is_some_and(|v| v >= 0.0),
+            "{series}: {got:?}\n{metrics}"
+        );
+    }
+    assert_eq!(
+        sample(&metrics, &format!("pipeline_host_memory_total_bytes{hl}")),
+        Some(total as f64)
+    );
+    assert_eq!(
+        sample(&metrics, &format!("pipeline_host_up{hl}")),
+        Some(1.0)
+    );
+
+    // The dashboard shows them: a row per host with its CPU and memory, each service's sums.
+    let dom = common::chromium::chromium(
+        &[
+            "--virtual-time-budget=3000".into(),
+            "--run-all-compositor-stages-before-draw".into(),
+            "--dump-dom".into(),
+        ],
+        monitor,
+    );
+    let row = dom
+        .split(&format!("data-host=\"{}\"", web.name()))
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .unwrap_or_else(|| panic!("no row of {} on the dashboard:\n{dom}", web.name()));
+    assert!(
+        row.contains(" %") && row.contains("GiB") && !row.contains('–'),
+        "{row}"
+    );
+    // Rendered sums (the page's own script holds the template, with no digit after `cpu `).
+    let sums = dom
+        .match_indices("data-usage=\"service\">cpu ")
+        .filter(|(i, m)| dom[i + m.len()..].starts_with(|c: char| c.is_ascii_digit()))
+        .count();
+    assert_eq!(sums, 2, "{dom}");
+
+    // The host turned off: unknown (no figures, the reason), not 0; back on: known again.
+    let t0 = Instant::now();
+    web.off().unwrap_or_else(|e| panic!("{e:#}"));
+    // The host at once, its instances at the next process sample (once a second).
+    let mut last = serde_json::Value::Null;
+    let unknown = wait_until(Duration::from_secs(20), || {
+        let st = status(monitor);
+        last = host(&st).unwrap_or_default();
+        let app = replica(&st, "app").unwrap_or_default();
+        last["memory_bytes"].is_null()
+            && last["cpu_ratio"].is_null()
+            && last["error"].is_string()
+            && app["cpu_ratio"].is_null()
+            && app["memory_bytes"].is_null()
+    });
+    assert!(unknown, "{} off: {last}\n{}", web.name(), status(monitor));
+    let metrics = http("GET", &format!("{monitor}metrics"), "").unwrap().1;
+    assert_eq!(
+        sample(&metrics, &format!("pipeline_host_up{hl}")),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&metrics, &format!("pipeline_host_memory_bytes{hl}")),
+        None
+    );
+    eprintln!(
+        "{} off: unknown after {:.1} s ({})",
+        web.name(),
+        t0.elapsed().as_secs_f64(),
+        last["error"]
+    );
+    web.on().unwrap_or_else(|e| panic!("{e:#}"));
+    let t0 = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(60), || known(&status(monitor))),
+        "{} back on: {}",
+        web.name(),
+        status(monitor)
+    );
+    eprintln!(
+        "{} back on: its figures and its units' known again after {:.1} s",
+        web.name(),
+        t0.elapsed().as_secs_f64()
+    );
 }

@@ -852,6 +852,10 @@ pub struct ProcessInfo {
     /// The version it runs (a service's generation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// The systemd unit it runs as (`pipeline-web-0.service`), when it has one: a
+    /// `MetricSource::RemoteUsage` of its host samples it by that name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
     /// Output lost because its log could not be written, and why (while it lasts).
     #[serde(default)]
     pub log_dropped_bytes: u64,
@@ -912,6 +916,17 @@ pub enum MetricSource {
         pid: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         host: Option<String>,
+    },
+    /// CPU and memory of another machine and of systemd units on it: `argv` runs one shell
+    /// command line there when that line is appended as its last argument (`ssh OPTS -- ADDR`).
+    /// The monitor appends its own sampling command for all the units of a host at once, so a
+    /// host is asked once per sample whatever number of instances run on it.
+    RemoteUsage {
+        /// The machine's name (an inventory host): what the monitor shows and groups by.
+        host: String,
+        argv: Vec<String>,
+        /// Unit names (`pipeline-web-0.service`), as the processes' `unit` names them.
+        units: Vec<String>,
     },
     /// A metrics endpoint (Prometheus text).
     Url { url: String },

@@ -24,6 +24,7 @@ pub fn process(dir: &Path, role: &str) -> Option<ProcessInfo> {
             "gone".into()
         }),
         generation: None,
+        unit: None,
         log_dropped_bytes: s.log_dropped_bytes,
         log_error: s.log_error,
     })

@@ -3,6 +3,7 @@
 //! command streaming one from another machine) for request and error rates. Its output is a
 //! [`Status`], published after every tick.
 
+use super::remote_usage::{self, RemoteUsage};
 use super::DaemonConfig;
 use pipeline_engine::provider::{
     Description, Endpoint as DescribedEndpoint, MetricSource, ProcessInfo, ProviderCtx, Registry,
@@ -74,6 +75,22 @@ pub struct Status {
     /// Endpoints of recorded replicas that `watch` leaves out (for the alert rules only).
     #[serde(skip)]
     pub unwatched: Vec<String>,
+    /// Other machines the instances run on (`MetricSource::RemoteUsage`), by name.
+    pub hosts: Vec<HostView>,
+}
+
+/// CPU and memory of one machine instances run on; all None while it is unknown (not sampled
+/// yet, or it did not answer: `error` says why).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HostView {
+    pub host: String,
+    /// CPU seconds per second used on the whole host (1.0 = one core).
+    pub cpu_ratio: Option<f64>,
+    pub cpus: Option<u32>,
+    /// In use: MemTotal − MemAvailable.
+    pub memory_bytes: Option<u64>,
+    pub memory_total_bytes: Option<u64>,
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -89,6 +106,9 @@ pub struct ServiceView {
     /// The fewest healthy instances over `heartbeat`.
     pub fewest_up: Option<u32>,
     pub replicas: Vec<ReplicaView>,
+    /// Sums over the replicas whose figure is known (None: none is).
+    pub cpu_ratio: Option<f64>,
+    pub memory_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -907,6 +927,8 @@ pub struct Collector {
     heartbeat: HashMap<String, VecDeque<(u64, u32, u32)>>,
     /// The alert rules: fed every access-log line, judged by the server's loop.
     pub(super) alerts: super::alerts::Alerts,
+    /// CPU and memory of the hosts remote instances run on.
+    usage: RemoteUsage,
 }
 
 impl Collector {
@@ -938,6 +960,7 @@ impl Collector {
                 .ok(),
             inflight: HashMap::new(),
             heartbeat: HashMap::new(),
+            usage: RemoteUsage::default(),
         }
     }
 
@@ -957,6 +980,7 @@ impl Collector {
             self.discover();
         }
         self.probe();
+        self.usage.poll();
         if Self::due(self.last_procs) {
             self.last_procs = Some(Instant::now());
             self.sample_procs();
@@ -992,6 +1016,10 @@ impl Collector {
                 self.described
                     .retain(|a, _| state.resources.contains_key(a));
                 self.targets = targets(&state, &self.described, &mut self.watch);
+                self.usage.set_hosts(remote_usage::wanted(
+                    self.described.values(),
+                    self.targets.replicas.iter().flat_map(|r| &r.processes),
+                ));
                 self.state_serial = state.serial;
                 self.state_error = None;
                 let keep: BTreeSet<&String> =
@@ -1146,6 +1174,10 @@ impl Collector {
                 }
                 info.cpu_ratio = elapsed.filter(|e| *e > 0.0).map(|e| cpu / e);
                 info.memory_bytes = Some(mem);
+            } else if let Some((cpu, mem)) = self.usage.of(&r.processes) {
+                // Its units on other hosts, as their last samples found them.
+                info.cpu_ratio = cpu;
+                info.memory_bytes = Some(mem);
             }
             self.replicas.entry(r.addr.clone()).or_default().proc = info;
         }
@@ -1269,6 +1301,10 @@ impl Collector {
                 .map(|h| h.iter().copied().collect())
                 .unwrap_or_default();
             s.fewest_up = s.heartbeat.iter().map(|(_, up, _)| *up).min();
+            let cpus = s.replicas.iter().filter_map(|r| r.cpu_ratio);
+            s.cpu_ratio = cpus.clone().next().map(|_| cpus.sum());
+            let mems = s.replicas.iter().filter_map(|r| r.memory_bytes);
+            s.memory_bytes = mems.clone().next().map(|_| mems.sum());
         }
         let endpoint_view = |e: &Endpoint, with_rates: bool| {
             let res = self.endpoints.get(&e.addr).and_then(|s| s.result.as_ref());
@@ -1318,6 +1354,18 @@ impl Collector {
                 .collect(),
             alerts: Default::default(),
             unwatched: self.targets.unwatched.clone(),
+            hosts: self
+                .usage
+                .hosts()
+                .map(|(name, v)| HostView {
+                    host: name.clone(),
+                    cpu_ratio: v.figures.as_ref().and_then(|f| f.cpu_ratio),
+                    cpus: v.figures.as_ref().map(|f| f.cpus),
+                    memory_bytes: v.figures.as_ref().map(|f| f.memory_bytes),
+                    memory_total_bytes: v.figures.as_ref().map(|f| f.memory_total_bytes),
+                    error: v.error,
+                })
+                .collect(),
         }
     }
 }

@@ -6,6 +6,8 @@
 //! proxies, stores, their endpoints and access logs) and probes them. A balancer's access log is
 //! a file here or a command streaming it from another machine (`ssh HOST tail -F`), followed
 //! while the balancer is watched; on SIGTERM the daemon stops those commands before it exits.
+//! CPU and memory of local replicas come from /proc; of instances on other hosts from one
+//! command per host per second over ssh (`remote_usage`), with the hosts' own CPU and memory.
 //! It serves:
 //!
 //! | path          | what                                                              |
@@ -24,6 +26,7 @@
 pub mod alerts;
 mod collect;
 mod describe;
+mod remote_usage;
 mod server;
 
 use crate::parse_duration;

@@ -571,7 +571,7 @@ pub fn metrics(st: &Status) -> String {
         &mut out,
         "pipeline_replica_memory_bytes",
         "gauge",
-        "Resident memory of the replica's processes.",
+        "Memory of the replica's processes (resident; a unit's cgroup memory where the host has cgroup v2).",
         &series(&|r| r.memory_bytes.map(|m| m as f64)),
     );
     family(
@@ -663,7 +663,78 @@ pub fn metrics(st: &Status) -> String {
         &endpoints(&st.flags, "flags"),
     );
     super::alerts::metrics(&st.alerts, &mut out);
+    usage_metrics(&mut out, st);
     out
+}
+
+/// CPU and memory per service (sums over its replicas) and per host that instances run on;
+/// a figure that is unknown has no sample.
+fn usage_metrics(out: &mut String, st: &Status) {
+    let services = |f: &dyn Fn(&super::collect::ServiceView) -> Option<f64>| -> Vec<(String, f64)> {
+        st.services
+            .iter()
+            .filter_map(|s| f(s).map(|v| (format!("service=\"{}\"", label(&s.name)), v)))
+            .collect()
+    };
+    family(
+        out,
+        "pipeline_service_cpu_ratio",
+        "gauge",
+        "CPU seconds per second used by the service's replicas together (1 = one core).",
+        &services(&|s| s.cpu_ratio),
+    );
+    family(
+        out,
+        "pipeline_service_memory_bytes",
+        "gauge",
+        "Memory of the service's replicas together.",
+        &services(&|s| s.memory_bytes.map(|m| m as f64)),
+    );
+    let hosts = |f: &dyn Fn(&super::collect::HostView) -> Option<f64>| -> Vec<(String, f64)> {
+        st.hosts
+            .iter()
+            .filter_map(|h| f(h).map(|v| (format!("host=\"{}\"", label(&h.host)), v)))
+            .collect()
+    };
+    family(
+        out,
+        "pipeline_host_cpu_ratio",
+        "gauge",
+        "CPU seconds per second used on the host, all processes (1 = one core).",
+        &hosts(&|h| h.cpu_ratio),
+    );
+    family(
+        out,
+        "pipeline_host_cpus",
+        "gauge",
+        "CPUs of the host.",
+        &hosts(&|h| h.cpus.map(f64::from)),
+    );
+    family(
+        out,
+        "pipeline_host_memory_bytes",
+        "gauge",
+        "Memory in use on the host (MemTotal - MemAvailable).",
+        &hosts(&|h| h.memory_bytes.map(|m| m as f64)),
+    );
+    family(
+        out,
+        "pipeline_host_memory_total_bytes",
+        "gauge",
+        "Memory of the host (MemTotal).",
+        &hosts(&|h| h.memory_total_bytes.map(|m| m as f64)),
+    );
+    family(
+        out,
+        "pipeline_host_up",
+        "gauge",
+        "Whether the host answered its last usage sample (1) or not (0).",
+        &hosts(&|h| match (&h.memory_total_bytes, &h.error) {
+            (Some(_), _) => Some(1.0),
+            (None, Some(_)) => Some(0.0),
+            (None, None) => None,
+        }),
+    );
 }
 
 #[cfg(test)]

@@ -736,6 +736,17 @@ pub async fn describe(ctx: &ProviderCtx, record: &JsonMap) -> Result<Description
             )),
             format: pipeline_host::access_log::FORMAT.into(),
         });
+        // The host's CPU and memory for the monitor (it appends its own sampling command).
+        if let Some(name) = host.obj.get("name").and_then(|n| n.as_str()) {
+            let mut argv = vec!["ssh".to_string()];
+            argv.extend(args.iter().cloned());
+            argv.extend(["--".to_string(), host.target.address.clone()]);
+            d.metrics.push(MetricSource::RemoteUsage {
+                host: name.to_string(),
+                argv,
+                units: vec!["nginx.service".into()],
+            });
+        }
     }
     Ok(d)
 }

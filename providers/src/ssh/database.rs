@@ -27,7 +27,8 @@ use crate::remote::{self as conn, HOST_KIND};
 use pipeline_engine::format::Format;
 use pipeline_engine::provider::{
     ApplyRequest, AttrSchema, Description, Endpoint, Health, HealthState, JsonMap, KindSchema,
-    LogSource, PlanRequest, Planned, ProcessInfo, ProviderCtx, ProviderError, Serves, Step, Type,
+    LogSource, MetricSource, PlanRequest, Planned, ProcessInfo, ProviderCtx, ProviderError, Serves,
+    Step, Type,
 };
 use pipeline_engine::value::{Value, ValueMap};
 use pipeline_ssh::ansible::Ansible;
@@ -874,6 +875,15 @@ pub async fn describe(
     if let Ok(t) = conn::target(&server.obj) {
         let keys = conn::keys(&server.obj, &format!("host.NAME[\"{}\"]", server.name));
         if let Ok(args) = ssh.ssh_args(&t, &keys).await {
+            // The host's CPU and memory for the monitor (it appends its own sampling command).
+            let mut usage = vec!["ssh".to_string()];
+            usage.extend(args.iter().cloned());
+            usage.extend(["--".to_string(), t.address.clone()]);
+            d.metrics.push(MetricSource::RemoteUsage {
+                host: server.name.clone(),
+                argv: usage,
+                units: vec!["mariadb.service".into()],
+            });
             let mut argv = vec!["ssh".to_string()];
             argv.extend(args);
             argv.push(t.address.clone());

@@ -24,8 +24,8 @@ use crate::remote as conn;
 use pipeline_engine::format::Format;
 use pipeline_engine::provider::{
     ApplyRequest, AttrSchema, Description, Endpoint, Health, HealthState, Invalid, JsonMap,
-    KindSchema, LogSource, PlanRequest, Planned, ProcessInfo, ProviderCtx, ProviderError, Serves,
-    Type,
+    KindSchema, LogSource, MetricSource, PlanRequest, Planned, ProcessInfo, ProviderCtx,
+    ProviderError, Serves, Type,
 };
 use pipeline_engine::value::{Value, ValueMap};
 use pipeline_engine::Step;
@@ -1397,6 +1397,11 @@ pub async fn delete(
     Ok(())
 }
 
+/// The systemd unit of instance `u` (`<svc>-<i>`): the token is checked by `service_token`.
+fn unit_name(u: &str) -> String {
+    format!("pipeline-{u}.service")
+}
+
 pub async fn describe(
     ctx: &ProviderCtx,
     addr: &str,
@@ -1448,6 +1453,7 @@ pub async fn describe(
                     "systemd: {}",
                     st.as_ref().map_or("unknown", |s| s.active.as_str())
                 )),
+                unit: Some(unit_name(u)),
                 ..Default::default()
             });
             d.endpoints.push(Endpoint {
@@ -1473,6 +1479,18 @@ pub async fn describe(
             d.logs.push(LogSource::Command {
                 role: format!("app {} {u}", h.name),
                 argv,
+            });
+        }
+        // CPU and memory of the host and of these units: the monitor appends its sampling
+        // command (one call per host for all the units it samples there).
+        if !args.is_empty() {
+            let mut argv = vec!["ssh".to_string()];
+            argv.extend(args.iter().cloned());
+            argv.extend(["--".to_string(), t.address.clone()]);
+            d.metrics.push(MetricSource::RemoteUsage {
+                host: h.name.clone(),
+                argv,
+                units: us.iter().map(|u| unit_name(u)).collect(),
             });
         }
     }
