@@ -208,6 +208,61 @@ fn checkbox_deploys_on_three_hosts_and_a_flag_flip_reaches_every_mirror() {
             );
         }
     }
+    // The monitor: per instance and per app, rates from nginx's logs and CPU and memory from
+    // the hosts, in /metrics (and so in /api/status and on the dashboard, which read the same).
+    let metrics_url = format!("http://127.0.0.1:{monitor_port}/metrics");
+    let want = |text: &str| -> Vec<String> {
+        let mut missing = Vec::new();
+        let series = |name: &str, label: &str| -> Option<f64> {
+            text.lines()
+                .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .next()
+        };
+        // Every instance of the app, named by its instance address (`service.checkbox...`).
+        let replicas = |name: &str| -> Vec<f64> {
+            text.lines()
+                .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains("checkbox"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .collect()
+        };
+        for name in [
+            "pipeline_replica_requests_per_second",
+            "pipeline_replica_cpu_ratio",
+            "pipeline_replica_memory_bytes",
+        ] {
+            let v = replicas(name);
+            if v.len() < webs.len() || (name.contains("memory") && v.iter().any(|m| *m <= 0.0)) {
+                missing.push(format!("{name} of every instance: {v:?}"));
+            }
+        }
+        for w in &webs {
+            let host = format!("host=\"{}\"", w.name());
+            if series("pipeline_host_up", &host) != Some(1.0) {
+                missing.push(format!("pipeline_host_up {host} = 1"));
+            }
+            if !series("pipeline_host_memory_bytes", &host).is_some_and(|m| m > 0.0) {
+                missing.push(format!("pipeline_host_memory_bytes {host} > 0"));
+            }
+        }
+        if !series("pipeline_service_memory_bytes", "checkbox").is_some_and(|m| m > 0.0) {
+            missing.push("pipeline_service_memory_bytes checkbox > 0".into());
+        }
+        missing
+    };
+    let mut last = vec!["no answer".to_string()];
+    let seen = wait_until(Duration::from_secs(30), || {
+        for f in &fronts {
+            http("GET", &format!("{f}/api/health"), "");
+        }
+        last = match http("GET", &metrics_url, "") {
+            Some((200, text)) => want(&text),
+            other => vec![format!("{other:?}")],
+        };
+        last.is_empty()
+    });
+    assert!(seen, "the monitor's /metrics lacks: {last:?}");
+
     // The secrets on the hosts: only in the instance's 0600 root file.
     for h in &webs {
         let files = sh(
