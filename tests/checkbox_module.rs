@@ -19,7 +19,7 @@
 //! Figures are printed for the issue's note.
 
 mod common;
-use common::lab::{self, sh};
+use common::lab::{self, sh, strs};
 use common::load;
 use common::*;
 use std::time::{Duration, Instant};
@@ -27,23 +27,24 @@ use std::time::{Duration, Instant};
 const MAIL_SECRET: &str = "mail-Pa55-w0rd-that-never-shows";
 const MONGO_SECRET: &str = "Mongo0Secret0That0Never0Shows";
 
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
-/// Copies examples/checkbox.io (without node_modules) into the scratch: the source the module
-/// builds, so the test can change it.
-fn copy_example(t: &Scratch) -> std::path::PathBuf {
-    let dst = t.path().join("checkbox.io");
-    let st = std::process::Command::new("cp")
-        .arg("-r")
-        .arg(repo().join("examples/checkbox.io"))
-        .arg(&dst)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let _ = std::fs::remove_dir_all(dst.join("server-side/site/node_modules"));
-    dst
+/// 3 lab hosts (`[checkbox]`: the first two, `[mongo]`: the third), a scratch with their
+/// inventory, and a copy of examples/checkbox.io in it.
+fn setup() -> (pipeline_lab::Lab, Scratch, std::path::PathBuf) {
+    let lab = pipeline_lab::Lab::with_options(3, pipeline_lab::LabOptions { apt_cache: true })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let t = Scratch::new();
+    let webs: Vec<&pipeline_lab::Host> = lab.hosts()[0..2].iter().collect();
+    t.write(
+        "inventory.ini",
+        &lab::inventory(&lab, &[("checkbox", &webs), ("mongo", &[lab.host(2)])]),
+    );
+    let src = lab::copy_example(
+        &t,
+        "checkbox.io",
+        "checkbox.io",
+        "server-side/site/node_modules",
+    );
+    (lab, t, src)
 }
 
 /// GET `url`; the JSON answer (any status), or None.
@@ -63,16 +64,9 @@ fn checkbox_deploys_on_three_hosts_and_a_flag_flip_reaches_every_mirror() {
     if !pipeline_lab::require() {
         return;
     }
-    let lab = pipeline_lab::Lab::with_options(3, pipeline_lab::LabOptions { apt_cache: true })
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (lab, t, src) = setup();
     let webs: Vec<&pipeline_lab::Host> = lab.hosts()[0..2].iter().collect();
     let mongo = lab.host(2);
-    let t = Scratch::new();
-    t.write(
-        "inventory.ini",
-        &lab::inventory(&lab, &[("checkbox", &webs), ("mongo", &[mongo])]),
-    );
-    let src = copy_example(&t);
     let monitor_port = load::free_port();
     t.env
         .borrow_mut()
@@ -390,16 +384,8 @@ fn checkbox_canary_promotes_a_good_release_and_stops_a_failing_and_a_slow_one() 
     if !pipeline_lab::require() {
         return;
     }
-    let lab = pipeline_lab::Lab::with_options(3, pipeline_lab::LabOptions { apt_cache: true })
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (lab, t, src) = setup();
     let webs: Vec<&pipeline_lab::Host> = lab.hosts()[0..2].iter().collect();
-    let mongo = lab.host(2);
-    let t = Scratch::new();
-    t.write(
-        "inventory.ini",
-        &lab::inventory(&lab, &[("checkbox", &webs), ("mongo", &[mongo])]),
-    );
-    let src = copy_example(&t);
     let interval = 10;
     let args = |extra: &[&str]| -> Vec<String> {
         let mut a: Vec<String> = [

@@ -12,32 +12,13 @@
 //! Figures are printed for the issue's note.
 
 mod common;
-use common::lab::{self, sh};
+use common::lab::{self, sh, strs};
 use common::load;
 use common::*;
 use std::time::{Duration, Instant};
 
 const APP_HOSTS: usize = 5;
 const RATE: u32 = 60;
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
-/// Copies examples/itrust (the source the module builds) into the scratch, so the test can
-/// change its VERSION.
-fn copy_example(t: &Scratch) -> std::path::PathBuf {
-    let dst = t.path().join("itrust-src");
-    let st = std::process::Command::new("cp")
-        .arg("-r")
-        .arg(repo().join("examples/itrust"))
-        .arg(&dst)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let _ = std::fs::remove_dir_all(dst.join("out"));
-    dst
-}
 
 #[test]
 fn itrust_deploys_on_seven_hosts_and_a_new_war_rolls_out_under_load() {
@@ -58,7 +39,7 @@ fn itrust_deploys_on_seven_hosts_and_a_new_war_rolls_out_under_load() {
         "inventory.ini",
         &lab::inventory(&lab, &[("db", &[db]), ("itrust", &apps), ("lb", &[lb])]),
     );
-    let src = copy_example(&t);
+    let src = lab::copy_example(&t, "itrust", "itrust-src", "out");
     std::fs::write(src.join("VERSION"), "1.0\n").unwrap();
     let monitor_port = load::free_port();
     let monitor = format!("http://127.0.0.1:{monitor_port}/");

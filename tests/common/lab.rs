@@ -344,3 +344,23 @@ pub fn heartbeat(monitor: &str, service: &str) -> Vec<(u64, u64, u64)> {
         })
         .collect()
 }
+
+/// Arguments as `&str`s, for [`Scratch::run`].
+pub fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Copies `examples/NAME` into the scratch as `dst` (the source a module builds, so a test can
+/// change it), without the build output `skip` (relative to it) if the checkout has one.
+pub fn copy_example(t: &Scratch, name: &str, dst: &str, skip: &str) -> std::path::PathBuf {
+    let to = t.path().join(dst);
+    let st = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(super::repo().join("examples").join(name))
+        .arg(&to)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cp -r examples/{name}");
+    let _ = std::fs::remove_dir_all(to.join(skip));
+    to
+}

@@ -594,17 +594,31 @@ async fn drop_user(
          SET @s = IF(@gone IS NULL, 'DO 0', CONCAT('DROP USER ', @gone));\n\
          PREPARE st FROM @s; EXECUTE st; DEALLOCATE PREPARE st;\n"
     );
+    drop_on_host(ctx, addr, server, &["mariadb", "--batch"], &sql, old, step).await
+}
+
+/// Runs `argv` as root on the database's host with `script` on its stdin (a drop of user
+/// `old`, which names it in the error).
+async fn drop_on_host(
+    ctx: &ProviderCtx,
+    addr: &str,
+    server: &HostRef,
+    argv: &[&str],
+    script: &str,
+    old: &str,
+    step: &Step,
+) -> Result<(), ProviderError> {
     let ssh = conn::transport(ctx)?;
     let t = conn::target(&server.obj)?;
     let keys = conn::keys(&server.obj, &host_addr(Some(step), &server.name).await);
-    let argv = as_root(&server.obj, &["mariadb", "--batch"]);
+    let argv = as_root(&server.obj, argv);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let out = ssh
         .run(
             &t,
             &keys,
             Remote::Argv(&argv),
-            Some(sql.as_bytes()),
+            Some(script.as_bytes()),
             QUERY_TIMEOUT,
         )
         .await
@@ -757,39 +771,15 @@ async fn mongo_drop_user(
     let script = format!(
         "{MONGO_LOGIN}\nif (adminDb.getUser('{old}') !== null) adminDb.dropUser('{old}');\n"
     );
-    let ssh = conn::transport(ctx)?;
-    let t = conn::target(&server.obj)?;
-    let keys = conn::keys(&server.obj, &host_addr(Some(step), &server.name).await);
-    let argv = as_root(
-        &server.obj,
-        &[
-            "mongosh",
-            "--quiet",
-            "--norc",
-            "mongodb://127.0.0.1:27017/admin",
-            "--file",
-            "/dev/stdin",
-        ],
-    );
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let out = ssh
-        .run(
-            &t,
-            &keys,
-            Remote::Argv(&argv),
-            Some(script.as_bytes()),
-            QUERY_TIMEOUT,
-        )
-        .await
-        .map_err(|e| conn::error(e).map_message(|m| format!("{addr}: host {}: {m}", t.name)))?;
-    if out.status != 0 {
-        return Err(ProviderError::new(format!(
-            "{addr}: dropping the old user {old} on {} failed: {}",
-            server.name,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+    let argv = [
+        "mongosh",
+        "--quiet",
+        "--norc",
+        "mongodb://127.0.0.1:27017/admin",
+        "--file",
+        "/dev/stdin",
+    ];
+    drop_on_host(ctx, addr, server, &argv, &script, old, step).await
 }
 
 /// Refresh: whether the server runs and the database and user are there. A host that does
