@@ -108,6 +108,9 @@ enum Cmd {
     Apply(ApplyArgs),
     /// Take everything in the state away, in reverse dependency order.
     Destroy(ApplyArgs),
+    /// Rewrite stack files in the canonical layout (like `terraform fmt`). Exit 3 with -check
+    /// when a file would change, 1 when one does not parse.
+    Fmt(cmd::fmt::FmtFlags),
     /// Check a stack without looking at state or providers.
     Validate { stack: Option<PathBuf> },
     /// Print the resource instance graph as DOT.
@@ -260,6 +263,10 @@ pub fn run(args: Vec<String>) -> ExitCode {
             && std::io::stdout().is_terminal()
             && std::env::var_os("NO_COLOR").is_none(),
     };
+    // fmt touches no state and needs no runtime.
+    if let Cmd::Fmt(f) = cli.cmd {
+        return cmd::fmt::fmt(f);
+    }
     // Before any thread starts: what git sets for a hook must not reach the stack's own git.
     if let Cmd::HookRun(_) = &cli.cmd {
         pipeline_ops::hook::clear_git_env();
@@ -349,6 +356,7 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
         } => cmd::plan::plan(&ws, style, args, out, json, detailed_exitcode, destroy).await,
         Cmd::Apply(a) => cmd::apply::apply(&ws, style, a).await,
         Cmd::Destroy(a) => cmd::apply::destroy(&ws, style, a).await,
+        Cmd::Fmt(_) => unreachable!("fmt runs before the runtime starts"),
         Cmd::Validate { stack } => cmd::plan::validate(&ws, style, stack),
         Cmd::Graph { stack, vars } => cmd::plan::graph(&ws, stack, vars).await,
         Cmd::State(sc) => cmd::state::state(&ws, sc),

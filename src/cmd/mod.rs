@@ -5,6 +5,7 @@ pub mod apply;
 pub mod canary;
 pub mod deploy;
 pub mod flags;
+pub mod fmt;
 pub mod hook;
 pub mod inventory;
 pub mod plan;

@@ -2,6 +2,7 @@
 //! sensitive values, and the static reference walk the graph is built from.
 
 pub mod eval;
+pub mod fmt;
 pub mod funcs;
 pub mod refs;
 
