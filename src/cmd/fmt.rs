@@ -82,7 +82,7 @@ pub fn fmt(f: FmtFlags) -> ExitCode {
 }
 
 enum Failure {
-    Syntax(pipeline_engine::diag::Diagnostic),
+    Syntax(Box<pipeline_engine::diag::Diagnostic>),
     Io(anyhow::Error),
 }
 
@@ -122,7 +122,7 @@ fn one(path: &Path, f: &FmtFlags) -> Result<bool, Failure> {
             )
         })
         .map_err(Failure::Io)?;
-    let formatted = format_source(path, &text).map_err(Failure::Syntax)?;
+    let formatted = format_source(path, &text).map_err(|d| Failure::Syntax(Box::new(d)))?;
     if formatted == text {
         return Ok(false);
     }
