@@ -122,7 +122,7 @@ fn comments(text: &str) -> Vec<(String, String)> {
                 b'\n' => line_start = i + 1,
                 _ => {}
             }
-            i += 1;
+            i += text[i..].chars().next().map_or(1, char::len_utf8);
         }
     }
     out
@@ -221,8 +221,9 @@ fn check_lists_what_would_change_exits_3_and_changes_nothing() {
     assert_eq!(out.status.code(), Some(3));
     let stdout = s(&out.stdout);
     assert!(stdout.contains("stack/sub/c.hcl\n"), "{stdout}");
+    assert!(stdout.contains("\n-    path=\"out/a.txt\"\n"), "{stdout}");
     assert!(
-        stdout.contains("-    path=\"out/a.txt\"\n+  path    = \"out/a.txt\"\n"),
+        stdout.contains("\n+  path    = \"out/a.txt\"\n"),
         "{stdout}"
     );
     assert_eq!(

@@ -130,10 +130,10 @@ fn tokenize(line: &str) -> (Vec<Tok<'_>>, Open) {
         }
         let start = i;
         let kind;
-        if c == b'#' || line[i..].starts_with("//") {
+        if c == b'#' || b[i..].starts_with(b"//") {
             i = b.len();
             kind = Kind::Comment;
-        } else if line[i..].starts_with("/*") {
+        } else if b[i..].starts_with(b"/*") {
             match line[i + 2..].find("*/") {
                 Some(e) => i = i + 2 + e + 2,
                 None => {
@@ -145,8 +145,8 @@ fn tokenize(line: &str) -> (Vec<Tok<'_>>, Open) {
         } else if c == b'"' {
             i = string_end(b, i);
             kind = Kind::Str;
-        } else if let Some(marker) = line[i..]
-            .starts_with("<<")
+        } else if let Some(marker) = b[i..]
+            .starts_with(b"<<")
             .then(|| heredoc_marker(&line[i..]))
             .flatten()
         {
@@ -182,8 +182,8 @@ fn tokenize(line: &str) -> (Vec<Tok<'_>>, Open) {
                         | b'('
                         | b')'
                         | b','
-                ) || line[i..].starts_with("//")
-                    || line[i..].starts_with("/*")
+                ) || b[i..].starts_with(b"//")
+                    || b[i..].starts_with(b"/*")
                 {
                     break;
                 }
@@ -200,7 +200,7 @@ fn tokenize(line: &str) -> (Vec<Tok<'_>>, Open) {
                 i += 1;
             }
             if i == start {
-                i += 1;
+                i += line[i..].chars().next().map_or(1, char::len_utf8);
             }
             kind = Kind::Other;
         }
