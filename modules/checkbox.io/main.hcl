@@ -165,7 +165,7 @@ service "checkbox" {
   start_timeout = "60s"
   update = var.strategy == "canary" ? {
     strategy = "canary"
-    } : {
+  } : {
     strategy        = "rolling"
     max_unavailable = 1
   }
