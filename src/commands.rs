@@ -2,7 +2,7 @@
 
 use crate::render::Style;
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use pipeline_engine::plan::PlanOptions;
 use pipeline_ops::plan::PlanInputs;
 use pipeline_ops::{Reported, Workspace};
@@ -211,6 +211,17 @@ enum Cmd {
     /// What the installed git hook runs (one pushed ref).
     #[command(name = "__hook", hide = true)]
     HookRun(cmd::hook::RunFlags),
+    /// Shell completions for bash, zsh or fish: `source <(pipeline completions bash)`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The man page (roff): `pipeline man | man -l -`; with --dir, one page per command there.
+    Man {
+        /// Write pipeline.1 and pipeline-COMMAND.1 for every command into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -266,6 +277,18 @@ pub fn run(args: Vec<String>) -> ExitCode {
     // fmt touches no state and needs no runtime.
     if let Cmd::Fmt(f) = cli.cmd {
         return cmd::fmt::fmt(f);
+    }
+    // Generated from the definition alone: no workspace, no runtime.
+    let docs = match &cli.cmd {
+        Cmd::Completions { shell } => Some(cmd::docs::completions(Cli::command(), *shell)),
+        Cmd::Man { dir } => Some(cmd::docs::man(Cli::command(), dir.as_deref())),
+        _ => None,
+    };
+    if let Some(r) = docs {
+        return r.unwrap_or_else(|e| {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        });
     }
     // Before any thread starts: what git sets for a hook must not reach the stack's own git.
     if let Cmd::HookRun(_) = &cli.cmd {
@@ -385,5 +408,6 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
         } => cmd::status::logs(&ws, &addr, lines, follow).await,
         Cmd::Hook(cmd::hook::HookCmd::Install(f)) => cmd::hook::install(cli.state_dir, f),
         Cmd::HookRun(f) => cmd::hook::run(cli.state_dir, f).await,
+        Cmd::Completions { .. } | Cmd::Man { .. } => unreachable!("answered before dispatch"),
     }
 }

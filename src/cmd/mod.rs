@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod canary;
 pub mod deploy;
+pub mod docs;
 pub mod flags;
 pub mod fmt;
 pub mod hook;
