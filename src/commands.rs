@@ -116,6 +116,15 @@ enum Cmd {
         #[command(flatten)]
         vars: VarArgs,
     },
+    /// Show a saved plan as `plan` showed it (PLANFILE), or the recorded state in human form
+    /// (no argument); secrets masked.
+    Show {
+        /// A plan saved by `pipeline plan -out FILE`.
+        planfile: Option<PathBuf>,
+        /// The plan as `plan -json` prints it; the state as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Read or edit the recorded state.
     #[command(subcommand)]
     State(StateCmd),
@@ -351,6 +360,7 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
         Cmd::Destroy(a) => cmd::apply::destroy(&ws, style, a).await,
         Cmd::Validate { stack } => cmd::plan::validate(&ws, style, stack),
         Cmd::Graph { stack, vars } => cmd::plan::graph(&ws, stack, vars).await,
+        Cmd::Show { planfile, json } => cmd::show::show(&ws, style, planfile, json),
         Cmd::State(sc) => cmd::state::state(&ws, sc),
         Cmd::Output { name, json } => cmd::state::output(&ws, name, json),
         Cmd::ForceUnlock { id, force } => cmd::state::force_unlock(&ws, &id, force),

@@ -160,3 +160,20 @@ pub fn read_saved_plan(ws: &Workspace, path: &std::path::Path) -> Result<Option<
     })?;
     Ok(Some(plan))
 }
+
+/// `show FILE`: the saved plan in FILE, whole and unchanged, for reading only (it is not
+/// checked against this state directory: nothing is applied from it).
+pub fn read_plan_to_show(path: &std::path::Path) -> Result<Plan> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        anyhow!(
+            "cannot show {}: {e}\n  = help: give a plan saved by `pipeline plan -out FILE`, or no argument to show the recorded state",
+            path.display()
+        )
+    })?;
+    Plan::from_saved(&bytes).map_err(|e| {
+        anyhow!(
+            "cannot show {}: {e}\n  = help: give a plan saved by `pipeline plan -out FILE` with this pipeline, or no argument to show the recorded state",
+            path.display()
+        )
+    })
+}
