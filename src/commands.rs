@@ -53,6 +53,10 @@ struct PlanArgs {
     /// Ask providers what exists now (default true).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     refresh: bool,
+    /// Only read what exists and show what changed outside pipeline (no change of the stack);
+    /// apply then records it in the state, changing nothing in the world.
+    #[arg(long)]
+    refresh_only: bool,
     /// Plan only these resources (and what they depend on).
     #[arg(long = "target", value_name = "ADDR")]
     targets: Vec<String>,
@@ -308,9 +312,13 @@ pub fn run(args: Vec<String>) -> ExitCode {
 
 fn plan_inputs(ws: &Workspace, a: &PlanArgs, destroy: bool) -> Result<PlanInputs> {
     let stack = ws.stack(a.stack.as_deref())?;
+    if a.refresh_only && destroy {
+        anyhow::bail!("-refresh-only cannot be combined with a destroy\n  = help: `pipeline plan -refresh-only` or `pipeline apply -refresh-only`");
+    }
     Ok(PlanInputs {
         stack,
         preview: false,
+        refresh_only: a.refresh_only,
         opts: PlanOptions {
             refresh: a.refresh,
             destroy,
@@ -347,6 +355,11 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
     let mut ws = Workspace::new(cli.state_dir.clone())?;
     if let Some(i) = inventory_flag(&cli.cmd) {
         set_inventory(&mut ws, i)?;
+    }
+    if let Cmd::Deploy { apply, .. } = &cli.cmd {
+        if apply.args.refresh_only {
+            anyhow::bail!("-refresh-only cannot be combined with deploy\n  = help: `pipeline plan -refresh-only` or `pipeline apply -refresh-only`");
+        }
     }
     match cli.cmd {
         Cmd::Plan {
