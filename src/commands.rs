@@ -53,6 +53,10 @@ struct PlanArgs {
     /// Ask providers what exists now (default true).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     refresh: bool,
+    /// Only read what exists and show what changed outside pipeline (no change of the stack);
+    /// apply then records it in the state, changing nothing in the world.
+    #[arg(long)]
+    refresh_only: bool,
     /// Plan only these resources (and what they depend on).
     #[arg(long = "target", value_name = "ADDR")]
     targets: Vec<String>,
@@ -118,6 +122,15 @@ enum Cmd {
         stack: Option<PathBuf>,
         #[command(flatten)]
         vars: VarArgs,
+    },
+    /// Show a saved plan as `plan` showed it (PLANFILE), or the recorded state in human form
+    /// (no argument); secrets masked.
+    Show {
+        /// A plan saved by `pipeline plan -out FILE`.
+        planfile: Option<PathBuf>,
+        /// The plan as `plan -json` prints it; the state as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Read or edit the recorded state.
     #[command(subcommand)]
@@ -329,9 +342,13 @@ pub fn run(args: Vec<String>) -> ExitCode {
 
 fn plan_inputs(ws: &Workspace, a: &PlanArgs, destroy: bool) -> Result<PlanInputs> {
     let stack = ws.stack(a.stack.as_deref())?;
+    if a.refresh_only && destroy {
+        anyhow::bail!("-refresh-only cannot be combined with a destroy\n  = help: `pipeline plan -refresh-only` or `pipeline apply -refresh-only`");
+    }
     Ok(PlanInputs {
         stack,
         preview: false,
+        refresh_only: a.refresh_only,
         opts: PlanOptions {
             refresh: a.refresh,
             destroy,
@@ -369,6 +386,11 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
     if let Some(i) = inventory_flag(&cli.cmd) {
         set_inventory(&mut ws, i)?;
     }
+    if let Cmd::Deploy { apply, .. } = &cli.cmd {
+        if apply.args.refresh_only {
+            anyhow::bail!("-refresh-only cannot be combined with deploy\n  = help: `pipeline plan -refresh-only` or `pipeline apply -refresh-only`");
+        }
+    }
     match cli.cmd {
         Cmd::Plan {
             args,
@@ -382,6 +404,7 @@ async fn dispatch(cli: Cli, style: Style) -> Result<ExitCode> {
         Cmd::Fmt(_) => unreachable!("fmt runs before the runtime starts"),
         Cmd::Validate { stack } => cmd::plan::validate(&ws, style, stack),
         Cmd::Graph { stack, vars } => cmd::plan::graph(&ws, stack, vars).await,
+        Cmd::Show { planfile, json } => cmd::show::show(&ws, style, planfile, json),
         Cmd::State(sc) => cmd::state::state(&ws, sc),
         Cmd::Output { name, json } => cmd::state::output(&ws, name, json),
         Cmd::ForceUnlock { id, force } => cmd::state::force_unlock(&ws, &id, force),

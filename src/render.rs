@@ -132,12 +132,14 @@ fn header(rc: &ResourceChange) -> String {
 pub fn plan_text(plan: &Plan, st: Style) -> String {
     let mut out = String::new();
     let drift: Vec<_> = plan.drift.iter().collect();
+    let drift_empty = drift.is_empty();
     if !drift.is_empty() {
-        let _ = writeln!(
-            out,
-            "{}\n",
-            st.bold("Changed outside of pipeline since the last apply:")
-        );
+        let head = if plan.refresh_only {
+            "Objects have changed outside of pipeline since the last apply:"
+        } else {
+            "Changed outside of pipeline since the last apply:"
+        };
+        let _ = writeln!(out, "{}\n", st.bold(head));
         for d in drift {
             if d.gone {
                 let _ = writeln!(
@@ -154,6 +156,22 @@ pub fn plan_text(plan: &Plan, st: Style) -> String {
             }
         }
         let _ = writeln!(out);
+    }
+    if plan.refresh_only {
+        if drift_empty {
+            let _ = writeln!(
+                out,
+                "{}",
+                st.green("No changes. No objects have changed outside of pipeline.")
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "This is a refresh-only plan: pipeline changes nothing in the world. `pipeline apply -refresh-only` records these {} change(s) in the state.",
+                plan.drift.len()
+            );
+        }
+        return out;
     }
     let changes: Vec<&ResourceChange> = pipeline_engine::plan::sorted(plan)
         .into_iter()

@@ -120,6 +120,13 @@ pub struct Plan {
     /// applies only there, even where no state exists yet (no lineage to compare).
     #[serde(default)]
     pub workspace: PathBuf,
+    /// `-refresh-only`: the plan holds only the drift (no changes, no outputs); applying it
+    /// records `refreshed` in the state and changes nothing in the world.
+    #[serde(default)]
+    pub refresh_only: bool,
+    /// `-refresh-only`: what each drifted instance's provider read (None: gone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refreshed: Vec<(String, Option<ResourceState>)>,
 }
 
 /// Why bytes are not a saved plan this binary applies. Nothing is ever applied from such a file.
@@ -254,6 +261,9 @@ impl Plan {
         c
     }
     pub fn has_changes(&self) -> bool {
+        if self.refresh_only {
+            return !self.drift.is_empty();
+        }
         self.changes.iter().any(|c| c.action != Action::NoOp)
             || self.outputs.iter().any(|o| o.before != o.after)
     }
@@ -767,6 +777,8 @@ pub fn make_plan(
         expansions,
         overrides: opts.overrides.clone(),
         workspace: PathBuf::new(),
+        refresh_only: false,
+        refreshed: vec![],
     })
 }
 

@@ -59,6 +59,13 @@ pub enum ApplyOutcome {
     NoChanges(Plan),
     /// The caller's review said no: nothing was applied.
     Cancelled(Plan),
+    /// `-refresh-only`, approved: the drift recorded in the state (`updated` instances
+    /// re-recorded as read, `forgotten` ones gone), nothing changed in the world.
+    Refreshed {
+        plan: Plan,
+        updated: usize,
+        forgotten: usize,
+    },
     /// Applied: the engine's report and the recorded outputs afterwards.
     Applied {
         plan: Plan,
@@ -99,7 +106,14 @@ pub async fn run(
     };
     // Held from planning to the last step: nobody changes the state in between.
     let lock = lock(ws, operation, &mut |i| view.stale_lock(i))?;
-    view.orphans(&sweep_orphans(ws, &lock).await?);
+    // -refresh-only changes nothing in the world: not even orphans are stopped.
+    let refresh_only = match &req.source {
+        Source::Saved(p) => p.refresh_only,
+        Source::Stack { inputs, .. } | Source::Deploy { inputs, .. } => inputs.refresh_only,
+    };
+    if !refresh_only {
+        view.orphans(&sweep_orphans(ws, &lock).await?);
+    }
     let plan = match req.source {
         Source::Saved(plan) => plan,
         Source::Stack { inputs, remember } => {
@@ -135,6 +149,14 @@ pub async fn run(
     }
     if !plan.has_changes() {
         return Ok(ApplyOutcome::NoChanges(plan));
+    }
+    if plan.refresh_only {
+        let (updated, forgotten) = crate::plan::record_refresh(ws, &plan, &lock)?;
+        return Ok(ApplyOutcome::Refreshed {
+            plan,
+            updated,
+            forgotten,
+        });
     }
     view.applying(&plan);
     let report = apply_plan(

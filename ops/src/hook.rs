@@ -463,6 +463,7 @@ async fn deploy_locked(
         stack,
         // The pusher reviews what each host would change.
         preview: true,
+        refresh_only: false,
         opts: PlanOptions {
             refresh: true,
             destroy: false,

@@ -14,6 +14,8 @@ pub struct PlanInputs {
     /// The plan is shown for review: ask providers for their dry run of each change
     /// (`Provider::preview`, e.g. ansible's `--check --diff` per host). Needs `refresh`.
     pub preview: bool,
+    /// `-refresh-only`: read what exists and plan only the drift (see [`Plan::refresh_only`]).
+    pub refresh_only: bool,
 }
 
 pub async fn make_plan(ws: &Workspace, inputs: &PlanInputs) -> Result<(Plan, Config)> {
@@ -41,6 +43,9 @@ pub async fn make_plan(ws: &Workspace, inputs: &PlanInputs) -> Result<(Plan, Con
     let ctx = ws.ctx(&config)?;
     let state = ws.state()?;
     let registry = ws.configured(&config, &inputs.opts.variables, &state)?;
+    if inputs.refresh_only && (!inputs.opts.refresh || inputs.opts.destroy) {
+        bail!("-refresh-only reads what exists: it cannot be combined with -refresh=false or a destroy\n  = help: drop -refresh=false (or -destroy)");
+    }
     let refreshed = if inputs.opts.refresh {
         Some(
             plan::refresh(&registry, &ctx, &state, inputs.opts.parallelism.max(1))
@@ -64,12 +69,61 @@ pub async fn make_plan(ws: &Workspace, inputs: &PlanInputs) -> Result<(Plan, Con
         workspace: ws.identity(),
         ..p
     };
+    if inputs.refresh_only {
+        // Only the drift: what the stack would change is not this plan's business.
+        let refreshed = refreshed.unwrap_or_default();
+        p.refreshed = p
+            .drift
+            .iter()
+            .map(|d| (d.addr.clone(), refreshed.get(&d.addr).cloned().flatten()))
+            .collect();
+        p.changes.clear();
+        p.outputs.clear();
+        p.refresh_only = true;
+        return Ok((p, config));
+    }
     if inputs.preview && inputs.opts.refresh && !inputs.opts.destroy {
         plan::preview(&mut p, &registry, &ctx, inputs.opts.parallelism.max(1))
             .await
             .map_err(diags)?;
     }
     Ok((p, config))
+}
+
+/// `apply -refresh-only`: record what the refresh read for each drifted instance (a gone one
+/// is forgotten), under the state lock, changing nothing in the world. Refused when the state
+/// moved on since the plan was made. Returns (updated, forgotten).
+pub fn record_refresh(
+    ws: &Workspace,
+    plan: &Plan,
+    _lock: &pipeline_engine::state::LockGuard,
+) -> Result<(usize, usize)> {
+    use pipeline_engine::state::{JournalEntry, StateStore};
+    check_plan_workspace(ws, plan)?;
+    let mut store = StateStore::open(&ws.dir).map_err(|e| anyhow!("{e}"))?;
+    let st = store.state();
+    if plan.serial != st.serial || plan.lineage != st.lineage {
+        bail!("the refresh-only plan is stale: the state changed since it was made (serial {} then, {} now)\n  = help: run `pipeline plan -refresh-only` again", plan.serial, st.serial);
+    }
+    let (mut updated, mut forgotten) = (0, 0);
+    for (addr, now) in &plan.refreshed {
+        let entry = match now {
+            Some(rs) => {
+                updated += 1;
+                JournalEntry::Set {
+                    addr: addr.clone(),
+                    resource: rs.clone(),
+                }
+            }
+            None => {
+                forgotten += 1;
+                JournalEntry::Remove { addr: addr.clone() }
+            }
+        };
+        store.record(entry).map_err(|e| anyhow!("{e}"))?;
+    }
+    store.compact().map_err(|e| anyhow!("{e}"))?;
+    Ok((updated, forgotten))
 }
 
 /// A plan applies only to the state directory it was made against: a plan made elsewhere
@@ -159,4 +213,21 @@ pub fn read_saved_plan(ws: &Workspace, path: &std::path::Path) -> Result<Option<
         )
     })?;
     Ok(Some(plan))
+}
+
+/// `show FILE`: the saved plan in FILE, whole and unchanged, for reading only (it is not
+/// checked against this state directory: nothing is applied from it).
+pub fn read_plan_to_show(path: &std::path::Path) -> Result<Plan> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        anyhow!(
+            "cannot show {}: {e}\n  = help: give a plan saved by `pipeline plan -out FILE`, or no argument to show the recorded state",
+            path.display()
+        )
+    })?;
+    Plan::from_saved(&bytes).map_err(|e| {
+        anyhow!(
+            "cannot show {}: {e}\n  = help: give a plan saved by `pipeline plan -out FILE` with this pipeline, or no argument to show the recorded state",
+            path.display()
+        )
+    })
 }

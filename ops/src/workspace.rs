@@ -288,6 +288,7 @@ impl crate::canary::Stacks for LocalStacks {
             stack: stack.to_path_buf(),
             opts,
             preview: false,
+            refresh_only: false,
         };
         crate::plan::make_plan(&ws, &inputs).await
     }
@@ -299,6 +300,7 @@ impl crate::canary::Stacks for LocalStacks {
             stack: stack.to_path_buf(),
             opts,
             preview: false,
+            refresh_only: false,
         };
         let lock = crate::apply::lock(&ws, "canary", &mut |_| {})?;
         let (plan, _) = crate::plan::make_plan(&ws, &inputs).await?;

@@ -111,6 +111,22 @@ pub(crate) async fn run_ended(
     let (plan, report, outputs) = match pipeline_ops::apply::run(ws, req, &mut view).await? {
         ApplyOutcome::NoChanges(_) => return Ok(Ended::NoChanges),
         ApplyOutcome::Cancelled(_) => return Ok(Ended::Cancelled),
+        ApplyOutcome::Refreshed {
+            updated, forgotten, ..
+        } => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"type": "refresh_recorded", "updated": updated, "forgotten": forgotten})
+                );
+            } else {
+                println!(
+                    "\n{} {updated} instance(s) recorded as they are now, {forgotten} gone and forgotten. Nothing outside the state was changed.",
+                    style.green("Refresh recorded in the state:")
+                );
+            }
+            return Ok(Ended::Applied { ok: true });
+        }
         ApplyOutcome::Applied {
             plan,
             report,
@@ -212,7 +228,11 @@ impl ApplyView for Terminal {
         if self.show && !self.json {
             print!("{}", render::plan_text(plan, self.style));
         }
-        if !plan.has_changes() || self.auto_approve || pipeline_ops::apply::steps(plan) == 0 {
+        // A refresh-only plan has no steps but its recording still needs approval.
+        if !plan.has_changes()
+            || self.auto_approve
+            || (!plan.refresh_only && pipeline_ops::apply::steps(plan) == 0)
+        {
             return Ok(true);
         }
         if !std::io::stdin().is_terminal() {

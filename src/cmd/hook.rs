@@ -118,6 +118,7 @@ pub async fn run(state_dir: Option<PathBuf>, f: RunFlags) -> Result<ExitCode> {
         // The plan said so; the last line says what runs.
         ApplyOutcome::NoChanges(_) => true,
         ApplyOutcome::Cancelled(_) => false,
+        ApplyOutcome::Refreshed { .. } => true,
         ApplyOutcome::Applied { plan, report, .. } => {
             let text = render::report_text(report, Style { color: false }, plan.destroy);
             say!("\n{}", text.trim_end());

@@ -11,5 +11,6 @@ pub mod hook;
 pub mod inventory;
 pub mod plan;
 pub mod rollout;
+pub mod show;
 pub mod state;
 pub mod status;

@@ -22,7 +22,8 @@ pub async fn plan(
         check_plan_out(path)?;
     }
     let mut inputs = plan_inputs(ws, &args, destroy)?;
-    inputs.preview = true;
+    // A dry run of changes is no part of a refresh-only plan.
+    inputs.preview = !inputs.refresh_only;
     let (plan, _) = make_plan(ws, &inputs).await?;
     ws.remember_stack(&inputs.stack);
     if json {
@@ -74,6 +75,7 @@ pub async fn graph(ws: &Workspace, stack: Option<PathBuf>, vars: VarArgs) -> Res
             vars,
             inventory: None,
             refresh: false,
+            refresh_only: false,
             targets: vec![],
             replace: vec![],
             parallelism: 10,
