@@ -112,10 +112,10 @@ fn timed(t: &Scratch, args: &[&str]) -> (std::process::Output, Duration) {
 fn ok_out(args: &[&str], out: &std::process::Output) -> String {
     assert!(
         out.status.success(),
-        "pipeline {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        "pipeline {args:?} failed ({}):\nstderr:\n{}\nstdout (last 4000 bytes):\n{}",
         out.status,
-        s(&out.stdout),
-        s(&out.stderr)
+        s(&out.stderr),
+        tail_chars(&s(&out.stdout), 4000)
     );
     format!("{}{}", s(&out.stdout), s(&out.stderr))
 }

@@ -52,10 +52,11 @@ impl Scratch {
         let out = self.run(args);
         assert!(
             out.status.success(),
-            "pipeline {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            // stderr first: CI keeps only part of a failure's output, and the cause is there.
+            "pipeline {args:?} failed ({}):\nstderr:\n{}\nstdout (last 4000 bytes):\n{}",
             out.status,
-            s(&out.stdout),
-            s(&out.stderr)
+            s(&out.stderr),
+            tail_chars(&s(&out.stdout), 4000)
         );
         s(&out.stdout)
     }
@@ -140,6 +141,18 @@ impl Drop for Scratch {
 
 pub fn s(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// The last `n` bytes of `text` (on a char boundary), marked when cut.
+pub fn tail_chars(text: &str, n: usize) -> String {
+    if text.len() <= n {
+        return text.to_string();
+    }
+    let mut start = text.len() - n;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("[… {start} bytes cut]{}", &text[start..])
 }
 
 /// The preview sample service, built once per test run into the cargo target tmp dir.
