@@ -306,7 +306,7 @@ const GOLDEN_IN: &str = r#"
 # The service.
 service "web"{
       name="web"   # trailing
-  replicas  =   3
+  replicas  =   3 // three
   ports=[ 8080,8081 ]
 
   env = {
@@ -332,15 +332,15 @@ variable "a" {}
 variable "b" {
   default=1
 }
-output "o" {
-  value=var.a==1 ? "x" : "y"
+output o {
+  value=var.a==1?"x":"y"
 }
 "#;
 
 const GOLDEN_OUT: &str = r#"# The service.
 service "web" {
   name     = "web" # trailing
-  replicas = 3
+  replicas = 3     // three
   ports    = [8080, 8081]
 
   env = {
@@ -366,7 +366,7 @@ variable "b" {
 }
 
 output "o" {
-  value = var.a==1 ? "x" : "y"
+  value = var.a == 1 ? "x" : "y"
 }
 "#;
 

@@ -6,26 +6,172 @@
 //! blank line between top-level blocks and ends the file with one newline. Strings, heredocs and
 //! comments are tokens it copies as they are (a comment loses only trailing whitespace), so every
 //! comment stays on its line, in its block. The file is parsed before (a syntax error is a
-//! diagnostic at `file:line:col`) and the result parsed again, so a bug here cannot write a file
-//! that no longer parses.
+//! diagnostic at `file:line:col`) and the result parsed again and compared with the input's
+//! syntax tree (layout and comments aside), so a bug here cannot write a file that no longer
+//! parses or that means something else. Beyond layout it makes two changes, both from the parse:
+//! bare block labels are quoted, and the operators the parser found (binary, `? :`, a `for`'s
+//! `:` and `=>`) get one space either side, where a name with a `-` in it (`a-1`) stays whole.
 
 use crate::diag::{Diagnostic, SourceFile};
+use hcl_edit::expr::{Array, BinaryOperator, Conditional, ForExpr, FuncArgs, Object};
+use hcl_edit::structure::{Block, BlockLabel, Body};
+use hcl_edit::visit::{self, Visit};
+use hcl_edit::visit_mut::{self, VisitMut};
+use hcl_edit::{Decorated, Span};
 use std::path::Path;
+
+/// A body with the layout inside brackets removed: hcl-edit compares the blanks and comments
+/// before an array's, object's or call's closing bracket; nothing else of the layout.
+fn meaning(mut body: Body) -> Body {
+    struct Strip;
+    impl VisitMut for Strip {
+        fn visit_array_mut(&mut self, a: &mut Array) {
+            a.set_trailing("");
+            visit_mut::visit_array_mut(self, a);
+        }
+        fn visit_object_mut(&mut self, o: &mut Object) {
+            o.set_trailing("");
+            visit_mut::visit_object_mut(self, o);
+        }
+        fn visit_func_args_mut(&mut self, f: &mut FuncArgs) {
+            f.set_trailing("");
+            visit_mut::visit_func_args_mut(self, f);
+        }
+    }
+    Strip.visit_body_mut(&mut body);
+    body
+}
+
+/// The text with every bare block label quoted, or `None` when it has none.
+fn quote_labels(body: &Body, text: &str) -> Option<String> {
+    struct Labels(Vec<std::ops::Range<usize>>);
+    impl Visit for Labels {
+        fn visit_block(&mut self, block: &Block) {
+            for l in &block.labels {
+                if let BlockLabel::Ident(i) = l {
+                    self.0.extend(i.span());
+                }
+            }
+            visit::visit_block(self, block);
+        }
+    }
+    let mut labels = Labels(Vec::new());
+    labels.visit_body(body);
+    if labels.0.is_empty() {
+        return None;
+    }
+    let mut out = text.to_string();
+    labels.0.sort_by_key(|r| std::cmp::Reverse(r.start));
+    for r in labels.0 {
+        // An identifier needs no escaping inside quotes.
+        let quoted = format!("\"{}\"", &text[r.clone()]);
+        out.replace_range(r, &quoted);
+    }
+    Some(out)
+}
+
+/// Where the parser found operators that take one space either side, as `(offset, length)` in
+/// the text: binary operators, a conditional's `?` and `:`, a `for` expression's `:` and `=>`.
+/// Unary `-` and `!` are not among them and stay next to their operand.
+fn operators(body: &Body, text: &str) -> Vec<(usize, usize)> {
+    struct Ops<'a> {
+        text: &'a str,
+        out: Vec<(usize, usize)>,
+    }
+    impl Ops<'_> {
+        /// The first `what` between two expressions, outside comments.
+        fn between(
+            &mut self,
+            a: Option<std::ops::Range<usize>>,
+            b: Option<std::ops::Range<usize>>,
+            what: &str,
+        ) {
+            let (Some(a), Some(b)) = (a, b) else { return };
+            if a.end > b.start || b.start > self.text.len() {
+                return;
+            }
+            let gap = &self.text[a.end..b.start];
+            let mut i = 0;
+            while i < gap.len() {
+                let rest = &gap[i..];
+                if rest.starts_with('#') || rest.starts_with("//") {
+                    i += rest.find('\n').unwrap_or(rest.len());
+                } else if rest.starts_with("/*") {
+                    i += rest.find("*/").map_or(rest.len(), |e| e + 2);
+                } else if rest.starts_with(what) {
+                    self.out.push((a.end + i, what.len()));
+                    return;
+                } else {
+                    i += rest.chars().next().map_or(1, char::len_utf8);
+                }
+            }
+        }
+    }
+    impl Visit for Ops<'_> {
+        fn visit_binary_operator(&mut self, op: &Decorated<BinaryOperator>) {
+            if let Some(r) = op.span() {
+                self.out.push((r.start, r.len()));
+            }
+        }
+        fn visit_conditional(&mut self, c: &Conditional) {
+            self.between(c.cond_expr.span(), c.true_expr.span(), "?");
+            self.between(c.true_expr.span(), c.false_expr.span(), ":");
+            visit::visit_conditional(self, c);
+        }
+        fn visit_for_expr(&mut self, f: &ForExpr) {
+            let first = f.key_expr.as_ref().unwrap_or(&f.value_expr);
+            self.between(f.intro.collection_expr.span(), first.span(), ":");
+            if let Some(k) = &f.key_expr {
+                self.between(k.span(), f.value_expr.span(), "=>");
+            }
+            visit::visit_for_expr(self, f);
+        }
+    }
+    let mut ops = Ops {
+        text,
+        out: Vec::new(),
+    };
+    ops.visit_body(body);
+    ops.out.sort_unstable();
+    ops.out
+}
 
 /// Format a file's text: `Ok(formatted)` (equal to the input when it was already canonical), or
 /// the syntax error at `file:line:col`.
 pub fn format_source(path: &Path, text: &str) -> Result<String, Diagnostic> {
     let bom = text.starts_with('\u{feff}');
     let file = SourceFile::new(path, text.to_string());
-    super::parse(&file)?;
-    let mut out = format_text(&file.text);
+    let body = super::parse(&file)?;
+    // Bare block labels (`service app {`) become quoted ones, as everywhere else in the repository;
+    // the engine reads both alike. The text changed, so it is parsed again for the operators.
+    let quoted = quote_labels(&body, &file.text);
+    let (text, body) = match quoted {
+        Some(q) => {
+            let f = SourceFile::new(path, q);
+            let b = super::parse(&f)?;
+            (f.text.clone(), b)
+        }
+        None => (file.text.clone(), body),
+    };
+    let mut out = format_with(&text, &operators(&body, &text));
+    // The result must say what the input said: hcl-edit's equality ignores layout and comments
+    // (decor) but not one name, value, operator or label. A bug here cannot change a stack.
     let reparsed = SourceFile::new(path, out.clone());
-    if let Err(d) = super::parse(&reparsed) {
-        return Err(Diagnostic::new(format!(
-            "fmt would have made {} unparsable (a bug in pipeline fmt; the file is left as it is): {}",
-            path.display(),
-            d.summary
-        )));
+    match super::parse(&reparsed) {
+        Ok(b) if meaning(b.clone()) == meaning(body.clone()) => {}
+        Ok(_) => {
+            return Err(Diagnostic::new(format!(
+                "fmt would have changed what {} means (a bug in pipeline fmt; the file is left as it is)",
+                path.display()
+            )))
+        }
+        Err(d) => {
+            return Err(Diagnostic::new(format!(
+                "fmt would have made {} unparsable (a bug in pipeline fmt; the file is left as it is): {}",
+                path.display(),
+                d.summary
+            )))
+        }
     }
     if bom {
         out.insert(0, '\u{feff}');
@@ -41,6 +187,8 @@ enum Kind {
     Assign,
     Str,
     Comment,
+    /// An operator the parser found (see `operators`).
+    Op,
     Other,
 }
 
@@ -115,7 +263,9 @@ fn heredoc_marker(s: &str) -> Option<String> {
     Some(rest.to_string())
 }
 
-fn tokenize(line: &str) -> (Vec<Tok<'_>>, Open) {
+/// The tokens of one line; `ops` are the operators on it, as `(offset in the line, length)`.
+fn tokenize<'a>(line: &'a str, ops: &[(usize, usize)]) -> (Vec<Tok<'a>>, Open) {
+    let op_at = |i: usize| ops.iter().find(|o| o.0 == i).map(|o| o.1);
     let b = line.as_bytes();
     let mut toks = Vec::new();
     let mut i = 0;
@@ -130,7 +280,10 @@ fn tokenize(line: &str) -> (Vec<Tok<'_>>, Open) {
         }
         let start = i;
         let kind;
-        if c == b'#' || b[i..].starts_with(b"//") {
+        if let Some(len) = op_at(i) {
+            i += len;
+            kind = Kind::Op;
+        } else if c == b'#' || b[i..].starts_with(b"//") {
             i = b.len();
             kind = Kind::Comment;
         } else if b[i..].starts_with(b"/*") {
@@ -169,6 +322,9 @@ fn tokenize(line: &str) -> (Vec<Tok<'_>>, Open) {
             // A run of anything else: names, numbers, operators (`==`, `=>`, `!=`, `a.b[*]`...).
             while i < b.len() {
                 let d = b[i];
+                if i > start && op_at(i).is_some() {
+                    break;
+                }
                 if matches!(
                     d,
                     b' ' | b'\t'
@@ -227,6 +383,7 @@ fn emit(toks: &[Tok<'_>]) -> String {
             let p = toks[n - 1].kind;
             let space = match (p, t.kind) {
                 (_, Kind::Comment) => true,
+                (_, Kind::Op) | (Kind::Op, _) => true,
                 (_, Kind::Comma) => false,
                 (_, Kind::Close(b')')) | (_, Kind::Close(b']')) => false,
                 (Kind::Open(b'{'), Kind::Close(b'}')) => false,
@@ -256,6 +413,8 @@ enum Line {
         text: String,
         /// `key = ...`: the key's length and whether the value ends on this line.
         attr: Option<(usize, bool)>,
+        /// A comment after code on this line: where it starts in `text`.
+        comment: Option<usize>,
         /// This line ends a top-level block.
         ends_top_block: bool,
     },
@@ -269,12 +428,20 @@ struct Bracket {
     line: usize,
 }
 
-/// The canonical layout of a text that parses.
-pub fn format_text(text: &str) -> String {
+/// The canonical layout of a text that parses, with the operators `operators` found in it.
+fn format_with(text: &str, ops: &[(usize, usize)]) -> String {
     let mut lines: Vec<Line> = Vec::new();
     let mut stack: Vec<Bracket> = Vec::new();
     let mut open = Open::None;
+    let mut line_start = 0;
     for (n, raw) in text.split('\n').enumerate() {
+        let base = line_start;
+        line_start += raw.len() + 1;
+        let line_ops: Vec<(usize, usize)> = ops
+            .iter()
+            .filter(|o| o.0 >= base && o.0 < base + raw.len())
+            .map(|o| (o.0 - base, o.1))
+            .collect();
         match &open {
             Open::Heredoc(marker) => {
                 if raw.trim() == marker {
@@ -289,7 +456,7 @@ pub fn format_text(text: &str) -> String {
                     continue;
                 };
                 // Code after the comment's end still opens and closes brackets.
-                let (toks, o) = tokenize(&raw[e + 2..]);
+                let (toks, o) = tokenize(&raw[e + 2..], &[]);
                 open = o;
                 for t in &toks {
                     match t.kind {
@@ -309,7 +476,7 @@ pub fn format_text(text: &str) -> String {
             }
             Open::None => {}
         }
-        let (toks, o) = tokenize(raw);
+        let (toks, o) = tokenize(raw, &line_ops);
         open = o;
         if toks.is_empty() {
             lines.push(Line::Blank);
@@ -352,9 +519,14 @@ pub fn format_text(text: &str) -> String {
         let single =
             stack.len() == depth_before && min_depth == depth_before && matches!(open, Open::None);
         let text = emit(&toks);
+        let comment = match toks.last() {
+            Some(c) if c.kind == Kind::Comment && toks.len() > 1 => Some(text.len() - c.text.len()),
+            _ => None,
+        };
         lines.push(Line::Code {
             indent,
             attr: is_attr.then(|| (toks[0].text.chars().count(), single)),
+            comment,
             ends_top_block: ends_top_block && stack.is_empty(),
             text,
         });
@@ -363,9 +535,10 @@ pub fn format_text(text: &str) -> String {
     render(&lines)
 }
 
-/// Pad the keys of each run of consecutive attributes at one indentation so their `=` line up.
-/// A run ends at any other line (blank, comment, block, closing bracket); an attribute whose
-/// value goes on over the next lines is in no run (as `terraform fmt` leaves it).
+/// Pad the keys of each run of consecutive attributes at one indentation so their `=` line up,
+/// and the comments that end lines of the run so they start in one column. A run ends at any
+/// other line (blank, comment, block, closing bracket); an attribute whose value goes on over the
+/// next lines is in no run (as `terraform fmt` leaves it).
 fn align(lines: &mut [Line]) {
     let mut i = 0;
     while i < lines.len() {
@@ -404,6 +577,7 @@ fn align(lines: &mut [Line]) {
             if let Line::Code {
                 text,
                 attr: Some((w, _)),
+                comment,
                 ..
             } = l
             {
@@ -411,6 +585,35 @@ fn align(lines: &mut [Line]) {
                 let key_bytes: usize = text.chars().take(*w).map(char::len_utf8).sum();
                 let pad = " ".repeat(width - *w);
                 text.insert_str(key_bytes, &pad);
+                if let Some(c) = comment {
+                    *c += pad.len();
+                }
+            }
+        }
+        let code_width = |text: &str, c: usize| text[..c].trim_end().chars().count();
+        let column = lines[i..end]
+            .iter()
+            .filter_map(|l| match l {
+                Line::Code {
+                    text,
+                    comment: Some(c),
+                    ..
+                } => Some(code_width(text, *c)),
+                _ => None,
+            })
+            .max();
+        if let Some(column) = column {
+            for l in &mut lines[i..end] {
+                if let Line::Code {
+                    text,
+                    comment: Some(c),
+                    ..
+                } = l
+                {
+                    let code = text[..*c].trim_end().to_string();
+                    let pad = column + 1 - code.chars().count();
+                    *text = format!("{code}{}{}", " ".repeat(pad), &text[*c..]);
+                }
             }
         }
         i = end;
@@ -457,7 +660,11 @@ fn render(lines: &[Line]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::format_text;
+    use super::format_source;
+
+    fn format_text(text: &str) -> String {
+        format_source(std::path::Path::new("t.hcl"), text).expect("parses")
+    }
 
     #[test]
     fn aligns_runs_and_normalises_spacing() {
@@ -474,5 +681,44 @@ mod tests {
         assert!(got.contains("   keep  \n\n\nEOT\n"), "{got}");
         assert!(got.contains("     two  */ y = 1\n"), "{got}");
         assert_eq!(format_text(&got), got);
+    }
+
+    #[test]
+    fn operators_get_one_space_and_unary_ones_none() {
+        // `a-1` is one name: HCL identifiers may contain `-`, and the parser says which it is.
+        let input = "locals {\n  a = 1+2*-3\n  b = x==1&&!y ? \"s${1+1}\":{for k,v in m: k=>v if v>=0}\n  c = ( a*2 )\n  d = a-1\n}\n";
+        let want = "locals {\n  a = 1 + 2 * -3\n  b = x == 1 && !y ? \"s${1+1}\" : { for k, v in m : k => v if v >= 0 }\n  c = (a * 2)\n  d = a-1\n}\n";
+        assert_eq!(format_text(input), want);
+        assert_eq!(format_text(want), want);
+    }
+
+    #[test]
+    fn bare_labels_are_quoted() {
+        let got = format_text("service app {\n  port = 1\n}\nvariable \"v\" {}\n");
+        assert_eq!(
+            got,
+            "service \"app\" {\n  port = 1\n}\n\nvariable \"v\" {}\n"
+        );
+    }
+
+    #[test]
+    fn trailing_comments_of_a_run_line_up() {
+        let input =
+            "a {\n  x = 1 # one\n  long_name = \"v\"   // two\n  y = 2\n\n  z = 3    # alone\n}\n";
+        let want = "a {\n  x         = 1   # one\n  long_name = \"v\" // two\n  y         = 2\n\n  z = 3 # alone\n}\n";
+        assert_eq!(format_text(input), want);
+        assert_eq!(format_text(want), want);
+    }
+
+    #[test]
+    fn meaning_ignores_layout_and_comments_but_not_a_value() {
+        let m = |s: &str| super::meaning(hcl_edit::parser::parse_body(s).unwrap());
+        assert_eq!(
+            m("a = [ 1,2 ]  # c\nb = f( x , { k=1 } )\n"),
+            m("a = [1, 2]\nb = f(x, { k = 1 })\n")
+        );
+        assert_ne!(m("a = 1+2\n"), m("a = 1-2\n"));
+        assert_ne!(m("a = x-1\n"), m("a = x - 1\n"));
+        assert_ne!(m("a = \"x  y\"\n"), m("a = \"x y\"\n"));
     }
 }
