@@ -225,13 +225,45 @@ impl Host {
         Ok(())
     }
 
-    /// Waits until sshd answers with a banner and root logs in, or explains why not.
+    /// Waits (until `deadline`) for systemd to finish booting. sshd is up before the boot is
+    /// done, and a role that talks to systemd (a unit started, a daemon reloaded) early in a
+    /// loaded machine's boot can find it still starting; a real server is logged into after.
+    /// "degraded" (a unit failed) is booted too.
+    fn booted(&self, deadline: Instant) -> Result<(), String> {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .as_secs()
+            .max(1);
+        let out = self
+            .ssh(&[
+                "timeout",
+                &left.to_string(),
+                "systemctl",
+                "is-system-running",
+                "--wait",
+            ])
+            .output()
+            .map_err(|e| format!("ssh: {e}"))?;
+        match String::from_utf8_lossy(&out.stdout).trim() {
+            "running" | "degraded" => Ok(()),
+            other => Err(format!(
+                "systemd is still {other:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        }
+    }
+
+    /// Waits until sshd answers with a banner, root logs in and systemd has booted, or explains
+    /// why not.
     fn wait_ready(&self, deadline: Instant) -> Result<()> {
         let sock = SocketAddr::from((self.addr, self.port()));
         loop {
             let last = match banner(sock) {
                 Ok(()) => match self.ssh(&["true"]).output() {
-                    Ok(out) if out.status.success() => return Ok(()),
+                    Ok(out) if out.status.success() => match self.booted(deadline) {
+                        Ok(()) => return Ok(()),
+                        Err(why) => why,
+                    },
                     Ok(out) => format!("ssh: {}", String::from_utf8_lossy(&out.stderr).trim()),
                     Err(e) => format!("ssh: {e}"),
                 },
