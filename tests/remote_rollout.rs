@@ -2,9 +2,11 @@
 //! sshd, each in a network namespace of its own): a service on 5 hosts behind nginx on a sixth,
 //! the monitor on this machine probing every instance every 100 ms. A rolling update under at
 //! least 50 requests a second through nginx: 0 failed requests and never fewer than 4 healthy
-//! instances at any heartbeat. Then a host turned off mid-rollout: an error naming it within
-//! 10 s, the other hosts serving, state consistent; once the host is back the next apply
-//! converges. Figures are printed for the note.
+//! instances at any heartbeat. Then a host turned off mid-rollout (not the one updating): the
+//! running step finishes, then the update stops with an error naming the host, the other hosts
+//! serving, state saying per host the release it runs (a run cancelled mid-step once left a
+//! host restarting into the new release after the record said the old); once the host is back
+//! the next apply converges. Figures are printed for the note.
 
 mod common;
 use common::lab::{self, set_version};
@@ -204,7 +206,12 @@ fn five_app_hosts_behind_nginx_on_a_sixth_roll_under_load_and_survive_a_host_tur
     );
     assert!(!out.status.success(), "{e}");
     assert!(e.contains(last.name()), "the error names the host: {e}");
-    assert!(after_off < Duration::from_secs(10), "{after_off:?}: {e}");
+    assert!(
+        e.contains("stopped after the step that was running"),
+        "the step that was running finished first: {e}"
+    );
+    // Found within ~7 s; the running step then finishes (bounded at 60 s by the provider).
+    assert!(after_off < Duration::from_secs(70), "{after_off:?}: {e}");
     // The others serve; the record says which host runs which release.
     let rec = recorded(&t);
     assert_eq!(rec.len(), APP_HOSTS, "{rec:?}");

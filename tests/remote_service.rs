@@ -275,7 +275,8 @@ fn a_service_rolls_out_on_three_lab_hosts_and_survives_a_host_going_off() {
     outputs.push_str(&logs);
 
     // v3, and the last host goes off once the first runs v3: the update stops with an error
-    // naming it within 10 s; the others keep serving.
+    // naming it, found within ~7 s, after the step that was running finishes (a step is not
+    // cut between a release unpacked and its units restarted); the others keep serving.
     set_version(&t, "v3");
     let first_url = insts[0]["url"].as_str().unwrap().to_string();
     let mut child = t
@@ -293,7 +294,7 @@ fn a_service_rolls_out_on_three_lab_hosts_and_survives_a_host_going_off() {
     let off_at = Instant::now();
     off.off().unwrap();
     let mut exited = None;
-    while off_at.elapsed() < Duration::from_secs(60) {
+    while off_at.elapsed() < Duration::from_secs(90) {
         if let Some(st) = child.try_wait().unwrap() {
             exited = Some((st, off_at.elapsed()));
             break;
@@ -302,7 +303,7 @@ fn a_service_rolls_out_on_three_lab_hosts_and_survives_a_host_going_off() {
     }
     let Some((status, after)) = exited else {
         let _ = child.kill();
-        panic!("apply did not end within 60 s of {} going off", off.name());
+        panic!("apply did not end within 90 s of {} going off", off.name());
     };
     let out = child.wait_with_output().unwrap();
     let err = s(&out.stderr);
@@ -314,7 +315,8 @@ fn a_service_rolls_out_on_three_lab_hosts_and_survives_a_host_going_off() {
     outputs.push_str(&err);
     outputs.push_str(&s(&out.stdout));
     assert!(!status.success(), "apply succeeded with a host off: {err}");
-    assert!(after < Duration::from_secs(10), "took {after:?}: {err}");
+    // ~7 s to find it, then the running step's end (the provider bounds it at 60 s).
+    assert!(after < Duration::from_secs(70), "took {after:?}: {err}");
     assert!(
         err.contains(off.name()),
         "the error names {}: {err}",

@@ -365,9 +365,12 @@ pub(super) async fn update(
         let all: Vec<&HostRef> = p.hosts.iter().collect();
         wait_healthy_at(c, addr, &all, &new, step).await
     };
+    // Every host is in this one step: any that stops answering ends it at once.
+    let every = std::sync::Mutex::new(names.clone());
+    let no_halt = std::sync::Mutex::new(None);
     let up = tokio::select! {
         r = up => r,
-        e = watchdog(ctx, addr, &p) => Err(e),
+        e = watchdog(ctx, addr, &p, &every, &no_halt) => Err(e),
     };
     if let Err(e) = up {
         let stopped = stop_units(ctx, token, &p, &new_units).await;

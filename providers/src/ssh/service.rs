@@ -1129,9 +1129,24 @@ async fn wait_healthy_at(
     }
 }
 
+/// How long the running step may go on after a host outside it stopped answering: the step
+/// finishes (its hosts then run one known release) unless it takes longer than this.
+const FINISH_STEP: Duration = Duration::from_secs(60);
+
 /// Every host of the update answers over its ssh master; the first that does not is an error
-/// naming it (found within ~7 s of the host going away).
-async fn watchdog(ctx: &ProviderCtx, addr: &str, p: &Prepared) -> ProviderError {
+/// naming it (found within ~7 s of the host going away). When that host is in the running step
+/// (`current`), the error ends the update at once: what the host runs is unknowable. When it is
+/// not, the error goes to `halt` and the step is left to finish, so its hosts are not stopped
+/// between a release unpacked and its units restarted (an ansible run cancelled here goes on
+/// on the host, and a record taken then would be wrong); the update stops before the next step,
+/// or after FINISH_STEP.
+async fn watchdog(
+    ctx: &ProviderCtx,
+    addr: &str,
+    p: &Prepared,
+    current: &std::sync::Mutex<Vec<String>>,
+    halt: &std::sync::Mutex<Option<ProviderError>>,
+) -> ProviderError {
     let ssh = match conn::transport(ctx) {
         Ok(s) => s,
         Err(e) => return e,
@@ -1156,12 +1171,22 @@ async fn watchdog(ctx: &ProviderCtx, addr: &str, p: &Prepared) -> ProviderError 
         .await;
         for (h, r) in p.hosts.iter().zip(answers) {
             if let Err(e) = r {
-                return e.map_message(|m| {
+                let e = e.map_message(|m| {
                     format!(
                         "{addr}: host {} stopped answering during the update: {m}",
                         h.name
                     )
                 });
+                let in_step = current
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&h.name);
+                if in_step {
+                    return e;
+                }
+                *halt.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
+                tokio::time::sleep(FINISH_STEP).await;
+                return e;
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1209,6 +1234,20 @@ pub async fn apply(
     // of a stopped update.
     let touched = std::sync::Mutex::new(Vec::<String>::new());
     let finished = std::sync::Mutex::new(Vec::<String>::new());
+    // The hosts of the running step, and a host outside it that stopped answering (watchdog).
+    let current = std::sync::Mutex::new(Vec::<String>::new());
+    let halt = std::sync::Mutex::new(None::<ProviderError>);
+    let halted = |done: &[String]| -> Option<ProviderError> {
+        let e = halt.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        let so_far = if done.is_empty() {
+            "no host runs the new release yet".to_string()
+        } else {
+            format!("{} run(s) the new release", done.join(", "))
+        };
+        Some(e.map_message(|m| {
+            format!("{m}\nthe rolling update stopped after the step that was running: {so_far}; the others keep the release they ran (the next apply converges them)")
+        }))
+    };
     let rolling = async {
         match req.prior {
             None => {
@@ -1224,7 +1263,11 @@ pub async fn apply(
                 let n = max_unavailable(c);
                 let mut done: Vec<String> = Vec::new();
                 for chunk in p.hosts.chunks(n) {
+                    if let Some(e) = halted(&done) {
+                        return Err(e);
+                    }
                     let names: Vec<String> = chunk.iter().map(|h| h.name.clone()).collect();
+                    *current.lock().unwrap_or_else(|e| e.into_inner()) = names.clone();
                     step.progress(format!("updating {}", names.join(", ")));
                     touched
                         .lock()
@@ -1252,6 +1295,10 @@ pub async fn apply(
                         .extend(names.iter().cloned());
                     done.extend(names);
                 }
+                current.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                if let Some(e) = halted(&done) {
+                    return Err(e);
+                }
                 for g in gone {
                     delete_on(ctx, addr, &token, g, &format!("host.NAME[\"{}\"]", g.name)).await?;
                 }
@@ -1262,7 +1309,7 @@ pub async fn apply(
     let outcome = if req.prior.is_some() && p.hosts.len() > 1 {
         tokio::select! {
             r = rolling => r,
-            e = watchdog(ctx, addr, &p) => Err(e),
+            e = watchdog(ctx, addr, &p, &current, &halt) => Err(e),
         }
     } else {
         rolling.await
