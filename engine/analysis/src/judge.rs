@@ -414,6 +414,11 @@ fn relative(shift: f64, base: f64) -> f64 {
 }
 
 /// Does a relative/absolute effect exceed the tolerance in a bad direction?
+/// `x` to three decimals, for messages.
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
 fn exceeds(m: &Metric, e: Effect) -> bool {
     let up = e.relative > m.tolerance && e.shift > m.abs_tolerance;
     let down = e.relative < -m.tolerance && e.shift < -m.abs_tolerance;
@@ -594,11 +599,22 @@ fn judge_metric(m: &Metric, data: Option<&MetricData>, alpha: f64) -> MetricVerd
         ),
         (true, false) => (
             MetricStatus::HighButWithinTolerance,
-            format!(
-                "significant (p = {p:.3e}) but effect {:+.1}% is within tolerance {:.1}%",
-                100.0 * effect.relative,
-                100.0 * m.tolerance
-            ),
+            if m.abs_tolerance > 0.0 && effect.relative.abs() > m.tolerance {
+                // Over the relative tolerance, but the absolute difference is too small to
+                // matter (1 ms more on 2 ms is +50 %).
+                format!(
+                    "significant (p = {p:.3e}) but effect {:+.1}% ({:+} in the metric's unit) is within the absolute tolerance {}",
+                    100.0 * effect.relative,
+                    round3(effect.shift),
+                    round3(m.abs_tolerance)
+                )
+            } else {
+                format!(
+                    "significant (p = {p:.3e}) but effect {:+.1}% is within tolerance {:.1}%",
+                    100.0 * effect.relative,
+                    100.0 * m.tolerance
+                )
+            },
         ),
         (false, _) => (
             MetricStatus::Pass,
@@ -784,6 +800,29 @@ mod tests {
         let lat = &v.per_metric[0];
         assert_eq!(lat.status, MetricStatus::HighButWithinTolerance, "{lat:#?}");
         assert_eq!(v.outcome, Outcome::Pass);
+    }
+
+    #[test]
+    fn a_large_relative_but_small_absolute_shift_says_which_tolerance_held() {
+        // Latency 60 % up on a 100 ms median, but the absolute tolerance is 100 ms.
+        let mut cfg = config();
+        cfg.metrics[0].abs_tolerance = 100.0;
+        let v = judge(&cfg, &data(1.6, 5, 500));
+        let lat = &v.per_metric[0];
+        assert_eq!(lat.status, MetricStatus::HighButWithinTolerance, "{lat:#?}");
+        assert!(lat.effect.unwrap().relative > 0.4);
+        assert!(
+            lat.reason.contains("within the absolute tolerance 100"),
+            "{}",
+            lat.reason
+        );
+        // Within the relative tolerance, the message says that one.
+        let v = judge(&config(), &data(1.12, 5, 3000));
+        assert!(
+            v.per_metric[0].reason.contains("within tolerance 25.0%"),
+            "{}",
+            v.per_metric[0].reason
+        );
     }
 
     #[test]
