@@ -124,9 +124,19 @@ impl Drop for Scratch {
             // SAFETY: plain kill of a pid we started (marker env under our temp dir).
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
-        // The ssh masters of this work directory (they would linger 30 s) and their sockets.
-        let ssh = pipeline_providers::remote::socket_dir_of(&self.path().join(".pipeline"));
-        if ssh.is_dir() {
+        // The ssh masters of this work directory and of each module's (`pipeline deploy NAME`
+        // works in .pipeline/modules/NAME): they would linger 30 s, their sockets for good.
+        let work = self.path().join(".pipeline");
+        let modules = std::fs::read_dir(work.join("modules"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path());
+        for ssh in std::iter::once(work.clone())
+            .chain(modules)
+            .map(|w| pipeline_providers::remote::socket_dir_of(&w))
+            .filter(|d| d.is_dir())
+        {
             let needle = ssh.to_string_lossy().into_owned();
             for pid in procfs::pids() {
                 if procfs::cmdline(pid).is_some_and(|c| c.contains(&needle)) {
