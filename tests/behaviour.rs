@@ -221,16 +221,7 @@ service "web" {{
         "upstream app {\n  server a:1;\n  server evil:666;\n  server c:3;\n}\n",
     )
     .unwrap();
-    let dir = t.path().join(".pipeline/run/service.web/gen-1");
-    let pid: i32 = std::fs::read_to_string(dir.join("supervisor.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    assert!(wait_until(Duration::from_secs(5), || {
-        pipeline_supervise::status(&dir).is_none_or(|s| !s.supervisor_alive)
-    }));
+    t.kill_supervisor("service.web", "gen-1");
 
     let out = t.run(&["plan", "-detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(2));

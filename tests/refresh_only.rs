@@ -4,7 +4,6 @@
 
 mod common;
 use common::*;
-use std::time::Duration;
 
 fn stack(src: &std::path::Path, greeting: &str) -> String {
     format!(
@@ -29,17 +28,8 @@ fn a_killed_replica_is_shown_recorded_and_left_dead_then_repaired_by_a_normal_ap
     t.write("s.hcl", &stack(&src, "hello"));
     t.ok(&["apply", "-auto-approve", "s.hcl"]);
     let run = t.path().join(".pipeline/run/service.web");
-    let dir = run.join("gen-1");
-    let pid: i32 = std::fs::read_to_string(dir.join("supervisor.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
     // Killed behind pipeline's back.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    assert!(wait_until(Duration::from_secs(5), || {
-        pipeline_supervise::status(&dir).is_none_or(|s| !s.supervisor_alive)
-    }));
+    let dir = t.kill_supervisor("service.web", "gen-1");
     // The stack is edited meanwhile: a refresh-only plan must not show that change.
     t.write("s.hcl", &stack(&src, "edited"));
 

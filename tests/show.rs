@@ -38,6 +38,21 @@ output "dsn" {{
     )
 }
 
+/// Applies the two files of the stack only (with `-var pw`).
+fn apply_files_only(t: &Scratch, pw: &str) {
+    t.ok(&[
+        "apply",
+        "-auto-approve",
+        "s.hcl",
+        "-var",
+        pw,
+        "-target",
+        "file.config",
+        "-target",
+        "file.plain",
+    ]);
+}
+
 #[test]
 fn show_of_a_saved_plan_is_what_plan_printed_text_and_json() {
     let t = Scratch::new();
@@ -45,17 +60,7 @@ fn show_of_a_saved_plan_is_what_plan_printed_text_and_json() {
     t.write("s.hcl", &stack(&src));
     let pw = format!("password={SECRET}");
     // A first apply of the files only, so the saved plan below has updates and a multi-line diff.
-    t.ok(&[
-        "apply",
-        "-auto-approve",
-        "s.hcl",
-        "-var",
-        &pw,
-        "-target",
-        "file.config",
-        "-target",
-        "file.plain",
-    ]);
+    apply_files_only(&t, &pw);
     // A new password: the config's update and the output's change are shown masked.
     let pw2 = format!("password={SECRET}-new");
     let plan = t.ok(&[
@@ -122,17 +127,7 @@ fn show_without_a_plan_is_the_recorded_state_with_secrets_masked() {
     let src = prebuilt_source(&t);
     t.write("s.hcl", &stack(&src));
     let pw = format!("password={SECRET}");
-    t.ok(&[
-        "apply",
-        "-auto-approve",
-        "s.hcl",
-        "-var",
-        &pw,
-        "-target",
-        "file.config",
-        "-target",
-        "file.plain",
-    ]);
+    apply_files_only(&t, &pw);
     let st = state(&t);
     let text = t.ok(&["show"]);
     assert!(!text.contains(SECRET), "show prints the secret:\n{text}");

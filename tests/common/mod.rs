@@ -65,6 +65,29 @@ impl Scratch {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, text).unwrap();
     }
+    /// Kills (SIGKILL) the supervisor of `run/BLOCK/GEN` behind pipeline's back, and waits up to
+    /// 5 s until it is gone: a drifted instance. Returns that generation's directory.
+    pub fn kill_supervisor(&self, block: &str, generation: &str) -> PathBuf {
+        let dir = self
+            .path()
+            .join(".pipeline/run")
+            .join(block)
+            .join(generation);
+        let pid: i32 = std::fs::read_to_string(dir.join("supervisor.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // SAFETY: plain kill of the supervisor this test's apply started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        assert!(
+            wait_until(std::time::Duration::from_secs(5), || {
+                pipeline_supervise::status(&dir).is_none_or(|s| !s.supervisor_alive)
+            }),
+            "the supervisor of {block} {generation} did not die"
+        );
+        dir
+    }
     /// Processes carrying the engine's replica marker for a directory under this scratch dir.
     pub fn processes(&self) -> Vec<u32> {
         pipeline_supervise::processes_under(self.path())
