@@ -550,6 +550,7 @@ async fn run_role(
         serde_json::Map::from_iter([(name.clone(), vars.into())]),
     )?;
     let mut run = Run::new("playbooks/nginx.yml", &inv);
+    run.exclusive = vec![host.target.address.clone()];
     let check = apply.is_none();
     run.check = check;
     // A config rendered from a secret is never shown, also not as a diff.

@@ -466,6 +466,7 @@ async fn run_role(
     let log = dir.join("ansible.log");
     let mut run = conn::role_run("playbooks/redis.yml", &inventory, &ssh, step, log.clone());
     run.check = check;
+    run.exclusive = placed.iter().map(|p| p.host.address.clone()).collect();
     run.vars
         .insert("pipeline_redis_instance".into(), json!(token(addr)));
     run.secrets

@@ -431,6 +431,7 @@ async fn run_role(
     let log = dir.join("ansible.log");
     let mut run = conn::role_run(e.playbook(), &inventory, &ssh, step, log.clone());
     run.secrets.insert(e.var("password"), json!(w.password));
+    run.exclusive = vec![server.address.clone()];
     ansible
         .run(
             &run,

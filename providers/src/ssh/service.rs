@@ -967,6 +967,12 @@ async fn run_role_only(
     let ssh = conn::transport(ctx)?;
     let mut run = Run::new("playbooks/service.yml", &p.inventory);
     run.limit = Some(limit.to_vec());
+    run.exclusive = p
+        .hosts
+        .iter()
+        .filter(|h| limit.contains(&h.name))
+        .map(|h| h.address.clone())
+        .collect();
     run.vars.insert("pipeline_hosts".into(), json!("all"));
     run.vars.insert("pipeline_service".into(), json!(token));
     run.vars.insert(

@@ -166,6 +166,36 @@ pub struct Run {
     /// Where ansible's own stdout and stderr go (appended, 0600); `None`: only kept in memory
     /// for error messages.
     pub log: Option<PathBuf>,
+    /// The machines this run changes (their addresses). Runs of this process that change one
+    /// machine take turns: two roles at once on a host race for its package lock, its system
+    /// users and systemd (`useradd: user 'pipeline' already exists` under load). Check-mode
+    /// runs change nothing and take no turn.
+    pub exclusive: Vec<String>,
+}
+
+/// Waits for every machine of `keys` to be free of other runs of this process, and holds them
+/// until the guards drop. Taken in sorted order, so two runs wanting the same machines cannot
+/// each hold one and wait for the other.
+async fn take_turns(keys: &[String]) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static MACHINES: OnceLock<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> =
+        OnceLock::new();
+    let mut keys: Vec<&String> = keys.iter().collect();
+    keys.sort();
+    keys.dedup();
+    let mut guards = Vec::with_capacity(keys.len());
+    for k in keys {
+        let m = MACHINES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(k.clone())
+            .or_default()
+            .clone();
+        guards.push(m.lock_owned().await);
+    }
+    guards
 }
 
 impl Run {
@@ -183,6 +213,7 @@ impl Run {
             timeout: Duration::from_secs(30 * 60),
             connection: Connection::default(),
             log: None,
+            exclusive: Vec::new(),
         }
     }
 }
@@ -279,6 +310,11 @@ impl Ansible {
     where
         F: FnMut(&TaskEvent) + Send,
     {
+        let _turns = if run.check {
+            Vec::new()
+        } else {
+            take_turns(&run.exclusive).await
+        };
         let started = Instant::now();
         let bundle = Bundle::embedded().materialise(dir)?;
         sweep_stale_runs(dir);
@@ -706,6 +742,36 @@ fn is_executable(p: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_on_one_machine_take_turns_and_others_do_not_wait() {
+        let keys = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let held = take_turns(&keys(&["10.0.0.1", "10.0.0.2"])).await;
+        // The same machines in the other order: waits (no deadlock: both take them sorted).
+        let other = tokio::spawn(async move {
+            let _g = take_turns(&keys(&["10.0.0.2", "10.0.0.1"])).await;
+            Instant::now()
+        });
+        // Another machine is free meanwhile.
+        let free = tokio::time::timeout(
+            Duration::from_secs(2),
+            take_turns(&keys(&["10.0.0.3", "10.0.0.3"])),
+        )
+        .await;
+        assert!(free.is_ok(), "a run on another machine did not wait");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !other.is_finished(),
+            "the second run on the machines did not wait"
+        );
+        let released = Instant::now();
+        drop(held);
+        let got = tokio::time::timeout(Duration::from_secs(2), other)
+            .await
+            .expect("the second run got its turn")
+            .unwrap();
+        assert!(got >= released);
+    }
 
     #[test]
     fn a_missing_ansible_says_how_to_install_the_pinned_version() {
