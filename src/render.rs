@@ -256,6 +256,26 @@ pub fn plan_text(plan: &Plan, st: Style) -> String {
 }
 
 /// Masked JSON of a value: sensitive values never leave the process.
+/// A recorded resource's attributes, one `KEY = VALUE` line each (keys aligned, sensitive
+/// values masked, a multi-line value indented), and its dependencies: `show` and `state show`.
+pub fn resource_attrs(rs: &pipeline_engine::state::ResourceState, indent: &str) -> String {
+    let mut out = String::new();
+    let w = rs.attrs.keys().map(String::len).max().unwrap_or(0);
+    for (k, v) in &rs.attrs {
+        let shown = if rs.sensitive.contains(k) {
+            "(sensitive value)".into()
+        } else {
+            Value::from_json(v).render()
+        };
+        let shown = shown.replace('\n', &format!("\n{indent}"));
+        let _ = writeln!(out, "{indent}{k:w$} = {shown}");
+    }
+    if !rs.deps.is_empty() {
+        let _ = writeln!(out, "{indent}# depends on: {}", rs.deps.join(", "));
+    }
+    out
+}
+
 pub fn masked_json(v: &Value) -> serde_json::Value {
     match v {
         Value::Sensitive(_) => serde_json::Value::String("(sensitive value)".into()),

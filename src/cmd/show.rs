@@ -65,18 +65,7 @@ fn state_text(st: &State, style: Style) -> String {
                 rs.kind, rs.provider
             ))
         );
-        let w = rs.attrs.keys().map(String::len).max().unwrap_or(0);
-        for (k, v) in &rs.attrs {
-            let shown = if rs.sensitive.contains(k) {
-                "(sensitive value)".into()
-            } else {
-                Value::from_json(v).render()
-            };
-            let _ = writeln!(out, "    {k:w$} = {}", shown.replace('\n', "\n    "));
-        }
-        if !rs.deps.is_empty() {
-            let _ = writeln!(out, "    # depends on: {}", rs.deps.join(", "));
-        }
+        out.push_str(&render::resource_attrs(rs, "    "));
         let _ = writeln!(out);
     }
     if !st.outputs.is_empty() {

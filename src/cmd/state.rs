@@ -25,18 +25,7 @@ pub fn state(ws: &Workspace, sc: StateCmd) -> Result<ExitCode> {
                 anyhow!("{addr} is not in the state\n  = help: `pipeline state list` shows what is")
             })?;
             println!("# {addr} ({} by {}, {:?})", rs.kind, rs.provider, rs.status);
-            let w = rs.attrs.keys().map(String::len).max().unwrap_or(0);
-            for (k, v) in &rs.attrs {
-                let shown = if rs.sensitive.contains(k) {
-                    "(sensitive value)".into()
-                } else {
-                    Value::from_json(v).render()
-                };
-                println!("  {k:w$} = {}", shown.replace('\n', "\n  "));
-            }
-            if !rs.deps.is_empty() {
-                println!("  # depends on: {}", rs.deps.join(", "));
-            }
+            print!("{}", crate::render::resource_attrs(rs, "  "));
         }
         StateCmd::Rm { addrs } => {
             for a in pipeline_ops::workspace::forget(ws, &addrs)? {
